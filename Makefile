@@ -1,0 +1,44 @@
+# kipc — two commands: `make demo` (build, install into .venv, run the tour) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+NATIVE := $(wildcard src/kipc/_native/*.c src/kipc/_native/*.h)
+PYTEST_ARGS ?=
+
+.PHONY: demo test build venv lint typecheck bench stress sanitize reliability clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Reinstall when the package metadata or any C source changes.
+$(VENV)/.installed: $(PY) pyproject.toml setup.py $(NATIVE)
+	$(PY) -m pip install -q -e '.[all,test,dev]'
+	@touch $@
+
+venv build: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/kipc tour
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run_all.py
+
+stress: $(VENV)/.installed
+	$(PY) -m pytest -m stress tests
+
+sanitize:
+	rm -rf build/sanitize && KIPC_SANITIZE=address $(PY) setup.py -q build_ext -b build/sanitize -t build/sanitize/tmp
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=build/sanitize KIPC_NATIVE_PATH=build/sanitize \
+	$(PY) -m pytest -p no:cacheprovider tests/test_ring.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info src/kipc/_native/*.so

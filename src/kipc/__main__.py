@@ -1,0 +1,3 @@
+from kipc.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""Names, keys, paths, modes, sizes, timeouts and URLs: validated before any system call.
+
+Contract:
+
+* Every public entry point passes user input through one of these checks
+  first, so bad input raises :class:`kipc.InvalidArgument` (or ``TypeError``)
+  and no kernel object is touched.
+* Names (POSIX shm / mq / semaphore names, ring names, runtime-dir names) are
+  1..200 characters of ``[A-Za-z0-9_.@+-]``, not starting with ``-`` or ``.``:
+  no ``/``, no ``..``, no NUL or control characters.
+* SysV keys are integers in ``key_t`` (signed 32-bit), given as ``1234`` or
+  ``0x4d2``; ``0`` is ``IPC_PRIVATE`` and is only reachable by asking for it.
+* The runtime directory is ``$XDG_RUNTIME_DIR/kipc`` or ``/tmp/kipc-<uid>``,
+  created 0700 and verified to be a real directory owned by us with no
+  group/other bits (a planted directory or symlink is refused).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+
+from .errors import InvalidArgument, PermissionDenied
+
+__all__ = [
+    "ParsedURL",
+    "parse_url",
+    "validate_name",
+    "validate_key",
+    "validate_path",
+    "validate_mode",
+    "validate_timeout",
+    "validate_size",
+    "parse_size",
+    "parse_bool",
+    "runtime_dir",
+    "DEFAULT_MODE",
+    "DEFAULT_DIR_MODE",
+]
+
+DEFAULT_MODE = 0o600
+DEFAULT_DIR_MODE = 0o700
+NAME_MAX = 200
+KEY_MIN, KEY_MAX = -(2**31), 2**31 - 1
+PATH_MAX = 4096
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_@+][A-Za-z0-9_.@+-]*\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_name(name: object, *, what: str = "name", max_len: int = NAME_MAX) -> str:
+    """A portable object name (no ``/``, ``..``, NUL, control chars; ≤ max_len)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be str, not {type(name).__name__}")
+    if not name:
+        raise InvalidArgument(f"{what} is empty")
+    if len(name) > max_len:
+        raise InvalidArgument(f"{what} is {len(name)} characters; the limit is {max_len}")
+    if _CONTROL_RE.search(name):
+        raise InvalidArgument(f"{what} {name!r} contains a NUL or control character")
+    if "/" in name:
+        raise InvalidArgument(f"{what} {name!r} contains '/'")
+    if ".." in name:
+        raise InvalidArgument(f"{what} {name!r} contains '..'")
+    if not _NAME_RE.match(name):
+        raise InvalidArgument(
+            f"{what} {name!r} is not allowed: use letters, digits and _.@+- "
+            "(not starting with '-' or '.')"
+        )
+    return name
+
+
+def validate_key(key: object, *, allow_private: bool = False) -> int:
+    """A SysV IPC key: int or decimal/``0x`` string within ``key_t``."""
+    if isinstance(key, bool):
+        raise TypeError("key must be int or str, not bool")
+    if isinstance(key, str):
+        text = key.strip()
+        try:
+            value = int(text, 16) if text.lower().startswith(("0x", "-0x")) else int(text, 10)
+        except ValueError:
+            raise InvalidArgument(f"key {key!r} is not a decimal or 0x-hex integer") from None
+    elif isinstance(key, int):
+        value = key
+    else:
+        raise TypeError(f"key must be int or str, not {type(key).__name__}")
+    if value > KEY_MAX and value <= 2**32 - 1:
+        value -= 2**32  # accept unsigned spellings such as 0xffffffff, as ipcs prints them
+    if not KEY_MIN <= value <= KEY_MAX:
+        raise InvalidArgument(f"key {key!r} is outside key_t ({KEY_MIN}..{2**32 - 1})")
+    if value == 0 and not allow_private:
+        raise InvalidArgument("key 0 is IPC_PRIVATE; ask for a private object explicitly")
+    return value
+
+
+def validate_path(path: object, *, what: str = "path", max_bytes: int = PATH_MAX) -> str:
+    """An absolute filesystem path without NUL/control characters or ``..`` components."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"{what} must be str or os.PathLike, not {type(path).__name__}")
+    if not path:
+        raise InvalidArgument(f"{what} is empty")
+    if _CONTROL_RE.search(path):
+        raise InvalidArgument(f"{what} {path!r} contains a NUL or control character")
+    if not path.startswith("/"):
+        raise InvalidArgument(f"{what} {path!r} must be absolute")
+    if ".." in path.split("/"):
+        raise InvalidArgument(f"{what} {path!r} contains a '..' component")
+    size = len(os.fsencode(path))
+    if size > max_bytes:
+        raise InvalidArgument(f"{what} is {size} bytes; the limit is {max_bytes}")
+    return path
+
+
+def validate_mode(mode: object) -> int:
+    """Permission bits 0..0o777 (no setuid/setgid/sticky)."""
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise TypeError(f"mode must be int (e.g. 0o600), not {type(mode).__name__}")
+    if not 0 <= mode <= 0o777:
+        raise InvalidArgument(f"mode {mode:#o} is outside 0..0o777")
+    if not mode & 0o600 == 0o600:
+        raise InvalidArgument(f"mode {mode:#o} must at least allow the owner to read and write")
+    return mode
+
+
+def validate_timeout(timeout: object) -> float | None:
+    """``None`` (block), ``0`` (never block) or a finite positive number of seconds."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be None or a number of seconds, not {type(timeout).__name__}")
+    t = float(timeout)
+    if math.isnan(t) or t < 0:
+        raise InvalidArgument(f"timeout {timeout!r} must be None or >= 0")
+    if t > threading.TIMEOUT_MAX:
+        raise InvalidArgument(f"timeout {timeout!r} is absurd (> {threading.TIMEOUT_MAX:.0f} s); use None to block")
+    return t
+
+
+def validate_size(value: object, *, what: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer byte count (or ``'64MiB'``-style string) within bounds."""
+    if isinstance(value, str):
+        value = parse_size(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be int, not {type(value).__name__}")
+    if value < minimum:
+        raise InvalidArgument(f"{what} {value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgument(f"{what} {value} is above the maximum {maximum}")
+    return value
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*\Z")
+
+
+def parse_size(text: str) -> int:
+    """``"4096"``, ``"64KiB"``, ``"1MB"`` -> bytes."""
+    m = _SIZE_RE.match(text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InvalidArgument(f"size {text!r} is not a number with an optional unit (KiB, MiB, GiB, KB, MB, GB)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def parse_bool(value: object, *, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"{what} {value!r} is not a boolean")
+
+
+@dataclass(frozen=True)
+class ParsedURL:
+    """A split kipc URL. ``query`` holds the ``?k=v`` options as strings."""
+
+    url: str
+    scheme: str
+    netloc: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        """netloc + path: what the mechanism addresses (key, name, host:port/...)."""
+        return self.netloc + self.path
+
+
+_SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*\Z")
+
+
+def parse_url(url: object) -> ParsedURL:
+    """Split ``scheme://netloc/path?opts``; validation of the parts is the transport's."""
+    if not isinstance(url, str):
+        raise TypeError(f"url must be str, not {type(url).__name__}")
+    if len(url) > PATH_MAX + 256:
+        raise InvalidArgument(f"url is {len(url)} characters; too long")
+    if _CONTROL_RE.search(url):
+        raise InvalidArgument(f"url {url!r} contains a NUL or control character")
+    if "://" not in url:
+        raise InvalidArgument(f"url {url!r} has no scheme (expected e.g. fifo:///tmp/x, ring://name)")
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    if not _SCHEME_RE.match(scheme):
+        raise InvalidArgument(f"url {url!r} has an invalid scheme {scheme!r}")
+    if "#" in rest:
+        raise InvalidArgument(f"url {url!r} must not contain a fragment ('#')")
+    rest, _, qs = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    path = slash + path
+    try:
+        pairs = urllib.parse.parse_qsl(qs, keep_blank_values=True, strict_parsing=bool(qs))
+    except ValueError:
+        raise InvalidArgument(f"url {url!r} has a malformed query string") from None
+    query: dict[str, str] = {}
+    for k, v in pairs:
+        if k in query:
+            raise InvalidArgument(f"url {url!r} repeats option {k!r}")
+        query[k] = v
+    return ParsedURL(url=url, scheme=scheme, netloc=urllib.parse.unquote(netloc),
+                     path=urllib.parse.unquote(path), query=query)
+
+
+_runtime_lock = threading.Lock()
+_runtime_cache: dict[int, str] = {}
+
+
+def _check_private_dir(path: str) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PermissionDenied(f"runtime dir {path} is not a directory (symlink or file planted?)")
+    if st.st_uid != os.geteuid():
+        raise PermissionDenied(f"runtime dir {path} is owned by uid {st.st_uid}, not us ({os.geteuid()})")
+    if st.st_mode & 0o077:
+        raise PermissionDenied(f"runtime dir {path} has mode {stat.S_IMODE(st.st_mode):#o}; expected 0700")
+
+
+def private_dir(path: str) -> str:
+    """Create ``path`` 0700 if missing (whatever the umask) and verify it is ours."""
+    try:
+        os.mkdir(path, DEFAULT_DIR_MODE)
+        os.chmod(path, DEFAULT_DIR_MODE)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        pass
+    _check_private_dir(path)
+    return path
+
+
+def runtime_dir(sub: str | None = None) -> str:
+    """kipc's private runtime directory (optionally a private subdirectory of it)."""
+    uid = os.geteuid()
+    with _runtime_lock:
+        base = _runtime_cache.get(uid)
+        if base is None or not os.path.isdir(base):
+            override = os.environ.get("KIPC_RUNTIME_DIR")
+            xdg = os.environ.get("XDG_RUNTIME_DIR")
+            if override:
+                base = validate_path(override, what="KIPC_RUNTIME_DIR")
+            elif xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
+                base = os.path.join(xdg, "kipc")
+            else:
+                base = f"/tmp/kipc-{uid}"
+            private_dir(base)
+            _runtime_cache[uid] = base
+    if sub is None:
+        return base
+    return private_dir(os.path.join(base, validate_name(sub, what="runtime subdirectory")))

@@ -1,0 +1,175 @@
+"""The kipc error tree and the one errno -> class table.
+
+Every error kipc raises is a :class:`KipcError`. Where a builtin exception
+already means the same thing, the kipc class also inherits it, so existing
+``except FileExistsError`` / ``except TimeoutError`` clauses keep working::
+
+    KipcError
+    ├── AlreadyExists      (FileExistsError)
+    ├── NotFound           (FileNotFoundError)
+    ├── PermissionDenied   (PermissionError)
+    ├── Timeout            (TimeoutError)
+    │   └── WouldBlock     (BlockingIOError)   timeout=0 and the call would block
+    ├── MessageTooLarge    (ValueError)        names the size and the limit
+    ├── InvalidArgument    (ValueError)        bad name, key, size, mode, timeout
+    ├── ChannelClosed      (EOFError)          no more messages: closed here, or the peer finished
+    │   └── PeerGone       (BrokenPipeError)   the peer vanished / broke the stream
+    ├── ProtocolError                          bytes on the wire are not kipc's (truncated, forged, bad auth)
+    ├── BadObject          (OSError)           an object exists but is not what we expect (magic, size, type)
+    ├── LimitExceeded      (OSError)           a kernel limit (sysctl / rlimit) stopped us; names it
+    └── Unsupported        (NotImplementedError) a knob this mechanism cannot honour
+
+Messages name the object and the operation (``"send on fifo:///tmp/x: ..."``).
+``.errno`` is kept when an OS error was the cause.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "KipcError",
+    "AlreadyExists",
+    "NotFound",
+    "PermissionDenied",
+    "Timeout",
+    "WouldBlock",
+    "MessageTooLarge",
+    "InvalidArgument",
+    "ChannelClosed",
+    "PeerGone",
+    "ProtocolError",
+    "BadObject",
+    "LimitExceeded",
+    "Unsupported",
+    "from_oserror",
+]
+
+
+class KipcError(Exception):
+    """Base of every kipc error."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        if errno is not None:
+            # OSError subclasses expose a writable ``errno``; for the others
+            # this is a plain attribute.
+            self.errno = errno
+
+    def __str__(self) -> str:  # OSError.__str__ would print "[Errno None] ..."
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExists(KipcError, FileExistsError):
+    """The object exists and exclusive creation was asked (the default)."""
+
+
+class NotFound(KipcError, FileNotFoundError):
+    """The object does not exist (and creation was not asked)."""
+
+
+class PermissionDenied(KipcError, PermissionError):
+    """The kernel refused, or kipc refused a foreign/too-open object."""
+
+
+class Timeout(KipcError, TimeoutError):
+    """A blocking call ran out of time; the channel is unchanged."""
+
+
+class WouldBlock(Timeout, BlockingIOError):
+    """``timeout=0`` and the call would have had to wait."""
+
+
+class MessageTooLarge(KipcError, ValueError):
+    """A message is bigger than the channel (or kernel) allows.
+
+    ``size`` and ``limit`` are the two numbers; the message names both and,
+    where one exists, the sysctl that sets the limit.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int, errno: int | None = None) -> None:
+        super().__init__(message, errno=errno)
+        self.size = size
+        self.limit = limit
+
+
+class InvalidArgument(KipcError, ValueError):
+    """A name, key, size, mode, URL or timeout is not acceptable."""
+
+
+class ChannelClosed(KipcError, EOFError):
+    """No more messages: this end was closed, the peer finished, or the object was removed."""
+
+
+class PeerGone(ChannelClosed, BrokenPipeError):
+    """The peer disappeared mid-conversation (reset, broken pipe, died)."""
+
+
+class ProtocolError(KipcError):
+    """Bytes from the peer are not a valid kipc stream (truncated frame, forged length, failed auth)."""
+
+
+class BadObject(KipcError, OSError):
+    """An object exists but is not what kipc expects (wrong magic/version/size/type)."""
+
+
+class LimitExceeded(KipcError, OSError):
+    """A kernel limit was hit; the message names the sysctl or rlimit."""
+
+
+class Unsupported(KipcError, NotImplementedError):
+    """The mechanism cannot honour this knob or operation."""
+
+
+# The one errno -> class table.
+_ERRNO_TABLE: dict[int, type[KipcError]] = {
+    _errno.EEXIST: AlreadyExists,
+    _errno.ENOENT: NotFound,
+    _errno.EACCES: PermissionDenied,
+    _errno.EPERM: PermissionDenied,
+    _errno.EAGAIN: WouldBlock,
+    _errno.ETIMEDOUT: Timeout,
+    _errno.EPIPE: PeerGone,
+    _errno.ECONNRESET: PeerGone,
+    _errno.ECONNREFUSED: NotFound,
+    _errno.ENXIO: NotFound,
+    _errno.EIDRM: ChannelClosed,
+    _errno.EMSGSIZE: MessageTooLarge,
+    _errno.EINVAL: InvalidArgument,
+    _errno.ENAMETOOLONG: InvalidArgument,
+    _errno.ENOSPC: LimitExceeded,
+    _errno.EMFILE: LimitExceeded,
+    _errno.ENFILE: LimitExceeded,
+    _errno.ENOMEM: LimitExceeded,
+    _errno.ENOSYS: Unsupported,
+    _errno.EOPNOTSUPP: Unsupported,
+}
+
+# What to tell the user when a limit errno comes back.
+_LIMIT_HINT: dict[int, str] = {
+    _errno.EMFILE: "RLIMIT_NOFILE (ulimit -n)",
+    _errno.ENFILE: "fs.file-max",
+}
+
+
+def error_class(err: int) -> type[KipcError]:
+    """The kipc class for an errno (``KipcError`` itself when unmapped)."""
+    return _ERRNO_TABLE.get(err, KipcError)
+
+
+def from_oserror(exc: OSError, obj: str, op: str, *, hint: str | None = None) -> KipcError:
+    """Translate an ``OSError`` into the kipc class, naming object and operation.
+
+    Use as ``raise from_oserror(e, url, "open") from e``.
+    """
+    err = exc.errno or 0
+    cls = error_class(err)
+    reason = exc.strerror or os.strerror(err) if err else str(exc)
+    hint = hint or _LIMIT_HINT.get(err)
+    msg = f"{op} {obj}: {reason}"
+    if hint:
+        msg += f" (limit: {hint})"
+    if cls is MessageTooLarge:
+        return InvalidArgument(msg, errno=err)  # no numbers to name: caller should check first
+    return cls(msg, errno=err)
