@@ -114,7 +114,7 @@ def test_full_channel_blocks_then_succeeds(bounded_pair: tuple[Channel, Channel]
     sent = 0
     msg_size = 1024
     with pytest.raises(kipc.WouldBlock):
-        for sent in itertools.count():  # noqa: B007
+        for sent in itertools.count():
             if sent > 200_000:
                 pytest.fail("channel accepted 200k messages without ever being full")
             tx.send(payload(3, sent, msg_size), timeout=0)
@@ -203,7 +203,7 @@ def test_close_semantics(pair: tuple[Channel, Channel]) -> None:
 
 
 def test_context_manager_closes(pair: tuple[Channel, Channel]) -> None:
-    tx, rx = pair
+    _tx, rx = pair
     with rx as r:
         assert r is rx
     assert rx.closed
@@ -232,7 +232,7 @@ def test_asyncio_roundtrip(pair: tuple[Channel, Channel]) -> None:
     tx, rx = pair
 
     async def main() -> list[bytes]:
-        recv_task = asyncio.ensure_future(asyncio.gather(*[rx.arecv(timeout=10) for _ in range(1)]))
+        recv_task = asyncio.ensure_future(rx.arecv(timeout=10))  # waits before anything is sent
         await asyncio.sleep(0.01)
         await tx.asend(b"async-1", timeout=10)
         first = await recv_task
@@ -242,7 +242,7 @@ def test_asyncio_roundtrip(pair: tuple[Channel, Channel]) -> None:
             await rx.arecv(timeout=0.05)
         with pytest.raises(kipc.WouldBlock):
             await rx.arecv(timeout=0)
-        return [*first, second]
+        return [first, second]
 
     assert asyncio.run(main()) == [b"async-1", b"async-2"]
 

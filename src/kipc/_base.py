@@ -36,7 +36,7 @@ from ._naming import validate_timeout
 from .codecs import Codec, get_codec
 from .errors import ChannelClosed, MessageTooLarge, Timeout, Unsupported, WouldBlock
 
-__all__ = ["Deadline", "Channel", "Listener", "KNOWN_KNOBS"]
+__all__ = ["KNOWN_KNOBS", "Channel", "Deadline", "Listener"]
 
 #: Mechanism knobs some transport understands. Asking a transport for one it
 #: does not support is ``Unsupported``; anything else is a ``TypeError``.
@@ -48,7 +48,7 @@ _monotonic = time.monotonic
 class Deadline:
     """A validated timeout turned into an absolute monotonic deadline."""
 
-    __slots__ = ("timeout", "end")
+    __slots__ = ("end", "timeout")
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
@@ -155,7 +155,8 @@ class Channel(_Base):
         for k in knobs:
             if k not in allowed:
                 if k in KNOWN_KNOBS:
-                    raise Unsupported(f"{op} on {self.url}: {self.scheme or type(self).__name__} channels do not support {k}=")
+                    kind = self.scheme or type(self).__name__
+                    raise Unsupported(f"{op} on {self.url}: {kind} channels do not support {k}=")
                 raise TypeError(f"{op}() got an unexpected keyword argument {k!r}")
 
     # -- public API ------------------------------------------------------------
@@ -262,10 +263,10 @@ class Channel(_Base):
             fut: asyncio.Future[None] = loop.create_future()
             add, remove = ((loop.add_reader, loop.remove_reader) if fd_getter == self._readable_fd
                            else (loop.add_writer, loop.remove_writer))
-            add(fd, lambda: fut.done() or fut.set_result(None))
+            add(fd, _wake, fut)
             try:
                 await asyncio.wait_for(fut, remaining)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 raise deadline.error(f"{op} on {self.url}") from None
             finally:
                 remove(fd)
@@ -279,6 +280,11 @@ class Channel(_Base):
 
     def _unlink(self) -> None:
         pass
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class Listener(_Base):
@@ -302,10 +308,10 @@ class Listener(_Base):
                 if deadline.nonblocking:
                     raise
             fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self.fileno(), lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(self.fileno(), _wake, fut)
             try:
                 await asyncio.wait_for(fut, deadline.remaining())
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 raise deadline.error(f"accept on {self.url}") from None
             finally:
                 loop.remove_reader(self.fileno())

@@ -27,7 +27,7 @@ import struct
 
 from .errors import InvalidArgument, MessageTooLarge, ProtocolError
 
-__all__ = ["HEADER", "HEADER_SIZE", "MAX_FRAME", "DEFAULT_MAX_FRAME", "encode_header", "FrameDecoder"]
+__all__ = ["DEFAULT_MAX_FRAME", "HEADER", "HEADER_SIZE", "MAX_FRAME", "FrameDecoder", "encode_header"]
 
 HEADER = struct.Struct("<I")
 HEADER_SIZE = HEADER.size

@@ -28,19 +28,19 @@ from dataclasses import dataclass, field
 from .errors import InvalidArgument, PermissionDenied
 
 __all__ = [
-    "ParsedURL",
-    "parse_url",
-    "validate_name",
-    "validate_key",
-    "validate_path",
-    "validate_mode",
-    "validate_timeout",
-    "validate_size",
-    "parse_size",
-    "parse_bool",
-    "runtime_dir",
-    "DEFAULT_MODE",
     "DEFAULT_DIR_MODE",
+    "DEFAULT_MODE",
+    "ParsedURL",
+    "parse_bool",
+    "parse_size",
+    "parse_url",
+    "runtime_dir",
+    "validate_key",
+    "validate_mode",
+    "validate_name",
+    "validate_path",
+    "validate_size",
+    "validate_timeout",
 ]
 
 DEFAULT_MODE = 0o600

@@ -23,7 +23,7 @@ from typing import Any
 
 from ._naming import runtime_dir
 
-__all__ = ["OwnerRecord", "process_start_time", "owner_alive", "record", "forget", "records", "lookup"]
+__all__ = ["OwnerRecord", "forget", "lookup", "owner_alive", "process_start_time", "record", "records"]
 
 
 def process_start_time(pid: int) -> int | None:

@@ -12,7 +12,7 @@ import os
 import sys
 from types import ModuleType
 
-__all__ = ["native", "sysctl", "sysctl_path", "IS_LINUX", "HAS_MQUEUE_FS", "mqueue_mount"]
+__all__ = ["HAS_MQUEUE_FS", "IS_LINUX", "mqueue_mount", "native", "sysctl", "sysctl_path"]
 
 IS_LINUX = sys.platform.startswith("linux")
 

@@ -20,7 +20,7 @@ import msgspec
 
 from .errors import InvalidArgument
 
-__all__ = ["Codec", "BytesCodec", "JsonCodec", "MsgpackCodec", "PickleCodec", "get_codec"]
+__all__ = ["BytesCodec", "Codec", "JsonCodec", "MsgpackCodec", "PickleCodec", "get_codec"]
 
 
 @runtime_checkable

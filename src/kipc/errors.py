@@ -29,20 +29,20 @@ import errno as _errno
 import os
 
 __all__ = [
-    "KipcError",
     "AlreadyExists",
-    "NotFound",
-    "PermissionDenied",
-    "Timeout",
-    "WouldBlock",
-    "MessageTooLarge",
-    "InvalidArgument",
-    "ChannelClosed",
-    "PeerGone",
-    "ProtocolError",
     "BadObject",
+    "ChannelClosed",
+    "InvalidArgument",
+    "KipcError",
     "LimitExceeded",
+    "MessageTooLarge",
+    "NotFound",
+    "PeerGone",
+    "PermissionDenied",
+    "ProtocolError",
+    "Timeout",
     "Unsupported",
+    "WouldBlock",
     "from_oserror",
 ]
 
@@ -50,12 +50,12 @@ __all__ = [
 class KipcError(Exception):
     """Base of every kipc error."""
 
+    errno: int | None
+
     def __init__(self, message: str, *, errno: int | None = None) -> None:
         super().__init__(message)
-        if errno is not None:
-            # OSError subclasses expose a writable ``errno``; for the others
-            # this is a plain attribute.
-            self.errno = errno
+        # OSError subclasses expose a writable ``errno``; for the others it is a plain attribute.
+        self.errno = errno
 
     def __str__(self) -> str:  # OSError.__str__ would print "[Errno None] ..."
         return str(self.args[0]) if self.args else ""

@@ -18,7 +18,7 @@ from ._base import Channel, Listener
 from ._naming import parse_url
 from .errors import InvalidArgument
 
-__all__ = ["open", "listen", "schemes", "listen_schemes", "register", "load"]
+__all__ = ["listen", "listen_schemes", "load", "open", "register", "schemes"]
 
 _CHANNELS: dict[str, str] = {
     "fifo": "kipc.transports.fifo:FifoChannel",
@@ -69,18 +69,18 @@ def load(scheme: str, *, listener: bool = False) -> Any:
     return _import(target)
 
 
-def open(url: str, **options: Any) -> Channel:  # noqa: A001 - kipc.open mirrors builtins.open on purpose
+def open(url: str, **options: Any) -> Channel:
     """Open (or with ``create=True`` create) the channel named by ``url``."""
     parsed = parse_url(url)
     cls = load(parsed.scheme)
-    return cls.from_url(parsed, **options)  # type: ignore[no-any-return]
+    return cls.from_url(parsed, **options)
 
 
 def listen(url: str, **options: Any) -> Listener:
     """Listen on a ``unix://`` or ``tcp://`` address; ``accept()`` yields channels."""
     parsed = parse_url(url)
     cls = load(parsed.scheme, listener=True)
-    return cls.from_url(parsed, **options)  # type: ignore[no-any-return]
+    return cls.from_url(parsed, **options)
 
 
 def merge_query(parsed: Any, options: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, che
 from ..codecs import Codec
 from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, Timeout, from_oserror
 
-__all__ = ["StreamChannel", "FRAMINGS", "wait_fd"]
+__all__ = ["FRAMINGS", "StreamChannel", "wait_fd"]
 
 FRAMINGS = ("frame", "line", "raw")
 _READ_CHUNK = 256 * 1024
@@ -69,7 +69,7 @@ class StreamChannel(Channel):
         if isinstance(max_message_size, str):
             max_message_size = int(max_message_size)
         self.framing = framing
-        self.max_message_size = check_max(max_message_size)
+        self.max_message_size = self._decoder_max = check_max(max_message_size)
         self._rfd, self._wfd = rfd, wfd
         self.readable, self.writable = rfd >= 0, wfd >= 0
         for fd in {rfd, wfd} - {-1}:
@@ -264,8 +264,8 @@ class StreamChannel(Channel):
                 line = bytes(buf[:i])
                 del buf[: i + 1]
                 return line
-            if len(buf) > self.max_message_size:
-                raise ProtocolError(f"{self.url}: line longer than {self.max_message_size} bytes")
+            if len(buf) > self._decoder_max:
+                raise ProtocolError(f"{self.url}: line longer than {self._decoder_max} bytes")
             if self._eof:
                 if buf:  # a last line without newline is still a line
                     line = bytes(buf)

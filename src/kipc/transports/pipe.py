@@ -26,7 +26,7 @@ from ..codecs import Codec
 from ..errors import InvalidArgument
 from ._stream import StreamChannel
 
-__all__ = ["PipeChannel", "pipe", "open_fd"]
+__all__ = ["PipeChannel", "open_fd", "pipe"]
 
 _PIPE_SIZE = 1 << 20  # ask for 1 MiB pipes: fewer wake-ups for big messages (best effort)
 
