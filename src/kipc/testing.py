@@ -31,7 +31,10 @@ from ._base import Channel
 from ._naming import runtime_dir
 from ._platform import mqueue_mount
 
-__all__ = ["PYTHON", "Child", "LeakChecker", "channel_pair", "namespace", "nats_cluster", "nats_server", "spawn", "unique_key", "unique_name"]
+__all__ = [
+    "PYTHON", "Child", "LeakChecker", "channel_pair", "namespace", "nats_cluster", "nats_server", "spawn",
+    "unique_key", "unique_name",
+]
 
 PYTHON = sys.executable
 _counter = itertools.count()
