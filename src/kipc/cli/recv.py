@@ -1,0 +1,97 @@
+"""``kipc recv URL [-n N] [--follow]``: receive messages from any channel scheme and print them.
+
+* Output: each message's bytes followed by a newline, written to the binary
+  stdout (so UTF-8 and binary pass unchanged); ``--raw``: the bytes only;
+  ``--hex``: one hex line per message; ``--json``: one JSON object per line
+  (``{"url", "size", "text" (UTF-8 or null), "hex"}``).
+* ``-n N`` messages (default 1); ``--follow`` until the channel closes or
+  Ctrl-C. ``--timeout S`` bounds the wait for each message (exit 1 on expiry).
+* ``--create``: create the object if missing, and remove it when kipc exits;
+  for ``unix://``/``tcp://`` this means listen and accept a sender (with
+  ``--follow``, one sender after another).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+from .. import registry
+from .._base import Deadline
+from .._naming import parse_url
+from ..errors import ChannelClosed
+from ._output import Output
+
+__all__ = ["messages", "run"]
+
+
+def _channels(url: str, *, create: bool, follow: bool, timeout: float | None, stack: ExitStack) -> Iterator[Any]:
+    """The channel(s) to read from: one, or for a listener one per accepted sender."""
+    import kipc
+
+    scheme = parse_url(url).scheme
+    registry.load(scheme)
+    if create and scheme in registry.listen_schemes():
+        lst = stack.enter_context(kipc.listen(url))
+        while True:
+            ch = lst.accept(timeout=timeout)
+            with ch:
+                yield ch
+            if not follow:
+                return
+    opts: dict[str, Any] = {"create": "if_missing"} if create else {}
+    yield stack.enter_context(kipc.open(url, **opts))
+
+
+def messages(url: str, *, count: int | None, create: bool = False, follow: bool = False,
+             timeout: float | None = None, **knobs: Any) -> Iterator[bytes]:
+    """Yield up to ``count`` messages (None: until the channel closes)."""
+    Deadline.of(timeout)  # validate before opening anything
+    n = 0
+    with ExitStack() as stack:
+        for ch in _channels(url, create=create, follow=follow, timeout=timeout, stack=stack):
+            while count is None or n < count:
+                try:
+                    data = ch.recv(timeout=timeout, **knobs)
+                except ChannelClosed:
+                    break
+                n += 1
+                yield bytes(data)
+            if count is not None and n >= count:
+                return
+    if n == 0:
+        raise ChannelClosed(f"recv on {url}: the channel closed before any message arrived")
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    knobs: dict[str, Any] = {}
+    if args.type is not None:
+        knobs["type"] = args.type
+    count = None if args.follow else args.count
+    buf = sys.stdout.buffer if out.out is sys.stdout else None
+    for data in messages(args.url, count=count, create=args.create, follow=args.follow, timeout=args.timeout,
+                         **knobs):
+        if out.json_mode:
+            try:
+                text: str | None = data.decode()
+            except UnicodeDecodeError:
+                text = None
+            line = json.dumps({"url": args.url, "size": len(data), "text": text, "hex": data.hex()}) + "\n"
+            chunk = line.encode()
+        elif args.hex:
+            chunk = data.hex().encode() + b"\n"
+        elif args.raw:
+            chunk = data
+        else:
+            chunk = data + b"\n"
+        if buf is not None:
+            buf.write(chunk)
+            buf.flush()
+        else:
+            out.out.write(chunk.decode(errors="replace"))
+            out.out.flush()
+    return 0
