@@ -1,0 +1,252 @@
+"""TCP sockets: ``tcp://host:port`` (IPv6 as ``tcp://[::1]:port``).
+
+Contract card:
+
+* ``kipc.listen("tcp://127.0.0.1:0")`` binds (port 0 picks a free port;
+  ``listener.url`` shows the real one) and ``accept()`` yields one duplex
+  :class:`TcpChannel` per peer; ``kipc.open("tcp://h:p")`` connects.
+* Loopback by default: binding a non-loopback address (``0.0.0.0``, a LAN
+  address) is :class:`PermissionDenied` unless ``allow_remote=True``.
+  An empty host means ``127.0.0.1``.
+* ``TCP_NODELAY`` on both ends; sends use ``MSG_NOSIGNAL``.
+* ``timeout=`` at open bounds connect + handshake (default 10 s); a listener
+  bounds each peer's handshake by ``handshake_timeout`` (default 10 s).
+* Optional shared secret ``auth=`` (bytes, or str as UTF-8): mutual
+  HMAC-SHA256 challenge-response before any payload is decoded. Byte layout::
+
+      server -> client   MAGIC (b"\\xffKIPC-AUTH-1\\n", 13 B) + nonce_s (32 random B)
+      client -> server   nonce_c (32 random B) + HMAC(key, b"kipc-auth-1 client" + nonce_s + nonce_c)
+      server -> client   HMAC(key, b"kipc-auth-1 server" + nonce_c + nonce_s)
+
+  Digests are compared with ``hmac.compare_digest``; the labels stop a
+  reflected answer. A wrong key is :class:`PermissionDenied` on both sides
+  (the server closes; the client reports the refusal). A client without
+  ``auth=`` talking to an auth server reads MAGIC as a frame length of
+  0x50494bff and gets :class:`ProtocolError`; a client with ``auth=`` talking
+  to a server without it gets :class:`ProtocolError` when no challenge comes.
+  The secret authenticates the peers; it does not encrypt the traffic.
+* Boundaries: framed (``framing=line/raw`` for ``nc``); FIFO order; max
+  message ``max_message_size`` (default 1 GiB); a forged length prefix above
+  it is :class:`ProtocolError` before any allocation.
+* Cleanup: nothing named; closing the listener frees the port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import socket
+import threading
+from typing import Any, ClassVar
+
+from .._base import Deadline
+from .._framing import DEFAULT_MAX_FRAME
+from .._naming import ParsedURL, parse_bool, parse_url, validate_timeout
+from ..codecs import Codec
+from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
+from ..registry import merge_query
+from ._sock import SocketChannel, SocketListener, connect, recv_exact, send_exact
+
+__all__ = ["TcpChannel", "TcpListener", "MAGIC"]
+
+MAGIC = b"\xffKIPC-AUTH-1\n"
+_NONCE = 32
+_DIGEST = 32
+
+
+def _mac(key: bytes, label: bytes, a: bytes, b: bytes) -> bytes:
+    return hmac.new(key, b"kipc-auth-1 " + label + a + b, hashlib.sha256).digest()
+
+
+def _key(auth: Any) -> bytes | None:
+    if auth is None:
+        return None
+    if isinstance(auth, str):
+        auth = auth.encode()
+    if not isinstance(auth, (bytes, bytearray)):
+        raise TypeError(f"auth must be bytes or str, not {type(auth).__name__}")
+    if not auth:
+        raise InvalidArgument("auth secret is empty")
+    return bytes(auth)
+
+
+def _hostport(parsed: ParsedURL, *, listening: bool) -> tuple[str, int]:
+    if parsed.path not in ("", "/"):
+        raise InvalidArgument(f"{parsed.url}: a tcp:// URL has no path (tcp://host:port)")
+    netloc = parsed.netloc
+    if netloc.startswith("["):
+        host, _, rest = netloc[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port_text = netloc.rpartition(":")
+        if not sep:
+            host, port_text = netloc, ""
+    if not port_text.isdigit():
+        raise InvalidArgument(f"{parsed.url}: needs a numeric port (tcp://127.0.0.1:9000; 0 = any free port)")
+    port = int(port_text)
+    if not (0 if listening else 1) <= port <= 65535:
+        raise InvalidArgument(f"{parsed.url}: port {port} is outside {0 if listening else 1}..65535")
+    return host or "127.0.0.1", port
+
+
+def _resolve(host: str, port: int, url: str) -> tuple[int, Any]:
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise InvalidArgument(f"{url}: cannot resolve host {host!r} ({e.strerror})") from e
+    return family, sockaddr
+
+
+def _format(family: int, sockaddr: Any) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"tcp://[{host}]:{port}" if family == socket.AF_INET6 else f"tcp://{host}:{port}"
+
+
+def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size") if k in options}
+
+
+class TcpChannel(SocketChannel):
+    """One connected end of a TCP connection (duplex)."""
+
+    scheme: ClassVar[str] = "tcp"
+    peer: tuple[str, int] | None = None
+
+    def __init__(self, url: str, *, timeout: float | str | None = 10.0, auth: bytes | str | None = None,
+                 codec: str | Codec | None = None, framing: str = "frame",
+                 max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+        parsed = parse_url(url)
+        if parsed.scheme != "tcp":
+            raise InvalidArgument(f"{url}: not a tcp:// URL")
+        host, port = _hostport(parsed, listening=False)
+        key = _key(auth)
+        deadline = Deadline(validate_timeout(float(timeout) if isinstance(timeout, str) else timeout))
+        family, sockaddr = _resolve(host, port, url)
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connect(sock, sockaddr, deadline, url)
+            if key is not None:
+                _client_handshake(sock, key, deadline, url)
+            self.peer = sock.getpeername()[:2]
+            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size)
+        except BaseException:
+            sock.close()
+            raise
+
+    @classmethod
+    def _accepted(cls, url: str, sock: socket.socket, options: dict[str, Any]) -> TcpChannel:
+        self = cls.__new__(cls)
+        self.peer = sock.getpeername()[:2]
+        self._init_socket(url, sock, **options)
+        return self
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> TcpChannel:
+        return cls(parsed.url, **merge_query(parsed, options))
+
+    @classmethod
+    def test_pair(cls, name: str, **options: Any) -> tuple[TcpChannel, TcpChannel]:
+        """(connecting end, accepted end) on a free loopback port; the listener is closed at once."""
+        auth = options.pop("auth", None)
+        with TcpListener("tcp://127.0.0.1:0", auth=auth, **options) as lst:
+            # accept in a thread: with auth= both handshakes must run at once
+            got: list[Any] = []
+            t = threading.Thread(target=lambda: got.append(_try(lambda: lst.accept(timeout=10))), daemon=True)
+            t.start()
+            try:
+                client = cls(lst.url, auth=auth, **options)
+            finally:
+                t.join(15)
+            server = got[0] if got else Timeout("accept timed out")
+            if isinstance(server, BaseException):
+                client.close()
+                raise server
+        return client, server  # type: ignore[return-value]
+
+
+def _try(fn: Any) -> Any:
+    try:
+        return fn()
+    except BaseException as e:  # handed to the caller's thread
+        return e
+
+
+def _client_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: str) -> None:
+    try:
+        head = recv_exact(sock, len(MAGIC) + _NONCE, deadline, url)
+    except Timeout:
+        raise ProtocolError(f"connect to {url}: no auth challenge from the server within "
+                            f"{deadline.timeout:g} s (does it use auth=?)") from None
+    if not head.startswith(MAGIC):
+        raise ProtocolError(f"connect to {url}: the server does not speak kipc auth")
+    nonce_s = head[len(MAGIC):]
+    nonce_c = secrets.token_bytes(_NONCE)
+    send_exact(sock, nonce_c + _mac(key, b"client", nonce_s, nonce_c), deadline, url)
+    try:
+        proof = recv_exact(sock, _DIGEST, deadline, url)
+    except (ProtocolError, ConnectionError) as e:
+        raise PermissionDenied(f"connect to {url}: the server refused our authentication (wrong auth key?)") from e
+    if not hmac.compare_digest(proof, _mac(key, b"server", nonce_c, nonce_s)):
+        raise PermissionDenied(f"connect to {url}: the server failed authentication (wrong auth key?)")
+
+
+def _server_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: str) -> None:
+    nonce_s = secrets.token_bytes(_NONCE)
+    send_exact(sock, MAGIC + nonce_s, deadline, url)
+    try:
+        answer = recv_exact(sock, _NONCE + _DIGEST, deadline, url)
+    except (Timeout, ProtocolError) as e:
+        raise PermissionDenied(f"accept on {url}: the peer did not authenticate ({e})") from e
+    nonce_c, digest = answer[:_NONCE], answer[_NONCE:]
+    if not hmac.compare_digest(digest, _mac(key, b"client", nonce_s, nonce_c)):
+        raise PermissionDenied(f"accept on {url}: the peer failed authentication (wrong auth key?)")
+    send_exact(sock, _mac(key, b"server", nonce_c, nonce_s), deadline, url)
+
+
+class TcpListener(SocketListener):
+    """A listening TCP socket; ``accept()`` returns a :class:`TcpChannel` per peer."""
+
+    scheme: ClassVar[str] = "tcp"
+
+    def __init__(self, url: str, *, backlog: int | str = 128, allow_remote: bool | str = False,
+                 auth: bytes | str | None = None, handshake_timeout: float | str = 10.0,
+                 **stream_options: Any) -> None:
+        parsed = parse_url(url)
+        if parsed.scheme != "tcp":
+            raise InvalidArgument(f"{url}: not a tcp:// URL")
+        host, port = _hostport(parsed, listening=True)
+        self._key = _key(auth)
+        self._options = _stream_options(stream_options)
+        if stream_options:
+            raise TypeError(f"unexpected option(s) for a tcp listener: {', '.join(sorted(stream_options))}")
+        self.handshake_timeout = float(handshake_timeout)
+        family, sockaddr = _resolve(host, port, url)
+        if not ipaddress.ip_address(sockaddr[0].split("%")[0]).is_loopback \
+                and not parse_bool(allow_remote, what="allow_remote"):
+            raise PermissionDenied(f"listen on {url}: {sockaddr[0]} is not a loopback address; "
+                                   "pass allow_remote=True to accept connections from other hosts")
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old conns sit in TIME_WAIT
+            sock.bind(sockaddr)
+            sock.listen(int(backlog))
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise from_oserror(e, url, "listen on") from e
+        self._sock = sock
+        self.url = _format(family, sock.getsockname())
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> TcpListener:
+        return cls(parsed.url, **merge_query(parsed, options))
+
+    def _make_channel(self, conn: socket.socket, deadline: Deadline) -> TcpChannel:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._key is not None:
+            _server_handshake(conn, self._key, deadline, self.url)
+        return TcpChannel._accepted(self.url, conn, self._options)
