@@ -1,0 +1,233 @@
+"""POSIX message queues: ``posixmq://NAME`` (the kernel queue ``/NAME``, what C's ``mq_open("/NAME")`` sees).
+
+Contract card:
+
+* Wire format: the raw bytes plus the kernel's priority; no kipc header, so a
+  C program's ``mq_send``/``mq_receive`` interoperates byte for byte.
+* Boundaries: kept by the kernel. Ordering: highest priority first, FIFO
+  within one priority. ``send(data, priority=0)`` (0..32767);
+  ``recv_with_priority()`` returns ``(message, priority)``.
+* Size: ``max_messages`` / ``max_message_size`` are fixed at creation
+  (defaults 10 and 8192). Ceilings: ``/proc/sys/fs/mqueue/msg_max`` and
+  ``/proc/sys/fs/mqueue/msgsize_max`` (checked before the syscall, also for
+  root), ``/proc/sys/fs/mqueue/queues_max`` queues, and ``RLIMIT_MSGQUEUE``
+  bytes per user (``ulimit -q``). A message over the queue's
+  ``max_message_size`` raises :class:`MessageTooLarge` naming both numbers.
+* Blocking: ``mq_timedsend``/``mq_timedreceive`` in the kernel (GIL released),
+  EINTR retried with the time left. ``fileno()`` is the queue descriptor:
+  it polls readable when a message is waiting and writable when there is
+  room, so asyncio uses it directly. A full queue blocks; nothing is dropped.
+* Close: there is no end-of-stream. The creator's ``close()`` unlinks the
+  name; handles already open keep working (and keep queued messages) until
+  they are closed. The mqueue filesystem is not needed.
+* Creation exclusive by default, ``create="if_missing"``, mode 0600 whatever
+  the umask (fchmod after ``mq_open``). Opening refuses a queue of another
+  uid (``allow_foreign=True``) or with more mode bits than ``mode``.
+* Cleanup: the creator unlinks on ``close()`` unless ``persist=True``; openers never.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import stat as _stat
+from typing import Any
+
+import posix_ipc
+
+from .. import _owners
+from .._base import Channel, Deadline
+from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_name, validate_size
+from .._platform import sysctl
+from ..codecs import Codec
+from ..errors import AlreadyExists, InvalidArgument, KipcError, LimitExceeded, MessageTooLarge, NotFound
+from ..shm import check_attach, parse_create, parse_mode, translate_ipc_error
+
+__all__ = ["PosixMessageQueue"]
+
+PRIORITY_MAX = int(posix_ipc.QUEUE_PRIORITY_MAX)
+_SYSCTL_DIR = "/proc/sys/fs/mqueue"
+
+
+class PosixMessageQueue(Channel):
+    """A POSIX message queue; see the module docstring for the contract."""
+
+    scheme = "posixmq"
+    send_knobs = frozenset({"priority"})
+    _q: Any = None
+    _name = ""
+
+    def __init__(self, url: str | ParsedURL, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
+                 persist: bool | str = False, max_messages: int | str | None = None,
+                 max_message_size: int | str | None = None, codec: str | Codec | None = None,
+                 allow_foreign: bool | str = False) -> None:
+        parsed = url if isinstance(url, ParsedURL) else parse_url(url)
+        if parsed.scheme != "posixmq" or parsed.path not in ("", "/"):
+            raise InvalidArgument(f"{parsed.url}: expected posixmq://NAME")
+        name = validate_name(parsed.netloc, what="queue name")
+        create = parse_create(create)
+        mode = parse_mode(mode)
+        self.persist = parse_bool(persist, what="persist")
+        allow_foreign = parse_bool(allow_foreign, what="allow_foreign")
+        self.url = parsed.url
+        self._name = "/" + name
+        self._record_url = f"posixmq://{name}"
+        if not create and (max_messages is not None or max_message_size is not None):
+            raise InvalidArgument(f"open {self.url}: max_messages/max_message_size are set at creation only")
+        nmax = self._limit(max_messages, "max_messages", "msg_max", 10)
+        smax = self._limit(max_message_size, "max_message_size", "msgsize_max", 8192)
+        q = None
+        if create:
+            try:
+                q = posix_ipc.MessageQueue(self._name, posix_ipc.O_CREX, mode, nmax, smax)
+                self.owner = True
+            except posix_ipc.ExistentialError as e:
+                if create != "if_missing":
+                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+            except Exception as e:
+                raise self._create_error(e) from None
+        if q is None:
+            try:
+                q = posix_ipc.MessageQueue(self._name)
+            except posix_ipc.ExistentialError as e:
+                raise NotFound(f"open {self.url}: no such queue (create=True makes one)", errno=_errno.ENOENT) from e
+            except Exception as e:
+                raise translate_ipc_error(e, self.url, "open") from None
+        self._q = q
+        try:
+            if self.owner:
+                os.fchmod(q.mqd, mode)  # mq_open's mode went through the umask
+                _owners.record(self._record_url, "posixmq")
+            else:
+                st = os.fstat(q.mqd)
+                check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+        except BaseException:
+            self._close()
+            if self.owner:
+                self._unlink()
+            raise
+        self.max_messages = int(q.max_messages)
+        self.max_message_size = int(q.max_message_size)
+        self._init_channel(self.url, codec=codec)
+
+    def _limit(self, value: int | str | None, what: str, sysctl_name: str, default: int) -> int:
+        ceiling = sysctl(f"fs.mqueue.{sysctl_name}", default) or default
+        if value is None:
+            return min(default, ceiling)
+        value = validate_size(value, what=what, minimum=1)
+        if value > ceiling:
+            raise LimitExceeded(f"create {self.url}: {what}={value} is over the limit {ceiling} "
+                                f"set by {_SYSCTL_DIR}/{sysctl_name}")
+        return value
+
+    def _create_error(self, e: BaseException) -> KipcError:
+        if isinstance(e, OSError) and e.errno == _errno.EMFILE or "Too many" in str(e):
+            return LimitExceeded(f"create {self.url}: {e} (limits: RLIMIT_MSGQUEUE `ulimit -q`, "
+                                 f"{_SYSCTL_DIR}/queues_max)")
+        if isinstance(e, ValueError):
+            return LimitExceeded(f"create {self.url}: {e} (limits: {_SYSCTL_DIR}/msg_max, "
+                                 f"{_SYSCTL_DIR}/msgsize_max, RLIMIT_MSGQUEUE `ulimit -q`)")
+        return translate_ipc_error(e, self.url, "create")
+
+    # -- construction hooks ----------------------------------------------------------------------------
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> PosixMessageQueue:
+        from ..registry import merge_query
+
+        return cls(parsed, **merge_query(parsed, options))
+
+    @classmethod
+    def test_pair(cls, name: str, **options: Any) -> tuple[PosixMessageQueue, PosixMessageQueue]:
+        sender = cls(f"posixmq://{name}", create=True, **options)
+        opener = {k: v for k, v in options.items() if k not in ("max_messages", "max_message_size")}
+        try:
+            return sender, cls(f"posixmq://{name}", **opener)
+        except BaseException:
+            sender.close()
+            raise
+
+    # -- I/O ---------------------------------------------------------------------------------------------
+    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
+        """Send one message with ``priority`` (default 0); blocks while the queue is full, up to ``timeout``."""
+        try:
+            super().send(obj, timeout=timeout, **knobs)
+        except MessageTooLarge as e:
+            if "msgsize_max" in str(e):
+                raise
+            raise MessageTooLarge(f"{e} (this queue's max_message_size, fixed at creation; ceiling "
+                                  f"{_SYSCTL_DIR}/msgsize_max)", size=e.size, limit=e.limit) from None
+
+    def _send(self, data: memoryview, deadline: Deadline, priority: int = 0) -> None:  # type: ignore[override]
+        if priority != 0 and (isinstance(priority, bool) or not isinstance(priority, int)
+                              or not 0 <= priority <= PRIORITY_MAX):
+            raise InvalidArgument(f"send on {self.url}: priority {priority!r} must be an int in 0..{PRIORITY_MAX}")
+        q = self._q
+        while True:
+            try:
+                q.send(data, deadline.remaining(), priority)
+                return
+            except posix_ipc.BusyError:
+                raise deadline.error(f"send on {self.url}") from None
+            except posix_ipc.SignalError:
+                continue  # EINTR: the handler ran (Ctrl-C raised); retry with the time left
+            except Exception as e:
+                raise translate_ipc_error(e, self.url, "send") from None
+
+    def _receive(self, deadline: Deadline) -> tuple[bytes, int]:
+        q = self._q
+        while True:
+            try:
+                return q.receive(deadline.remaining())  # type: ignore[no-any-return, unused-ignore]
+            except posix_ipc.BusyError:
+                raise deadline.error(f"recv on {self.url}") from None
+            except posix_ipc.SignalError:
+                continue
+            except Exception as e:
+                raise translate_ipc_error(e, self.url, "recv") from None
+
+    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+        return self._receive(deadline)[0]
+
+    def recv_with_priority(self, *, timeout: float | None = None) -> tuple[Any, int]:
+        """Like ``recv()`` but returns ``(message, priority)``."""
+        deadline = Deadline.of(timeout)
+        self._check_open("recv")
+        data, prio = self._receive(deadline)
+        return self.codec.decode(data), prio
+
+    @property
+    def current_messages(self) -> int:
+        self._check_open("stat")
+        return int(self._q.current_messages)
+
+    def fileno(self) -> int:
+        self._check_open("fileno")
+        return int(self._q.mqd)
+
+    def _readable_fd(self) -> int | None:
+        return int(self._q.mqd)
+
+    def _writable_fd(self) -> int | None:
+        return int(self._q.mqd)
+
+    # -- lifetime ------------------------------------------------------------------------------------------
+    def _close(self) -> None:
+        q, self._q = self._q, None
+        if q is not None:
+            try:
+                q.close()
+            except Exception:
+                pass
+        if self.persist and self.owner:
+            self.owner = False
+            _owners.forget(self._record_url)
+
+    def _unlink(self) -> None:
+        try:
+            posix_ipc.unlink_message_queue(self._name)
+        except posix_ipc.ExistentialError:
+            pass
+        except Exception as e:
+            raise translate_ipc_error(e, self.url, "unlink") from None
+        finally:
+            _owners.forget(self._record_url)
