@@ -3,7 +3,8 @@
 Contract card:
 
 * :func:`nats_server` starts ``nats-server -js`` bound to 127.0.0.1 on a free
-  port, with its file storage in a fresh temp dir (0700). The object has
+  port, with its file storage in a fresh temp dir (0700); ``user``/``password``
+  or ``token`` make it demand credentials, ``args`` adds raw server flags. The object has
   ``.url``, ``.port``, ``.store_dir``, ``.stop(kill=False)`` and ``.start()``;
   a restart keeps the same port and storage, so JetStream file-storage
   streams survive it.
@@ -72,14 +73,17 @@ def _answers_info(port: int) -> bool:
         return False
 
 
-def _jetstream_ready(urls: list[str], timeout: float) -> bool:
+def _jetstream_ready(urls: list[str], timeout: float, auth: dict[str, str] | None = None) -> bool:
     """True once a JetStream API request succeeds (meta leader elected, account enabled)."""
     import asyncio
 
     import nats
 
+    async def quiet(e: Exception) -> None:
+        pass
+
     async def probe() -> bool:
-        nc = await nats.connect(urls, connect_timeout=1, allow_reconnect=False)
+        nc = await nats.connect(urls, connect_timeout=1, allow_reconnect=False, error_cb=quiet, **(auth or {}))
         try:
             await nc.jetstream().account_info()
             return True
@@ -101,7 +105,8 @@ class NatsServer:
 
     def __init__(self, *, port: int | None = None, jetstream: bool = True, store_dir: str | None = None,
                  server_name: str | None = None, cluster_port: int | None = None, routes: list[int] | None = None,
-                 args: list[str] | None = None, ready_timeout: float = 15.0) -> None:
+                 args: list[str] | None = None, ready_timeout: float = 15.0, user: str | None = None,
+                 password: str | None = None, token: str | None = None) -> None:
         self.port = port or free_port()
         self.jetstream = jetstream
         self._tmp = tempfile.mkdtemp(prefix="kipc-nats-")
@@ -112,6 +117,8 @@ class NatsServer:
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.extra_args = list(args or [])
+        # client credentials the server demands (and the readiness probe uses)
+        self.auth = {k: v for k, v in (("user", user), ("password", password), ("token", token)) if v}
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -132,6 +139,10 @@ class NatsServer:
         if self.cluster_port:
             cmd += ["--cluster_name", "kipc", "--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
             cmd += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
+        if "user" in self.auth:
+            cmd += ["--user", self.auth["user"], "--pass", self.auth.get("password", "")]
+        if "token" in self.auth:
+            cmd += ["--auth", self.auth["token"]]
         return cmd + self.extra_args
 
     def start(self, *, wait: bool = True) -> NatsServer:
@@ -155,7 +166,7 @@ class NatsServer:
                 raise RuntimeError(f"nats-server on port {self.port} not ready in {self.ready_timeout} s; "
                                    f"log:\n{self.log_tail()}")
             time.sleep(0.02)
-        if self.jetstream and not self.cluster_port and not _jetstream_ready([self.url], self.ready_timeout):
+        if self.jetstream and not self.cluster_port and not _jetstream_ready([self.url], self.ready_timeout, self.auth):
             raise RuntimeError(f"JetStream on {self.url} not ready; log:\n{self.log_tail()}")
 
     def stop(self, *, kill: bool = False) -> None:

@@ -211,7 +211,7 @@ def _translate(exc: BaseException, url: str, op: str) -> KipcError:
     if isinstance(exc, KipcError):
         return exc
     detail = str(exc) or type(exc).__name__
-    if isinstance(exc, nats.errors.AuthorizationError):
+    if isinstance(exc, nats.errors.AuthorizationError) or "Authorization Violation" in detail:
         return PermissionDenied(f"{op} {url}: the server refused our credentials ({detail})")
     if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError)):
         return ChannelClosed(f"{op} {url}: connection closed")
@@ -279,7 +279,8 @@ class _Client:
                 error_cb=on_error, **kw), timeout)
         except (TimeoutError, nats.errors.NoServersError, OSError) as e:
             last = errors[-1] if errors else e
-            if any(isinstance(x, nats.errors.AuthorizationError) for x in errors):
+            if any(isinstance(x, nats.errors.AuthorizationError) or "Authorization Violation" in str(x)
+                   for x in errors):
                 raise PermissionDenied(f"connect {self.url}: {shown} refused our credentials") from None
             cls = NotFound if isinstance(last, ConnectionRefusedError) else Timeout
             raise cls(f"connect {self.url}: no NATS server answered at {shown} within {timeout:g} s "
