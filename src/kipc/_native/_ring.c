@@ -1,0 +1,1273 @@
+/*
+ * kipc._native._ring — the shared-memory ring behind ring:// and kipc.Queue.
+ *
+ * THEORY OF OPERATION
+ * ===================
+ *
+ * Layout. One POSIX shm object = a 4096-byte header page + `capacity` data bytes
+ * (a multiple of 4096). The header keeps each writer's words on its own cache
+ * line: identity (magic, version, sizes, owner uid/pid/start time: immutable
+ * after init), the producers' robust mutex, the consumers' robust mutex, the
+ * producer line (tail, msgs_in, consumer-waiter count, producer journal), the
+ * consumer line (head, msgs_out, producer-waiter count, consumer journal) and
+ * the task line (JoinableQueue's unfinished count).
+ *
+ * Records. head and tail are 64-bit byte counters that only grow; a record
+ * starts at counter % capacity and never wraps: when it would not fit before
+ * the end, the producer writes a PAD record up to the end and starts at 0.
+ * Every record is a 16-byte header {u32 len, u32 flags, u64 total} + payload,
+ * rounded up to 16. A message up to `frag_max` (capacity/2 - 16) is one
+ * record (FIRST|LAST); a bigger one is a run of fragments FIRST .. LAST whose
+ * FIRST carries the total length. capacity/2 guarantees any record fits an
+ * empty ring whatever the current offset.
+ *
+ * Memory ordering. The commit word is `tail`: a producer copies the payload
+ * and the record header into the data area, then stores tail with RELEASE.
+ * A consumer loads tail with ACQUIRE, so every byte below tail is visible and
+ * complete: a reader can never see a torn record. Symmetrically the consumer
+ * copies the payload out and then stores head with RELEASE; a producer loads
+ * head with ACQUIRE before reusing the space.
+ *
+ * Many producers, many consumers. Producers serialize on `prod_lock`,
+ * consumers on `cons_lock` (1 producer + 1 consumer contend on nothing: each
+ * lock is an uncontended CAS). A producer holds its lock across all fragments
+ * of one message, so fragments never interleave; a consumer holds its lock
+ * while it reassembles, so one consumer gets the whole message. FIFO holds per
+ * producer (and globally, since commits are serialized).
+ *
+ * Waiting. A side that must wait (empty ring / no space / no item slot) spins
+ * for `spin` microseconds watching the 32-bit low half of the other side's
+ * counter, then increments the waiter count (seq_cst), re-checks, and sleeps
+ * in FUTEX_WAIT (shared, not FUTEX_PRIVATE: the futex is keyed on the shm
+ * page) with the observed value checked by the kernel. The other side stores
+ * its counter, issues a seq_cst fence and calls FUTEX_WAKE only if the waiter
+ * count is non-zero (the Dekker pair store/fence/load on both sides means one
+ * of them always sees the other). Sleeps are sliced (100 ms) and EINTR ends
+ * a slice, so Ctrl-C is checked with the GIL held (PyErr_CheckSignals); the
+ * GIL is released while spinning, sleeping, waiting for a lock and copying
+ * payloads of 256 KiB or more.
+ *
+ * Crash cases (a peer may die at any instruction):
+ *  - Producer dies before its tail store: the record is not committed and
+ *    the next producer overwrites it. The mutex is robust
+ *    (PTHREAD_MUTEX_ROBUST + PTHREAD_PROCESS_SHARED): the next locker gets
+ *    EOWNERDEAD and repairs before pthread_mutex_consistent().
+ *  - Producer dies between its msgs_in and tail stores: both are written
+ *    from a journal {tail, msgs} that is marked valid (release) only once the
+ *    record is complete; repair rolls the journal forward, so tail and the
+ *    message count never disagree.
+ *  - Producer dies (or times out) between fragments: `frag_active` stays 1
+ *    (abort sets it to 0). Repair clears it. A consumer mid-reassembly that
+ *    sees no more data and frag_active == 0 drops the partial; while it waits
+ *    it try-locks prod_lock every slice, which detects a dead owner even if no
+ *    new producer comes. A FIRST record arriving mid-reassembly also drops the
+ *    partial. The consumer never returns a partial message.
+ *  - Consumer dies before its head store: the message stays and the next
+ *    consumer receives it (nothing committed is lost). After the store it was
+ *    consumed. head/msgs_out use the same journal scheme as the producer.
+ *  - Consumer dies mid-reassembly (or holding a view): the next consumer
+ *    skips continuation fragments without a FIRST (the dead one had claimed
+ *    that message) and counts the LAST one consumed.
+ *  - Nobody repairs a lock whose owner is alive: a SIGSTOPped peer stalls its
+ *    side (as with any lock); its waiters time out per their deadlines.
+ *  - Attach (Python side) verifies type, owner uid, mode bits and size with
+ *    fstat before mmap, and this module verifies magic, version and sizes in
+ *    the header, so a truncated or planted object is refused, not SIGBUSed.
+ *    A same-user process truncating the object *after* attach can still
+ *    SIGBUS us; that is outside what shared memory can defend against.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the futex words are the low halves of 64-bit counters: little-endian only"
+#endif
+
+#define RING_MAGIC 0x474e495243504b4bULL /* "KKPCRING" */
+#define RING_VERSION 1u
+#define HDR_SIZE 4096u
+#define REC_HDR 16u
+#define F_FIRST 1u
+#define F_LAST 2u
+#define F_PAD 4u
+#define BIG_COPY (256u * 1024u)
+#define SLICE 0.1 /* seconds between signal checks while blocked */
+
+#define CL __attribute__((aligned(64)))
+
+struct ring_hdr {
+    /* identity: immutable once magic is published */
+    _Atomic uint64_t magic;
+    uint32_t version, hdr_size;
+    uint64_t capacity, total_size;
+    uint32_t owner_uid, owner_pid;
+    uint64_t owner_start;
+    _Atomic uint32_t closed;      /* creator closed the channel */
+    _Atomic uint32_t frag_active; /* a producer is mid fragmented message */
+    _Atomic uint32_t attach_pending; /* Queue: pickled references not yet attached */
+
+    CL pthread_mutex_t prod_lock;
+    CL pthread_mutex_t cons_lock;
+
+    CL _Atomic uint64_t tail; /* commit word */
+    _Atomic uint64_t msgs_in;
+    _Atomic uint32_t cons_waiters;
+    _Atomic uint32_t pj_valid;
+    uint64_t pj_tail, pj_msgs;
+
+    CL _Atomic uint64_t head;
+    _Atomic uint64_t msgs_out;
+    _Atomic uint32_t prod_waiters;
+    _Atomic uint32_t cj_valid;
+    uint64_t cj_head, cj_msgs;
+
+    CL _Atomic uint32_t unfinished; /* JoinableQueue tasks (futex word) */
+    _Atomic uint32_t join_waiters;
+};
+
+_Static_assert(sizeof(struct ring_hdr) <= HDR_SIZE, "header must fit its page");
+
+struct rec {
+    uint32_t len, flags;
+    uint64_t total;
+};
+
+typedef struct {
+    PyObject_HEAD
+    struct ring_hdr *hdr;
+    unsigned char *data;
+    size_t map_size;
+    uint64_t cap, frag_max;
+    double spin; /* seconds */
+    PyObject *url;
+    Py_ssize_t exports; /* live views/loans: unmapping waits for them */
+    int unmap_pending;
+} Ring;
+
+/* exceptions, replaced by kipc's classes through _set_errors() */
+static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad;
+
+enum { OK = 0, R_TIMEOUT = 1, R_CLOSED = 2, R_ERR = -1 };
+
+static inline double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline uint32_t *lo32(_Atomic uint64_t *p) { return (uint32_t *)p; }
+
+static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 15u) & ~(uint64_t)15u); }
+
+static void futex_wake_all(void *addr)
+{
+    syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* ------------------------------------------------------------------------- */
+/* errors */
+
+static int raise_state(Ring *r, int rc, const char *op, double timeout)
+{
+    if (rc == R_TIMEOUT) {
+        if (timeout == 0.0)
+            PyErr_Format(E_WouldBlock, "%s on %S would block (timeout=0)", op, r->url);
+        else
+            PyErr_Format(E_Timeout, "%s on %S timed out after %g s", op, r->url, timeout);
+    } else if (rc == R_CLOSED) {
+        PyErr_Format(E_Closed, "%s on %S: the channel was closed by its creator", op, r->url);
+    }
+    return -1;
+}
+
+static int check_mapped(Ring *r)
+{
+    if (r->hdr == NULL) {
+        PyErr_Format(E_Closed, "ring %S is closed in this process", r->url);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* waiting */
+
+/* Wait (GIL released) until the 32-bit word differs from `expect`, the ring is
+ * closed, or `deadline` passes. Returns OK (re-check), R_TIMEOUT, or R_ERR with
+ * a Python exception (a signal handler raised). Also returns OK after one sleep
+ * slice so callers can run periodic checks. */
+static int wait_word(Ring *r, uint32_t *word, uint32_t expect, _Atomic uint32_t *waiters, double deadline)
+{
+    _Atomic uint32_t *w = (_Atomic uint32_t *)word;
+    struct ring_hdr *h = r->hdr;
+    double now = mono();
+    if (now >= deadline)
+        return R_TIMEOUT;
+    int rc = OK, err = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    if (r->spin > 0) {
+        double end = now + r->spin;
+        if (end > deadline)
+            end = deadline;
+        for (unsigned i = 1;; i++) {
+            if (atomic_load_explicit(w, memory_order_acquire) != expect || atomic_load_explicit(&h->closed, memory_order_relaxed))
+                goto out;
+            cpu_relax();
+            if ((i & 63) == 0 && mono() >= end)
+                break;
+        }
+    }
+    now = mono();
+    if (now >= deadline) {
+        rc = R_TIMEOUT;
+        goto out;
+    }
+    double left = deadline - now;
+    if (left > SLICE)
+        left = SLICE;
+    struct timespec rel = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
+    atomic_fetch_add(waiters, 1); /* seq_cst: pairs with the waker's fence */
+    if (atomic_load(w) == expect && !atomic_load(&h->closed)) {
+        if (syscall(SYS_futex, word, FUTEX_WAIT, expect, &rel, NULL, 0) == -1)
+            err = errno;
+    }
+    atomic_fetch_sub(waiters, 1);
+out:
+    PyEval_RestoreThread(ts);
+    if (rc == OK && (err == EINTR || err == ETIMEDOUT) && PyErr_CheckSignals() < 0)
+        return R_ERR;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* locks and repair */
+
+static void repair_prod(struct ring_hdr *h)
+{
+    if (atomic_load_explicit(&h->pj_valid, memory_order_acquire)) {
+        atomic_store_explicit(&h->msgs_in, h->pj_msgs, memory_order_relaxed);
+        atomic_store_explicit(&h->tail, h->pj_tail, memory_order_release);
+        atomic_store_explicit(&h->pj_valid, 0, memory_order_release);
+    }
+    atomic_store_explicit(&h->frag_active, 0, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    futex_wake_all(lo32(&h->tail));
+}
+
+static void repair_cons(struct ring_hdr *h)
+{
+    if (atomic_load_explicit(&h->cj_valid, memory_order_acquire)) {
+        atomic_store_explicit(&h->msgs_out, h->cj_msgs, memory_order_relaxed);
+        atomic_store_explicit(&h->head, h->cj_head, memory_order_release);
+        atomic_store_explicit(&h->cj_valid, 0, memory_order_release);
+    }
+    atomic_thread_fence(memory_order_seq_cst);
+    futex_wake_all(lo32(&h->head));
+}
+
+static int lock_ring(Ring *r, int prod, double deadline)
+{
+    struct ring_hdr *h = r->hdr;
+    pthread_mutex_t *m = prod ? &h->prod_lock : &h->cons_lock;
+    int rc = pthread_mutex_trylock(m);
+    while (rc == EBUSY) {
+        double now = mono();
+        if (now >= deadline)
+            return R_TIMEOUT;
+        double until = now + SLICE < deadline ? now + SLICE : deadline;
+        struct timespec abs = {(time_t)until, (long)((until - (double)(time_t)until) * 1e9)};
+        Py_BEGIN_ALLOW_THREADS
+        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &abs);
+        Py_END_ALLOW_THREADS
+        if (rc == ETIMEDOUT) {
+            if (PyErr_CheckSignals() < 0)
+                return R_ERR;
+            rc = EBUSY;
+        }
+    }
+    if (rc == EOWNERDEAD) {
+        if (prod)
+            repair_prod(h);
+        else
+            repair_cons(h);
+        rc = pthread_mutex_consistent(m);
+    }
+    if (rc == EDEADLK) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%S: this thread still holds an unreleased %s; release it first", r->url,
+                     prod ? "loan" : "received view");
+        return R_ERR;
+    }
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return R_ERR;
+    }
+    return OK;
+}
+
+static void unlock_ring(Ring *r, int prod)
+{
+    pthread_mutex_unlock(prod ? &r->hdr->prod_lock : &r->hdr->cons_lock);
+}
+
+/* A consumer mid-reassembly probes the producer lock: a dead owner is repaired. */
+static void probe_producer(struct ring_hdr *h)
+{
+    int rc = pthread_mutex_trylock(&h->prod_lock);
+    if (rc == EOWNERDEAD) {
+        repair_prod(h);
+        pthread_mutex_consistent(&h->prod_lock);
+        rc = 0;
+    }
+    if (rc == 0)
+        pthread_mutex_unlock(&h->prod_lock);
+}
+
+/* ------------------------------------------------------------------------- */
+/* producer side (called with prod_lock held) */
+
+static void publish(struct ring_hdr *h, uint64_t new_tail, uint64_t new_msgs)
+{
+    h->pj_tail = new_tail;
+    h->pj_msgs = new_msgs;
+    atomic_store_explicit(&h->pj_valid, 1, memory_order_release);
+    atomic_store_explicit(&h->msgs_in, new_msgs, memory_order_relaxed);
+    atomic_store_explicit(&h->tail, new_tail, memory_order_release);
+    atomic_store_explicit(&h->pj_valid, 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&h->cons_waiters, memory_order_relaxed))
+        futex_wake_all(lo32(&h->tail));
+}
+
+/* Wait until a record of payload `len` fits; sets *at to its data offset (pad written). */
+static int reserve(Ring *r, uint64_t len, double deadline, uint64_t *pad_out)
+{
+    struct ring_hdr *h = r->hdr;
+    uint64_t need = rec_size(len);
+    for (;;) {
+        if (atomic_load_explicit(&h->closed, memory_order_relaxed))
+            return R_CLOSED;
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+        uint64_t off = tail % r->cap;
+        uint64_t pad = off + need > r->cap ? r->cap - off : 0;
+        if (r->cap - (tail - head) >= pad + need) {
+            *pad_out = pad;
+            return OK;
+        }
+        int rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
+        if (rc != OK)
+            return rc;
+    }
+}
+
+static int wait_item_slot(Ring *r, uint64_t max_items, double deadline)
+{
+    struct ring_hdr *h = r->hdr;
+    for (;;) {
+        if (atomic_load_explicit(&h->closed, memory_order_relaxed))
+            return R_CLOSED;
+        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+        uint64_t in = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
+        uint64_t out = atomic_load_explicit(&h->msgs_out, memory_order_acquire);
+        if (in - out < max_items)
+            return OK;
+        int rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
+        if (rc != OK)
+            return rc;
+    }
+}
+
+/* Write the pad (if any) and a record header at tail; returns the payload pointer. */
+static unsigned char *place(Ring *r, uint64_t pad, uint64_t len, uint32_t flags, uint64_t total)
+{
+    uint64_t tail = atomic_load_explicit(&r->hdr->tail, memory_order_relaxed);
+    uint64_t off = tail % r->cap;
+    if (pad) {
+        struct rec *p = (struct rec *)(r->data + off);
+        p->len = (uint32_t)(pad - REC_HDR);
+        p->flags = F_PAD;
+        p->total = 0;
+        off = 0;
+    }
+    struct rec *rc = (struct rec *)(r->data + off);
+    rc->len = (uint32_t)len;
+    rc->flags = flags;
+    rc->total = total;
+    return r->data + off + REC_HDR;
+}
+
+typedef struct {
+    Py_buffer *parts;
+    int n;
+} gather_t;
+
+/* Copy bytes [from, from+len) of the concatenated parts to dst. */
+static void gather(unsigned char *dst, gather_t *g, uint64_t from, uint64_t len)
+{
+    for (int i = 0; i < g->n && len; i++) {
+        uint64_t plen = (uint64_t)g->parts[i].len;
+        if (from >= plen) {
+            from -= plen;
+            continue;
+        }
+        uint64_t take = plen - from < len ? plen - from : len;
+        memcpy(dst, (char *)g->parts[i].buf + from, take);
+        dst += take;
+        len -= take;
+        from = 0;
+    }
+}
+
+static void gather_gil(unsigned char *dst, gather_t *g, uint64_t from, uint64_t len)
+{
+    if (len >= BIG_COPY) {
+        Py_BEGIN_ALLOW_THREADS
+        gather(dst, g, from, len);
+        Py_END_ALLOW_THREADS
+    } else {
+        gather(dst, g, from, len);
+    }
+}
+
+static int produce_locked(Ring *r, gather_t *g, uint64_t total, double deadline, uint64_t max_items)
+{
+    struct ring_hdr *h = r->hdr;
+    uint64_t pad;
+    int rc;
+    if (max_items && (rc = wait_item_slot(r, max_items, deadline)) != OK)
+        return rc;
+    if (total <= r->frag_max) {
+        if ((rc = reserve(r, total, deadline, &pad)) != OK)
+            return rc;
+        unsigned char *dst = place(r, pad, total, F_FIRST | F_LAST, total);
+        gather_gil(dst, g, 0, total);
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+        publish(h, tail + pad + rec_size(total), atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
+        return OK;
+    }
+    /* Fragments: all under our lock; abort (frag_active = 0) on timeout. */
+    atomic_store_explicit(&h->frag_active, 1, memory_order_release);
+    uint64_t done = 0;
+    while (done < total) {
+        uint64_t chunk = total - done < r->frag_max ? total - done : r->frag_max;
+        int last = done + chunk == total;
+        rc = reserve(r, chunk, deadline, &pad);
+        if (rc != OK) {
+            atomic_store_explicit(&h->frag_active, 0, memory_order_release);
+            atomic_thread_fence(memory_order_seq_cst);
+            futex_wake_all(lo32(&h->tail));
+            return rc;
+        }
+        unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
+        gather_gil(dst, g, done, chunk);
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+        uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
+        publish(h, tail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
+        done += chunk;
+    }
+    atomic_store_explicit(&h->frag_active, 0, memory_order_release);
+    return OK;
+}
+
+static double deadline_of(double timeout) { return timeout < 0 ? INFINITY : mono() + timeout; }
+
+static int produce(Ring *r, gather_t *g, uint64_t total, double timeout, uint64_t max_items)
+{
+    double deadline = deadline_of(timeout);
+    int rc = lock_ring(r, 1, deadline);
+    if (rc == OK) {
+        rc = produce_locked(r, g, total, deadline, max_items);
+        unlock_ring(r, 1);
+    }
+    if (rc != OK)
+        return rc == R_ERR ? -1 : raise_state(r, rc, "send", timeout);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* consumer side (called with cons_lock held) */
+
+static void advance(struct ring_hdr *h, uint64_t new_head, int count)
+{
+    if (count) {
+        uint64_t msgs = atomic_load_explicit(&h->msgs_out, memory_order_relaxed) + 1;
+        h->cj_head = new_head;
+        h->cj_msgs = msgs;
+        atomic_store_explicit(&h->cj_valid, 1, memory_order_release);
+        atomic_store_explicit(&h->msgs_out, msgs, memory_order_relaxed);
+        atomic_store_explicit(&h->head, new_head, memory_order_release);
+        atomic_store_explicit(&h->cj_valid, 0, memory_order_relaxed);
+    } else {
+        atomic_store_explicit(&h->head, new_head, memory_order_release);
+    }
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&h->prod_waiters, memory_order_relaxed))
+        futex_wake_all(lo32(&h->head));
+}
+
+static PyObject *RingView_new(Ring *r, unsigned char *ptr, Py_ssize_t len, uint64_t new_head);
+
+static void copy_out(char *dst, const unsigned char *src, size_t len)
+{
+    if (len >= BIG_COPY) {
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(dst, src, len);
+        Py_END_ALLOW_THREADS
+    } else {
+        memcpy(dst, src, len);
+    }
+}
+
+/* Returns bytes, or (want_view) a RingView holding cons_lock; NULL + exception on error. */
+static PyObject *consume(Ring *r, double timeout, int want_view)
+{
+    struct ring_hdr *h = r->hdr;
+    double deadline = deadline_of(timeout);
+    int rc = lock_ring(r, 0, deadline);
+    if (rc != OK)
+        return rc == R_ERR ? NULL : (raise_state(r, rc, "recv", timeout), NULL);
+    PyObject *partial = NULL;
+    uint64_t filled = 0, ptotal = 0;
+    for (;;) {
+        uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+        if (head == tail) {
+            if (partial) {
+                /* Mid-message: the producer holds its lock until LAST; keep waiting
+                 * unless it aborted or died (then drop the partial). */
+                if (!atomic_load_explicit(&h->frag_active, memory_order_acquire)) {
+                    if (atomic_load_explicit(&h->tail, memory_order_acquire) == tail)
+                        Py_CLEAR(partial);
+                    continue;
+                }
+                rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, mono() + SLICE);
+                if (rc == R_ERR)
+                    goto fail;
+                probe_producer(h); /* EBUSY while the producer lives; repairs a dead one */
+                continue;
+            }
+            if (atomic_load_explicit(&h->closed, memory_order_acquire)) {
+                rc = R_CLOSED;
+                goto state;
+            }
+            rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, deadline);
+            if (rc == R_ERR)
+                goto fail;
+            if (rc != OK)
+                goto state;
+            continue;
+        }
+        uint64_t off = head % r->cap;
+        struct rec *rec = (struct rec *)(r->data + off);
+        uint32_t len = rec->len, flags = rec->flags;
+        uint64_t total = rec->total;
+        if (off + REC_HDR + len > r->cap || rec_size(len) > tail - head || (flags & ~7u) ||
+            ((flags & F_FIRST) && total < len)) {
+            PyErr_Format(E_Bad, "recv on %S: corrupt record at offset %llu (len %u, flags %#x)", r->url,
+                         (unsigned long long)off, len, flags);
+            goto fail;
+        }
+        uint64_t next = head + rec_size(len);
+        if (flags & F_PAD) {
+            advance(h, next, 0);
+            continue;
+        }
+        if (flags & F_FIRST) {
+            Py_CLEAR(partial); /* an aborted or orphaned message: never delivered */
+        } else if (!partial) {
+            advance(h, next, (flags & F_LAST) != 0); /* tail of a message a dead consumer claimed */
+            continue;
+        }
+        unsigned char *src = r->data + off + REC_HDR;
+        if ((flags & (F_FIRST | F_LAST)) == (F_FIRST | F_LAST)) {
+            if (want_view)
+                return RingView_new(r, src, len, next); /* keeps cons_lock until released */
+            PyObject *out = PyBytes_FromStringAndSize(NULL, len);
+            if (!out)
+                goto fail;
+            copy_out(PyBytes_AS_STRING(out), src, len);
+            advance(h, next, 1);
+            unlock_ring(r, 0);
+            return out;
+        }
+        if (flags & F_FIRST) {
+            if (total > (uint64_t)PY_SSIZE_T_MAX - 64 || !(partial = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total)))
+                goto fail; /* message left in place: nothing lost */
+            ptotal = total;
+            filled = 0;
+        }
+        if (filled + len > ptotal) {
+            Py_CLEAR(partial);
+            advance(h, next, (flags & F_LAST) != 0);
+            continue;
+        }
+        copy_out(PyBytes_AS_STRING(partial) + filled, src, len);
+        filled += len;
+        if (flags & F_LAST) {
+            advance(h, next, 1);
+            unlock_ring(r, 0);
+            if (filled != ptotal) {
+                Py_CLEAR(partial);
+                PyErr_Format(E_Bad, "recv on %S: fragmented message of %llu bytes ended after %llu", r->url,
+                             (unsigned long long)ptotal, (unsigned long long)filled);
+                return NULL;
+            }
+            if (want_view) {
+                PyObject *mv = PyMemoryView_FromObject(partial);
+                Py_DECREF(partial);
+                return mv;
+            }
+            return partial;
+        }
+        advance(h, next, 0);
+    }
+state:
+    Py_XDECREF(partial);
+    unlock_ring(r, 0);
+    raise_state(r, rc, "recv", timeout);
+    return NULL;
+fail:
+    Py_XDECREF(partial);
+    unlock_ring(r, 0);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+/* RingView: a read-only buffer into the ring; releasing it consumes the message */
+
+typedef struct {
+    PyObject_HEAD
+    Ring *ring;
+    unsigned char *ptr;
+    Py_ssize_t len;
+    uint64_t new_head;
+    Py_ssize_t exports;
+    int done;
+} RingView;
+
+static PyTypeObject RingViewType;
+
+static void ring_export_done(Ring *r);
+
+static PyObject *RingView_new(Ring *r, unsigned char *ptr, Py_ssize_t len, uint64_t new_head)
+{
+    RingView *v = PyObject_New(RingView, &RingViewType);
+    if (!v) {
+        unlock_ring(r, 0);
+        return NULL;
+    }
+    Py_INCREF(r);
+    v->ring = r;
+    v->ptr = ptr;
+    v->len = len;
+    v->new_head = new_head;
+    v->exports = 0;
+    v->done = 0;
+    r->exports++;
+    return (PyObject *)v;
+}
+
+static void RingView_finish(RingView *v)
+{
+    if (v->done)
+        return;
+    v->done = 1;
+    advance(v->ring->hdr, v->new_head, 1);
+    unlock_ring(v->ring, 0);
+    ring_export_done(v->ring);
+}
+
+static int RingView_getbuffer(RingView *v, Py_buffer *view, int flags)
+{
+    if (v->done) {
+        PyErr_SetString(PyExc_BufferError, "this ring view was already released");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)v, v->ptr, v->len, 1, flags) < 0)
+        return -1;
+    v->exports++;
+    return 0;
+}
+
+static void RingView_releasebuffer(RingView *v, Py_buffer *view)
+{
+    if (--v->exports == 0)
+        RingView_finish(v);
+}
+
+static void RingView_dealloc(RingView *v)
+{
+    RingView_finish(v);
+    Py_DECREF(v->ring);
+    PyObject_Free(v);
+}
+
+static PyBufferProcs RingView_as_buffer = {(getbufferproc)RingView_getbuffer, (releasebufferproc)RingView_releasebuffer};
+
+static PyTypeObject RingViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kipc._native._ring.RingView",
+    .tp_basicsize = sizeof(RingView),
+    .tp_dealloc = (destructor)RingView_dealloc,
+    .tp_as_buffer = &RingView_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A received message in place; releasing the last buffer export consumes it.",
+};
+
+/* ------------------------------------------------------------------------- */
+/* RingLoan: a writable reservation; commit(n) publishes n bytes */
+
+typedef struct {
+    PyObject_HEAD
+    Ring *ring;
+    unsigned char *ptr;
+    Py_ssize_t size;
+    uint64_t pad;
+    Py_ssize_t exports;
+    int done;
+} RingLoan;
+
+static PyTypeObject RingLoanType;
+
+static void RingLoan_end(RingLoan *l)
+{
+    l->done = 1;
+    unlock_ring(l->ring, 1);
+    ring_export_done(l->ring);
+}
+
+static PyObject *RingLoan_commit(RingLoan *l, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (l->done) {
+        PyErr_SetString(PyExc_RuntimeError, "loan already committed or aborted");
+        return NULL;
+    }
+    if (n < 0 || n > l->size) {
+        PyErr_Format(PyExc_ValueError, "commit(%zd): the loan is %zd bytes", n, l->size);
+        return NULL;
+    }
+    if (l->exports) {
+        PyErr_SetString(PyExc_BufferError, "release every view of the loan before committing");
+        return NULL;
+    }
+    struct ring_hdr *h = l->ring->hdr;
+    struct rec *rec = (struct rec *)(l->ptr - REC_HDR);
+    rec->len = (uint32_t)n;
+    rec->total = (uint64_t)n;
+    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+    publish(h, tail + l->pad + rec_size((uint64_t)n), atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
+    RingLoan_end(l);
+    Py_RETURN_NONE;
+}
+
+static PyObject *RingLoan_abort(RingLoan *l, PyObject *unused)
+{
+    if (!l->done) {
+        if (l->exports) {
+            PyErr_SetString(PyExc_BufferError, "release every view of the loan before aborting");
+            return NULL;
+        }
+        RingLoan_end(l);
+    }
+    Py_RETURN_NONE;
+}
+
+static int RingLoan_getbuffer(RingLoan *l, Py_buffer *view, int flags)
+{
+    if (l->done) {
+        PyErr_SetString(PyExc_BufferError, "this loan was already committed or aborted");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)l, l->ptr, l->size, 0, flags) < 0)
+        return -1;
+    l->exports++;
+    return 0;
+}
+
+static void RingLoan_releasebuffer(RingLoan *l, Py_buffer *view) { l->exports--; }
+
+static void RingLoan_dealloc(RingLoan *l)
+{
+    if (!l->done)
+        RingLoan_end(l); /* never committed: nothing published */
+    Py_DECREF(l->ring);
+    PyObject_Free(l);
+}
+
+static PyMethodDef RingLoan_methods[] = {
+    {"commit", (PyCFunction)RingLoan_commit, METH_O, "commit(nbytes): publish the first nbytes as one message"},
+    {"abort", (PyCFunction)RingLoan_abort, METH_NOARGS, "abort(): give the space back, publish nothing"},
+    {NULL},
+};
+
+static PyBufferProcs RingLoan_as_buffer = {(getbufferproc)RingLoan_getbuffer, (releasebufferproc)RingLoan_releasebuffer};
+
+static PyTypeObject RingLoanType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kipc._native._ring.RingLoan",
+    .tp_basicsize = sizeof(RingLoan),
+    .tp_dealloc = (destructor)RingLoan_dealloc,
+    .tp_as_buffer = &RingLoan_as_buffer,
+    .tp_methods = RingLoan_methods,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Writable space reserved in the ring (holds the producer lock until commit/abort).",
+};
+
+/* ------------------------------------------------------------------------- */
+/* Ring */
+
+static void ring_unmap(Ring *r)
+{
+    if (r->hdr) {
+        munmap(r->hdr, r->map_size);
+        r->hdr = NULL;
+        r->data = NULL;
+    }
+}
+
+static void ring_export_done(Ring *r)
+{
+    if (--r->exports == 0 && r->unmap_pending)
+        ring_unmap(r);
+}
+
+static int Ring_init(Ring *r, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"fd", "url", "create", "capacity", "owner_pid", "owner_start", "spin", NULL};
+    int fd, create;
+    unsigned long long capacity, owner_start;
+    unsigned int owner_pid;
+    double spin;
+    PyObject *url;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iUpKIKd:Ring", kwlist, &fd, &url, &create, &capacity, &owner_pid,
+                                     &owner_start, &spin))
+        return -1;
+    if (r->hdr) {
+        PyErr_SetString(PyExc_RuntimeError, "Ring already initialised");
+        return -1;
+    }
+    Py_INCREF(url);
+    Py_XSETREF(r->url, url);
+    r->spin = spin < 0 ? 0 : spin;
+    struct stat st;
+    if (create) {
+        if (capacity < HDR_SIZE || capacity % HDR_SIZE || capacity > (1ULL << 40)) {
+            PyErr_Format(PyExc_ValueError, "capacity %llu must be a multiple of %u in [%u, 2**40]", capacity, HDR_SIZE,
+                         HDR_SIZE);
+            return -1;
+        }
+        if (ftruncate(fd, (off_t)(HDR_SIZE + capacity)) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+    if (fstat(fd, &st) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size < (off_t)(2 * HDR_SIZE) || st.st_size % HDR_SIZE) {
+        PyErr_Format(E_Bad, "ring %S: object of %lld bytes is not a kipc ring (truncated or foreign)", url,
+                     (long long)st.st_size);
+        return -1;
+    }
+    void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    struct ring_hdr *h = base;
+    if (create) {
+        memset(h, 0, sizeof *h);
+        h->version = RING_VERSION;
+        h->hdr_size = HDR_SIZE;
+        h->capacity = capacity;
+        h->total_size = (uint64_t)st.st_size;
+        h->owner_uid = (uint32_t)geteuid();
+        h->owner_pid = owner_pid;
+        h->owner_start = owner_start;
+        pthread_mutexattr_t a;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+        pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+        int e1 = pthread_mutex_init(&h->prod_lock, &a), e2 = pthread_mutex_init(&h->cons_lock, &a);
+        pthread_mutexattr_destroy(&a);
+        if (e1 || e2) {
+            munmap(base, (size_t)st.st_size);
+            errno = e1 ? e1 : e2;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        atomic_store_explicit(&h->magic, RING_MAGIC, memory_order_release); /* published last */
+    } else {
+        const char *why = NULL;
+        if (atomic_load_explicit(&h->magic, memory_order_acquire) != RING_MAGIC)
+            why = "bad magic";
+        else if (h->version != RING_VERSION)
+            why = "unsupported version";
+        else if (h->hdr_size != HDR_SIZE || h->total_size != (uint64_t)st.st_size ||
+                 h->capacity != (uint64_t)st.st_size - HDR_SIZE)
+            why = "sizes in the header do not match the object";
+        else if (h->owner_uid != (uint32_t)geteuid())
+            why = "header names another owner uid";
+        if (why) {
+            munmap(base, (size_t)st.st_size);
+            PyErr_Format(E_Bad, "ring %S: %s (not a kipc ring v%u, or corrupted)", url, why, RING_VERSION);
+            return -1;
+        }
+    }
+    r->hdr = h;
+    r->data = (unsigned char *)base + HDR_SIZE;
+    r->map_size = (size_t)st.st_size;
+    r->cap = h->capacity;
+    r->frag_max = (r->cap / 2 - REC_HDR) & ~(uint64_t)15u;
+    return 0;
+}
+
+static void Ring_dealloc(Ring *r)
+{
+    ring_unmap(r);
+    Py_XDECREF(r->url);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static int get_parts(PyObject *obj, Py_buffer *buf)
+{
+    return PyObject_GetBuffer(obj, buf, PyBUF_C_CONTIGUOUS);
+}
+
+static PyObject *Ring_send(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "send(data, timeout=-1.0, max_items=0)");
+        return NULL;
+    }
+    double timeout = nargs > 1 ? PyFloat_AsDouble(args[1]) : -1.0;
+    unsigned long long max_items = nargs > 2 ? PyLong_AsUnsignedLongLong(args[2]) : 0;
+    if (PyErr_Occurred() || check_mapped(r) < 0)
+        return NULL;
+    Py_buffer b;
+    if (get_parts(args[0], &b) < 0)
+        return NULL;
+    gather_t g = {&b, 1};
+    int rc = produce(r, &g, (uint64_t)b.len, timeout, max_items);
+    PyBuffer_Release(&b);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_sendv(Ring *r, PyObject *args)
+{
+    PyObject *seq;
+    double timeout = -1.0;
+    unsigned long long max_items = 0;
+    if (!PyArg_ParseTuple(args, "O|dK:sendv", &seq, &timeout, &max_items) || check_mapped(r) < 0)
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "sendv: parts must be a sequence of buffers");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n < 1 || n > 64) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "sendv: 1 to 64 parts");
+        return NULL;
+    }
+    Py_buffer bufs[64];
+    uint64_t total = 0;
+    int got = 0, rc = -1;
+    for (; got < n; got++) {
+        if (get_parts(PySequence_Fast_GET_ITEM(fast, got), &bufs[got]) < 0)
+            goto done;
+        total += (uint64_t)bufs[got].len;
+    }
+    gather_t g = {bufs, (int)n};
+    rc = produce(r, &g, total, timeout, max_items);
+done:
+    for (int i = 0; i < got; i++)
+        PyBuffer_Release(&bufs[i]);
+    Py_DECREF(fast);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    double timeout = nargs > 0 ? PyFloat_AsDouble(args[0]) : -1.0;
+    int view = nargs > 1 ? PyObject_IsTrue(args[1]) : 0;
+    if (PyErr_Occurred() || check_mapped(r) < 0)
+        return NULL;
+    return consume(r, timeout, view);
+}
+
+static PyObject *Ring_loan(Ring *r, PyObject *args)
+{
+    Py_ssize_t n;
+    double timeout = -1.0;
+    if (!PyArg_ParseTuple(args, "n|d:loan", &n, &timeout) || check_mapped(r) < 0)
+        return NULL;
+    if (n < 0 || (uint64_t)n > r->frag_max) {
+        PyErr_Format(PyExc_ValueError, "loan of %zd bytes: the limit for this ring is %llu bytes", n,
+                     (unsigned long long)r->frag_max);
+        return NULL;
+    }
+    double deadline = deadline_of(timeout);
+    int rc = lock_ring(r, 1, deadline);
+    uint64_t pad = 0;
+    if (rc == OK && (rc = reserve(r, (uint64_t)n, deadline, &pad)) != OK)
+        unlock_ring(r, 1);
+    if (rc != OK)
+        return rc == R_ERR ? NULL : (raise_state(r, rc, "loan", timeout), NULL);
+    RingLoan *l = PyObject_New(RingLoan, &RingLoanType);
+    if (!l) {
+        unlock_ring(r, 1);
+        return NULL;
+    }
+    Py_INCREF(r);
+    l->ring = r;
+    l->ptr = place(r, pad, (uint64_t)n, F_FIRST | F_LAST, (uint64_t)n);
+    l->size = n;
+    l->pad = pad;
+    l->exports = 0;
+    l->done = 0;
+    r->exports++;
+    return (PyObject *)l;
+}
+
+static PyObject *Ring_qsize(Ring *r, PyObject *unused)
+{
+    if (check_mapped(r) < 0)
+        return NULL;
+    uint64_t out = atomic_load(&r->hdr->msgs_out), in = atomic_load(&r->hdr->msgs_in);
+    return PyLong_FromUnsignedLongLong(in > out ? in - out : 0);
+}
+
+static PyObject *Ring_used(Ring *r, PyObject *unused)
+{
+    if (check_mapped(r) < 0)
+        return NULL;
+    uint64_t head = atomic_load(&r->hdr->head), tail = atomic_load(&r->hdr->tail);
+    return PyLong_FromUnsignedLongLong(tail - head);
+}
+
+static PyObject *Ring_mark_closed(Ring *r, PyObject *unused)
+{
+    if (check_mapped(r) < 0)
+        return NULL;
+    struct ring_hdr *h = r->hdr;
+    atomic_store(&h->closed, 1);
+    futex_wake_all(lo32(&h->tail));
+    futex_wake_all(lo32(&h->head));
+    futex_wake_all(&h->unfinished);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_unmap(Ring *r, PyObject *unused)
+{
+    if (r->exports)
+        r->unmap_pending = 1; /* a view/loan is alive: unmap when it goes */
+    else
+        ring_unmap(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_add_pending(Ring *r, PyObject *arg)
+{
+    long d = PyLong_AsLong(arg);
+    if ((d == -1 && PyErr_Occurred()) || check_mapped(r) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(atomic_fetch_add(&r->hdr->attach_pending, (uint32_t)d) + (uint32_t)d);
+}
+
+static PyObject *Ring_task_add(Ring *r, PyObject *arg)
+{
+    long d = PyLong_AsLong(arg);
+    if ((d == -1 && PyErr_Occurred()) || check_mapped(r) < 0)
+        return NULL;
+    struct ring_hdr *h = r->hdr;
+    uint32_t now = atomic_fetch_add(&h->unfinished, (uint32_t)d) + (uint32_t)d;
+    if (now == 0 && atomic_load(&h->join_waiters))
+        futex_wake_all(&h->unfinished);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_task_done(Ring *r, PyObject *unused)
+{
+    if (check_mapped(r) < 0)
+        return NULL;
+    struct ring_hdr *h = r->hdr;
+    uint32_t cur = atomic_load(&h->unfinished);
+    do {
+        if (cur == 0) {
+            PyErr_SetString(PyExc_ValueError, "task_done() called too many times");
+            return NULL;
+        }
+    } while (!atomic_compare_exchange_weak(&h->unfinished, &cur, cur - 1));
+    if (cur == 1 && atomic_load(&h->join_waiters))
+        futex_wake_all(&h->unfinished);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_join(Ring *r, PyObject *args)
+{
+    double timeout = -1.0;
+    if (!PyArg_ParseTuple(args, "|d:join", &timeout) || check_mapped(r) < 0)
+        return NULL;
+    double deadline = deadline_of(timeout);
+    struct ring_hdr *h = r->hdr;
+    for (;;) {
+        uint32_t cur = atomic_load(&h->unfinished);
+        if (cur == 0)
+            Py_RETURN_TRUE;
+        int rc = wait_word(r, (uint32_t *)&h->unfinished, cur, &h->join_waiters, deadline);
+        if (rc == R_ERR)
+            return NULL;
+        if (rc == R_TIMEOUT)
+            Py_RETURN_FALSE;
+    }
+}
+
+static PyObject *Ring_info(Ring *r, PyObject *unused)
+{
+    if (check_mapped(r) < 0)
+        return NULL;
+    struct ring_hdr *h = r->hdr;
+    return Py_BuildValue("{s:K,s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}", "capacity",
+                         (unsigned long long)h->capacity, "frag_max", (unsigned long long)r->frag_max, "owner_uid",
+                         h->owner_uid, "owner_pid", h->owner_pid, "owner_start", (unsigned long long)h->owner_start,
+                         "head", (unsigned long long)atomic_load(&h->head), "tail",
+                         (unsigned long long)atomic_load(&h->tail), "msgs_in",
+                         (unsigned long long)atomic_load(&h->msgs_in), "msgs_out",
+                         (unsigned long long)atomic_load(&h->msgs_out), "closed", atomic_load(&h->closed),
+                         "unfinished", atomic_load(&h->unfinished), "attach_pending",
+                         atomic_load(&h->attach_pending));
+}
+
+static PyObject *Ring_get_spin(Ring *r, void *c) { return PyFloat_FromDouble(r->spin); }
+
+static int Ring_set_spin(Ring *r, PyObject *v, void *c)
+{
+    double s = v ? PyFloat_AsDouble(v) : -1;
+    if (s == -1 && PyErr_Occurred())
+        return -1;
+    r->spin = s < 0 ? 0 : s;
+    return 0;
+}
+
+static PyObject *Ring_get_frag_max(Ring *r, void *c) { return PyLong_FromUnsignedLongLong(r->frag_max); }
+static PyObject *Ring_get_capacity(Ring *r, void *c) { return PyLong_FromUnsignedLongLong(r->cap); }
+static PyObject *Ring_get_mapped(Ring *r, void *c) { return PyBool_FromLong(r->hdr != NULL); }
+
+static PyGetSetDef Ring_getset[] = {
+    {"spin", (getter)Ring_get_spin, (setter)Ring_set_spin, "seconds to spin before sleeping on the futex", NULL},
+    {"frag_max", (getter)Ring_get_frag_max, NULL, "largest payload stored as one record", NULL},
+    {"capacity", (getter)Ring_get_capacity, NULL, "data bytes", NULL},
+    {"mapped", (getter)Ring_get_mapped, NULL, "False once unmapped", NULL},
+    {NULL},
+};
+
+static PyMethodDef Ring_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))Ring_send, METH_FASTCALL, "send(data, timeout=-1.0, max_items=0)"},
+    {"sendv", (PyCFunction)Ring_sendv, METH_VARARGS, "sendv(parts, timeout=-1.0, max_items=0): one message"},
+    {"recv", (PyCFunction)(void (*)(void))Ring_recv, METH_FASTCALL, "recv(timeout=-1.0, view=False)"},
+    {"loan", (PyCFunction)Ring_loan, METH_VARARGS, "loan(n, timeout=-1.0) -> RingLoan"},
+    {"qsize", (PyCFunction)Ring_qsize, METH_NOARGS, "committed messages not yet consumed"},
+    {"used", (PyCFunction)Ring_used, METH_NOARGS, "bytes in use"},
+    {"mark_closed", (PyCFunction)Ring_mark_closed, METH_NOARGS, "creator: no more traffic; wake every waiter"},
+    {"unmap", (PyCFunction)Ring_unmap, METH_NOARGS, "release the mapping (deferred while views/loans live)"},
+    {"add_pending", (PyCFunction)Ring_add_pending, METH_O, "adjust the pending-attach count; returns it"},
+    {"task_add", (PyCFunction)Ring_task_add, METH_O, "unfinished += n"},
+    {"task_done", (PyCFunction)Ring_task_done, METH_NOARGS, "unfinished -= 1 (ValueError at 0)"},
+    {"join", (PyCFunction)Ring_join, METH_VARARGS, "join(timeout=-1.0) -> bool: wait for unfinished == 0"},
+    {"info", (PyCFunction)Ring_info, METH_NOARGS, "header fields as a dict"},
+    {NULL},
+};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kipc._native._ring.Ring",
+    .tp_basicsize = sizeof(Ring),
+    .tp_dealloc = (destructor)Ring_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ring(fd, url, create, capacity, owner_pid, owner_start, spin): a mapped kipc ring",
+    .tp_methods = Ring_methods,
+    .tp_getset = Ring_getset,
+    .tp_init = (initproc)Ring_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyObject *set_errors(PyObject *self, PyObject *args)
+{
+    PyObject *t, *w, *c, *b;
+    if (!PyArg_ParseTuple(args, "OOOO:_set_errors", &t, &w, &c, &b))
+        return NULL;
+    Py_INCREF(t);
+    Py_INCREF(w);
+    Py_INCREF(c);
+    Py_INCREF(b);
+    Py_XSETREF(E_Timeout, t);
+    Py_XSETREF(E_WouldBlock, w);
+    Py_XSETREF(E_Closed, c);
+    Py_XSETREF(E_Bad, b);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_errors", set_errors, METH_VARARGS, "_set_errors(Timeout, WouldBlock, ChannelClosed, BadObject)"},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "kipc._native._ring", "kipc's shared-memory ring (see the theory of operation in _ring.c)",
+    -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__ring(void)
+{
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&RingViewType) < 0 || PyType_Ready(&RingLoanType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    E_Timeout = Py_NewRef(PyExc_TimeoutError);
+    E_WouldBlock = Py_NewRef(PyExc_BlockingIOError);
+    E_Closed = Py_NewRef(PyExc_EOFError);
+    E_Bad = Py_NewRef(PyExc_OSError);
+    Py_INCREF(&RingType);
+    PyModule_AddObject(m, "Ring", (PyObject *)&RingType);
+    Py_INCREF(&RingViewType);
+    PyModule_AddObject(m, "RingView", (PyObject *)&RingViewType);
+    Py_INCREF(&RingLoanType);
+    PyModule_AddObject(m, "RingLoan", (PyObject *)&RingLoanType);
+    PyModule_AddIntConstant(m, "MAGIC_LO", (long)(RING_MAGIC & 0xffffffff));
+    PyModule_AddObject(m, "MAGIC", PyLong_FromUnsignedLongLong(RING_MAGIC));
+    PyModule_AddIntConstant(m, "VERSION", RING_VERSION);
+    PyModule_AddIntConstant(m, "HDR_SIZE", HDR_SIZE);
+    PyModule_AddIntConstant(m, "REC_HDR", REC_HDR);
+    return m;
+}
