@@ -1,0 +1,440 @@
+"""Spool-directory queue: ``file:///abs/dir`` or ``file://NAME`` (``runtime_dir("spool")/NAME``).
+
+Contract card:
+
+* One file per message. ``send`` writes ``.tmp-<pid>-<start>-<seq>`` in the
+  directory, ``fsync``s it, and renames it atomically to
+  ``<time_ns>-<pid>-<seq>.msg`` (then ``fsync``s the directory), so a reader
+  never sees a partial message and a message survives a crash or reboot once
+  ``send`` returns. ``fsync=False`` trades that durability for speed.
+* Each message goes to exactly one reader: a reader claims a message by
+  renaming it into ``claimed/<pid>-<start>-<name>``, reads it, and unlinks it.
+  Many writers and readers may share a directory, in any processes.
+* Order: names sort by time, so order is FIFO per producer (one handle) and
+  roughly by time across producers.
+* Unbounded: ``send`` never blocks on fullness; a full disk or quota is
+  :class:`LimitExceeded`. Max message ``max_message_size`` (default 1 GiB).
+* ``recv`` waits with inotify (``IN_MOVED_TO``) when available, otherwise with
+  a polling backoff of at most 50 ms; ``timeout=`` is honoured either way.
+  ``fileno()`` is the inotify fd (readable = something may have arrived).
+* Crash recovery: a message claimed by a reader that died (its pid + start
+  time no longer run) is renamed back into the queue, under its original
+  name, by any reader at open and about once a second while it waits
+  (``reclaim=False`` turns this off); a writer's temp file whose writer
+  died is removed. A message is therefore delivered at least once if a
+  reader crashes between claiming and finishing.
+* Permissions: directory and ``claimed/`` 0700, message files 0600, whatever
+  the umask. Attaching refuses a symlink, a non-directory, another uid's
+  directory (unless ``allow_uids=``) or group/other bits (unless
+  ``allow_open_mode=True``).
+* Cleanup: ``create=True`` makes the directory (exclusive) and records the
+  owner; the creator removes the directory *with any unread messages* on
+  close, like unlinking a message queue, unless ``persist=True`` (then it
+  stays, durable across restarts, and ``kipc gc`` leaves it alone). Other
+  handles then see :class:`ChannelClosed` once their own claimed message is done.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import itertools
+import os
+import select
+import shutil
+import stat
+import struct
+import time
+from typing import Any, ClassVar
+
+from .. import _owners
+from .._base import Channel, Deadline
+from .._framing import DEFAULT_MAX_FRAME, check_max
+from .._naming import ParsedURL, parse_bool, parse_url, runtime_dir, validate_mode, validate_name, validate_path
+from ..codecs import Codec
+from ..errors import (
+    AlreadyExists,
+    BadObject,
+    ChannelClosed,
+    InvalidArgument,
+    LimitExceeded,
+    MessageTooLarge,
+    NotFound,
+    PermissionDenied,
+    from_oserror,
+)
+from ..registry import merge_query
+from .fifo import parse_create
+from .unix import parse_uids
+
+__all__ = ["SpoolChannel", "spool_path"]
+
+CLAIMED = "claimed"
+_SUFFIX = ".msg"
+_TMP = ".tmp-"
+_seq = itertools.count()  # process-wide: two handles in one process never pick the same name
+_RECLAIM_EVERY = 1.0
+_MAX_BACKOFF = 0.05
+
+# inotify through libc (no dependency); None when unavailable.
+_IN_MOVED_TO, _IN_DELETE_SELF, _IN_MOVE_SELF, _IN_IGNORED, _IN_ONLYDIR = 0x80, 0x400, 0x800, 0x8000, 0x01000000
+_EVENT = struct.Struct("iIII")
+try:
+    _libc: Any = ctypes.CDLL(None, use_errno=True)
+    _libc.inotify_init1.argtypes = [ctypes.c_int]
+    _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+except (OSError, AttributeError):
+    _libc = None
+
+
+def _inotify(path: str) -> int | None:
+    """An inotify fd watching ``path`` for arrivals and for its own removal, or None."""
+    if _libc is None:
+        return None
+    fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        return None  # e.g. fs.inotify.max_user_instances reached: fall back to polling
+    mask = _IN_MOVED_TO | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_ONLYDIR
+    if _libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
+def spool_path(parsed: ParsedURL) -> str:
+    if parsed.netloc:
+        if parsed.path:
+            raise InvalidArgument(f"{parsed.url}: use file://NAME or file:///absolute/dir")
+        return os.path.join(runtime_dir("spool"), validate_name(parsed.netloc, what="spool name"))
+    path = validate_path(parsed.path, what="spool directory")
+    return path.rstrip("/") or "/"
+
+
+def _owner_tag() -> str:
+    pid, start = _owners.self_owner()
+    return f"{pid}-{start or 0}"
+
+
+def _tag_alive(tag: str) -> bool:
+    try:
+        pid, start = (int(x) for x in tag.split("-", 2)[:2])
+    except ValueError:
+        return True  # not ours to judge
+    return _owners.owner_alive(pid, start or None)
+
+
+class SpoolChannel(Channel):
+    """A handle on a spool directory; it can both send and receive."""
+
+    scheme: ClassVar[str] = "file"
+    _dfd: int = -1
+    _ifd: int | None = None
+    _path: str = ""
+    _ident: tuple[int, int] | None = None
+
+    def __init__(self, url: str, *, create: bool | str = False, mode: int = 0o600, persist: bool | str = False,
+                 fsync: bool | str = True, reclaim: bool | str = True, allow_open_mode: bool | str = False,
+                 allow_uids: Any = None, codec: str | Codec | None = None,
+                 max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+        parsed = parse_url(url)
+        if parsed.scheme != "file":
+            raise InvalidArgument(f"{url}: not a file:// URL")
+        path = spool_path(parsed)
+        create = parse_create(create)
+        self.mode = validate_mode(mode)
+        self.persist = parse_bool(persist, what="persist")
+        self.fsync = parse_bool(fsync, what="fsync")
+        self.reclaim = parse_bool(reclaim, what="reclaim")
+        allow_open = parse_bool(allow_open_mode, what="allow_open_mode")
+        allow = parse_uids(allow_uids)
+        self.max_message_size = check_max(int(max_message_size))
+        self.url, self._path = url, path
+        try:
+            if create:
+                self._mkdir(path, exclusive=create is True)
+            self._attach(path, allow_open, allow)
+            self._cdfd = os.open(CLAIMED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 dir_fd=self._dfd)
+        except BaseException:
+            self._close()
+            if self.owner:
+                self.owner = False
+                self._unlink()
+            raise
+        self._tag = _owner_tag()
+        self._cache: collections.deque[str] = collections.deque()
+        self._last_stamp = 0
+        self._next_reclaim = 0.0
+        self._init_channel(url, codec=codec)
+        if self.reclaim:
+            self._reclaim()
+
+    # -- setup -------------------------------------------------------------------
+    def _mkdir(self, path: str, *, exclusive: bool) -> None:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError as e:
+            if exclusive:
+                raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
+            return
+        except OSError as e:
+            raise from_oserror(e, self.url, "create") from e
+        st = os.lstat(path)
+        self._ident = (st.st_dev, st.st_ino)
+        self.owner = True
+        os.chmod(path, 0o700)  # mkdir's mode went through the umask
+        os.mkdir(os.path.join(path, CLAIMED), 0o700)
+        os.chmod(os.path.join(path, CLAIMED), 0o700)
+        _owners.record(self.url, "file", path=path)
+
+    def _attach(self, path: str, allow_open: bool, allow: frozenset[int]) -> None:
+        try:
+            self._dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise NotFound(f"open {self.url}: {path} does not exist (create=True makes it)", errno=e.errno) from e
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise BadObject(f"open {self.url}: {path} is a symlink or not a directory", errno=e.errno) from e
+            raise from_oserror(e, self.url, "open") from e
+        st = os.fstat(self._dfd)
+        me = os.geteuid()
+        if st.st_uid != me and st.st_uid not in allow:
+            raise PermissionDenied(f"open {self.url}: {path} is owned by uid {st.st_uid}, not {me} "
+                                   f"(pass allow_uids=[{st.st_uid}] to use it)")
+        if st.st_mode & 0o077 and not allow_open:
+            raise PermissionDenied(f"open {self.url}: {path} has mode {stat.S_IMODE(st.st_mode):#o}; "
+                                   "group/other bits refused (pass allow_open_mode=True)")
+        if self._ident is None:
+            self._ident = (st.st_dev, st.st_ino)
+        try:
+            os.mkdir(CLAIMED, 0o700, dir_fd=self._dfd)  # a hand-made spool dir: add claimed/
+            os.chmod(CLAIMED, 0o700, dir_fd=self._dfd)
+        except FileExistsError:
+            pass
+
+    # -- sending -------------------------------------------------------------------
+    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
+        dfd = self._dfd
+        seq = next(_seq)
+        tmp = f"{_TMP}{self._tag}-{seq}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         self.mode, dir_fd=dfd)
+        except OSError as e:
+            raise self._error(e, "send") from e
+        try:
+            try:
+                os.fchmod(fd, self.mode)  # the umask may have narrowed it
+                view = data.cast("B") if data.ndim != 1 or data.format != "B" else data
+                while view.nbytes:
+                    view = view[os.write(fd, view):]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            # names sort by time; never go backwards within this handle (FIFO per producer)
+            stamp = self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
+            os.rename(tmp, f"{stamp:020d}-{self._tag.split('-')[0]}-{seq:012d}{_SUFFIX}",
+                      src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException as e:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise self._error(e, "send") from e
+            raise
+        if self.fsync:
+            os.fsync(dfd)  # make the rename itself durable
+
+    def _error(self, e: OSError, op: str) -> Exception:
+        if e.errno == errno.ENOENT:
+            return ChannelClosed(f"{op} on {self.url}: the spool directory was removed")
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return LimitExceeded(f"{op} on {self.url}: no space left ({e.strerror}); "
+                                 "the spool is unbounded, the disk/quota is the limit", errno=e.errno)
+        return from_oserror(e, self.url, op)
+
+    # -- receiving -----------------------------------------------------------------
+    def _list(self) -> None:
+        self._drain_events()
+        try:
+            names = [n for n in os.listdir(self._dfd) if n.endswith(_SUFFIX)]
+        except OSError as e:
+            raise self._error(e, "recv") from e
+        names.sort()
+        self._cache.extend(names)
+
+    def _try_claim(self) -> bytes | None:
+        fresh = False
+        while True:
+            if not self._cache:
+                if fresh:
+                    return None
+                self._list()
+                fresh = True
+                continue
+            name = self._cache.popleft()
+            claimed = f"{self._tag}-{name}"
+            try:
+                os.rename(name, claimed, src_dir_fd=self._dfd, dst_dir_fd=self._cdfd)
+            except FileNotFoundError:
+                continue  # another reader claimed it first
+            except OSError as e:
+                raise self._error(e, "recv") from e
+            return self._consume(name, claimed)
+
+    def _consume(self, name: str, claimed: str) -> bytes:
+        cdfd = self._cdfd
+        fd = os.open(claimed, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cdfd)
+        try:
+            size = os.fstat(fd).st_size
+            limit = self.max_message_size or 0
+            if size > limit:
+                os.rename(claimed, name, src_dir_fd=cdfd, dst_dir_fd=self._dfd)  # leave it for a bigger reader
+                raise MessageTooLarge(f"recv on {self.url}: message {name} of {size} bytes exceeds this "
+                                      f"handle's limit of {limit} bytes; left in the queue", size=size, limit=limit)
+            parts = []
+            left = size
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+        os.unlink(claimed, dir_fd=cdfd)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _drain_events(self) -> None:
+        ifd = self._ifd
+        if ifd is None:
+            return
+        while True:
+            try:
+                buf = os.read(ifd, 65536)
+            except BlockingIOError:
+                return
+            off = 0
+            while off + _EVENT.size <= len(buf):
+                _wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
+                if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF | _IN_IGNORED):
+                    self._gone = True
+                off += _EVENT.size + length
+
+    _gone: bool = False
+
+    def _check_gone(self) -> None:
+        if not self._gone:
+            try:
+                st = os.stat(self._path)
+                self._gone = (st.st_dev, st.st_ino) != self._ident
+            except FileNotFoundError:
+                self._gone = True
+        if self._gone:
+            raise ChannelClosed(f"recv on {self.url}: the spool directory was removed")
+
+    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+        if self._ifd is None and _libc is not None:
+            self._ifd = _inotify(self._path)  # before the first listing: no arrival is missed
+        delay = 0.001
+        while True:
+            msg = self._try_claim()
+            if msg is not None:
+                return msg
+            self._check_gone()
+            now = time.monotonic()
+            if self.reclaim and now >= self._next_reclaim:
+                self._next_reclaim = now + _RECLAIM_EVERY
+                if self._reclaim():
+                    continue
+            left = deadline.remaining()
+            if left is not None and left <= 0:
+                raise deadline.error(f"recv on {self.url}")
+            tick = _RECLAIM_EVERY if left is None else min(left, _RECLAIM_EVERY)
+            if self._ifd is not None:
+                p = select.poll()
+                p.register(self._ifd, select.POLLIN)
+                p.poll(max(1, int(tick * 1000)))
+            else:
+                time.sleep(min(delay, tick))
+                delay = min(delay * 2, _MAX_BACKOFF)
+
+    def _reclaim(self) -> bool:
+        """Return messages claimed by dead readers to the queue; drop dead writers' temp files."""
+        returned = False
+        try:
+            for entry in os.listdir(self._cdfd):
+                pid, _, rest = entry.partition("-")
+                start, _, name = rest.partition("-")
+                if name.endswith(_SUFFIX) and not _tag_alive(f"{pid}-{start}"):
+                    try:
+                        os.rename(entry, name, src_dir_fd=self._cdfd, dst_dir_fd=self._dfd)
+                        returned = True
+                    except FileNotFoundError:
+                        pass  # another reader returned it
+            for entry in os.listdir(self._dfd):
+                if entry.startswith(_TMP) and not _tag_alive(entry[len(_TMP):]):
+                    try:
+                        os.unlink(entry, dir_fd=self._dfd)
+                    except FileNotFoundError:
+                        pass
+        except OSError:
+            return returned  # the directory is going away; recv reports it
+        if returned:
+            self._cache.clear()  # returned names sort before what we cached
+        return returned
+
+    # -- fds, cleanup ---------------------------------------------------------------
+    def fileno(self) -> int:
+        self._check_open("fileno")
+        if self._ifd is None:
+            self._ifd = _inotify(self._path)
+        if self._ifd is None:
+            return super().fileno()  # Unsupported: no inotify here
+        return self._ifd
+
+    def _readable_fd(self) -> int | None:
+        if self._ifd is None and not self._closed:
+            self._ifd = _inotify(self._path)
+        return self._ifd
+
+    _cdfd: int = -1
+
+    def _close(self) -> None:
+        for fd in (self._ifd, self._cdfd, self._dfd):
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._ifd, self._cdfd, self._dfd = None, -1, -1
+        if self.owner and self.persist:
+            _owners.forget(self.url)  # kept on purpose: kipc gc must not collect it
+
+    def _unlink(self) -> None:
+        try:
+            st = os.lstat(self._path)
+            if (st.st_dev, st.st_ino) == self._ident and stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(self._path)  # symlink-safe (fd-based) on Linux
+        except FileNotFoundError:
+            pass
+        _owners.forget(self.url)
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> SpoolChannel:
+        return cls(parsed.url, **merge_query(parsed, options))
+
+    @classmethod
+    def test_pair(cls, name: str, **options: Any) -> tuple[SpoolChannel, SpoolChannel]:
+        """(sender, receiver); the receiver created the directory, so closing the sender loses nothing."""
+        url = f"file://{name}"
+        rx = cls(url, create=True, **options)
+        try:
+            tx = cls(url, **options)
+        except BaseException:
+            rx.close()
+            raise
+        return tx, rx
