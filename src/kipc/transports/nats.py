@@ -452,6 +452,10 @@ class NatsChannel(_Client, Channel):
             if t <= 0:
                 raise deadline.error(what)
             try:
+                if not self._nc.is_connected:
+                    # nats-py would buffer the publish and flush it on reconnect, after we may have
+                    # reported a Timeout: wait for the connection instead
+                    raise nats.errors.TimeoutError
                 # the same Nats-Msg-Id on every retry: a retry after a lost ack is stored once
                 await self._js.publish(self.subject, data, timeout=t, stream=self.stream, headers=dict(headers))
                 return
