@@ -541,6 +541,10 @@ class NatsChannel(_Client, Channel):
         self._check_pid("recv on")
         return self._run(self._recv_async(deadline))
 
+    def fileno(self) -> int:
+        self._check_open("fileno")
+        return super().fileno()  # Unsupported: the socket belongs to the loop thread
+
     def receive(self, *, timeout: float | None = None) -> Delivery:
         """The next message, acknowledged when its ``with`` block exits cleanly (or by ``.ack()``)."""
         deadline = Deadline.of(timeout)
@@ -782,6 +786,10 @@ class Topic(_Client, Channel):
         if not self.readable:
             raise InvalidArgument(f"recv on {self.url}: opened with subscribe=False")
         return self.codec.decode(await self._on_loop(self._aget(deadline)))
+
+    def fileno(self) -> int:
+        self._check_open("fileno")
+        return super().fileno()  # Unsupported: the socket belongs to the loop thread
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until the server has everything published so far."""
