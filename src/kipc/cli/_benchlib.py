@@ -92,7 +92,7 @@ if kind == "fd":
 elif kind == "connect":
     a = b = kipc.open(spec["url"], **spec.get("opts", {}))
 else:
-    a = kipc.open(spec["a"], **spec.get("opts", {})); b = kipc.open(spec["b"], **spec.get("opts", {}))
+    a = kipc.open(spec["a"], **spec.get("a_opts", {})); b = kipc.open(spec["b"], **spec.get("b_opts", {}))
 print("READY", flush=True)
 while True:
     m = a.recv()
@@ -151,6 +151,14 @@ def _endpoints(scheme: str, name: str, nats_url: str | None) -> Iterator[tuple[A
             a_url, b_url = f"{scheme}://{name}-a", f"{scheme}://{name}-b"
         else:  # a scheme registered later: assume NAME addressing
             a_url, b_url = f"{scheme}://{name}-a", f"{scheme}://{name}-b"
+        if scheme == "fifo":
+            # A FIFO writer's open waits for a reader: the child creates its own mailbox (a), we create ours (b)
+            # and open a for writing once the child is ready (see measure()).
+            b = stack.enter_context(kipc.open(b_url, create=True, direction="recv"))
+            spec = {"kind": "named", "a": a_url, "b": b_url, "a_later": True,
+                    "a_opts": {"create": True, "direction": "recv"}, "b_opts": {"direction": "send", "timeout": _WAIT}}
+            yield None, b, spec, []
+            return
         a = stack.enter_context(kipc.open(a_url, create=True))
         b = stack.enter_context(kipc.open(b_url, create=True))
         yield a, b, {"kind": "named", "a": a_url, "b": b_url}, []
@@ -176,12 +184,16 @@ def measure(scheme: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int,
             with child:
                 if spec["kind"] == "connect":  # accept the child's connection: one duplex channel
                     a = b = a.accept(timeout=_WAIT)
+                elif spec.get("a_later"):
+                    import kipc
+
+                    a = kipc.open(spec["a"], direction="send", timeout=_WAIT)
                 try:
                     _run_protocol(a, b, res, sizes, rtt_iters, stream_bytes)
                     a.send(b"Q", timeout=_WAIT)
                     child.expect("DONE", _WAIT)
                 finally:
-                    if spec["kind"] == "connect":
+                    if spec["kind"] == "connect" or spec.get("a_later"):
                         a.close()
     except Exception as e:  # any mechanism failure becomes the row's error, never a crash of the bench
         res.available = False
