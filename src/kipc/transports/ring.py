@@ -61,7 +61,7 @@ from ..errors import (
     from_oserror,
 )
 
-__all__ = ["RingChannel", "shm_path", "DEFAULT_CAPACITY"]
+__all__ = ["DEFAULT_CAPACITY", "RingChannel", "shm_path"]
 
 _ring = native("_ring")
 _ring._set_errors(Timeout, WouldBlock, ChannelClosed, BadObject)
@@ -187,7 +187,7 @@ class RingChannel(Channel):
     def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
         if timeout is None and not knobs and self.codec is _BYTES and self.max_message_size is None:
             try:
-                return self._ring.send(obj)  # type: ignore[no-any-return]
+                return self._ring.send(obj)
             except (BufferError, AttributeError):
                 pass  # non-contiguous input, or closed: the full path says what to do
         return super().send(obj, timeout=timeout, **knobs)
@@ -204,8 +204,8 @@ class RingChannel(Channel):
             data = memoryview(data.tobytes())
         self._ring.send(data, _seconds(deadline))
 
-    def _recv(self, deadline: Deadline, *, view: bool = False) -> bytes | memoryview:
-        got = self._ring.recv(_seconds(deadline), bool(view))
+    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes | memoryview:
+        got = self._ring.recv(_seconds(deadline), bool(knobs.get("view", False)))
         return got if type(got) is bytes or type(got) is memoryview else memoryview(got)
 
     def close(self) -> None:
@@ -322,7 +322,7 @@ class RingChannel(Channel):
 
         deadline = Deadline.of(timeout)
         self._check_open("recv")
-        mv = self._recv(deadline, view=True)
+        mv = memoryview(self._recv(deadline, view=True))
         try:
             magic, dlen, dt, ndim = _ARRAY_HDR.unpack_from(mv)
             if magic != _ARRAY_MAGIC:
