@@ -180,7 +180,7 @@ def test_forged_length_prefix_is_a_protocol_error_without_allocation(scheme: str
     with kipc.listen(url) as lst:
         target = lst._sock.getsockname()  # type: ignore[attr-defined]
         arg = target if scheme == "unix" else str(target[1])
-        with testing.spawn(FORGER, arg, forged.hex(), stdin=True) as child, lst.accept(timeout=10) as rx:
+        with testing.spawn(FORGER, arg, forged.hex(), stdin=True), lst.accept(timeout=10) as rx:
             rss = _maxrss_mib()
             with pytest.raises(kipc.ProtocolError) as ei:
                 rx.recv(timeout=10)
