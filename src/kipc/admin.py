@@ -58,7 +58,8 @@ SCHEME_KINDS: dict[str, str] = {
     "nats": "nats (owner records; the stream lives in the server)",
 }
 
-MQUEUE_HINT = "POSIX queues of other programs are not listed: mount the mqueue fs with `mount -t mqueue none /dev/mqueue`"
+MQUEUE_HINT = ("POSIX queues of other programs are not listed: mount the mqueue fs with "
+               "`mount -t mqueue none /dev/mqueue`")
 
 _SHM_DIR = "/dev/shm"
 _RING_PREFIX = "kipc.ring."
@@ -144,7 +145,8 @@ def locate(url: str) -> tuple[str, Any]:
         return s, p.netloc + p.path
     from . import registry
 
-    raise InvalidArgument(f"unknown scheme {s!r} in {url!r}; known: {', '.join(sorted([*registry.schemes(), 'sysv', 'posix']))}")
+    known = ", ".join(sorted([*registry.schemes(), "sysv", "posix"]))
+    raise InvalidArgument(f"unknown scheme {s!r} in {url!r}; known: {known}")
 
 
 def _ftok(path: str, proj: int) -> int:
@@ -329,18 +331,15 @@ def _spool_depth(path: str) -> tuple[int, int]:
 
 
 def _ring_stats(name: str) -> dict[str, int] | None:
-    """Depth and message count of a ring, if the ring module offers ``peek_stats(name)``."""
+    """Depth and messages ever sent of a ring, read by attaching for an instant (None if it cannot)."""
     try:
-        from .transports import ring as _ring
+        from .transports.ring import RingChannel
+
+        with RingChannel(name) as ring:
+            info = ring.info()
     except Exception:
         return None
-    fn = getattr(_ring, "peek_stats", None)
-    if fn is None:
-        return None
-    try:
-        return dict(fn(name))
-    except Exception:
-        return None
+    return {"depth": int(info["msgs_in"]) - int(info["msgs_out"]), "total": int(info["msgs_in"])}
 
 
 def inventory(all_users: bool = False, kinds: Iterable[str] | None = None) -> list[ObjectInfo]:
@@ -447,7 +446,8 @@ def remove(url: str, *, kind: str | None = None) -> list[str]:
         kinds = ["msg"] if scheme == "sysvmq" else [k for k in ("shm", "sem") if kind in (None, k)]
         rows = [(k, r) for k in kinds if (r := _find_sysv(k, what)) is not None]
         if not rows:
-            raise NotFound(f"rm {url}: no SysV {'/'.join(kinds)} object with that {'id' if isinstance(what, tuple) else 'key'}")
+            by = "id" if isinstance(what, tuple) else "key"
+            raise NotFound(f"rm {url}: no SysV {'/'.join(kinds)} object with that {by}")
         for _, r in rows:  # check every part before removing any
             _refuse_foreign(url, r["uid"], r["cuid"])
         for k, r in rows:

@@ -44,6 +44,8 @@ def _channels(url: str, *, create: bool, follow: bool, timeout: float | None, st
             if not follow:
                 return
     opts: dict[str, Any] = {"create": "if_missing"} if create else {}
+    if scheme == "fifo":  # an opener of a FIFO writes unless told; --follow outlives writers leaving
+        opts.update(direction="recv", follow=follow)
     yield stack.enter_context(kipc.open(url, **opts))
 
 

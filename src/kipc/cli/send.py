@@ -27,6 +27,8 @@ __all__ = ["open_for_send", "read_messages", "run"]
 
 #: Schemes where the other side listens and a sender only connects.
 CONNECT_ONLY = frozenset(registry.listen_schemes())
+#: Options a sending end needs on some schemes (a FIFO's creator is a reader unless told).
+SEND_OPTIONS: dict[str, dict[str, Any]] = {"fifo": {"direction": "send"}}
 
 
 def read_messages(data: str, *, lines: bool, hex_input: bool) -> list[bytes]:
@@ -53,12 +55,12 @@ def open_for_send(url: str, *, create: bool) -> Any:
 
     scheme = parse_url(url).scheme
     registry.load(scheme)  # unknown scheme -> usage error before reading stdin
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = dict(SEND_OPTIONS.get(scheme, {}))
     if create:
         if scheme in CONNECT_ONLY:
             raise InvalidArgument(f"send --create: {scheme}:// is created by the listening side "
                                   f"(run `kipc recv {url} --create`)")
-        opts = {"create": "if_missing", "persist": True}
+        opts.update(create="if_missing", persist=True)
     return kipc.open(url, **opts)
 
 

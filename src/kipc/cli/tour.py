@@ -56,6 +56,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "nats": ("9. NATS: the same channel API through a broker, so the peer could be on another machine.",
              "9. NATS: 같은 채널 API를 브로커를 통해 씁니다. 상대는 다른 컴퓨터에 있어도 됩니다."),
     "child": ("   {who} printed: {line}", "   {who} 출력: {line}"),
+    "got": ("   received from process {pid}: {line}", "   프로세스 {pid}에게서 받음: {line}"),
     "unavailable": ("   not available: {reason}", "   사용할 수 없음: {reason}"),
     "failed": ("   FAILED: {reason}", "   실패: {reason}"),
     "measuring": ("Measuring a 64-byte round trip for each mechanism...",
@@ -284,7 +285,9 @@ class Tour:
                 ch = stack.enter_context(kipc.open(url, create=True, **opts))
                 child = stack.enter_context(spawn(code, url, "{}", stdin=True))
             for _ in range(3):
-                self.child_said(f"received from process {child.pid}", bytes(ch.recv(timeout=_T)).decode())
+                line = bytes(ch.recv(timeout=_T)).decode()
+                self.say(self.t("got", pid=child.pid, line=line), style="green")
+                self.log.append({"who": f"process {child.pid}", "line": line})
             child.write("bye\n")  # the child closes its end only now: nothing it sent can be lost
             child.check(_T)
 

@@ -1,0 +1,149 @@
+"""``kipc top``: a live, refreshing table of kipc channels and kernel queues.
+
+* Rows: every object ``kipc ls`` shows (this user's; ``--all`` everyone's)
+  with depth and messages/s. The rate comes from a message counter where the
+  object has one (rings: messages ever sent); for other queues it is the
+  change of depth per second, marked ``~`` (a lower bound).
+* Quit with ``q`` or Ctrl-C (exit 0). On a terminal the keyboard is read in
+  cbreak mode and restored on exit; rich redraws in place. Not on a terminal
+  (or ``--json``), each refresh is printed (plain table / one JSON object per
+  line); ``--iterations N`` stops after N refreshes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .. import admin
+from ._output import Output, plain_table
+
+__all__ = ["run", "Sampler"]
+
+COLUMNS = ("kind", "url", "owner", "depth", "msgs/s", "size", "attached", "creator", "alive")
+
+
+class Sampler:
+    """Successive inventories turned into rows with rates."""
+
+    def __init__(self, all_users: bool) -> None:
+        self.all_users = all_users
+        self._prev: dict[tuple[str, str], tuple[float, int | None, int | None]] = {}
+
+    def sample(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        rows = []
+        seen: dict[tuple[str, str], tuple[float, int | None, int | None]] = {}
+        for i in admin.inventory(all_users=self.all_users):
+            key = (i.kind, i.url)
+            seen[key] = (now, i.total, i.depth)
+            rate: str = ""
+            prev = self._prev.get(key)
+            if prev is not None and now > prev[0]:
+                dt = now - prev[0]
+                if i.total is not None and prev[1] is not None:
+                    rate = f"{(i.total - prev[1]) / dt:,.0f}"
+                elif i.depth is not None and prev[2] is not None:
+                    rate = f"~{abs(i.depth - prev[2]) / dt:,.0f}"
+            d = i.to_dict()
+            d["rate"] = rate
+            rows.append(d)
+        self._prev = seen
+        return rows
+
+
+def _cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    def s(v: Any) -> str:
+        return "" if v is None else str(v)
+
+    return [[r["kind"], r["url"], r["owner"], s(r["depth"]), r["rate"], s(r["size"]), s(r["attached"]),
+             s(r["creator_pid"]), "" if r["alive"] is None else ("yes" if r["alive"] else "DEAD")] for r in rows]
+
+
+@contextlib.contextmanager
+def _keyboard() -> Iterator[int | None]:
+    """stdin in cbreak mode (keys without Enter) when it is a terminal; restored on exit."""
+    fd = sys.stdin.fileno() if sys.stdin and not sys.stdin.closed else -1
+    if fd < 0 or not os.isatty(fd):
+        yield None
+        return
+    import termios
+    import tty
+
+    old = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield fd
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+def _quit_pressed(fd: int | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` for a key; True on q/Q (or EOF on stdin)."""
+    if fd is None:
+        time.sleep(timeout)
+        return False
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            data = os.read(fd, 64)
+            if not data or b"q" in data.lower():
+                return True
+
+
+def _render(rows: list[dict[str, Any]], n: int, interval: float) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"kipc top — {len(rows)} objects, refresh {interval:g} s (#{n}) — q or Ctrl-C quits",
+              title_justify="left", header_style="bold")
+    for c in COLUMNS:
+        t.add_column(c, justify="right" if c in ("depth", "msgs/s", "size", "attached", "creator") else "left")
+    for row in _cells(rows):
+        t.add_row(*row)
+    return t
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    sampler = Sampler(args.all)
+    interval = max(0.05, args.interval)
+    n = 0
+    with _keyboard() as kb:
+        try:
+            if out.rich and not out.json_mode:
+                from rich.live import Live
+
+                with Live(_render(sampler.sample(), 1, interval), console=out.console, auto_refresh=False,
+                          transient=False) as live:
+                    n = 1
+                    while not (args.iterations and n >= args.iterations):
+                        if _quit_pressed(kb, interval):
+                            break
+                        n += 1
+                        live.update(_render(sampler.sample(), n, interval), refresh=True)
+                return 0
+            while True:
+                rows = sampler.sample()
+                n += 1
+                if out.json_mode:
+                    out.json({"refresh": n, "time": time.time(), "objects": rows})
+                else:
+                    out.out.write(f"-- kipc top #{n}: {len(rows)} objects --\n")
+                    out.out.write(plain_table(COLUMNS, _cells(rows), right=("depth", "msgs/s", "size")))
+                    out.out.flush()
+                if args.iterations and n >= args.iterations:
+                    return 0
+                if _quit_pressed(kb, interval):
+                    return 0
+        except KeyboardInterrupt:
+            return 0
+    return 0
