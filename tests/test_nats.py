@@ -410,3 +410,24 @@ with KV(sys.argv[1]) as kv:
             for k in kids:
                 k.close()
         assert kv.get("n") == b"80"  # no lost update
+
+
+def test_exit_without_close_is_clean_and_removes_nothing(nats_url: str) -> None:
+    # A process that forgets close(): the loop thread stops at exit (no hang), and the
+    # finalizer only disconnects (never deletes the stream behind the user's back).
+    name = testing.unique_name("nats")
+    code = """
+import sys, kipc
+ch = kipc.open(sys.argv[1], create=True)
+ch.send(b"left for later")
+lost = kipc.open(sys.argv[1])
+del lost
+print("READY", flush=True)
+"""
+    with testing.spawn(code, f"{nats_url}/{name}") as child:
+        child.check(20)
+    with kipc.open(f"{nats_url}/{name}") as ch:
+        try:
+            assert ch.recv(timeout=5) == b"left for later"
+        finally:
+            _delete_stream(nats_url, ch.stream)

@@ -101,6 +101,7 @@ class _Runner:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.stopped = False
         self.thread = threading.Thread(target=self.loop.run_forever, name="kipc-nats", daemon=True)
         self.thread.start()
 
@@ -111,6 +112,9 @@ class _Runner:
         if threading.current_thread() is self.thread:
             coro.close()
             raise RuntimeError("kipc nats: sync call from the loop thread itself (use the async API)")
+        if self.stopped:  # after exit cleanup (e.g. a finalizer at shutdown): never wait on a dead loop
+            coro.close()
+            raise ChannelClosed("kipc nats: the client loop has shut down (interpreter exiting)")
         fut = self.submit(coro)
         try:
             return fut.result()
@@ -126,6 +130,7 @@ class _Runner:
 
         with contextlib.suppress(Exception):
             self.submit(close_all()).result(5.0)
+        self.stopped = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5.0)
 
@@ -315,7 +320,8 @@ class _Client:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 2.0)
 
-        self._runner.run(close())
+        with contextlib.suppress(ChannelClosed, RuntimeError):  # loop gone / called from a finalizer on it
+            self._runner.run(close())
 
     @property
     def max_payload(self) -> int:
@@ -581,22 +587,27 @@ class NatsChannel(_Client, Channel):
         return self.codec.decode(await self._on_loop(self._recv_async(deadline)))
 
     # -- close -----------------------------------------------------------------------------
-    def _close(self) -> None:
-        error: BaseException | None = None
-        if self._nc is not None and self._pid == os.getpid():
-            if self.owner and not self.persist:
-                self.owner = False  # the base class's _unlink is done here, while connected
-                try:
-                    self._run(self._delete())
-                except KipcError as e:
-                    error = e
-            if self._sub is not None:
-                sub, self._sub = self._sub, None
-                with contextlib.suppress(Exception):
-                    self._run(asyncio.wait_for(sub.unsubscribe(), 2.0))
-        self._disconnect()
+    def close(self) -> None:
+        """Disconnect; the creator first deletes the stream (unless ``persist=True``)."""
+        if self._closed:
+            return
+        error: KipcError | None = None
+        if self.owner and not self.persist and self._nc is not None and self._pid == os.getpid():
+            self.owner = False  # deleted here, while connected (a finalizer only disconnects)
+            try:
+                self._run(self._delete())
+            except KipcError as e:
+                error = e
+        super().close()
         if error is not None:
             raise error
+
+    def _close(self) -> None:
+        if self._sub is not None and self._nc is not None and self._pid == os.getpid():
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                self._run(asyncio.wait_for(sub.unsubscribe(), 2.0))
+        self._disconnect()
 
     def _unlink(self) -> None:
         if self._nc is None:
