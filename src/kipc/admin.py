@@ -197,15 +197,15 @@ def _key_url(scheme: str, key: int, ident: int) -> str:
 
 def _scan_sysv() -> Iterator[ObjectInfo]:
     for r in _sysv_rows("msg"):
-        yield ObjectInfo("sysvmq", _key_url("sysvmq", r["key"], r["msqid"]), uid=r["uid"], mode=r["perms"] & 0o777,
+        yield ObjectInfo("sysvmq", _key_url("sysvmq", r["key"], r["msqid"]), uid=r["uid"], mode=int(str(r["perms"]), 8) & 0o777,
                          size=r["cbytes"], depth=r["qnum"], pids=[p for p in (r["lspid"], r["lrpid"]) if p],
                          ident=r["msqid"])
     for r in _sysv_rows("shm"):
-        yield ObjectInfo("sysvshm", _key_url("sysv", r["key"], r["shmid"]), uid=r["uid"], mode=r["perms"] & 0o777,
+        yield ObjectInfo("sysvshm", _key_url("sysv", r["key"], r["shmid"]), uid=r["uid"], mode=int(str(r["perms"]), 8) & 0o777,
                          size=r["size"], attached=r["nattch"], pids=[p for p in (r["cpid"], r["lpid"]) if p],
                          creator_pid=r["cpid"], alive=_pid_alive(r["cpid"]), ident=r["shmid"])
     for r in _sysv_rows("sem"):
-        yield ObjectInfo("sysvsem", _key_url("sysv", r["key"], r["semid"]), uid=r["uid"], mode=r["perms"] & 0o777,
+        yield ObjectInfo("sysvsem", _key_url("sysv", r["key"], r["semid"]), uid=r["uid"], mode=int(str(r["perms"]), 8) & 0o777,
                          size=r["nsems"], ident=r["semid"])
 
 
