@@ -431,3 +431,41 @@ print("READY", flush=True)
             assert ch.recv(timeout=5) == b"left for later"
         finally:
             _delete_stream(nats_url, ch.stream)
+
+
+def _make_tls_files(d: str) -> tuple[str, str, str]:
+    """A throw-away CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI not installed: cannot make test certificates")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ca_key, ca, key, csr, cert = (os.path.join(d, n) for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
+    ext = os.path.join(d, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
+        "-subj", "/CN=kipc test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1",
+        "-extfile", ext)
+    return cert, key, ca
+
+
+def test_tls_ca_passed_through() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kipc-tls-") as d:
+        cert, key, ca = _make_tls_files(d)
+        with testing.nats_server(tls=(cert, key, ca)) as server:
+            url = f"{server.url}/{testing.unique_name('nats')}"
+            with pytest.raises(kipc.PermissionDenied) as ei:  # no CA given: the self-signed chain is refused
+                kipc.open(url, create=True, connect_timeout=1.5)
+            assert server.url in str(ei.value) and "TLS" in str(ei.value)
+            with kipc.open(url, create=True, tls_ca=ca) as ch:
+                ch.send(b"over tls")
+                assert ch.recv(timeout=5) == b"over tls"

@@ -4,7 +4,8 @@ Contract card:
 
 * :func:`nats_server` starts ``nats-server -js`` bound to 127.0.0.1 on a free
   port, with its file storage in a fresh temp dir (0700); ``user``/``password``
-  or ``token`` make it demand credentials, ``args`` adds raw server flags. The object has
+  or ``token`` make it demand credentials, ``tls=(cert, key, ca)`` makes it
+  require TLS, ``args`` adds raw server flags. The object has
   ``.url``, ``.port``, ``.store_dir``, ``.stop(kill=False)`` and ``.start()``;
   a restart keeps the same port and storage, so JetStream file-storage
   streams survive it.
@@ -73,7 +74,7 @@ def _answers_info(port: int) -> bool:
         return False
 
 
-def _jetstream_ready(urls: list[str], timeout: float, auth: dict[str, str] | None = None) -> bool:
+def _jetstream_ready(urls: list[str], timeout: float, auth: dict[str, Any] | None = None) -> bool:
     """True once a JetStream API request succeeds (meta leader elected, account enabled)."""
     import asyncio
 
@@ -106,7 +107,8 @@ class NatsServer:
     def __init__(self, *, port: int | None = None, jetstream: bool = True, store_dir: str | None = None,
                  server_name: str | None = None, cluster_port: int | None = None, routes: list[int] | None = None,
                  args: list[str] | None = None, ready_timeout: float = 15.0, user: str | None = None,
-                 password: str | None = None, token: str | None = None) -> None:
+                 password: str | None = None, token: str | None = None,
+                 tls: tuple[str, str, str] | None = None) -> None:
         self.port = port or free_port()
         self.jetstream = jetstream
         self._tmp = tempfile.mkdtemp(prefix="kipc-nats-")
@@ -118,7 +120,12 @@ class NatsServer:
         self.routes = routes or []
         self.extra_args = list(args or [])
         # client credentials the server demands (and the readiness probe uses)
-        self.auth = {k: v for k, v in (("user", user), ("password", password), ("token", token)) if v}
+        self.auth: dict[str, Any] = {k: v for k, v in (("user", user), ("password", password), ("token", token)) if v}
+        self.tls = tls  # (server cert, server key, CA that signed it): the server then requires TLS
+        if tls:
+            import ssl
+
+            self.auth["tls"] = ssl.create_default_context(cafile=tls[2])
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -143,6 +150,8 @@ class NatsServer:
             cmd += ["--user", self.auth["user"], "--pass", self.auth.get("password", "")]
         if "token" in self.auth:
             cmd += ["--auth", self.auth["token"]]
+        if self.tls:
+            cmd += ["--tls", "--tlscert", self.tls[0], "--tlskey", self.tls[1]]
         return cmd + self.extra_args
 
     def start(self, *, wait: bool = True) -> NatsServer:

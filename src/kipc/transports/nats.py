@@ -287,6 +287,9 @@ class _Client:
             if any(isinstance(x, nats.errors.AuthorizationError) or "Authorization Violation" in str(x)
                    for x in errors):
                 raise PermissionDenied(f"connect {self.url}: {shown} refused our credentials") from None
+            if isinstance(last, ssl.SSLError):
+                raise PermissionDenied(f"connect {self.url}: TLS with {shown} failed ({last}); "
+                                       "check tls_ca / tls_cert / tls_hostname") from None
             cls = NotFound if isinstance(last, ConnectionRefusedError) else Timeout
             raise cls(f"connect {self.url}: no NATS server answered at {shown} within {timeout:g} s "
                       f"({type(last).__name__}: {last})") from None
