@@ -104,6 +104,7 @@
 #define F_PAD 4u
 #define BIG_COPY (256u * 1024u)
 #define SLICE 0.1 /* seconds between signal checks while blocked */
+#define PROBE 0.01 /* seconds between producer-liveness probes mid-message */
 
 #define CL __attribute__((aligned(64)))
 
@@ -192,10 +193,13 @@ static void futex_wake_all(void *addr)
 static int raise_state(Ring *r, int rc, const char *op, double timeout)
 {
     if (rc == R_TIMEOUT) {
-        if (timeout == 0.0)
+        if (timeout == 0.0) {
             PyErr_Format(E_WouldBlock, "%s on %S would block (timeout=0)", op, r->url);
-        else
-            PyErr_Format(E_Timeout, "%s on %S timed out after %g s", op, r->url, timeout);
+        } else {
+            char secs[32]; /* PyErr_Format has no %g */
+            snprintf(secs, sizeof secs, "%g", timeout);
+            PyErr_Format(E_Timeout, "%s on %S timed out after %s s", op, r->url, secs);
+        }
     } else if (rc == R_CLOSED) {
         PyErr_Format(E_Closed, "%s on %S: the channel was closed by its creator", op, r->url);
     }
@@ -564,7 +568,7 @@ static PyObject *consume(Ring *r, double timeout, int want_view)
                         Py_CLEAR(partial);
                     continue;
                 }
-                rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, mono() + SLICE);
+                rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, mono() + PROBE);
                 if (rc == R_ERR)
                     goto fail;
                 probe_producer(h); /* EBUSY while the producer lives; repairs a dead one */

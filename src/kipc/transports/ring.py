@@ -70,7 +70,7 @@ DEFAULT_CAPACITY = 1 << 20
 DEFAULT_SPIN_US = 50.0
 _PAGE = 4096
 _BYTES = get_codec(None)
-_ATTACH_WAIT = 1.0  # seconds an opener waits for a creator to finish initialising
+_ATTACH_WAIT = 0.5  # seconds an opener waits for a creator to finish initialising
 _ARRAY_MAGIC = b"KNDA"
 _ARRAY_HDR = struct.Struct("<4sB15sB")  # magic, dtype-str length, dtype str, ndim; then ndim * u64
 
@@ -188,8 +188,15 @@ class RingChannel(Channel):
         if timeout is None and not knobs and self.codec is _BYTES and self.max_message_size is None:
             try:
                 return self._ring.send(obj)
-            except (BufferError, AttributeError):
-                pass  # non-contiguous input, or closed: the full path says what to do
+            except (BufferError, ValueError, AttributeError):
+                pass  # non-contiguous input, or closed: the full path copies or says why
+        if self.codec is _BYTES and not isinstance(obj, (bytes, bytearray)):
+            try:
+                mv = memoryview(obj)
+                if not mv.c_contiguous:
+                    obj = mv.tobytes()  # one copy, in logical (C) order
+            except TypeError:
+                pass  # not a buffer: the codec explains
         return super().send(obj, timeout=timeout, **knobs)
 
     def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
@@ -361,7 +368,8 @@ def _check_attach(fd: int, url: str) -> None:
         magic = os.pread(fd, 8, 0) if size >= 8 else b""
         if size >= 2 * _PAGE and magic == struct.pack("<Q", _ring.MAGIC):
             return
-        if time.monotonic() >= end:
+        initialising = size < 2 * _PAGE or magic == bytes(8)  # the creator publishes the magic last
+        if not initialising or time.monotonic() >= end:
             raise BadObject(f"open {url}: {size} bytes without a kipc ring header (truncated, foreign, "
                             "or its creator died while initialising)")
         time.sleep(0.005)
