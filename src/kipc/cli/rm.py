@@ -25,6 +25,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
         except KipcError as e:
             status = max(status, 2 if isinstance(e, InvalidArgument) else 1)
             errors.append({"url": url, "error": str(e)})
+            if args.debug:
+                import traceback
+
+                traceback.print_exception(e)
             if not out.json_mode:
                 error_line(str(e))
     if out.json_mode:
