@@ -469,3 +469,27 @@ def test_tls_ca_passed_through() -> None:
             with kipc.open(url, create=True, tls_ca=ca) as ch:
                 ch.send(b"over tls")
                 assert ch.recv(timeout=5) == b"over tls"
+
+
+def test_blocked_receiver_sees_stream_removed(nats_url: str) -> None:
+    name = testing.unique_name("nats")
+    creator = kipc.open(f"{nats_url}/{name}", create=True)
+    try:
+        with kipc.open(f"{nats_url}/{name}") as rx:
+            outcome: list[BaseException] = []
+
+            def wait() -> None:
+                try:
+                    rx.recv(timeout=20)
+                except BaseException as e:
+                    outcome.append(e)
+
+            t = threading.Thread(target=wait)
+            t.start()
+            time.sleep(0.2)  # most likely blocked by now; either way the outcome must be ChannelClosed
+            creator.close()  # the creator removes the stream
+            t.join(15)
+            assert not t.is_alive()
+            assert len(outcome) == 1 and isinstance(outcome[0], kipc.ChannelClosed), outcome
+    finally:
+        creator.close()

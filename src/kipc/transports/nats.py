@@ -52,6 +52,7 @@ import os
 import re
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -492,6 +493,7 @@ class NatsChannel(_Client, Channel):
         assert self._lock is not None and self._inbox is not None
         what = f"recv on {self.url}"
         req_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{_CONSUMER}"
+        checked = 0.0
         async with self._lock:
             while True:
                 if not self._inbox.empty():  # a late answer to an earlier pull: a valid delivery
@@ -526,9 +528,22 @@ class NatsChannel(_Client, Channel):
                     raise WouldBlock(f"{what}: the channel is empty")
                 if status == "409" and "Deleted" in (msg.headers.get("Description") or ""):
                     raise ChannelClosed(f"{what}: the stream was removed")
-                if status == "503":  # no responders: JetStream not ready yet (restart / election)
+                if status in ("409", "503"):
+                    # 503 no responders: JetStream restarting / electing a leader, or the stream is gone
+                    if status == "503" and time.monotonic() - checked > 1.0:
+                        checked = time.monotonic()
+                        await self._check_stream(what)
                     await asyncio.sleep(0.05)
                 # 404/408 (nothing within the expiry), 409 (limits, leader change), heartbeats: pull again
+
+    async def _check_stream(self, what: str) -> None:
+        """ChannelClosed if the stream (or its consumer) was removed; quiet while the server is away."""
+        try:
+            await self._js.consumer_info(self.stream, _CONSUMER, timeout=1.0)
+        except nats.js.errors.NotFoundError:
+            raise ChannelClosed(f"{what}: the stream was removed") from None
+        except Exception:
+            pass  # not answering: a restart or an election; keep pulling until the deadline
 
     async def _ack(self, msg: Any, deadline: Deadline) -> None:
         """Acknowledge and wait for the server's confirmation (retried: a lost ack would redeliver)."""
