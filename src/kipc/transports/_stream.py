@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from .._base import Channel, Deadline
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
-from ..codecs import Codec
+from ..codecs import Codec, get_codec
 from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, Timeout, from_oserror
 
 __all__ = ["FRAMINGS", "StreamChannel", "wait_fd"]
@@ -38,6 +38,8 @@ FRAMINGS = ("frame", "line", "raw")
 _READ_CHUNK = 256 * 1024
 _DIRECT_READ = 256 * 1024  # payloads at least this big are read straight into their own buffer
 _SMALL_WRITE = 64 * 1024  # below this, header and payload are joined into one write
+_BYTES = get_codec(None)
+_PACK = HEADER.pack
 
 
 def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
@@ -112,6 +114,48 @@ class StreamChannel(Channel):
                 pass
         self._rfd = self._wfd = -1
 
+    # -- fast paths ----------------------------------------------------------------
+    # The common case (bytes in/out, blocking, framed) skips the generic template:
+    # its per-call cost would otherwise be several times the syscall's for small
+    # messages. Anything unusual (a timeout, knobs, a codec, a full pipe, an error,
+    # a closed channel) falls through to Channel.send/recv, which check everything.
+    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
+        if (timeout is None and not knobs and type(obj) is bytes and self.codec is _BYTES
+                and not self._pending and self.framing == "frame" and self._wfd >= 0 and not self._closed):
+            size = len(obj)
+            if size < _SMALL_WRITE and size <= (self.max_message_size or 0):
+                buf = _PACK(size) + obj
+                try:
+                    n = self._write(buf)
+                except OSError:
+                    n = 0  # would block, or an error the slow path reports properly
+                if n == size + HEADER_SIZE:
+                    return
+                if n > 0:  # accepted, part of it written: the rest goes out like any pending tail
+                    self._pending = [memoryview(buf)[n:]]
+                    self._flush(Deadline(None))
+                    return
+        super().send(obj, timeout=timeout, **knobs)
+
+    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
+        if (timeout is None and not knobs and self.codec is _BYTES and self.framing == "frame"
+                and self._big is None and self._rfd >= 0 and not self._closed):
+            dec = self._decoder
+            frame = dec.next_frame()  # a whole frame already buffered: no syscall at all
+            if frame is not None:
+                return frame
+            if dec.missing() < _DIRECT_READ:
+                try:
+                    chunk = self._read(_READ_CHUNK)
+                except OSError:
+                    chunk = b""  # nothing yet (or an error): the slow path waits / reports
+                if chunk:
+                    dec.feed(chunk)
+                    frame = dec.next_frame()
+                    if frame is not None:
+                        return frame
+        return super().recv(timeout=timeout, **knobs)
+
     # -- sending -----------------------------------------------------------------
     def _oserror(self, e: OSError, op: str) -> Exception:
         if e.errno in (errno.EPIPE, errno.ECONNRESET):
@@ -142,6 +186,7 @@ class StreamChannel(Channel):
         size = data.nbytes
         framing = self.framing
         if framing == "frame":
+            total = size + HEADER_SIZE
             if size < _SMALL_WRITE:
                 parts: list[Any] = [HEADER.pack(size) + data]
             else:
@@ -150,9 +195,10 @@ class StreamChannel(Channel):
             if b"\n" in data:
                 raise InvalidArgument(f"send on {self.url}: framing=line messages cannot contain a newline")
             parts = [bytes(data) + b"\n"]
+            total = size + 1
         else:
             parts = [data]
-        total = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+            total = size
         if total == 0:
             return
         while True:
