@@ -160,6 +160,8 @@ def test_query_options_and_bad_input(nats_url: str) -> None:
         kipc.open("nats://127.0.0.1:1/x", ack_wait=-1)
     with pytest.raises(kipc.InvalidArgument):
         kipc.open("nats://127.0.0.1:1/x", storage="tape")
+    with pytest.raises(TypeError):
+        kipc.open("nats://127.0.0.1:1/x", colour="red")
 
 
 def test_names_are_escaped_not_mixed(nats_url: str) -> None:

@@ -377,7 +377,10 @@ class NatsChannel(_Client, Channel):
         self.name = name
         self.stream = f"KIPC_{_escape(name)}"
         self.subject = f"kipc.q.{_escape(name)}"
-        self._connect(servers, server, creds, **conn)
+        conn_options = _common_options(conn)
+        if conn:
+            raise TypeError(f"nats channel got unexpected options {sorted(conn)}")
+        self._connect(servers, server, creds, **conn_options)
         try:
             self.owner = self._run(self._setup(create))
         except BaseException:
