@@ -304,14 +304,24 @@ class _Client:
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self._runner is not None
-        return self._runner.run(coro)
+        try:
+            return self._runner.run(coro)
+        except (KipcError, RuntimeError):
+            raise
+        except Exception as e:  # never let a raw nats-py error escape
+            raise _translate(e, self.url, "operation on") from e
 
     async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the loop thread from whatever loop the caller runs."""
         assert self._runner is not None
-        if asyncio.get_running_loop() is self._runner.loop:
-            return await coro
-        return await asyncio.wrap_future(self._runner.submit(coro))
+        try:
+            if asyncio.get_running_loop() is self._runner.loop:
+                return await coro
+            return await asyncio.wrap_future(self._runner.submit(coro))
+        except (KipcError, RuntimeError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            raise _translate(e, self.url, "operation on") from e
 
     def _disconnect(self) -> None:
         nc, self._nc = self._nc, None
