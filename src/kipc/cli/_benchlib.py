@@ -219,8 +219,11 @@ def _run_protocol(a: Any, b: Any, res: Result, sizes: list[int], rtt_iters: int,
     res.rtt_iters = len(samples)
     res.rtt_us = statistics.median(samples) / 1000
     res.rtt_p99_us = samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1000
+    # bound each stream by time too: a slow mechanism (fsync'd spool, broker) gets fewer messages
+    per_msg_s = max(res.rtt_us or 1.0, 1.0) / 2e6
+    budget_s = 0.3 if stream_bytes <= 4 << 20 else 3.0
     for size in sizes:
-        n = max(20, min(20000, stream_bytes // size))
+        n = max(20, min(20000, stream_bytes // size, int(budget_s / per_msg_s)))
         payload = b"s" * size
         limit = getattr(a, "max_message_size", None)
         if limit is not None and size > limit:

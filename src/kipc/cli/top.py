@@ -69,7 +69,10 @@ def _cells(rows: list[dict[str, Any]]) -> list[list[str]]:
 @contextlib.contextmanager
 def _keyboard() -> Iterator[int | None]:
     """stdin in cbreak mode (keys without Enter) when it is a terminal; restored on exit."""
-    fd = sys.stdin.fileno() if sys.stdin and not sys.stdin.closed else -1
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stdin (closed, or replaced by a test harness)
+        fd = -1
     if fd < 0 or not os.isatty(fd):
         yield None
         return
