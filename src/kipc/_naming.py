@@ -112,6 +112,8 @@ def validate_path(path: object, *, what: str = "path", max_bytes: int = PATH_MAX
         raise InvalidArgument(f"{what} {path!r} must be absolute")
     if ".." in path.split("/"):
         raise InvalidArgument(f"{what} {path!r} contains a '..' component")
+    if path.endswith("/"):
+        raise InvalidArgument(f"{what} {path!r} must name an entry, not end with '/'")
     size = len(os.fsencode(path))
     if size > max_bytes:
         raise InvalidArgument(f"{what} is {size} bytes; the limit is {max_bytes}")

@@ -80,7 +80,8 @@ def fifo_path(parsed: ParsedURL) -> str:
     if parsed.netloc:
         if parsed.path:
             raise InvalidArgument(f"{parsed.url}: use fifo://NAME or fifo:///absolute/path")
-        return os.path.join(runtime_dir("fifo"), validate_name(parsed.netloc, what="fifo name"))
+        name = validate_name(parsed.netloc, what="fifo name")  # before runtime_dir() touches the disk
+        return os.path.join(runtime_dir("fifo"), name)
     return validate_path(parsed.path, what="fifo path")
 
 

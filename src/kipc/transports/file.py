@@ -106,7 +106,8 @@ def spool_path(parsed: ParsedURL) -> str:
     if parsed.netloc:
         if parsed.path:
             raise InvalidArgument(f"{parsed.url}: use file://NAME or file:///absolute/dir")
-        return os.path.join(runtime_dir("spool"), validate_name(parsed.netloc, what="spool name"))
+        name = validate_name(parsed.netloc, what="spool name")  # before runtime_dir() touches the disk
+        return os.path.join(runtime_dir("spool"), name)
     path = validate_path(parsed.path, what="spool directory")
     return path.rstrip("/") or "/"
 

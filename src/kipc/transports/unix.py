@@ -43,7 +43,7 @@ from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied
 from ..registry import merge_query
 from ._sock import SocketChannel, SocketListener, connect
 
-__all__ = ["UnixChannel", "UnixListener", "peer_credentials", "parse_uids"]
+__all__ = ["UnixChannel", "UnixListener", "parse_uids", "peer_credentials"]
 
 SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 for the NUL
 _UCRED = struct.Struct("3i")
@@ -95,7 +95,8 @@ def _address(parsed: ParsedURL) -> tuple[str | bytes, str | None]:
     if netloc:
         if path:
             raise InvalidArgument(f"{parsed.url}: use unix://NAME or unix:///absolute/path")
-        full = os.path.join(runtime_dir("sock"), validate_name(netloc, what="socket name"))
+        name = validate_name(netloc, what="socket name")  # before runtime_dir() touches the disk
+        full = os.path.join(runtime_dir("sock"), name)
     else:
         full = validate_path(path, what="socket path")
     if len(os.fsencode(full)) > SUN_PATH_MAX:
@@ -156,7 +157,7 @@ class UnixChannel(SocketChannel):
             except BaseException:
                 client.close()
                 raise
-        return client, server  # type: ignore[return-value]
+        return client, server
 
 
 class UnixListener(SocketListener):
