@@ -7,7 +7,6 @@ runs the long ones and writes the figures into docs/reliability.md.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import pytest
 
 import kipc
 from kipc import registry, testing
-from kipc._base import Channel
 
 from .helpers import check, payload
 
@@ -97,7 +95,7 @@ def test_ctrl_c_interrupts_blocking_recv(scheme: str, request: pytest.FixtureReq
 def test_no_fd_leaks_to_exec(scheme: str, figures: Any) -> None:
     """exec'd children inherit no kipc fd (O_CLOEXEC)"""
     before = _fds()
-    with testing.channel_pair(scheme) as (tx, rx):
+    with testing.channel_pair(scheme) as (_tx, _rx):
         new = _fds() - before
         inheritable = [fd for fd in new if os.path.exists(f"/proc/self/fd/{fd}") and os.get_inheritable(fd)]
         out = subprocess.run([sys.executable, "-c", "import os; print(' '.join(os.listdir('/proc/self/fd')))"],
@@ -121,7 +119,7 @@ def test_create_destroy_cycles(scheme: str, scale: Any, figures: Any) -> None:
             tx.send(b"w", timeout=5)
             rx.recv(timeout=5)
     before, rss0 = counts(), _rss_kib()
-    for i in range(cycles):
+    for _i in range(cycles):
         with testing.channel_pair(scheme) as (tx, rx):
             tx.send(b"c", timeout=5)
             assert rx.recv(timeout=5) == b"c"
