@@ -1,0 +1,315 @@
+"""Counting semaphores: ``sysv://KEY`` (semget/semop) and ``posix://NAME`` (sem_open, ``/dev/shm/sem.NAME``).
+
+Contract card:
+
+* ``acquire(timeout=None)`` decrements (blocks while the value is 0);
+  ``timeout=0`` raises :class:`WouldBlock`, ``t`` raises :class:`Timeout`
+  (kernel timeouts: ``semtimedop`` / ``sem_timedwait``; EINTR retried with the
+  time left). ``release()`` increments. ``value`` reads the count. Context
+  manager = acquire/release; ``await aacquire()`` waits in a worker thread in
+  short slices (no fd exists), so cancellation lands within 50 ms.
+* Crash safety: the SysV flavour uses ``SEM_UNDO`` by default — a holder
+  killed by SIGKILL has its acquisitions undone by the kernel. This assumes
+  each process releases what it acquired (a process that only releases, as in
+  producer/consumer signalling, should pass ``undo=False``). POSIX named
+  semaphores have no undo: a holder that crashes keeps the count down for
+  ever. With ``posix://`` use ``acquire(timeout=...)`` to notice, or prefer
+  ``sysv://`` when holders may crash.
+* Value limits: SysV ``SEMVMX`` (32767), POSIX ``SEM_VALUE_MAX``.
+* Creation exclusive by default (``value=`` is the initial count, default 1),
+  ``create="if_missing"``; mode 0600 whatever the umask. Opening refuses a
+  semaphore of another uid (``allow_foreign=True``) or with more mode bits
+  than ``mode``.
+* Cleanup: the creator removes it on ``close()`` unless ``persist=True``;
+  openers never remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno as _errno
+import os
+import stat as _stat
+from typing import Any
+
+import posix_ipc
+import sysv_ipc
+
+from .. import _owners
+from .._base import Deadline
+from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_name
+from ..errors import AlreadyExists, ChannelClosed, InvalidArgument, KipcError, NotFound, PermissionDenied, from_oserror
+from ..shm import check_attach, parse_create, parse_mode, sysv_key, translate_ipc_error
+
+__all__ = ["Semaphore"]
+
+_ASYNC_SLICE = 0.05
+
+# sysv_ipc is built without semtimedop here (SEMAPHORE_TIMEOUT_SUPPORTED is False: it would
+# ignore timeouts), so the SysV wait itself goes through libc. ctypes releases the GIL.
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.semtimedop.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_SEM_UNDO, _IPC_NOWAIT = 0x1000, 0o4000
+
+
+class _Sembuf(ctypes.Structure):
+    _fields_ = [("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short)]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _semop(semid: int, op: int, undo: bool, timeout: float | None) -> int:
+    """One semtimedop; returns 0 or the errno (EAGAIN = would block / timed out)."""
+    flags = (_SEM_UNDO if undo else 0) | (_IPC_NOWAIT if timeout == 0 else 0)
+    buf = _Sembuf(0, op, flags)
+    ts = None
+    if timeout:
+        ts = _Timespec(int(timeout), int((timeout % 1) * 1e9))
+    rc = _libc.semtimedop(semid, ctypes.byref(buf), 1, ctypes.byref(ts) if ts is not None else None)
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
+class Semaphore:
+    """A named counting semaphore shared between processes (and C programs)."""
+
+    url: str = "<unopened>"
+    owner: bool = False
+    persist: bool = False
+    _closed: bool = True
+    _sem: Any = None
+    _record_url = ""
+
+    def __init__(self, url: str, *, value: int | None = None, create: bool | str = False,
+                 mode: int | str = DEFAULT_MODE, persist: bool = False, undo: bool = True,
+                 allow_foreign: bool = False) -> None:
+        parsed = parse_url(url)
+        create = parse_create(create)
+        mode = parse_mode(mode)
+        self.persist = parse_bool(persist, what="persist")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise InvalidArgument(f"{url}: value must be an int >= 0, not {value!r}")
+        if value is not None and not create:
+            raise InvalidArgument(f"open {url}: value= is the initial count; it needs create=True or 'if_missing'")
+        initial = 1 if value is None else value
+        self.url = url
+        if parsed.scheme == "sysv":
+            self.kind = "sysv"
+            key = sysv_key(parsed)
+            if key == 0:
+                raise InvalidArgument(f"{url}: private SysV semaphores are not supported; use a key")
+            if initial > sysv_ipc.SEMAPHORE_VALUE_MAX:
+                raise InvalidArgument(f"{url}: value {initial} is over SEMVMX ({sysv_ipc.SEMAPHORE_VALUE_MAX})")
+            self._record_url = f"sysv-sem://{key}"
+            self._open_sysv(key, create, mode, initial, allow_foreign)
+            self._undo = bool(undo)
+            self._semid = self._sem.id
+        elif parsed.scheme == "posix":
+            self.kind = "posix"
+            if parsed.path not in ("", "/"):
+                raise InvalidArgument(f"{url}: expected posix://NAME")
+            name = validate_name(parsed.netloc, what="semaphore name", max_len=200)
+            if initial > posix_ipc.SEMAPHORE_VALUE_MAX:
+                raise InvalidArgument(f"{url}: value {initial} is over SEM_VALUE_MAX ({posix_ipc.SEMAPHORE_VALUE_MAX})")
+            self._name = "/" + name
+            self._record_url = f"posix-sem://{name}"
+            self._open_posix(name, create, mode, initial, allow_foreign)
+        else:
+            raise InvalidArgument(f"{url}: Semaphore addresses are sysv://KEY or posix://NAME")
+        self._closed = False
+
+    def _open_sysv(self, key: int, create: bool | str, mode: int, initial: int, allow_foreign: bool) -> None:
+        sem = None
+        if create:
+            try:
+                sem = sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)
+                self.owner = True
+            except sysv_ipc.ExistentialError as e:
+                if create != "if_missing":
+                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+            except Exception as e:
+                raise translate_ipc_error(e, self.url, "create") from None
+        if sem is None:
+            try:
+                sem = sysv_ipc.Semaphore(key)
+            except sysv_ipc.ExistentialError as e:
+                raise NotFound(f"open {self.url}: no such semaphore", errno=_errno.ENOENT) from e
+            except Exception as e:
+                raise translate_ipc_error(e, self.url, "open") from None
+            check_attach(self.url, sem.uid, sem.mode, mode, allow_foreign)
+        self._sem = sem
+        if self.owner:
+            _owners.record(self._record_url, "sysv-sem")
+
+    def _open_posix(self, name: str, create: bool | str, mode: int, initial: int, allow_foreign: bool) -> None:
+        path = f"/dev/shm/sem.{name}"
+        sem = None
+        if create:
+            try:
+                sem = posix_ipc.Semaphore(self._name, posix_ipc.O_CREX, mode, initial)
+                self.owner = True
+            except posix_ipc.ExistentialError as e:
+                if create != "if_missing":
+                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+            except Exception as e:
+                raise translate_ipc_error(e, self.url, "create") from None
+        if sem is None:
+            try:
+                sem = posix_ipc.Semaphore(self._name)
+            except posix_ipc.ExistentialError as e:
+                raise NotFound(f"open {self.url}: no such semaphore", errno=_errno.ENOENT) from e
+            except Exception as e:
+                raise translate_ipc_error(e, self.url, "open") from None
+        self._sem = sem
+        try:
+            if self.owner:
+                os.chmod(path, mode)  # sem_open's mode went through the umask (it can only have narrowed it)
+                _owners.record(self._record_url, "posix-sem")
+            else:
+                st = os.stat(path)
+                check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+        except FileNotFoundError:
+            pass  # /dev/shm is not where this libc keeps semaphores: nothing to check
+        except BaseException:
+            sem.close()
+            if self.owner:
+                self._unlink()
+            raise
+
+    # -- operations --------------------------------------------------------------------------------
+    def _check_open(self, op: str) -> None:
+        if self._closed:
+            raise ChannelClosed(f"{op} on {self.url}: closed by this process")
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Decrement; blocks while the value is 0 (``Timeout`` / ``WouldBlock`` when ``timeout`` runs out)."""
+        deadline = Deadline.of(timeout)
+        self._check_open("acquire")
+        sem = self._sem
+        if self.kind == "sysv":
+            while True:
+                err = _semop(self._semid, -1, self._undo, deadline.remaining())
+                if err == 0:
+                    return
+                if err == _errno.EAGAIN:
+                    raise deadline.error(f"acquire on {self.url}")
+                if err == _errno.EINTR:  # the Python handler ran (Ctrl-C raised); retry with the time left
+                    continue
+                if err in (_errno.EIDRM, _errno.EINVAL):
+                    raise ChannelClosed(f"acquire on {self.url}: the semaphore was removed", errno=err)
+                raise from_oserror(OSError(err, os.strerror(err)), self.url, "acquire")
+        busy = posix_ipc.BusyError
+        while True:
+            try:
+                sem.acquire(deadline.remaining())
+                return
+            except busy:
+                raise deadline.error(f"acquire on {self.url}") from None
+            except (sysv_ipc.Error, posix_ipc.Error) as e:
+                if isinstance(e, posix_ipc.SignalError) or "ignaled" in str(e):
+                    if deadline.expired():
+                        raise deadline.error(f"acquire on {self.url}") from None
+                    continue  # EINTR: the Python handler ran (Ctrl-C raised); retry with the time left
+                raise self._error(e, "acquire") from None
+
+    def release(self) -> None:
+        """Increment (wakes one waiter)."""
+        self._check_open("release")
+        if self.kind == "sysv":
+            err = _semop(self._semid, 1, self._undo, None)
+            if err in (_errno.EIDRM, _errno.EINVAL):
+                raise ChannelClosed(f"release on {self.url}: the semaphore was removed", errno=err)
+            if err:
+                raise from_oserror(OSError(err, os.strerror(err)), self.url, "release")
+            return
+        try:
+            self._sem.release()
+        except Exception as e:
+            raise self._error(e, "release") from None
+
+    async def aacquire(self, timeout: float | None = None) -> None:
+        """``acquire`` for asyncio (worker thread in short slices; cancellation lands within 50 ms)."""
+        deadline = Deadline.of(timeout)
+        try:
+            self.acquire(0)
+            return
+        except KipcError as e:
+            if deadline.nonblocking or not isinstance(e, TimeoutError):
+                raise
+        while True:
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
+                raise deadline.error(f"acquire on {self.url}")
+            t = _ASYNC_SLICE if remaining is None else min(_ASYNC_SLICE, remaining)
+            try:
+                await asyncio.to_thread(self.acquire, t)
+                return
+            except TimeoutError:
+                continue
+
+    @property
+    def value(self) -> int:
+        self._check_open("value")
+        try:
+            return int(self._sem.value)
+        except Exception as e:
+            raise self._error(e, "value") from None
+
+    @property
+    def undo(self) -> bool:
+        return self.kind == "sysv" and self._undo
+
+    def _error(self, e: BaseException, op: str) -> KipcError:
+        if isinstance(e, (sysv_ipc.ExistentialError, posix_ipc.ExistentialError)):
+            return ChannelClosed(f"{op} on {self.url}: the semaphore was removed")
+        if isinstance(e, (sysv_ipc.PermissionsError, posix_ipc.PermissionsError)):
+            return PermissionDenied(f"{op} on {self.url}: {e}")
+        return translate_ipc_error(e, self.url, op)
+
+    def __enter__(self) -> Semaphore:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # -- lifetime ------------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release this handle; the creator also removes the semaphore (unless ``persist``)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.kind == "posix":
+            self._sem.close()
+        if self.owner and not self.persist:
+            self.unlink()
+        elif self.owner:
+            self.owner = False
+            _owners.forget(self._record_url)
+
+    def unlink(self) -> None:
+        """Remove the semaphore now (creator only)."""
+        if not self.owner:
+            raise PermissionDenied(f"unlink {self.url}: only the creator removes a semaphore")
+        self.owner = False
+        self._unlink()
+
+    def _unlink(self) -> None:
+        try:
+            if self.kind == "sysv":
+                self._sem.remove()
+            else:
+                posix_ipc.unlink_semaphore(self._name)
+        except (sysv_ipc.ExistentialError, posix_ipc.ExistentialError):
+            pass
+        finally:
+            _owners.forget(self._record_url)
+
+    def __repr__(self) -> str:
+        return f"<Semaphore {self.url} {'closed' if self._closed else 'open'}>"

@@ -1,0 +1,229 @@
+"""Signals with a payload: ``kipc.signals.send(pid, value)`` (sigqueue) and a signalfd ``Receiver``.
+
+Contract card:
+
+* Payload: one signed 32-bit int (``si_value.sival_int``, what a C receiver
+  reads), plus what the kernel fills in: signal number, sender pid and uid,
+  ``si_code`` (``SI_QUEUE`` = -1 for ``sigqueue``, ``SI_USER`` = 0 for ``kill``).
+* Ordering: real-time signals (``SIGRTMIN``..``SIGRTMAX``) queue — every send
+  is delivered once, in order per signal number, lowest number first across
+  numbers. Standard signals (``SIGUSR1``...) coalesce: while one is pending,
+  more of the same are dropped and only one arrives (its payload is the
+  first one's). Queue depth: ``RLIMIT_SIGPENDING`` (``ulimit -i``); over it
+  ``send`` raises :class:`LimitExceeded`.
+* Receiving: :class:`Receiver` blocks its signals with ``pthread_sigmask`` and
+  reads them from a ``signalfd``: ``recv(timeout=)``, iteration, ``fileno()``
+  and ``await arecv()``. By default only ``SI_QUEUE`` signals from our own uid
+  are returned; others are counted in ``dropped`` and discarded.
+* Thread / mask rules (enforced): a process-directed signal goes to any
+  thread that does not block it, where its default action (terminate, for RT
+  signals) would run instead of reaching the signalfd. So the signals must be
+  blocked in *every* thread. ``Receiver()`` blocks them in the calling thread
+  (threads started afterwards inherit the mask) and refuses
+  (:class:`InvalidArgument`) when another thread of the process — Python or
+  native, read from ``/proc/self/task`` — does not block them. Create the
+  Receiver before starting threads, or block the signals in each thread
+  first. ``close()`` leaves them blocked: unblocking could let a late signal's
+  default action kill the process.
+* Cleanup: ``close()`` closes the signalfd; nothing named is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno as _errno
+import os
+import select
+import signal
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from .._base import Deadline
+from .._platform import native
+from ..errors import ChannelClosed, InvalidArgument, LimitExceeded, from_oserror
+
+__all__ = ["SI_QUEUE", "SI_USER", "Receiver", "SignalInfo", "send"]
+
+SI_QUEUE = -1
+SI_USER = 0
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+class SignalInfo(NamedTuple):
+    signo: int
+    pid: int
+    uid: int
+    value: int
+    code: int
+
+
+def _check_signo(signo: object) -> int:
+    if isinstance(signo, bool) or not isinstance(signo, int):
+        raise TypeError(f"signo must be int, not {type(signo).__name__}")
+    if not 1 <= signo < signal.NSIG or signo in (signal.SIGKILL, signal.SIGSTOP):
+        raise InvalidArgument(f"signal {signo} cannot be queued/received (1..{signal.NSIG - 1}, not KILL/STOP)")
+    return int(signo)
+
+
+def send(pid: int, value: int, signo: int = signal.SIGRTMIN) -> None:
+    """Queue ``signo`` with the int payload ``value`` to process ``pid`` (``sigqueue(3)``)."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise InvalidArgument(f"pid must be a positive int, not {pid!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not _INT32[0] <= value <= _INT32[1]:
+        raise InvalidArgument(f"value {value!r} must be an int in {_INT32[0]}..{_INT32[1]} (C's sival_int)")
+    signo = _check_signo(signo)
+    try:
+        native("_sig").sigqueue(pid, signo, value)
+    except OSError as e:
+        if e.errno == _errno.EAGAIN:
+            raise LimitExceeded(f"send signal {signo} to pid {pid}: the queue of pending signals is full "
+                                "(RLIMIT_SIGPENDING, ulimit -i)", errno=e.errno) from None
+        raise from_oserror(e, f"pid {pid}", f"send signal {signo} to") from None
+
+
+# signalfd through libc: glibc's sigset_t is 128 bytes; struct signalfd_siginfo is 128 bytes.
+_libc = ctypes.CDLL(None, use_errno=True)
+_SFD_NONBLOCK, _SFD_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+_SIGINFO = struct.Struct("<IiiIIiIIIIiiQ")  # signo errno code pid uid fd tid band overrun trapno status int ptr
+_SIGINFO_SIZE = 128
+
+
+def _sigset(signals: Iterable[int]) -> ctypes.Array[ctypes.c_ubyte]:
+    buf = (ctypes.c_ubyte * 128)()
+    _libc.sigemptyset(buf)
+    for s in signals:
+        _libc.sigaddset(buf, ctypes.c_int(s))
+    return buf
+
+
+def _unblocking_threads(signals: set[int]) -> list[int]:
+    """Thread ids of this process whose mask leaves any of ``signals`` unblocked."""
+    want = 0
+    for s in signals:
+        want |= 1 << (s - 1)
+    bad = []
+    me = threading.get_native_id()
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("SigBlk:"):
+                        if int(line.split()[1], 16) & want != want:
+                            bad.append(int(tid))
+                        break
+        except OSError:
+            continue  # the thread ended
+    return bad
+
+
+class Receiver:
+    """Receive queued signals through a signalfd; see the module docstring for the rules."""
+
+    _fd: int = -1
+    _closed: bool = True
+
+    def __init__(self, signals: int | Iterable[int] = (signal.SIGRTMIN,), *, any_code: bool = False,
+                 any_uid: bool = False) -> None:
+        sigs = {signals} if isinstance(signals, int) else set(signals)
+        if not sigs:
+            raise InvalidArgument("Receiver needs at least one signal")
+        self.signals = frozenset(_check_signo(s) for s in sigs)
+        self.any_code = any_code
+        self.any_uid = any_uid
+        self.dropped = 0
+        bad = _unblocking_threads(set(self.signals))
+        if bad:
+            raise InvalidArgument(
+                f"Receiver for {sorted(self.signals)}: threads {bad} do not block these signals, so the kernel "
+                "could deliver them there (default action: terminate). Create the Receiver before starting "
+                "threads, or call signal.pthread_sigmask(SIG_BLOCK, ...) in every thread first.")
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+        mask = _sigset(self.signals)
+        fd = _libc.signalfd(-1, mask, _SFD_NONBLOCK | _SFD_CLOEXEC)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise from_oserror(OSError(e, os.strerror(e)), "signalfd", "create")
+        self._fd = fd
+        self._uid = os.getuid()
+        self._closed = False
+
+    def fileno(self) -> int:
+        if self._closed:
+            raise ChannelClosed("fileno on signal Receiver: closed")
+        return self._fd
+
+    def _read_one(self) -> SignalInfo | None:
+        """One accepted signal, None when none is pending (filtered ones are dropped)."""
+        while True:
+            try:
+                data = os.read(self._fd, _SIGINFO_SIZE)
+            except BlockingIOError:
+                return None
+            f = _SIGINFO.unpack_from(data)
+            info = SignalInfo(signo=f[0], pid=f[3], uid=f[4], value=f[11], code=f[2])
+            if (self.any_code or info.code == SI_QUEUE) and (self.any_uid or info.uid == self._uid):
+                return info
+            self.dropped += 1
+
+    def recv(self, timeout: float | None = None) -> SignalInfo:
+        """The next accepted signal as ``(signo, pid, uid, value, code)``; ``Timeout`` when ``timeout`` runs out."""
+        deadline = Deadline.of(timeout)
+        if self._closed:
+            raise ChannelClosed("recv on signal Receiver: closed")
+        p = select.poll()
+        p.register(self._fd, select.POLLIN)
+        while True:
+            info = self._read_one()
+            if info is not None:
+                return info
+            ms = deadline.remaining_ms()
+            if ms is not None and ms <= 0:
+                raise deadline.error(f"recv of signals {sorted(self.signals)}")
+            p.poll(ms)
+
+    async def arecv(self, timeout: float | None = None) -> SignalInfo:
+        deadline = Deadline.of(timeout)
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise ChannelClosed("recv on signal Receiver: closed")
+            info = self._read_one()
+            if info is not None:
+                return info
+            if deadline.nonblocking:
+                raise deadline.error(f"recv of signals {sorted(self.signals)}")
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(self._fd, lambda: fut.done() or fut.set_result(None))
+            try:
+                await asyncio.wait_for(fut, deadline.remaining())
+            except (asyncio.TimeoutError, TimeoutError):
+                raise deadline.error(f"recv of signals {sorted(self.signals)}") from None
+            finally:
+                loop.remove_reader(self._fd)
+
+    def __iter__(self) -> Iterator[SignalInfo]:
+        while not self._closed:
+            yield self.recv()
+
+    def close(self) -> None:
+        """Close the signalfd. The signals stay blocked (see the module docstring)."""
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._closed:
+            self.close()
