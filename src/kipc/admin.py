@@ -195,17 +195,21 @@ def _key_url(scheme: str, key: int, ident: int) -> str:
     return f"{scheme}://{key & 0xFFFFFFFF:#x}"
 
 
+def _perms(row: dict[str, int]) -> int:
+    return int(str(row["perms"]), 8) & 0o777  # /proc prints perms in octal; _sysv_rows read it as decimal
+
+
 def _scan_sysv() -> Iterator[ObjectInfo]:
     for r in _sysv_rows("msg"):
-        yield ObjectInfo("sysvmq", _key_url("sysvmq", r["key"], r["msqid"]), uid=r["uid"], mode=int(str(r["perms"]), 8) & 0o777,
+        yield ObjectInfo("sysvmq", _key_url("sysvmq", r["key"], r["msqid"]), uid=r["uid"], mode=_perms(r),
                          size=r["cbytes"], depth=r["qnum"], pids=[p for p in (r["lspid"], r["lrpid"]) if p],
                          ident=r["msqid"])
     for r in _sysv_rows("shm"):
-        yield ObjectInfo("sysvshm", _key_url("sysv", r["key"], r["shmid"]), uid=r["uid"], mode=int(str(r["perms"]), 8) & 0o777,
+        yield ObjectInfo("sysvshm", _key_url("sysv", r["key"], r["shmid"]), uid=r["uid"], mode=_perms(r),
                          size=r["size"], attached=r["nattch"], pids=[p for p in (r["cpid"], r["lpid"]) if p],
                          creator_pid=r["cpid"], alive=_pid_alive(r["cpid"]), ident=r["shmid"])
     for r in _sysv_rows("sem"):
-        yield ObjectInfo("sysvsem", _key_url("sysv", r["key"], r["semid"]), uid=r["uid"], mode=int(str(r["perms"]), 8) & 0o777,
+        yield ObjectInfo("sysvsem", _key_url("sysv", r["key"], r["semid"]), uid=r["uid"], mode=_perms(r),
                          size=r["nsems"], ident=r["semid"])
 
 
@@ -369,11 +373,11 @@ def inventory(all_users: bool = False, kinds: Iterable[str] | None = None) -> li
     for ident, rec in recs.items():
         if ident in seen or (ident[0] == "posixmq" and mount):
             continue
-        info = _record_only(rec, ident)
-        if info is None:
+        found = _record_only(rec, ident)
+        if found is None:
             continue
-        info.kipc, info.creator_pid, info.alive = True, rec.pid, rec.alive
-        out.append(info)
+        found.kipc, found.creator_pid, found.alive = True, rec.pid, rec.alive
+        out.append(found)
     me = os.geteuid()
     return [i for i in out if i.kind in wanted and (all_users or i.uid is None or i.uid == me)]
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Result", "measure", "mechanisms", "peers", "steal_sample", "NOISY_STEAL", "DEFAULT_SIZES", "QUICK_SIZES"]
+__all__ = ["DEFAULT_SIZES", "NOISY_STEAL", "QUICK_SIZES", "Result", "measure", "mechanisms", "peers", "steal_sample"]
 
 DEFAULT_SIZES = [64, 1024, 16384, 262144, 1048576]
 QUICK_SIZES = [64, 4096, 65536]
@@ -310,7 +310,7 @@ def measure_peer(kind: str, *, sizes: list[int], rtt_iters: int, stream_bytes: i
         if kind == "mp.Queue":
             qa, qb = ctx.Queue(), ctx.Queue()
             args: tuple[Any, ...] = (kind, qa, qb)
-            a, b = _Adapter(qa.put, lambda: qb.get(timeout=_WAIT)), None
+            a = _Adapter(qa.put, lambda: qb.get(timeout=_WAIT))
         elif kind == "faster-fifo":
             import faster_fifo
 

@@ -25,7 +25,7 @@ from ..errors import InvalidArgument
 from . import _benchlib as lib
 from ._output import Output
 
-__all__ = ["run", "collect", "plot"]
+__all__ = ["collect", "plot", "run"]
 
 
 @contextlib.contextmanager
@@ -53,7 +53,8 @@ def collect(mechanisms: list[str], *, peers: list[str], sizes: list[int], quick:
     rtt_iters = 200 if quick else 2000
     stream_bytes = 2 << 20 if quick else 64 << 20
     results: list[lib.Result] = []
-    with _nats(nats_url, "nats" in mechanisms) as (nurl, why), out.progress(len(mechanisms) + len(peers), "bench") as adv:
+    total = len(mechanisms) + len(peers)
+    with _nats(nats_url, "nats" in mechanisms) as (nurl, why), out.progress(total, "bench") as adv:
         for m in mechanisms:
             adv(m)
             if m == "nats" and nurl is None:
@@ -108,7 +109,8 @@ def plot(results: list[lib.Result], path: str) -> None:
     for r in ok:
         pts = [(s["size"], s["mb_s"]) for s in r.stream if s.get("mb_s")]
         if pts:
-            ax2.plot(*zip(*pts, strict=True), marker="o", label=r.mechanism, linestyle="--" if r.kind == "peer" else "-")
+            ax2.plot(*zip(*pts, strict=True), marker="o", label=r.mechanism,
+                     linestyle="--" if r.kind == "peer" else "-")
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
     ax2.set_xlabel("message size (bytes, log)")
@@ -141,9 +143,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
                                "seconds": time.monotonic() - t0, "noisy": noisy, "plot": args.plot}
         out.json(doc)
     else:
-        out.table(("mechanism", "kind", "rtt µs", "p99 µs", "× fastest", "best MB/s", "× best", "notes"),
+        out.table(("mechanism", "kind", "rtt µs", "p99 µs", "x fastest", "best MB/s", "x best", "notes"),
                   table_rows(results), title="round trip (64 B) and stream throughput, two processes",
-                  right=("rtt µs", "p99 µs", "× fastest", "best MB/s", "× best"))
+                  right=("rtt µs", "p99 µs", "x fastest", "best MB/s", "x best"))
         if args.plot:
             out.note(f"plot written to {args.plot}")
     if noisy:

@@ -25,7 +25,7 @@ def kinds_arg(values: list[str] | None) -> list[str] | None:
 
 
 def rows(infos: list[admin.ObjectInfo]) -> list[list[object]]:
-    out = []
+    out: list[list[object]] = []
     for i in infos:
         alive = "" if i.alive is None else ("yes" if i.alive else "DEAD")
         out.append([i.kind, i.url, i.owner, "" if i.mode is None else f"{i.mode:04o}", i.size, i.depth, i.attached,

@@ -24,7 +24,7 @@ from typing import Any
 from .. import admin
 from ._output import Output, plain_table
 
-__all__ = ["run", "Sampler"]
+__all__ = ["Sampler", "run"]
 
 COLUMNS = ("kind", "url", "owner", "depth", "msgs/s", "size", "attached", "creator", "alive")
 

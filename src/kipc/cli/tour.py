@@ -29,7 +29,7 @@ from ..testing import spawn, unique_key, unique_name
 from . import _benchlib as lib
 from ._output import Output
 
-__all__ = ["run", "COMPARISON"]
+__all__ = ["COMPARISON", "run"]
 
 _T = 20.0  # deadline for any step of a scene
 
@@ -56,7 +56,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "nats": ("9. NATS: the same channel API through a broker, so the peer could be on another machine.",
              "9. NATS: 같은 채널 API를 브로커를 통해 씁니다. 상대는 다른 컴퓨터에 있어도 됩니다."),
     "child": ("   {who} printed: {line}", "   {who} 출력: {line}"),
-    "got": ("   received from process {pid}: {line}", "   프로세스 {pid}에게서 받음: {line}"),
+    "got": ("   received from process {pid}: {line}",
+            "   프로세스 {pid}에게서 받음: {line}"),
     "unavailable": ("   not available: {reason}", "   사용할 수 없음: {reason}"),
     "failed": ("   FAILED: {reason}", "   실패: {reason}"),
     "measuring": ("Measuring a 64-byte round trip for each mechanism...",
@@ -90,7 +91,8 @@ COMPARISON: dict[str, tuple[tuple[str, str, str, str], tuple[str, str, str, str]
             ("양방향", "네트워크의 모든 호스트", "예", "없음: 바이트 (kipc가 프레임)")),
     "file": (("both ways (a directory)", "anyone with access to the directory", "page cache / disk",
               "yes: one file per message"),
-             ("양방향 (디렉터리)", "디렉터리에 접근 가능한 누구나", "페이지 캐시 / 디스크", "있음: 메시지당 파일 하나")),
+             ("양방향 (디렉터리)", "디렉터리에 접근 가능한 누구나", "페이지 캐시 / 디스크",
+              "있음: 메시지당 파일 하나")),
     "ring": (("one way per ring", "anyone who knows the name", "no (shared memory; futex only to sleep)",
               "yes (kipc records)"),
              ("링마다 단방향", "이름을 아는 누구나", "아니오 (공유 메모리, 잠들 때만 futex)", "있음 (kipc 레코드)")),
@@ -257,7 +259,7 @@ class Tour:
         return samples[len(samples) // 2] / 1000
 
     def signal(self) -> None:
-        from ..sync import signals  # type: ignore[attr-defined]
+        from ..sync import signals
 
         code = ("import sys, kipc\nfrom kipc.sync import signals\nrx = signals.Receiver()\n"
                 "print('READY', flush=True)\nsig = rx.recv(timeout=20)\n"
@@ -267,7 +269,8 @@ class Tour:
             self.child_said(f"child {child.pid}", child.readline(_T))
             child.check(_T)
 
-    def channel(self, scheme: str, url: str, *, listen: bool = False, create_opts: dict[str, Any] | None = None) -> None:
+    def channel(self, scheme: str, url: str, *, listen: bool = False,
+                create_opts: dict[str, Any] | None = None) -> None:
         """A child sends three messages over ``url``; this process receives and prints them."""
         import kipc
 
