@@ -145,16 +145,30 @@ class StreamChannel(Channel):
             if frame is not None:
                 return frame
             if dec.missing() < _DIRECT_READ:
+                # Blocking recv with nothing buffered: poll first (returns at once if bytes
+                # or a hang-up are there) and read once; this skips a failed read + exception
+                # in the request/reply case. Anything odd goes to the slow path.
+                self._poller().poll()
                 try:
                     chunk = self._read(_READ_CHUNK)
                 except OSError:
-                    chunk = b""  # nothing yet (or an error): the slow path waits / reports
+                    chunk = b""  # the slow path waits again / reports it
                 if chunk:
                     dec.feed(chunk)
                     frame = dec.next_frame()
                     if frame is not None:
                         return frame
         return super().recv(timeout=timeout, **knobs)
+
+    _poll_fd: int = -1
+
+    def _poller(self) -> Any:
+        """A poll object for POLLIN on the current read fd (a FIFO reader swaps fds)."""
+        if self._poll_fd != self._rfd:
+            self._poll = select.poll()
+            self._poll.register(self._rfd, select.POLLIN)
+            self._poll_fd = self._rfd
+        return self._poll
 
     # -- sending -----------------------------------------------------------------
     def _oserror(self, e: OSError, op: str) -> Exception:
