@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -112,11 +113,17 @@ class Output:
             yield advance
 
 
+def width(text: str) -> int:
+    """Terminal columns of ``text`` (East Asian wide characters, e.g. Korean, take two)."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[str] = ()) -> str:
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    widths = [max([width(c), *(width(r[i]) for r in rows)]) for i, c in enumerate(columns)]
 
     def fmt(row: Sequence[str]) -> str:
-        parts = [v.rjust(w) if c in right else v.ljust(w) for v, w, c in zip(row, widths, columns, strict=True)]
+        parts = [" " * (w - width(v)) + v if c in right else v + " " * (w - width(v))
+                 for v, w, c in zip(row, widths, columns, strict=True)]
         return "  ".join(parts).rstrip()
 
     return "\n".join([fmt(columns), *(fmt(r) for r in rows)]) + "\n"

@@ -268,6 +268,25 @@ class Tour:
             signals.send(child.pid, 42)
             self.child_said(f"child {child.pid}", child.readline(_T))
             child.check(_T)
+        self.rtt["signal"] = self._signal_rtt()
+
+    def _signal_rtt(self) -> float | None:
+        """Signal ping-pong between two children (a Receiver needs every thread of its process to block the
+        signal, which this process cannot promise once NATS or a test harness started threads)."""
+        echo = ("import sys, os\nfrom kipc.sync import signals\nrx = signals.Receiver()\nprint('READY', flush=True)\n"
+                "while True:\n    s = rx.recv(timeout=20)\n    if s.value < 0: break\n"
+                "    signals.send(s.pid, s.value)\nrx.close()\n")
+        ping = ("import sys, time\nfrom kipc.sync import signals\nrx = signals.Receiver()\n"
+                "peer, n = int(sys.argv[1]), int(sys.argv[2])\nprint('READY', flush=True)\nts = []\n"
+                "for i in range(n):\n    t = time.perf_counter_ns()\n    signals.send(peer, i)\n"
+                "    assert rx.recv(timeout=20).value == i\n    ts.append(time.perf_counter_ns() - t)\n"
+                "signals.send(peer, -1)\nts.sort()\nprint(ts[len(ts) // 2] / 1000, flush=True)\nrx.close()\n")
+        n = 100 if self.quick else 500
+        with spawn(echo) as b, spawn(ping, str(b.pid), str(n)) as a:
+            value = float(a.readline(_T))
+            a.check(_T)
+            b.check(_T)
+        return value
 
     def channel(self, scheme: str, url: str, *, listen: bool = False,
                 create_opts: dict[str, Any] | None = None) -> None:
