@@ -21,7 +21,7 @@ from .._base import Deadline, Listener
 from ..errors import PeerGone, ProtocolError, from_oserror
 from ._stream import StreamChannel, wait_fd
 
-__all__ = ["SocketChannel", "SocketListener", "connect", "send_exact", "recv_exact"]
+__all__ = ["SocketChannel", "SocketListener", "connect", "recv_exact", "send_exact"]
 
 _NOSIGNAL = socket.MSG_NOSIGNAL
 
