@@ -117,3 +117,15 @@ def test_errors_from_the_real_command() -> None:
     assert r.stdout.strip() == "rc=1" and r.stderr.startswith("kipc: error: ") and "Traceback" not in r.stderr
     r = sh('"$KIPC" send "nope://x" hi || echo "rc=$?"')
     assert r.stdout.strip() == "rc=2" and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_follow_until_idle_and_head_closing_the_pipe() -> None:
+    url = f"file://{unique_name('follow')}"
+    r = sh(f'printf "1\\n2\\n3\\n" | "$KIPC" send {url} --lines --create\n'
+           f'"$KIPC" recv {url} --follow --timeout 0.5\n'
+           f'printf "4\\n5\\n6\\n" | "$KIPC" send {url} --lines\n'
+           f'set +o pipefail; "$KIPC" recv {url} --follow --timeout 0.5 | head -n 1\n'
+           f'"$KIPC" rm {url} >/dev/null')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "2", "3", "4"]
+    assert "Traceback" not in r.stderr

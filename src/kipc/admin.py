@@ -54,8 +54,8 @@ SCHEME_KINDS: dict[str, str] = {
     "fifo": "fifo (owner records; the FIFO node itself)",
     "unix": "unix (owner records; the socket node)",
     "file": "file (owner records; the spool directory)",
-    "tcp": "tcp (owner records of listeners; nothing named in the kernel)",
-    "nats": "nats (owner records; the stream lives in the server)",
+    "tcp": "tcp (nothing named on this machine: a port, gone with its listener; shown if an owner record exists)",
+    "nats": "nats (nothing local: the stream lives in the server; shown if an owner record exists)",
 }
 
 MQUEUE_HINT = ("POSIX queues of other programs are not listed: mount the mqueue fs with "

@@ -5,7 +5,8 @@
   ``--hex``: one hex line per message; ``--json``: one JSON object per line
   (``{"url", "size", "text" (UTF-8 or null), "hex"}``).
 * ``-n N`` messages (default 1); ``--follow`` until the channel closes or
-  Ctrl-C. ``--timeout S`` bounds the wait for each message (exit 1 on expiry).
+  Ctrl-C. ``--timeout S`` bounds the wait for each message (exit 1 on expiry;
+  with ``--follow``, after at least one message, expiry ends quietly: exit 0).
 * ``--create``: create the object if missing, and remove it when kipc exits;
   for ``unix://``/``tcp://`` this means listen and accept a sender (with
   ``--follow``, one sender after another).
@@ -23,7 +24,7 @@ from typing import Any
 from .. import registry
 from .._base import Deadline
 from .._naming import parse_url
-from ..errors import ChannelClosed
+from ..errors import ChannelClosed, Timeout
 from ._output import Output
 
 __all__ = ["messages", "run"]
@@ -61,6 +62,10 @@ def messages(url: str, *, count: int | None, create: bool = False, follow: bool 
                     data = ch.recv(timeout=timeout, **knobs)
                 except ChannelClosed:
                     break
+                except Timeout:
+                    if follow and n:  # --follow --timeout S: stop once idle for S seconds
+                        return
+                    raise
                 n += 1
                 yield bytes(data)
             if count is not None and n >= count:
