@@ -197,6 +197,16 @@ class ParsedURL:
         return self.netloc + self.path
 
 
+def merge_query(parsed: ParsedURL, options: dict[str, object]) -> dict[str, object]:
+    """Query-string options merged with keyword options (the same name both ways is an error)."""
+    merged = dict(options)
+    for k, v in parsed.query.items():
+        if k in merged:
+            raise InvalidArgument(f"{parsed.url}: option {k!r} given both in the URL and as a keyword")
+        merged[k] = v
+    return merged
+
+
 _SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*\Z")
 
 

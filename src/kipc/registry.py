@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 from ._base import Channel, Listener
-from ._naming import parse_url
+from ._naming import merge_query, parse_url
 from .errors import InvalidArgument
 
 __all__ = ["listen", "listen_schemes", "load", "open", "register", "schemes"]
@@ -81,13 +81,3 @@ def listen(url: str, **options: Any) -> Listener:
     parsed = parse_url(url)
     cls = load(parsed.scheme, listener=True)
     return cls.from_url(parsed, **options)
-
-
-def merge_query(parsed: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Query-string options merged with keyword options (same name twice is an error)."""
-    merged = dict(options)
-    for k, v in parsed.query.items():
-        if k in merged:
-            raise InvalidArgument(f"{parsed.url}: option {k!r} given both in the URL and as a keyword")
-        merged[k] = v
-    return merged

@@ -46,6 +46,7 @@ from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME, FrameDecoder
 from .._naming import (
     ParsedURL,
+    merge_query,
     parse_bool,
     parse_url,
     runtime_dir,
@@ -65,7 +66,6 @@ from ..errors import (
     PermissionDenied,
     from_oserror,
 )
-from ..registry import merge_query
 from ._stream import StreamChannel, wait_fd
 from .pipe import _grow
 from .unix import parse_uids

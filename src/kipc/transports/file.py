@@ -51,7 +51,16 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Channel, Deadline
 from .._framing import DEFAULT_MAX_FRAME, check_max
-from .._naming import ParsedURL, parse_bool, parse_url, runtime_dir, validate_mode, validate_name, validate_path
+from .._naming import (
+    ParsedURL,
+    merge_query,
+    parse_bool,
+    parse_url,
+    runtime_dir,
+    validate_mode,
+    validate_name,
+    validate_path,
+)
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -64,7 +73,6 @@ from ..errors import (
     PermissionDenied,
     from_oserror,
 )
-from ..registry import merge_query
 from .fifo import parse_create
 from .unix import parse_uids
 

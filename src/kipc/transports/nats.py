@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._base import Channel, Deadline
-from .._naming import ParsedURL, parse_bool, parse_url, validate_name, validate_timeout
+from .._naming import ParsedURL, merge_query, parse_bool, parse_url, validate_name, validate_timeout
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -72,7 +72,6 @@ from ..errors import (
     Timeout,
     WouldBlock,
 )
-from ..registry import merge_query
 
 try:
     import nats

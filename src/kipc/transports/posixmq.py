@@ -132,7 +132,7 @@ class PosixMessageQueue(Channel):
     # -- construction hooks ----------------------------------------------------------------------------
     @classmethod
     def from_url(cls, parsed: ParsedURL, **options: Any) -> PosixMessageQueue:
-        from ..registry import merge_query
+        from .._naming import merge_query
 
         return cls(parsed, **merge_query(parsed, options))
 

@@ -154,7 +154,7 @@ class RingChannel(Channel):
     # -- construction -------------------------------------------------------------
     @classmethod
     def from_url(cls, parsed: Any, **options: Any) -> RingChannel:
-        from ..registry import merge_query
+        from .._naming import merge_query
 
         opts = merge_query(parsed, options)
         if parsed.path not in ("", "/"):

@@ -213,7 +213,7 @@ class SysVMessageQueue(Channel):
     # -- construction hooks for kipc.open / kipc.testing ------------------------------------------
     @classmethod
     def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue:
-        from ..registry import merge_query
+        from .._naming import merge_query
 
         merged = merge_query(parsed, options)
         merged.pop("proj", None)  # part of the address (ftok), not an option

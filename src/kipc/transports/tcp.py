@@ -45,10 +45,9 @@ from typing import Any, ClassVar
 
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
-from .._naming import ParsedURL, parse_bool, parse_url, validate_timeout
+from .._naming import ParsedURL, merge_query, parse_bool, parse_url, validate_timeout
 from ..codecs import Codec
 from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
-from ..registry import merge_query
 from ._sock import SocketChannel, SocketListener, connect, recv_exact, send_exact
 
 __all__ = ["MAGIC", "TcpChannel", "TcpListener"]

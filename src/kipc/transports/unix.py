@@ -37,10 +37,18 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
-from .._naming import ParsedURL, parse_url, runtime_dir, validate_mode, validate_name, validate_path, validate_timeout
+from .._naming import (
+    ParsedURL,
+    merge_query,
+    parse_url,
+    runtime_dir,
+    validate_mode,
+    validate_name,
+    validate_path,
+    validate_timeout,
+)
 from ..codecs import Codec
 from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied, from_oserror
-from ..registry import merge_query
 from ._sock import SocketChannel, SocketListener, connect
 
 __all__ = ["UnixChannel", "UnixListener", "parse_uids", "peer_credentials"]
