@@ -125,8 +125,9 @@ def translate_ipc_error(exc: BaseException, what: str, op: str) -> KipcError:
 
     text = f"{op} {what}: {exc}"
     if isinstance(exc, (sysv_ipc.ExistentialError, posix_ipc.ExistentialError)):
-        return AlreadyExists(text, errno=_errno.EEXIST) if "exist" in str(exc) and "not" not in str(exc) \
-            else NotFound(text, errno=_errno.ENOENT)
+        if "already" in str(exc).lower():
+            return AlreadyExists(text, errno=_errno.EEXIST)
+        return NotFound(text, errno=_errno.ENOENT)
     if isinstance(exc, (sysv_ipc.PermissionsError, posix_ipc.PermissionsError)):
         return PermissionDenied(text, errno=_errno.EACCES)
     if isinstance(exc, OSError):
