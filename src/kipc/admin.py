@@ -496,7 +496,7 @@ def remove(url: str, *, kind: str | None = None) -> list[str]:
         removed.append(f"file: {url}")
     else:
         raise Unsupported(f"rm {url}: {scheme}:// names nothing on this machine to remove")
-    _forget(url, scheme, what)
+    _forget(url, {r.split(":", 1)[0] for r in removed}, what)
     return removed
 
 
@@ -509,10 +509,11 @@ def _check_spool(url: str, path: str) -> None:
     raise PermissionDenied(f"rm {url}: {path} is not a spool kipc created (no owner record); remove it yourself")
 
 
-def _forget(url: str, scheme: str, what: Any) -> None:
+def _forget(url: str, kinds: set[str], what: Any) -> None:
+    """Drop the owner records of what was removed (records may spell the URL differently, e.g. 0x keys)."""
     _owners.forget(url)
     for ident, rec in _records().items():
-        if ident[1] == what and ident[0].startswith(scheme[:4]):
+        if ident[1] == what and ident[0] in kinds:
             _owners.forget(rec.url)
 
 
