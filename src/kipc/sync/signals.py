@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 from .._base import Deadline
 from .._platform import native
-from ..errors import ChannelClosed, InvalidArgument, LimitExceeded, from_oserror
+from ..errors import ChannelClosed, InvalidArgument, LimitExceeded, NotFound, from_oserror
 
 __all__ = ["SI_QUEUE", "SI_USER", "Receiver", "SignalInfo", "send"]
 
@@ -81,6 +81,8 @@ def send(pid: int, value: int, signo: int = signal.SIGRTMIN) -> None:
         if e.errno == _errno.EAGAIN:
             raise LimitExceeded(f"send signal {signo} to pid {pid}: the queue of pending signals is full "
                                 "(RLIMIT_SIGPENDING, ulimit -i)", errno=e.errno) from None
+        if e.errno == _errno.ESRCH:
+            raise NotFound(f"send signal {signo} to pid {pid}: no such process", errno=e.errno) from None
         raise from_oserror(e, f"pid {pid}", f"send signal {signo} to") from None
 
 
