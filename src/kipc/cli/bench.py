@@ -106,7 +106,8 @@ def plot(results: list[lib.Result], path: str) -> None:
     ax1.set_xlabel("round trip, median (µs, log)")
     ax1.set_title("latency (lower is better)")
     ax1.invert_yaxis()
-    ax2.set_prop_cycle(color=list(plt.get_cmap("tab20").colors))  # > 10 series: no repeated colours
+    cmap = plt.get_cmap("tab20")
+    ax2.set_prop_cycle(color=[cmap(i) for i in range(20)])  # > 10 series: no repeated colours
     for r in ok:
         pts = [(s["size"], s["mb_s"]) for s in r.stream if s.get("mb_s")]
         if pts:
