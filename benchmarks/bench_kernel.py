@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -96,7 +95,8 @@ def _one(impl: str, mech: str, pattern: str, size: int, n: int) -> float:
 
             def recv() -> bytes:
                 return cb.recv()  # type: ignore[no-any-return]
-    child = testing.spawn(CHILD, impl, mech, "rt" if pattern == "rt" else "stream", str(n), str(key) if mech == "sysvmq" else na, nb)
+    target = str(key) if mech == "sysvmq" else na
+    child = testing.spawn(CHILD, impl, mech, "rt" if pattern == "rt" else "stream", str(n), target, nb)
     try:
         t0 = time.perf_counter()
         if pattern == "rt":

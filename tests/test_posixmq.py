@@ -32,7 +32,7 @@ def test_creation_limits_name_the_sysctl() -> None:
     with pytest.raises(kipc.LimitExceeded, match="/proc/sys/fs/mqueue/msgsize_max"):
         kipc.open(f"posixmq://{name}", create=True, max_message_size=size_max + 1)
     with kipc.open(f"posixmq://{name}", create=True, max_messages=2, max_message_size=100) as q:
-        with pytest.raises(kipc.MessageTooLarge, match="101 bytes.*100 bytes"):
+        with pytest.raises(kipc.MessageTooLarge, match=r"101 bytes.*100 bytes"):
             q.send(b"x" * 101)
         q.send(b"1", timeout=0)
         q.send(b"2", timeout=0)

@@ -161,7 +161,8 @@ def sysv_shm_info(shmid: int) -> dict[str, int] | None:
             for line in f:
                 vals = line.split()
                 if int(vals[1]) == shmid:
-                    return {c: int(v, 8) if c == "perms" else int(v) for c, v in zip(cols, vals) if v.lstrip("-").isdigit()}
+                    return {c: int(v, 8) if c == "perms" else int(v)
+                            for c, v in zip(cols, vals, strict=False) if v.lstrip("-").isdigit()}
     except OSError:
         pass
     return None
@@ -174,11 +175,11 @@ def _attached_array(addr: int, size: int) -> ctypes.Array[ctypes.c_ubyte]:
     segment is detached only after the last view is gone: no dangling view.
     """
 
-    class _Segment(ctypes.c_ubyte * size):  # type: ignore[misc, valid-type]
+    class _Segment(ctypes.c_ubyte * size):  # type: ignore[misc]
         def __del__(self) -> None:
             _libc.shmdt(ctypes.c_void_p(ctypes.addressof(self)))
 
-    return _Segment.from_address(addr)  # type: ignore[no-any-return]
+    return _Segment.from_address(addr)
 
 
 class SharedMemory:
@@ -214,7 +215,8 @@ class SharedMemory:
         self._closed = False
 
     # -- SysV ---------------------------------------------------------------------------------------
-    def _open_sysv(self, parsed: ParsedURL, size: int | None, create: bool | str, mode: int, allow_foreign: bool) -> None:
+    def _open_sysv(self, parsed: ParsedURL, size: int | None, create: bool | str, mode: int,
+                   allow_foreign: bool) -> None:
         key = sysv_key(parsed)
         self.key = key
         self.url = parsed.url
@@ -275,7 +277,8 @@ class SharedMemory:
         return -1 if info is None else info["nattch"]
 
     # -- POSIX --------------------------------------------------------------------------------------
-    def _open_posix(self, parsed: ParsedURL, size: int | None, create: bool | str, mode: int, allow_foreign: bool) -> None:
+    def _open_posix(self, parsed: ParsedURL, size: int | None, create: bool | str, mode: int,
+                    allow_foreign: bool) -> None:
         if parsed.path not in ("", "/"):
             raise InvalidArgument(f"{parsed.url}: expected posix://NAME (no path)")
         name = "/" + validate_name(parsed.netloc)
@@ -375,7 +378,8 @@ class SharedMemory:
             raise PermissionDenied(f"unlink {self.url}: only the creator removes a segment")
         self.owner = False
         if self.kind == "sysv":
-            if _libc.shmctl(self.shmid, _IPC_RMID, None) != 0 and ctypes.get_errno() not in (_errno.EINVAL, _errno.EIDRM):
+            gone = (_errno.EINVAL, _errno.EIDRM)
+            if _libc.shmctl(self.shmid, _IPC_RMID, None) != 0 and ctypes.get_errno() not in gone:
                 raise from_oserror(_oserr(), self.url, "unlink")
         else:
             try:

@@ -123,6 +123,11 @@ def _unblocking_threads(signals: set[int]) -> list[int]:
     return bad
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Receiver:
     """Receive queued signals through a signalfd; see the module docstring for the rules."""
 
@@ -200,10 +205,10 @@ class Receiver:
             if deadline.nonblocking:
                 raise deadline.error(f"recv of signals {sorted(self.signals)}")
             fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self._fd, lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(self._fd, _wake, fut)
             try:
                 await asyncio.wait_for(fut, deadline.remaining())
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 raise deadline.error(f"recv of signals {sorted(self.signals)}") from None
             finally:
                 loop.remove_reader(self._fd)

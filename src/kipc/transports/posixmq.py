@@ -111,6 +111,7 @@ class PosixMessageQueue(Channel):
         self.max_message_size = int(q.max_message_size)
         self._init_channel(self.url, codec=codec)
         self._raw_bytes = self.codec.name == "bytes"
+        self._msg_limit = self.max_message_size or 0
 
     def _limit(self, value: int | str | None, what: str, sysctl_name: str, default: int) -> int:
         ceiling = sysctl(f"fs.mqueue.{sysctl_name}", default) or default
@@ -123,7 +124,7 @@ class PosixMessageQueue(Channel):
         return value
 
     def _create_error(self, e: BaseException) -> KipcError:
-        if isinstance(e, OSError) and e.errno == _errno.EMFILE or "Too many" in str(e):
+        if (isinstance(e, OSError) and e.errno == _errno.EMFILE) or "Too many" in str(e):
             return LimitExceeded(f"create {self.url}: {e} (limits: RLIMIT_MSGQUEUE `ulimit -q`, "
                                  f"{_SYSCTL_DIR}/queues_max)")
         if isinstance(e, ValueError):
@@ -136,7 +137,7 @@ class PosixMessageQueue(Channel):
     def from_url(cls, parsed: ParsedURL, **options: Any) -> PosixMessageQueue:
         from .._naming import merge_query
 
-        return cls(parsed, **merge_query(parsed, options))
+        return cls(parsed, **merge_query(parsed, options))  # type: ignore[arg-type]
 
     @classmethod
     def test_pair(cls, name: str, **options: Any) -> tuple[PosixMessageQueue, PosixMessageQueue]:
@@ -153,7 +154,7 @@ class PosixMessageQueue(Channel):
         """Send one message with ``priority`` (default 0); blocks while the queue is full, up to ``timeout``."""
         # Fast path for the common blocking bytes send: every check the base does, inlined.
         if timeout is None and not self._closed and self._raw_bytes and obj.__class__ is bytes \
-                and len(obj) <= self.max_message_size and knobs.keys() <= {"priority"}:
+                and len(obj) <= self._msg_limit and knobs.keys() <= {"priority"}:
             prio = knobs.get("priority", 0)
             if prio.__class__ is int and 0 <= prio <= PRIORITY_MAX:
                 try:

@@ -211,6 +211,7 @@ class SysVMessageQueue(Channel):
             raise
         self._init_channel(self.url, codec=codec)
         self._raw_bytes = self.codec.name == "bytes"
+        self._msg_limit = self.max_message_size or 0
 
     # -- construction hooks for kipc.open / kipc.testing ------------------------------------------
     @classmethod
@@ -219,7 +220,7 @@ class SysVMessageQueue(Channel):
 
         merged = merge_query(parsed, options)
         merged.pop("proj", None)  # part of the address (ftok), not an option
-        return cls(parsed, **merged)
+        return cls(parsed, **merged)  # type: ignore[arg-type]
 
     @classmethod
     def test_pair(cls, name: str, **options: Any) -> tuple[SysVMessageQueue, SysVMessageQueue]:
@@ -248,7 +249,7 @@ class SysVMessageQueue(Channel):
         """Send one message of ``type`` (default 1); blocks while the queue is full, up to ``timeout``."""
         # Fast path for the common blocking bytes send: every check the base does, inlined.
         if timeout is None and not self._closed and self._raw_bytes and obj.__class__ is bytes \
-                and len(obj) <= self.max_message_size and knobs.keys() <= {"type"}:
+                and len(obj) <= self._msg_limit and knobs.keys() <= {"type"}:
             mtype = knobs.get("type", 1)
             if mtype.__class__ is int and 1 <= mtype <= _LONG_MAX:
                 try:
@@ -275,7 +276,7 @@ class SysVMessageQueue(Channel):
         return super().recv(timeout=timeout, **knobs)
 
     # -- I/O ------------------------------------------------------------------------------------------
-    def _send(self, data: memoryview, deadline: Deadline, type: int = 1) -> None:
+    def _send(self, data: memoryview, deadline: Deadline, type: int = 1) -> None:  # type: ignore[override]
         if type != 1:
             _check_type(type, recv=False)
         q = self._q
