@@ -183,7 +183,7 @@ def test_attach_refuses_wrong_version_and_sizes(ring: Callable[..., RingChannel]
         name = testing.unique_name(label)
         path = _plant(name, good[:offset] + value + good[offset + len(value):])
         try:
-            with pytest.raises(kipc.BadObject, match="version|sizes"):
+            with pytest.raises(kipc.BadObject, match=r"version|sizes"):
                 RingChannel(name)
         finally:
             os.unlink(path)
@@ -299,7 +299,7 @@ def test_view_recv_is_zero_copy_and_consumes_on_release(ring: Callable[..., Ring
         mv.release()
         t.join(10)
         assert other == [b"second"]
-        with pytest.raises(RuntimeError, match="unreleased"):
+        with pytest.raises(RuntimeError, match=r"unreleased"):
             tx.send(b"x")
             v1 = rx.recv(view=True, timeout=5)
             rx.recv(view=True, timeout=5)  # same thread, view still held

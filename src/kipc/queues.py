@@ -225,7 +225,7 @@ class Queue:
     def join_thread(self) -> None:
         """Wait until this process's buffered objects are in the ring (after ``close()``)."""
         if not self._closed:
-            raise ValueError(f"Queue {self!r} not closed")
+            raise AssertionError(f"Queue {self!r} not closed")
         feeder = self._feeder
         if feeder is not None and not self._joincancelled:
             feeder.join()
