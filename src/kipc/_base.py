@@ -43,6 +43,7 @@ __all__ = ["KNOWN_KNOBS", "Channel", "Deadline", "Listener"]
 KNOWN_KNOBS = frozenset({"type", "priority", "view", "ack"})
 
 _monotonic = time.monotonic
+_BYTES = get_codec(None)
 
 
 class Deadline:
@@ -160,8 +161,19 @@ class Channel(_Base):
                 raise TypeError(f"{op}() got an unexpected keyword argument {k!r}")
 
     # -- public API ------------------------------------------------------------
+    # Both methods first try the transport's fast path for the common case (a
+    # blocking call moving plain bytes with the default codec, knobs the
+    # mechanism supports): the generic checks below would otherwise cost more
+    # than the syscall for small messages. The fast path may decline (return
+    # False/None) whenever anything is unusual; the general path then checks
+    # everything and reports errors properly.
     def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
         """Send one message (blocks while the channel is full, up to ``timeout``)."""
+        if timeout is None and obj.__class__ is bytes and self.codec is _BYTES and not self._closed:
+            limit = self.max_message_size
+            if ((limit is None or len(obj) <= limit) and (not knobs or knobs.keys() <= self.send_knobs)
+                    and self._send_fast(obj, knobs)):
+                return
         deadline = Deadline.of(timeout)
         self._check_open("send")
         if knobs:
@@ -173,13 +185,16 @@ class Channel(_Base):
             data = memoryview(data)
         limit = self.max_message_size
         if limit is not None and data.nbytes > limit:
-            raise MessageTooLarge(
-                f"send on {self.url}: message of {data.nbytes} bytes exceeds the limit of {limit} bytes",
-                size=data.nbytes, limit=limit)
+            raise self._too_large(data.nbytes, limit)
         self._send(data, deadline, **knobs)
 
     def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
         """Receive one message (blocks while the channel is empty, up to ``timeout``)."""
+        if timeout is None and self.codec is _BYTES and not self._closed and (
+                not knobs or knobs.keys() <= self.recv_knobs):
+            data = self._recv_fast(knobs)
+            if data is not None:
+                return data
         deadline = Deadline.of(timeout)
         self._check_open("recv")
         if knobs:
@@ -272,6 +287,23 @@ class Channel(_Base):
                 remove(fd)
 
     # -- to implement ----------------------------------------------------------
+    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
+        """Optional: send ``data`` blocking, quickly; False hands the call to the general path.
+
+        Called only for plain bytes within ``max_message_size``, the default
+        codec, an open channel and knobs in ``send_knobs`` (values unchecked).
+        """
+        return False
+
+    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
+        """Optional: receive blocking, quickly; None hands the call to the general path."""
+        return None
+
+    def _too_large(self, size: int, limit: int) -> MessageTooLarge:
+        """The error for an oversize message; transports add where the limit comes from."""
+        return MessageTooLarge(f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes",
+                               size=size, limit=limit)
+
     def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
         raise NotImplementedError
 

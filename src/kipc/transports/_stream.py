@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from .._base import Channel, Deadline
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
-from ..codecs import Codec, get_codec
+from ..codecs import Codec
 from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, Timeout, from_oserror
 
 __all__ = ["FRAMINGS", "StreamChannel", "wait_fd"]
@@ -38,7 +38,6 @@ FRAMINGS = ("frame", "line", "raw")
 _READ_CHUNK = 256 * 1024
 _DIRECT_READ = 256 * 1024  # payloads at least this big are read straight into their own buffer
 _SMALL_WRITE = 64 * 1024  # below this, header and payload are joined into one write
-_BYTES = get_codec(None)
 _PACK = HEADER.pack
 
 
@@ -119,27 +118,25 @@ class StreamChannel(Channel):
     # its per-call cost would otherwise be several times the syscall's for small
     # messages. Anything unusual (a timeout, knobs, a codec, a full pipe, an error,
     # a closed channel) falls through to Channel.send/recv, which check everything.
-    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        if (timeout is None and not knobs and type(obj) is bytes and self.codec is _BYTES
-                and not self._pending and self.framing == "frame" and self._wfd >= 0 and not self._closed):
-            size = len(obj)
-            if size < _SMALL_WRITE and size <= (self.max_message_size or 0):
-                buf = _PACK(size) + obj
-                try:
-                    n = self._write(buf)
-                except OSError:
-                    n = 0  # would block, or an error the slow path reports properly
-                if n == size + HEADER_SIZE:
-                    return
-                if n > 0:  # accepted, part of it written: the rest goes out like any pending tail
-                    self._pending = [memoryview(buf)[n:]]
-                    self._flush(Deadline(None))
-                    return
-        super().send(obj, timeout=timeout, **knobs)
+    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
+        size = len(data)
+        if self._pending or self.framing != "frame" or self._wfd < 0 or size >= _SMALL_WRITE:
+            return False
+        buf = _PACK(size) + data
+        try:
+            n = self._write(buf)
+        except OSError:
+            return False  # would block, or an error the general path reports properly
+        if n == size + HEADER_SIZE:
+            return True
+        if n > 0:  # accepted, part of it written: the rest goes out like any pending tail
+            self._pending = [memoryview(buf)[n:]]
+            self._flush(Deadline(None))
+            return True
+        return False
 
-    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        if (timeout is None and not knobs and self.codec is _BYTES and self.framing == "frame"
-                and self._big is None and self._rfd >= 0 and not self._closed):
+    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
+        if self.framing == "frame" and self._big is None and self._rfd >= 0:
             dec = self._decoder
             frame = dec.next_frame()  # a whole frame already buffered: no syscall at all
             if frame is not None:
@@ -155,10 +152,8 @@ class StreamChannel(Channel):
                     chunk = b""  # the slow path waits again / reports it
                 if chunk:
                     dec.feed(chunk)
-                    frame = dec.next_frame()
-                    if frame is not None:
-                        return frame
-        return super().recv(timeout=timeout, **knobs)
+                    return dec.next_frame()
+        return None
 
     _poll_fd: int = -1
 

@@ -56,7 +56,6 @@ class PosixMessageQueue(Channel):
     send_knobs = frozenset({"priority"})
     _q: Any = None
     _name = ""
-    _raw_bytes = False
 
     def __init__(self, url: str | ParsedURL, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
                  persist: bool | str = False, max_messages: int | str | None = None,
@@ -110,8 +109,6 @@ class PosixMessageQueue(Channel):
         self.max_messages = int(q.max_messages)
         self.max_message_size = int(q.max_message_size)
         self._init_channel(self.url, codec=codec)
-        self._raw_bytes = self.codec.name == "bytes"
-        self._msg_limit = self.max_message_size or 0
 
     def _limit(self, value: int | str | None, what: str, sysctl_name: str, default: int) -> int:
         ceiling = sysctl(f"fs.mqueue.{sysctl_name}", default) or default
@@ -150,34 +147,26 @@ class PosixMessageQueue(Channel):
             raise
 
     # -- I/O ---------------------------------------------------------------------------------------------
-    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        """Send one message with ``priority`` (default 0); blocks while the queue is full, up to ``timeout``."""
-        # Fast path for the common blocking bytes send: every check the base does, inlined.
-        if timeout is None and not self._closed and self._raw_bytes and obj.__class__ is bytes \
-                and len(obj) <= self._msg_limit and knobs.keys() <= {"priority"}:
-            prio = knobs.get("priority", 0)
-            if prio.__class__ is int and 0 <= prio <= PRIORITY_MAX:
-                try:
-                    self._q.send(obj, None, prio)
-                    return
-                except posix_ipc.Error:
-                    pass  # EINTR...: the general path below retries or reports it
-        try:
-            super().send(obj, timeout=timeout, **knobs)
-        except MessageTooLarge as e:
-            if "msgsize_max" in str(e):
-                raise
-            raise MessageTooLarge(f"{e} (this queue's max_message_size, fixed at creation; ceiling "
-                                  f"{_SYSCTL_DIR}/msgsize_max)", size=e.size, limit=e.limit) from None
-
-    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        """Receive the oldest message of the highest priority."""
-        if timeout is None and not knobs and not self._closed and self._raw_bytes:
+    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
+        prio = knobs.get("priority", 0)
+        if prio.__class__ is int and 0 <= prio <= PRIORITY_MAX:
             try:
-                return self._q.receive(None)[0]
+                self._q.send(data, None, prio)
+                return True
             except posix_ipc.Error:
-                pass  # the general path retries or reports it
-        return super().recv(timeout=timeout, **knobs)
+                pass  # EINTR...: the general path retries or reports it
+        return False
+
+    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
+        try:
+            return self._q.receive(None)[0]
+        except posix_ipc.Error:
+            return None  # the general path retries or reports it
+
+    def _too_large(self, size: int, limit: int) -> MessageTooLarge:
+        return MessageTooLarge(
+            f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes (this queue's "
+            f"max_message_size, fixed at creation; ceiling {_SYSCTL_DIR}/msgsize_max)", size=size, limit=limit)
 
     def _send(self, data: memoryview, deadline: Deadline, priority: int = 0) -> None:  # type: ignore[override]
         if priority != 0 and (isinstance(priority, bool) or not isinstance(priority, int)

@@ -153,7 +153,6 @@ class SysVMessageQueue(Channel):
     recv_knobs = frozenset({"type"})
     _q: Any = None
     _record_url = ""
-    _raw_bytes = False
 
     def __init__(self, url: str | int | ParsedURL, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
                  persist: bool | str = False, max_bytes: int | str | None = None, codec: str | Codec | None = None,
@@ -210,8 +209,6 @@ class SysVMessageQueue(Channel):
                 self._unlink()
             raise
         self._init_channel(self.url, codec=codec)
-        self._raw_bytes = self.codec.name == "bytes"
-        self._msg_limit = self.max_message_size or 0
 
     # -- construction hooks for kipc.open / kipc.testing ------------------------------------------
     @classmethod
@@ -245,35 +242,24 @@ class SysVMessageQueue(Channel):
             f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes "
             f"(sysctl kernel.msgmax = {limit})", size=size, limit=limit)
 
-    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        """Send one message of ``type`` (default 1); blocks while the queue is full, up to ``timeout``."""
-        # Fast path for the common blocking bytes send: every check the base does, inlined.
-        if timeout is None and not self._closed and self._raw_bytes and obj.__class__ is bytes \
-                and len(obj) <= self._msg_limit and knobs.keys() <= {"type"}:
-            mtype = knobs.get("type", 1)
-            if mtype.__class__ is int and 1 <= mtype <= _LONG_MAX:
-                try:
-                    self._q.send(obj, True, mtype)
-                    return
-                except sysv_ipc.Error:
-                    pass  # EINTR, removal...: the general path below retries or reports it
-        try:
-            super().send(obj, timeout=timeout, **knobs)
-        except MessageTooLarge as e:
-            if e.errno is not None or "kernel.msgmax" in str(e):
-                raise
-            raise self._too_large(e.size, e.limit) from None
+    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
+        mtype = knobs.get("type", 1)
+        if mtype.__class__ is int and 1 <= mtype <= _LONG_MAX:
+            try:
+                self._q.send(data, True, mtype)
+                return True
+            except sysv_ipc.Error:
+                pass  # EINTR, removal...: the general path retries or reports it
+        return False
 
-    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        """Receive one message (``type=0`` first of any type; see the module docstring)."""
-        if timeout is None and not self._closed and self._raw_bytes and knobs.keys() <= {"type"}:
-            mtype = knobs.get("type", 0)
-            if mtype.__class__ is int and -_LONG_MAX <= mtype <= _LONG_MAX:
-                try:
-                    return self._q.receive(True, mtype)[0]
-                except sysv_ipc.Error:
-                    pass  # the general path retries or reports it
-        return super().recv(timeout=timeout, **knobs)
+    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
+        mtype = knobs.get("type", 0)
+        if mtype.__class__ is int and -_LONG_MAX <= mtype <= _LONG_MAX:
+            try:
+                return self._q.receive(True, mtype)[0]
+            except sysv_ipc.Error:
+                pass  # the general path retries or reports it
+        return None
 
     # -- I/O ------------------------------------------------------------------------------------------
     def _send(self, data: memoryview, deadline: Deadline, type: int = 1) -> None:  # type: ignore[override]
