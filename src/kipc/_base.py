@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from ._naming import validate_timeout
+from ._naming import ParsedURL, merge_query, validate_timeout
 from .codecs import Codec, get_codec
 from .errors import ChannelClosed, MessageTooLarge, Timeout, Unsupported, WouldBlock
 
@@ -97,6 +97,11 @@ class _Base:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @classmethod
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> Any:
+        """Called by ``kipc.open``/``kipc.listen``: by default ``cls(url, **options)``, query merged in."""
+        return cls(parsed.url, **merge_query(parsed, options))  # type: ignore[call-arg]
 
     def _check_open(self, op: str) -> None:
         if self._closed:

@@ -46,7 +46,6 @@ from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME, FrameDecoder
 from .._naming import (
     ParsedURL,
-    merge_query,
     parse_bool,
     parse_url,
     runtime_dir,
@@ -285,10 +284,6 @@ class FifoChannel(StreamChannel):
             except FileNotFoundError:
                 pass
         _owners.forget(self.url)
-
-    @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> FifoChannel:
-        return cls(parsed.url, **merge_query(parsed, options))
 
     @classmethod
     def test_pair(cls, name: str, **options: Any) -> tuple[FifoChannel, FifoChannel]:

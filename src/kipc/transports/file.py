@@ -53,7 +53,6 @@ from .._base import Channel, Deadline
 from .._framing import DEFAULT_MAX_FRAME, check_max
 from .._naming import (
     ParsedURL,
-    merge_query,
     parse_bool,
     parse_url,
     runtime_dir,
@@ -431,10 +430,6 @@ class SpoolChannel(Channel):
         except FileNotFoundError:
             pass
         _owners.forget(self.url)
-
-    @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> SpoolChannel:
-        return cls(parsed.url, **merge_query(parsed, options))
 
     @classmethod
     def test_pair(cls, name: str, **options: Any) -> tuple[SpoolChannel, SpoolChannel]:

@@ -156,7 +156,7 @@ class RingChannel(Channel):
     def from_url(cls, parsed: Any, **options: Any) -> RingChannel:
         from .._naming import merge_query
 
-        opts = merge_query(parsed, options)
+        opts: dict[str, Any] = dict(merge_query(parsed, options))
         if parsed.path not in ("", "/"):
             raise InvalidArgument(f"{parsed.url}: a ring URL is ring://NAME (no path)")
         if isinstance(opts.get("mode"), str):

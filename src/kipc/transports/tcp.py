@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
-from .._naming import ParsedURL, merge_query, parse_bool, parse_url, validate_timeout
+from .._naming import ParsedURL, parse_bool, parse_url, validate_timeout
 from ..codecs import Codec
 from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
 from ._sock import SocketChannel, SocketListener, connect, recv_exact, send_exact
@@ -172,10 +172,6 @@ class TcpChannel(SocketChannel):
         return self
 
     @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> TcpChannel:
-        return cls(parsed.url, **merge_query(parsed, options))
-
-    @classmethod
     def test_pair(cls, name: str, **options: Any) -> tuple[TcpChannel, TcpChannel]:
         """(connecting end, accepted end) on a free loopback port; the listener is closed at once."""
         auth = options.pop("auth", None)
@@ -268,10 +264,6 @@ class TcpListener(SocketListener):
         self._sock = sock
         self.url = _format(family, sock.getsockname())
         self._closed = False
-
-    @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> TcpListener:
-        return cls(parsed.url, **merge_query(parsed, options))
 
     def _make_channel(self, conn: socket.socket, deadline: Deadline) -> TcpChannel:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -39,7 +39,6 @@ from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
 from .._naming import (
     ParsedURL,
-    merge_query,
     parse_url,
     runtime_dir,
     validate_mode,
@@ -150,10 +149,6 @@ class UnixChannel(SocketChannel):
         return self
 
     @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> UnixChannel:
-        return cls(parsed.url, **merge_query(parsed, options))
-
-    @classmethod
     def test_pair(cls, name: str, **options: Any) -> tuple[UnixChannel, UnixChannel]:
         """(connecting end, accepted end); the listener is closed (and its file removed) at once."""
         url = f"unix://{name}"
@@ -244,10 +239,6 @@ class UnixListener(SocketListener):
         if err != errno.ECONNREFUSED:
             raise AlreadyExists(f"listen on {self.url}: a live listener answers at {path}")
         os.unlink(path)  # stale: its listener died without cleaning up
-
-    @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> UnixListener:
-        return cls(parsed.url, **merge_query(parsed, options))
 
     def _make_channel(self, conn: socket.socket, deadline: Deadline) -> UnixChannel:
         peer = _check_peer(conn, self._allow, self.url, "accept on")
