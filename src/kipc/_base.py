@@ -32,9 +32,10 @@ import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from . import _owners
 from ._naming import ParsedURL, merge_query, validate_timeout
 from .codecs import Codec, get_codec
-from .errors import ChannelClosed, MessageTooLarge, Timeout, Unsupported, WouldBlock
+from .errors import ChannelClosed, MessageTooLarge, PermissionDenied, Timeout, Unsupported, WouldBlock
 
 __all__ = ["KNOWN_KNOBS", "Channel", "Deadline", "Listener"]
 
@@ -88,11 +89,22 @@ class Deadline:
         return Timeout(f"{what} timed out after {self.timeout:g} s")
 
 
-class _Base:
-    """Closed-state and context-manager plumbing shared by channels and listeners."""
+class Resource:
+    """Lifetime plumbing shared by every kipc object (channels, listeners, segments, semaphores).
+
+    * ``close()`` is idempotent and safe after a half-failed ``__init__`` (class defaults).
+    * Ownership: ``owner`` is True in the process that created a named object.
+      Closing the owner removes the object (``_unlink``) unless ``persist`` is set,
+      in which case the owner record is dropped so ``kipc gc`` leaves it alone.
+      Openers never remove; ``unlink()`` by a non-owner is ``PermissionDenied``.
+    * A finalizer releases handles but never removes anything.
+    """
 
     url: str = "<unopened>"
     _closed: bool = True  # class default: close() is safe after a failed __init__
+    owner: bool = False  # True when this process created the object (and will remove it)
+    persist: bool = False  # creator keeps the object after close()
+    _record_url: str = ""  # the URL of the owner record, when it differs from url
 
     @property
     def closed(self) -> bool:
@@ -113,8 +125,31 @@ class _Base:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def close(self) -> None:
+        """Release this process's handles; the creator also removes the object (unless persist)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._close()
+        finally:
+            if self.owner:
+                self.owner = False
+                if self.persist:
+                    _owners.forget(self._record_url or self.url)
+                else:
+                    self._unlink()
+
+    def unlink(self) -> None:
+        """Remove the named object now (creator only). Open handles keep working until closed."""
+        if not self.owner:
+            raise PermissionDenied(
+                f"unlink {self.url}: only the creator removes an object (kipc.remove(url) forces it)")
+        self.owner = False
+        self._unlink()
+
+    def _unlink(self) -> None:
+        """Remove the kernel object (called once, for the creator only)."""
 
     def __del__(self) -> None:
         # Release fds/mappings; never unlink from a finalizer (only an explicit close does).
@@ -133,7 +168,7 @@ class _Base:
         return f"<{type(self).__name__} {self.url} {state}>"
 
 
-class Channel(_Base):
+class Channel(Resource):
     """A message channel. See the module docstring for the contract."""
 
     scheme: ClassVar[str] = ""
@@ -144,8 +179,6 @@ class Channel(_Base):
     duplex: ClassVar[bool] = True
 
     max_message_size: int | None = None
-    owner: bool = False  # True when this process created the object (and will remove it)
-    persist: bool = False  # creator keeps the object after close()
     codec: Codec = get_codec(None)
     readable: bool = True
     writable: bool = True
@@ -207,25 +240,6 @@ class Channel(_Base):
         if not self.readable:
             raise Unsupported(f"recv on {self.url}: this end is write-only")
         return self.codec.decode(self._recv(deadline, **knobs))
-
-    def close(self) -> None:
-        """Release this process's handles; the creator also removes the object (unless persist)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._close()
-        finally:
-            if self.owner and not self.persist:
-                self.owner = False
-                self._unlink()
-
-    def unlink(self) -> None:
-        """Remove the named object now (creator only). Open handles keep working until closed."""
-        if not self.owner:
-            raise Unsupported(f"unlink {self.url}: only the creator removes an object (use kipc.remove(url) to force)")
-        self.owner = False
-        self._unlink()
 
     def fileno(self) -> int:
         raise Unsupported(f"fileno on {self.url}: {self.scheme or type(self).__name__} has no file descriptor")
@@ -315,8 +329,6 @@ class Channel(_Base):
     def _recv(self, deadline: Deadline, **knobs: Any) -> bytes | memoryview:
         raise NotImplementedError
 
-    def _unlink(self) -> None:
-        pass
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -324,7 +336,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class Listener(_Base):
+class Listener(Resource):
     """A server endpoint that yields one :class:`Channel` per connecting peer."""
 
     scheme: ClassVar[str] = ""
@@ -356,12 +368,6 @@ class Listener(_Base):
     def __iter__(self) -> Iterator[Channel]:
         while not self._closed:
             yield self.accept()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._close()
 
     def fileno(self) -> int:
         raise NotImplementedError

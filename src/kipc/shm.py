@@ -38,6 +38,7 @@ from typing import Any
 import posix_ipc
 
 from . import _owners
+from ._base import Resource
 from ._naming import (
     DEFAULT_MODE,
     ParsedURL,
@@ -182,13 +183,9 @@ def _attached_array(addr: int, size: int) -> ctypes.Array[ctypes.c_ubyte]:
     return _Segment.from_address(addr)
 
 
-class SharedMemory:
+class SharedMemory(Resource):
     """A SysV or POSIX shared memory segment; see the module docstring for the contract."""
 
-    url: str = "<unopened>"
-    owner: bool = False
-    persist: bool = False
-    _closed: bool = True
     _mv: memoryview | None = None
 
     def __init__(self, url: str, *, size: int | str | None = None, create: bool | str = False,
@@ -349,14 +346,8 @@ class SharedMemory:
                                   f"the segment has {self.size}")
         return np.frombuffer(self.buf, dtype=dt, count=count, offset=offset).reshape(shp)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Detach; the creator also removes the segment (unless ``persist``)."""
-        if self._closed:
-            return
+    def _close(self) -> None:
+        """Detach (close() also removes the segment for its creator, unless ``persist``)."""
         # Drop our view instead of releasing it: numpy arrays and slices built on
         # .buf keep the mapping alive, and it is unmapped when the last one dies.
         self._mv = None
@@ -365,18 +356,9 @@ class SharedMemory:
                 self._mmap.close()
             except BufferError:
                 pass  # views still exist; the mmap unmaps itself when they are gone
-        self._closed = True
-        if self.owner and not self.persist:
-            self.unlink()
-        elif self.owner:
-            self.owner = False
-            _owners.forget(self._record_url)
 
-    def unlink(self) -> None:
-        """Remove the segment now (creator only); attached processes keep their mapping."""
-        if not self.owner:
-            raise PermissionDenied(f"unlink {self.url}: only the creator removes a segment")
-        self.owner = False
+    def _unlink(self) -> None:
+        """Remove the segment (creator only); attached processes keep their mapping."""
         if self.kind == "sysv":
             gone = (_errno.EINVAL, _errno.EIDRM)
             if _libc.shmctl(self.shmid, _IPC_RMID, None) != 0 and ctypes.get_errno() not in gone:
@@ -388,12 +370,6 @@ class SharedMemory:
                 pass
         if self._record_url:
             _owners.forget(self._record_url)
-
-    def __enter__(self) -> SharedMemory:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<SharedMemory {self.url} {getattr(self, 'size', '?')} B {'closed' if self._closed else 'open'}>"

@@ -37,7 +37,7 @@ import posix_ipc
 import sysv_ipc
 
 from .. import _owners
-from .._base import Deadline
+from .._base import Deadline, Resource
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_name
 from ..errors import AlreadyExists, ChannelClosed, InvalidArgument, KipcError, NotFound, PermissionDenied, from_oserror
 from ..shm import check_attach, parse_create, parse_mode, sysv_key, translate_ipc_error
@@ -72,15 +72,13 @@ def _semop(semid: int, op: int, undo: bool, timeout: float | None) -> int:
     return 0 if rc == 0 else ctypes.get_errno()
 
 
-class Semaphore:
-    """A named counting semaphore shared between processes (and C programs)."""
+class Semaphore(Resource):
+    """A named counting semaphore shared between processes (and C programs).
 
-    url: str = "<unopened>"
-    owner: bool = False
-    persist: bool = False
-    _closed: bool = True
+    ``with sem:`` acquires and releases (like ``threading.Semaphore``); it does not close.
+    """
+
     _sem: Any = None
-    _record_url = ""
 
     def __init__(self, url: str, *, value: int | None = None, create: bool | str = False,
                  mode: int | str = DEFAULT_MODE, persist: bool = False, undo: bool = True,
@@ -276,29 +274,9 @@ class Semaphore:
         self.release()
 
     # -- lifetime ------------------------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Release this handle; the creator also removes the semaphore (unless ``persist``)."""
-        if self._closed:
-            return
-        self._closed = True
+    def _close(self) -> None:
         if self.kind == "posix":
             self._sem.close()
-        if self.owner and not self.persist:
-            self.unlink()
-        elif self.owner:
-            self.owner = False
-            _owners.forget(self._record_url)
-
-    def unlink(self) -> None:
-        """Remove the semaphore now (creator only)."""
-        if not self.owner:
-            raise PermissionDenied(f"unlink {self.url}: only the creator removes a semaphore")
-        self.owner = False
-        self._unlink()
 
     def _unlink(self) -> None:
         try:
