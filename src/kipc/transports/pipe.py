@@ -23,7 +23,7 @@ from typing import Any
 
 from .._framing import DEFAULT_MAX_FRAME
 from ..codecs import Codec
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, from_oserror
 from ._stream import StreamChannel
 
 __all__ = ["PipeChannel", "open_fd", "pipe"]
@@ -79,7 +79,10 @@ def _rebuild(dup: Any, direction: str, options: dict[str, Any]) -> PipeChannel:
 def pipe(*, codec: str | Codec | None = None, framing: str = "frame",
          max_message_size: int = DEFAULT_MAX_FRAME) -> tuple[PipeChannel, PipeChannel]:
     """A new anonymous pipe as ``(reader, writer)`` channels (fds are close-on-exec)."""
-    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        r, w = os.pipe2(os.O_CLOEXEC)
+    except OSError as e:
+        raise from_oserror(e, "pipe", "create") from e
     _grow(w)
     opts: dict[str, Any] = {"codec": codec, "framing": framing, "max_message_size": max_message_size}
     try:

@@ -40,13 +40,24 @@ from .._base import Channel, Deadline
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_name, validate_size
 from .._platform import sysctl
 from ..codecs import Codec
-from ..errors import AlreadyExists, InvalidArgument, KipcError, LimitExceeded, MessageTooLarge, NotFound
+from ..errors import (
+    AlreadyExists,
+    ChannelClosed,
+    InvalidArgument,
+    KipcError,
+    LimitExceeded,
+    MessageTooLarge,
+    NotFound,
+)
 from ..shm import check_attach, parse_create, parse_mode, translate_ipc_error
 
 __all__ = ["PosixMessageQueue"]
 
 PRIORITY_MAX = int(posix_ipc.QUEUE_PRIORITY_MAX)
 _SYSCTL_DIR = "/proc/sys/fs/mqueue"
+
+
+_SLICE = 0.05  # s; bounds how late a blocked call notices that the queue was removed
 
 
 class PosixMessageQueue(Channel):
@@ -151,7 +162,7 @@ class PosixMessageQueue(Channel):
         prio = knobs.get("priority", 0)
         if prio.__class__ is int and 0 <= prio <= PRIORITY_MAX:
             try:
-                self._q.send(data, None, prio)
+                self._q.send(data, _SLICE, prio)
                 return True
             except posix_ipc.Error:
                 pass  # EINTR...: the general path retries or reports it
@@ -159,9 +170,22 @@ class PosixMessageQueue(Channel):
 
     def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
         try:
-            return self._q.receive(None)[0]
+            return self._q.receive(_SLICE)[0]
         except posix_ipc.Error:
             return None  # the general path retries or reports it
+
+    # mq_unlink does not wake a blocked mq_receive/mq_send: blocking waits run in
+    # slices, and between slices a removed queue (st_nlink 0 on the mqd) ends the wait.
+    @staticmethod
+    def _slice(deadline: Deadline) -> float:
+        remaining = deadline.remaining()
+        return _SLICE if remaining is None else min(_SLICE, remaining)
+
+    def _check_slice(self, deadline: Deadline, op: str) -> None:
+        if deadline.expired() or deadline.nonblocking:
+            raise deadline.error(f"{op} on {self.url}")
+        if os.fstat(self._q.mqd).st_nlink == 0:
+            raise ChannelClosed(f"{op} on {self.url}: the queue was removed")
 
     def _too_large(self, size: int, limit: int) -> MessageTooLarge:
         return MessageTooLarge(
@@ -175,10 +199,10 @@ class PosixMessageQueue(Channel):
         q = self._q
         while True:
             try:
-                q.send(data, deadline.remaining(), priority)
+                q.send(data, self._slice(deadline), priority)
                 return
             except posix_ipc.BusyError:
-                raise deadline.error(f"send on {self.url}") from None
+                self._check_slice(deadline, "send")
             except posix_ipc.SignalError:
                 continue  # EINTR: the handler ran (Ctrl-C raised); retry with the time left
             except Exception as e:
@@ -188,9 +212,9 @@ class PosixMessageQueue(Channel):
         q = self._q
         while True:
             try:
-                return q.receive(deadline.remaining())  # type: ignore[no-any-return, unused-ignore]
+                return q.receive(self._slice(deadline))  # type: ignore[no-any-return, unused-ignore]
             except posix_ipc.BusyError:
-                raise deadline.error(f"recv on {self.url}") from None
+                self._check_slice(deadline, "recv")
             except posix_ipc.SignalError:
                 continue
             except Exception as e:
