@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NATIVE := $(wildcard src/kipc/_native/*.c src/kipc/_native/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: demo test build venv lint typecheck bench stress sanitize reliability clean
+.PHONY: demo test build venv lint bench stress sanitize reliability clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py
+
+# The reliability campaign: the long versions of the crash / stress / limits / abuse tests
+# (their short versions run in `make test`); writes docs/reliability.md.
+reliability: $(VENV)/.installed
+	KIPC_RELIABILITY=full KIPC_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m "stress or not stress" \
+		tests/test_reliability_generic.py tests/test_reliability_crash.py tests/test_fuzz.py \
+		tests/test_ring_crash.py $(PYTEST_ARGS)
 
 stress: $(VENV)/.installed
 	$(PY) -m pytest -m stress tests
