@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -204,6 +206,33 @@ def measure(scheme: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int,
 
 
 def _run_protocol(a: Any, b: Any, res: Result, sizes: list[int], rtt_iters: int, stream_bytes: int) -> None:
+    # The timed loops use blocking calls (timeout=None): that is the path users run,
+    # and some mechanisms (SysV queues) can only honour a timeout by polling. A
+    # stalled mechanism is caught by the watchdog instead.
+    with _watchdog(_WAIT * 4):
+        _timed_protocol(a, b, res, sizes, rtt_iters, stream_bytes)
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float) -> Iterator[None]:
+    """Interrupt a stalled blocking call with TimeoutError (main thread only; else no watchdog)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signo: int, frame: Any) -> None:
+        raise TimeoutError(f"benchmark step stalled for more than {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _timed_protocol(a: Any, b: Any, res: Result, sizes: list[int], rtt_iters: int, stream_bytes: int) -> None:
     msg = b"E" + b"x" * (RTT_SIZE - 1)
     for _ in range(max(5, rtt_iters // 20)):  # warm-up: page faults, caches, lazy imports
         a.send(msg, timeout=_WAIT)
@@ -212,8 +241,8 @@ def _run_protocol(a: Any, b: Any, res: Result, sizes: list[int], rtt_iters: int,
     clock = time.perf_counter_ns
     for _ in range(rtt_iters):
         t = clock()
-        a.send(msg, timeout=_WAIT)
-        b.recv(timeout=_WAIT)
+        a.send(msg)
+        b.recv()
         samples.append(clock() - t)
     samples.sort()
     res.rtt_iters = len(samples)
@@ -233,8 +262,8 @@ def _run_protocol(a: Any, b: Any, res: Result, sizes: list[int], rtt_iters: int,
             a.send(b"S%d" % n, timeout=_WAIT)
             t = clock()
             for _ in range(n):
-                a.send(payload, timeout=_WAIT)
-            b.recv(timeout=_WAIT)
+                a.send(payload)
+            b.recv()
             dt = (clock() - t) / 1e9
         except Exception as e:
             res.stream.append({"size": size, "error": f"{type(e).__name__}: {e}"[:200]})

@@ -129,7 +129,7 @@ def plot(results: list[lib.Result], path: str) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     known = lib.mechanisms()
-    mechanisms = args.mechanisms or known
+    mechanisms = [m for arg in args.mechanisms for m in arg.split(",") if m] if args.mechanisms else known
     unknown = [m for m in mechanisms if m not in known]
     if unknown:
         raise InvalidArgument(f"unknown mechanism(s) {', '.join(unknown)}; known: {', '.join(known)}")
