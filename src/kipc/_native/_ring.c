@@ -82,6 +82,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -239,8 +240,14 @@ static int wait_word(Ring *r, uint32_t *word, uint32_t expect, _Atomic uint32_t 
             if (atomic_load_explicit(w, memory_order_acquire) != expect || atomic_load_explicit(&h->closed, memory_order_relaxed))
                 goto out;
             cpu_relax();
-            if ((i & 63) == 0 && mono() >= end)
-                break;
+            if ((i & 63) == 0) {
+                if (mono() >= end)
+                    break;
+                /* After a short pure spin, yield now and then: when the peer shares
+                 * our core (a busy machine), spinning would only delay it. */
+                if (i >= 512)
+                    sched_yield();
+            }
         }
     }
     now = mono();
