@@ -158,7 +158,7 @@ def test_cluster_node_killed_mid_stream_zero_lost_zero_duplicated() -> None:
     with testing.nats_cluster() as cluster:
         servers = ",".join(cluster.urls)
         name = testing.unique_name("jobs")
-        with kipc.open(f"{cluster.urls[0]}/{name}", create=True, replicas=3, ack_wait=5.0,
+        with kipc.open(f"{cluster.urls[0]}/{name}", create=True, replicas=3, ack_wait=20.0,
                        servers=cluster.urls) as ch:
             leader = _stream_leader(cluster.urls, ch.stream)
             victim = int(leader[1:]) if leader and leader.startswith("n") else 2

@@ -558,14 +558,20 @@ class NatsChannel(_Client, Channel):
             pass  # not answering: a restart or an election; keep pulling until the deadline
 
     async def _ack(self, msg: Any, deadline: Deadline) -> None:
-        """Acknowledge and wait for the server's confirmation (retried: a lost ack would redeliver)."""
-        for _ in range(5):
+        """Acknowledge and wait for the server's confirmation (retried: a lost ack would redeliver).
+
+        Acks are idempotent, so retrying is safe; it goes on for most of ``ack_wait``
+        (a leader election can take seconds), since past that the server redelivers anyway.
+        """
+        give_up = time.monotonic() + max(1.0, 0.8 * self._ack_wait)
+        while True:
             try:
                 await msg.ack_sync(timeout=1.0)
                 return
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                if deadline.expired() and not deadline.blocking:
+                if time.monotonic() >= give_up:
                     break
+                await asyncio.sleep(0.05)
         # Still unconfirmed: at-least-once keeps the message (it may come back once more).
 
     async def _recv_async(self, deadline: Deadline) -> bytes:
