@@ -42,10 +42,16 @@ stress: $(VENV)/.installed
 	$(PY) -m pytest -m stress tests
 
 sanitize:
-	rm -rf build/sanitize && KIPC_SANITIZE=address $(PY) setup.py -q build_ext -b build/sanitize -t build/sanitize/tmp
-	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=build/sanitize KIPC_NATIVE_PATH=build/sanitize \
-	$(PY) -m pytest -p no:cacheprovider tests/test_ring.py
+	# PYTHONPATH only wins over the editable install if it holds a whole kipc package:
+	# copy the sources there and build the ASan+UBSan extensions beside them.
+	rm -rf build/sanitize && mkdir -p build/sanitize && cp -r src/kipc build/sanitize/kipc
+	rm -f build/sanitize/kipc/_native/*.so
+	KIPC_SANITIZE=address $(PY) setup.py -q build_ext -b build/sanitize -t build/sanitize/tmp
+	$(SANITIZE_ENV) $(PY) -c "import kipc._native._ring as r; assert r.__file__.startswith('$(CURDIR)/build/sanitize/'), r.__file__; print('sanitized:', r.__file__)"
+	$(SANITIZE_ENV) $(PY) -m pytest -p no:cacheprovider tests/test_ring.py tests/test_ring_crash.py tests/test_queues.py
+
+SANITIZE_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=$(CURDIR)/build/sanitize
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info src/kipc/_native/*.so

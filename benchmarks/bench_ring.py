@@ -60,8 +60,10 @@ class Link:
     """Two one-way channels (a: parent -> child, b: child -> parent) and how to use them."""
 
     def __init__(self, a_send: Send, a_recv: Recv, b_send: Send, b_recv: Recv, close: Callable[[], None],
-                 send_frame: Send | None = None, recv_frame: Recv | None = None, max_size: int | None = None) -> None:
+                 send_frame: Send | None = None, recv_frame: Recv | None = None, max_size: int | None = None,
+                 child_done: Callable[[], None] = lambda: None) -> None:
         self.a_send, self.a_recv, self.b_send, self.b_recv, self.close = a_send, a_recv, b_send, b_recv, close
+        self.child_done = child_done  # flush before the child's os._exit (queues with feeder threads)
         self.send_frame = send_frame or (lambda arr: a_send(memoryview(arr).cast("B")))
         self.recv_frame = recv_frame or (lambda: np.frombuffer(a_recv(), np.uint8).reshape(FRAME_SHAPE))
         self.max_size = max_size
@@ -97,7 +99,10 @@ def _queue(cls: Any) -> Link:
             q.close()
             if hasattr(q, "cancel_join_thread"):
                 q.cancel_join_thread()
-    return Link(a.put, a.get, b.put, b.get, close, a.put, a.get)
+    def flush() -> None:
+        b.close()
+        b.join_thread()
+    return Link(a.put, a.get, b.put, b.get, close, a.put, a.get, child_done=flush)
 
 
 def _mp_pipe() -> Link:
@@ -204,6 +209,7 @@ def _in_child(link: Link, body: Callable[[Link], None]) -> int:
         code = 0
         try:
             body(link)
+            link.child_done()
         except BaseException:
             import traceback
 
@@ -222,6 +228,35 @@ def _join(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise RuntimeError("benchmark child hung")
+
+
+class _Hung(Exception):
+    pass
+
+
+def _alarm(signo: int, frame: Any) -> None:
+    raise _Hung("no progress within 120 s (the child died or the mechanism hung)")
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one measurement with a deadline (every wait has one)."""
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(120)
+    try:
+        return fn(*args)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _reap(pid: int) -> None:
+    """After an error: make sure the child is gone."""
+    try:
+        if not os.waitpid(pid, os.WNOHANG)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def rtt(mech: str, iters: int) -> list[float]:
@@ -247,6 +282,7 @@ def rtt(mech: str, iters: int) -> list[float]:
         _join(pid)
         return out
     finally:
+        _reap(pid)
         link.close()
 
 
@@ -278,6 +314,7 @@ def stream(mech: str, size: int, n: int) -> float:
         _join(pid)
         return dt
     finally:
+        _reap(pid)
         link.close()
 
 
@@ -310,7 +347,7 @@ def run(quick: bool = False, repeat: int | None = None, mechanisms: list[str] | 
             s0 = _steal()
             medians, p99s = [], []
             for _ in range(repeat):
-                t = sorted(rtt(mech, rtt_iters))
+                t = sorted(_guarded(rtt, mech, rtt_iters))
                 medians.append(t[len(t) // 2])
                 p99s.append(t[int(len(t) * 0.99)])
             s1 = _steal()
@@ -324,7 +361,7 @@ def run(quick: bool = False, repeat: int | None = None, mechanisms: list[str] | 
                 n = max(10, n // 4)
             s0 = _steal()
             try:
-                times = [stream(mech, size, n) for _ in range(repeat)]
+                times = [_guarded(stream, mech, size, n) for _ in range(repeat)]
             except Exception as e:
                 rows.append({"mechanism": mech, "kind": kind, "metric": "stream", "size": nbytes,
                              "frame": size == 0, "error": f"{type(e).__name__}: {e}"})

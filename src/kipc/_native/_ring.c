@@ -119,6 +119,7 @@ struct ring_hdr {
     _Atomic uint32_t closed;      /* creator closed the channel */
     _Atomic uint32_t frag_active; /* a producer is mid fragmented message */
     _Atomic uint32_t attach_pending; /* Queue: pickled references not yet attached */
+    _Atomic uint32_t repairs;        /* locks recovered from a dead owner (EOWNERDEAD) */
 
     CL pthread_mutex_t prod_lock;
     CL pthread_mutex_t cons_lock;
@@ -319,6 +320,7 @@ static int lock_ring(Ring *r, int prod, double deadline)
         }
     }
     if (rc == EOWNERDEAD) {
+        atomic_fetch_add(&h->repairs, 1);
         if (prod)
             repair_prod(h);
         else
@@ -349,6 +351,7 @@ static void probe_producer(struct ring_hdr *h)
 {
     int rc = pthread_mutex_trylock(&h->prod_lock);
     if (rc == EOWNERDEAD) {
+        atomic_fetch_add(&h->repairs, 1);
         repair_prod(h);
         pthread_mutex_consistent(&h->prod_lock);
         rc = 0;
@@ -1169,7 +1172,8 @@ static PyObject *Ring_info(Ring *r, PyObject *unused)
     if (check_mapped(r) < 0)
         return NULL;
     struct ring_hdr *h = r->hdr;
-    return Py_BuildValue("{s:K,s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I}", "capacity",
+    return Py_BuildValue("{s:K,s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I}", "repairs", atomic_load(&h->repairs),
+                         "capacity",
                          (unsigned long long)h->capacity, "frag_max", (unsigned long long)r->frag_max, "owner_uid",
                          h->owner_uid, "owner_pid", h->owner_pid, "owner_start", (unsigned long long)h->owner_start,
                          "head", (unsigned long long)atomic_load(&h->head), "tail",
