@@ -181,7 +181,6 @@ def _faster_fifo() -> Link:
 
 
 def _zmq() -> Link:
-    import zmq  # type: ignore[import-not-found]
 
     raise NotImplementedError("pyzmq is importable but its fork-safe setup is not written here")
 
@@ -289,7 +288,7 @@ def rtt(mech: str, iters: int) -> list[float]:
 def stream(mech: str, size: int, n: int) -> float:
     """Seconds to move n messages of ``size`` bytes (size 0: numpy frames) one way, acknowledged."""
     link = make(mech, size if size else 8 * MiB)
-    if link.max_size is not None and size > link.max_size or (size == 0 and link.max_size is not None):
+    if (link.max_size is not None and size > link.max_size) or (size == 0 and link.max_size is not None):
         link.close()
         raise ValueError(f"message size over the mechanism's limit ({link.max_size} B)")
     frame = np.random.default_rng(0).integers(0, 255, FRAME_SHAPE, dtype=np.uint8) if size == 0 else None

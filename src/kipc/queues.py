@@ -107,6 +107,8 @@ class Queue:
     def _setup(self, ch: RingChannel, maxsize: int) -> None:
         self._ch = ch
         self._ring = ch._ring
+        self._send, self._recv = ch._ring.send, ch._ring.recv
+        self._fast_put = maxsize == 0 and not self._joinable
         self._maxsize = maxsize
         self._closed = False
         self._lock = threading.Lock()  # guards the overflow buffer and the feeder
@@ -144,6 +146,11 @@ class Queue:
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         self._check_closed()
         data = _dumps(obj, _HIGHEST)  # a pickling error raises here, in the caller
+        if self._fast_put and not self._buffer:  # unbounded, not joinable: never blocks
+            try:
+                return self._send(data, 0.0)
+            except Timeout:
+                pass
         t = _timeout(block, timeout)
         if self._joinable:
             self._ring.task_add(1)
@@ -200,10 +207,14 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         self._check_closed()
         try:
-            data = self._ring.recv(_timeout(block, timeout))
+            # view=2: big messages come back as a view into the ring (one copy fewer)
+            data = self._recv(-1.0 if block and timeout is None else _timeout(block, timeout), 2)
         except Timeout:
             raise queue.Empty from None
-        return _loads(data)
+        if data.__class__ is bytes:
+            return _loads(data)
+        with memoryview(data) as mv:
+            return _loads(mv)
 
     def get_nowait(self) -> Any:
         return self.get(False)

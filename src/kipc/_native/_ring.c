@@ -104,6 +104,7 @@
 #define F_LAST 2u
 #define F_PAD 4u
 #define BIG_COPY (256u * 1024u)
+#define VIEW_MIN (16u * 1024u) /* recv(view=2): a view only for messages this big */
 #define SLICE 0.1 /* seconds between signal checks while blocked */
 #define PROBE 0.01 /* seconds between producer-liveness probes mid-message */
 
@@ -618,7 +619,7 @@ static PyObject *consume(Ring *r, double timeout, int want_view)
         }
         unsigned char *src = r->data + off + REC_HDR;
         if ((flags & (F_FIRST | F_LAST)) == (F_FIRST | F_LAST)) {
-            if (want_view)
+            if (want_view == 1 || (want_view == 2 && len >= VIEW_MIN))
                 return RingView_new(r, src, len, next); /* keeps cons_lock until released */
             PyObject *out = PyBytes_FromStringAndSize(NULL, len);
             if (!out)
@@ -1034,7 +1035,8 @@ done:
 static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
 {
     double timeout = nargs > 0 ? PyFloat_AsDouble(args[0]) : -1.0;
-    int view = nargs > 1 ? PyObject_IsTrue(args[1]) : 0;
+    /* view: 0 bytes, 1 a RingView, 2 a RingView only for messages >= VIEW_MIN */
+    int view = nargs > 1 ? (PyLong_Check(args[1]) && PyLong_AsLong(args[1]) == 2 ? 2 : PyObject_IsTrue(args[1])) : 0;
     if (PyErr_Occurred() || check_mapped(r) < 0)
         return NULL;
     return consume(r, timeout, view);
@@ -1210,7 +1212,8 @@ static PyGetSetDef Ring_getset[] = {
 static PyMethodDef Ring_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Ring_send, METH_FASTCALL, "send(data, timeout=-1.0, max_items=0)"},
     {"sendv", (PyCFunction)Ring_sendv, METH_VARARGS, "sendv(parts, timeout=-1.0, max_items=0): one message"},
-    {"recv", (PyCFunction)(void (*)(void))Ring_recv, METH_FASTCALL, "recv(timeout=-1.0, view=False)"},
+    {"recv", (PyCFunction)(void (*)(void))Ring_recv, METH_FASTCALL,
+     "recv(timeout=-1.0, view=0): view 1 = RingView, 2 = RingView only for messages >= 16 KiB"},
     {"loan", (PyCFunction)Ring_loan, METH_VARARGS, "loan(n, timeout=-1.0) -> RingLoan"},
     {"qsize", (PyCFunction)Ring_qsize, METH_NOARGS, "committed messages not yet consumed"},
     {"used", (PyCFunction)Ring_used, METH_NOARGS, "bytes in use"},

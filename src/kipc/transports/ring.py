@@ -183,28 +183,24 @@ class RingChannel(Channel):
             raise
         return tx, rx
 
-    # -- hot path: skip the template's checks when nothing needs checking -----------
+    # -- hot path: the template calls these for blocking bytes with the default codec --
+    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
+        self._ring.send(data)
+        return True
+
+    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
+        return None if knobs else self._ring.recv()
+
     def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        if timeout is None and not knobs and self.codec is _BYTES and self.max_message_size is None:
-            try:
-                return self._ring.send(obj)
-            except (BufferError, ValueError, AttributeError):
-                pass  # non-contiguous input, or closed: the full path copies or says why
-        if self.codec is _BYTES and not isinstance(obj, (bytes, bytearray)):
+        # "any buffer": the bytes codec refuses non-contiguous ones; make those contiguous here
+        if obj.__class__ is not bytes and self.codec is _BYTES and not isinstance(obj, (bytearray, str)):
             try:
                 mv = memoryview(obj)
                 if not mv.c_contiguous:
                     obj = mv.tobytes()  # one copy, in logical (C) order
             except TypeError:
                 pass  # not a buffer: the codec explains
-        return super().send(obj, timeout=timeout, **knobs)
-
-    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        if timeout is None and not knobs and self.codec is _BYTES:
-            ring = self._ring
-            if ring is not None:
-                return ring.recv()
-        return super().recv(timeout=timeout, **knobs)
+        super().send(obj, timeout=timeout, **knobs)
 
     def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
         if not data.c_contiguous:
