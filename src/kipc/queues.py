@@ -15,7 +15,7 @@ Contract card:
   (not later in a feeder thread); a producer or consumer killed mid-operation
   neither wedges the queue nor delivers a torn object; ``qsize()`` works
   everywhere. As in the stdlib, ``put()`` on an unbounded queue never blocks:
-  when the ring (``capacity`` bytes, default 1 MiB) is full, objects wait in
+  when the ring (``capacity`` bytes, default 4 MiB) is full, objects wait in
   this process's buffer and a feeder thread moves them in order; the buffer is
   flushed at exit unless ``cancel_join_thread()`` was called.
 * Extra keywords: ``capacity=`` (ring bytes), ``name=`` (shm name, default a
@@ -47,7 +47,7 @@ from .transports.ring import DEFAULT_SPIN_US, RingChannel
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
-DEFAULT_QUEUE_CAPACITY = 1 << 20
+DEFAULT_QUEUE_CAPACITY = 4 << 20  # a 1 MiB object still travels as one record
 _HIGHEST = pickle.HIGHEST_PROTOCOL
 _dumps, _loads = pickle.dumps, pickle.loads
 _FEED_SLICE = 0.1
