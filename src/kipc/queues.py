@@ -144,7 +144,8 @@ class Queue:
             raise ValueError(f"Queue {self!r} is closed")
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._check_closed()
+        if self._closed:
+            self._check_closed()
         data = _dumps(obj, _HIGHEST)  # a pickling error raises here, in the caller
         if self._fast_put and not self._buffer:  # unbounded, not joinable: never blocks
             try:
@@ -205,7 +206,8 @@ class Queue:
         self.put(obj, False)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        self._check_closed()
+        if self._closed:
+            self._check_closed()
         try:
             # view=2: big messages come back as a view into the ring (one copy fewer)
             data = self._recv(-1.0 if block and timeout is None else _timeout(block, timeout), 2)
