@@ -24,6 +24,7 @@ import stat
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import InvalidArgument, PermissionDenied
 
@@ -197,7 +198,7 @@ class ParsedURL:
         return self.netloc + self.path
 
 
-def merge_query(parsed: ParsedURL, options: dict[str, object]) -> dict[str, object]:
+def merge_query(parsed: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
     """Query-string options merged with keyword options (the same name both ways is an error)."""
     merged = dict(options)
     for k, v in parsed.query.items():

@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 from ._base import Channel, Listener
-from ._naming import merge_query, parse_url
+from ._naming import parse_url
 from .errors import InvalidArgument
 
 __all__ = ["listen", "listen_schemes", "load", "open", "register", "schemes"]

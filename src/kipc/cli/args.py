@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("bench", help="measure every mechanism between two real processes")
-    p.add_argument("--mechanisms", "-m", nargs="+", metavar="M", help="only these, space- or comma-separated (default: every registered one)")
+    p.add_argument("--mechanisms", "-m", nargs="+", metavar="M",
+                   help="only these, space- or comma-separated (default: every registered one)")
     p.add_argument("--sizes", nargs="+", type=_size, metavar="SIZE", help="stream message sizes (e.g. 64 4KiB 1MiB)")
     p.add_argument("--peers", action="store_true", help="also measure multiprocessing (and faster-fifo/pyzmq)")
     p.add_argument("--quick", action="store_true", help="fewer iterations (a few seconds)")

@@ -145,7 +145,7 @@ class PosixMessageQueue(Channel):
     def from_url(cls, parsed: ParsedURL, **options: Any) -> PosixMessageQueue:
         from .._naming import merge_query
 
-        return cls(parsed, **merge_query(parsed, options))  # type: ignore[arg-type]
+        return cls(parsed, **merge_query(parsed, options))
 
     @classmethod
     def test_pair(cls, name: str, **options: Any) -> tuple[PosixMessageQueue, PosixMessageQueue]:

@@ -217,7 +217,7 @@ class SysVMessageQueue(Channel):
 
         merged = merge_query(parsed, options)
         merged.pop("proj", None)  # part of the address (ftok), not an option
-        return cls(parsed, **merged)  # type: ignore[arg-type]
+        return cls(parsed, **merged)
 
     @classmethod
     def test_pair(cls, name: str, **options: Any) -> tuple[SysVMessageQueue, SysVMessageQueue]:
