@@ -41,12 +41,15 @@ class BytesCodec:
         if isinstance(obj, str):
             raise TypeError("send bytes, not str (encode it, or open the channel with codec='json')")
         try:
-            return memoryview(obj).cast("B")
+            mv = memoryview(obj)
         except TypeError:
             raise TypeError(
                 f"cannot send {type(obj).__name__}: the bytes codec takes a buffer "
                 "(bytes, bytearray, memoryview, numpy array); pick codec='json'/'msgpack' for objects"
             ) from None
+        if not mv.c_contiguous:
+            return mv.tobytes()  # a strided view: one copy, in logical (C) order
+        return mv.cast("B")
 
     def decode(self, data: bytes | memoryview) -> Any:
         return data

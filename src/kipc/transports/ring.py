@@ -199,14 +199,6 @@ class RingChannel(Channel):
             if ring is not None and self.max_message_size is None:
                 ring.send(obj)
                 return
-        # "any buffer": the bytes codec refuses non-contiguous ones; make those contiguous here
-        if obj.__class__ is not bytes and self.codec is _BYTES and not isinstance(obj, (bytearray, str)):
-            try:
-                mv = memoryview(obj)
-                if not mv.c_contiguous:
-                    obj = mv.tobytes()  # one copy, in logical (C) order
-            except TypeError:
-                pass  # not a buffer: the codec explains
         super().send(obj, timeout=timeout, **knobs)
 
     def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
@@ -217,8 +209,6 @@ class RingChannel(Channel):
         return super().recv(timeout=timeout, **knobs)
 
     def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
-        if not data.c_contiguous:
-            data = memoryview(data.tobytes())
         self._ring.send(data, _seconds(deadline))
 
     def _recv(self, deadline: Deadline, **knobs: Any) -> bytes | memoryview:
