@@ -125,7 +125,7 @@ def test_bench_quick_json_has_a_row_per_mechanism_and_plot(tmp_path: os.PathLike
     assert rc == 0, err
     doc = json.loads(out)
     rows = {r["mechanism"]: r for r in doc["results"]}
-    assert set(rows) == {"pipe", *registry.schemes()}
+    assert set(rows) == {"pipe", *registry.schemes(), "queue"}
     for name, r in rows.items():
         assert r["available"], f"{name}: {r['error']}"
         assert r["rtt_us"] > 0 and r["rtt_iters"] > 0

@@ -174,7 +174,9 @@ def _name() -> str:
 
 def measure(scheme: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int,
             nats_url: str | None = None) -> Result:
-    """Round trip and stream figures for one registered scheme (or ``pipe``)."""
+    """Round trip and stream figures for one registered scheme (or ``pipe``, or ``queue``)."""
+    if scheme == "queue":
+        return measure_peer("kipc.Queue", sizes=sizes, rtt_iters=rtt_iters, stream_bytes=stream_bytes)
     from ..testing import spawn
 
     res = Result(scheme)
@@ -273,7 +275,7 @@ def _timed_protocol(a: Any, b: Any, res: Result, sizes: list[int], rtt_iters: in
 
 # --------------------------------------------------------------------------- peers
 def _mp_child(kind: str, a: Any, b: Any) -> None:
-    if kind == "faster-fifo":
+    if kind in ("faster-fifo", "kipc.Queue"):
         recv, send = a.get, b.put
     elif kind == "mp.Queue":
         recv, send = a.get, b.put
@@ -326,8 +328,11 @@ def peers() -> dict[str, str | None]:
 def measure_peer(kind: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int) -> Result:
     import multiprocessing as mp
 
-    res = Result(kind, kind="peer")
-    reason = peers().get(kind, f"unknown peer {kind}")
+    if kind == "kipc.Queue":  # kipc's own drop-in queue, measured exactly like the stdlib one
+        res, reason = Result("queue", kind="kipc"), None
+    else:
+        res = Result(kind, kind="peer")
+        reason = peers().get(kind, f"unknown peer {kind}")
     if reason:
         res.available, res.error = False, reason
         return res
@@ -336,8 +341,13 @@ def measure_peer(kind: str, *, sizes: list[int], rtt_iters: int, stream_bytes: i
     proc = None
     cleanup: list[Callable[[], Any]] = []
     try:
-        if kind == "mp.Queue":
-            qa, qb = ctx.Queue(), ctx.Queue()
+        if kind in ("mp.Queue", "kipc.Queue"):
+            if kind == "kipc.Queue":
+                import kipc
+
+                qa, qb = kipc.Queue(ctx=ctx), kipc.Queue(ctx=ctx)
+            else:
+                qa, qb = ctx.Queue(), ctx.Queue()
             args: tuple[Any, ...] = (kind, qa, qb)
             a = _Adapter(qa.put, lambda: qb.get(timeout=_WAIT))
         elif kind == "faster-fifo":
@@ -387,7 +397,7 @@ def measure_peer(kind: str, *, sizes: list[int], rtt_iters: int, stream_bytes: i
 
 
 def mechanisms() -> list[str]:
-    """Every registered channel scheme, plus the anonymous pipe."""
+    """Every registered channel scheme, plus the anonymous pipe and kipc.Queue ("queue")."""
     from .. import registry
 
-    return ["pipe", *registry.schemes()]
+    return ["pipe", *registry.schemes(), "queue"]
