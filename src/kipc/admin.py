@@ -158,8 +158,11 @@ def _records() -> dict[tuple[str, Any], _owners.OwnerRecord]:
     """Owner records by identity (records with unparsable URLs are skipped)."""
     out: dict[tuple[str, Any], _owners.OwnerRecord] = {}
     for rec in _owners.records():
+        # Semaphores record "sysv-sem://K" / "posix-sem://N" (a segment may share the key or name):
+        # read them as sysv:// / posix:// (their kind picks the semaphore), or gc never collects them.
+        url = rec.url.replace("-sem://", "://", 1) if rec.url.startswith(("sysv-sem://", "posix-sem://")) else rec.url
         try:
-            ident = locate(rec.url)
+            ident = locate(url)
         except (InvalidArgument, TypeError, ValueError, OSError):
             continue
         out[_norm(ident, rec.kind)] = rec

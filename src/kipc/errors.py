@@ -144,6 +144,7 @@ _ERRNO_TABLE: dict[int, type[KipcError]] = {
     _errno.ENOMEM: LimitExceeded,
     _errno.ENOSYS: Unsupported,
     _errno.EOPNOTSUPP: Unsupported,
+    _errno.ELOOP: PermissionDenied,  # O_NOFOLLOW met a symlink planted at an object's name
 }
 
 # What to tell the user when a limit errno comes back.
@@ -166,6 +167,8 @@ def from_oserror(exc: OSError, obj: str, op: str, *, hint: str | None = None) ->
     err = exc.errno or 0
     cls = error_class(err)
     reason = exc.strerror or os.strerror(err) if err else str(exc)
+    if err == _errno.ELOOP:
+        reason = "the name is a symlink (kipc never follows one to an IPC object); refused"
     hint = hint or _LIMIT_HINT.get(err)
     msg = f"{op} {obj}: {reason}"
     if hint:

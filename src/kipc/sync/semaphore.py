@@ -39,7 +39,16 @@ import sysv_ipc
 from .. import _owners
 from .._base import Deadline, Resource
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_name
-from ..errors import AlreadyExists, ChannelClosed, InvalidArgument, KipcError, NotFound, PermissionDenied, from_oserror
+from ..errors import (
+    AlreadyExists,
+    BadObject,
+    ChannelClosed,
+    InvalidArgument,
+    KipcError,
+    NotFound,
+    PermissionDenied,
+    from_oserror,
+)
 from ..shm import check_attach, parse_create, parse_mode, sysv_key, translate_ipc_error
 
 __all__ = ["Semaphore"]
@@ -51,6 +60,7 @@ _ASYNC_SLICE = 0.05
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.semtimedop.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _SEM_UNDO, _IPC_NOWAIT = 0x1000, 0o4000
+_SEM_T_SIZE = 32 if ctypes.sizeof(ctypes.c_void_p) == 8 else 16  # glibc's __SIZEOF_SEM_T
 
 
 class _Sembuf(ctypes.Structure):
@@ -168,6 +178,9 @@ class Semaphore(Resource):
             else:
                 st = os.stat(path)
                 check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+                if st.st_size < _SEM_T_SIZE:  # glibc maps sizeof(sem_t) unchecked: a short file is SIGBUS on use
+                    raise BadObject(f"open {self.url}: {path} is {st.st_size} bytes, not a semaphore "
+                                    f"({_SEM_T_SIZE} bytes); refused")
         except FileNotFoundError:
             pass  # /dev/shm is not where this libc keeps semaphores: nothing to check
         except BaseException:
