@@ -39,6 +39,7 @@ _READ_CHUNK = 256 * 1024
 _DIRECT_READ = 256 * 1024  # payloads at least this big are read straight into their own buffer
 _SMALL_WRITE = 64 * 1024  # below this, header and payload are joined into one write
 _PACK = HEADER.pack
+_UNPACK = HEADER.unpack_from
 
 
 def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
@@ -151,6 +152,11 @@ class StreamChannel(Channel):
                 except OSError:
                     chunk = b""  # the slow path waits again / reports it
                 if chunk:
+                    if dec.at_boundary and len(chunk) >= HEADER_SIZE:
+                        # the usual case: the read returned exactly one whole frame
+                        (n,) = _UNPACK(chunk)
+                        if n + HEADER_SIZE == len(chunk) and n <= self._decoder_max:
+                            return chunk[HEADER_SIZE:]
                     dec.feed(chunk)
                     return dec.next_frame()
         return None
