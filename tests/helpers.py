@@ -1,27 +1,50 @@
-"""Payloads that detect corruption: every message carries (producer, seq, length, crc32)."""
+"""Payloads that detect corruption: every message carries (producer, seq, length, crc32).
+
+``redundant=True`` adds a second, bit-inverted copy of (seq, producer) after the
+header (LMAX Disruptor style), so a torn or mixed-up header is caught too.
+"""
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
 _HDR = struct.Struct("<IQII")  # producer, seq, length, crc32 of the filler
+_HDR_R = struct.Struct("<IQIIQI")  # the same + ~seq (64 bit), ~producer (32 bit)
+_M64, _M32 = 2**64 - 1, 2**32 - 1
 
 
-def payload(producer: int, seq: int, size: int) -> bytes:
-    """A message of exactly ``size`` bytes (>= 20) that names its producer and sequence."""
-    if size < _HDR.size:
+@functools.lru_cache(maxsize=4096)
+def _filler(start: int, n: int) -> bytes:
+    return bytes((start + i) & 0xFF for i in range(n))
+
+
+def payload(producer: int, seq: int, size: int, *, redundant: bool = False) -> bytes:
+    """A message of exactly ``size`` bytes (>= 20, or >= 32 with ``redundant``) naming its producer and seq."""
+    hdr = _HDR_R if redundant else _HDR
+    if size < hdr.size:
+        if redundant:
+            raise ValueError(f"a redundant payload needs >= {hdr.size} bytes, not {size}")
         return bytes((seq + i) & 0xFF for i in range(size))
-    filler = bytes((seq * 7 + i) & 0xFF for i in range(min(size - _HDR.size, 256)))
-    body = (filler * ((size - _HDR.size) // max(1, len(filler)) + 1))[: size - _HDR.size]
-    return _HDR.pack(producer, seq, size, zlib.crc32(body)) + body
+    filler = _filler((seq * 7) & 0xFF, min(size - hdr.size, 256))
+    body = (filler * ((size - hdr.size) // max(1, len(filler)) + 1))[: size - hdr.size]
+    if redundant:
+        return hdr.pack(producer, seq, size, zlib.crc32(body), ~seq & _M64, ~producer & _M32) + body
+    return hdr.pack(producer, seq, size, zlib.crc32(body)) + body
 
 
-def check(data: bytes, producer: int | None = None, seq: int | None = None) -> tuple[int, int]:
+def check(data: bytes, producer: int | None = None, seq: int | None = None, *,
+          redundant: bool = False) -> tuple[int, int]:
     """Verify a payload from :func:`payload`; return (producer, seq)."""
-    p, s, n, crc = _HDR.unpack_from(data)
+    hdr = _HDR_R if redundant else _HDR
+    if redundant:
+        p, s, n, crc, not_s, not_p = hdr.unpack_from(data)
+        assert not_s == ~s & _M64 and not_p == ~p & _M32, f"redundant field mismatch in message {p}/{s}"
+    else:
+        p, s, n, crc = hdr.unpack_from(data)
     assert n == len(data), f"length field {n} != {len(data)}"
-    assert zlib.crc32(data[_HDR.size :]) == crc, f"crc mismatch in message {p}/{s}"
+    assert zlib.crc32(data[hdr.size :]) == crc, f"crc mismatch in message {p}/{s}"
     if producer is not None:
         assert p == producer
     if seq is not None:
