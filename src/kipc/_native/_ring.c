@@ -73,8 +73,37 @@
  *  - Attach (Python side) verifies type, owner uid, mode bits and size with
  *    fstat before mmap, and this module verifies magic, version and sizes in
  *    the header, so a truncated or planted object is refused, not SIGBUSed.
- *    A same-user process truncating the object *after* attach can still
- *    SIGBUS us; that is outside what shared memory can defend against.
+ *  - A same-user peer truncating the object *after* attach (ftruncate on
+ *    /dev/shm/kipc.ring.NAME): touching a page past the new end raises SIGBUS.
+ *    Every mapping is registered in a fixed table (RING_SLOTS); a SIGBUS
+ *    handler (SA_SIGINFO | SA_NODEFER) that finds the faulting address in a
+ *    registered ring maps private zero pages from that page to the end of the
+ *    mapping (MAP_FIXED: mmap is a plain syscall, safe in a handler), marks the
+ *    slot broken and returns, so the faulting copy or load completes on zeros.
+ *    No longjmp: no lock, GIL state or glibc robust-mutex list is left
+ *    half-updated. Every loop and every copy checks the broken mark before
+ *    it publishes, advances or returns data, and the call raises BadObject
+ *    ("truncated by another process"); later calls on that handle too. If the
+ *    header page survived, `closed` is set to 2 (broken) in it and every waiter
+ *    is woken, so the other peers raise BadObject too. Faults outside a
+ *    registered ring go to the previous handler (faulthandler, ASan, or the
+ *    default action: re-raised, the process dies as it would have). Limits:
+ *    a view or loan read by user code during the truncation sees zeros (the
+ *    next ring call raises); a ring mapped beyond the RING_SLOTS table is
+ *    unprotected; a thread that held a ring lock in a vanished header page
+ *    leaves a stale entry in its robust-mutex list (harmless: it points at
+ *    private zero pages).
+ *
+ * Counters and wrap. head, tail, msgs_in and msgs_out wrap modulo 2^64 and
+ * every comparison is a modular difference (tail - head, in - out); the futex
+ * words are their low 32 bits, compared only for inequality, so the 2^32 wrap
+ * of a futex word is invisible. capacity is a power of two so that
+ * counter % capacity stays continuous across the 2^64 wrap (2^64 is a multiple
+ * of capacity; with, say, 12 KiB the offset would jump at the wrap and tear
+ * records). TEST HOOK: when the environment variable KIPC_RING_TEST_START
+ * holds an integer at creation, the four counters start at that value (the
+ * reliability tests start them just below 2^32 and 2^64). Never set it in
+ * production; it only affects rings created while it is set.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -83,6 +112,8 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -158,12 +189,86 @@ typedef struct {
     PyObject *url;
     Py_ssize_t exports; /* live views/loans: unmapping waits for them */
     int unmap_pending;
+    int slot; /* index in the SIGBUS table, -1 if none */
 } Ring;
 
 /* exceptions, replaced by kipc's classes through _set_errors() */
 static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad;
 
-enum { OK = 0, R_TIMEOUT = 1, R_CLOSED = 2, R_ERR = -1 };
+enum { OK = 0, R_TIMEOUT = 1, R_CLOSED = 2, R_BROKEN = 3, R_ERR = -1 };
+#define CLOSED_BROKEN 2u /* `closed` value: a peer found the object truncated */
+
+/* ------------------------------------------------------------------------- */
+/* truncation by a peer: the SIGBUS table (see THEORY: crash cases) */
+
+#define RING_SLOTS 1024
+static _Atomic uintptr_t slot_base[RING_SLOTS]; /* 0 = free */
+static size_t slot_size[RING_SLOTS];
+static _Atomic uintptr_t slot_broken[RING_SLOTS]; /* lowest replaced address, 0 = intact */
+static struct sigaction prev_bus;
+static void on_sigbus(int sig, siginfo_t *si, void *uctx);
+
+static void on_sigbus(int sig, siginfo_t *si, void *uctx)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    if (si->si_code > 0) { /* a real fault (BUS_ADRERR...), not kill()/raise() */
+        for (int i = 0; i < RING_SLOTS; i++) {
+            uintptr_t b = atomic_load_explicit(&slot_base[i], memory_order_acquire);
+            if (b && a >= b && a < b + slot_size[i]) {
+                uintptr_t page = a & ~(uintptr_t)(HDR_SIZE - 1);
+                if (mmap((void *)page, b + slot_size[i] - page, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+                    break;
+                uintptr_t cur = atomic_load(&slot_broken[i]);
+                while ((cur == 0 || page < cur) && !atomic_compare_exchange_weak(&slot_broken[i], &cur, page))
+                    ;
+                return; /* the faulting access is retried on the zero page */
+            }
+        }
+    }
+    /* Not ours: behave as if we were never installed. */
+    if (prev_bus.sa_flags & SA_SIGINFO) {
+        prev_bus.sa_sigaction(sig, si, uctx);
+    } else if (prev_bus.sa_handler != SIG_DFL && prev_bus.sa_handler != SIG_IGN) {
+        prev_bus.sa_handler(sig);
+    } else {
+        signal(SIGBUS, SIG_DFL);
+        if (si->si_code <= 0)
+            raise(SIGBUS); /* SA_NODEFER: delivered now, default action */
+        /* a fault: returning re-executes the access and the default action applies */
+    }
+}
+
+/* (Re)install the handler if someone replaced it (e.g. faulthandler.enable() after import). */
+static void install_sigbus(void)
+{
+    struct sigaction cur;
+    if (sigaction(SIGBUS, NULL, &cur) != 0 || ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus))
+        return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    prev_bus = cur;
+    sigaction(SIGBUS, &sa, NULL);
+}
+
+static int slot_register(void *base, size_t size)
+{
+    install_sigbus();
+    for (int i = 0; i < RING_SLOTS; i++) {
+        if (atomic_load(&slot_base[i]) == 0) {
+            slot_size[i] = size;
+            atomic_store(&slot_broken[i], 0);
+            atomic_store_explicit(&slot_base[i], (uintptr_t)base, memory_order_release);
+            return i;
+        }
+    }
+    return -1; /* table full: this ring is unprotected (documented) */
+}
+
+static inline int is_broken(Ring *r) { return r->slot >= 0 && atomic_load_explicit(&slot_broken[r->slot], memory_order_relaxed) != 0; }
 
 static inline double mono(void)
 {
@@ -203,6 +308,16 @@ static int raise_state(Ring *r, int rc, const char *op, double timeout)
             snprintf(secs, sizeof secs, "%g", timeout);
             PyErr_Format(E_Timeout, "%s on %S timed out after %s s", op, r->url, secs);
         }
+    } else if (rc == R_BROKEN || (rc == R_CLOSED && atomic_load(&r->hdr->closed) == CLOSED_BROKEN)) {
+        if (is_broken(r) && atomic_load(&slot_broken[r->slot]) >= (uintptr_t)r->hdr + HDR_SIZE) {
+            /* our header page is still the shared one: tell the other peers, wake them */
+            atomic_store(&r->hdr->closed, CLOSED_BROKEN);
+            futex_wake_all(lo32(&r->hdr->tail));
+            futex_wake_all(lo32(&r->hdr->head));
+            futex_wake_all(&r->hdr->unfinished);
+        }
+        PyErr_Format(E_Bad, "%s on %S: its shared memory object was truncated by another process or "
+                     "/dev/shm ran out of space (the ring is unusable)", op, r->url);
     } else if (rc == R_CLOSED) {
         PyErr_Format(E_Closed, "%s on %S: the channel was closed by its creator", op, r->url);
     }
@@ -215,6 +330,10 @@ static int check_mapped(Ring *r)
         PyErr_Format(E_Closed, "ring %S is closed in this process", r->url);
         return -1;
     }
+    /* load first: if the header page vanished, this load is what marks the slot broken */
+    uint32_t closed = atomic_load_explicit(&r->hdr->closed, memory_order_relaxed);
+    if (closed == CLOSED_BROKEN || is_broken(r))
+        return raise_state(r, R_BROKEN, "access", 0);
     return 0;
 }
 
@@ -229,6 +348,8 @@ static int wait_word(Ring *r, uint32_t *word, uint32_t expect, _Atomic uint32_t 
 {
     _Atomic uint32_t *w = (_Atomic uint32_t *)word;
     struct ring_hdr *h = r->hdr;
+    if (is_broken(r))
+        return R_BROKEN;
     double now = mono();
     if (now >= deadline)
         return R_TIMEOUT;
@@ -271,6 +392,8 @@ out:
     PyEval_RestoreThread(ts);
     if (rc == OK && (err == EINTR || err == ETIMEDOUT) && PyErr_CheckSignals() < 0)
         return R_ERR;
+    if (rc == OK && is_broken(r))
+        return R_BROKEN;
     return rc;
 }
 
@@ -338,6 +461,10 @@ static int lock_ring(Ring *r, int prod, double deadline)
         errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);
         return R_ERR;
+    }
+    if (is_broken(r)) { /* the lock word may have been a zero page: release what we took */
+        pthread_mutex_unlock(m);
+        return R_BROKEN;
     }
     return OK;
 }
@@ -480,6 +607,8 @@ static int produce_locked(Ring *r, gather_t *g, uint64_t total, double deadline,
             return rc;
         unsigned char *dst = place(r, pad, total, F_FIRST | F_LAST, total);
         gather_gil(dst, g, 0, total);
+        if (is_broken(r))
+            return R_BROKEN; /* never publish a record written into vanished pages */
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
         publish(h, tail + pad + rec_size(total), atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
         return OK;
@@ -499,6 +628,10 @@ static int produce_locked(Ring *r, gather_t *g, uint64_t total, double deadline,
         }
         unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
         gather_gil(dst, g, done, chunk);
+        if (is_broken(r)) {
+            atomic_store_explicit(&h->frag_active, 0, memory_order_release);
+            return R_BROKEN;
+        }
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
         uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
         publish(h, tail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
@@ -570,6 +703,10 @@ static PyObject *consume(Ring *r, double timeout, int want_view)
     for (;;) {
         uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+        if (is_broken(r)) {
+            rc = R_BROKEN;
+            goto state;
+        }
         if (head == tail) {
             if (partial) {
                 /* Mid-message: the producer holds its lock until LAST; keep waiting
@@ -600,6 +737,10 @@ static PyObject *consume(Ring *r, double timeout, int want_view)
         struct rec *rec = (struct rec *)(r->data + off);
         uint32_t len = rec->len, flags = rec->flags;
         uint64_t total = rec->total;
+        if (is_broken(r)) { /* the record header was on a vanished page: do not advance */
+            rc = R_BROKEN;
+            goto state;
+        }
         if (off + REC_HDR + len > r->cap || rec_size(len) > tail - head || (flags & ~7u) ||
             ((flags & F_FIRST) && total < len)) {
             PyErr_Format(E_Bad, "recv on %S: corrupt record at offset %llu (len %u, flags %#x)", r->url,
@@ -625,6 +766,11 @@ static PyObject *consume(Ring *r, double timeout, int want_view)
             if (!out)
                 goto fail;
             copy_out(PyBytes_AS_STRING(out), src, len);
+            if (is_broken(r)) {
+                Py_DECREF(out);
+                rc = R_BROKEN;
+                goto state;
+            }
             advance(h, next, 1);
             unlock_ring(r, 0);
             return out;
@@ -641,6 +787,10 @@ static PyObject *consume(Ring *r, double timeout, int want_view)
             continue;
         }
         copy_out(PyBytes_AS_STRING(partial) + filled, src, len);
+        if (is_broken(r)) {
+            rc = R_BROKEN;
+            goto state;
+        }
         filled += len;
         if (flags & F_LAST) {
             advance(h, next, 1);
@@ -794,6 +944,10 @@ static PyObject *RingLoan_commit(RingLoan *l, PyObject *arg)
     struct ring_hdr *h = l->ring->hdr;
     struct rec *rec = (struct rec *)(l->ptr - REC_HDR);
     rec->len = (uint32_t)n;
+    if (is_broken(l->ring)) {
+        RingLoan_end(l);
+        return raise_state(l->ring, R_BROKEN, "commit", 0), NULL;
+    }
     rec->total = (uint64_t)n;
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
     publish(h, tail + l->pad + rec_size((uint64_t)n), atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
@@ -859,6 +1013,9 @@ static PyTypeObject RingLoanType = {
 static void ring_unmap(Ring *r)
 {
     if (r->hdr) {
+        if (r->slot >= 0)
+            atomic_store(&slot_base[r->slot], 0); /* before munmap: the handler must not claim a reused range */
+        r->slot = -1;
         munmap(r->hdr, r->map_size);
         r->hdr = NULL;
         r->data = NULL;
@@ -888,11 +1045,23 @@ static int Ring_init(Ring *r, PyObject *args, PyObject *kw)
     }
     Py_INCREF(url);
     Py_XSETREF(r->url, url);
+    r->slot = -1;
     r->spin = spin < 0 ? 0 : spin;
+    uint64_t start = 0; /* TEST HOOK (see THEORY: counters and wrap) */
+    const char *start_env = create ? getenv("KIPC_RING_TEST_START") : NULL;
+    if (start_env && *start_env) {
+        char *end;
+        errno = 0;
+        start = strtoull(start_env, &end, 0);
+        if (errno || *end) {
+            PyErr_Format(PyExc_ValueError, "KIPC_RING_TEST_START=%s is not an integer", start_env);
+            return -1;
+        }
+    }
     struct stat st;
     if (create) {
-        if (capacity < HDR_SIZE || capacity % HDR_SIZE || capacity > (1ULL << 40)) {
-            PyErr_Format(PyExc_ValueError, "capacity %llu must be a multiple of %u in [%u, 2**40]", capacity, HDR_SIZE,
+        if (capacity < HDR_SIZE || (capacity & (capacity - 1)) || capacity > (1ULL << 40)) {
+            PyErr_Format(PyExc_ValueError, "capacity %llu must be a power of two in [%u, 2**40]", capacity,
                          HDR_SIZE);
             return -1;
         }
@@ -925,6 +1094,7 @@ static int Ring_init(Ring *r, PyObject *args, PyObject *kw)
         h->owner_uid = (uint32_t)geteuid();
         h->owner_pid = owner_pid;
         h->owner_start = owner_start;
+        h->head = h->tail = h->msgs_in = h->msgs_out = start;
         pthread_mutexattr_t a;
         pthread_mutexattr_init(&a);
         pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
@@ -946,7 +1116,7 @@ static int Ring_init(Ring *r, PyObject *args, PyObject *kw)
         else if (h->version != RING_VERSION)
             why = "unsupported version";
         else if (h->hdr_size != HDR_SIZE || h->total_size != (uint64_t)st.st_size ||
-                 h->capacity != (uint64_t)st.st_size - HDR_SIZE)
+                 h->capacity != (uint64_t)st.st_size - HDR_SIZE || (h->capacity & (h->capacity - 1)))
             why = "sizes in the header do not match the object";
         else if (h->owner_uid != (uint32_t)geteuid())
             why = "header names another owner uid";
@@ -961,6 +1131,7 @@ static int Ring_init(Ring *r, PyObject *args, PyObject *kw)
     r->map_size = (size_t)st.st_size;
     r->cap = h->capacity;
     r->frag_max = (r->cap / 2 - REC_HDR) & ~(uint64_t)15u;
+    r->slot = slot_register(base, (size_t)st.st_size);
     return 0;
 }
 
@@ -1081,7 +1252,7 @@ static PyObject *Ring_qsize(Ring *r, PyObject *unused)
     if (check_mapped(r) < 0)
         return NULL;
     uint64_t out = atomic_load(&r->hdr->msgs_out), in = atomic_load(&r->hdr->msgs_in);
-    return PyLong_FromUnsignedLongLong(in > out ? in - out : 0);
+    return PyLong_FromUnsignedLongLong((int64_t)(in - out) > 0 ? in - out : 0); /* modular: counters wrap */
 }
 
 static PyObject *Ring_used(Ring *r, PyObject *unused)
@@ -1094,8 +1265,10 @@ static PyObject *Ring_used(Ring *r, PyObject *unused)
 
 static PyObject *Ring_mark_closed(Ring *r, PyObject *unused)
 {
-    if (check_mapped(r) < 0)
-        return NULL;
+    if (r->hdr == NULL)
+        return check_mapped(r), NULL;
+    if (is_broken(r))
+        Py_RETURN_NONE; /* closing a truncated ring must work: its peers were told (closed = 2) */
     struct ring_hdr *h = r->hdr;
     atomic_store(&h->closed, 1);
     futex_wake_all(lo32(&h->tail));
@@ -1164,6 +1337,8 @@ static PyObject *Ring_join(Ring *r, PyObject *args)
         int rc = wait_word(r, (uint32_t *)&h->unfinished, cur, &h->join_waiters, deadline);
         if (rc == R_ERR)
             return NULL;
+        if (rc == R_BROKEN)
+            return raise_state(r, rc, "join", timeout), NULL;
         if (rc == R_TIMEOUT)
             Py_RETURN_FALSE;
     }

@@ -3,7 +3,10 @@
 Contract card:
 
 * Object: POSIX shm ``/kipc.ring.NAME`` (``/dev/shm/kipc.ring.NAME``): a 4 KiB
-  header + ``capacity`` data bytes (rounded up to 4 KiB; default 1 MiB).
+  header + ``capacity`` data bytes (rounded up to a power of two, at least
+  4 KiB, so offsets stay continuous when the 64-bit counters wrap; default
+  1 MiB). A capacity larger than the free space of ``/dev/shm`` is refused
+  with ``LimitExceeded`` before anything is created.
   Theory of operation (memory ordering, crash cases): ``kipc/_native/_ring.c``.
 * Peers: any number of producers and consumers in any processes of the same
   user; ``kipc.open("ring://NAME")`` attaches. Every end can send and receive.
@@ -27,6 +30,8 @@ Contract card:
   an existing one), mode 0600 whatever the umask; attaching refuses objects of
   another uid, with group/other bits, of the wrong type or size, or without
   kipc's header (checked with fstat before mmap, then magic/version/sizes).
+  A peer truncating the object after attach cannot SIGBUS us: the ring's calls
+  raise ``BadObject`` (see the crash cases in ``_ring.c``).
 * Close: ``close()`` by the creator marks the ring closed (blocked peers get
   ``ChannelClosed`` once it is empty), removes the name and its owner record;
   ``persist=True`` keeps both and records no owner. Openers never remove.
@@ -53,6 +58,7 @@ from ..errors import (
     BadObject,
     ChannelClosed,
     InvalidArgument,
+    LimitExceeded,
     MessageTooLarge,
     PermissionDenied,
     Timeout,
@@ -102,7 +108,7 @@ class RingChannel(Channel):
         url = f"ring://{name}"
         create = _parse_create(create)
         cap = validate_size(capacity, what="capacity", minimum=_PAGE, maximum=1 << 40)
-        cap = -(-cap // _PAGE) * _PAGE
+        cap = 1 << (cap - 1).bit_length()  # a power of two (see the module docstring)
         mode = validate_mode(mode)
         persist = parse_bool(persist, what="persist")
         if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= 1e6:
@@ -110,6 +116,8 @@ class RingChannel(Channel):
         if max_message_size is not None:
             max_message_size = validate_size(max_message_size, what="max_message_size", minimum=1)
         path = shm_path(name)
+        if create:
+            _check_room(url, cap)
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         fd, created = -1, False
         if create:
@@ -351,6 +359,18 @@ class RingChannel(Channel):
 def _seconds(deadline: Deadline) -> float:
     r = deadline.remaining()
     return -1.0 if r is None else r
+
+
+def _check_room(url: str, cap: int) -> None:
+    """Refuse a ring /dev/shm cannot hold: tmpfs would accept the ftruncate, then SIGBUS a later write."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return  # no /dev/shm to measure: shm_open will say what is wrong
+    free = st.f_bavail * st.f_frsize
+    if cap + _PAGE > free:
+        raise LimitExceeded(f"create {url}: capacity {cap} + {_PAGE} header bytes exceed the {free} bytes free "
+                            "in /dev/shm (tmpfs size: `df /dev/shm`, `mount -o remount,size=... /dev/shm`)")
 
 
 def _check_attach(fd: int, url: str) -> None:
