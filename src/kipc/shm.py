@@ -120,11 +120,23 @@ def check_attach(what: str, uid: int, mode: int, allowed_mode: int, allow_foreig
                                f"pass mode={mode & 0o777:#o} to accept it")
 
 
+# sysv_ipc / posix_ipc messages for ENOSPC, and the kernel limit each one means.
+_LIMIT_TEXTS = (
+    ("system limit for message queues", "sysctl kernel.msgmni"),
+    ("Not enough shared memory identifiers", "sysctl kernel.shmmni"),
+    ("Insufficient space for a new queue", "/proc/sys/fs/mqueue/queues_max (fs.mqueue.queues_max) "
+                                           "or RLIMIT_MSGQUEUE `ulimit -q`"),
+)
+
+
 def translate_ipc_error(exc: BaseException, what: str, op: str) -> KipcError:
     """A sysv_ipc / posix_ipc exception as the kipc error that means the same."""
     import sysv_ipc
 
     text = f"{op} {what}: {exc}"
+    for needle, limit in _LIMIT_TEXTS:  # the libraries report these without an errno
+        if needle in str(exc):
+            return LimitExceeded(f"{text} (limit: {limit})", errno=_errno.ENOSPC)
     if isinstance(exc, (sysv_ipc.ExistentialError, posix_ipc.ExistentialError)):
         if "already" in str(exc).lower():
             return AlreadyExists(text, errno=_errno.EEXIST)
@@ -262,7 +274,7 @@ class SharedMemory(Resource):
             return LimitExceeded(f"create {self.url}: size {size} is outside kernel.shmmin..kernel.shmmax "
                                  "(or the key exists with a smaller size)", errno=err.errno)
         if err.errno == _errno.ENOSPC:
-            return LimitExceeded(f"{op} {self.url}: no room (kernel.shmmni / kernel.shmall)", errno=err.errno)
+            return LimitExceeded(f"{op} {self.url}: no room (limit: sysctl kernel.shmmni segments, or kernel.shmall pages)", errno=err.errno)
         return from_oserror(err, self.url, op)
 
     @property

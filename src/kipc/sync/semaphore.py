@@ -45,6 +45,7 @@ from ..errors import (
     ChannelClosed,
     InvalidArgument,
     KipcError,
+    LimitExceeded,
     NotFound,
     PermissionDenied,
     from_oserror,
@@ -137,6 +138,11 @@ class Semaphore(Resource):
             except sysv_ipc.ExistentialError as e:
                 if create != "if_missing":
                     raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+            except OSError as e:
+                if e.errno == _errno.ENOSPC:  # semget: no identifier (SEMMNI) or semaphore (SEMMNS) left
+                    raise LimitExceeded(f"create {self.url}: {e.strerror} (limit: sysctl kernel.sem, "
+                                        "its fields SEMMNI (4th) and SEMMNS (2nd))", errno=e.errno) from None
+                raise translate_ipc_error(e, self.url, "create") from None
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "create") from None
         if sem is None:
