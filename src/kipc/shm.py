@@ -274,7 +274,8 @@ class SharedMemory(Resource):
             return LimitExceeded(f"create {self.url}: size {size} is outside kernel.shmmin..kernel.shmmax "
                                  "(or the key exists with a smaller size)", errno=err.errno)
         if err.errno == _errno.ENOSPC:
-            return LimitExceeded(f"{op} {self.url}: no room (limit: sysctl kernel.shmmni segments, or kernel.shmall pages)", errno=err.errno)
+            return LimitExceeded(f"{op} {self.url}: no room (limit: sysctl kernel.shmmni segments, "
+                                 "or kernel.shmall pages)", errno=err.errno)
         return from_oserror(err, self.url, op)
 
     @property

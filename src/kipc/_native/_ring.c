@@ -101,7 +101,8 @@
  * counter % capacity stays continuous across the 2^64 wrap (2^64 is a multiple
  * of capacity; with, say, 12 KiB the offset would jump at the wrap and tear
  * records). TEST HOOK: when the environment variable KIPC_RING_TEST_START
- * holds an integer at creation, the four counters start at that value (the
+ * holds an integer at creation, the four counters start at that value (head
+ * and tail rounded down to a multiple of 16, as every record edge is; the
  * reliability tests start them just below 2^32 and 2^64). Never set it in
  * production; it only affects rings created while it is set.
  */
@@ -1094,7 +1095,8 @@ static int Ring_init(Ring *r, PyObject *args, PyObject *kw)
         h->owner_uid = (uint32_t)geteuid();
         h->owner_pid = owner_pid;
         h->owner_start = owner_start;
-        h->head = h->tail = h->msgs_in = h->msgs_out = start;
+        h->msgs_in = h->msgs_out = start;
+        h->head = h->tail = start & ~(uint64_t)(REC_HDR - 1); /* records are 16-byte aligned */
         pthread_mutexattr_t a;
         pthread_mutexattr_init(&a);
         pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
