@@ -216,7 +216,9 @@ class Queue:
         if data.__class__ is bytes:
             return _loads(data)
         with memoryview(data) as mv:
-            return _loads(mv)
+            obj = _loads(mv)
+        self._ring.qsize()  # raises BadObject if the ring was truncated under the view (it read zeros)
+        return obj
 
     def get_nowait(self) -> Any:
         return self.get(False)

@@ -227,11 +227,17 @@ static void on_sigbus(int sig, siginfo_t *si, void *uctx)
             }
         }
     }
-    /* Not ours: behave as if we were never installed. */
-    if (prev_bus.sa_flags & SA_SIGINFO) {
+    /* Not ours: behave as if we were never installed. A handler that chains back to us
+     * (installed after us, then we re-installed over it) must not loop: second time, default. */
+    static volatile sig_atomic_t chaining;
+    if (!chaining && prev_bus.sa_flags & SA_SIGINFO) {
+        chaining = 1;
         prev_bus.sa_sigaction(sig, si, uctx);
-    } else if (prev_bus.sa_handler != SIG_DFL && prev_bus.sa_handler != SIG_IGN) {
+        chaining = 0;
+    } else if (!chaining && prev_bus.sa_handler != SIG_DFL && prev_bus.sa_handler != SIG_IGN) {
+        chaining = 1;
         prev_bus.sa_handler(sig);
+        chaining = 0;
     } else {
         signal(SIGBUS, SIG_DFL);
         if (si->si_code <= 0)
