@@ -265,14 +265,32 @@ class SpoolChannel(Channel):
         return from_oserror(e, self.url, op)
 
     # -- receiving -----------------------------------------------------------------
+    _seen_max = ""  # the largest name of this handle's previous listing (see _list)
+
     def _list(self) -> None:
+        # readdir is no snapshot: a name renamed in *during* a listing may be missed while a
+        # later one of the same producer is seen, which would deliver them out of order. So
+        # take from a listing only names up to the largest name of an *earlier* listing: each
+        # such name was stamped before that listing ended, so everything its producer sent
+        # before it was in place when this listing began, and cannot have been missed.
+        # Without inotify (no fd) every listing is treated as possibly incomplete.
         self._drain_events()
         try:
-            names = [n for n in os.listdir(self._dfd) if n.endswith(_SUFFIX)]
+            while True:
+                names = [n for n in os.listdir(self._dfd) if n.endswith(_SUFFIX)]
+                if not names:
+                    return
+                cutoff, self._seen_max = self._seen_max, max(names)
+                if not self._drain_events():
+                    # nothing was renamed in while we listed (the renamer queues its event before
+                    # releasing the directory lock readdir needs): the listing is complete
+                    cutoff = self._seen_max
+                ready = sorted(n for n in names if n <= cutoff)
+                if ready:
+                    self._cache.extend(ready)
+                    return
         except OSError as e:
             raise self._error(e, "recv") from e
-        names.sort()
-        self._cache.extend(names)
 
     def _try_claim(self) -> bytes | None:
         fresh = False
@@ -316,15 +334,18 @@ class SpoolChannel(Channel):
         os.unlink(claimed, dir_fd=cdfd)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _drain_events(self) -> None:
+    def _drain_events(self) -> bool:
+        """Read pending inotify events; True if there were any (a message may have been renamed in)."""
         ifd = self._ifd
         if ifd is None:
-            return
+            return True
+        seen = False
         while True:
             try:
                 buf = os.read(ifd, 65536)
             except BlockingIOError:
-                return
+                return seen
+            seen = True
             off = 0
             while off + _EVENT.size <= len(buf):
                 _wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
