@@ -9,10 +9,11 @@ PYTEST_ARGS ?=
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel
 
 # Reinstall when the package metadata or any C source changes.
 $(VENV)/.installed: $(PY) pyproject.toml setup.py $(NATIVE)
+	$(PY) -m pip install -q "setuptools>=77" wheel
 	$(PY) -m pip install -q -e '.[all,test,dev]'
 	@touch $@
 
