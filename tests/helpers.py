@@ -7,8 +7,10 @@ header (LMAX Disruptor style), so a torn or mixed-up header is caught too.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 import zlib
+from collections.abc import Callable
 
 _HDR = struct.Struct("<IQII")  # producer, seq, length, crc32 of the filler
 _HDR_R = struct.Struct("<IQIIQI")  # the same + ~seq (64 bit), ~producer (32 bit)
@@ -50,3 +52,20 @@ def check(data: bytes, producer: int | None = None, seq: int | None = None, *,
     if seq is not None:
         assert s == seq, f"expected seq {seq}, got {s}"
     return p, s
+
+
+def fork_child(body: Callable[[], object]) -> int:
+    """Run ``body`` in a forked child that always leaves through os._exit (0 = success)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            body()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid

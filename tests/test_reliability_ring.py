@@ -28,7 +28,7 @@ import kipc
 from kipc import testing
 from kipc.transports.ring import RingChannel, shm_path
 
-from .helpers import check, payload
+from .helpers import check, fork_child, payload
 
 KiB = 1 << 10
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -41,23 +41,6 @@ def _ring(**kw: Any) -> Iterator[RingChannel]:
         yield ch
     finally:
         ch.close()
-
-
-def _fork(body: Callable[[], object]) -> int:
-    """A forked child running ``body``; exit status 0 only if it returned."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            body()
-            code = 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
 
 
 def _wait(pid: int, timeout: float) -> int:
@@ -103,8 +86,8 @@ def _mpmc(name: str, n_prod: int, n_cons: int, per_prod: int, size: Callable[[ra
         (tmp / f"c{c}.corrupt").write_text(str(corrupt))
 
     t0 = time.monotonic()
-    cons = [_fork(lambda c=c: consume(c)) for c in range(n_cons)]  # type: ignore[misc]
-    prods = [_fork(lambda p=p: produce(p)) for p in range(n_prod)]  # type: ignore[misc]
+    cons = [fork_child(lambda c=c: consume(c)) for c in range(n_cons)]  # type: ignore[misc]
+    prods = [fork_child(lambda p=p: produce(p)) for p in range(n_prod)]  # type: ignore[misc]
     assert [_wait(p, timeout) for p in prods] == [0] * n_prod, "a producer failed"
     with RingChannel(name) as ch:
         for _ in range(n_cons):  # committed after every data message: consumers see them last
@@ -203,7 +186,7 @@ def test_sizes_between_processes(scale: Any, figures: Any) -> None:
                     assert m == _content(i, n), f"child: message {i} of {n} bytes differs (got {len(m)})"
                     tx.send(m, timeout=30)
 
-        pid = _fork(echo)
+        pid = fork_child(echo)
         bad = 0
         try:
             for i, n in enumerate(sizes):
@@ -227,7 +210,7 @@ def test_futex_ping_pong(scale: Any, figures: Any) -> None:
                 for _ in range(n):
                     tx.send(rx.recv(timeout=10), timeout=10)
 
-        pid = _fork(ponger)
+        pid = fork_child(ponger)
         timeouts = stalls = 0
         worst = 0.0
         t0 = time.monotonic()
@@ -271,7 +254,7 @@ def test_eight_waiter_broadcast(scale: Any, figures: Any) -> None:
                     m = rx.recv(timeout=10)
                     tx.send(b"G%d %s" % (c, m), timeout=10)
 
-        pids = [_fork(lambda c=c: waiter(c)) for c in range(waiters)]  # type: ignore[misc]
+        pids = [fork_child(lambda c=c: waiter(c)) for c in range(waiters)]  # type: ignore[misc]
         missed = 0
         latencies: list[float] = []
         try:
@@ -349,7 +332,7 @@ def test_queue_producer_and_consumer_kills(scale: Any, figures: Any) -> None:
                 for i in range(1_000_000):
                     q.put(payload(p, i, sizes[(i * 7 + p) % len(sizes)]), timeout=30)
 
-            pid = _fork(produce)
+            pid = fork_child(produce)
             kill_at = time.monotonic() + rng.uniform(0, 0.02)
             while time.monotonic() < kill_at:
                 with contextlib.suppress(queue.Empty):
@@ -376,7 +359,7 @@ def test_queue_producer_and_consumer_kills(scale: Any, figures: Any) -> None:
                     _p, s = check(q.get(timeout=30))
                     os.write(w, s.to_bytes(8, "little"))
 
-            pid = _fork(consume)
+            pid = fork_child(consume)
             os.close(wfd)
             first = seq
             kill_at = time.monotonic() + rng.uniform(0, 0.02)

@@ -25,7 +25,7 @@ from kipc import _owners, testing
 from kipc._platform import native
 from kipc.transports.ring import RingChannel, shm_path
 
-from .helpers import check, payload
+from .helpers import check, fork_child, payload
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -43,23 +43,6 @@ def ring() -> Iterator[Callable[..., RingChannel]]:
     yield make
     for ch in made:
         ch.close()
-
-
-def fork_child(body: Callable[[], object]) -> int:
-    """Run ``body`` in a forked child that always leaves through os._exit (0 = success)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            body()
-            code = 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
 
 
 def wait_pid(pid: int, timeout: float = 30.0) -> int:
