@@ -52,7 +52,7 @@ def test_sigalrm_storm(scheme: str, request: pytest.FixtureRequest, scale: Any, 
     signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
     try:
         with testing.channel_pair(scheme, **_options(scheme, request)) as (tx, rx):
-            end = time.monotonic() + 30  # the long run stops early on slow mechanisms (file, nats)
+            end = time.monotonic() + 10  # the long run stops early on slow mechanisms (file, nats)
             for i in range(n):
                 tx.send(payload(9, i, 48), timeout=10)
                 check(rx.recv(timeout=10), 9, i)
@@ -113,7 +113,7 @@ def test_no_fd_leaks_to_exec(scheme: str, figures: Any) -> None:
 def test_create_destroy_cycles(scheme: str, scale: Any, figures: Any) -> None:
     """create/destroy cycles leave fd, RSS, /dev/shm and ipcs counts unchanged"""
     wanted = scale.n(300, 102_400)
-    budget = scale.n(60, 25)  # seconds: the long run records how many cycles fit (kernel objects: all)
+    budget = scale.n(60, 8)  # seconds: the long run records how many cycles fit (kernel objects: all)
 
     def counts() -> tuple[int, int, int]:
         sysv = sum(max(0, len(open(f"/proc/sysvipc/{k}").readlines()) - 1) for k in ("msg", "shm", "sem"))
