@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import struct
+import time
 import zlib
 from collections.abc import Callable
 
@@ -69,3 +71,16 @@ def fork_child(body: Callable[[], object]) -> int:
         finally:
             os._exit(code)
     return pid
+
+
+def wait_pid(pid: int, timeout: float = 30.0) -> int:
+    """Exit code of child ``pid``; SIGKILL it and fail if it runs past ``timeout`` (a hang)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"child {pid} still running after {timeout} s (a hang)")

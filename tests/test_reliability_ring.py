@@ -29,6 +29,7 @@ from kipc import testing
 from kipc.transports.ring import RingChannel, shm_path
 
 from .helpers import check, fork_child, payload
+from .helpers import wait_pid as _wait
 
 KiB = 1 << 10
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -41,18 +42,6 @@ def _ring(**kw: Any) -> Iterator[RingChannel]:
         yield ch
     finally:
         ch.close()
-
-
-def _wait(pid: int, timeout: float) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.002)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} still running after {timeout} s (a hang)")
 
 
 # ----------------------------------------------------------------------------- N x M transfer

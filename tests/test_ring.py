@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import os
 import select
-import signal
 import stat
 import struct
 import threading
@@ -25,7 +24,7 @@ from kipc import _owners, testing
 from kipc._platform import native
 from kipc.transports.ring import RingChannel, shm_path
 
-from .helpers import check, fork_child, payload
+from .helpers import check, fork_child, payload, wait_pid
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -43,18 +42,6 @@ def ring() -> Iterator[Callable[..., RingChannel]]:
     yield make
     for ch in made:
         ch.close()
-
-
-def wait_pid(pid: int, timeout: float = 30.0) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.002)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} did not finish within {timeout} s")
 
 
 # -- creation, attach, ownership ---------------------------------------------------
