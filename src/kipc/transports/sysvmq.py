@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
 import sysv_ipc
@@ -74,34 +74,37 @@ class _Busy(Exception):
     """Internal: the non-blocking attempt would block."""
 
 
+def _pauses(deadline: Deadline, what: str) -> Iterator[float]:
+    """Back-off pauses (doubling up to BACKOFF_MAX, trimmed to the deadline); raises when it passes."""
+    delay = BACKOFF_FIRST
+    while True:
+        remaining = deadline.remaining()
+        if remaining is not None and remaining <= 0:
+            raise deadline.error(what)
+        yield delay if remaining is None else min(delay, remaining)
+        delay = min(delay * 2, BACKOFF_MAX)
+
+
 def poll_backoff(attempt: Callable[[], T], deadline: Deadline, what: str) -> T:
     """Call ``attempt`` (raises :class:`_Busy` when it would block) until it succeeds or the deadline passes."""
-    delay = BACKOFF_FIRST
+    pauses = _pauses(deadline, what)
     while True:
         try:
             return attempt()
         except _Busy:
             pass
-        remaining = deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            raise deadline.error(what) from None
-        time.sleep(delay if remaining is None else min(delay, remaining))
-        delay = min(delay * 2, BACKOFF_MAX)
+        time.sleep(next(pauses))
 
 
 async def apoll_backoff(attempt: Callable[[], T], deadline: Deadline, what: str) -> T:
     """:func:`poll_backoff` for asyncio: sleeps on the event loop, cancellable at once."""
-    delay = BACKOFF_FIRST
+    pauses = _pauses(deadline, what)
     while True:
         try:
             return attempt()
         except _Busy:
             pass
-        remaining = deadline.remaining()
-        if remaining is not None and remaining <= 0:
-            raise deadline.error(what) from None
-        await asyncio.sleep(delay if remaining is None else min(delay, remaining))
-        delay = min(delay * 2, BACKOFF_MAX)
+        await asyncio.sleep(next(pauses))
 
 
 class MessageQueueStat(NamedTuple):
