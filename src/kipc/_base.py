@@ -517,8 +517,20 @@ class Channel(_Waitable):
             if deadline.nonblocking or deadline.expired():
                 raise deadline.error(what)
             await self._await_ready("send", deadline)
-        # Accepted. A stream may still hold the message's unwritten tail: push it out
-        # without blocking the loop (a cancellation now cannot take the message back).
+        if self._pending_out():
+            # Accepted, but a byte stream still holds the message's unwritten tail. A message
+            # handed to the kernel cannot be taken back, so a cancellation arriving now waits
+            # for the tail and asend returns normally: the caller is told the truth (sent).
+            task = asyncio.get_running_loop().create_task(self._aflush(deadline))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    raise
+                await asyncio.wait({task})
+                task.result()
+
+    async def _aflush(self, deadline: Deadline) -> None:
         while self._pending_out() and not deadline.expired():
             await self._await_ready("send", deadline)
             self._check_open("send")
