@@ -356,8 +356,6 @@ def test_async_with_closes() -> None:
 def test_forked_child_close_removes_nothing(pair: tuple[Channel, Channel]) -> None:
     """A forked child closing inherited handles (creator's included) leaves the object to the parent."""
     tx, rx = pair
-    if tx.scheme == "nats":
-        pytest.skip("nats handles refuse use after fork by design (tested in test_nats)")
 
     def child() -> None:
         tx.close()

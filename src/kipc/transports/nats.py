@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import concurrent.futures
 import contextlib
 import json
@@ -304,6 +303,8 @@ class _Client:
             raise ChannelClosed(f"{op} {self.url}: opened in process {self._pid}; open it again after fork")
 
     _inflight: set[concurrent.futures.Future[Any]] | None = None
+    #: a receive whose arecv was cancelled, still running on the loop thread (see _keep_on_cancel)
+    _orphan: concurrent.futures.Future[Any] | None = None
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         runner = self._runner
@@ -415,7 +416,6 @@ class NatsChannel(_Client, Channel):
         conn_options = _common_options(conn)
         if conn:
             raise TypeError(f"nats channel got unexpected options {sorted(conn)}")
-        self._stash = collections.deque()  # messages pulled for a cancelled arecv: the next recv gets them
         self._connect(servers, server, creds, **conn_options)
         try:
             self.owner = self._run(self._setup(create))
@@ -608,11 +608,11 @@ class NatsChannel(_Client, Channel):
 
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         self._check_pid("recv on")
-        if self._stash:
-            return self._stash.popleft()
+        if self._orphan is not None:
+            got = _adopt_orphan(self, deadline)
+            if got is not _NOTHING:
+                return got
         return self._run(self._recv_async(deadline))
-
-    _stash: collections.deque[bytes] = collections.deque()  # replaced per instance in __init__
 
     def fileno(self) -> int:
         self._check_open("fileno")
@@ -644,8 +644,10 @@ class NatsChannel(_Client, Channel):
 
     async def _arecv_native(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         self._check_pid("recv on")
-        if self._stash:
-            return self._stash.popleft()
+        if self._orphan is not None:
+            got = await _aadopt_orphan(self, deadline)
+            if got is not _NOTHING:
+                return got
         return await _keep_on_cancel(self, self._recv_async(deadline))
 
     # -- close -----------------------------------------------------------------------------
@@ -769,8 +771,6 @@ class Topic(_Client, Channel):
         limit = _int_opt(pending_limit, "pending_limit")
         self.url = f"{parsed.scheme}://{server.partition('://')[2]}/{name}"
         self.subject = f"kipc.t.{_escape(name)}"
-        # messages taken for a cancelled arecv: the next recv gets them
-        self._stash: collections.deque[bytes] = collections.deque()
         self._connect(servers, server, creds, **_common_options(conn))
         if conn:
             self._disconnect()
@@ -839,8 +839,10 @@ class Topic(_Client, Channel):
         self._check_pid("recv on")
         if not self.readable:
             raise Unsupported(f"recv on {self.url}: opened with subscribe=False")
-        if self._stash:
-            return self._stash.popleft()
+        if self._orphan is not None:
+            got = _adopt_orphan(self, deadline)
+            if got is not _NOTHING:
+                return got
         return self._run(self._aget(deadline))
 
     _async_native = True
@@ -853,8 +855,10 @@ class Topic(_Client, Channel):
         self._check_pid("recv on")
         if not self.readable:
             raise Unsupported(f"recv on {self.url}: opened with subscribe=False")
-        if self._stash:
-            return self._stash.popleft()
+        if self._orphan is not None:
+            got = await _aadopt_orphan(self, deadline)
+            if got is not _NOTHING:
+                return got
         # _aget only takes from the local queue once it returns: a cancellation before that
         # loses nothing, one after it is caught by _keep_on_cancel.
         return await _keep_on_cancel(self, self._aget(deadline))
@@ -1131,8 +1135,9 @@ class KVWatch:
 
 # -- cancellation without loss (the channel contract's asyncio rule, for loop-thread I/O) --------
 async def _keep_on_cancel(ch: Any, coro: Coroutine[Any, Any, T]) -> T:
-    """Await ``coro`` on the channel's loop thread; if the caller is cancelled, let it finish there
-    and keep its result in ``ch._stash`` for the next recv, so a pulled (and acked) message is not lost."""
+    """Await ``coro`` (a receive) on the channel's loop thread. If the caller is cancelled, the
+    receive goes on there as the channel's *orphan*: the next recv/arecv waits for it first and
+    returns its message, so a pulled (and acked) message is neither lost nor reordered."""
     assert ch._runner is not None
     if asyncio.get_running_loop() is ch._runner.loop:
         return await coro
@@ -1140,15 +1145,41 @@ async def _keep_on_cancel(ch: Any, coro: Coroutine[Any, Any, T]) -> T:
     try:
         return await asyncio.shield(asyncio.wrap_future(cf))
     except asyncio.CancelledError:
-        def keep(f: concurrent.futures.Future[T]) -> None:
-            if not f.cancelled() and f.exception() is None:
-                ch._stash.append(f.result())
-        cf.add_done_callback(keep)
+        ch._orphan = cf
         raise
     except (KipcError, RuntimeError):
         raise
     except Exception as e:
         raise _translate(e, ch.url, "operation on") from e
+
+
+_NOTHING = object()
+
+
+def _adopt_orphan(ch: Any, deadline: Deadline) -> Any:
+    """Sync side of :func:`_keep_on_cancel`: the orphan's message, or _NOTHING if it failed."""
+    cf, ch._orphan = ch._orphan, None
+    try:
+        return cf.result(deadline.remaining())
+    except concurrent.futures.TimeoutError:
+        ch._orphan = cf  # still the pending receive: the next call waits for it again
+        raise deadline.error(f"recv on {ch.url}") from None
+    except BaseException:
+        return _NOTHING  # that receive ended without a message: receive afresh
+
+
+async def _aadopt_orphan(ch: Any, deadline: Deadline) -> Any:
+    cf, ch._orphan = ch._orphan, None
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(cf)), deadline.remaining())
+    except asyncio.CancelledError:
+        ch._orphan = cf  # cancelled again: still the pending receive
+        raise
+    except TimeoutError:
+        ch._orphan = cf
+        raise deadline.error(f"recv on {ch.url}") from None
+    except Exception:
+        return _NOTHING
 
 
 async def _uncancellable_publish(ch: Any, coro: Coroutine[Any, Any, None]) -> None:
