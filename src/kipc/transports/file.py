@@ -59,7 +59,9 @@ from .._naming import (
     validate_mode,
     validate_name,
     validate_path,
+    validate_size,
 )
+from .._objects import check_attach, create_or_attach, file_identity, parse_create, parse_uids
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -69,11 +71,8 @@ from ..errors import (
     LimitExceeded,
     MessageTooLarge,
     NotFound,
-    PermissionDenied,
     from_oserror,
 )
-from .fifo import parse_create
-from .unix import parse_uids
 
 __all__ = ["SpoolChannel", "spool_path"]
 
@@ -156,11 +155,10 @@ class SpoolChannel(Channel):
         self.reclaim = parse_bool(reclaim, what="reclaim")
         allow_open = parse_bool(allow_open_mode, what="allow_open_mode")
         allow = parse_uids(allow_uids)
-        self.max_message_size = check_max(int(max_message_size))
+        self.max_message_size = check_max(validate_size(max_message_size, what="max_message_size"))
         self.url, self._path = url, path
         try:
-            if create:
-                self._mkdir(path, exclusive=create is True)
+            create_or_attach(create, lambda: self._mkdir(path), lambda: None)
             self._attach(path, allow_open, allow)
             self._cdfd = os.open(CLAIMED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                                  dir_fd=self._dfd)
@@ -179,13 +177,12 @@ class SpoolChannel(Channel):
             self._reclaim()
 
     # -- setup -------------------------------------------------------------------
-    def _mkdir(self, path: str, *, exclusive: bool) -> None:
+    def _mkdir(self, path: str) -> None:
+        """Make the spool directory exclusively, with ``claimed/``; the record names what kipc made."""
         try:
             os.mkdir(path, 0o700)
         except FileExistsError as e:
-            if exclusive:
-                raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
-            return
+            raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
         except OSError as e:
             raise from_oserror(e, self.url, "create") from e
         st = os.lstat(path)
@@ -194,7 +191,8 @@ class SpoolChannel(Channel):
         os.chmod(path, 0o700)  # mkdir's mode went through the umask
         os.mkdir(os.path.join(path, CLAIMED), 0o700)
         os.chmod(os.path.join(path, CLAIMED), 0o700)
-        _owners.record(self.url, "file", path=path)
+        # kipc gc removes only what kipc made: these subdirectories and its own message/temp files
+        _owners.record(self.url, "file", path=path, identity=file_identity(st), made=[CLAIMED])
 
     def _attach(self, path: str, allow_open: bool, allow: frozenset[int]) -> None:
         try:
@@ -206,13 +204,10 @@ class SpoolChannel(Channel):
                 raise BadObject(f"open {self.url}: {path} is a symlink or not a directory", errno=e.errno) from e
             raise from_oserror(e, self.url, "open") from e
         st = os.fstat(self._dfd)
-        me = os.geteuid()
-        if st.st_uid != me and st.st_uid not in allow:
-            raise PermissionDenied(f"open {self.url}: {path} is owned by uid {st.st_uid}, not {me} "
-                                   f"(pass allow_uids=[{st.st_uid}] to use it)")
-        if st.st_mode & 0o077 and not allow_open:
-            raise PermissionDenied(f"open {self.url}: {path} has mode {stat.S_IMODE(st.st_mode):#o}; "
-                                   "group/other bits refused (pass allow_open_mode=True)")
+        check_attach(f"{self.url}: {path}", uid=st.st_uid, mode=st.st_mode,
+                     allowed_mode=0o777 if allow_open else 0o700, allow_uids=allow,
+                     foreign_hint="pass allow_uids=[{uid}] to use it",
+                     mode_hint="group/other bits refused (pass allow_open_mode=True)")
         if self._ident is None:
             self._ident = (st.st_dev, st.st_ino)
         try:
@@ -440,8 +435,6 @@ class SpoolChannel(Channel):
                 except OSError:
                     pass
         self._ifd, self._cdfd, self._dfd = None, -1, -1
-        if self.owner and self.persist:
-            _owners.forget(self.url)  # kept on purpose: kipc gc must not collect it
 
     def _unlink(self) -> None:
         try:
@@ -451,15 +444,3 @@ class SpoolChannel(Channel):
         except FileNotFoundError:
             pass
         _owners.forget(self.url)
-
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[SpoolChannel, SpoolChannel]:
-        """(sender, receiver); the receiver created the directory, so closing the sender loses nothing."""
-        url = f"file://{name}"
-        rx = cls(url, create=True, **options)
-        try:
-            tx = cls(url, **options)
-        except BaseException:
-            rx.close()
-            raise
-        return tx, rx

@@ -59,7 +59,16 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._base import Channel, Deadline
-from .._naming import ParsedURL, merge_query, parse_bool, parse_url, validate_name, validate_timeout
+from .._naming import (
+    ParsedURL,
+    merge_query,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_url,
+    validate_name,
+    validate_timeout,
+)
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -174,24 +183,16 @@ def _escape(name: str) -> str:
 
 def _float_opt(value: Any, what: str) -> float:
     try:
-        f = float(value)
-    except (TypeError, ValueError):
+        f = float(parse_float(value, what=what))
+    except TypeError:
         raise InvalidArgument(f"{what} {value!r} is not a number") from None
-    if not f > 0:
+    if not f > 0 or f == float("inf"):
         raise InvalidArgument(f"{what} {value!r} must be > 0")
     return f
 
 
 def _int_opt(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be int, not bool")
-    try:
-        i = int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{what} {value!r} is not an integer") from None
-    if i < minimum:
-        raise InvalidArgument(f"{what} {i} is below the minimum {minimum}")
-    return i
+    return parse_int(value, what=what, hex=False, minimum=minimum)
 
 
 def _split_url(parsed: ParsedURL, schemes: tuple[str, ...]) -> tuple[str, str, str | None]:

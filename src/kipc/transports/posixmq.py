@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import stat as _stat
 from typing import Any
 
 import posix_ipc
 
 from .. import _owners
 from .._base import Channel, Deadline
-from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_name, validate_size
+from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
+from .._objects import check_attach, create_or_attach, file_identity, parse_create
 from .._platform import sysctl
 from ..codecs import Codec
 from ..errors import (
@@ -48,8 +48,8 @@ from ..errors import (
     LimitExceeded,
     MessageTooLarge,
     NotFound,
+    translate_ipc_error,
 )
-from ..shm import check_attach, parse_create, parse_mode, translate_ipc_error
 
 __all__ = ["PosixMessageQueue"]
 
@@ -77,7 +77,7 @@ class PosixMessageQueue(Channel):
             raise InvalidArgument(f"{parsed.url}: expected posixmq://NAME")
         name = validate_name(parsed.netloc, what="queue name")
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         allow_foreign = parse_bool(allow_foreign, what="allow_foreign")
         self.url = parsed.url
@@ -87,31 +87,32 @@ class PosixMessageQueue(Channel):
             raise InvalidArgument(f"open {self.url}: max_messages/max_message_size are set at creation only")
         nmax = self._limit(max_messages, "max_messages", "msg_max", 10)
         smax = self._limit(max_message_size, "max_message_size", "msgsize_max", 8192)
-        q = None
-        if create:
+
+        def make() -> Any:
             try:
-                q = posix_ipc.MessageQueue(self._name, posix_ipc.O_CREX, mode, nmax, smax)
-                self.owner = True
+                return posix_ipc.MessageQueue(self._name, posix_ipc.O_CREX, mode, nmax, smax)
             except posix_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
             except Exception as e:
                 raise self._create_error(e) from None
-        if q is None:
+
+        def attach() -> Any:
             try:
-                q = posix_ipc.MessageQueue(self._name)
+                return posix_ipc.MessageQueue(self._name)
             except posix_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no such queue (create=True makes one)", errno=_errno.ENOENT) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "open") from None
+
+        q, self.owner = create_or_attach(create, make, attach)
         self._q = q
         try:
             if self.owner:
                 os.fchmod(q.mqd, mode)  # mq_open's mode went through the umask
-                _owners.record(self._record_url, "posixmq")
+                _owners.record(self._record_url, "posixmq", identity=file_identity(os.fstat(q.mqd)))
             else:
                 st = os.fstat(q.mqd)
-                check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+                check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
         except BaseException:
             self._close()
             if self.owner:
@@ -146,16 +147,6 @@ class PosixMessageQueue(Channel):
         from .._naming import merge_query
 
         return cls(parsed, **merge_query(parsed, options))
-
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[PosixMessageQueue, PosixMessageQueue]:
-        sender = cls(f"posixmq://{name}", create=True, **options)
-        opener = {k: v for k, v in options.items() if k not in ("max_messages", "max_message_size")}
-        try:
-            return sender, cls(f"posixmq://{name}", **opener)
-        except BaseException:
-            sender.close()
-            raise
 
     # -- I/O ---------------------------------------------------------------------------------------------
     def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
@@ -253,9 +244,6 @@ class PosixMessageQueue(Channel):
                 q.close()
             except Exception:
                 pass
-        if self.persist and self.owner:
-            self.owner = False
-            _owners.forget(self._record_url)
 
     def _unlink(self) -> None:
         try:

@@ -39,41 +39,24 @@ from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
 from .._naming import (
     ParsedURL,
+    parse_float,
+    parse_int,
+    parse_seconds,
     parse_url,
     runtime_dir,
     validate_mode,
     validate_name,
     validate_path,
-    validate_timeout,
 )
+from .._objects import file_identity, parse_uids
 from ..codecs import Codec
 from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied, from_oserror
 from ._sock import SocketChannel, SocketListener, connect
 
-__all__ = ["UnixChannel", "UnixListener", "parse_uids", "peer_credentials"]
+__all__ = ["UnixChannel", "UnixListener", "peer_credentials"]
 
 SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 for the NUL
 _UCRED = struct.Struct("3i")
-
-
-def parse_uids(value: Any) -> frozenset[int]:
-    """``allow_uids=``: an iterable of ints, one int, or ``"1000,1001"`` from a URL query."""
-    if value is None or value == "":
-        return frozenset()
-    if isinstance(value, str):
-        try:
-            return frozenset(int(v) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise InvalidArgument(f"allow_uids {value!r} is not a comma-separated list of uids") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return frozenset({value})
-    try:
-        uids = frozenset(value)
-    except TypeError:
-        raise TypeError(f"allow_uids must be ints, not {type(value).__name__}") from None
-    if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in uids):
-        raise InvalidArgument(f"allow_uids {value!r} must hold non-negative ints")
-    return uids
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -131,7 +114,7 @@ class UnixChannel(SocketChannel):
             raise InvalidArgument(f"{url}: not a unix:// URL")
         address, _path = _address(parsed)
         allow = parse_uids(allow_uids)
-        deadline = Deadline(validate_timeout(float(timeout) if isinstance(timeout, str) else timeout))
+        deadline = Deadline(parse_seconds(timeout))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             connect(sock, address, deadline, url)
@@ -147,20 +130,6 @@ class UnixChannel(SocketChannel):
         self.peer_pid, self.peer_uid = peer
         self._init_socket(url, sock, **options)
         return self
-
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[UnixChannel, UnixChannel]:
-        """(connecting end, accepted end); the listener is closed (and its file removed) at once."""
-        url = f"unix://{name}"
-        allow = options.pop("allow_uids", None)
-        with UnixListener(url, allow_uids=allow, **options) as lst:
-            client = cls(url, allow_uids=allow, **options)
-            try:
-                server = lst.accept(timeout=10)
-            except BaseException:
-                client.close()
-                raise
-        return client, server
 
 
 class UnixListener(SocketListener):
@@ -182,7 +151,7 @@ class UnixListener(SocketListener):
         if stream_options:
             raise TypeError(f"unexpected option(s) for a unix listener: {', '.join(sorted(stream_options))}")
         self._options = opts
-        self.handshake_timeout = float(handshake_timeout)
+        self.handshake_timeout = float(parse_float(handshake_timeout, what="handshake_timeout"))
         self.url = url
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -193,8 +162,8 @@ class UnixListener(SocketListener):
                 os.chmod(path, mode)
                 st = os.lstat(path)
                 self._path, self._ident = path, (st.st_dev, st.st_ino)
-                _owners.record(url, "unix", path=path)
-            sock.listen(int(backlog))
+                _owners.record(url, "unix", path=path, identity=file_identity(st))
+            sock.listen(parse_int(backlog, what="backlog", hex=False, minimum=0))
             sock.setblocking(False)
         except KipcError:
             sock.close()
