@@ -325,3 +325,26 @@ def test_native_extension_built() -> None:
     assert callable(sig.sigqueue)
     with pytest.raises(ImportError, match="make build"):
         native("_does_not_exist")
+
+
+def test_no_test_hooks_in_production_code() -> None:
+    """Pair factories live in kipc.testing._pairs; nothing below the CLI imports kipc.testing (design.md §11)."""
+    problems = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] in ("testing", "cli"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "test_pair":
+                problems.append(f"{rel}: defines test_pair")
+            mods: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                base = list(rel.parts[:-1])[: len(rel.parts) - node.level] if node.level else []
+                mods = [".".join([*base, node.module or ""])] if node.level else [node.module or ""]
+                mods = [m.removeprefix("kipc.") for m in mods]
+            elif isinstance(node, ast.Import):
+                mods = [a.name.removeprefix("kipc.") for a in node.names]
+            if any(m == "testing" or m.startswith("testing.") for m in mods):
+                problems.append(f"{rel}: imports kipc.testing")
+    assert not problems, "\n".join(problems)

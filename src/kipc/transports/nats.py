@@ -403,19 +403,6 @@ class NatsChannel(_Client, Channel):
     def from_url(cls, parsed: ParsedURL, **options: Any) -> NatsChannel:
         return cls(parsed.url.split("?", 1)[0], **merge_query(parsed, options))
 
-    @classmethod
-    def test_pair(cls, name: str, *, servers: str | list[str], **options: Any) -> tuple[NatsChannel, NatsChannel]:
-        """``(creator/sender, receiver)`` on ``servers`` (a URL, or a list for a cluster)."""
-        first = servers if isinstance(servers, str) else servers[0]
-        url = f"{first.rstrip('/')}/{name}"
-        options.setdefault("ack_wait", 2.0)
-        sender = cls(url, create=True, servers=servers, **options)
-        try:
-            return sender, cls(url, servers=servers, **options)
-        except BaseException:
-            sender.close()
-            raise
-
     # -- setup -------------------------------------------------------------------------------
     async def _setup(self, create: bool | str) -> bool:
         js = self._nc.jetstream()
@@ -776,16 +763,6 @@ class Topic(_Client, Channel):
     def from_url(cls, parsed: ParsedURL, **options: Any) -> Topic:
         return cls(parsed.url.split("?", 1)[0], **merge_query(parsed, options))
 
-    @classmethod
-    def test_pair(cls, name: str, *, servers: str | list[str], **options: Any) -> tuple[Topic, Topic]:
-        first = servers if isinstance(servers, str) else servers[0]
-        url = f"{first.rstrip('/')}/{name}"
-        receiver = cls(url, servers=servers, **options)
-        try:
-            return cls(url, servers=servers, subscribe=False, **options), receiver
-        except BaseException:
-            receiver.close()
-            raise
 
     async def _apublish(self, data: bytes) -> None:
         try:
