@@ -38,6 +38,7 @@ import posix_ipc
 
 from . import _owners
 from ._base import Resource
+from ._kinds import DevShmKind, ObjectInfo, SysvKind
 from ._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
 from ._objects import (
     check_attach,
@@ -60,7 +61,7 @@ from .errors import (
     translate_ipc_error,
 )
 
-__all__ = ["SharedMemory"]
+__all__ = ["POSIX_KIND", "SYSV_KIND", "SharedMemory"]
 
 
 # -- SysV shm through libc (sysv_ipc never detaches while views live; we detach when the last view dies)
@@ -296,3 +297,19 @@ class SharedMemory(Resource):
 
     def __repr__(self) -> str:
         return f"<SharedMemory {self.url} {getattr(self, 'size', '?')} B {'closed' if self._closed else 'open'}>"
+
+
+# -- object kinds: how kipc ls / rm / gc see segments ---------------------------------------------------
+class _SegmentKind(SysvKind):
+    def describe(self, row: dict[str, int]) -> ObjectInfo:
+        info = super().describe(row)
+        info.size, info.attached, info.creator_pid = row["size"], row["nattch"], row["cpid"]
+        info.pids = [p for p in (row["cpid"], row["lpid"]) if p]
+        info.alive = _owners.process_start_time(row["cpid"]) is not None if row["cpid"] else None
+        return info
+
+
+SYSV_KIND = _SegmentKind("sysvshm", "sysv", "shm", part="shm", records=("sysv-shm",),
+                         description="sysvshm (from /proc/sysvipc/shm)")
+POSIX_KIND = DevShmKind("posixshm", "posix", "", part="shm", records=("posix-shm",),
+                        description="posixshm (/dev/shm/NAME)")

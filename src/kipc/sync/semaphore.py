@@ -37,6 +37,7 @@ import sysv_ipc
 
 from .. import _owners
 from .._base import Deadline, Resource
+from .._kinds import DevShmKind, ObjectInfo, SysvKind
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
 from .._objects import (
     check_attach,
@@ -61,7 +62,7 @@ from ..errors import (
     translate_ipc_error,
 )
 
-__all__ = ["Semaphore"]
+__all__ = ["POSIX_KIND", "SYSV_KIND", "Semaphore"]
 
 _ASYNC_SLICE = 0.05
 
@@ -323,3 +324,18 @@ class Semaphore(Resource):
 
     def __repr__(self) -> str:
         return f"<Semaphore {self.url} {'closed' if self._closed else 'open'}>"
+
+
+# -- object kinds: how kipc ls / rm / gc see semaphores (records use sysv-sem:// / posix-sem://, as a
+# segment may have the same key or name) ---------------------------------------------------------------
+class _SemKind(SysvKind):
+    def describe(self, row: dict[str, int]) -> ObjectInfo:
+        info = super().describe(row)
+        info.size = row["nsems"]
+        return info
+
+
+SYSV_KIND = _SemKind("sysvsem", "sysv", "sem", part="sem", records=("sysv-sem",), record_scheme="sysv-sem",
+                     description="sysvsem (from /proc/sysvipc/sem)")
+POSIX_KIND = DevShmKind("posixsem", "posix", "sem.", part="sem", records=("posix-sem",), record_scheme="posix-sem",
+                        description="posixsem (/dev/shm/sem.NAME)")

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME, FrameDecoder
+from .._kinds import PathKind
 from .._naming import (
     ParsedURL,
     parse_bool,
@@ -69,7 +70,7 @@ from ..errors import (
 from ._stream import StreamChannel, wait_fd
 from .pipe import _grow
 
-__all__ = ["FifoChannel", "fifo_path"]
+__all__ = ["KIND", "FifoChannel", "fifo_path"]
 
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -268,3 +269,8 @@ class FifoChannel(StreamChannel):
             except FileNotFoundError:
                 pass
         _owners.forget(self.url)
+
+
+# -- object kind: how kipc ls / rm / gc see FIFOs (no machine-wide list: found through owner records) -------
+KIND = PathKind("fifo", sub="fifo", is_type=stat.S_ISFIFO, noun="FIFO",
+                description="fifo (owner records; the FIFO node itself)")

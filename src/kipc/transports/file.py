@@ -37,10 +37,12 @@ Contract card:
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import errno
 import itertools
 import os
+import re
 import select
 import shutil
 import stat
@@ -51,6 +53,7 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Channel, Deadline
 from .._framing import DEFAULT_MAX_FRAME, check_max
+from .._kinds import ObjectInfo, PathKind, check_node
 from .._naming import (
     ParsedURL,
     parse_bool,
@@ -71,10 +74,11 @@ from ..errors import (
     LimitExceeded,
     MessageTooLarge,
     NotFound,
+    PermissionDenied,
     from_oserror,
 )
 
-__all__ = ["SpoolChannel", "spool_path"]
+__all__ = ["KIND", "SpoolChannel", "spool_path"]
 
 CLAIMED = "claimed"
 _SUFFIX = ".msg"
@@ -444,3 +448,79 @@ class SpoolChannel(Channel):
         except FileNotFoundError:
             pass
         _owners.forget(self.url)
+
+
+# -- object kind: how kipc ls / rm / gc see spools -------------------------------------------------------
+# Only what kipc writes is kipc's to remove: message files, its temp files, claimed messages, and the
+# claimed/ directory it makes. A spool URL may point at any directory, so anything else is left in place.
+_TOP_RE = re.compile(r"(?:[0-9]{20}-[0-9]+-[0-9]{12}\.msg|\.tmp-[0-9]+-[0-9]+-[0-9]+)\Z", re.ASCII)  # messages, temps
+_CLAIMED_RE = re.compile(r"[0-9]+-[0-9]+-[0-9]{20}-[0-9]+-[0-9]{12}\.msg\Z", re.ASCII)
+
+
+def _remove_kipc_files(dfd: int, pattern: re.Pattern[str], me: int) -> list[str]:
+    """Unlink the regular files of this uid whose names kipc writes; returns the names it left."""
+    left = []
+    for entry in os.listdir(dfd):
+        try:
+            st = os.lstat(entry, dir_fd=dfd)
+        except FileNotFoundError:
+            continue
+        if pattern.match(entry) and stat.S_ISREG(st.st_mode) and st.st_uid == me:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=dfd)
+        else:
+            left.append(entry)
+    return left
+
+
+class _SpoolKind(PathKind):
+    def stat(self, target: Any) -> ObjectInfo | None:
+        info = super().stat(target)
+        if info is not None and info.detail is None:
+            n = size = 0
+            try:
+                with os.scandir(target) as it:
+                    for e in it:
+                        if e.is_file(follow_symlinks=False) and not e.name.startswith("."):
+                            n += 1
+                            size += e.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+            info.depth, info.size = n, size
+        return info
+
+    def remove(self, url: str, info: ObjectInfo) -> None:
+        """Remove kipc's files and ``claimed/``, then the directory if that left it empty."""
+        check_node(url, info, self.is_type, self.noun)
+        path, me = info.path or "", os.geteuid()
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            try:
+                cfd = os.open(CLAIMED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except (FileNotFoundError, NotADirectoryError):
+                cfd = -1
+            except OSError as e:
+                raise from_oserror(e, url, "rm") from e
+            if cfd >= 0:
+                try:
+                    claimed_left = _remove_kipc_files(cfd, _CLAIMED_RE, me)
+                finally:
+                    os.close(cfd)
+                if not claimed_left:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(CLAIMED, dir_fd=dfd)
+            left = _remove_kipc_files(dfd, _TOP_RE, me)
+        finally:
+            os.close(dfd)
+        if left:
+            shown = ", ".join(sorted(left)[:5]) + (" ..." if len(left) > 5 else "")
+            raise PermissionDenied(f"rm {url}: removed kipc's messages, kept {path}: it holds {len(left)} "
+                                   f"entries kipc did not put there ({shown}); remove them yourself")
+        try:
+            os.rmdir(path)
+        except OSError as e:
+            raise from_oserror(e, url, "rm") from e
+
+
+KIND = _SpoolKind("file", sub="spool", is_type=stat.S_ISDIR, noun="spool directory",
+                  description="file (owner records; the spool directory)")

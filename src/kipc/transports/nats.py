@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._base import Channel, Deadline
+from .._kinds import RemoteKind
 from .._naming import (
     ParsedURL,
     merge_query,
@@ -90,7 +91,7 @@ try:
 except ImportError as _e:  # pragma: no cover - the extra is not installed
     raise ImportError("nats:// channels need nats-py: pip install 'kipc[nats]'") from _e
 
-__all__ = ["KV", "Delivery", "KVEvent", "NatsChannel", "Topic"]
+__all__ = ["KIND", "KV", "Delivery", "KVEvent", "NatsChannel", "Topic"]
 
 T = TypeVar("T")
 
@@ -1080,3 +1081,7 @@ class KVWatch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- object kind: streams live in the server, nothing on this machine -----------------------------------------
+KIND = RemoteKind("nats", "nats (nothing local: the stream lives in the server; shown if an owner record exists)")

@@ -36,9 +36,10 @@ import posix_ipc
 
 from .. import _owners
 from .._base import Channel, Deadline
+from .._kinds import Kind, ObjectInfo, refuse_foreign, stat_info
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
 from .._objects import check_attach, create_or_attach, file_identity, parse_create
-from .._platform import sysctl
+from .._platform import mqueue_mount, sysctl
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -51,7 +52,7 @@ from ..errors import (
     translate_ipc_error,
 )
 
-__all__ = ["PosixMessageQueue"]
+__all__ = ["KIND", "PosixMessageQueue"]
 
 PRIORITY_MAX = int(posix_ipc.QUEUE_PRIORITY_MAX)
 _SYSCTL_DIR = "/proc/sys/fs/mqueue"
@@ -254,3 +255,78 @@ class PosixMessageQueue(Channel):
             raise translate_ipc_error(e, self.url, "unlink") from None
         finally:
             _owners.forget(self._record_url)
+
+
+# -- object kind: how kipc ls / rm / gc see POSIX queues ------------------------------------------------------
+class _QueueKind(Kind):
+    """The mqueue fs lists every queue when it is mounted; without it kipc finds its own through owner records.
+
+    ``stat`` opens the queue for an instant (read-only view: depth, and the inode
+    of its mqueue file from ``fstat`` on the descriptor, which is its identity).
+    """
+
+    name = scheme = "posixmq"
+    records = ("posixmq",)
+    description = "posixmq (mqueue fs when mounted, else owner records)"
+
+    @property
+    def lists_all(self) -> bool:  # type: ignore[override]
+        return mqueue_mount() is not None
+
+    def locate(self, parsed: ParsedURL) -> Any:
+        if parsed.path not in ("", "/") or not parsed.netloc:
+            raise InvalidArgument(f"{parsed.url}: expected posixmq://NAME")
+        return validate_name(parsed.netloc)
+
+    def scan(self) -> list[ObjectInfo]:
+        mount = mqueue_mount()
+        if mount is None:
+            return []
+        try:
+            names = sorted(os.listdir(mount))
+        except OSError:
+            return []
+        found = [self.stat(n) for n in names]
+        return [i for i in found if i is not None]
+
+    def stat(self, target: Any) -> ObjectInfo | None:
+        try:
+            q = posix_ipc.MessageQueue("/" + target, read=True, write=False)
+        except posix_ipc.ExistentialError:
+            return None
+        except Exception as e:  # no access: still there, say so
+            return ObjectInfo(self.name, f"posixmq://{target}", target=target, detail=str(e))
+        try:
+            info = stat_info(self.name, f"posixmq://{target}", "", os.fstat(q.mqd), target=target)
+            info.path, info.size, info.depth = None, None, int(q.current_messages)
+        finally:
+            q.close()
+        mount = mqueue_mount()
+        if mount:
+            info.path = os.path.join(mount, target)
+            try:
+                with open(info.path) as f:  # "QSIZE:5 NOTIFY:0 SIGNO:0 NOTIFY_PID:0"
+                    info.size = int(dict(kv.split(":", 1) for kv in f.read().split()).get("QSIZE", "0"))
+            except (OSError, ValueError):
+                pass
+        return info
+
+    def missing(self, target: Any) -> str:
+        return "no such POSIX message queue"
+
+    def remove(self, url: str, info: ObjectInfo) -> None:
+        now = self.stat(info.target)
+        if now is None:
+            raise NotFound(f"rm {url}: no such POSIX message queue (removed meanwhile)")
+        if info.identity is not None and now.identity != info.identity:
+            raise NotFound(f"rm {url}: the queue was replaced meanwhile; not removed")
+        refuse_foreign(url, now.uid)
+        try:
+            posix_ipc.unlink_message_queue("/" + info.target)
+        except posix_ipc.ExistentialError:
+            raise NotFound(f"rm {url}: no such POSIX message queue") from None
+        except Exception as e:
+            raise translate_ipc_error(e, url, "rm") from None
+
+
+KIND = _QueueKind()

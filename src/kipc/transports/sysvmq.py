@@ -44,6 +44,7 @@ import sysv_ipc
 
 from .. import _owners
 from .._base import Channel, Deadline
+from .._kinds import ObjectInfo, SysvKind
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_mode, validate_size
 from .._objects import (
     check_attach,
@@ -69,7 +70,7 @@ from ..errors import (
     translate_ipc_error,
 )
 
-__all__ = ["MessageQueueStat", "SysVMessageQueue", "apoll_backoff", "poll_backoff"]
+__all__ = ["KIND", "MessageQueueStat", "SysVMessageQueue", "apoll_backoff", "poll_backoff"]
 
 T = TypeVar("T")
 
@@ -416,3 +417,16 @@ class SysVMessageQueue(Channel):
             if self._record_url:
                 _owners.forget(self._record_url)
 
+
+
+# -- object kind: how kipc ls / rm / gc see SysV queues ---------------------------------------------------
+class _QueueKind(SysvKind):
+    def describe(self, row: dict[str, int]) -> ObjectInfo:
+        info = super().describe(row)
+        info.size, info.depth = row["cbytes"], row["qnum"]
+        info.pids = [p for p in (row["lspid"], row["lrpid"]) if p]
+        return info
+
+
+KIND = _QueueKind("sysvmq", "sysvmq", "msg", part="", records=("sysvmq",),
+                  description="sysvmq (from /proc/sysvipc/msg)")

@@ -44,12 +44,13 @@ from typing import Any, ClassVar
 
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
+from .._kinds import RemoteKind
 from .._naming import ParsedURL, parse_bool, parse_float, parse_int, parse_seconds, parse_url
 from ..codecs import Codec
 from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
 from ._sock import SocketChannel, SocketListener, connect, recv_exact, send_exact
 
-__all__ = ["MAGIC", "TcpChannel", "TcpListener"]
+__all__ = ["KIND", "MAGIC", "TcpChannel", "TcpListener"]
 
 MAGIC = b"\xffKIPC-AUTH-1\n"
 _SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux: sk_meminfo[], SNDBUF at 3, WMEM_QUEUED at 5
@@ -242,3 +243,8 @@ class TcpListener(SocketListener):
         if self._key is not None:
             _server_handshake(conn, self._key, deadline, self.url)
         return TcpChannel._accepted(self.url, conn, self._options)
+
+
+# -- object kind: a port names nothing that outlives its listener -------------------------------------------
+KIND = RemoteKind("tcp", "tcp (nothing named on this machine: a port, gone with its listener; "
+                         "shown if an owner record exists)")

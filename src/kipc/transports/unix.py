@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
+from .._kinds import ObjectInfo, PathKind
 from .._naming import (
     ParsedURL,
     parse_float,
@@ -50,10 +51,10 @@ from .._naming import (
 )
 from .._objects import file_identity, parse_uids
 from ..codecs import Codec
-from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied, from_oserror
+from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied, Unsupported, from_oserror
 from ._sock import SocketChannel, SocketListener, connect
 
-__all__ = ["UnixChannel", "UnixListener", "peer_credentials"]
+__all__ = ["KIND", "UnixChannel", "UnixListener", "peer_credentials"]
 
 SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 for the NUL
 _UCRED = struct.Struct("3i")
@@ -229,3 +230,20 @@ class UnixListener(SocketListener):
     def _close(self) -> None:
         super()._close()
         self._unlink_file()
+
+
+# -- object kind: how kipc ls / rm / gc see socket files (found through the listeners' owner records) -------
+class _SocketKind(PathKind):
+    def locate(self, parsed: ParsedURL) -> Any:
+        if parsed.netloc.startswith("@"):
+            return parsed.netloc  # abstract: nothing on disk
+        return super().locate(parsed)
+
+    def stat(self, target: Any) -> ObjectInfo | None:
+        if target.startswith("@"):
+            raise Unsupported(f"unix://{target}: an abstract socket has no file; it goes away with its listener")
+        return super().stat(target)
+
+
+KIND = _SocketKind("unix", sub="sock", is_type=stat.S_ISSOCK, noun="socket",
+                   description="unix (owner records; the socket node)")
