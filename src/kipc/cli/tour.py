@@ -1,7 +1,7 @@
 """``kipc tour [--lang en|ko] [--quick]``: the seed's IPC scenarios between real processes (``make demo``).
 
 Each scene starts real child processes (``python -c``; see
-:func:`kipc.testing.spawn`), narrates what happens, and shows what the child
+:func:`kipc._procs.spawn`), narrates what happens, and shows what the child
 printed: pipe parent -> child ("Hello Child Process!"), a SysV message queue
 between two unrelated processes by key in both directions with types, SysV
 shared memory by key ("Linux Programming"), a semaphore guarding a shared
@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..testing import spawn, unique_key, unique_name
+from .._naming import unique_key, unique_name
+from .._procs import spawn
 from . import _benchlib as lib
 from ._output import Output
 
@@ -315,7 +316,7 @@ class Tour:
             child.check(_T)
 
     def nats(self) -> None:
-        from ..testing import nats_server
+        from ..testing._nats import nats_server  # a real server process; only the NATS step needs it
 
         with nats_server() as server:
             self.nats_url = server.url

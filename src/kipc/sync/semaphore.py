@@ -38,7 +38,6 @@ import concurrent.futures
 import ctypes
 import errno as _errno
 import os
-import stat as _stat
 import threading
 from typing import Any
 
@@ -47,7 +46,18 @@ import sysv_ipc
 
 from .. import _owners
 from .._base import ASYNC_SLICE, Deadline, Resource, wait_pool
-from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_name
+from .._kinds import DevShmKind, ObjectInfo, SysvKind
+from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
+from .._objects import (
+    check_attach,
+    check_sysv_creator,
+    create_or_attach,
+    file_identity,
+    parse_create,
+    sysv_identity,
+    sysv_key,
+    sysv_row,
+)
 from ..errors import (
     AlreadyExists,
     BadObject,
@@ -58,10 +68,10 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     from_oserror,
+    translate_ipc_error,
 )
-from ..shm import check_attach, parse_create, parse_mode, sysv_key, translate_ipc_error
 
-__all__ = ["Semaphore"]
+__all__ = ["POSIX_KIND", "SYSV_KIND", "Semaphore"]
 
 _CLOSE_GRACE = 2.0
 
@@ -105,7 +115,7 @@ class Semaphore(Resource):
                  allow_foreign: bool = False) -> None:
         parsed = parse_url(url)
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise InvalidArgument(f"{url}: value must be an int >= 0, not {value!r}")
@@ -141,14 +151,11 @@ class Semaphore(Resource):
         self._closed = False
 
     def _open_sysv(self, key: int, create: bool | str, mode: int, initial: int, allow_foreign: bool) -> None:
-        sem = None
-        if create:
+        def make() -> Any:
             try:
-                sem = sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)
-                self.owner = True
+                return sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)
             except sysv_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
             except OSError as e:
                 if e.errno == _errno.ENOSPC:  # semget: no identifier (SEMMNI) or semaphore (SEMMNS) left
                     raise LimitExceeded(f"create {self.url}: {e.strerror} (limit: sysctl kernel.sem, "
@@ -156,50 +163,57 @@ class Semaphore(Resource):
                 raise translate_ipc_error(e, self.url, "create") from None
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "create") from None
-        if sem is None:
+
+        def attach() -> Any:
             try:
                 sem = sysv_ipc.Semaphore(key)
             except sysv_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no such semaphore", errno=_errno.ENOENT) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "open") from None
-            check_attach(self.url, sem.uid, sem.mode, mode, allow_foreign)
-        self._sem = sem
+            check_sysv_creator(self.url, key, uid=sem.uid, cuid=sem.cuid, cgid=sem.cgid, allow_foreign=allow_foreign)
+            check_attach(self.url, uid=sem.uid, mode=sem.mode, allowed_mode=mode, allow_foreign=allow_foreign)
+            return sem
+
+        self._sem, self.owner = create_or_attach(create, make, attach)
         if self.owner:
-            _owners.record(self._record_url, "sysv-sem")
+            row = sysv_row("sem", self._sem.id)
+            _owners.record(self._record_url, "sysv-sem", identity=sysv_identity("sem", row) if row else None)
 
     def _open_posix(self, name: str, create: bool | str, mode: int, initial: int, allow_foreign: bool) -> None:
         path = f"/dev/shm/sem.{name}"
-        sem = None
-        if create:
+
+        def make() -> Any:
             try:
-                sem = posix_ipc.Semaphore(self._name, posix_ipc.O_CREX, mode, initial)
-                self.owner = True
+                return posix_ipc.Semaphore(self._name, posix_ipc.O_CREX, mode, initial)
             except posix_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "create") from None
-        if sem is None:
+
+        def attach() -> Any:
             try:
-                sem = posix_ipc.Semaphore(self._name)
+                return posix_ipc.Semaphore(self._name)
             except posix_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no such semaphore", errno=_errno.ENOENT) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "open") from None
+
+        sem, self.owner = create_or_attach(create, make, attach)
         self._sem = sem
         try:
             if self.owner:
                 os.chmod(path, mode)  # sem_open's mode went through the umask (it can only have narrowed it)
-                _owners.record(self._record_url, "posix-sem")
+                _owners.record(self._record_url, "posix-sem", identity=file_identity(os.stat(path)))
             else:
                 st = os.stat(path)
-                check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+                check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
                 if st.st_size < _SEM_T_SIZE:  # glibc maps sizeof(sem_t) unchecked: a short file is SIGBUS on use
                     raise BadObject(f"open {self.url}: {path} is {st.st_size} bytes, not a semaphore "
                                     f"({_SEM_T_SIZE} bytes); refused")
         except FileNotFoundError:
-            pass  # /dev/shm is not where this libc keeps semaphores: nothing to check
+            if self.owner:  # /dev/shm is not where this libc keeps semaphores: nothing to check
+                _owners.record(self._record_url, "posix-sem")
         except BaseException:
             sem.close()
             if self.owner:
@@ -353,3 +367,18 @@ class Semaphore(Resource):
 
     def __repr__(self) -> str:
         return f"<Semaphore {self.url} {'closed' if self._closed else 'open'}>"
+
+
+# -- object kinds: how kipc ls / rm / gc see semaphores (records use sysv-sem:// / posix-sem://, as a
+# segment may have the same key or name) ---------------------------------------------------------------
+class _SemKind(SysvKind):
+    def describe(self, row: dict[str, int]) -> ObjectInfo:
+        info = super().describe(row)
+        info.size = row["nsems"]
+        return info
+
+
+SYSV_KIND = _SemKind("sysvsem", "sysv", "sem", part="sem", records=("sysv-sem",), record_scheme="sysv-sem",
+                     description="sysvsem (from /proc/sysvipc/sem)")
+POSIX_KIND = DevShmKind("posixsem", "posix", "sem.", part="sem", records=("posix-sem",), record_scheme="posix-sem",
+                        description="posixsem (/dev/shm/sem.NAME)")

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 from .._base import Channel, Deadline
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
+from .._naming import validate_size
 from ..codecs import Codec
 from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, from_oserror
 
@@ -86,7 +87,7 @@ class StreamChannel(Channel):
         if framing not in FRAMINGS:
             raise InvalidArgument(f"{url}: framing {framing!r} is not one of {FRAMINGS}")
         if isinstance(max_message_size, str):
-            max_message_size = int(max_message_size)
+            max_message_size = validate_size(max_message_size, what="max_message_size")
         self.framing = framing
         self.max_message_size = self._decoder_max = check_max(max_message_size)
         self._rfd, self._wfd = rfd, wfd

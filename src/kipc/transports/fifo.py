@@ -44,16 +44,18 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME, FrameDecoder
+from .._kinds import PathKind
 from .._naming import (
     ParsedURL,
     parse_bool,
+    parse_seconds,
     parse_url,
     runtime_dir,
     validate_mode,
     validate_name,
     validate_path,
-    validate_timeout,
 )
+from .._objects import check_attach, create_or_attach, file_identity, parse_create, parse_uids
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -67,9 +69,8 @@ from ..errors import (
 )
 from ._stream import StreamChannel
 from .pipe import _grow
-from .unix import parse_uids
 
-__all__ = ["FifoChannel", "fifo_path", "parse_create"]
+__all__ = ["KIND", "FifoChannel", "fifo_path"]
 
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -82,13 +83,6 @@ def fifo_path(parsed: ParsedURL) -> str:
         name = validate_name(parsed.netloc, what="fifo name")  # before runtime_dir() touches the disk
         return os.path.join(runtime_dir("fifo"), name)
     return validate_path(parsed.path, what="fifo path")
-
-
-def parse_create(value: Any) -> bool | str:
-    """``create=``: False, True (exclusive) or ``"if_missing"`` (strings from URL queries too)."""
-    if value == "if_missing":
-        return "if_missing"
-    return parse_bool(value, what="create")
 
 
 class FifoChannel(StreamChannel):
@@ -120,12 +114,12 @@ class FifoChannel(StreamChannel):
         self._allow = parse_uids(allow_uids)
         self.follow = parse_bool(follow, what="follow")
         self.persist = parse_bool(persist, what="persist")
-        deadline = Deadline(validate_timeout(float(timeout) if isinstance(timeout, str) else timeout))
+        deadline = Deadline(parse_seconds(timeout))
         self.url, self._path = url, path
         fd = -1
         try:
-            if create:
-                fd = self._create(path, mode, exclusive=create is True)
+            # attach opens below, per direction: -1 = "not created here"
+            fd, _ = create_or_attach(create, lambda: self._create(path, mode), lambda: -1)
             if direction == "recv":
                 if fd < 0:
                     fd = self._open(os.O_RDONLY)
@@ -147,13 +141,12 @@ class FifoChannel(StreamChannel):
             raise
 
     # -- opening -------------------------------------------------------------------
-    def _create(self, path: str, mode: int, *, exclusive: bool) -> int:
+    def _create(self, path: str, mode: int) -> int:
+        """mkfifo exclusively; returns a read fd (the probe that sets the mode and the identity)."""
         try:
             os.mkfifo(path, 0o600)
         except FileExistsError as e:
-            if exclusive:
-                raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
-            return -1
+            raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
         except OSError as e:
             raise from_oserror(e, self.url, "create") from e
         try:
@@ -165,7 +158,7 @@ class FifoChannel(StreamChannel):
         self.owner = True
         try:
             os.fchmod(fd, mode)  # mkfifo's mode went through the umask; set it exactly
-            _owners.record(self.url, "fifo", path=path)
+            _owners.record(self.url, "fifo", path=path, identity=file_identity(st))
         except BaseException:
             os.close(fd)
             raise
@@ -176,13 +169,10 @@ class FifoChannel(StreamChannel):
             raise PermissionDenied(f"open {self.url}: {self._path} is a symlink; refused")
         if not stat.S_ISFIFO(st.st_mode):
             raise BadObject(f"open {self.url}: {self._path} is not a FIFO")
-        me = os.geteuid()
-        if st.st_uid != me and st.st_uid not in self._allow:
-            raise PermissionDenied(f"open {self.url}: {self._path} is owned by uid {st.st_uid}, not {me} "
-                                   f"(pass allow_uids=[{st.st_uid}] to use it)")
-        if st.st_mode & 0o077 and not self._allow_open_mode and not self.owner:
-            raise PermissionDenied(f"open {self.url}: {self._path} has mode {stat.S_IMODE(st.st_mode):#o}; "
-                                   "group/other bits refused (pass allow_open_mode=True)")
+        check_attach(f"{self.url}: {self._path}", uid=st.st_uid, mode=st.st_mode,
+                     allowed_mode=0o777 if self._allow_open_mode or self.owner else 0o600, allow_uids=self._allow,
+                     foreign_hint="pass allow_uids=[{uid}] to use it",
+                     mode_hint="group/other bits refused (pass allow_open_mode=True)")
 
     def _open(self, flags: int) -> int:
         """Open the (already checked) path; ENXIO passes through for the writer's retry loop."""
@@ -273,14 +263,7 @@ class FifoChannel(StreamChannel):
                 pass
         _owners.forget(self.url)
 
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[FifoChannel, FifoChannel]:
-        """(writer, reader); the reader created the FIFO (a FIFO's writer cannot open before a reader)."""
-        url = f"fifo://{name}"
-        rx = cls(url, create=True, direction="recv", **options)
-        try:
-            tx = cls(url, direction="send", timeout=10, **options)
-        except BaseException:
-            rx.close()
-            raise
-        return tx, rx
+
+# -- object kind: how kipc ls / rm / gc see FIFOs (no machine-wide list: found through owner records) -------
+KIND = PathKind("fifo", sub="fifo", is_type=stat.S_ISFIFO, noun="FIFO",
+                description="fifo (owner records; the FIFO node itself)")

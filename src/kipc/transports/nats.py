@@ -59,7 +59,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._base import Channel, Deadline
-from .._naming import ParsedURL, merge_query, parse_bool, parse_url, validate_name, validate_timeout
+from .._kinds import RemoteKind
+from .._naming import (
+    ParsedURL,
+    merge_query,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_url,
+    validate_name,
+    validate_timeout,
+)
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -82,7 +92,7 @@ try:
 except ImportError as _e:  # pragma: no cover - the extra is not installed
     raise ImportError("nats:// channels need nats-py: pip install 'kipc[nats]'") from _e
 
-__all__ = ["KV", "Delivery", "KVEvent", "NatsChannel", "Topic"]
+__all__ = ["KIND", "KV", "Delivery", "KVEvent", "NatsChannel", "Topic"]
 
 T = TypeVar("T")
 
@@ -175,24 +185,16 @@ def _escape(name: str) -> str:
 
 def _float_opt(value: Any, what: str) -> float:
     try:
-        f = float(value)
-    except (TypeError, ValueError):
+        f = float(parse_float(value, what=what))
+    except TypeError:
         raise InvalidArgument(f"{what} {value!r} is not a number") from None
-    if not f > 0:
+    if not f > 0 or f == float("inf"):
         raise InvalidArgument(f"{what} {value!r} must be > 0")
     return f
 
 
 def _int_opt(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be int, not bool")
-    try:
-        i = int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{what} {value!r} is not an integer") from None
-    if i < minimum:
-        raise InvalidArgument(f"{what} {i} is below the minimum {minimum}")
-    return i
+    return parse_int(value, what=what, hex=False, minimum=minimum)
 
 
 def _split_url(parsed: ParsedURL, schemes: tuple[str, ...]) -> tuple[str, str, str | None]:
@@ -428,19 +430,6 @@ class NatsChannel(_Client, Channel):
     @classmethod
     def from_url(cls, parsed: ParsedURL, **options: Any) -> NatsChannel:
         return cls(parsed.url.split("?", 1)[0], **merge_query(parsed, options))
-
-    @classmethod
-    def test_pair(cls, name: str, *, servers: str | list[str], **options: Any) -> tuple[NatsChannel, NatsChannel]:
-        """``(creator/sender, receiver)`` on ``servers`` (a URL, or a list for a cluster)."""
-        first = servers if isinstance(servers, str) else servers[0]
-        url = f"{first.rstrip('/')}/{name}"
-        options.setdefault("ack_wait", 2.0)
-        sender = cls(url, create=True, servers=servers, **options)
-        try:
-            return sender, cls(url, servers=servers, **options)
-        except BaseException:
-            sender.close()
-            raise
 
     # -- setup -------------------------------------------------------------------------------
     async def _setup(self, create: bool | str) -> bool:
@@ -803,16 +792,6 @@ class Topic(_Client, Channel):
     def from_url(cls, parsed: ParsedURL, **options: Any) -> Topic:
         return cls(parsed.url.split("?", 1)[0], **merge_query(parsed, options))
 
-    @classmethod
-    def test_pair(cls, name: str, *, servers: str | list[str], **options: Any) -> tuple[Topic, Topic]:
-        first = servers if isinstance(servers, str) else servers[0]
-        url = f"{first.rstrip('/')}/{name}"
-        receiver = cls(url, servers=servers, **options)
-        try:
-            return cls(url, servers=servers, subscribe=False, **options), receiver
-        except BaseException:
-            receiver.close()
-            raise
 
     async def _apublish(self, data: bytes) -> None:
         try:
@@ -1205,3 +1184,5 @@ async def _uncancellable_publish(ch: Any, coro: Coroutine[Any, Any, None]) -> No
         raise
     except Exception as e:
         raise _translate(e, ch.url, "operation on") from e
+# -- object kind: streams live in the server, nothing on this machine -----------------------------------------
+KIND = RemoteKind("nats", "nats (nothing local: the stream lives in the server; shown if an owner record exists)")

@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import stat as _stat
 from typing import Any
 
 import posix_ipc
 
 from .. import _owners
 from .._base import Channel, Deadline
-from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_name, validate_size
-from .._platform import sysctl
+from .._kinds import Kind, ObjectInfo, refuse_foreign, stat_info
+from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
+from .._objects import check_attach, create_or_attach, file_identity, parse_create
+from .._platform import mqueue_mount, sysctl
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -49,10 +50,10 @@ from ..errors import (
     LimitExceeded,
     MessageTooLarge,
     NotFound,
+    translate_ipc_error,
 )
-from ..shm import check_attach, parse_create, parse_mode, translate_ipc_error
 
-__all__ = ["PosixMessageQueue"]
+__all__ = ["KIND", "PosixMessageQueue"]
 
 PRIORITY_MAX = int(posix_ipc.QUEUE_PRIORITY_MAX)
 _SYSCTL_DIR = "/proc/sys/fs/mqueue"
@@ -78,7 +79,7 @@ class PosixMessageQueue(Channel):
             raise InvalidArgument(f"{parsed.url}: expected posixmq://NAME")
         name = validate_name(parsed.netloc, what="queue name")
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         allow_foreign = parse_bool(allow_foreign, what="allow_foreign")
         self.url = parsed.url
@@ -88,31 +89,32 @@ class PosixMessageQueue(Channel):
             raise InvalidArgument(f"open {self.url}: max_messages/max_message_size are set at creation only")
         nmax = self._limit(max_messages, "max_messages", "msg_max", 10)
         smax = self._limit(max_message_size, "max_message_size", "msgsize_max", 8192)
-        q = None
-        if create:
+
+        def make() -> Any:
             try:
-                q = posix_ipc.MessageQueue(self._name, posix_ipc.O_CREX, mode, nmax, smax)
-                self.owner = True
+                return posix_ipc.MessageQueue(self._name, posix_ipc.O_CREX, mode, nmax, smax)
             except posix_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
             except Exception as e:
                 raise self._create_error(e) from None
-        if q is None:
+
+        def attach() -> Any:
             try:
-                q = posix_ipc.MessageQueue(self._name)
+                return posix_ipc.MessageQueue(self._name)
             except posix_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no such queue (create=True makes one)", errno=_errno.ENOENT) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "open") from None
+
+        q, self.owner = create_or_attach(create, make, attach)
         self._q = q
         try:
             if self.owner:
                 os.fchmod(q.mqd, mode)  # mq_open's mode went through the umask
-                _owners.record(self._record_url, "posixmq")
+                _owners.record(self._record_url, "posixmq", identity=file_identity(os.fstat(q.mqd)))
             else:
                 st = os.fstat(q.mqd)
-                check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+                check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
         except BaseException:
             self._close()
             if self.owner:
@@ -147,16 +149,6 @@ class PosixMessageQueue(Channel):
         from .._naming import merge_query
 
         return cls(parsed, **merge_query(parsed, options))
-
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[PosixMessageQueue, PosixMessageQueue]:
-        sender = cls(f"posixmq://{name}", create=True, **options)
-        opener = {k: v for k, v in options.items() if k not in ("max_messages", "max_message_size")}
-        try:
-            return sender, cls(f"posixmq://{name}", **opener)
-        except BaseException:
-            sender.close()
-            raise
 
     # -- I/O ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -289,3 +281,78 @@ class PosixMessageQueue(Channel):
             raise translate_ipc_error(e, self.url, "unlink") from None
         finally:
             _owners.forget(self._record_url)
+
+
+# -- object kind: how kipc ls / rm / gc see POSIX queues ------------------------------------------------------
+class _QueueKind(Kind):
+    """The mqueue fs lists every queue when it is mounted; without it kipc finds its own through owner records.
+
+    ``stat`` opens the queue for an instant (read-only view: depth, and the inode
+    of its mqueue file from ``fstat`` on the descriptor, which is its identity).
+    """
+
+    name = scheme = "posixmq"
+    records = ("posixmq",)
+    description = "posixmq (mqueue fs when mounted, else owner records)"
+
+    @property
+    def lists_all(self) -> bool:  # type: ignore[override]
+        return mqueue_mount() is not None
+
+    def locate(self, parsed: ParsedURL) -> Any:
+        if parsed.path not in ("", "/") or not parsed.netloc:
+            raise InvalidArgument(f"{parsed.url}: expected posixmq://NAME")
+        return validate_name(parsed.netloc)
+
+    def scan(self) -> list[ObjectInfo]:
+        mount = mqueue_mount()
+        if mount is None:
+            return []
+        try:
+            names = sorted(os.listdir(mount))
+        except OSError:
+            return []
+        found = [self.stat(n) for n in names]
+        return [i for i in found if i is not None]
+
+    def stat(self, target: Any) -> ObjectInfo | None:
+        try:
+            q = posix_ipc.MessageQueue("/" + target, read=True, write=False)
+        except posix_ipc.ExistentialError:
+            return None
+        except Exception as e:  # no access: still there, say so
+            return ObjectInfo(self.name, f"posixmq://{target}", target=target, detail=str(e))
+        try:
+            info = stat_info(self.name, f"posixmq://{target}", "", os.fstat(q.mqd), target=target)
+            info.path, info.size, info.depth = None, None, int(q.current_messages)
+        finally:
+            q.close()
+        mount = mqueue_mount()
+        if mount:
+            info.path = os.path.join(mount, target)
+            try:
+                with open(info.path) as f:  # "QSIZE:5 NOTIFY:0 SIGNO:0 NOTIFY_PID:0"
+                    info.size = int(dict(kv.split(":", 1) for kv in f.read().split()).get("QSIZE", "0"))
+            except (OSError, ValueError):
+                pass
+        return info
+
+    def missing(self, target: Any) -> str:
+        return "no such POSIX message queue"
+
+    def remove(self, url: str, info: ObjectInfo) -> None:
+        now = self.stat(info.target)
+        if now is None:
+            raise NotFound(f"rm {url}: no such POSIX message queue (removed meanwhile)")
+        if info.identity is not None and now.identity != info.identity:
+            raise NotFound(f"rm {url}: the queue was replaced meanwhile; not removed")
+        refuse_foreign(url, now.uid)
+        try:
+            posix_ipc.unlink_message_queue("/" + info.target)
+        except posix_ipc.ExistentialError:
+            raise NotFound(f"rm {url}: no such POSIX message queue") from None
+        except Exception as e:
+            raise translate_ipc_error(e, url, "rm") from None
+
+
+KIND = _QueueKind()

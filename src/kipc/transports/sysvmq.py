@@ -48,7 +48,17 @@ import sysv_ipc
 
 from .. import _owners
 from .._base import Channel, Deadline
-from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_size
+from .._kinds import ObjectInfo, SysvKind
+from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_mode, validate_size
+from .._objects import (
+    check_attach,
+    check_sysv_creator,
+    create_or_attach,
+    parse_create,
+    sysv_identity,
+    sysv_key,
+    sysv_row,
+)
 from .._platform import sysctl
 from ..codecs import Codec
 from ..errors import (
@@ -60,10 +70,10 @@ from ..errors import (
     MessageTooLarge,
     NotFound,
     Unsupported,
+    translate_ipc_error,
 )
-from ..shm import check_attach, parse_create, parse_mode, sysv_key, translate_ipc_error
 
-__all__ = ["MessageQueueStat", "SysVMessageQueue", "pauses"]
+__all__ = ["KIND", "MessageQueueStat", "SysVMessageQueue", "pauses"]
 
 #: back-off bounds for timed waits on objects without a kernel timeout
 BACKOFF_FIRST = 50e-6
@@ -153,7 +163,7 @@ class SysVMessageQueue(Channel):
             raise InvalidArgument(f"{parsed.url}: not a sysvmq:// URL")
         key = sysv_key(parsed)
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         allow_foreign = parse_bool(allow_foreign, what="allow_foreign")
         if max_bytes is not None:
@@ -164,42 +174,47 @@ class SysVMessageQueue(Channel):
         self.url = parsed.url
         msgmax = _msgmax()
         self.max_message_size = msgmax
-        q = None
-        if create:
+
+        def make() -> Any:
             try:
-                q = sysv_ipc.MessageQueue(key or sysv_ipc.IPC_PRIVATE, sysv_ipc.IPC_CREX, mode, max_message_size=msgmax)
-                self.owner = True
+                return sysv_ipc.MessageQueue(key or sysv_ipc.IPC_PRIVATE, sysv_ipc.IPC_CREX, mode,
+                                             max_message_size=msgmax)
             except sysv_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: a queue with key {key} already exists",
-                                        errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: a queue with key {key} already exists",
+                                    errno=_errno.EEXIST) from e
             except Exception as e:
                 raise self._error(e, "create") from None
-        if q is None:
+
+        def attach() -> Any:
             try:
-                q = sysv_ipc.MessageQueue(key, 0, max_message_size=msgmax)
+                return sysv_ipc.MessageQueue(key, 0, max_message_size=msgmax)
             except sysv_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no queue with key {key} (create=True makes one)",
                                errno=_errno.ENOENT) from e
             except Exception as e:
                 raise self._error(e, "open") from None
+
+        q, self.owner = create_or_attach(create, make, attach)
         self._q = q
         self.id = q.id
         try:
             if self.owner:
                 self._record_url = f"sysvmq://{key}" if key else f"sysvmq://private?id={q.id}"
-                _owners.record(self._record_url, "sysvmq")
             else:
-                check_attach(self.url, q.uid, q.mode, mode, allow_foreign)
+                check_sysv_creator(self.url, key, uid=q.uid, cuid=q.cuid, cgid=q.cgid, allow_foreign=allow_foreign)
+                check_attach(self.url, uid=q.uid, mode=q.mode, allowed_mode=mode, allow_foreign=allow_foreign)
             if max_bytes is not None:
                 self.max_bytes = max_bytes
+            if self.owner:
+                # after max_bytes: IPC_SET restamps ctime, which is part of the identity
+                self._record_owner()
         except BaseException:
             if self.owner:
                 self._unlink()
             raise
         self._init_channel(self.url, codec=codec)
 
-    # -- construction hooks for kipc.open / kipc.testing ------------------------------------------
+    # -- construction hook for kipc.open -------------------------------------------------------------
     @classmethod
     def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue:
         from .._naming import merge_query
@@ -208,17 +223,10 @@ class SysVMessageQueue(Channel):
         merged.pop("proj", None)  # part of the address (ftok), not an option
         return cls(parsed, **merged)
 
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[SysVMessageQueue, SysVMessageQueue]:
-        from ..testing import unique_key
-
-        key = unique_key()  # SysV has keys, not names: the namespace's key stands for `name`
-        sender = cls(key, create=True, **options)
-        try:
-            return sender, cls(key, **options)
-        except BaseException:
-            sender.close()
-            raise
+    def _record_owner(self) -> None:
+        """Write (or refresh) the owner record with the queue's identity (id + ctime)."""
+        row = sysv_row("msg", self.id)
+        _owners.record(self._record_url, "sysvmq", identity=sysv_identity("msg", row) if row else None)
 
     # -- errors -------------------------------------------------------------------------------------
     def _error(self, exc: BaseException, op: str) -> KipcError:
@@ -325,6 +333,8 @@ class SysVMessageQueue(Channel):
         limit = sysctl("kernel.msgmnb", 16384) or 16384
         try:
             self._q.max_size = value
+            if self.owner and self._record_url:
+                self._record_owner()  # IPC_SET restamped ctime: keep the record's identity current
         except sysv_ipc.PermissionsError:
             raise LimitExceeded(f"set max_bytes={value} on {self.url}: above sysctl kernel.msgmnb = {limit} "
                                 "(needs CAP_SYS_RESOURCE), or not the queue's owner",
@@ -349,3 +359,16 @@ class SysVMessageQueue(Channel):
             if self._record_url:
                 _owners.forget(self._record_url)
 
+
+
+# -- object kind: how kipc ls / rm / gc see SysV queues ---------------------------------------------------
+class _QueueKind(SysvKind):
+    def describe(self, row: dict[str, int]) -> ObjectInfo:
+        info = super().describe(row)
+        info.size, info.depth = row["cbytes"], row["qnum"]
+        info.pids = [p for p in (row["lspid"], row["lrpid"]) if p]
+        return info
+
+
+KIND = _QueueKind("sysvmq", "sysvmq", "msg", part="", records=("sysvmq",),
+                  description="sysvmq (from /proc/sysvipc/msg)")
