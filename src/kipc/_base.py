@@ -50,6 +50,7 @@ What every transport then guarantees:
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import concurrent.futures
 import math
@@ -139,6 +140,11 @@ def lock_within(lock: Any, deadline: Deadline) -> bool:
     if deadline.timeout == 0:
         return bool(lock.acquire(False))
     return bool(lock.acquire(True, max(0.0, deadline.end - _monotonic())))
+
+
+#: Threads this process started besides the main one (``_thread._count``: every thread
+#: Python starts, threading's or not). 0 means no other thread can be inside a call.
+other_threads = _thread._count
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
