@@ -98,9 +98,12 @@ def refuse_foreign(url: str, uid: int | None, cuid: int | None = None) -> None:
                                "kipc does not remove other users' objects")
 
 
-def stat_info(kind: str, url: str, path: str, st: os.stat_result, target: Any = None) -> ObjectInfo:
+def stat_info(kind: str, url: str, path: str, st: os.stat_result, target: Any = None,
+              fd: int | None = None) -> ObjectInfo:
+    """An ls row from ``lstat(path)`` (or ``fstat(fd)``), with the node's identity."""
+    identity = file_identity(st, fd=fd) if fd is not None else file_identity(st, path=path)
     return ObjectInfo(kind, url, uid=st.st_uid, mode=stat.S_IMODE(st.st_mode), size=st.st_size, path=path,
-                      identity=file_identity(st), target=target if target is not None else path)
+                      identity=identity, target=target if target is not None else path)
 
 
 class Kind:
@@ -202,7 +205,7 @@ def check_node(url: str, info: ObjectInfo, is_type: Callable[[int], bool], noun:
         raise from_oserror(e, url, "rm") from e
     if not is_type(st.st_mode):
         raise InvalidArgument(f"rm {url}: {path} is not a {noun}")
-    if info.identity is not None and file_identity(st) != info.identity:
+    if info.identity is not None and file_identity(st, path=path) != info.identity:
         raise NotFound(f"rm {url}: {path} was replaced meanwhile; not removed")
     refuse_foreign(url, st.st_uid)
     return st

@@ -249,6 +249,8 @@ def gc(dry_run: bool = False) -> GcReport:
                 _owners.forget(rec.url)
             continue
         _mark(info, rec)
+        if not r.kind.lists_all:
+            info.url = rec.url  # found through its record: name it as its creator did
         if info.uid is not None and info.uid != me:
             report.skipped.append(GcSkip(rec.url, name, f"owned by uid {info.uid}, not by you ({me})"))
             continue

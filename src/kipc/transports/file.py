@@ -196,7 +196,7 @@ class SpoolChannel(Channel):
         os.mkdir(os.path.join(path, CLAIMED), 0o700)
         os.chmod(os.path.join(path, CLAIMED), 0o700)
         # kipc gc removes only what kipc made: these subdirectories and its own message/temp files
-        _owners.record(self.url, "file", path=path, identity=file_identity(st), made=[CLAIMED])
+        _owners.record(self.url, "file", path=path, identity=file_identity(st, path=path), made=[CLAIMED])
 
     def _attach(self, path: str, allow_open: bool, allow: frozenset[int]) -> None:
         try:
