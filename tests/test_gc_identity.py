@@ -25,6 +25,8 @@ from kipc.testing import Child, spawn, unique_key, unique_name
 
 from .conftest import Figures
 
+HOSTILE = "Hostile peers and odd objects"
+
 # Creates each URL given (create=True), prints READY and waits to be killed.
 OWNER = """
 import sys, kipc
@@ -89,7 +91,7 @@ def test_c_queue_on_a_dead_owners_key_survives_gc(c_queue: str, capsys: pytest.C
         assert url not in _urls(report["removed"])
         assert url in _urls(report["dropped"]) and _owners.lookup(url) is None
         figures.record("sysvmq", "dead owner's key reused by a C queue: live objects removed by gc", "0",
-                       target="0")
+                       target="0", section=HOSTILE)
     finally:
         sysv_ipc.remove_message_queue(c_id)
 
@@ -116,7 +118,7 @@ def test_ring_names_reused_by_a_hand_made_object_or_a_persist_ring(capsys: pytes
         with kipc.open(f"ring://{kept}") as ring:
             assert ring.recv(timeout=5) == b"keep me"
         figures.record("ring", "dead owner's name reused (hand-made file, persist=True ring): removed by gc",
-                       "0 of 2", target="0")
+                       "0 of 2", target="0", section=HOSTILE)
     finally:
         for name in (hand, kept):
             if os.path.exists(f"/dev/shm/kipc.ring.{name}"):
@@ -148,7 +150,7 @@ def test_gc_never_deletes_a_users_directory_tree(capsys: pytest.CaptureFixture[s
         assert "kipc did not put there" in skipped[f"file://{shared}"]
         figures.record("file", "user files in/at a dead owner's spool after gc: deleted",
                        f"0 of 3 (spool's own message and claimed/ removed: {int(len(left) == 2)})",
-                       target="0")
+                       target="0", section=HOSTILE)
     finally:
         for name in (replaced, shared):
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
@@ -184,7 +186,7 @@ def test_one_odd_entry_does_not_abort_gc(capsys: pytest.CaptureFixture[str], fig
         text = capsys.readouterr().out
         assert f"skipped toaster {odd}" in text
         figures.record("fifo", "dead owner's FIFO path now a regular file: gc exit status / other dead objects "
-                       "removed / file kept", "0 / 1 of 1 / yes", target="0 / all / yes")
+                       "removed / file kept", "0 / 1 of 1 / yes", target="0 / all / yes", section=HOSTILE)
     finally:
         os.unlink(path)
         _owners.forget(odd)
