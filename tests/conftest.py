@@ -82,6 +82,9 @@ def figures(request: pytest.FixtureRequest) -> Figures:
     return Figures(doc)
 
 
+_TABLE_HEAD = ("| test | mechanism | figure | value | target |", "|---|---|---|---|---|")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = os.environ.get("KIPC_RELIABILITY_REPORT")
     if not path or not _FIGURES:
@@ -99,13 +102,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "Every payload carries (producer id, sequence, length, crc32, redundant field); figures are counted,",
         "not assumed. Rerun: `make reliability` (long) or `make test` (short versions).",
         "",
-        "| test | mechanism | figure | value | target |",
-        "|---|---|---|---|---|",
+        *_TABLE_HEAD,
     ]
     sections = list(dict.fromkeys(str(f["section"]) for f in _FIGURES))
     for section in sections:
         if section:
-            lines += ["", f"## {section}", "", "| test | mechanism | figure | value | target |", "|---|---|---|---|---|"]
+            lines += ["", f"## {section}", "", *_TABLE_HEAD]
         for f in _FIGURES:
             if f["section"] == section:
                 lines.append(f"| {f['test']} | {f['mechanism']} | {f['figure']} | {f['value']} | {f['target']} |")
