@@ -494,3 +494,10 @@ def test_blocked_receiver_sees_stream_removed(nats_url: str) -> None:
             assert len(outcome) == 1 and isinstance(outcome[0], kipc.ChannelClosed), outcome
     finally:
         creator.close()
+
+
+def test_channel_pair_without_servers_runs_its_own() -> None:
+    """kipc.testing.channel_pair("nats") works for every scheme's users: no servers= starts a private nats-server."""
+    with testing.channel_pair("nats") as (tx, rx):
+        tx.send(b"over a private server", timeout=10)
+        assert rx.recv(timeout=10) == b"over a private server"
