@@ -244,7 +244,7 @@ class Tour:
         a_url, b_url = f"posix://{name}-a", f"posix://{name}-b"
         n = 100 if self.quick else 500
         code = ("import sys, kipc\na = kipc.Semaphore(sys.argv[1])\nb = kipc.Semaphore(sys.argv[2])\n"
-                "print('READY', flush=True)\nfor _ in range(int(sys.argv[3])):\n    a.acquire(timeout=20)\n"
+                "print('READY', flush=True)\nfor _ in range(int(sys.argv[3])):\n    assert a.acquire(timeout=20)\n"
                 "    b.release()\na.close()\nb.close()\n")
         with contextlib.closing(kipc.Semaphore(a_url, create=True, value=0)) as a, \
                 contextlib.closing(kipc.Semaphore(b_url, create=True, value=0)) as b, \
@@ -253,7 +253,8 @@ class Tour:
             for _ in range(n):
                 t = time.perf_counter_ns()
                 a.release()
-                b.acquire(timeout=_T)
+                if not b.acquire(timeout=_T):
+                    raise TimeoutError(f"semaphore ping-pong: no answer within {_T} s")
                 samples.append(time.perf_counter_ns() - t)
             child.check(_T)
         samples.sort()

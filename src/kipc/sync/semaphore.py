@@ -2,12 +2,19 @@
 
 Contract card:
 
-* ``acquire(timeout=None)`` decrements (blocks while the value is 0);
-  ``timeout=0`` raises :class:`WouldBlock`, ``t`` raises :class:`Timeout`
-  (kernel timeouts: ``semtimedop`` / ``sem_timedwait``; EINTR retried with the
-  time left). ``release()`` increments. ``value`` reads the count. Context
-  manager = acquire/release; ``await aacquire()`` waits in a worker thread in
-  short slices (no fd exists), so cancellation lands within 50 ms.
+* ``acquire(blocking=True, timeout=None) -> bool`` decrements (blocks while
+  the value is 0), exactly like ``threading.Semaphore.acquire``: True when
+  acquired, False when ``blocking=False`` or ``timeout`` ran out (so code
+  written for ``threading``/``multiprocessing`` works unchanged; kipc's
+  channels raise :class:`Timeout` instead, semaphores follow the stdlib).
+  Kernel timeouts (``semtimedop`` / ``sem_timedwait``) in slices of 50 ms;
+  EINTR retried with the time left; Ctrl-C gets through. ``release()``
+  increments. ``value`` reads the count. Context manager = acquire/release.
+* Threads: any number may acquire at once; ``close()`` from another thread
+  wakes blocked acquirers within 50 ms with :class:`ChannelClosed`.
+* ``await aacquire(timeout=None) -> bool`` tries on the loop thread, then waits
+  in kipc's wait threads in 50 ms slices (no fd exists). Cancelled, it has
+  taken nothing: a permit a worker got after the cancellation is given back.
 * Crash safety: the SysV flavour uses ``SEM_UNDO`` by default — a holder
   killed by SIGKILL has its acquisitions undone by the kernel. This assumes
   each process releases what it acquired (a process that only releases, as in
@@ -27,16 +34,18 @@ Contract card:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import errno as _errno
 import os
+import threading
 from typing import Any
 
 import posix_ipc
 import sysv_ipc
 
 from .. import _owners
-from .._base import Deadline, Resource
+from .._base import ASYNC_SLICE, Deadline, Resource, wait_pool
 from .._kinds import DevShmKind, ObjectInfo, SysvKind
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
 from .._objects import (
@@ -64,7 +73,7 @@ from ..errors import (
 
 __all__ = ["POSIX_KIND", "SYSV_KIND", "Semaphore"]
 
-_ASYNC_SLICE = 0.05
+_CLOSE_GRACE = 2.0
 
 # sysv_ipc is built without semtimedop here (SEMAPHORE_TIMEOUT_SUPPORTED is False: it would
 # ignore timeouts), so the SysV wait itself goes through libc. ctypes releases the GIL.
@@ -137,6 +146,8 @@ class Semaphore(Resource):
             self._open_posix(name, create, mode, initial, allow_foreign)
         else:
             raise InvalidArgument(f"{url}: Semaphore addresses are sysv://KEY or posix://NAME")
+        self._calls = threading.Condition()
+        self._inflight = 0
         self._closed = False
 
     def _open_sysv(self, key: int, create: bool | str, mode: int, initial: int, allow_foreign: bool) -> None:
@@ -210,75 +221,107 @@ class Semaphore(Resource):
             raise
 
     # -- operations --------------------------------------------------------------------------------
-    def _check_open(self, op: str) -> None:
-        if self._closed:
-            raise ChannelClosed(f"{op} on {self.url}: closed by this process")
+    # -- in-flight calls: close() from another thread waits for them, never frees under them --
+    _calls: Any = None
+    _inflight = 0
 
-    def acquire(self, timeout: float | None = None) -> None:
-        """Decrement; blocks while the value is 0 (``Timeout`` / ``WouldBlock`` when ``timeout`` runs out)."""
-        deadline = Deadline.of(timeout)
-        self._check_open("acquire")
-        sem = self._sem
+    def _enter(self, op: str) -> None:
+        with self._calls:
+            self._check_open(op)
+            self._inflight += 1
+
+    def _leave(self) -> None:
+        with self._calls:
+            self._inflight -= 1
+            self._calls.notify_all()
+
+    def _quiesce(self) -> list[Any]:
+        if self._calls is not None:
+            with self._calls:
+                self._calls.wait_for(lambda: self._inflight == 0, _CLOSE_GRACE)
+        return []
+
+    def _attempt(self, deadline: Deadline) -> bool:
+        """One kernel wait of at most ``deadline``: True when acquired, False when it ran out."""
         if self.kind == "sysv":
-            while True:
-                err = _semop(self._semid, -1, self._undo, deadline.remaining())
-                if err == 0:
-                    return
-                if err == _errno.EAGAIN:
-                    raise deadline.error(f"acquire on {self.url}")
-                if err == _errno.EINTR:  # the Python handler ran (Ctrl-C raised); retry with the time left
-                    continue
-                if err in (_errno.EIDRM, _errno.EINVAL):
-                    raise ChannelClosed(f"acquire on {self.url}: the semaphore was removed", errno=err)
-                raise from_oserror(OSError(err, os.strerror(err)), self.url, "acquire")
-        busy = posix_ipc.BusyError
-        while True:
-            try:
-                sem.acquire(deadline.remaining())
-                return
-            except busy:
-                raise deadline.error(f"acquire on {self.url}") from None
-            except (sysv_ipc.Error, posix_ipc.Error) as e:
-                if isinstance(e, posix_ipc.SignalError) or "ignaled" in str(e):
-                    if deadline.expired():
-                        raise deadline.error(f"acquire on {self.url}") from None
-                    continue  # EINTR: the Python handler ran (Ctrl-C raised); retry with the time left
-                raise self._error(e, "acquire") from None
+            err = _semop(self._semid, -1, self._undo, deadline.remaining())
+            if err == 0:
+                return True
+            if err in (_errno.EAGAIN, _errno.EINTR):  # EINTR: the Python handler runs next (Ctrl-C raises)
+                return False
+            if err in (_errno.EIDRM, _errno.EINVAL):
+                raise ChannelClosed(f"acquire on {self.url}: the semaphore was removed", errno=err)
+            raise from_oserror(OSError(err, os.strerror(err)), self.url, "acquire")
+        try:
+            self._sem.acquire(deadline.remaining())
+            return True
+        except posix_ipc.BusyError:
+            return False
+        except (sysv_ipc.Error, posix_ipc.Error) as e:
+            if isinstance(e, posix_ipc.SignalError) or "ignaled" in str(e):
+                return False  # EINTR: retried with the time left
+            raise self._error(e, "acquire") from None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Decrement; True when acquired, False if ``blocking=False`` or ``timeout`` ran out (as threading)."""
+        if not blocking:
+            if timeout is not None:
+                raise ValueError("can't specify a timeout for a non-blocking acquire")
+            deadline = Deadline(0)
+        else:
+            deadline = Deadline.of(timeout)
+        self._enter("acquire")
+        try:
+            # Slices: a close() from another thread is noticed within ASYNC_SLICE.
+            while not self._attempt(deadline.slice()):
+                self._check_open("acquire")
+                if deadline.nonblocking or deadline.expired():
+                    return False
+            return True
+        finally:
+            self._leave()
 
     def release(self) -> None:
         """Increment (wakes one waiter)."""
-        self._check_open("release")
-        if self.kind == "sysv":
-            err = _semop(self._semid, 1, self._undo, None)
-            if err in (_errno.EIDRM, _errno.EINVAL):
-                raise ChannelClosed(f"release on {self.url}: the semaphore was removed", errno=err)
-            if err:
-                raise from_oserror(OSError(err, os.strerror(err)), self.url, "release")
-            return
+        self._enter("release")
         try:
-            self._sem.release()
-        except Exception as e:
-            raise self._error(e, "release") from None
-
-    async def aacquire(self, timeout: float | None = None) -> None:
-        """``acquire`` for asyncio (worker thread in short slices; cancellation lands within 50 ms)."""
-        deadline = Deadline.of(timeout)
-        try:
-            self.acquire(0)
-            return
-        except KipcError as e:
-            if deadline.nonblocking or not isinstance(e, TimeoutError):
-                raise
-        while True:
-            remaining = deadline.remaining()
-            if remaining is not None and remaining <= 0:
-                raise deadline.error(f"acquire on {self.url}")
-            t = _ASYNC_SLICE if remaining is None else min(_ASYNC_SLICE, remaining)
-            try:
-                await asyncio.to_thread(self.acquire, t)
+            if self.kind == "sysv":
+                err = _semop(self._semid, 1, self._undo, None)
+                if err in (_errno.EIDRM, _errno.EINVAL):
+                    raise ChannelClosed(f"release on {self.url}: the semaphore was removed", errno=err)
+                if err:
+                    raise from_oserror(OSError(err, os.strerror(err)), self.url, "release")
                 return
-            except TimeoutError:
-                continue
+            try:
+                self._sem.release()
+            except Exception as e:
+                raise self._error(e, "release") from None
+        finally:
+            self._leave()
+
+    async def aacquire(self, timeout: float | None = None) -> bool:
+        """``acquire`` for asyncio; True when acquired, False when ``timeout`` ran out. Cancel-safe."""
+        deadline = Deadline.of(timeout)
+        while True:
+            if self.acquire(False):
+                return True
+            if deadline.nonblocking or deadline.expired():
+                return False
+            cf = wait_pool().submit(self.acquire, True, deadline.slice(ASYNC_SLICE).remaining())
+            try:
+                if await asyncio.wrap_future(cf):
+                    return True
+            except asyncio.CancelledError:
+                cf.add_done_callback(self._give_back)
+                raise
+
+    def _give_back(self, f: concurrent.futures.Future[bool]) -> None:
+        """A worker acquired for a task that was cancelled meanwhile: return the permit."""
+        if not f.cancelled() and f.exception() is None and f.result():
+            try:
+                self.release()
+            except KipcError:
+                pass  # closed or removed meanwhile: nothing to give back to
 
     @property
     def value(self) -> int:
@@ -308,7 +351,7 @@ class Semaphore(Resource):
 
     # -- lifetime ------------------------------------------------------------------------------------
     def _close(self) -> None:
-        if self.kind == "posix":
+        if self.kind == "posix" and self._sem is not None:
             self._sem.close()
 
     def _unlink(self) -> None:

@@ -67,7 +67,7 @@ from ..errors import (
     PermissionDenied,
     from_oserror,
 )
-from ._stream import StreamChannel, wait_fd
+from ._stream import StreamChannel
 from .pipe import _grow
 
 __all__ = ["KIND", "FifoChannel", "fifo_path"]
@@ -216,22 +216,15 @@ class FifoChannel(StreamChannel):
             delay = min(delay * 2, 0.05)
 
     # -- writers leaving ---------------------------------------------------------
-    def _fill(self, deadline: Deadline, want: int) -> bytes:
-        while True:
-            chunk = super()._fill(deadline, want)
-            if chunk:
-                return chunk
-            p = select.poll()
-            p.register(self._rfd, select.POLLIN)
-            if not any(ev & select.POLLHUP for _, ev in p.poll(0)):
-                # read() says EOF but no writer ever came since we opened: wait for one
-                wait_fd(self._rfd, select.POLLIN, deadline, f"recv on {self.url}")
-                continue
-            boundary = self._decoder.at_boundary and self._big is None and not self._lines
-            self._reopen()
-            if self.follow and boundary and not self._gone:
-                continue
-            return b""
+    def _on_eof(self) -> bool:
+        """read() said EOF: final only when the writers left at a boundary and we do not follow."""
+        p = select.poll()
+        p.register(self._rfd, select.POLLIN)
+        if not any(ev & select.POLLHUP for _, ev in p.poll(0)):
+            return False  # EOF but no writer ever came since we opened: wait for one
+        boundary = self._decoder.at_boundary and self._big is None and not self._lines
+        self._reopen()
+        return not (self.follow and boundary and not self._gone)
 
     def _reopen(self) -> None:
         """Swap the read fd for a fresh one on the same pipe (new fd first: the pipe keeps a reader)."""
@@ -247,7 +240,7 @@ class FifoChannel(StreamChannel):
         self._rfd = new
         os.close(old)
 
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+    def _try_recv(self, knobs: dict[str, Any]) -> Any:
         if self._eof:
             if self._gone:
                 raise ChannelClosed(f"recv on {self.url}: the FIFO was removed or replaced")
@@ -256,7 +249,7 @@ class FifoChannel(StreamChannel):
                 # drop the truncated frame of a writer that left mid-message
                 self._decoder = FrameDecoder(self.max_message_size or 0, where=self.url)
                 self._big = None
-        return super()._recv(deadline, **knobs)
+        return super()._try_recv(knobs)
 
     # -- cleanup -----------------------------------------------------------------
     def _unlink(self) -> None:

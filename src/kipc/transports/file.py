@@ -172,7 +172,6 @@ class SpoolChannel(Channel):
                 self.owner = False
                 self._unlink()
             raise
-        self._tag = _owner_tag()
         self._cache: collections.deque[str] = collections.deque()
         self._last_stamp = 0
         self._next_reclaim = 0.0
@@ -221,10 +220,19 @@ class SpoolChannel(Channel):
             pass
 
     # -- sending -------------------------------------------------------------------
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
+    @property
+    def _tag(self) -> str:
+        # Derived from the running process each time (cached per pid by _owners): a forked
+        # child must not reuse its parent's temp names or claim tags.
+        return _owner_tag()
+
+    def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
+        """A spool is unbounded: a send never waits (a full disk is LimitExceeded)."""
+        data = memoryview(data)
         dfd = self._dfd
         seq = next(_seq)
-        tmp = f"{_TMP}{self._tag}-{seq}"
+        tag = self._tag
+        tmp = f"{_TMP}{tag}-{seq}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          self.mode, dir_fd=dfd)
@@ -242,7 +250,7 @@ class SpoolChannel(Channel):
                 os.close(fd)
             # names sort by time; never go backwards within this handle (FIFO per producer)
             stamp = self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
-            os.rename(tmp, f"{stamp:020d}-{self._tag.split('-')[0]}-{seq:012d}{_SUFFIX}",
+            os.rename(tmp, f"{stamp:020d}-{tag.split('-')[0]}-{seq:012d}{_SUFFIX}",
                       src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException as e:
             try:
@@ -254,6 +262,7 @@ class SpoolChannel(Channel):
             raise
         if self.fsync:
             os.fsync(dfd)  # make the rename itself durable
+        return True
 
     def _error(self, e: OSError, op: str) -> Exception:
         if e.errno == errno.ENOENT:
@@ -364,31 +373,53 @@ class SpoolChannel(Channel):
         if self._gone:
             raise ChannelClosed(f"recv on {self.url}: the spool directory was removed")
 
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+    def _try_recv(self, knobs: dict[str, Any]) -> bytes | None:
         if self._ifd is None and _libc is not None:
             self._ifd = _inotify(self._path)  # before the first listing: no arrival is missed
-        delay = 0.001
-        while True:
-            msg = self._try_claim()
-            if msg is not None:
-                return msg
-            self._check_gone()
-            now = time.monotonic()
-            if self.reclaim and now >= self._next_reclaim:
-                self._next_reclaim = now + _RECLAIM_EVERY
-                if self._reclaim():
-                    continue
-            left = deadline.remaining()
-            if left is not None and left <= 0:
-                raise deadline.error(f"recv on {self.url}")
-            tick = _RECLAIM_EVERY if left is None else min(left, _RECLAIM_EVERY)
-            if self._ifd is not None:
-                p = select.poll()
-                p.register(self._ifd, select.POLLIN)
-                p.poll(max(1, int(tick * 1000)))
-            else:
-                time.sleep(min(delay, tick))
-                delay = min(delay * 2, _MAX_BACKOFF)
+        msg = self._try_claim()
+        if msg is not None:
+            return msg
+        self._check_gone()
+        now = time.monotonic()
+        if self.reclaim and now >= self._next_reclaim:
+            self._next_reclaim = now + _RECLAIM_EVERY
+            if self._reclaim():
+                return self._try_claim()
+        return None
+
+    def _wait(self, op: str, deadline: Deadline) -> None:
+        # inotify (with the wake fd) when there is one, else a short sleep; at most
+        # _RECLAIM_EVERY either way so dead readers' claims are returned while we wait.
+        tick = deadline.slice(_RECLAIM_EVERY)
+        if self._ifd is not None:
+            cached = self._polls
+            if cached is None:
+                self._polls = cached = select.poll()
+                cached.register(self._ifd, select.POLLIN)
+                cached.register(self._wake_fd(), select.POLLIN)
+            if not self._closed:
+                cached.poll(max(1, tick.remaining_ms() or 0))
+        else:
+            time.sleep(min(self._backoff, tick.remaining() or 0.0, 0.05))
+            self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+
+    _polls: Any = None
+    _backoff = 0.001
+
+    def _wait_fd(self, op: str) -> int | None:
+        if op != "recv":
+            return None
+        if self._ifd is None and not self._closed and _libc is not None:
+            self._ifd = _inotify(self._path)
+        return self._ifd
+
+    def _ready(self, op: str) -> bool:
+        if op == "send":
+            return True
+        try:
+            return bool(self._cache) or any(n.endswith(_SUFFIX) for n in os.listdir(self._dfd))
+        except OSError:
+            return True  # the attempt reports what is wrong
 
     def _reclaim(self) -> bool:
         """Return messages claimed by dead readers to the queue; drop dead writers' temp files."""
@@ -424,11 +455,6 @@ class SpoolChannel(Channel):
             return super().fileno()  # Unsupported: no inotify here
         return self._ifd
 
-    def _readable_fd(self) -> int | None:
-        if self._ifd is None and not self._closed:
-            self._ifd = _inotify(self._path)
-        return self._ifd
-
     _cdfd: int = -1
 
     def _close(self) -> None:
@@ -439,6 +465,7 @@ class SpoolChannel(Channel):
                 except OSError:
                     pass
         self._ifd, self._cdfd, self._dfd = None, -1, -1
+        self._release_wake()
 
     def _unlink(self) -> None:
         try:

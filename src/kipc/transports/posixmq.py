@@ -13,8 +13,9 @@ Contract card:
   root), ``/proc/sys/fs/mqueue/queues_max`` queues, and ``RLIMIT_MSGQUEUE``
   bytes per user (``ulimit -q``). A message over the queue's
   ``max_message_size`` raises :class:`MessageTooLarge` naming both numbers.
-* Blocking: ``mq_timedsend``/``mq_timedreceive`` in the kernel (GIL released),
-  EINTR retried with the time left. ``fileno()`` is the queue descriptor:
+* Blocking: ``mq_timedsend``/``mq_timedreceive`` in the kernel (GIL released)
+  in slices of 50 ms, EINTR retried with the time left; between slices a
+  removed queue ends the wait and a ``close()`` from another thread is seen. ``fileno()`` is the queue descriptor:
   it polls readable when a message is waiting and writable when there is
   room, so asyncio uses it directly. A full queue blocks; nothing is dropped.
 * Close: there is no end-of-stream. The creator's ``close()`` unlinks the
@@ -150,30 +151,88 @@ class PosixMessageQueue(Channel):
         return cls(parsed, **merge_query(parsed, options))
 
     # -- I/O ---------------------------------------------------------------------------------------------
-    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
+    @staticmethod
+    def _priority(knobs: dict[str, Any], url: str) -> int:
         prio = knobs.get("priority", 0)
-        if prio.__class__ is int and 0 <= prio <= PRIORITY_MAX:
-            try:
-                self._q.send(data, _SLICE, prio)
-                return True
-            except posix_ipc.Error:
-                pass  # EINTR...: the general path retries or reports it
-        return False
+        if prio.__class__ is not int or not 0 <= prio <= PRIORITY_MAX:
+            raise InvalidArgument(f"send on {url}: priority {prio!r} must be an int in 0..{PRIORITY_MAX}")
+        return prio
 
-    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
+    def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
+        prio = self._priority(knobs, self.url) if knobs else 0
         try:
-            return self._q.receive(_SLICE)[0]
-        except posix_ipc.Error:
-            return None  # the general path retries or reports it
+            self._q.send(data, 0, prio)
+            return True
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            return False
+        except Exception as e:
+            raise translate_ipc_error(e, self.url, "send") from None
 
-    # mq_unlink does not wake a blocked mq_receive/mq_send: blocking waits run in
-    # slices, and between slices a removed queue (st_nlink 0 on the mqd) ends the wait.
+    def _try_recv(self, knobs: dict[str, Any]) -> Any:
+        """The message, ``(message, priority)`` with the internal knob ``with_priority``, or None."""
+        try:
+            got = self._q.receive(0)
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            return None
+        except Exception as e:
+            raise translate_ipc_error(e, self.url, "recv") from None
+        return got if knobs.get("with_priority") else got[0]
+
+    # The one blocking path per direction: wait in the kernel (fast wake-up) in slices.
+    # mq_unlink does not wake a blocked mq_receive/mq_send, and close() from another
+    # thread must not free the mqd under it: between slices a removed queue (st_nlink 0
+    # on the mqd) or a closed handle ends the wait.
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
+        prio = self._priority(knobs, self.url) if knobs else 0
+        lock = self._lock("send", deadline, f"send on {self.url}")
+        try:
+            if deadline.nonblocking:
+                if not self._try_send(data, knobs):
+                    raise deadline.error(f"send on {self.url}")
+                return
+            q = self._q
+            while True:
+                try:
+                    q.send(data, self._slice(deadline), prio)
+                    return
+                except posix_ipc.BusyError:
+                    self._check_slice(deadline, "send")
+                except posix_ipc.SignalError:
+                    continue  # EINTR: the handler ran (Ctrl-C raised); retry with the time left
+                except Exception as e:
+                    raise translate_ipc_error(e, self.url, "send") from None
+        finally:
+            lock.release()
+
+    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
+        lock = self._lock("recv", deadline, f"recv on {self.url}")
+        try:
+            if deadline.nonblocking:
+                got = self._try_recv(knobs)
+                if got is None:
+                    raise deadline.error(f"recv on {self.url}")
+                return got
+            q = self._q
+            while True:
+                try:
+                    got = q.receive(self._slice(deadline))
+                    return got if knobs.get("with_priority") else got[0]
+                except posix_ipc.BusyError:
+                    self._check_slice(deadline, "recv")
+                except posix_ipc.SignalError:
+                    continue
+                except Exception as e:
+                    raise translate_ipc_error(e, self.url, "recv") from None
+        finally:
+            lock.release()
+
     @staticmethod
     def _slice(deadline: Deadline) -> float:
         remaining = deadline.remaining()
         return _SLICE if remaining is None else min(_SLICE, remaining)
 
     def _check_slice(self, deadline: Deadline, op: str) -> None:
+        self._check_open(op)
         if deadline.expired() or deadline.nonblocking:
             raise deadline.error(f"{op} on {self.url}")
         if os.fstat(self._q.mqd).st_nlink == 0:
@@ -184,42 +243,11 @@ class PosixMessageQueue(Channel):
             f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes (this queue's "
             f"max_message_size, fixed at creation; ceiling {_SYSCTL_DIR}/msgsize_max)", size=size, limit=limit)
 
-    def _send(self, data: memoryview, deadline: Deadline, priority: int = 0) -> None:  # type: ignore[override]
-        if priority != 0 and (isinstance(priority, bool) or not isinstance(priority, int)
-                              or not 0 <= priority <= PRIORITY_MAX):
-            raise InvalidArgument(f"send on {self.url}: priority {priority!r} must be an int in 0..{PRIORITY_MAX}")
-        q = self._q
-        while True:
-            try:
-                q.send(data, self._slice(deadline), priority)
-                return
-            except posix_ipc.BusyError:
-                self._check_slice(deadline, "send")
-            except posix_ipc.SignalError:
-                continue  # EINTR: the handler ran (Ctrl-C raised); retry with the time left
-            except Exception as e:
-                raise translate_ipc_error(e, self.url, "send") from None
-
-    def _receive(self, deadline: Deadline) -> tuple[bytes, int]:
-        q = self._q
-        while True:
-            try:
-                return q.receive(self._slice(deadline))  # type: ignore[no-any-return, unused-ignore]
-            except posix_ipc.BusyError:
-                self._check_slice(deadline, "recv")
-            except posix_ipc.SignalError:
-                continue
-            except Exception as e:
-                raise translate_ipc_error(e, self.url, "recv") from None
-
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
-        return self._receive(deadline)[0]
-
     def recv_with_priority(self, *, timeout: float | None = None) -> tuple[Any, int]:
         """Like ``recv()`` but returns ``(message, priority)``."""
         deadline = Deadline.of(timeout)
-        self._check_open("recv")
-        data, prio = self._receive(deadline)
+        self._prepare_recv({})
+        data, prio = self._recv_blocking(deadline, {"with_priority": True})
         return self.codec.decode(data), prio
 
     @property
@@ -231,10 +259,7 @@ class PosixMessageQueue(Channel):
         self._check_open("fileno")
         return int(self._q.mqd)
 
-    def _readable_fd(self) -> int | None:
-        return int(self._q.mqd)
-
-    def _writable_fd(self) -> int | None:
+    def _wait_fd(self, op: str) -> int | None:
         return int(self._q.mqd)
 
     # -- lifetime ------------------------------------------------------------------------------------------
@@ -245,6 +270,7 @@ class PosixMessageQueue(Channel):
                 q.close()
             except Exception:
                 pass
+        self._release_wake()
 
     def _unlink(self) -> None:
         try:

@@ -139,19 +139,22 @@ class TcpChannel(SocketChannel):
             sock.close()
             raise
 
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         # TCP, unlike pipes and unix sockets, takes part of a small write when almost
         # full; the tail would then wait in this process for the next send. For a
         # send that may time out, wait for room for the whole frame first, so a
         # timed-out send leaves the channel exactly unchanged.
-        if not deadline.blocking and not self._pending and data.nbytes <= _ATOMIC_MAX:
-            self._wait_room(data.nbytes + _ROOM_MARGIN, deadline)
-        super()._send(data, deadline, **knobs)
+        if not deadline.blocking and not self._pending:
+            size = memoryview(data).nbytes
+            if size <= _ATOMIC_MAX:
+                self._wait_room(size + _ROOM_MARGIN, deadline)
+        super()._send_blocking(data, deadline, knobs)
 
     def _wait_room(self, need: int, deadline: Deadline) -> None:
         assert self._sock is not None
         delay = 0.0005
         while True:
+            self._check_open("send")
             info = _MEMINFO.unpack(self._sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))
             sndbuf, queued = info[3], info[5]
             if sndbuf - queued >= need or need > sndbuf:
@@ -235,8 +238,7 @@ class TcpListener(SocketListener):
             sock.close()
             raise from_oserror(e, url, "listen on") from e
         self._sock = sock
-        self.url = _format(family, sock.getsockname())
-        self._closed = False
+        self._init_listener(_format(family, sock.getsockname()))
 
     def _make_channel(self, conn: socket.socket, deadline: Deadline) -> TcpChannel:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -163,6 +163,7 @@ class UnixListener(SocketListener):
                 os.chmod(path, mode)
                 st = os.lstat(path)
                 self._path, self._ident = path, (st.st_dev, st.st_ino)
+                self.owner = True  # the socket file is ours to remove (in this process only)
                 _owners.record(url, "unix", path=path, identity=file_identity(st, path=path))
             sock.listen(parse_int(backlog, what="backlog", hex=False, minimum=0))
             sock.setblocking(False)
@@ -179,7 +180,7 @@ class UnixListener(SocketListener):
             self._unlink_file()
             raise
         self._sock = sock
-        self._closed = False
+        self._init_listener(url)
 
     def _bind(self, sock: socket.socket, address: str | bytes, path: str | None) -> None:
         try:
@@ -227,8 +228,7 @@ class UnixListener(SocketListener):
             pass
         _owners.forget(self.url)
 
-    def _close(self) -> None:
-        super()._close()
+    def _unlink(self) -> None:
         self._unlink_file()
 
 
