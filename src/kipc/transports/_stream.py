@@ -245,8 +245,7 @@ class StreamChannel(Channel):
         # The one blocking path of fd channels: poll first when nothing is buffered
         # (returns at once if bytes or a hang-up are there), then one attempt. This
         # skips a failed read + exception in the request/reply case.
-        what = f"recv on {self.url}"
-        lock = self._lock("recv", deadline, what)
+        lock = self._lock("recv", deadline)
         try:
             dec = self._decoder
             while True:
@@ -261,7 +260,7 @@ class StreamChannel(Channel):
                 if got is not None:
                     return got
                 if deadline.nonblocking or deadline.expired():
-                    raise deadline.error(what)
+                    raise deadline.error(f"recv on {self.url}")
         finally:
             lock.release()
 
