@@ -14,6 +14,10 @@ import time
 import zlib
 from collections.abc import Callable
 
+#: the repository root (children put it on sys.path to import ``tests.helpers``) and this folder
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+
 _HDR = struct.Struct("<IQII")  # producer, seq, length, crc32 of the filler
 _HDR_R = struct.Struct("<IQIIQI")  # the same + ~seq (64 bit), ~producer (32 bit)
 _M64, _M32 = 2**64 - 1, 2**32 - 1

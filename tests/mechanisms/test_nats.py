@@ -17,7 +17,9 @@ from kipc import testing
 from kipc.testing._pairs import topic_pair
 from kipc.transports.nats import KV, NatsChannel, Topic
 
-HERE = os.path.dirname(__file__)
+from ..helpers import TESTS
+
+HERE = TESTS  # children import helpers from here
 
 
 def _pair(nats_url: str, **options: object):  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ import kipc
 from kipc import testing
 from kipc.transports.ring import RingChannel
 
-from .helpers import check, payload
+from ..helpers import check, payload
 
 KiB = 1 << 10
 CAPACITY = 32 * KiB  # small: fragments (> 16 KiB) and a full ring are common

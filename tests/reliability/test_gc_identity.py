@@ -23,7 +23,7 @@ from kipc._naming import runtime_dir
 from kipc.cli.main import main
 from kipc.testing import Child, spawn, unique_key, unique_name
 
-from .conftest import Figures
+from ..conftest import Figures
 
 HOSTILE = "Hostile peers and odd objects"
 

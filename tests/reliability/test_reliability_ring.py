@@ -28,11 +28,11 @@ import kipc
 from kipc import testing
 from kipc.transports.ring import RingChannel, shm_path
 
-from .helpers import check, fork_child, payload
-from .helpers import wait_pid as _wait
+from ..helpers import REPO, check, fork_child, payload
+from ..helpers import wait_pid as _wait
 
 KiB = 1 << 10
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = REPO
 
 
 @contextlib.contextmanager

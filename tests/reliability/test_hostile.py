@@ -17,7 +17,7 @@ import kipc
 from kipc import _naming, _objects
 from kipc.testing import spawn, unique_key, unique_name
 
-from .conftest import Figures
+from ..conftest import Figures
 
 HOSTILE = "Hostile peers and odd objects"
 
