@@ -15,6 +15,8 @@ from kipc import admin, registry
 from kipc.cli.main import main
 from kipc.testing import spawn, unique_key, unique_name
 
+from ..helpers import build_c
+
 C_QUEUE = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,10 +38,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def c_queue(tmp_path_factory: pytest.TempPathFactory) -> str:
-    d = tmp_path_factory.mktemp("cq")
-    (d / "q.c").write_text(C_QUEUE)
-    subprocess.run(["gcc", "-O1", "-o", str(d / "q"), str(d / "q.c")], check=True)
-    return str(d / "q")
+    return build_c(str(tmp_path_factory.mktemp("cq")), C_QUEUE, "q")
 
 
 def ls_json(*extra: str, capsys: pytest.CaptureFixture[str]) -> list[dict]:

@@ -24,6 +24,7 @@ from kipc.cli.main import main
 from kipc.testing import Child, spawn, unique_key, unique_name
 
 from ..conftest import Figures
+from ..helpers import build_c
 
 HOSTILE = "Hostile peers and odd objects"
 
@@ -54,10 +55,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def c_queue(tmp_path_factory: pytest.TempPathFactory) -> str:
-    d = tmp_path_factory.mktemp("cq")
-    (d / "q.c").write_text(C_QUEUE)
-    subprocess.run(["gcc", "-O1", "-o", str(d / "q"), str(d / "q.c")], check=True)
-    return str(d / "q")
+    return build_c(str(tmp_path_factory.mktemp("cq")), C_QUEUE, "q")
 
 
 def _dead_owner(*urls: str) -> None:
