@@ -111,11 +111,11 @@ def _pairs(transport: str, impl: str) -> tuple[Any, Any, Callable[[], None]]:
                 pass
         return RawEnd(c, b), RawEnd(a, d), lambda: [os.close(x) for x in (a, b, c, d)] and None
     if impl == "kipc":
-        from kipc.testing._pairs import pair_factory
+        from kipc import testing
 
-        pair = pair_factory(transport)(f"bench{os.getpid()}")
-        x, y = pair.__enter__()
-        return x, y, lambda: pair.__exit__(None, None, None) and None
+        cm = testing.channel_pair(transport)
+        x, y = cm.__enter__()
+        return x, y, lambda: cm.__exit__(None, None, None) and None
     if transport == "unix":
         s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     else:

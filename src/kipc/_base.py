@@ -422,12 +422,15 @@ class Channel(_Waitable):
     # these say whether it may, and close() turns them off.
     _plain_send: bool = False
     _plain_recv: bool = False
+    _send_lock: Any = None
+    _recv_lock: Any = None
 
     def _init_channel(self, url: str, *, codec: str | Codec | None = None) -> None:
         """Subclasses call this once their handles are open."""
         self.url = url
         self.codec = get_codec(codec)
         self._init_waitable("send", "recv")
+        self._send_lock, self._recv_lock = self._locks["send"], self._locks["recv"]
         plain = self.codec is _BYTES
         self._plain_send = plain and self.writable
         self._plain_recv = plain and self.readable
