@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _owners
-from ._naming import ParsedURL, parse_url, runtime_dir, validate_name, validate_path
-from ._objects import file_identity
+from ._naming import ParsedURL, parse_int, parse_url, runtime_dir, validate_key, validate_name, validate_path
+from ._objects import file_identity, sysv_identity, sysv_key, sysv_row, sysv_rows
 from .errors import InvalidArgument, NotFound, PermissionDenied, from_oserror
 
 __all__ = [
@@ -233,9 +233,6 @@ class SysvKind(Kind):
         self.record_scheme = record_scheme  # "sysv-sem": semaphore records use their own scheme
 
     def locate(self, parsed: ParsedURL) -> Any:
-        from ._naming import parse_int, validate_key
-        from ._objects import sysv_key
-
         if parsed.netloc.startswith("id:") and parsed.path in ("", "/"):
             return ("id", parse_int(parsed.netloc[3:], what=f"{parsed.url}: id", hex=False, minimum=0))
         if parsed.netloc == "private" and "id" in parsed.query:  # the record of a private queue
@@ -257,25 +254,20 @@ class SysvKind(Kind):
 
     def describe(self, row: dict[str, int]) -> ObjectInfo:
         """The ls row of one /proc/sysvipc line (a kind adds its own columns)."""
-        from ._objects import sysv_identity
-
         ident = row[{"msg": "msqid", "shm": "shmid", "sem": "semid"}[self.table]]
         target: Any = row["key"] if row["key"] else ("id", ident)
         return ObjectInfo(self.name, self.url_of(target), uid=row["uid"], mode=row["perms"] & 0o777, ident=ident,
                           cuid=row["cuid"], identity=sysv_identity(self.table, row), target=target)
 
     def scan(self) -> Iterable[ObjectInfo]:
-        from ._objects import sysv_rows
-
         return [self.describe(r) for r in sysv_rows(self.table)]
 
     def missing(self, target: Any) -> str:
         return f"no SysV {self.table} object with that {'id' if isinstance(target, tuple) else 'key'}"
 
     def remove(self, url: str, info: ObjectInfo) -> None:
-        import sysv_ipc
+        import sysv_ipc  # imported here: listing needs no sysv_ipc, only removal does
 
-        from ._objects import sysv_identity, sysv_row
 
         row = sysv_row(self.table, info.ident or 0)
         if row is None:

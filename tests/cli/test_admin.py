@@ -180,3 +180,16 @@ def test_bad_input_before_any_syscall() -> None:
             kipc.remove(url)
     with pytest.raises(kipc.Unsupported):
         kipc.remove("tcp://127.0.0.1:9")
+
+
+def test_ftok_urls_resolve_alike_in_open_and_ls() -> None:
+    """One ftok rule: kipc ls/rm need ?proj=N exactly as kipc.open does, and resolve the same key."""
+    from kipc import _objects
+    from kipc._naming import parse_url
+
+    with pytest.raises(kipc.InvalidArgument, match="proj"):
+        admin.locate("sysvmq:///etc/hostname")
+    with pytest.raises(kipc.InvalidArgument, match="proj"):
+        kipc.open("sysvmq:///etc/hostname")
+    url = "sysvmq:///etc/hostname?proj=65"
+    assert admin.locate(url)[1] == _objects.sysv_key(parse_url(url)) == _objects.ftok("/etc/hostname", 65)
