@@ -96,10 +96,10 @@ def test_c_queue_on_a_dead_owners_key_survives_gc(c_queue: str, capsys: pytest.C
 
 def test_ring_names_reused_by_a_hand_made_object_or_a_persist_ring(capsys: pytest.CaptureFixture[str],
                                                                    figures: Figures) -> None:
-    """a dead owner's ring name reused (hand-made /dev/shm file, persist=True ring): gc removes neither"""
-    hand, kept = unique_name("hand"), unique_name("kept")
-    _dead_owner(f"ring://{hand}", f"ring://{kept}")
-    for name in (hand, kept):
+    """a dead owner's ring name reused (hand-made /dev/shm file, persist=True ring, new ring): gc removes none"""
+    hand, kept, fresh = unique_name("hand"), unique_name("kept"), unique_name("fresh")
+    _dead_owner(f"ring://{hand}", f"ring://{kept}", f"ring://{fresh}")
+    for name in (hand, kept, fresh):
         os.unlink(f"/dev/shm/kipc.ring.{name}")  # the dead owner's objects go; their records stay
     fd = os.open(f"/dev/shm/kipc.ring.{hand}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     os.close(fd)
@@ -109,16 +109,19 @@ def test_ring_names_reused_by_a_hand_made_object_or_a_persist_ring(capsys: pytes
             ring.send(b"keep me")
             # persist=True keeps no record, and drops the dead owner's stale one at creation
             assert _owners.lookup(f"ring://{kept}") is None
-        report = _gc(capsys)
+        with kipc.open(f"ring://{fresh}", create=True) as new_ring:  # a new ring of a live owner
+            report = _gc(capsys)
+            assert os.path.exists(f"/dev/shm/kipc.ring.{fresh}") and not new_ring.closed
+            assert f"ring://{fresh}" not in _urls(report["removed"])
         assert os.path.exists(f"/dev/shm/kipc.ring.{hand}") and os.path.exists(f"/dev/shm/kipc.ring.{kept}")
         assert not {f"ring://{hand}", f"ring://{kept}"} & _urls(report["removed"])
         assert f"ring://{hand}" in _urls(report["dropped"])
         with kipc.open(f"ring://{kept}") as ring:
             assert ring.recv(timeout=5) == b"keep me"
-        figures.record("ring", "dead owner's name reused (hand-made file, persist=True ring): removed by gc",
-                       "0 of 2", target="0", section=HOSTILE)
+        figures.record("ring", "dead owner's name reused (hand-made file, persist=True ring, new ring): "
+                       "removed by gc", "0 of 3", target="0", section=HOSTILE)
     finally:
-        for name in (hand, kept):
+        for name in (hand, kept, fresh):
             if os.path.exists(f"/dev/shm/kipc.ring.{name}"):
                 os.unlink(f"/dev/shm/kipc.ring.{name}")
 
