@@ -115,12 +115,16 @@ class Kind:
     records: tuple[str, ...] = ()  # owner-record kinds its creators write
     description: str = ""  # where ``kipc ls`` finds it
     lists_all: bool = False  # scan() lists every object of the kind: absent from it means gone
+    record_scheme: str = ""  # the scheme its records use when it differs (semaphores: "sysv-sem", "posix-sem")
 
     def locate(self, parsed: ParsedURL) -> Any:
         raise NotImplementedError
 
     def target_of_record(self, rec: _owners.OwnerRecord) -> Any:
-        return self.locate(parse_url(rec.url))
+        url = rec.url
+        if self.record_scheme and url.startswith(self.record_scheme + "://"):
+            url = self.scheme + url[len(self.record_scheme):]
+        return self.locate(parse_url(url))
 
     def url_of(self, target: Any) -> str:
         return f"{self.scheme}://{target}"
@@ -241,12 +245,6 @@ class SysvKind(Kind):
             return sysv_key(parsed)  # ftok: ?proj=N is required, as for kipc.open
         return validate_key(parsed.netloc)
 
-    def target_of_record(self, rec: _owners.OwnerRecord) -> Any:
-        url = rec.url
-        if self.record_scheme and url.startswith(self.record_scheme + "://"):
-            url = self.scheme + url[len(self.record_scheme):]
-        return self.locate(parse_url(url))
-
     def url_of(self, target: Any) -> str:
         if isinstance(target, tuple):
             return f"{self.scheme}://id:{target[1]}"
@@ -305,12 +303,6 @@ class DevShmKind(Kind):
         if parsed.path not in ("", "/") or not parsed.netloc:
             raise InvalidArgument(f"{parsed.url}: expected {parsed.scheme}://NAME")
         return validate_name(parsed.netloc)
-
-    def target_of_record(self, rec: _owners.OwnerRecord) -> Any:
-        url = rec.url
-        if self.record_scheme and url.startswith(self.record_scheme + "://"):
-            url = self.scheme + url[len(self.record_scheme):]
-        return self.locate(parse_url(url))
 
     def path_of(self, name: str) -> str:
         return os.path.join(SHM_DIR, self.prefix + name)
