@@ -139,6 +139,10 @@ class Kind:
         """The end of ``rm URL: ...`` when nothing is there."""
         return f"no such {self.name} object"
 
+    def blind_spot(self) -> str | None:
+        """What ``kipc ls`` cannot see of this kind here, and how to fix it (None: nothing)."""
+        return None
+
     def remove(self, url: str, info: ObjectInfo) -> None:
         raise InvalidArgument(f"rm {url}: {self.name} objects cannot be removed by kipc")
 

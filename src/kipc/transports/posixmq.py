@@ -340,6 +340,12 @@ class _QueueKind(Kind):
     def missing(self, target: Any) -> str:
         return "no such POSIX message queue"
 
+    def blind_spot(self) -> str | None:
+        if mqueue_mount() is not None:
+            return None
+        return ("POSIX queues of other programs are not listed: mount the mqueue fs with "
+                "`mount -t mqueue none /dev/mqueue`")
+
     def remove(self, url: str, info: ObjectInfo) -> None:
         now = self.stat(info.target)
         if now is None:
