@@ -70,15 +70,19 @@ class Figures:
     def __init__(self, test: str) -> None:
         self.test = test
 
-    def record(self, mechanism: str, figure: str, value: object, *, target: str = "") -> None:
+    def record(self, mechanism: str, figure: str, value: object, *, target: str = "", section: str = "") -> None:
+        """One row of docs/reliability.md; ``section`` puts it in a table of its own (e.g. hostile peers)."""
         _FIGURES.append({"test": self.test, "mechanism": mechanism, "figure": figure,
-                         "value": value, "target": target})
+                         "value": value, "target": target, "section": section})
 
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Figures:
     doc = (request.function.__doc__ or request.function.__name__).strip().splitlines()[0]
     return Figures(doc)
+
+
+_TABLE_HEAD = ("| test | mechanism | figure | value | target |", "|---|---|---|---|---|")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -98,10 +102,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "Every payload carries (producer id, sequence, length, crc32, redundant field); figures are counted,",
         "not assumed. Rerun: `make reliability` (long) or `make test` (short versions).",
         "",
-        "| test | mechanism | figure | value | target |",
-        "|---|---|---|---|---|",
+        *_TABLE_HEAD,
     ]
-    for f in _FIGURES:
-        lines.append(f"| {f['test']} | {f['mechanism']} | {f['figure']} | {f['value']} | {f['target']} |")
+    sections = list(dict.fromkeys(str(f["section"]) for f in _FIGURES))
+    for section in sections:
+        if section:
+            lines += ["", f"## {section}", "", *_TABLE_HEAD]
+        for f in _FIGURES:
+            if f["section"] == section:
+                lines.append(f"| {f['test']} | {f['mechanism']} | {f['figure']} | {f['value']} | {f['target']} |")
     with open(path, "w") as out:
         out.write("\n".join(lines) + "\n")

@@ -14,6 +14,10 @@ import time
 import zlib
 from collections.abc import Callable
 
+#: the repository root (children put it on sys.path to import ``tests.helpers``) and this folder
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+
 _HDR = struct.Struct("<IQII")  # producer, seq, length, crc32 of the filler
 _HDR_R = struct.Struct("<IQIIQI")  # the same + ~seq (64 bit), ~producer (32 bit)
 _M64, _M32 = 2**64 - 1, 2**32 - 1
@@ -84,3 +88,59 @@ def wait_pid(pid: int, timeout: float = 30.0) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError(f"child {pid} still running after {timeout} s (a hang)")
+
+
+def p99(xs: list[float]) -> float:
+    """The 99th percentile of ``xs`` (0.0 for none)."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else 0.0
+
+
+def read_reported(rfd: int) -> list[int]:
+    """The sequence numbers (8-byte little-endian) a child wrote to the pipe ``rfd`` before it died; closes ``rfd``."""
+    reported = b""
+    while chunk := os.read(rfd, 65536):
+        reported += chunk
+    os.close(rfd)
+    return [int.from_bytes(reported[i:i + 8], "little") for i in range(0, len(reported), 8)]
+
+
+def take_rest_after_consumer_kill(take: Callable[[float], bytes], empty: type[BaseException], first: int,
+                                  got: list[int], seq: int,
+                                  recover: list[float] | None = None) -> tuple[list[int], int]:
+    """After SIGKILLing a consumer that reported ``got`` (starting at ``first``) of ``seq`` committed items:
+    take the rest (``take(timeout)`` raises ``empty`` when there is none) and check nothing was lost.
+
+    The first take repairs the lock a dead consumer may have held; its duration goes to ``recover``.
+    Returns ``(rest, missing)``: ``missing`` is 0 or 1, the item the dead consumer had claimed.
+    """
+    assert got == list(range(first, first + len(got))), "the dead consumer saw a gap or a reordering"
+    rest: list[int] = []
+    t0 = time.monotonic()
+    try:
+        rest.append(check(take(0), 0)[1])
+    except empty:
+        pass
+    if recover is not None:
+        recover.append(time.monotonic() - t0)
+    while True:
+        try:
+            rest.append(check(take(0.02), 0)[1])
+        except empty:
+            break
+    nxt = first + len(got)
+    assert rest == list(range(rest[0], seq)) if rest else True, "items after the claimed one were lost"
+    missing = (rest[0] if rest else seq) - nxt
+    assert 0 <= missing <= 1, f"{missing} committed items lost (only the claimed one may go)"
+    return rest, missing
+
+
+def build_c(directory: str, source: str, name: str = "prog", *libs: str) -> str:
+    """Compile one C program (gcc, as on every machine here) into ``directory``; returns the executable."""
+    import subprocess
+
+    src, exe = os.path.join(directory, f"{name}.c"), os.path.join(directory, name)
+    with open(src, "w") as f:
+        f.write(source)
+    subprocess.run(["gcc", "-O1", "-Wall", "-o", exe, src, *libs], check=True, timeout=60)
+    return exe

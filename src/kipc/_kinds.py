@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _owners
-from ._naming import ParsedURL, parse_url, runtime_dir, validate_name, validate_path
-from ._objects import file_identity
+from ._naming import ParsedURL, parse_int, parse_url, runtime_dir, validate_key, validate_name, validate_path
+from ._objects import file_identity, sysv_identity, sysv_key, sysv_row, sysv_rows
 from .errors import InvalidArgument, NotFound, PermissionDenied, from_oserror
 
 __all__ = [
@@ -98,9 +98,12 @@ def refuse_foreign(url: str, uid: int | None, cuid: int | None = None) -> None:
                                "kipc does not remove other users' objects")
 
 
-def stat_info(kind: str, url: str, path: str, st: os.stat_result, target: Any = None) -> ObjectInfo:
+def stat_info(kind: str, url: str, path: str, st: os.stat_result, target: Any = None,
+              fd: int | None = None) -> ObjectInfo:
+    """An ls row from ``lstat(path)`` (or ``fstat(fd)``), with the node's identity."""
+    identity = file_identity(st, fd=fd) if fd is not None else file_identity(st, path=path)
     return ObjectInfo(kind, url, uid=st.st_uid, mode=stat.S_IMODE(st.st_mode), size=st.st_size, path=path,
-                      identity=file_identity(st), target=target if target is not None else path)
+                      identity=identity, target=target if target is not None else path)
 
 
 class Kind:
@@ -112,12 +115,16 @@ class Kind:
     records: tuple[str, ...] = ()  # owner-record kinds its creators write
     description: str = ""  # where ``kipc ls`` finds it
     lists_all: bool = False  # scan() lists every object of the kind: absent from it means gone
+    record_scheme: str = ""  # the scheme its records use when it differs (semaphores: "sysv-sem", "posix-sem")
 
     def locate(self, parsed: ParsedURL) -> Any:
         raise NotImplementedError
 
     def target_of_record(self, rec: _owners.OwnerRecord) -> Any:
-        return self.locate(parse_url(rec.url))
+        url = rec.url
+        if self.record_scheme and url.startswith(self.record_scheme + "://"):
+            url = self.scheme + url[len(self.record_scheme):]
+        return self.locate(parse_url(url))
 
     def url_of(self, target: Any) -> str:
         return f"{self.scheme}://{target}"
@@ -131,6 +138,10 @@ class Kind:
     def missing(self, target: Any) -> str:
         """The end of ``rm URL: ...`` when nothing is there."""
         return f"no such {self.name} object"
+
+    def blind_spot(self) -> str | None:
+        """What ``kipc ls`` cannot see of this kind here, and how to fix it (None: nothing)."""
+        return None
 
     def remove(self, url: str, info: ObjectInfo) -> None:
         raise InvalidArgument(f"rm {url}: {self.name} objects cannot be removed by kipc")
@@ -202,7 +213,7 @@ def check_node(url: str, info: ObjectInfo, is_type: Callable[[int], bool], noun:
         raise from_oserror(e, url, "rm") from e
     if not is_type(st.st_mode):
         raise InvalidArgument(f"rm {url}: {path} is not a {noun}")
-    if info.identity is not None and file_identity(st) != info.identity:
+    if info.identity is not None and file_identity(st, path=path) != info.identity:
         raise NotFound(f"rm {url}: {path} was replaced meanwhile; not removed")
     refuse_foreign(url, st.st_uid)
     return st
@@ -230,9 +241,6 @@ class SysvKind(Kind):
         self.record_scheme = record_scheme  # "sysv-sem": semaphore records use their own scheme
 
     def locate(self, parsed: ParsedURL) -> Any:
-        from ._naming import parse_int, validate_key
-        from ._objects import sysv_key
-
         if parsed.netloc.startswith("id:") and parsed.path in ("", "/"):
             return ("id", parse_int(parsed.netloc[3:], what=f"{parsed.url}: id", hex=False, minimum=0))
         if parsed.netloc == "private" and "id" in parsed.query:  # the record of a private queue
@@ -241,12 +249,6 @@ class SysvKind(Kind):
             return sysv_key(parsed)  # ftok: ?proj=N is required, as for kipc.open
         return validate_key(parsed.netloc)
 
-    def target_of_record(self, rec: _owners.OwnerRecord) -> Any:
-        url = rec.url
-        if self.record_scheme and url.startswith(self.record_scheme + "://"):
-            url = self.scheme + url[len(self.record_scheme):]
-        return self.locate(parse_url(url))
-
     def url_of(self, target: Any) -> str:
         if isinstance(target, tuple):
             return f"{self.scheme}://id:{target[1]}"
@@ -254,25 +256,20 @@ class SysvKind(Kind):
 
     def describe(self, row: dict[str, int]) -> ObjectInfo:
         """The ls row of one /proc/sysvipc line (a kind adds its own columns)."""
-        from ._objects import sysv_identity
-
         ident = row[{"msg": "msqid", "shm": "shmid", "sem": "semid"}[self.table]]
         target: Any = row["key"] if row["key"] else ("id", ident)
         return ObjectInfo(self.name, self.url_of(target), uid=row["uid"], mode=row["perms"] & 0o777, ident=ident,
                           cuid=row["cuid"], identity=sysv_identity(self.table, row), target=target)
 
     def scan(self) -> Iterable[ObjectInfo]:
-        from ._objects import sysv_rows
-
         return [self.describe(r) for r in sysv_rows(self.table)]
 
     def missing(self, target: Any) -> str:
         return f"no SysV {self.table} object with that {'id' if isinstance(target, tuple) else 'key'}"
 
     def remove(self, url: str, info: ObjectInfo) -> None:
-        import sysv_ipc
+        import sysv_ipc  # imported here: listing needs no sysv_ipc, only removal does
 
-        from ._objects import sysv_identity, sysv_row
 
         row = sysv_row(self.table, info.ident or 0)
         if row is None:
@@ -310,12 +307,6 @@ class DevShmKind(Kind):
         if parsed.path not in ("", "/") or not parsed.netloc:
             raise InvalidArgument(f"{parsed.url}: expected {parsed.scheme}://NAME")
         return validate_name(parsed.netloc)
-
-    def target_of_record(self, rec: _owners.OwnerRecord) -> Any:
-        url = rec.url
-        if self.record_scheme and url.startswith(self.record_scheme + "://"):
-            url = self.scheme + url[len(self.record_scheme):]
-        return self.locate(parse_url(url))
 
     def path_of(self, name: str) -> str:
         return os.path.join(SHM_DIR, self.prefix + name)

@@ -20,8 +20,9 @@ Contract card (one rule each, used by every mechanism; nothing else re-derives t
   whose creator is not this user (another user may create an object under our
   key and hand its ``uid`` to us with ``IPC_SET``), unless ``allow_foreign``.
 * Identities (:func:`file_identity`, :func:`sysv_identity`): what makes one
-  object different from a later one under the same name: ``dev``+``ino`` for
-  files, FIFOs, sockets, spool directories, POSIX shm/semaphores/queues; the
+  object different from a later one under the same name: ``dev``+``ino`` plus
+  the birth time (``statx``, where the filesystem keeps one) for files, FIFOs,
+  sockets, spool directories, POSIX shm/semaphores/queues; the
   SysV id plus its ``ctime`` (the kernel reuses a slot with a new sequence
   number, and stamps ``ctime`` at creation) for SysV objects. Owner records
   store it so ``kipc gc`` removes only the very object a dead owner created.
@@ -29,8 +30,11 @@ Contract card (one rule each, used by every mechanism; nothing else re-derives t
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import stat as _stat
+import struct
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, TypeVar
 
@@ -137,9 +141,49 @@ def sysv_identity(kind: str, row: dict[str, int]) -> dict[str, int]:
     return {"id": row[_ID_COLUMN[kind]], "ctime": row["ctime"]}
 
 
-def file_identity(st: os.stat_result) -> dict[str, int]:
-    """Identity of a filesystem object (also POSIX shm, semaphores and queues, which are files of a tmpfs)."""
-    return {"dev": st.st_dev, "ino": st.st_ino}
+_AT_FDCWD, _AT_SYMLINK_NOFOLLOW, _AT_EMPTY_PATH, _STATX_BTIME = -100, 0x100, 0x1000, 0x800
+try:
+    _libc: Any = ctypes.CDLL(None, use_errno=True)
+    _statx: Any = _libc.statx
+    _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+except (OSError, AttributeError):  # a libc without statx (glibc < 2.28): dev+inode only
+    _statx = None
+
+
+def _birth_ns(fd: int | None, path: str | None) -> int | None:
+    """Birth time of a file in ns (``statx`` ``STATX_BTIME``), None where the filesystem does not keep one."""
+    if _statx is None:
+        return None
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    if fd is not None:
+        rc = _statx(fd, b"", _AT_EMPTY_PATH, _STATX_BTIME, buf)
+    else:
+        rc = _statx(_AT_FDCWD, os.fsencode(path or ""), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, buf)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EPERM) or (fd is None and err == errno.ENOENT):
+            return None  # no statx (old kernel, seccomp filter), or the path went away since its lstat
+        raise OSError(err, os.strerror(err), path)  # a closed fd or a vanished path: the caller's bug or race
+    if not struct.unpack_from("<I", buf, 0)[0] & _STATX_BTIME:
+        return None
+    sec, nsec = struct.unpack_from("<qI", buf, 80)  # stx_btime
+    return sec * 1_000_000_000 + nsec or None
+
+
+def file_identity(st: os.stat_result, *, fd: int | None = None, path: str | None = None) -> dict[str, int]:
+    """Identity of a filesystem object (also POSIX shm, semaphores and queues, which are files of a tmpfs).
+
+    ``dev``+``ino``, plus the birth time where the filesystem keeps one (give the
+    object's ``fd`` or ``path``): ext4 hands a freed inode number to the next
+    file at once, so ``rm -r dir; mkdir dir`` has the same ``dev``+``ino``.
+    """
+    if fd is None and path is None:
+        raise TypeError("file_identity needs the object's fd or path (for its birth time)")
+    ident = {"dev": st.st_dev, "ino": st.st_ino}
+    birth = _birth_ns(fd, path)
+    if birth is not None:
+        ident["btime"] = birth
+    return ident
 
 
 # -- attach checks -----------------------------------------------------------------------------------

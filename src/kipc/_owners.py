@@ -6,9 +6,12 @@ start time (field 22 of ``/proc/<pid>/stat``, in clock ticks since boot). A
 reused pid has a different start time, so :func:`owner_alive` is not fooled.
 
 The creator writes the record right after creating the object and deletes it
-right after removing the object. ``kipc gc`` removes objects whose record
-names a dead owner; objects without a record (not kipc's, or created with
-``persist=True``) are never collected.
+right after removing the object. ``extra["identity"]`` holds the object's
+identity (:mod:`kipc._objects`: dev+inode+birth time, or SysV id+ctime), so a
+record names one object, not a name: ``kipc gc`` removes an object only when
+a dead owner's record and the object's identity match, and drops records whose
+name now holds something else. Objects without a record (not kipc's, or
+created with ``persist=True``) are never collected.
 """
 
 from __future__ import annotations

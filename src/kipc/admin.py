@@ -9,7 +9,7 @@ Contract card:
   in ``kipc ls / rm / gc`` like the built-in ones.
 * Sources: each kind's scan (``/proc/sysvipc``, ``/dev/shm``, the mqueue fs
   when mounted; else only the POSIX queues kipc's owner records name, see
-  :data:`MQUEUE_HINT`), plus kipc's owner records for kinds with no
+  :func:`blind_spots`), plus kipc's owner records for kinds with no
   machine-wide list (FIFOs, sockets, spools).
 * Every object gets the URL kipc uses for it (``sysvmq://0x4d2``, ``ring://x``,
   ``posix://x``...). SysV objects with key 0 (``IPC_PRIVATE``) get
@@ -44,15 +44,18 @@ from ._kinds import Kind, ObjectInfo, RemoteKind, refuse_foreign
 from ._naming import parse_url
 from .errors import InvalidArgument, KipcError, NotFound, Unsupported
 
-__all__ = ["MQUEUE_HINT", "GcReport", "GcSkip", "ObjectInfo", "gc", "inventory", "kinds", "locate", "remove"]
-
-MQUEUE_HINT = ("POSIX queues of other programs are not listed: mount the mqueue fs with "
-               "`mount -t mqueue none /dev/mqueue`")
+__all__ = ["GcReport", "GcSkip", "ObjectInfo", "blind_spots", "gc", "inventory", "kinds", "locate", "remove"]
 
 
 def kinds() -> list[Kind]:
     """Every registered object kind (what ``kipc ls --kind`` accepts)."""
     return registry.kinds()
+
+
+def blind_spots(kinds: Iterable[str] | None = None) -> list[str]:
+    """What ``inventory`` cannot see here, per kind (e.g. POSIX queues without the mqueue fs), and the fix."""
+    wanted = set(kinds) if kinds else None
+    return [note for k in registry.kinds() if wanted is None or k.name in wanted if (note := k.blind_spot())]
 
 
 def _kinds_of(scheme: str, url: str) -> list[Kind]:
@@ -249,6 +252,8 @@ def gc(dry_run: bool = False) -> GcReport:
                 _owners.forget(rec.url)
             continue
         _mark(info, rec)
+        if not r.kind.lists_all:
+            info.url = rec.url  # found through its record: name it as its creator did
         if info.uid is not None and info.uid != me:
             report.skipped.append(GcSkip(rec.url, name, f"owned by uid {info.uid}, not by you ({me})"))
             continue

@@ -224,6 +224,7 @@ class SharedMemory(Resource):
         fd = shm.fd
         try:
             st = os.fstat(fd)
+            identity = file_identity(st, fd=fd)
             if self.owner:
                 os.fchmod(fd, mode)  # shm_open's mode went through the umask
             else:
@@ -245,7 +246,7 @@ class SharedMemory(Resource):
         self.size = real
         self.kind = "posix"
         if self.owner:
-            _owners.record(self._record_url, "posix-shm", size=real, identity=file_identity(st))
+            _owners.record(self._record_url, "posix-shm", size=real, identity=identity)
 
     # -- public API ---------------------------------------------------------------------------------
     @property

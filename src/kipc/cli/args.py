@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", "-a", action="store_true", help="every readable object, not only yours")
     p.add_argument("--kind", "-k", action="append", metavar="KIND",
                    help="only these kinds (repeatable or comma-separated): sysvmq, sysvshm, sysvsem, posixshm, "
-                        "posixsem, posixmq, ring, fifo, unix, file, tcp, nats")
+                        "posixsem, posixmq, ring, fifo, unix, file, tcp, nats, and those of registered schemes")
     _common(p)
 
     p = sub.add_parser("rm", help="remove objects by URL (only your own)")

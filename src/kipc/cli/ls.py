@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from .. import admin
-from .._platform import mqueue_mount
 from ._output import Output
 
 __all__ = ["rows", "run"]
@@ -42,6 +41,6 @@ def run(args: argparse.Namespace, out: Output) -> int:
         out.table(COLUMNS, rows(infos), right=("size", "depth", "attached", "creator"))
     else:
         out.note("no IPC objects" + ("" if args.all else " of yours (--all shows everyone's)"))
-    if mqueue_mount() is None and (not args.kind or "posixmq" in (kinds_arg(args.kind) or [])):
-        out.note(admin.MQUEUE_HINT)
+    for note in admin.blind_spots(kinds_arg(args.kind)):
+        out.note(note)
     return 0

@@ -204,7 +204,7 @@ class Semaphore(Resource):
         try:
             if self.owner:
                 os.chmod(path, mode)  # sem_open's mode went through the umask (it can only have narrowed it)
-                _owners.record(self._record_url, "posix-sem", identity=file_identity(os.stat(path)))
+                _owners.record(self._record_url, "posix-sem", identity=file_identity(os.stat(path), path=path))
             else:
                 st = os.stat(path)
                 check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)

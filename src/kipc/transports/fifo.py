@@ -158,7 +158,7 @@ class FifoChannel(StreamChannel):
         self.owner = True
         try:
             os.fchmod(fd, mode)  # mkfifo's mode went through the umask; set it exactly
-            _owners.record(self.url, "fifo", path=path, identity=file_identity(st))
+            _owners.record(self.url, "fifo", path=path, identity=file_identity(st, fd=fd))
         except BaseException:
             os.close(fd)
             raise

@@ -195,7 +195,7 @@ class SpoolChannel(Channel):
         os.mkdir(os.path.join(path, CLAIMED), 0o700)
         os.chmod(os.path.join(path, CLAIMED), 0o700)
         # kipc gc removes only what kipc made: these subdirectories and its own message/temp files
-        _owners.record(self.url, "file", path=path, identity=file_identity(st), made=[CLAIMED])
+        _owners.record(self.url, "file", path=path, identity=file_identity(st, path=path), made=[CLAIMED])
 
     def _attach(self, path: str, allow_open: bool, allow: frozenset[int]) -> None:
         try:
@@ -517,9 +517,17 @@ class _SpoolKind(PathKind):
         return info
 
     def remove(self, url: str, info: ObjectInfo) -> None:
-        """Remove kipc's files and ``claimed/``, then the directory if that left it empty."""
+        """Remove kipc's files and ``claimed/``, then the directory if that left it empty.
+
+        Only a kipc spool: one in ``runtime_dir("spool")`` or named by an owner record
+        (a ``file://`` URL may point at any directory).
+        """
         check_node(url, info, self.is_type, self.noun)
         path, me = info.path or "", os.geteuid()
+        if os.path.dirname(path) != runtime_dir("spool") and \
+                not any(r.kind == "file" and r.extra.get("path") == path for r in _owners.records()):
+            raise PermissionDenied(f"rm {url}: {path} is not a spool kipc created (no owner record); "
+                                   "remove it yourself")
         dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             try:

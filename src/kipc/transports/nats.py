@@ -70,6 +70,7 @@ from .._naming import (
     validate_name,
     validate_timeout,
 )
+from .._objects import parse_create
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -400,8 +401,7 @@ class NatsChannel(_Client, Channel):
                  replicas: int | str = 1, storage: str = "file", **conn: Any) -> None:
         parsed = parse_url(url)
         server, name, creds = _split_url(parsed, ("nats",))
-        if create not in (True, False, "if_missing"):
-            create = parse_bool(create, what="create")
+        create = parse_create(create)
         self.persist = parse_bool(persist, what="persist")
         if storage not in ("file", "memory"):
             raise InvalidArgument(f"{url}: storage must be 'file' or 'memory', not {storage!r}")
@@ -889,8 +889,7 @@ class KV(_Client):
         server, name, creds = _split_url(parsed, ("nats", "nats+kv"))
         if not _BUCKET_RE.match(name):
             raise InvalidArgument(f"{url}: a KV bucket name is letters, digits, '_' and '-' only")
-        if create not in (True, False, "if_missing"):
-            create = parse_bool(create, what="create")
+        create = parse_create(create)
         if storage not in ("file", "memory"):
             raise InvalidArgument(f"{url}: storage must be 'file' or 'memory', not {storage!r}")
         self.persist = parse_bool(persist, what="persist")

@@ -111,7 +111,7 @@ class PosixMessageQueue(Channel):
         try:
             if self.owner:
                 os.fchmod(q.mqd, mode)  # mq_open's mode went through the umask
-                _owners.record(self._record_url, "posixmq", identity=file_identity(os.fstat(q.mqd)))
+                _owners.record(self._record_url, "posixmq", identity=file_identity(os.fstat(q.mqd), fd=q.mqd))
             else:
                 st = os.fstat(q.mqd)
                 check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
@@ -323,7 +323,7 @@ class _QueueKind(Kind):
         except Exception as e:  # no access: still there, say so
             return ObjectInfo(self.name, f"posixmq://{target}", target=target, detail=str(e))
         try:
-            info = stat_info(self.name, f"posixmq://{target}", "", os.fstat(q.mqd), target=target)
+            info = stat_info(self.name, f"posixmq://{target}", "", os.fstat(q.mqd), target=target, fd=q.mqd)
             info.path, info.size, info.depth = None, None, int(q.current_messages)
         finally:
             q.close()
@@ -339,6 +339,12 @@ class _QueueKind(Kind):
 
     def missing(self, target: Any) -> str:
         return "no such POSIX message queue"
+
+    def blind_spot(self) -> str | None:
+        if mqueue_mount() is not None:
+            return None
+        return ("POSIX queues of other programs are not listed: mount the mqueue fs with "
+                "`mount -t mqueue none /dev/mqueue`")
 
     def remove(self, url: str, info: ObjectInfo) -> None:
         now = self.stat(info.target)

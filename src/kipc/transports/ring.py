@@ -142,7 +142,7 @@ class RingChannel(Channel):
                 if persist:
                     _owners.forget(url)  # a stale record of a dead creator must not make gc collect this one
                 else:
-                    _owners.record(url, "ring", path=path, capacity=cap, identity=file_identity(os.fstat(fd)))
+                    _owners.record(url, "ring", path=path, capacity=cap, identity=file_identity(os.fstat(fd), fd=fd))
             else:
                 _check_attach(fd, url)
                 self._ring = _ring.Ring(fd, url, False, 0, pid, 0, spin * 1e-6)

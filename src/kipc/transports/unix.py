@@ -164,7 +164,7 @@ class UnixListener(SocketListener):
                 st = os.lstat(path)
                 self._path, self._ident = path, (st.st_dev, st.st_ino)
                 self.owner = True  # the socket file is ours to remove (in this process only)
-                _owners.record(url, "unix", path=path, identity=file_identity(st))
+                _owners.record(url, "unix", path=path, identity=file_identity(st, path=path))
             sock.listen(parse_int(backlog, what="backlog", hex=False, minimum=0))
             sock.setblocking(False)
         except KipcError:

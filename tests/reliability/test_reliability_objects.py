@@ -30,7 +30,9 @@ import kipc
 from kipc import _naming, _objects, _owners, admin, testing
 from kipc.cli.main import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..helpers import REPO
+
+ROOT = REPO
 NOBODY = 65534
 
 # Imports everything a nobody child needs first: after setuid it may not read root's Python install.
@@ -549,7 +551,7 @@ def _remove_squatter_objects(ns: str, k: dict[str, int]) -> None:
 
 
 # -------------------------------------------------------------------------- spoofed signals
-# tests/test_signals.py covers os.kill (SI_USER) from our own uid; here: other uids and other si_codes.
+# tests/mechanisms/test_signals.py covers os.kill (SI_USER) from our own uid; here: other uids and other si_codes.
 SIG_RECEIVER = "import os, sys\n" + DROP.replace("os.setgroups", "if sys.argv[1] == 'nobody': os.setgroups") + r"""
 import json, signal
 from kipc import signals

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import threading
 import time
@@ -21,9 +20,9 @@ pytest.importorskip("nats", reason="the nats extra (kipc[nats]) is part of make 
 import kipc
 from kipc import testing
 
-from .helpers import check, payload
+from ..helpers import TESTS, check, payload
 
-HERE = os.path.dirname(__file__)
+HERE = TESTS  # children import helpers from here
 PRELUDE = f"import sys\nsys.path.insert(0, {HERE!r})\nfrom helpers import check, payload\nimport kipc\n"
 
 PRODUCER = PRELUDE + """

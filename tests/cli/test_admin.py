@@ -15,6 +15,8 @@ from kipc import admin, registry
 from kipc.cli.main import main
 from kipc.testing import spawn, unique_key, unique_name
 
+from ..helpers import build_c
+
 C_QUEUE = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,10 +38,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def c_queue(tmp_path_factory: pytest.TempPathFactory) -> str:
-    d = tmp_path_factory.mktemp("cq")
-    (d / "q.c").write_text(C_QUEUE)
-    subprocess.run(["gcc", "-O1", "-o", str(d / "q"), str(d / "q.c")], check=True)
-    return str(d / "q")
+    return build_c(str(tmp_path_factory.mktemp("cq")), C_QUEUE, "q")
 
 
 def ls_json(*extra: str, capsys: pytest.CaptureFixture[str]) -> list[dict]:
@@ -181,3 +180,16 @@ def test_bad_input_before_any_syscall() -> None:
             kipc.remove(url)
     with pytest.raises(kipc.Unsupported):
         kipc.remove("tcp://127.0.0.1:9")
+
+
+def test_ftok_urls_resolve_alike_in_open_and_ls() -> None:
+    """One ftok rule: kipc ls/rm need ?proj=N exactly as kipc.open does, and resolve the same key."""
+    from kipc import _objects
+    from kipc._naming import parse_url
+
+    with pytest.raises(kipc.InvalidArgument, match="proj"):
+        admin.locate("sysvmq:///etc/hostname")
+    with pytest.raises(kipc.InvalidArgument, match="proj"):
+        kipc.open("sysvmq:///etc/hostname")
+    url = "sysvmq:///etc/hostname?proj=65"
+    assert admin.locate(url)[1] == _objects.sysv_key(parse_url(url)) == _objects.ftok("/etc/hostname", 65)

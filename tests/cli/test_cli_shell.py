@@ -11,6 +11,8 @@ import pytest
 
 from kipc.testing import unique_key, unique_name
 
+from ..helpers import build_c
+
 KIPC = shutil.which("kipc", path=os.path.dirname(sys.executable)) or "kipc"
 #: schemes whose shell round trip needs a receiver running first (tested here)
 LISTENER_OR_FIFO = ("fifo", "unix", "tcp")
@@ -99,10 +101,7 @@ int main(int argc, char **argv) {
 
 
 def test_kipc_send_to_c_msgrcv_and_c_msgsnd_to_kipc_recv(tmp_path: os.PathLike[str]) -> None:
-    src, exe = os.path.join(tmp_path, "peer.c"), os.path.join(tmp_path, "peer")
-    with open(src, "w") as f:
-        f.write(C_PEER)
-    subprocess.run(["gcc", "-O1", "-o", exe, src], check=True, timeout=60)
+    exe = build_c(os.fspath(tmp_path), C_PEER, "peer")
     key = unique_key()
     r = sh(f'echo x | "$KIPC" send sysvmq://{key} --type 3 --create\n'
            f'{exe} {key}\n'

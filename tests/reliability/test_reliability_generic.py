@@ -18,7 +18,7 @@ import pytest
 import kipc
 from kipc import registry, testing
 
-from .helpers import check, payload
+from ..helpers import check, payload
 
 SCHEMES = ["pipe", *registry.schemes()]
 LOCAL = [s for s in SCHEMES if s != "nats"]

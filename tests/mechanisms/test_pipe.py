@@ -11,7 +11,7 @@ import pytest
 import kipc
 from kipc import testing
 
-from .helpers import check, payload
+from ..helpers import REPO, check, payload
 
 N = 200
 SIZES = [0, 1, 20, 4095, 4096, 100_000, 1 << 20]
@@ -93,7 +93,7 @@ except kipc.ChannelClosed:
 
 def test_subprocess_pass_fds_and_open_fd() -> None:
     r, w = kipc.pipe()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = REPO
     with w, testing.spawn(CHILD_READER, str(r.fileno()), root, pass_fds=[r.fileno()]) as child:
         r.close()  # the child holds the read end now
         for i in range(100):

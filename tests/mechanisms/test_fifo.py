@@ -12,7 +12,7 @@ import pytest
 import kipc
 from kipc import _owners, testing
 
-from .helpers import check
+from ..helpers import REPO, check
 
 
 def _fifo(name: str) -> str:
@@ -31,7 +31,7 @@ for i in range(n):
     w.send(payload(producer, i, 64 + i), timeout=10)
 w.close()
 """
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 
 
 def _writer(url: str, producer: int, n: int) -> testing.Child:

@@ -12,7 +12,6 @@ import random
 import socket
 import stat
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -22,9 +21,9 @@ from kipc.transports.fifo import FifoChannel
 from kipc.transports.file import SpoolChannel
 from kipc.transports.unix import UnixListener
 
-from .helpers import check, payload
+from ..helpers import REPO, check, payload
 
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = REPO
 MiB = 1 << 20
 SPECIAL = [0, 1, 4095, 4096, 65536, MiB, 16 * MiB]
 
@@ -47,7 +46,7 @@ CHILD = f"""
 import sys
 sys.path.insert(0, {ROOT!r})
 import kipc
-from tests.test_cross_process import sizes, expected
+from tests.interop.test_cross_process import sizes, expected
 scheme, target = sys.argv[1], sys.argv[2]
 if scheme == "pipe":
     ch = kipc.open_fd(int(target), "w")

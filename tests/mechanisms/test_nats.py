@@ -17,7 +17,9 @@ from kipc import testing
 from kipc.testing._pairs import topic_pair
 from kipc.transports.nats import KV, NatsChannel, Topic
 
-HERE = os.path.dirname(__file__)
+from ..helpers import TESTS
+
+HERE = TESTS  # children import helpers from here
 
 
 def _pair(nats_url: str, **options: object):  # type: ignore[no-untyped-def]
@@ -494,3 +496,10 @@ def test_blocked_receiver_sees_stream_removed(nats_url: str) -> None:
             assert len(outcome) == 1 and isinstance(outcome[0], kipc.ChannelClosed), outcome
     finally:
         creator.close()
+
+
+def test_channel_pair_without_servers_runs_its_own() -> None:
+    """kipc.testing.channel_pair("nats") works for every scheme's users: no servers= starts a private nats-server."""
+    with testing.channel_pair("nats") as (tx, rx):
+        tx.send(b"over a private server", timeout=10)
+        assert rx.recv(timeout=10) == b"over a private server"

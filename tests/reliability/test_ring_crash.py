@@ -26,7 +26,7 @@ import kipc
 from kipc import testing
 from kipc.transports.ring import RingChannel
 
-from .helpers import check, payload
+from ..helpers import check, fork_child, p99, payload, read_reported, take_rest_after_consumer_kill, wait_pid
 
 KiB = 1 << 10
 CAPACITY = 32 * KiB  # small: fragments (> 16 KiB) and a full ring are common
@@ -40,25 +40,6 @@ def ring() -> Iterator[RingChannel]:
         yield ch
     finally:
         ch.close()
-
-
-def _reap(pid: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"child {pid} not reaped after SIGKILL")
-
-
-def _fork(body: object) -> int:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            body()  # type: ignore[operator]
-        finally:
-            os._exit(0)
-    return pid
 
 
 def _drain(ch: RingChannel, seen: dict[int, int], timeout: float = 0.05, until: float = float("inf")) -> int:
@@ -90,12 +71,12 @@ def kill_producers(ch: RingChannel, rounds: int, rng: random.Random, recover: li
                 for i in range(1_000_000):
                     tx.send(payload(p, i, SIZES[(i * 7 + p) % len(SIZES)]), timeout=30)
 
-        pid = _fork(produce)
+        pid = fork_child(produce)
         kill_at = time.monotonic() + rng.uniform(0, 0.02)
         while time.monotonic() < kill_at:
             delivered += _drain(ch, seen, timeout=0.001, until=kill_at)
         os.kill(pid, signal.SIGKILL)
-        _reap(pid)
+        wait_pid(pid, 10)
         t0 = time.monotonic()
         ch.send(payload(1 << 20, seen.get(1 << 20, -1) + 1, 24), timeout=5)  # our own sequence, checked too
         if recover is not None:
@@ -128,7 +109,7 @@ def kill_consumers(ch: RingChannel, rounds: int, rng: random.Random,
                         _p, s = check(rx.recv(timeout=30))
                     os.write(w, s.to_bytes(8, "little"))
 
-        pid = _fork(consume)
+        pid = fork_child(consume)
         os.close(wfd)
         first = seq
         kill_at = time.monotonic() + rng.uniform(0, 0.02)
@@ -139,30 +120,11 @@ def kill_consumers(ch: RingChannel, rounds: int, rng: random.Random,
             except kipc.Timeout:
                 pass
         os.kill(pid, signal.SIGKILL)
-        _reap(pid)
-        reported = b""
-        while chunk := os.read(rfd, 65536):
-            reported += chunk
-        os.close(rfd)
-        got = [int.from_bytes(reported[i:i + 8], "little") for i in range(0, len(reported), 8)]
-        assert got == list(range(first, first + len(got))), "the dead consumer saw a gap or a reordering"
-        rest: list[int] = []
-        t0 = time.monotonic()
-        try:  # takes the consumer lock the dead one may have held (and repairs it)
-            rest.append(check(ch.recv(timeout=0), 0)[1])
-        except kipc.WouldBlock:
-            pass
-        if recover is not None:
-            recover.append(time.monotonic() - t0)
-        while True:
-            try:
-                rest.append(check(ch.recv(timeout=0.02), 0)[1])
-            except kipc.Timeout:
-                break
-        nxt = first + len(got)
-        assert rest == list(range(rest[0], seq)) if rest else True, "messages after the claimed one were lost"
-        missing = (rest[0] if rest else seq) - nxt
-        assert 0 <= missing <= 1, f"{missing} committed messages lost (only the claimed one may go)"
+        wait_pid(pid, 10)
+        got = read_reported(rfd)
+        # the first recv takes the consumer lock the dead one may have held (and repairs it)
+        rest, missing = take_rest_after_consumer_kill(lambda t: ch.recv(timeout=t), kipc.Timeout, first, got, seq,
+                                                      recover)
         lost += missing
         received += len(got) + len(rest)
     return received, lost
@@ -170,11 +132,6 @@ def kill_consumers(ch: RingChannel, rounds: int, rng: random.Random,
 
 def _rounds(scale: Any) -> int:
     return int(os.environ.get("KIPC_CRASH_ROUNDS", scale.n(100, 1_000)))
-
-
-def _p99_ms(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1e3
 
 
 def test_sigkill_producers_at_random_points(ring: RingChannel, scale: Any, figures: Any) -> None:
@@ -191,7 +148,7 @@ def test_sigkill_producers_at_random_points(ring: RingChannel, scale: Any, figur
     figures.record("ring", f"{kills} producer SIGKILLs: torn / committed-lost / hangs; usable after",
                    "0 / 0 / 0; yes", target="0 / 0 / 0; yes")
     figures.record("ring", "producer kills: messages delivered / locks repaired / recovery p99 ms",
-                   f"{delivered} / {repairs} / {_p99_ms(recover):.2f}")
+                   f"{delivered} / {repairs} / {p99(recover) * 1e3:.2f}")
 
 
 def test_sigkill_consumers_at_random_points(ring: RingChannel, scale: Any, figures: Any) -> None:
@@ -207,7 +164,7 @@ def test_sigkill_consumers_at_random_points(ring: RingChannel, scale: Any, figur
     figures.record("ring", f"{kills} consumer SIGKILLs: torn / committed-lost / hangs; usable after",
                    "0 / 0 / 0; yes", target="0 / 0 / 0; yes")
     figures.record("ring", "consumer kills: received / claimed by the dead consumer (<= 1 each) / "
-                   "locks repaired / recovery p99 ms", f"{received} / {claimed} / {repairs} / {_p99_ms(recover):.2f}")
+                   "locks repaired / recovery p99 ms", f"{received} / {claimed} / {repairs} / {p99(recover) * 1e3:.2f}")
 
 
 @pytest.mark.stress

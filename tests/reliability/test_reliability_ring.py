@@ -28,11 +28,11 @@ import kipc
 from kipc import testing
 from kipc.transports.ring import RingChannel, shm_path
 
-from .helpers import check, fork_child, payload
-from .helpers import wait_pid as _wait
+from ..helpers import REPO, check, fork_child, p99, payload, read_reported, take_rest_after_consumer_kill
+from ..helpers import wait_pid as _wait
 
 KiB = 1 << 10
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = REPO
 
 
 @contextlib.contextmanager
@@ -300,11 +300,6 @@ def test_ring_stress(shape: tuple[int, int], tmp_path: Path, scale: Any, figures
 
 
 # -------------------------------------------------------------------------- Queue crash kills
-def _p99(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else 0.0
-
-
 def test_queue_producer_and_consumer_kills(scale: Any, figures: Any) -> None:
     """ring and kipc.Queue: producer and consumer SIGKILLs: torn 0, committed-lost 0, hangs 0"""
     kills = scale.n(40, 1_000)
@@ -358,26 +353,9 @@ def test_queue_producer_and_consumer_kills(scale: Any, figures: Any) -> None:
                     seq += 1
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            reported = b""
-            while chunk := os.read(rfd, 65536):
-                reported += chunk
-            os.close(rfd)
-            got = [int.from_bytes(reported[i:i + 8], "little") for i in range(0, len(reported), 8)]
-            assert got == list(range(first, first + len(got))), "the dead consumer saw a gap or a reordering"
-            t0 = time.monotonic()
-            rest: list[int] = []
-            with contextlib.suppress(queue.Empty):
-                rest.append(check(q.get(timeout=0), 0)[1])  # takes the lock a dead consumer held
-            recover.append(time.monotonic() - t0)
-            while True:
-                try:
-                    rest.append(check(q.get(timeout=0.02), 0)[1])
-                except queue.Empty:
-                    break
-            nxt = first + len(got)
-            assert rest == list(range(rest[0], seq)) if rest else True, "items after the claimed one were lost"
-            missing = (rest[0] if rest else seq) - nxt
-            assert 0 <= missing <= 1, f"{missing} committed items lost (only the claimed one may go)"
+            # the first get takes the lock a dead consumer held
+            _rest, missing = take_rest_after_consumer_kill(lambda t: q.get(timeout=t), queue.Empty, first,
+                                                           read_reported(rfd), seq, recover)
             claimed += missing
         repairs = q._ring.info()["repairs"]
     finally:
@@ -386,7 +364,7 @@ def test_queue_producer_and_consumer_kills(scale: Any, figures: Any) -> None:
     figures.record("kipc.Queue", f"{kills} producer + {kills} consumer SIGKILLs: torn / committed-lost / hangs",
                    "0 / 0 / 0", target="0 / 0 / 0")
     figures.record("kipc.Queue", "kills: locks repaired / items claimed by a dead consumer / recovery p99 ms",
-                   f"{repairs} / {claimed} / {_p99(recover) * 1e3:.2f}")
+                   f"{repairs} / {claimed} / {p99(recover) * 1e3:.2f}")
 
 
 def _take(obj: Any, seen: dict[int, int]) -> None:

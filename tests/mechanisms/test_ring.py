@@ -24,7 +24,7 @@ from kipc import _owners, testing
 from kipc._platform import native
 from kipc.transports.ring import RingChannel, shm_path
 
-from .helpers import check, fork_child, payload, wait_pid
+from ..helpers import check, fork_child, payload, wait_pid
 
 KiB, MiB = 1 << 10, 1 << 20
 

@@ -12,9 +12,9 @@ import kipc
 from kipc import testing
 from kipc.transports.tcp import MAGIC
 
-from .helpers import check, payload
+from ..helpers import REPO, check, payload
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 
 CLIENT = """
 import sys

@@ -24,7 +24,7 @@ import kipc
 from kipc import registry, testing
 from kipc._base import Channel
 
-from .helpers import check, fork_child, payload, wait_pid
+from ..helpers import check, fork_child, payload, wait_pid
 
 SCHEMES = ["pipe", *registry.schemes()]
 UNBOUNDED = {"file", "nats"}

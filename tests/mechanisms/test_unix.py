@@ -11,9 +11,9 @@ import pytest
 import kipc
 from kipc import _owners, testing
 
-from .helpers import check, payload
+from ..helpers import REPO, check, payload
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 
 CLIENT = """
 import sys

@@ -1,4 +1,4 @@
-"""Interop with unchanged seed-style C programs (tests/c/*.c), compiled with gcc at test time.
+"""Interop with unchanged seed-style C programs (tests/interop/c/*.c), compiled with gcc at test time.
 
 Each C program uses the raw kernel API (msgsnd/msgrcv, shmget/shmat, mq_send,
 semop, sigqueue/sigwaitinfo) and knows nothing about kipc.

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..helpers import REPO
+
+ROOT = Path(REPO)
 BIN = Path(sys.executable).parent
 
 

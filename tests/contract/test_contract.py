@@ -19,7 +19,7 @@ import kipc
 from kipc import registry, testing
 from kipc._base import Channel
 
-from .helpers import check, payload
+from ..helpers import check, payload
 
 SCHEMES = ["pipe", *registry.schemes()]
 

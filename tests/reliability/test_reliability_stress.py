@@ -10,7 +10,6 @@ ring and ``kipc.Queue`` have their own N x M and crash campaigns in test_ring*.p
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -22,7 +21,9 @@ import pytest
 import kipc
 from kipc import testing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..helpers import REPO
+
+ROOT = REPO
 
 # -------------------------------------------------------------------------- Ctrl-C
 # The child sets up a blocking call, prints READY, blocks; SIGINT must raise KeyboardInterrupt.

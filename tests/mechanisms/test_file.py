@@ -16,9 +16,9 @@ from kipc import _owners, testing
 from kipc.transports import file as spool
 from kipc.transports.file import SpoolChannel
 
-from .helpers import check, payload
+from ..helpers import REPO, check, payload
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 
 
 def _dir(name: str) -> str:

@@ -110,7 +110,7 @@ def test_sysvmq_types_and_lines(capsys: pytest.CaptureFixture[str], monkeypatch:
 
 def test_every_registered_scheme_works_in_send_and_recv() -> None:
     """The per-scheme tests here and in test_cli_shell.py together must name every registered scheme."""
-    from tests import test_cli_shell
+    from tests.cli import test_cli_shell
 
     covered = {"sysvmq", "posixmq", "ring", "file", "nats"} | set(test_cli_shell.LISTENER_OR_FIFO)
     missing = set(registry.schemes()) - covered

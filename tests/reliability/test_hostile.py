@@ -17,7 +17,9 @@ import kipc
 from kipc import _naming, _objects
 from kipc.testing import spawn, unique_key, unique_name
 
-from .conftest import Figures
+from ..conftest import Figures
+
+HOSTILE = "Hostile peers and odd objects"
 
 NOBODY = 65534
 
@@ -80,7 +82,7 @@ def test_planted_sysv_object_handed_to_us_is_refused(kind: str, figures: Figures
             pass
         figures.record(f"sysv {kind}", "attach (plain, if_missing) refused / allow_foreign attaches",
                        f"{refused} of 2 refused / attached in {1000 * (time.monotonic() - t0):.1f} ms",
-                       target="2 of 2 / attaches")
+                       target="2 of 2 / attaches", section=HOSTILE)
     finally:
         _remove(kind, key)
 
@@ -131,4 +133,4 @@ def test_numbers_are_ascii_decimal_or_hex_only(figures: Figures) -> None:
     assert _naming.parse_size("64KiB") == 64 << 10 and _naming.parse_int("0x10", what="n") == 16
     assert _objects.parse_uids("0,1000") == {0, 1000}
     figures.record("every scheme", "loosely spelled numbers refused (InvalidArgument, before any syscall)",
-                   f"{refused} of {refused}", target="all")
+                   f"{refused} of {refused}", target="all", section=HOSTILE)
