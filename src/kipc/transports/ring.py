@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .. import _owners
+from .. import _base, _owners
 from .._base import Channel, Deadline
 from .._naming import parse_bool, validate_mode, validate_name, validate_size
 from .._platform import native
@@ -67,10 +67,15 @@ from ..errors import (
     from_oserror,
 )
 
-__all__ = ["DEFAULT_CAPACITY", "RingChannel", "shm_path"]
+__all__ = ["DEFAULT_CAPACITY", "FOREVER", "RingChannel", "shm_path"]
+
+#: The deadline of a blocking call (``Deadline(None)``, ``end == math.inf``): the C hot path
+#: recognises this very object and skips reading its attributes.
+FOREVER: Deadline = getattr(_base, "FOREVER", None) or Deadline(None)
+_NO_KNOBS: dict[str, Any] = {}
 
 _ring = native("_ring")
-_ring._set_errors(Timeout, WouldBlock, ChannelClosed, BadObject)
+_ring._setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER)
 
 DEFAULT_CAPACITY = 1 << 20
 DEFAULT_SPIN_US = 50.0
@@ -148,7 +153,7 @@ class RingChannel(Channel):
                     _owners.record(url, "ring", path=path, capacity=cap)
             else:
                 _check_attach(fd, url)
-                self._ring = _ring.Ring(fd, url, False, 0, pid, 0, spin * 1e-6)
+                self._ring = _ring.Ring(fd, url, False, 0, pid, start or 0, spin * 1e-6)
         except OSError as e:
             if isinstance(e, (BadObject, AlreadyExists)) or type(e).__module__.startswith("kipc"):
                 raise
@@ -157,6 +162,15 @@ class RingChannel(Channel):
             os.close(fd)  # the mapping keeps the object; no fd is held
         self.name, self.path, self.persist, self._pid = name, path, persist, os.getpid()
         self.max_message_size = max_message_size
+        # The hooks are the C methods themselves (no Python frame on the hot path).
+        ring = self._ring
+        self._send_blocking = ring.send  # (data, deadline, knobs)
+        self._recv_blocking = ring.recv  # (deadline, knobs)
+        self._try_send = ring.try_send  # (data, knobs) -> bool
+        self._try_recv = ring.try_recv  # (knobs) -> message | None
+        self._wait = ring.wait  # (op, deadline) -> None
+        self._ready = ring.ready  # (op) -> bool
+        self._interrupt = ring.interrupt  # () -> None
         self._init_channel(url, codec=codec)
 
     # -- construction -------------------------------------------------------------
@@ -191,49 +205,70 @@ class RingChannel(Channel):
             raise
         return tx, rx
 
-    # -- hot path: the template calls these for blocking bytes with the default codec --
+    # -- hooks of the channel template (bound to C methods in __init__; see the contract card) --
+    _send_blocking: Any
+    _recv_blocking: Any
+    _try_send: Any
+    _try_recv: Any
+    _wait: Any
+    _ready: Any
+    _interrupt: Any
+
+    def _wait_fd(self, op: str) -> int | None:
+        return None  # shared memory has no fd: async waits use _wait in a worker thread
+
+    # TODO(merge of the new base): the base becomes the only home of send/recv; until then
+    # these keep the old base's public behaviour on top of the hooks above.
     def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
-        self._ring.send(data)
+        self._send_blocking(data, FOREVER, knobs)
         return True
 
     def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
-        return None if knobs else self._ring.recv()
+        return None if knobs else self._recv_blocking(FOREVER, _NO_KNOBS)
 
-    # send/recv are overridden (on top of the hooks above) because the ring's whole cost is
-    # ~90 ns a call: one more Python frame (super().send) would be most of a 64 B message's time.
     def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        if obj.__class__ is bytes and timeout is None and not knobs and self.codec is _BYTES:
-            ring = self._ring
-            if ring is not None and self.max_message_size is None:
-                ring.send(obj)
-                return
+        if (obj.__class__ is bytes and timeout is None and not knobs and self.codec is _BYTES
+                and self.max_message_size is None and not self._closed):
+            self._send_blocking(obj, FOREVER, _NO_KNOBS)
+            return
         super().send(obj, timeout=timeout, **knobs)
 
     def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        if timeout is None and not knobs and self.codec is _BYTES:
-            ring = self._ring
-            if ring is not None:
-                return ring.recv()
+        if timeout is None and not knobs and self.codec is _BYTES and not self._closed:
+            return self._recv_blocking(FOREVER, _NO_KNOBS)
         return super().recv(timeout=timeout, **knobs)
 
     def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
-        self._ring.send(data, _seconds(deadline))
+        self._send_blocking(data, deadline, knobs)
 
     def _recv(self, deadline: Deadline, **knobs: Any) -> bytes | memoryview:
-        got = self._ring.recv(_seconds(deadline), bool(knobs.get("view", False)))
-        return got if type(got) is bytes or type(got) is memoryview else memoryview(got)
+        return self._recv_blocking(deadline, knobs)
+
+    async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
+        if knobs.get("view"):
+            raise Unsupported(f"arecv on {self.url}: view=True needs the receiving thread to release the view; "
+                              "use recv(view=True)")
+        return await super().arecv(timeout=timeout, **knobs)
 
     def close(self) -> None:
-        # Only an explicit close by the creating process ends the channel for everyone
-        # (not a finalizer, not a forked child's copy).
-        if not self._closed and self.owner and not self.persist and os.getpid() == self._pid:
-            self._ring.mark_closed()
+        if not self._closed:
+            self._interrupt()  # wake this process's calls blocked on this handle (any thread)
         super().close()
 
     def _close(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
-            ring.unmap()
+            # Only an explicit close by the creating process ends the channel for everyone
+            # (not a finalizer, not a forked child's copy).
+            if self.owner and not self.persist and os.getpid() == self._pid and not self._closing_by_gc:
+                ring.mark_closed()
+            ring.unmap()  # deferred while calls, views or loans are in flight
+
+    _closing_by_gc = False
+
+    def __del__(self) -> None:
+        self._closing_by_gc = True
+        super().__del__()
 
     def _unlink(self) -> None:
         if os.getpid() != self._pid:
@@ -247,12 +282,6 @@ class RingChannel(Channel):
     def fileno(self) -> int:
         self._check_open("fileno")
         return super().fileno()  # Unsupported: shared memory has no fd to poll
-
-    async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        if knobs.get("view"):
-            raise Unsupported(f"arecv on {self.url}: view=True needs the receiving thread to release the view; "
-                              "use recv(view=True)")
-        return await super().arecv(timeout=timeout, **knobs)
 
     # -- extras ----------------------------------------------------------------------
     @property
@@ -297,7 +326,7 @@ class RingChannel(Channel):
         if n > limit:
             raise MessageTooLarge(f"loan on {self.url}: {n} bytes exceeds the in-place limit of {limit} bytes "
                                   "(capacity/2 - 16; use send() for bigger messages)", size=n, limit=limit)
-        loan = self._ring.loan(n, _seconds(deadline))
+        loan = self._ring.loan(n, deadline)
         buf = memoryview(loan)
         try:
             yield buf
@@ -325,7 +354,7 @@ class RingChannel(Channel):
         head = _ARRAY_HDR.pack(_ARRAY_MAGIC, len(dt), dt, arr.ndim) + struct.pack(f"<{arr.ndim}Q", *arr.shape)
         deadline = Deadline.of(timeout)
         self._check_open("send")
-        self._ring.sendv((head, arr.reshape(-1).view(np.uint8)), _seconds(deadline))
+        self._ring.sendv((head, arr.reshape(-1).view(np.uint8)), deadline)
 
     def recv_array(self, *, timeout: float | None = None, copy: bool = True) -> Any:
         """Receive an array sent with :meth:`send_array`.
@@ -354,11 +383,6 @@ class RingChannel(Channel):
             raise
         mv.release()
         return out
-
-
-def _seconds(deadline: Deadline) -> float:
-    r = deadline.remaining()
-    return -1.0 if r is None else r
 
 
 def _check_room(url: str, cap: int) -> None:
