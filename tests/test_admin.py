@@ -165,9 +165,12 @@ def test_ls_lists_owner_recorded_objects_of_every_local_scheme(capsys: pytest.Ca
 
 
 def test_every_registered_scheme_has_an_ls_kind() -> None:
-    missing = set(registry.schemes()) - set(admin.SCHEME_KINDS)
+    missing = [s for s in registry.schemes() if not registry.kinds_of(s)]
     assert not missing, f"kipc ls does not cover {missing}"
-    assert set(admin.SCHEME_KINDS) <= set(admin.KINDS)
+    names = [k.name for k in admin.kinds()]
+    assert len(names) == len(set(names)) and {"sysvshm", "sysvsem", "posixshm", "posixsem"} <= set(names)
+    for k in admin.kinds():
+        assert k.description and k.records, k
 
 
 def test_bad_input_before_any_syscall() -> None:

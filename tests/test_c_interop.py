@@ -143,7 +143,7 @@ def test_c_semop_and_kipc_acquire_contend(cbin: dict[str, str], procs: list[CPro
         procs.append(c)
         assert c.readline() == "READY"
         for _ in range(n):
-            sem.acquire(timeout=10)
+            assert sem.acquire(timeout=10)
             v = counter[0]
             os.sched_yield()
             counter[0] = v + 1

@@ -271,11 +271,11 @@ def test_owner_liveness_not_fooled_by_pid_reuse() -> None:
 # A module may import only from its own layer or below (design.md §2).
 LAYER = {
     "errors": 0, "_platform": 0, "_native": 0,
-    "_naming": 1, "codecs": 1, "_owners": 2, "_framing": 2,
-    "_base": 3,
+    "_naming": 1, "codecs": 1, "_procs": 1, "_owners": 2, "_framing": 2, "_objects": 2, "_kinds": 2,
+    "_base": 3, "_waiting": 3,
     "shm": 4, "sync": 4, "transports": 4,
     "queues": 5, "registry": 5,
-    "admin": 6, "testing": 6, "_nats_testing": 6,
+    "admin": 6, "testing": 6,
     "cli": 7, "__init__": 8, "__main__": 8,
 }
 
@@ -293,12 +293,7 @@ def test_imports_point_down() -> None:
             problems.append(f"{rel}: module not assigned to a layer")
             continue
         tree = ast.parse(path.read_text())
-        # test_pair hooks exist for kipc.testing and may use it (e.g. unique_key)
-        hooks = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "test_pair"
-                 for n in ast.walk(f)}
         for node in ast.walk(tree):
-            if id(node) in hooks:
-                continue
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom) and node.level > 0:
                 pkg = list(rel.parts[:-1])[: len(rel.parts) - node.level]
@@ -330,3 +325,26 @@ def test_native_extension_built() -> None:
     assert callable(sig.sigqueue)
     with pytest.raises(ImportError, match="make build"):
         native("_does_not_exist")
+
+
+def test_no_test_hooks_in_production_code() -> None:
+    """Pair factories live in kipc.testing._pairs; nothing below the CLI imports kipc.testing (design.md §11)."""
+    problems = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] in ("testing", "cli"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "test_pair":
+                problems.append(f"{rel}: defines test_pair")
+            mods: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                base = list(rel.parts[:-1])[: len(rel.parts) - node.level] if node.level else []
+                mods = [".".join([*base, node.module or ""])] if node.level else [node.module or ""]
+                mods = [m.removeprefix("kipc.") for m in mods]
+            elif isinstance(node, ast.Import):
+                mods = [a.name.removeprefix("kipc.") for a in node.names]
+            if any(m == "testing" or m.startswith("testing.") for m in mods):
+                problems.append(f"{rel}: imports kipc.testing")
+    assert not problems, "\n".join(problems)

@@ -14,6 +14,7 @@ pytest.importorskip("nats", reason="the nats extra (kipc[nats]) is part of make 
 
 import kipc
 from kipc import testing
+from kipc.testing._pairs import topic_pair
 from kipc.transports.nats import KV, NatsChannel, Topic
 
 HERE = os.path.dirname(__file__)
@@ -286,7 +287,7 @@ def test_unreachable_server_clear_error_within_timeout() -> None:
 
 
 def _free_port() -> int:
-    from kipc._nats_testing import free_port
+    from kipc.testing._nats import free_port
 
     return free_port()
 
@@ -338,9 +339,7 @@ with kipc.Topic(sys.argv[1]) as t:
 
 def test_topic_via_lazy_export_and_async(nats_url: str) -> None:
     assert kipc.Topic is Topic and kipc.KV is KV
-    pub0, sub = Topic.test_pair(testing.unique_name("topic"), servers=nats_url)
-    pub0.close()
-    with sub:
+    with topic_pair(testing.unique_name("topic"), servers=nats_url) as (_pub0, sub):
         async def main() -> bytes:
             async with asyncio.timeout(10):
                 with Topic(sub.url, subscribe=False) as pub:

@@ -328,7 +328,7 @@ def test_creator_sigkilled_leaves_record_for_gc() -> None:
     url = f"ring://{name}"
     rec = _owners.lookup(url)
     assert rec is not None and not rec.alive
-    removed = admin.gc()
+    removed = admin.gc().removed
     assert any(i.url == url for i in removed)
     assert not shm_names(name) and _owners.lookup(url) is None
 

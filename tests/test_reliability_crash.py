@@ -24,7 +24,7 @@ while True:
     line = sys.stdin.readline()
     if not line:
         break
-    sem.acquire(timeout=10)
+    assert sem.acquire(timeout=10)
     print("HELD", flush=True)
 """
 
@@ -41,7 +41,7 @@ def test_sysv_semaphore_holders_killed(scale: Any, figures: Any) -> None:
                 child.expect("HELD", timeout=10)
                 child.kill()
             t0 = time.monotonic()
-            sem.acquire(timeout=1)  # SEM_UNDO gave the dead holder's unit back
+            assert sem.acquire(timeout=1)  # SEM_UNDO gave the dead holder's unit back
             waits.append(time.monotonic() - t0)
             sem.release()
         assert sem.value == 1

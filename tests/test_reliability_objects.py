@@ -27,7 +27,7 @@ import pytest
 import sysv_ipc
 
 import kipc
-from kipc import _naming, _owners, admin, testing
+from kipc import _naming, _objects, _owners, admin, testing
 from kipc.cli.main import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +70,7 @@ def private_runtime(kipc_namespace: str) -> Iterator[str]:
 
 # -------------------------------------------------------------------------- where objects are
 def _sysv_row(kind: str, key: int) -> dict[str, int] | None:
-    for row in admin._sysv_rows(kind):
+    for row in _objects.sysv_rows(kind):
         if row["key"] == key:
             return row
     return None
@@ -231,7 +231,7 @@ def test_gc_after_mass_owner_death(private_runtime: str, scale: Any, figures: An
 def _proc_perms(kind: str, key: int) -> int:
     row = _sysv_row(kind, key)
     assert row is not None
-    return admin._perms(row)
+    return row["perms"] & 0o777
 
 
 def test_umask_000_gives_no_group_or_other_bits(private_runtime: str, figures: Any) -> None:

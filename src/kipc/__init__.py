@@ -10,7 +10,8 @@ One contract for every mechanism::
 ``kipc.pipe()`` gives a parent/child pipe; ``kipc.listen(url)`` accepts
 ``unix://``/``tcp://`` peers; ``kipc.SharedMemory`` and ``kipc.Semaphore`` address
 ``sysv://KEY`` and ``posix://name`` objects; ``kipc.Queue`` is a drop-in faster
-``multiprocessing.Queue``. Everything is re-exported here; heavier parts are
+``multiprocessing.Queue``; ``kipc.wait(channels, timeout)`` waits on many
+channels of any kind at once. Everything is re-exported here; heavier parts are
 imported on first use.
 """
 
@@ -55,6 +56,7 @@ _LAZY: dict[str, str] = {
     "Topic": "kipc.transports.nats:Topic",
     "KV": "kipc.transports.nats:KV",
     "remove": "kipc.admin:remove",
+    "wait": "kipc._waiting:wait",
     "testing": "kipc.testing:",
 }
 

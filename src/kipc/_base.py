@@ -1,35 +1,63 @@
-"""The Channel template: arguments, state and timeouts are checked once, here.
+"""The Channel template: the one home of the channel contract.
 
-Every transport subclasses :class:`Channel` and implements only
+``send``/``recv``/``asend``/``arecv`` (and a listener's ``accept``/``aaccept``)
+are written once, here. A transport implements small hooks:
 
-* ``_send(data: memoryview, deadline: Deadline, **knobs) -> None``
-* ``_recv(deadline: Deadline, **knobs) -> bytes | memoryview``
-* ``_close() -> None`` (release this process's handles), and optionally
-  ``_unlink()`` (remove the kernel object; called only for the creator),
-  ``fileno()``, ``_readable_fd()`` / ``_writable_fd()`` for asyncio.
+* ``_try_send(data, knobs) -> bool`` -- a non-blocking attempt: True once the
+  whole message is accepted, False when the channel is full right now.
+* ``_try_recv(knobs) -> bytes | memoryview | None`` -- a non-blocking attempt:
+  None when nothing is there right now.
+* ``_wait_fd(op) -> int | None`` -- an fd that polls ready when an attempt in
+  direction ``op`` ("send"/"recv") may succeed; or
+* ``_wait(op, deadline)`` -- for transports without such an fd: block until an
+  attempt may succeed, the deadline passes, or ``close()`` interrupts. It
+  consumes nothing and holds no lock another process needs.
+* ``_ready(op) -> bool`` -- a non-blocking probe (for :func:`kipc.wait`).
+* optionally exactly one blocking path per direction,
+  ``_send_blocking(data, deadline, knobs)`` / ``_recv_blocking(deadline, knobs)``
+  (the default loops over the hooks above under a per-direction lock);
+* ``_close()`` (release this process's handles), ``_unlink()`` (remove the
+  object; called for the creator only), ``_interrupt()`` (wake this process's
+  threads blocked on this handle; the default wakes fd waits).
 
-The public methods guarantee, for every transport:
+What every transport then guarantees:
 
-* ``send(data, *, timeout=None, **knobs)`` / ``recv(*, timeout=None, **knobs)``:
-  ``None`` blocks, ``0`` never blocks (:class:`WouldBlock`), ``t`` waits at most
-  ``t`` seconds (:class:`Timeout`). A timed-out call leaves the channel unchanged.
+* ``timeout=None`` blocks, ``0`` never blocks (:class:`WouldBlock`), ``t`` waits
+  at most ``t`` seconds (:class:`Timeout`). A timed-out call leaves the
+  channel unchanged. :class:`Deadline` is the only form of time below this
+  line; C code receives the absolute deadline (``Deadline.end``).
 * A message larger than ``max_message_size`` raises :class:`MessageTooLarge`
-  naming both numbers, before anything is written.
-* A knob the mechanism cannot honour (``type=``, ``priority=``...) raises
-  :class:`Unsupported`; an unknown keyword raises ``TypeError``.
-* ``close()`` is idempotent and safe after a half-failed ``__init__`` (class
-  level defaults). The creator of a named object removes it on close unless
-  it was created with ``persist=True``; openers never remove.
-* Blocking waits retry on EINTR with the remaining time (PEP 475 does that
-  for ``select``/``poll``), and Ctrl-C (``KeyboardInterrupt``) gets through.
+  naming both numbers, before anything is written. A knob the mechanism cannot
+  honour raises :class:`Unsupported`; an unknown keyword raises ``TypeError``.
+* **Threads.** Any number of threads may send and receive on one channel at
+  once: every message arrives whole and exactly once (the template serialises
+  each direction with a lock where the mechanism needs it). ``close()`` from
+  any thread wakes the threads blocked on that handle within 100 ms with
+  :class:`ChannelClosed` ("closed by this process"); nothing they use is freed
+  under them.
+* **asyncio.** ``asend``/``arecv`` wait for readiness first (``add_reader`` /
+  ``add_writer`` on the kernel fd, else ``_wait`` in a kipc worker thread, in
+  slices) and then make the non-blocking attempt on the loop thread, so
+  cancellation at any await loses no message, and a cancelled ``asend`` has
+  not sent. ``async with`` and ``async for`` work on channels and listeners.
+* **Ownership.** ``close()`` is idempotent and safe after a half-failed
+  ``__init__`` (class level defaults). The creating *process* (pid + start
+  time) removes a named object on close unless ``persist=True``; a forked
+  child's ``close()`` only releases its handles. Openers never remove.
+* Blocking waits retry on EINTR with the remaining time, and Ctrl-C
+  (``KeyboardInterrupt``) gets through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
+import os
+import select
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
 from . import _owners
@@ -37,24 +65,30 @@ from ._naming import ParsedURL, merge_query, validate_timeout
 from .codecs import Codec, get_codec
 from .errors import ChannelClosed, MessageTooLarge, PermissionDenied, Timeout, Unsupported, WouldBlock
 
-__all__ = ["KNOWN_KNOBS", "Channel", "Deadline", "Listener"]
+__all__ = ["FOREVER", "KNOWN_KNOBS", "Channel", "Deadline", "Listener", "Resource", "wait_pool"]
 
 #: Mechanism knobs some transport understands. Asking a transport for one it
 #: does not support is ``Unsupported``; anything else is a ``TypeError``.
-KNOWN_KNOBS = frozenset({"type", "priority", "view", "ack"})
+KNOWN_KNOBS = frozenset({"type", "priority", "view"})
 
 _monotonic = time.monotonic
 _BYTES = get_codec(None)
+_INF = math.inf
+#: the longest a thread-based async wait (or a close-interruptible wait) runs
+#: before it re-checks cancellation, closing and the deadline
+ASYNC_SLICE = 0.05
+#: how long close() waits for in-flight calls on other threads to leave
+_CLOSE_GRACE = 2.0
 
 
 class Deadline:
-    """A validated timeout turned into an absolute monotonic deadline."""
+    """A validated timeout turned into an absolute monotonic deadline (``end``, ``inf`` = never)."""
 
     __slots__ = ("end", "timeout")
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
-        self.end = math.inf if timeout is None else _monotonic() + timeout
+        self.end = _INF if timeout is None else _monotonic() + timeout
 
     @classmethod
     def of(cls, timeout: object) -> Deadline:
@@ -79,6 +113,11 @@ class Deadline:
         r = self.remaining()
         return None if r is None else math.ceil(r * 1000)
 
+    def slice(self, most: float = ASYNC_SLICE) -> Deadline:
+        """A deadline no later than this one and at most ``most`` seconds away."""
+        r = self.remaining()
+        return Deadline(most if r is None else min(most, r))
+
     def expired(self) -> bool:
         return self.timeout is not None and _monotonic() >= self.end
 
@@ -89,22 +128,80 @@ class Deadline:
         return Timeout(f"{what} timed out after {self.timeout:g} s")
 
 
+#: the deadline of an untimed call (immutable by convention: never assign to it)
+FOREVER = Deadline(None)
+
+
+def lock_within(lock: Any, deadline: Deadline) -> bool:
+    """Acquire a threading lock no later than ``deadline``."""
+    if deadline.end == _INF:
+        return bool(lock.acquire())
+    if deadline.timeout == 0:
+        return bool(lock.acquire(False))
+    return bool(lock.acquire(True, max(0.0, deadline.end - _monotonic())))
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def wait_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """kipc's own threads for async waits that have no fd (rings, SysV objects).
+
+    Separate from the loop's default executor so that many pending ``arecv``
+    calls cannot starve the user's ``to_thread`` work (or the other way round).
+    """
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="kipc-wait")
+    return _POOL
+
+
+def _forget_pool() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()  # the parent's threads do not exist in a child
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+_CLOSE_LOCK = threading.Lock()
+
+
 class Resource:
     """Lifetime plumbing shared by every kipc object (channels, listeners, segments, semaphores).
 
-    * ``close()`` is idempotent and safe after a half-failed ``__init__`` (class defaults).
-    * Ownership: ``owner`` is True in the process that created a named object.
-      Closing the owner removes the object (``_unlink``) unless ``persist`` is set,
-      in which case the owner record is dropped so ``kipc gc`` leaves it alone.
-      Openers never remove; ``unlink()`` by a non-owner is ``PermissionDenied``.
+    * ``close()`` is idempotent, thread-safe and safe after a half-failed
+      ``__init__`` (class defaults). It marks the object closed, calls
+      ``_interrupt()`` (wake this process's threads blocked on it), waits for
+      in-flight calls to leave (``_quiesce``), then ``_close()``.
+    * Ownership belongs to the creating process: ``owner = True`` (set by the
+      subclass right after it created the object) records this process's pid
+      and start time. Only a close in that process removes the object
+      (``_unlink``), unless ``persist`` is set, in which case the owner record
+      is dropped so ``kipc gc`` leaves it alone. A forked child inherits the
+      handle but not the ownership: its close releases and removes nothing.
+      Openers never remove; ``unlink()`` by a non-owner is ``PermissionDenied``
+      (after the creator's own close or unlink it is a no-op).
     * A finalizer releases handles but never removes anything.
     """
 
     url: str = "<unopened>"
     _closed: bool = True  # class default: close() is safe after a failed __init__
-    owner: bool = False  # True when this process created the object (and will remove it)
+    _owner: tuple[int, int | None] | None = None  # (pid, start time) of the creating process
+    _removed: bool = False  # the creator already removed the object (close or unlink)
     persist: bool = False  # creator keeps the object after close()
     _record_url: str = ""  # the URL of the owner record, when it differs from url
+
+    @property
+    def owner(self) -> bool:
+        """True in the process that created the named object (and will remove it)."""
+        own = self._owner
+        return own is not None and own[0] == os.getpid() and own == _owners.self_owner()
+
+    @owner.setter
+    def owner(self, value: bool) -> None:
+        self._owner = _owners.self_owner() if value else None
 
     @property
     def closed(self) -> bool:
@@ -125,31 +222,62 @@ class Resource:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Release this process's handles; the creator also removes the object (unless persist)."""
+        """Release this process's handles; the creating process also removes the object (unless persist)."""
         if self._closed:
             return
-        self._closed = True
+        with _CLOSE_LOCK:
+            if self._closed:
+                return
+            self._closed = True
         try:
-            self._close()
+            self._interrupt()
+            held = self._quiesce()
+            try:
+                self._close()
+            finally:
+                for lock in held:
+                    lock.release()
         finally:
-            if self.owner:
-                self.owner = False
-                if self.persist:
-                    _owners.forget(self._record_url or self.url)
-                else:
-                    self._unlink()
+            self._release_ownership()
+
+    def _release_ownership(self) -> None:
+        owner = self.owner
+        self._owner = None
+        if not owner:
+            return  # an opener, or a forked child of the creator: it removes nothing
+        self._removed = True
+        if self.persist:
+            _owners.forget(self._record_url or self.url)
+        else:
+            self._unlink()
 
     def unlink(self) -> None:
         """Remove the named object now (creator only). Open handles keep working until closed."""
         if not self.owner:
+            if self._removed:
+                return  # the creator already removed it
             raise PermissionDenied(
-                f"unlink {self.url}: only the creator removes an object (kipc.remove(url) forces it)")
-        self.owner = False
+                f"unlink {self.url}: only the creating process removes an object (kipc.remove(url) forces it)")
+        self._owner = None
+        self._removed = True
         self._unlink()
 
     def _unlink(self) -> None:
         """Remove the kernel object (called once, for the creator only)."""
+
+    def _interrupt(self) -> None:
+        """Wake this process's threads blocked on this object (close() from another thread)."""
+
+    def _quiesce(self) -> list[Any]:
+        """Wait (bounded) until no other thread is inside a call; return the locks taken (close releases them)."""
+        return []
 
     def __del__(self) -> None:
         # Release fds/mappings; never unlink from a finalizer (only an explicit close does).
@@ -168,11 +296,118 @@ class Resource:
         return f"<{type(self).__name__} {self.url} {state}>"
 
 
-class Channel(Resource):
-    """A message channel. See the module docstring for the contract."""
+class _Waitable(Resource):
+    """What channels and listeners share: per-direction locks, the wake fd, fd waits."""
+
+    _wake: int = -1  # eventfd written by close(): wakes fd waits on other threads
+    _wake_lock: Any = None
+    _locks: dict[str, Any] = {}
+
+    def _init_waitable(self, *ops: str) -> None:
+        # RLock: a signal handler that closes the channel while this thread is inside
+        # a call must not deadlock on the lock the interrupted call holds.
+        self._locks = {op: threading.RLock() for op in ops}
+        self._wake_lock = threading.Lock()
+
+    def _wake_fd(self) -> int:
+        """The eventfd close() writes to; created on the first wait (most handles never block)."""
+        if self._wake < 0:
+            with self._wake_lock:
+                if self._wake < 0:
+                    self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        return self._wake
+
+    def _interrupt(self) -> None:
+        if self._wake_lock is None:
+            return
+        with self._wake_lock:
+            if self._wake >= 0:
+                os.eventfd_write(self._wake, 1)
+
+    def _quiesce(self) -> list[Any]:
+        held = []
+        end = _monotonic() + _CLOSE_GRACE
+        for lock in self._locks.values():
+            if lock.acquire(True, max(0.0, end - _monotonic())):
+                held.append(lock)
+        return held
+
+    def _release_wake(self) -> None:
+        if self._wake >= 0:
+            fd, self._wake = self._wake, -1
+            os.close(fd)
+
+    def _wait_fd(self, op: str) -> int | None:
+        """An fd that polls ready when an attempt in direction ``op`` may succeed (None: use _wait)."""
+        return None
+
+    def _wait(self, op: str, deadline: Deadline) -> None:
+        """Block until an attempt in direction ``op`` may succeed, the deadline passes or close() wakes us.
+
+        The default polls ``_wait_fd(op)`` together with the wake fd. Transports
+        without an fd override it.
+        """
+        fd = self._wait_fd(op)
+        if fd is None:
+            raise NotImplementedError(f"{type(self).__name__} has neither _wait_fd nor _wait")
+        wake = self._wake_fd()
+        if self._closed:
+            return
+        p = select.poll()
+        p.register(fd, select.POLLOUT if op == "send" else select.POLLIN)
+        p.register(wake, select.POLLIN)
+        end = deadline.end
+        if end == _INF:
+            p.poll()
+        else:
+            p.poll(max(0, math.ceil((end - _monotonic()) * 1000)))
+
+    def _ready(self, op: str) -> bool:
+        """Could an attempt in direction ``op`` succeed now (a probe: may be wrong, never consumes)."""
+        fd = self._wait_fd(op)
+        if fd is None:
+            return False
+        p = select.poll()
+        p.register(fd, select.POLLOUT if op == "send" else select.POLLIN)
+        return bool(p.poll(0))
+
+    async def _await_ready(self, op: str, deadline: Deadline) -> None:
+        """Wait on the event loop until an attempt may succeed or the deadline passes (consumes nothing)."""
+        fd = self._wait_fd(op)
+        if fd is None:
+            # No fd: _wait in one of kipc's threads, a slice at a time, so a cancelled
+            # task's thread is free again within ASYNC_SLICE. _wait consumes nothing,
+            # so abandoning it on cancel loses nothing.
+            await asyncio.wrap_future(wait_pool().submit(self._wait, op, deadline.slice()))
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        add, remove = (loop.add_writer, loop.remove_writer) if op == "send" else (loop.add_reader, loop.remove_reader)
+        add(fd, _wake, fut)
+        try:
+            # sliced too, so a close() from another thread is seen within ASYNC_SLICE
+            await asyncio.wait_for(fut, deadline.slice().remaining())
+        except TimeoutError:
+            pass
+        finally:
+            remove(fd)
+
+    def _lock(self, op: str, deadline: Deadline, what: str) -> Any:
+        lock = self._locks[op]
+        if not lock_within(lock, deadline):
+            self._check_open(op)
+            raise deadline.error(what)
+        if self._closed:
+            lock.release()
+            self._check_open(op)
+        return lock
+
+
+class Channel(_Waitable):
+    """A message channel. See the module docstring for the contract and the hooks."""
 
     scheme: ClassVar[str] = ""
-    #: knobs accepted by _send / _recv (subset of KNOWN_KNOBS)
+    #: knobs accepted by the hooks (subset of KNOWN_KNOBS)
     send_knobs: ClassVar[frozenset[str]] = frozenset()
     recv_knobs: ClassVar[frozenset[str]] = frozenset()
     #: True when one end can both send and receive
@@ -182,14 +417,26 @@ class Channel(Resource):
     codec: Codec = get_codec(None)
     readable: bool = True
     writable: bool = True
+    # The hot path (untimed, plain bytes, default codec) skips the general checks;
+    # these say whether it may, and close() turns them off.
+    _plain_send: bool = False
+    _plain_recv: bool = False
 
     def _init_channel(self, url: str, *, codec: str | Codec | None = None) -> None:
         """Subclasses call this once their handles are open."""
         self.url = url
         self.codec = get_codec(codec)
+        self._init_waitable("send", "recv")
+        plain = self.codec is _BYTES
+        self._plain_send = plain and self.writable
+        self._plain_recv = plain and self.readable
         self._closed = False
 
-    # -- knobs ---------------------------------------------------------------
+    def _interrupt(self) -> None:
+        self._plain_send = self._plain_recv = False
+        super()._interrupt()
+
+    # -- checks (once, here) -----------------------------------------------------
     def _check_knobs(self, op: str, knobs: dict[str, Any], allowed: frozenset[str]) -> None:
         for k in knobs:
             if k not in allowed:
@@ -198,21 +445,7 @@ class Channel(Resource):
                     raise Unsupported(f"{op} on {self.url}: {kind} channels do not support {k}=")
                 raise TypeError(f"{op}() got an unexpected keyword argument {k!r}")
 
-    # -- public API ------------------------------------------------------------
-    # Both methods first try the transport's fast path for the common case (a
-    # blocking call moving plain bytes with the default codec, knobs the
-    # mechanism supports): the generic checks below would otherwise cost more
-    # than the syscall for small messages. The fast path may decline (return
-    # False/None) whenever anything is unusual; the general path then checks
-    # everything and reports errors properly.
-    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        """Send one message (blocks while the channel is full, up to ``timeout``)."""
-        if timeout is None and obj.__class__ is bytes and self.codec is _BYTES and not self._closed:
-            limit = self.max_message_size
-            if ((limit is None or len(obj) <= limit) and (not knobs or knobs.keys() <= self.send_knobs)
-                    and self._send_fast(obj, knobs)):
-                return
-        deadline = Deadline.of(timeout)
+    def _prepare_send(self, obj: Any, knobs: dict[str, Any]) -> memoryview:
         self._check_open("send")
         if knobs:
             self._check_knobs("send", knobs, self.send_knobs)
@@ -224,24 +457,36 @@ class Channel(Resource):
         limit = self.max_message_size
         if limit is not None and data.nbytes > limit:
             raise self._too_large(data.nbytes, limit)
-        self._send(data, deadline, **knobs)
+        return data
 
-    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        """Receive one message (blocks while the channel is empty, up to ``timeout``)."""
-        if timeout is None and self.codec is _BYTES and not self._closed and (
-                not knobs or knobs.keys() <= self.recv_knobs):
-            data = self._recv_fast(knobs)
-            if data is not None:
-                return data
-        deadline = Deadline.of(timeout)
+    def _prepare_recv(self, knobs: dict[str, Any]) -> None:
         self._check_open("recv")
         if knobs:
             self._check_knobs("recv", knobs, self.recv_knobs)
         if not self.readable:
             raise Unsupported(f"recv on {self.url}: this end is write-only")
-        return self.codec.decode(self._recv(deadline, **knobs))
+
+    # -- public API ----------------------------------------------------------------
+    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
+        """Send one message (blocks while the channel is full, up to ``timeout``)."""
+        if timeout is None and obj.__class__ is bytes and self._plain_send and (
+                not knobs or knobs.keys() <= self.send_knobs):
+            limit = self.max_message_size
+            if limit is None or len(obj) <= limit:
+                return self._send_blocking(obj, FOREVER, knobs)
+        deadline = Deadline.of(timeout)
+        self._send_blocking(self._prepare_send(obj, knobs), deadline, knobs)
+
+    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
+        """Receive one message (blocks while the channel is empty, up to ``timeout``)."""
+        if timeout is None and self._plain_recv and (not knobs or knobs.keys() <= self.recv_knobs):
+            return self._recv_blocking(FOREVER, knobs)
+        deadline = Deadline.of(timeout)
+        self._prepare_recv(knobs)
+        return self.codec.decode(self._recv_blocking(deadline, knobs))
 
     def fileno(self) -> int:
+        self._check_open("fileno")
         raise Unsupported(f"fileno on {self.url}: {self.scheme or type(self).__name__} has no file descriptor")
 
     def __iter__(self) -> Iterator[Any]:
@@ -252,83 +497,148 @@ class Channel(Resource):
             except ChannelClosed:
                 return
 
-    # -- asyncio ---------------------------------------------------------------
+    # -- asyncio ---------------------------------------------------------------------
     async def asend(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
+        """Send without blocking the event loop; cancelled, it has sent nothing."""
         deadline = Deadline.of(timeout)
-        await self._async_retry(lambda: self.send(obj, timeout=0, **knobs), self._writable_fd,
-                                deadline, "send", lambda t: self.send(obj, timeout=t, **knobs))
+        data = self._prepare_send(obj, knobs)  # encoded once, whatever the waits
+        if self._async_native:
+            return await self._asend_native(data, deadline, knobs)
+        what = f"send on {self.url}"
+        while True:
+            lock = self._locks["send"]
+            if lock.acquire(False):
+                try:
+                    self._check_open("send")
+                    if self._try_send(data, knobs):
+                        break
+                finally:
+                    lock.release()
+            if deadline.nonblocking or deadline.expired():
+                raise deadline.error(what)
+            await self._await_ready("send", deadline)
+        if self._pending_out():
+            # Accepted, but a byte stream still holds the message's unwritten tail. A message
+            # handed to the kernel cannot be taken back, so a cancellation arriving now waits
+            # for the tail and asend returns normally: the caller is told the truth (sent).
+            task = asyncio.get_running_loop().create_task(self._aflush(deadline))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    raise
+                await asyncio.wait({task})
+                task.result()
+
+    async def _aflush(self, deadline: Deadline) -> None:
+        while self._pending_out() and not deadline.expired():
+            await self._await_ready("send", deadline)
+            self._check_open("send")
+            with self._locks["send"]:
+                self._flush_pending()
 
     async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
+        """Receive without blocking the event loop; cancelled, it has consumed nothing."""
         deadline = Deadline.of(timeout)
-        return await self._async_retry(lambda: self.recv(timeout=0, **knobs), self._readable_fd,
-                                       deadline, "recv", lambda t: self.recv(timeout=t, **knobs))
+        self._prepare_recv(knobs)
+        if knobs.get("view"):
+            raise Unsupported(f"arecv on {self.url}: a view must be released by the thread that received it; "
+                              "use recv(view=True)")
+        if self._async_native:
+            return self.codec.decode(await self._arecv_native(deadline, knobs))
+        return self.codec.decode(await self._arecv_raw(deadline, knobs))
 
-    def _readable_fd(self) -> int | None:
-        """An fd that polls readable when recv(timeout=0) may succeed, else None."""
-        return None
+    async def _arecv_raw(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
+        what = f"recv on {self.url}"
+        while True:
+            lock = self._locks["recv"]
+            if lock.acquire(False):
+                try:
+                    self._check_open("recv")
+                    got = self._try_recv(knobs)
+                finally:
+                    lock.release()
+                if got is not None:
+                    return got
+            if deadline.nonblocking or deadline.expired():
+                raise deadline.error(what)
+            await self._await_ready("recv", deadline)
 
-    def _writable_fd(self) -> int | None:
-        """An fd that polls writable when send(timeout=0) may succeed, else None."""
-        return None
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._aiter()
 
-    #: slice length for thread-based async waits: bounds how late a cancellation lands
-    _ASYNC_SLICE = 0.05
-
-    async def _async_retry(self, attempt: Any, fd_getter: Any, deadline: Deadline, op: str, blocking: Any) -> Any:
-        loop = asyncio.get_running_loop()
+    async def _aiter(self) -> AsyncIterator[Any]:
         while True:
             try:
-                return attempt()
-            except WouldBlock:
-                if deadline.nonblocking:
-                    raise
-            fd = fd_getter()
-            remaining = deadline.remaining()
-            if remaining is not None and remaining <= 0:
-                raise deadline.error(f"{op} on {self.url}")
-            if fd is None:
-                # No fd to watch: block in a worker thread in short slices so
-                # cancellation (and the deadline) take effect promptly.
-                t = self._ASYNC_SLICE if remaining is None else min(self._ASYNC_SLICE, remaining)
-                try:
-                    return await asyncio.to_thread(blocking, t)
-                except Timeout:
-                    continue
-            fut: asyncio.Future[None] = loop.create_future()
-            add, remove = ((loop.add_reader, loop.remove_reader) if fd_getter == self._readable_fd
-                           else (loop.add_writer, loop.remove_writer))
-            add(fd, _wake, fut)
-            try:
-                await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
-                raise deadline.error(f"{op} on {self.url}") from None
-            finally:
-                remove(fd)
+                yield await self.arecv()
+            except ChannelClosed:
+                return
 
-    # -- to implement ----------------------------------------------------------
-    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
-        """Optional: send ``data`` blocking, quickly; False hands the call to the general path.
+    # -- hooks: blocking paths (default: the hooks below, in a loop, under the direction lock) ---
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
+        what = f"send on {self.url}"
+        lock = self._lock("send", deadline, what)
+        try:
+            while not self._try_send(data, knobs):
+                if deadline.nonblocking or deadline.expired():
+                    raise deadline.error(what)
+                self._wait("send", deadline)
+                self._check_open("send")
+            while self._pending_out() and not deadline.expired():
+                self._wait("send", deadline)
+                self._check_open("send")
+                self._flush_pending()
+        finally:
+            lock.release()
 
-        Called only for plain bytes within ``max_message_size``, the default
-        codec, an open channel and knobs in ``send_knobs`` (values unchecked).
-        """
+    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
+        what = f"recv on {self.url}"
+        lock = self._lock("recv", deadline, what)
+        try:
+            while True:
+                got = self._try_recv(knobs)
+                if got is not None:
+                    return got
+                if deadline.nonblocking or deadline.expired():
+                    raise deadline.error(what)
+                self._wait("recv", deadline)
+                self._check_open("recv")
+        finally:
+            lock.release()
+
+    # -- hooks: transports whose I/O already lives on an event loop (NATS) ----------------------
+    #: True: asend/arecv await _asend_native/_arecv_native instead of the attempt/readiness loop
+    _async_native: ClassVar[bool] = False
+
+    async def _asend_native(self, data: memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def _arecv_native(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    # -- hooks: attempts ---------------------------------------------------------------------
+    def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
+        """Non-blocking: True once the whole message is accepted, False when full now."""
+        raise NotImplementedError
+
+    def _try_recv(self, knobs: dict[str, Any]) -> Any:
+        """Non-blocking: the raw message (bytes/memoryview, or what recv_with_* needs), or None."""
+        raise NotImplementedError
+
+    def _pending_out(self) -> bool:
+        """True while an accepted message still has unwritten bytes (byte streams only)."""
         return False
 
-    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
-        """Optional: receive blocking, quickly; None hands the call to the general path."""
-        return None
+    def _flush_pending(self) -> None:
+        """Write what can be written of an accepted message's tail without blocking."""
 
     def _too_large(self, size: int, limit: int) -> MessageTooLarge:
         """The error for an oversize message; transports add where the limit comes from."""
         return MessageTooLarge(f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes",
                                size=size, limit=limit)
 
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
-        raise NotImplementedError
-
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes | memoryview:
-        raise NotImplementedError
-
+    def _close(self) -> None:
+        self._release_wake()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -336,41 +646,80 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class Listener(Resource):
-    """A server endpoint that yields one :class:`Channel` per connecting peer."""
+class Listener(_Waitable):
+    """A server endpoint that yields one :class:`Channel` per connecting peer.
+
+    Hooks: ``_try_accept() -> Channel | None`` (non-blocking) and ``_wait_fd("recv")``
+    (the listening fd), or ``_accept_blocking(deadline)``.
+    """
 
     scheme: ClassVar[str] = ""
+
+    def _init_listener(self, url: str) -> None:
+        self.url = url
+        self._init_waitable("recv")
+        self._closed = False
 
     def accept(self, *, timeout: float | None = None) -> Channel:
         deadline = Deadline.of(timeout)
         self._check_open("accept")
-        return self._accept(deadline)
+        return self._accept_blocking(deadline)
 
     async def aaccept(self, *, timeout: float | None = None) -> Channel:
         deadline = Deadline.of(timeout)
         self._check_open("accept")
-        loop = asyncio.get_running_loop()
+        what = f"accept on {self.url}"
         while True:
-            try:
-                return self._accept(Deadline(0))
-            except WouldBlock:
-                if deadline.nonblocking:
-                    raise
-            fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self.fileno(), _wake, fut)
-            try:
-                await asyncio.wait_for(fut, deadline.remaining())
-            except TimeoutError:
-                raise deadline.error(f"accept on {self.url}") from None
-            finally:
-                loop.remove_reader(self.fileno())
+            lock = self._locks["recv"]
+            if lock.acquire(False):
+                try:
+                    self._check_open("accept")
+                    conn = self._try_accept()
+                finally:
+                    lock.release()
+                if conn is not None:
+                    return conn
+            if deadline.nonblocking or deadline.expired():
+                raise deadline.error(what)
+            await self._await_ready("recv", deadline)
+
+    def _accept_blocking(self, deadline: Deadline) -> Channel:
+        what = f"accept on {self.url}"
+        lock = self._lock("recv", deadline, what)
+        try:
+            while True:
+                conn = self._try_accept()
+                if conn is not None:
+                    return conn
+                if deadline.nonblocking or deadline.expired():
+                    raise deadline.error(what)
+                self._wait("recv", deadline)
+                self._check_open("accept")
+        finally:
+            lock.release()
 
     def __iter__(self) -> Iterator[Channel]:
         while not self._closed:
-            yield self.accept()
+            try:
+                yield self.accept()
+            except ChannelClosed:
+                return
+
+    def __aiter__(self) -> AsyncIterator[Channel]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Channel]:
+        while not self._closed:
+            try:
+                yield await self.aaccept()
+            except ChannelClosed:
+                return
 
     def fileno(self) -> int:
         raise NotImplementedError
 
-    def _accept(self, deadline: Deadline) -> Channel:
+    def _try_accept(self) -> Channel | None:
         raise NotImplementedError
+
+    def _close(self) -> None:
+        self._release_wake()

@@ -110,6 +110,14 @@ class FrameDecoder:
         self._need = -1
         return frame
 
+    def next_frame_ready(self) -> bool:
+        """True if a whole frame is buffered (a probe: parses nothing, raises nothing)."""
+        buf = self._buf
+        if len(buf) < HEADER_SIZE:
+            return False
+        need = self._need if self._need >= 0 else HEADER.unpack_from(buf)[0]
+        return len(buf) >= HEADER_SIZE + need
+
     def take(self) -> bytearray:
         """Hand over the buffered bytes (header included) and reset; for direct reads of big frames."""
         buf, self._buf, self._need = self._buf, bytearray(), -1

@@ -10,6 +10,12 @@ Contract:
   no ``/``, no ``..``, no NUL or control characters.
 * SysV keys are integers in ``key_t`` (signed 32-bit), given as ``1234`` or
   ``0x4d2``; ``0`` is ``IPC_PRIVATE`` and is only reachable by asking for it.
+* Numbers given as text (keys, ports, sizes, modes, uids, timeouts, counts in
+  URL queries) go through one parser each (:func:`parse_int`,
+  :func:`parse_seconds`, :func:`parse_size`, :func:`parse_octal`): ASCII digits
+  only, ``0x`` hex where a key or id is meant. No spaces, no ``+``, no ``_``,
+  no full-width or other Unicode digits (``int()`` accepts all of those, so a
+  URL could otherwise name a key nobody wrote).
 * The runtime directory is ``$XDG_RUNTIME_DIR/kipc`` or ``/tmp/kipc-<uid>``,
   created 0700 and verified to be a real directory owned by us with no
   group/other bits (a planted directory or symlink is refused).
@@ -17,8 +23,10 @@ Contract:
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import random
 import re
 import stat
 import threading
@@ -33,6 +41,10 @@ __all__ = [
     "DEFAULT_MODE",
     "ParsedURL",
     "parse_bool",
+    "parse_float",
+    "parse_int",
+    "parse_octal",
+    "parse_seconds",
     "parse_size",
     "parse_url",
     "runtime_dir",
@@ -43,6 +55,7 @@ __all__ = [
     "validate_size",
     "validate_timeout",
 ]
+# scratch names (namespace, unique_name, unique_key, issued_keys) are re-exported by kipc.testing
 
 DEFAULT_MODE = 0o600
 DEFAULT_DIR_MODE = 0o700
@@ -76,16 +89,74 @@ def validate_name(name: object, *, what: str = "name", max_len: int = NAME_MAX) 
     return name
 
 
+_INT_RE = re.compile(r"-?(?:0[xX][0-9a-fA-F]+|[0-9]+)\Z", re.ASCII)
+_DEC_RE = re.compile(r"-?[0-9]+\Z", re.ASCII)
+_OCT_RE = re.compile(r"(?:0[oO])?[0-7]+\Z", re.ASCII)
+_FLOAT_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z", re.ASCII)
+
+
+def parse_int(value: object, *, what: str, hex: bool = True, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """An int, or text of one: ASCII decimal (``-12``), or ``0x`` hex when ``hex``; within the bounds.
+
+    The one parser for numbers written in URLs and options: ``int()`` would also
+    take ``" 12 "``, ``"+5"``, ``"1_2"`` and full-width digits (U+FF11...).
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be int, not bool")
+    if isinstance(value, str):
+        if not (_INT_RE if hex else _DEC_RE).match(value):
+            form = "a decimal or 0x-hex integer" if hex else "a decimal integer"
+            raise InvalidArgument(f"{what} {value!r} is not {form} (ASCII digits only)")
+        number = int(value, 16) if "x" in value.lower() else int(value, 10)
+    elif isinstance(value, int):
+        number = value
+    else:
+        raise TypeError(f"{what} must be int or str, not {type(value).__name__}")
+    if minimum is not None and number < minimum:
+        raise InvalidArgument(f"{what} {number} is below the minimum {minimum}")
+    if maximum is not None and number > maximum:
+        raise InvalidArgument(f"{what} {number} is above the maximum {maximum}")
+    return number
+
+
+def parse_octal(value: object, *, what: str = "mode") -> int:
+    """Permission bits as an int, or as octal text (``600``, ``0600``, ``0o600``; ASCII only)."""
+    if isinstance(value, str):
+        if not _OCT_RE.match(value):
+            raise InvalidArgument(f"{what} {value!r} is not an octal number such as 600")
+        return int(value[2:] if value[1:2] in ("o", "O") else value, 8)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be int (e.g. 0o600) or octal text, not {type(value).__name__}")
+    return value
+
+
+def parse_float(value: object, *, what: str) -> Any:
+    """A number, or text of a non-negative one in ASCII (``10``, ``0.5``); ``float()`` takes `` 1e3``, ``nan``."""
+    if isinstance(value, str):
+        if not _FLOAT_RE.match(value):
+            raise InvalidArgument(f"{what} {value!r} is not a number such as 10 or 0.5 (ASCII digits only)")
+        return float(value)
+    return value
+
+
+def parse_seconds(value: object, *, what: str = "timeout") -> float | None:
+    """A timeout given in code (``None``/number) or in a URL (ASCII ``10``, ``0.5``); then :func:`validate_timeout`."""
+    value = parse_float(value, what=what)
+    try:
+        return validate_timeout(value)
+    except TypeError:
+        raise TypeError(f"{what} must be None or a number of seconds, not {type(value).__name__}") from None
+
+
 def validate_key(key: object, *, allow_private: bool = False) -> int:
-    """A SysV IPC key: int or decimal/``0x`` string within ``key_t``."""
+    """A SysV IPC key: int or decimal/``0x`` text (see :func:`parse_int`) within ``key_t``."""
     if isinstance(key, bool):
         raise TypeError("key must be int or str, not bool")
     if isinstance(key, str):
-        text = key.strip()
-        try:
-            value = int(text, 16) if text.lower().startswith(("0x", "-0x")) else int(text, 10)
-        except ValueError:
-            raise InvalidArgument(f"key {key!r} is not a decimal or 0x-hex integer") from None
+        if not _INT_RE.match(key):
+            raise InvalidArgument(f"key {key!r} is not a decimal or 0x-hex integer (ASCII digits only)")
+        value = parse_int(key, what="key")
     elif isinstance(key, int):
         value = key
     else:
@@ -122,7 +193,9 @@ def validate_path(path: object, *, what: str = "path", max_bytes: int = PATH_MAX
 
 
 def validate_mode(mode: object) -> int:
-    """Permission bits 0..0o777 (no setuid/setgid/sticky)."""
+    """Permission bits 0..0o777 (no setuid/setgid/sticky); octal text from a URL is accepted."""
+    if isinstance(mode, str):
+        mode = parse_octal(mode)
     if isinstance(mode, bool) or not isinstance(mode, int):
         raise TypeError(f"mode must be int (e.g. 0o600), not {type(mode).__name__}")
     if not 0 <= mode <= 0o777:
@@ -161,11 +234,13 @@ def validate_size(value: object, *, what: str, minimum: int = 0, maximum: int | 
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*\Z")
+_SIZE_RE = re.compile(r"([0-9]+)([A-Za-z]*)\Z", re.ASCII)  # ASCII: \d takes full-width digits
 
 
 def parse_size(text: str) -> int:
-    """``"4096"``, ``"64KiB"``, ``"1MB"`` -> bytes."""
+    """``"4096"``, ``"64KiB"``, ``"1MB"`` -> bytes (ASCII digits, no spaces)."""
+    if not isinstance(text, str):
+        raise TypeError(f"size must be str, not {type(text).__name__}")
     m = _SIZE_RE.match(text)
     if not m or m.group(2).lower() not in _UNITS:
         raise InvalidArgument(f"size {text!r} is not a number with an optional unit (KiB, MiB, GiB, KB, MB, GB)")
@@ -287,3 +362,50 @@ def runtime_dir(sub: str | None = None) -> str:
     if sub is None:
         return base
     return private_dir(os.path.join(base, validate_name(sub, what="runtime subdirectory")))
+
+
+# -- scratch names: objects of one run (a test, ``kipc tour``, ``kipc bench``) ---------------------------
+# They carry the run's namespace (``KIPC_TEST_NS``), so a leak check can tell whose an object is.
+_counter = itertools.count()
+_issued_keys: set[int] = set()
+
+
+def namespace() -> str:
+    """This run's namespace (``KIPC_TEST_NS``), or one made for this process."""
+    ns = os.environ.get("KIPC_TEST_NS")
+    if not ns:
+        ns = f"kipct{os.getpid()}x{random.randrange(16**6):06x}"
+        os.environ["KIPC_TEST_NS"] = ns
+    return ns
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A name unique to this run: ``<namespace>-<prefix><n>`` (valid for every scheme)."""
+    return f"{namespace()}-{prefix}{next(_counter)}"
+
+
+def _sysv_keys_in_use() -> set[int]:
+    keys: set[int] = set()
+    for kind in ("msg", "shm", "sem"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                next(f)
+                for line in f:
+                    keys.add(int(line.split()[0]))
+        except OSError:
+            pass
+    return keys
+
+
+def unique_key() -> int:
+    """A SysV key no object uses now, remembered as this run's (see :func:`issued_keys`)."""
+    used = _sysv_keys_in_use()
+    while True:
+        key = random.randrange(0x4B000000, 0x4BFFFFFF)
+        if key not in used and key not in _issued_keys:
+            _issued_keys.add(key)
+            return key
+
+
+def issued_keys() -> frozenset[int]:
+    return frozenset(_issued_keys)

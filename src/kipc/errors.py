@@ -20,7 +20,10 @@ already means the same thing, the kipc class also inherits it, so existing
     └── Unsupported        (NotImplementedError) a knob this mechanism cannot honour
 
 Messages name the object and the operation (``"send on fifo:///tmp/x: ..."``).
-``.errno`` is kept when an OS error was the cause.
+``.errno`` is kept when an OS error was the cause. :func:`from_oserror`
+translates an ``OSError``, :func:`translate_ipc_error` an exception of
+``sysv_ipc`` / ``posix_ipc`` (which are not ``OSError`` and drop the errno):
+no raw exception of those libraries escapes kipc.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = [
     "Unsupported",
     "WouldBlock",
     "from_oserror",
+    "translate_ipc_error",
 ]
 
 
@@ -176,3 +180,34 @@ def from_oserror(exc: OSError, obj: str, op: str, *, hint: str | None = None) ->
     if cls is MessageTooLarge:
         return InvalidArgument(msg, errno=err)  # no numbers to name: caller should check first
     return cls(msg, errno=err)
+
+
+# sysv_ipc / posix_ipc messages for ENOSPC, and the kernel limit each one means.
+_LIMIT_TEXTS = (
+    ("system limit for message queues", "sysctl kernel.msgmni"),
+    ("Not enough shared memory identifiers", "sysctl kernel.shmmni"),
+    ("Insufficient space for a new queue", "/proc/sys/fs/mqueue/queues_max (fs.mqueue.queues_max) "
+                                           "or RLIMIT_MSGQUEUE `ulimit -q`"),
+)
+
+
+def translate_ipc_error(exc: BaseException, what: str, op: str) -> KipcError:
+    """A sysv_ipc / posix_ipc exception as the kipc error that means the same."""
+    import posix_ipc  # imported here: errors is the bottom layer and must import without them
+    import sysv_ipc
+
+    text = f"{op} {what}: {exc}"
+    for needle, limit in _LIMIT_TEXTS:  # the libraries report these without an errno
+        if needle in str(exc):
+            return LimitExceeded(f"{text} (limit: {limit})", errno=_errno.ENOSPC)
+    if isinstance(exc, (sysv_ipc.ExistentialError, posix_ipc.ExistentialError)):
+        if "already" in str(exc).lower():
+            return AlreadyExists(text, errno=_errno.EEXIST)
+        return NotFound(text, errno=_errno.ENOENT)
+    if isinstance(exc, (sysv_ipc.PermissionsError, posix_ipc.PermissionsError)):
+        return PermissionDenied(text, errno=_errno.EACCES)
+    if isinstance(exc, OSError):
+        return from_oserror(exc, what, op)
+    if isinstance(exc, ValueError):
+        return InvalidArgument(text)
+    return KipcError(text)

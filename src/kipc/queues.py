@@ -42,9 +42,9 @@ import threading
 import weakref
 from typing import Any
 
-from ._base import Deadline
+from ._base import FOREVER, Deadline
 from .errors import ChannelClosed, InvalidArgument, Timeout
-from .transports.ring import DEFAULT_SPIN_US, FOREVER, RingChannel
+from .transports.ring import DEFAULT_SPIN_US, RingChannel
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 

@@ -7,6 +7,12 @@ only matters to users of that scheme.
 A transport class implements ``from_url(parsed: ParsedURL, **options)``;
 query options (``?capacity=64MiB``) are merged with keyword options, and
 giving the same option both ways is an error.
+
+Each scheme also names its object kinds (:class:`kipc._kinds.Kind`, defined
+beside the mechanism): ``kipc ls / rm / gc`` aggregate exactly the kinds
+registered here, so ``register(scheme, target, kind=...)`` makes a new scheme's
+objects visible to them. ``sysv://`` and ``posix://`` (segments and
+semaphores, not channels) have two kinds each.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import importlib
 from typing import Any
 
 from ._base import Channel, Listener
+from ._kinds import Kind
 from ._naming import parse_url
 from .errors import InvalidArgument
 
-__all__ = ["listen", "listen_schemes", "load", "open", "register", "schemes"]
+__all__ = ["kinds", "kinds_of", "listen", "listen_schemes", "load", "open", "register", "register_kind", "schemes"]
 
 _CHANNELS: dict[str, str] = {
     "fifo": "kipc.transports.fifo:FifoChannel",
@@ -37,11 +44,46 @@ _LISTENERS: dict[str, str] = {
 }
 
 
-def register(scheme: str, target: str, *, listener: str | None = None) -> None:
-    """Add (or replace) a scheme: ``target`` is ``"module:Class"``."""
+#: scheme -> its object kinds, as "module:attribute" (imported when kipc ls/rm/gc first need them) or Kind objects
+_KINDS: dict[str, list[str | Kind]] = {
+    "sysvmq": ["kipc.transports.sysvmq:KIND"],
+    "posixmq": ["kipc.transports.posixmq:KIND"],
+    "ring": ["kipc.transports.ring:KIND"],
+    "fifo": ["kipc.transports.fifo:KIND"],
+    "unix": ["kipc.transports.unix:KIND"],
+    "file": ["kipc.transports.file:KIND"],
+    "tcp": ["kipc.transports.tcp:KIND"],
+    "nats": ["kipc.transports.nats:KIND"],
+    "sysv": ["kipc.shm:SYSV_KIND", "kipc.sync.semaphore:SYSV_KIND"],
+    "posix": ["kipc.shm:POSIX_KIND", "kipc.sync.semaphore:POSIX_KIND"],
+}
+
+
+def register(scheme: str, target: str, *, listener: str | None = None, kind: str | Kind | None = None) -> None:
+    """Add (or replace) a scheme: ``target`` is ``"module:Class"``; ``kind`` (``"module:attr"`` or a
+    :class:`~kipc._kinds.Kind`) makes its objects show in ``kipc ls / rm / gc``."""
     _CHANNELS[scheme] = target
     if listener:
         _LISTENERS[scheme] = listener
+    if kind is not None:
+        _KINDS[scheme] = [kind]
+
+
+def register_kind(scheme: str, kind: str | Kind) -> None:
+    """Add an object kind to ``scheme`` (objects that are not channels, like ``sysv://`` segments)."""
+    _KINDS.setdefault(scheme, []).append(kind)
+
+
+def kinds_of(scheme: str) -> list[Kind]:
+    """The object kinds of ``scheme`` (imports their modules on first use); [] when it has none."""
+    loaded = [k if isinstance(k, Kind) else _import(k) for k in _KINDS.get(scheme, [])]
+    _KINDS[scheme] = list(loaded)
+    return loaded
+
+
+def kinds() -> list[Kind]:
+    """Every registered object kind, in registration order."""
+    return [k for scheme in list(_KINDS) for k in kinds_of(scheme)]
 
 
 def schemes() -> list[str]:

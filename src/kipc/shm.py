@@ -21,9 +21,9 @@ Contract card:
   ``.buf`` stay valid: the mapping is released when the last of them dies, so
   no view ever points at unmapped memory.
 * ``attach_count`` (SysV ``nattch``) shows how many processes are attached.
-
-This module also holds the small SysV/option helpers shared by ``sysvmq`` and
-``Semaphore`` (key URLs, ``create=`` parsing, attach permission checks).
+* A SysV segment created by another user is refused even when its owner uid
+  was set to ours (``IPC_SET``): the creator keeps access (see
+  :func:`kipc._objects.check_sysv_creator`; ``allow_foreign=True`` trusts it).
 """
 
 from __future__ import annotations
@@ -32,23 +32,23 @@ import ctypes
 import errno as _errno
 import mmap
 import os
-import stat as _stat
 from typing import Any
 
 import posix_ipc
 
 from . import _owners
 from ._base import Resource
-from ._naming import (
-    DEFAULT_MODE,
-    ParsedURL,
-    parse_bool,
-    parse_url,
-    validate_key,
-    validate_mode,
-    validate_name,
-    validate_path,
-    validate_size,
+from ._kinds import DevShmKind, ObjectInfo, SysvKind
+from ._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
+from ._objects import (
+    check_attach,
+    check_sysv_creator,
+    create_or_attach,
+    file_identity,
+    parse_create,
+    sysv_identity,
+    sysv_key,
+    sysv_row,
 )
 from .errors import (
     AlreadyExists,
@@ -57,97 +57,11 @@ from .errors import (
     KipcError,
     LimitExceeded,
     NotFound,
-    PermissionDenied,
     from_oserror,
+    translate_ipc_error,
 )
 
-__all__ = ["SharedMemory", "check_attach", "parse_create", "parse_mode", "sysv_key", "translate_ipc_error"]
-
-
-# -- helpers shared by the SysV / POSIX objects -------------------------------------------------
-
-def sysv_key(parsed: ParsedURL) -> int:
-    """The SysV key a URL names: ``//1234``, ``//0x4d2``, ``///path?proj=N`` (ftok), ``//private`` (0)."""
-    if parsed.netloc == "private" and parsed.path in ("", "/"):
-        return 0
-    if parsed.netloc:
-        if parsed.path not in ("", "/"):
-            raise InvalidArgument(f"{parsed.url}: expected {parsed.scheme}://KEY or {parsed.scheme}:///path?proj=N")
-        return validate_key(parsed.netloc)
-    path = validate_path(parsed.path)
-    proj_text = parsed.query.get("proj")
-    if proj_text is None:
-        raise InvalidArgument(f"{parsed.url}: a path needs ?proj=N (1..255) for ftok")
-    try:
-        proj = int(proj_text, 0)
-    except ValueError:
-        raise InvalidArgument(f"{parsed.url}: proj {proj_text!r} is not an integer") from None
-    if not 1 <= proj <= 255:
-        raise InvalidArgument(f"{parsed.url}: proj {proj} must be 1..255 (ftok uses its low 8 bits)")
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise from_oserror(e, parsed.url, "ftok") from e
-    # glibc's ftok: low 8 bits of proj, low 8 bits of st_dev, low 16 bits of st_ino.
-    key = ((proj & 0xFF) << 24) | ((st.st_dev & 0xFF) << 16) | (st.st_ino & 0xFFFF)
-    return key - 2**32 if key >= 2**31 else key
-
-
-def parse_create(value: object) -> bool | str:
-    """``create=`` as given in code (bool / "if_missing") or in a URL query (strings)."""
-    if value == "if_missing":
-        return "if_missing"
-    return parse_bool(value, what="create")
-
-
-def parse_mode(value: object) -> int:
-    if isinstance(value, str):
-        try:
-            value = int(value, 8)
-        except ValueError:
-            raise InvalidArgument(f"mode {value!r} is not an octal number such as 600") from None
-    return validate_mode(value)
-
-
-def check_attach(what: str, uid: int, mode: int, allowed_mode: int, allow_foreign: bool) -> None:
-    """Refuse an existing object planted by another user or opened wider than ``allowed_mode``."""
-    if uid != os.geteuid() and not allow_foreign:
-        raise PermissionDenied(f"open {what}: owned by uid {uid}, not us ({os.geteuid()}); "
-                               "pass allow_foreign=True to trust it")
-    extra = mode & 0o777 & ~allowed_mode
-    if extra:
-        raise PermissionDenied(f"open {what}: mode {mode & 0o777:#o} grants more than {allowed_mode:#o}; "
-                               f"pass mode={mode & 0o777:#o} to accept it")
-
-
-# sysv_ipc / posix_ipc messages for ENOSPC, and the kernel limit each one means.
-_LIMIT_TEXTS = (
-    ("system limit for message queues", "sysctl kernel.msgmni"),
-    ("Not enough shared memory identifiers", "sysctl kernel.shmmni"),
-    ("Insufficient space for a new queue", "/proc/sys/fs/mqueue/queues_max (fs.mqueue.queues_max) "
-                                           "or RLIMIT_MSGQUEUE `ulimit -q`"),
-)
-
-
-def translate_ipc_error(exc: BaseException, what: str, op: str) -> KipcError:
-    """A sysv_ipc / posix_ipc exception as the kipc error that means the same."""
-    import sysv_ipc
-
-    text = f"{op} {what}: {exc}"
-    for needle, limit in _LIMIT_TEXTS:  # the libraries report these without an errno
-        if needle in str(exc):
-            return LimitExceeded(f"{text} (limit: {limit})", errno=_errno.ENOSPC)
-    if isinstance(exc, (sysv_ipc.ExistentialError, posix_ipc.ExistentialError)):
-        if "already" in str(exc).lower():
-            return AlreadyExists(text, errno=_errno.EEXIST)
-        return NotFound(text, errno=_errno.ENOENT)
-    if isinstance(exc, (sysv_ipc.PermissionsError, posix_ipc.PermissionsError)):
-        return PermissionDenied(text, errno=_errno.EACCES)
-    if isinstance(exc, OSError):
-        return from_oserror(exc, what, op)
-    if isinstance(exc, ValueError):
-        return InvalidArgument(text)
-    return KipcError(text)
+__all__ = ["POSIX_KIND", "SYSV_KIND", "SharedMemory"]
 
 
 # -- SysV shm through libc (sysv_ipc never detaches while views live; we detach when the last view dies)
@@ -167,18 +81,8 @@ def _oserr() -> OSError:
 
 
 def sysv_shm_info(shmid: int) -> dict[str, int] | None:
-    """The /proc/sysvipc/shm row of ``shmid`` (key, perms, size, nattch, uid, cpid...)."""
-    try:
-        with open("/proc/sysvipc/shm") as f:
-            cols = next(f).split()
-            for line in f:
-                vals = line.split()
-                if int(vals[1]) == shmid:
-                    return {c: int(v, 8) if c == "perms" else int(v)
-                            for c, v in zip(cols, vals, strict=False) if v.lstrip("-").isdigit()}
-    except OSError:
-        pass
-    return None
+    """The /proc/sysvipc/shm row of ``shmid`` (key, perms, size, nattch, uid, cuid, cpid...)."""
+    return sysv_row("shm", shmid)
 
 
 def _attached_array(addr: int, size: int) -> ctypes.Array[ctypes.c_ubyte]:
@@ -208,7 +112,7 @@ class SharedMemory(Resource):
         if options:
             raise InvalidArgument(f"{url}: unknown option(s) {sorted(options)}; pass size=, create=, mode= as keywords")
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         if size is not None:
             size = validate_size(size, what="size", minimum=1)
         if create and size is None:
@@ -230,28 +134,36 @@ class SharedMemory(Resource):
         self.key = key
         self.url = parsed.url
         self._record_url = f"sysv://{key}" if key else ""
-        shmid = -1
-        if create:
+
+        def make() -> int:
             assert size is not None
-            flags = _IPC_CREAT | _IPC_EXCL | mode
-            shmid = _libc.shmget(key, size, flags)
-            if shmid >= 0:
-                self.owner = True
-            elif not (ctypes.get_errno() == _errno.EEXIST and create == "if_missing"):
+            shmid = _libc.shmget(key, size, _IPC_CREAT | _IPC_EXCL | mode)
+            if shmid < 0:
+                if ctypes.get_errno() == _errno.EEXIST:
+                    raise AlreadyExists(f"create {self.url}: a segment with key {key} already exists",
+                                        errno=_errno.EEXIST)
                 raise self._sysv_error("create", size)
-        if shmid < 0:
+            return int(shmid)
+
+        def attach() -> int:
             if key == 0:
                 raise InvalidArgument(f"open {self.url}: a private segment can only be created")
             shmid = _libc.shmget(key, 0, 0)
             if shmid < 0:
                 raise self._sysv_error("open", size)
+            return int(shmid)
+
+        shmid, self.owner = create_or_attach(create, make, attach)
         self.shmid = shmid
         info = sysv_shm_info(shmid)
         try:
             if info is None:
                 raise NotFound(f"open {self.url}: segment vanished while opening")
             if not self.owner:
-                check_attach(self.url, info["uid"], info["perms"], mode, allow_foreign)
+                check_sysv_creator(self.url, key, uid=info["uid"], cuid=info["cuid"], cgid=info["cgid"],
+                                   allow_foreign=allow_foreign)
+                check_attach(self.url, uid=info["uid"], mode=info["perms"], allowed_mode=mode,
+                             allow_foreign=allow_foreign)
                 if size is not None and info["size"] < size:
                     raise BadObject(f"open {self.url}: segment is {info['size']} bytes, smaller than the {size} asked")
             real = info["size"]
@@ -266,7 +178,7 @@ class SharedMemory(Resource):
         self.size = real
         self.kind = "sysv"
         if self.owner and self._record_url:
-            _owners.record(self._record_url, "sysv-shm", size=real)
+            _owners.record(self._record_url, "sysv-shm", size=real, identity=sysv_identity("shm", info))
 
     def _sysv_error(self, op: str, size: int | None) -> KipcError:
         err = _oserr()
@@ -295,28 +207,27 @@ class SharedMemory(Resource):
         self.url = parsed.url
         self._record_url = f"posix://{parsed.netloc}"
         self._name = name
-        shm = None
-        if create:
+
+        def make() -> Any:
             try:
-                shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode, size)
-                self.owner = True
-            except posix_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+                return posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode, size)
             except Exception as e:  # posix_ipc errors are not OSErrors
                 raise translate_ipc_error(e, self.url, "create") from None
-        if shm is None:
+
+        def attach() -> Any:
             try:
-                shm = posix_ipc.SharedMemory(name)
+                return posix_ipc.SharedMemory(name)
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "open") from None
+
+        shm, self.owner = create_or_attach(create, make, attach)
         fd = shm.fd
         try:
             st = os.fstat(fd)
             if self.owner:
                 os.fchmod(fd, mode)  # shm_open's mode went through the umask
             else:
-                check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+                check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
                 if size is not None and st.st_size < size:
                     raise BadObject(f"open {self.url}: segment is {st.st_size} bytes, smaller than the {size} asked")
                 if st.st_size == 0:
@@ -334,7 +245,7 @@ class SharedMemory(Resource):
         self.size = real
         self.kind = "posix"
         if self.owner:
-            _owners.record(self._record_url, "posix-shm", size=real)
+            _owners.record(self._record_url, "posix-shm", size=real, identity=file_identity(st))
 
     # -- public API ---------------------------------------------------------------------------------
     @property
@@ -386,3 +297,19 @@ class SharedMemory(Resource):
 
     def __repr__(self) -> str:
         return f"<SharedMemory {self.url} {getattr(self, 'size', '?')} B {'closed' if self._closed else 'open'}>"
+
+
+# -- object kinds: how kipc ls / rm / gc see segments ---------------------------------------------------
+class _SegmentKind(SysvKind):
+    def describe(self, row: dict[str, int]) -> ObjectInfo:
+        info = super().describe(row)
+        info.size, info.attached, info.creator_pid = row["size"], row["nattch"], row["cpid"]
+        info.pids = [p for p in (row["cpid"], row["lpid"]) if p]
+        info.alive = _owners.process_start_time(row["cpid"]) is not None if row["cpid"] else None
+        return info
+
+
+SYSV_KIND = _SegmentKind("sysvshm", "sysv", "shm", part="shm", records=("sysv-shm",),
+                         description="sysvshm (from /proc/sysvipc/shm)")
+POSIX_KIND = DevShmKind("posixshm", "posix", "", part="shm", records=("posix-shm",),
+                        description="posixshm (/dev/shm/NAME)")

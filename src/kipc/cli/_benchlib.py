@@ -1,7 +1,7 @@
 """The measurement harness behind ``kipc bench`` and the tour's round-trip column.
 
 Every mechanism is measured the same way, between this process and a real
-child started with ``python -c`` (a :class:`kipc.testing.Child`, so every wait
+child started with ``python -c`` (a :class:`kipc._procs.Child`, so every wait
 has a deadline and the child is killed on the way out):
 
 * **round trip**: a 64-byte message to the child and back, ``rtt_iters``
@@ -146,7 +146,7 @@ def _endpoints(scheme: str, name: str, nats_url: str | None) -> Iterator[tuple[A
             base = nats_url.rstrip("/").split("://", 1)[1]
             a_url, b_url = f"nats://{base}/{name}-a", f"nats://{base}/{name}-b"
         elif scheme == "sysvmq":
-            from ..testing import unique_key
+            from .._naming import unique_key
 
             a_url, b_url = f"sysvmq://{unique_key()}", f"sysvmq://{unique_key()}"
         elif scheme in ("fifo", "file", "ring", "posixmq"):
@@ -167,7 +167,7 @@ def _endpoints(scheme: str, name: str, nats_url: str | None) -> Iterator[tuple[A
 
 
 def _name() -> str:
-    from ..testing import unique_name
+    from .._naming import unique_name
 
     return unique_name("bench")
 
@@ -177,7 +177,7 @@ def measure(scheme: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int,
     """Round trip and stream figures for one registered scheme (or ``pipe``, or ``queue``)."""
     if scheme == "queue":
         return measure_peer("kipc.Queue", sizes=sizes, rtt_iters=rtt_iters, stream_bytes=stream_bytes)
-    from ..testing import spawn
+    from .._procs import spawn
 
     res = Result(scheme)
     t0 = time.monotonic()

@@ -1,7 +1,7 @@
 """``kipc tour [--lang en|ko] [--quick]``: the seed's IPC scenarios between real processes (``make demo``).
 
 Each scene starts real child processes (``python -c``; see
-:func:`kipc.testing.spawn`), narrates what happens, and shows what the child
+:func:`kipc._procs.spawn`), narrates what happens, and shows what the child
 printed: pipe parent -> child ("Hello Child Process!"), a SysV message queue
 between two unrelated processes by key in both directions with types, SysV
 shared memory by key ("Linux Programming"), a semaphore guarding a shared
@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..testing import spawn, unique_key, unique_name
+from .._naming import unique_key, unique_name
+from .._procs import spawn
 from . import _benchlib as lib
 from ._output import Output
 
@@ -243,7 +244,7 @@ class Tour:
         a_url, b_url = f"posix://{name}-a", f"posix://{name}-b"
         n = 100 if self.quick else 500
         code = ("import sys, kipc\na = kipc.Semaphore(sys.argv[1])\nb = kipc.Semaphore(sys.argv[2])\n"
-                "print('READY', flush=True)\nfor _ in range(int(sys.argv[3])):\n    a.acquire(timeout=20)\n"
+                "print('READY', flush=True)\nfor _ in range(int(sys.argv[3])):\n    assert a.acquire(timeout=20)\n"
                 "    b.release()\na.close()\nb.close()\n")
         with contextlib.closing(kipc.Semaphore(a_url, create=True, value=0)) as a, \
                 contextlib.closing(kipc.Semaphore(b_url, create=True, value=0)) as b, \
@@ -252,7 +253,8 @@ class Tour:
             for _ in range(n):
                 t = time.perf_counter_ns()
                 a.release()
-                b.acquire(timeout=_T)
+                if not b.acquire(timeout=_T):
+                    raise TimeoutError(f"semaphore ping-pong: no answer within {_T} s")
                 samples.append(time.perf_counter_ns() - t)
             child.check(_T)
         samples.sort()
@@ -314,7 +316,7 @@ class Tour:
             child.check(_T)
 
     def nats(self) -> None:
-        from ..testing import nats_server
+        from ..testing._nats import nats_server  # a real server process; only the NATS step needs it
 
         with nats_server() as server:
             self.nats_url = server.url

@@ -2,12 +2,19 @@
 
 Contract card:
 
-* ``acquire(timeout=None)`` decrements (blocks while the value is 0);
-  ``timeout=0`` raises :class:`WouldBlock`, ``t`` raises :class:`Timeout`
-  (kernel timeouts: ``semtimedop`` / ``sem_timedwait``; EINTR retried with the
-  time left). ``release()`` increments. ``value`` reads the count. Context
-  manager = acquire/release; ``await aacquire()`` waits in a worker thread in
-  short slices (no fd exists), so cancellation lands within 50 ms.
+* ``acquire(blocking=True, timeout=None) -> bool`` decrements (blocks while
+  the value is 0), exactly like ``threading.Semaphore.acquire``: True when
+  acquired, False when ``blocking=False`` or ``timeout`` ran out (so code
+  written for ``threading``/``multiprocessing`` works unchanged; kipc's
+  channels raise :class:`Timeout` instead, semaphores follow the stdlib).
+  Kernel timeouts (``semtimedop`` / ``sem_timedwait``) in slices of 50 ms;
+  EINTR retried with the time left; Ctrl-C gets through. ``release()``
+  increments. ``value`` reads the count. Context manager = acquire/release.
+* Threads: any number may acquire at once; ``close()`` from another thread
+  wakes blocked acquirers within 50 ms with :class:`ChannelClosed`.
+* ``await aacquire(timeout=None) -> bool`` tries on the loop thread, then waits
+  in kipc's wait threads in 50 ms slices (no fd exists). Cancelled, it has
+  taken nothing: a permit a worker got after the cancellation is given back.
 * Crash safety: the SysV flavour uses ``SEM_UNDO`` by default — a holder
   killed by SIGKILL has its acquisitions undone by the kernel. This assumes
   each process releases what it acquired (a process that only releases, as in
@@ -27,18 +34,30 @@ Contract card:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import errno as _errno
 import os
-import stat as _stat
+import threading
 from typing import Any
 
 import posix_ipc
 import sysv_ipc
 
 from .. import _owners
-from .._base import Deadline, Resource
-from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_name
+from .._base import ASYNC_SLICE, Deadline, Resource, wait_pool
+from .._kinds import DevShmKind, ObjectInfo, SysvKind
+from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
+from .._objects import (
+    check_attach,
+    check_sysv_creator,
+    create_or_attach,
+    file_identity,
+    parse_create,
+    sysv_identity,
+    sysv_key,
+    sysv_row,
+)
 from ..errors import (
     AlreadyExists,
     BadObject,
@@ -49,12 +68,12 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     from_oserror,
+    translate_ipc_error,
 )
-from ..shm import check_attach, parse_create, parse_mode, sysv_key, translate_ipc_error
 
-__all__ = ["Semaphore"]
+__all__ = ["POSIX_KIND", "SYSV_KIND", "Semaphore"]
 
-_ASYNC_SLICE = 0.05
+_CLOSE_GRACE = 2.0
 
 # sysv_ipc is built without semtimedop here (SEMAPHORE_TIMEOUT_SUPPORTED is False: it would
 # ignore timeouts), so the SysV wait itself goes through libc. ctypes releases the GIL.
@@ -96,7 +115,7 @@ class Semaphore(Resource):
                  allow_foreign: bool = False) -> None:
         parsed = parse_url(url)
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise InvalidArgument(f"{url}: value must be an int >= 0, not {value!r}")
@@ -127,17 +146,16 @@ class Semaphore(Resource):
             self._open_posix(name, create, mode, initial, allow_foreign)
         else:
             raise InvalidArgument(f"{url}: Semaphore addresses are sysv://KEY or posix://NAME")
+        self._calls = threading.Condition()
+        self._inflight = 0
         self._closed = False
 
     def _open_sysv(self, key: int, create: bool | str, mode: int, initial: int, allow_foreign: bool) -> None:
-        sem = None
-        if create:
+        def make() -> Any:
             try:
-                sem = sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)
-                self.owner = True
+                return sysv_ipc.Semaphore(key, sysv_ipc.IPC_CREX, mode, initial)
             except sysv_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
             except OSError as e:
                 if e.errno == _errno.ENOSPC:  # semget: no identifier (SEMMNI) or semaphore (SEMMNS) left
                     raise LimitExceeded(f"create {self.url}: {e.strerror} (limit: sysctl kernel.sem, "
@@ -145,50 +163,57 @@ class Semaphore(Resource):
                 raise translate_ipc_error(e, self.url, "create") from None
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "create") from None
-        if sem is None:
+
+        def attach() -> Any:
             try:
                 sem = sysv_ipc.Semaphore(key)
             except sysv_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no such semaphore", errno=_errno.ENOENT) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "open") from None
-            check_attach(self.url, sem.uid, sem.mode, mode, allow_foreign)
-        self._sem = sem
+            check_sysv_creator(self.url, key, uid=sem.uid, cuid=sem.cuid, cgid=sem.cgid, allow_foreign=allow_foreign)
+            check_attach(self.url, uid=sem.uid, mode=sem.mode, allowed_mode=mode, allow_foreign=allow_foreign)
+            return sem
+
+        self._sem, self.owner = create_or_attach(create, make, attach)
         if self.owner:
-            _owners.record(self._record_url, "sysv-sem")
+            row = sysv_row("sem", self._sem.id)
+            _owners.record(self._record_url, "sysv-sem", identity=sysv_identity("sem", row) if row else None)
 
     def _open_posix(self, name: str, create: bool | str, mode: int, initial: int, allow_foreign: bool) -> None:
         path = f"/dev/shm/sem.{name}"
-        sem = None
-        if create:
+
+        def make() -> Any:
             try:
-                sem = posix_ipc.Semaphore(self._name, posix_ipc.O_CREX, mode, initial)
-                self.owner = True
+                return posix_ipc.Semaphore(self._name, posix_ipc.O_CREX, mode, initial)
             except posix_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "create") from None
-        if sem is None:
+
+        def attach() -> Any:
             try:
-                sem = posix_ipc.Semaphore(self._name)
+                return posix_ipc.Semaphore(self._name)
             except posix_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no such semaphore", errno=_errno.ENOENT) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "open") from None
+
+        sem, self.owner = create_or_attach(create, make, attach)
         self._sem = sem
         try:
             if self.owner:
                 os.chmod(path, mode)  # sem_open's mode went through the umask (it can only have narrowed it)
-                _owners.record(self._record_url, "posix-sem")
+                _owners.record(self._record_url, "posix-sem", identity=file_identity(os.stat(path)))
             else:
                 st = os.stat(path)
-                check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+                check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
                 if st.st_size < _SEM_T_SIZE:  # glibc maps sizeof(sem_t) unchecked: a short file is SIGBUS on use
                     raise BadObject(f"open {self.url}: {path} is {st.st_size} bytes, not a semaphore "
                                     f"({_SEM_T_SIZE} bytes); refused")
         except FileNotFoundError:
-            pass  # /dev/shm is not where this libc keeps semaphores: nothing to check
+            if self.owner:  # /dev/shm is not where this libc keeps semaphores: nothing to check
+                _owners.record(self._record_url, "posix-sem")
         except BaseException:
             sem.close()
             if self.owner:
@@ -196,75 +221,107 @@ class Semaphore(Resource):
             raise
 
     # -- operations --------------------------------------------------------------------------------
-    def _check_open(self, op: str) -> None:
-        if self._closed:
-            raise ChannelClosed(f"{op} on {self.url}: closed by this process")
+    # -- in-flight calls: close() from another thread waits for them, never frees under them --
+    _calls: Any = None
+    _inflight = 0
 
-    def acquire(self, timeout: float | None = None) -> None:
-        """Decrement; blocks while the value is 0 (``Timeout`` / ``WouldBlock`` when ``timeout`` runs out)."""
-        deadline = Deadline.of(timeout)
-        self._check_open("acquire")
-        sem = self._sem
+    def _enter(self, op: str) -> None:
+        with self._calls:
+            self._check_open(op)
+            self._inflight += 1
+
+    def _leave(self) -> None:
+        with self._calls:
+            self._inflight -= 1
+            self._calls.notify_all()
+
+    def _quiesce(self) -> list[Any]:
+        if self._calls is not None:
+            with self._calls:
+                self._calls.wait_for(lambda: self._inflight == 0, _CLOSE_GRACE)
+        return []
+
+    def _attempt(self, deadline: Deadline) -> bool:
+        """One kernel wait of at most ``deadline``: True when acquired, False when it ran out."""
         if self.kind == "sysv":
-            while True:
-                err = _semop(self._semid, -1, self._undo, deadline.remaining())
-                if err == 0:
-                    return
-                if err == _errno.EAGAIN:
-                    raise deadline.error(f"acquire on {self.url}")
-                if err == _errno.EINTR:  # the Python handler ran (Ctrl-C raised); retry with the time left
-                    continue
-                if err in (_errno.EIDRM, _errno.EINVAL):
-                    raise ChannelClosed(f"acquire on {self.url}: the semaphore was removed", errno=err)
-                raise from_oserror(OSError(err, os.strerror(err)), self.url, "acquire")
-        busy = posix_ipc.BusyError
-        while True:
-            try:
-                sem.acquire(deadline.remaining())
-                return
-            except busy:
-                raise deadline.error(f"acquire on {self.url}") from None
-            except (sysv_ipc.Error, posix_ipc.Error) as e:
-                if isinstance(e, posix_ipc.SignalError) or "ignaled" in str(e):
-                    if deadline.expired():
-                        raise deadline.error(f"acquire on {self.url}") from None
-                    continue  # EINTR: the Python handler ran (Ctrl-C raised); retry with the time left
-                raise self._error(e, "acquire") from None
+            err = _semop(self._semid, -1, self._undo, deadline.remaining())
+            if err == 0:
+                return True
+            if err in (_errno.EAGAIN, _errno.EINTR):  # EINTR: the Python handler runs next (Ctrl-C raises)
+                return False
+            if err in (_errno.EIDRM, _errno.EINVAL):
+                raise ChannelClosed(f"acquire on {self.url}: the semaphore was removed", errno=err)
+            raise from_oserror(OSError(err, os.strerror(err)), self.url, "acquire")
+        try:
+            self._sem.acquire(deadline.remaining())
+            return True
+        except posix_ipc.BusyError:
+            return False
+        except (sysv_ipc.Error, posix_ipc.Error) as e:
+            if isinstance(e, posix_ipc.SignalError) or "ignaled" in str(e):
+                return False  # EINTR: retried with the time left
+            raise self._error(e, "acquire") from None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Decrement; True when acquired, False if ``blocking=False`` or ``timeout`` ran out (as threading)."""
+        if not blocking:
+            if timeout is not None:
+                raise ValueError("can't specify a timeout for a non-blocking acquire")
+            deadline = Deadline(0)
+        else:
+            deadline = Deadline.of(timeout)
+        self._enter("acquire")
+        try:
+            # Slices: a close() from another thread is noticed within ASYNC_SLICE.
+            while not self._attempt(deadline.slice()):
+                self._check_open("acquire")
+                if deadline.nonblocking or deadline.expired():
+                    return False
+            return True
+        finally:
+            self._leave()
 
     def release(self) -> None:
         """Increment (wakes one waiter)."""
-        self._check_open("release")
-        if self.kind == "sysv":
-            err = _semop(self._semid, 1, self._undo, None)
-            if err in (_errno.EIDRM, _errno.EINVAL):
-                raise ChannelClosed(f"release on {self.url}: the semaphore was removed", errno=err)
-            if err:
-                raise from_oserror(OSError(err, os.strerror(err)), self.url, "release")
-            return
+        self._enter("release")
         try:
-            self._sem.release()
-        except Exception as e:
-            raise self._error(e, "release") from None
-
-    async def aacquire(self, timeout: float | None = None) -> None:
-        """``acquire`` for asyncio (worker thread in short slices; cancellation lands within 50 ms)."""
-        deadline = Deadline.of(timeout)
-        try:
-            self.acquire(0)
-            return
-        except KipcError as e:
-            if deadline.nonblocking or not isinstance(e, TimeoutError):
-                raise
-        while True:
-            remaining = deadline.remaining()
-            if remaining is not None and remaining <= 0:
-                raise deadline.error(f"acquire on {self.url}")
-            t = _ASYNC_SLICE if remaining is None else min(_ASYNC_SLICE, remaining)
-            try:
-                await asyncio.to_thread(self.acquire, t)
+            if self.kind == "sysv":
+                err = _semop(self._semid, 1, self._undo, None)
+                if err in (_errno.EIDRM, _errno.EINVAL):
+                    raise ChannelClosed(f"release on {self.url}: the semaphore was removed", errno=err)
+                if err:
+                    raise from_oserror(OSError(err, os.strerror(err)), self.url, "release")
                 return
-            except TimeoutError:
-                continue
+            try:
+                self._sem.release()
+            except Exception as e:
+                raise self._error(e, "release") from None
+        finally:
+            self._leave()
+
+    async def aacquire(self, timeout: float | None = None) -> bool:
+        """``acquire`` for asyncio; True when acquired, False when ``timeout`` ran out. Cancel-safe."""
+        deadline = Deadline.of(timeout)
+        while True:
+            if self.acquire(False):
+                return True
+            if deadline.nonblocking or deadline.expired():
+                return False
+            cf = wait_pool().submit(self.acquire, True, deadline.slice(ASYNC_SLICE).remaining())
+            try:
+                if await asyncio.wrap_future(cf):
+                    return True
+            except asyncio.CancelledError:
+                cf.add_done_callback(self._give_back)
+                raise
+
+    def _give_back(self, f: concurrent.futures.Future[bool]) -> None:
+        """A worker acquired for a task that was cancelled meanwhile: return the permit."""
+        if not f.cancelled() and f.exception() is None and f.result():
+            try:
+                self.release()
+            except KipcError:
+                pass  # closed or removed meanwhile: nothing to give back to
 
     @property
     def value(self) -> int:
@@ -294,7 +351,7 @@ class Semaphore(Resource):
 
     # -- lifetime ------------------------------------------------------------------------------------
     def _close(self) -> None:
-        if self.kind == "posix":
+        if self.kind == "posix" and self._sem is not None:
             self._sem.close()
 
     def _unlink(self) -> None:
@@ -310,3 +367,18 @@ class Semaphore(Resource):
 
     def __repr__(self) -> str:
         return f"<Semaphore {self.url} {'closed' if self._closed else 'open'}>"
+
+
+# -- object kinds: how kipc ls / rm / gc see semaphores (records use sysv-sem:// / posix-sem://, as a
+# segment may have the same key or name) ---------------------------------------------------------------
+class _SemKind(SysvKind):
+    def describe(self, row: dict[str, int]) -> ObjectInfo:
+        info = super().describe(row)
+        info.size = row["nsems"]
+        return info
+
+
+SYSV_KIND = _SemKind("sysvsem", "sysv", "sem", part="sem", records=("sysv-sem",), record_scheme="sysv-sem",
+                     description="sysvsem (from /proc/sysvipc/sem)")
+POSIX_KIND = DevShmKind("posixsem", "posix", "sem.", part="sem", records=("posix-sem",), record_scheme="posix-sem",
+                        description="posixsem (/dev/shm/sem.NAME)")

@@ -59,6 +59,7 @@ class SocketChannel(StreamChannel):
             self._sock.close()
             self._sock = None
         self._rfd = self._wfd = -1
+        self._release_wake()
 
 
 class SocketListener(Listener):
@@ -73,26 +74,23 @@ class SocketListener(Listener):
         assert self._sock is not None
         return self._sock.fileno()
 
-    def _accept(self, deadline: Deadline) -> Any:
+    def _wait_fd(self, op: str) -> int | None:
+        return self._sock.fileno() if self._sock is not None else None
+
+    def _try_accept(self) -> Any:
         assert self._sock is not None
-        while True:
-            try:
-                conn, _addr = self._sock.accept()
-                break
-            except BlockingIOError:
-                wait_fd(self._sock.fileno(), select.POLLIN, deadline, f"accept on {self.url}")
-            except OSError as e:
-                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue  # the peer gave up before we accepted: wait for the next one
-                raise from_oserror(e, self.url, "accept") from e
-        conn.setblocking(False)
-        left = deadline.remaining()
-        # The handshake (peer check, auth) gets the time left, capped; a non-blocking
-        # accept (timeout=0, asyncio) still needs a round trip, so it gets the cap.
-        cap = self.handshake_timeout
-        hs = Deadline(cap if left is None or deadline.nonblocking else min(cap, max(left, 0.001)))
         try:
-            return self._make_channel(conn, hs)
+            conn, _addr = self._sock.accept()
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                return None  # the peer gave up before we accepted: wait for the next one
+            raise from_oserror(e, self.url, "accept") from e
+        conn.setblocking(False)
+        # The handshake (peer check, auth) is bounded by handshake_timeout.
+        try:
+            return self._make_channel(conn, Deadline(self.handshake_timeout))
         except BaseException:
             conn.close()
             raise
@@ -104,6 +102,7 @@ class SocketListener(Listener):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._release_wake()
 
 
 def connect(sock: socket.socket, address: Any, deadline: Deadline, url: str) -> None:

@@ -5,15 +5,22 @@ Contract (shared by every fd transport):
 * Framing: ``frame`` (default; see :mod:`kipc._framing`), ``line`` (one message
   per ``\\n``-terminated line, for ``echo``/``cat``), ``raw`` (no boundaries:
   ``recv`` returns whatever bytes are available, ``send`` writes bytes as-is).
-* fds are non-blocking and ``O_CLOEXEC``; waiting is ``poll`` with the
-  remaining deadline (EINTR is retried by Python with the time left; Ctrl-C
-  raises ``KeyboardInterrupt``).
+* fds are non-blocking and ``O_CLOEXEC``; waiting is ``poll`` on the fd and the
+  channel's wake fd with the remaining deadline (EINTR is retried by Python
+  with the time left; Ctrl-C raises ``KeyboardInterrupt``; ``close()`` from
+  another thread wakes the poll).
+* Threads: each direction is serialised by the template's lock; the decoder
+  state belongs to the channel, so a frame half-read by one thread is finished
+  by whichever thread reads next, and it is returned once.
 * Back-pressure: a send waits until the peer has room. A message is *accepted*
   once its first byte is written; if the stream fills mid-message the rest is
   kept by this channel and written before the next message (the next ``send``
   first waits for it, and may time out without accepting its own message).
   Writes of frames up to ``PIPE_BUF`` (4096 B) to a pipe/FIFO are atomic, so
   a timed-out or non-blocking small send leaves the channel exactly unchanged.
+* ``close()`` writes an accepted message's unwritten tail for at most
+  ``LINGER`` seconds (2 s); after that the peer sees the frame cut short
+  (:class:`ProtocolError`), never a hang of ours.
 * EOF at a frame boundary is :class:`ChannelClosed`; EOF inside a frame is
   :class:`ProtocolError`; a write to a stream whose reader has gone is
   :class:`PeerGone` (never SIGPIPE: sockets use ``MSG_NOSIGNAL`` and Python
@@ -23,27 +30,38 @@ Contract (shared by every fd transport):
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
+import time
 from typing import Any, ClassVar
 
 from .._base import Channel, Deadline
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
+from .._naming import validate_size
 from ..codecs import Codec
-from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, Timeout, from_oserror
+from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, from_oserror
 
-__all__ = ["FRAMINGS", "StreamChannel", "wait_fd"]
+__all__ = ["FRAMINGS", "LINGER", "StreamChannel", "wait_fd"]
 
 FRAMINGS = ("frame", "line", "raw")
+#: seconds close() spends writing an accepted message's tail
+LINGER = 2.0
 _READ_CHUNK = 256 * 1024
 _DIRECT_READ = 256 * 1024  # payloads at least this big are read straight into their own buffer
 _SMALL_WRITE = 64 * 1024  # below this, header and payload are joined into one write
 _PACK = HEADER.pack
 _UNPACK = HEADER.unpack_from
+_INF = math.inf
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
 
 
 def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
-    """poll() one fd until ready or the deadline passes (raises Timeout/WouldBlock)."""
+    """poll() one fd until ready or the deadline passes (raises Timeout/WouldBlock).
+
+    For waits outside a channel's calls (connect, handshakes, opening a FIFO).
+    """
     if deadline.nonblocking:
         raise deadline.error(what)
     p = select.poll()
@@ -69,7 +87,7 @@ class StreamChannel(Channel):
         if framing not in FRAMINGS:
             raise InvalidArgument(f"{url}: framing {framing!r} is not one of {FRAMINGS}")
         if isinstance(max_message_size, str):
-            max_message_size = int(max_message_size)
+            max_message_size = validate_size(max_message_size, what="max_message_size")
         self.framing = framing
         self.max_message_size = self._decoder_max = check_max(max_message_size)
         self._rfd, self._wfd = rfd, wfd
@@ -81,6 +99,7 @@ class StreamChannel(Channel):
         self._big_filled = 0
         self._lines = bytearray()
         self._pending: list[memoryview] = []  # unwritten tail of an accepted message
+        self._polls: dict[str, tuple[int, Any]] = {}
         self._init_channel(url, codec=codec)
 
     # -- low-level I/O hooks (sockets override) ------------------------------------
@@ -100,11 +119,32 @@ class StreamChannel(Channel):
         self._check_open("fileno")
         return self._rfd if self._rfd >= 0 else self._wfd
 
-    def _readable_fd(self) -> int | None:
-        return self._rfd if self._rfd >= 0 else None
+    def _wait_fd(self, op: str) -> int | None:
+        fd = self._wfd if op == "send" else self._rfd
+        return fd if fd >= 0 else None
 
-    def _writable_fd(self) -> int | None:
-        return self._wfd if self._wfd >= 0 else None
+    def _wait(self, op: str, deadline: Deadline) -> None:
+        # One cached poll object per direction (the direction lock makes it single-threaded);
+        # re-made when the fd changes (a FIFO reader swaps fds when writers leave).
+        fd = self._wfd if op == "send" else self._rfd
+        cached = self._polls.get(op)
+        if cached is None or cached[0] != fd:
+            p = select.poll()
+            p.register(fd, _POLLOUT if op == "send" else _POLLIN)
+            p.register(self._wake_fd(), _POLLIN)
+            self._polls[op] = cached = (fd, p)
+        if self._closed:
+            return
+        end = deadline.end
+        if end == _INF:
+            cached[1].poll()
+        else:
+            cached[1].poll(max(0, math.ceil((end - time.monotonic()) * 1000)))
+
+    def _ready(self, op: str) -> bool:
+        if op == "recv" and (self._decoder.next_frame_ready() or b"\n" in self._lines):
+            return True
+        return super()._ready(op)
 
     def _close(self) -> None:
         for fd in {self._rfd, self._wfd} - {-1}:
@@ -113,63 +153,7 @@ class StreamChannel(Channel):
             except OSError:
                 pass
         self._rfd = self._wfd = -1
-
-    # -- fast paths ----------------------------------------------------------------
-    # The common case (bytes in/out, blocking, framed) skips the generic template:
-    # its per-call cost would otherwise be several times the syscall's for small
-    # messages. Anything unusual (a timeout, knobs, a codec, a full pipe, an error,
-    # a closed channel) falls through to Channel.send/recv, which check everything.
-    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
-        size = len(data)
-        if self._pending or self.framing != "frame" or self._wfd < 0 or size >= _SMALL_WRITE:
-            return False
-        buf = _PACK(size) + data
-        try:
-            n = self._write(buf)
-        except OSError:
-            return False  # would block, or an error the general path reports properly
-        if n == size + HEADER_SIZE:
-            return True
-        if n > 0:  # accepted, part of it written: the rest goes out like any pending tail
-            self._pending = [memoryview(buf)[n:]]
-            self._flush(Deadline(None))
-            return True
-        return False
-
-    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
-        if self.framing == "frame" and self._big is None and self._rfd >= 0:
-            dec = self._decoder
-            frame = dec.next_frame()  # a whole frame already buffered: no syscall at all
-            if frame is not None:
-                return frame
-            if dec.missing() < _DIRECT_READ:
-                # Blocking recv with nothing buffered: poll first (returns at once if bytes
-                # or a hang-up are there) and read once; this skips a failed read + exception
-                # in the request/reply case. Anything odd goes to the slow path.
-                self._poller().poll()
-                try:
-                    chunk = self._read(_READ_CHUNK)
-                except OSError:
-                    chunk = b""  # the slow path waits again / reports it
-                if chunk:
-                    if dec.at_boundary and len(chunk) >= HEADER_SIZE:
-                        # the usual case: the read returned exactly one whole frame
-                        (n,) = _UNPACK(chunk)
-                        if n + HEADER_SIZE == len(chunk) and n <= self._decoder_max:
-                            return chunk[HEADER_SIZE:]
-                    dec.feed(chunk)
-                    return dec.next_frame()
-        return None
-
-    _poll_fd: int = -1
-
-    def _poller(self) -> Any:
-        """A poll object for POLLIN on the current read fd (a FIFO reader swaps fds)."""
-        if self._poll_fd != self._rfd:
-            self._poll = select.poll()
-            self._poll.register(self._rfd, select.POLLIN)
-            self._poll_fd = self._rfd
-        return self._poll
+        self._release_wake()
 
     # -- sending -----------------------------------------------------------------
     def _oserror(self, e: OSError, op: str) -> Exception:
@@ -177,15 +161,16 @@ class StreamChannel(Channel):
             return PeerGone(f"{op} on {self.url}: the peer has gone ({e.strerror})", errno=e.errno)
         return from_oserror(e, self.url, op)
 
-    def _flush(self, deadline: Deadline) -> None:
-        """Write the pending tail of an accepted message (waits up to the deadline)."""
+    def _pending_out(self) -> bool:
+        return bool(self._pending)
+
+    def _flush_pending(self) -> None:
         pending = self._pending
         while pending:
             try:
                 n = self._writev(pending) if len(pending) > 1 else self._write(pending[0])
             except BlockingIOError:
-                wait_fd(self._wfd, select.POLLOUT, deadline, f"send on {self.url}")
-                continue
+                return
             except OSError as e:
                 raise self._oserror(e, "send") from e
             while n and pending:
@@ -195,17 +180,16 @@ class StreamChannel(Channel):
                     pending[0] = pending[0][n:]
                     n = 0
 
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
+    def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
         if self._pending:
-            self._flush(deadline)
-        size = data.nbytes
+            self._flush_pending()
+            if self._pending:
+                return False
+        size = len(data) if data.__class__ is bytes else memoryview(data).nbytes
         framing = self.framing
         if framing == "frame":
             total = size + HEADER_SIZE
-            if size < _SMALL_WRITE:
-                parts: list[Any] = [HEADER.pack(size) + data]
-            else:
-                parts = [HEADER.pack(size), data]
+            parts: list[Any] = [_PACK(size) + data] if size < _SMALL_WRITE else [_PACK(size), data]
         elif framing == "line":
             if b"\n" in data:
                 raise InvalidArgument(f"send on {self.url}: framing=line messages cannot contain a newline")
@@ -215,18 +199,16 @@ class StreamChannel(Channel):
             parts = [data]
             total = size
         if total == 0:
-            return
-        while True:
-            try:
-                n = self._write(parts[0]) if len(parts) == 1 else self._writev(parts)
-                break
-            except BlockingIOError:
-                wait_fd(self._wfd, select.POLLOUT, deadline, f"send on {self.url}")
-            except OSError as e:
-                raise self._oserror(e, "send") from e
+            return True
+        try:
+            n = self._write(parts[0]) if len(parts) == 1 else self._writev(parts)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            raise self._oserror(e, "send") from e
         if n < total:
-            # Accepted: a half-written frame cannot be taken back. Keep the tail,
-            # push it out until the deadline, and leave the rest for the next send/close.
+            # Accepted: a half-written frame cannot be taken back. Keep the tail; the
+            # template pushes it out until the deadline, the next send or close the rest.
             tail: list[memoryview] = []
             for p in parts:
                 v = memoryview(p)
@@ -236,21 +218,21 @@ class StreamChannel(Channel):
                 tail.append(v[n:])
                 n = 0
             self._pending = tail
-            try:
-                self._flush(deadline)
-            except Timeout:
-                pass
+        return True
 
     # -- receiving ---------------------------------------------------------------
-    def _fill(self, deadline: Deadline, want: int) -> bytes:
-        """Read some bytes (waiting up to the deadline). b'' means EOF."""
-        while True:
-            try:
-                return self._read(max(want, _READ_CHUNK))
-            except BlockingIOError:
-                wait_fd(self._rfd, select.POLLIN, deadline, f"recv on {self.url}")
-            except OSError as e:
-                raise self._oserror(e, "recv") from e
+    def _read_some(self, want: int) -> bytes | None:
+        """Read what is there (None: nothing now; b'': EOF)."""
+        try:
+            return self._read(max(want, _READ_CHUNK))
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise self._oserror(e, "recv") from e
+
+    def _on_eof(self) -> bool:
+        """The stream said EOF: True if it is final (raise), False to keep waiting (FIFO: new writers)."""
+        return True
 
     def _at_eof(self, mid: bool) -> None:
         self._eof = True
@@ -259,20 +241,48 @@ class StreamChannel(Channel):
             raise ProtocolError(f"{self.url}: stream ended inside a frame")
         raise ChannelClosed(f"recv on {self.url}: the peer closed the channel")
 
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
+        # The one blocking path of fd channels: poll first when nothing is buffered
+        # (returns at once if bytes or a hang-up are there), then one attempt. This
+        # skips a failed read + exception in the request/reply case.
+        what = f"recv on {self.url}"
+        lock = self._lock("recv", deadline, what)
+        try:
+            dec = self._decoder
+            while True:
+                if self.framing == "frame" and self._big is None:
+                    frame = dec.next_frame()  # a whole frame already buffered: no syscall
+                    if frame is not None:
+                        return frame
+                if not deadline.nonblocking and not self._eof:
+                    self._wait("recv", deadline)
+                    self._check_open("recv")
+                got = self._try_recv(knobs)
+                if got is not None:
+                    return got
+                if deadline.nonblocking or deadline.expired():
+                    raise deadline.error(what)
+        finally:
+            lock.release()
+
+    def _try_recv(self, knobs: dict[str, Any]) -> Any:
         if self.framing == "line":
-            return self._recv_line(deadline)
+            return self._try_line()
         if self.framing == "raw":
             if self._eof:
                 raise ChannelClosed(f"recv on {self.url}: the peer closed the channel")
-            chunk = self._fill(deadline, _READ_CHUNK)
+            chunk = self._read_some(_READ_CHUNK)
+            if chunk is None:
+                return None
             if not chunk:
+                if not self._on_eof():
+                    return None
                 self._at_eof(False)
             return chunk
         dec = self._decoder
-        if self._big is not None:
-            return self._recv_big(deadline)
         while True:
+            if self._big is not None:
+                return self._fill_big()
             frame = dec.next_frame()
             if frame is not None:
                 return frame
@@ -281,10 +291,19 @@ class StreamChannel(Channel):
             missing = dec.missing()
             if missing >= _DIRECT_READ and dec.buffered >= HEADER_SIZE:
                 self._start_big()
-                return self._recv_big(deadline)
-            chunk = self._fill(deadline, missing)
+                continue
+            chunk = self._read_some(missing)
+            if chunk is None:
+                return None
             if not chunk:
+                if not self._on_eof():
+                    return None
                 self._at_eof(not dec.at_boundary)
+            if dec.at_boundary and len(chunk) >= HEADER_SIZE:
+                # the usual case: the read returned exactly one whole frame
+                (n,) = _UNPACK(chunk)
+                if n + HEADER_SIZE == len(chunk) and n <= self._decoder_max:
+                    return chunk[HEADER_SIZE:]
             dec.feed(chunk)
 
     def _start_big(self) -> None:
@@ -296,28 +315,28 @@ class StreamChannel(Channel):
         self._big[:have] = memoryview(buffered)[HEADER_SIZE:]
         self._big_filled = have
 
-    def _recv_big(self, deadline: Deadline) -> bytes:
+    def _fill_big(self) -> bytes | None:
         big = self._big
         assert big is not None
-        view = memoryview(big)
-        while self._big_filled < len(big):
-            try:
-                n = self._readinto(view[self._big_filled :])
-            except BlockingIOError:
-                wait_fd(self._rfd, select.POLLIN, deadline, f"recv on {self.url}")
-                continue
-            except OSError as e:
-                raise self._oserror(e, "recv") from e
-            if n == 0:
-                self._eof = True
-                raise ProtocolError(
-                    f"{self.url}: stream ended inside a frame ({self._big_filled} of {len(big)} payload bytes)")
-            self._big_filled += n
-        view.release()
+        with memoryview(big) as view:
+            while self._big_filled < len(big):
+                try:
+                    n = self._readinto(view[self._big_filled :])
+                except BlockingIOError:
+                    return None
+                except OSError as e:
+                    raise self._oserror(e, "recv") from e
+                if n == 0:
+                    if not self._on_eof():
+                        return None
+                    self._eof = True
+                    raise ProtocolError(
+                        f"{self.url}: stream ended inside a frame ({self._big_filled} of {len(big)} payload bytes)")
+                self._big_filled += n
         self._big = None
         return bytes(big)
 
-    def _recv_line(self, deadline: Deadline) -> bytes:
+    def _try_line(self) -> bytes | None:
         buf = self._lines
         while True:
             i = buf.find(b"\n")
@@ -333,17 +352,34 @@ class StreamChannel(Channel):
                     buf.clear()
                     return line
                 raise ChannelClosed(f"recv on {self.url}: the peer closed the channel")
-            chunk = self._fill(deadline, _READ_CHUNK)
+            chunk = self._read_some(_READ_CHUNK)
+            if chunk is None:
+                return None
             if not chunk:
+                if not self._on_eof():
+                    return None
                 self._eof = True
                 continue
             buf += chunk
 
     def close(self) -> None:
-        # A pending tail belongs to an accepted message: deliver it before closing.
-        if not self._closed and self._pending:
+        # A pending tail belongs to an accepted message: deliver it before closing,
+        # for at most LINGER seconds. If another thread is sending right now, close
+        # interrupts it instead (its frame is cut short: the peer's ProtocolError).
+        lock = self._locks.get("send")
+        if not self._closed and self._pending and lock is not None and lock.acquire(False):
             try:
-                self._flush(Deadline(None))
-            except (PeerGone, ChannelClosed):
-                pass
+                self._linger(Deadline(LINGER))
+            finally:
+                lock.release()
         super().close()
+
+    def _linger(self, deadline: Deadline) -> None:
+        p = select.poll()
+        p.register(self._wfd, _POLLOUT)
+        try:
+            while self._pending and not deadline.expired():
+                p.poll(deadline.remaining_ms())
+                self._flush_pending()
+        except (PeerGone, ChannelClosed):
+            pass

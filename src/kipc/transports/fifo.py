@@ -44,16 +44,18 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME, FrameDecoder
+from .._kinds import PathKind
 from .._naming import (
     ParsedURL,
     parse_bool,
+    parse_seconds,
     parse_url,
     runtime_dir,
     validate_mode,
     validate_name,
     validate_path,
-    validate_timeout,
 )
+from .._objects import check_attach, create_or_attach, file_identity, parse_create, parse_uids
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -65,11 +67,10 @@ from ..errors import (
     PermissionDenied,
     from_oserror,
 )
-from ._stream import StreamChannel, wait_fd
+from ._stream import StreamChannel
 from .pipe import _grow
-from .unix import parse_uids
 
-__all__ = ["FifoChannel", "fifo_path", "parse_create"]
+__all__ = ["KIND", "FifoChannel", "fifo_path"]
 
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -82,13 +83,6 @@ def fifo_path(parsed: ParsedURL) -> str:
         name = validate_name(parsed.netloc, what="fifo name")  # before runtime_dir() touches the disk
         return os.path.join(runtime_dir("fifo"), name)
     return validate_path(parsed.path, what="fifo path")
-
-
-def parse_create(value: Any) -> bool | str:
-    """``create=``: False, True (exclusive) or ``"if_missing"`` (strings from URL queries too)."""
-    if value == "if_missing":
-        return "if_missing"
-    return parse_bool(value, what="create")
 
 
 class FifoChannel(StreamChannel):
@@ -120,12 +114,12 @@ class FifoChannel(StreamChannel):
         self._allow = parse_uids(allow_uids)
         self.follow = parse_bool(follow, what="follow")
         self.persist = parse_bool(persist, what="persist")
-        deadline = Deadline(validate_timeout(float(timeout) if isinstance(timeout, str) else timeout))
+        deadline = Deadline(parse_seconds(timeout))
         self.url, self._path = url, path
         fd = -1
         try:
-            if create:
-                fd = self._create(path, mode, exclusive=create is True)
+            # attach opens below, per direction: -1 = "not created here"
+            fd, _ = create_or_attach(create, lambda: self._create(path, mode), lambda: -1)
             if direction == "recv":
                 if fd < 0:
                     fd = self._open(os.O_RDONLY)
@@ -147,13 +141,12 @@ class FifoChannel(StreamChannel):
             raise
 
     # -- opening -------------------------------------------------------------------
-    def _create(self, path: str, mode: int, *, exclusive: bool) -> int:
+    def _create(self, path: str, mode: int) -> int:
+        """mkfifo exclusively; returns a read fd (the probe that sets the mode and the identity)."""
         try:
             os.mkfifo(path, 0o600)
         except FileExistsError as e:
-            if exclusive:
-                raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
-            return -1
+            raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
         except OSError as e:
             raise from_oserror(e, self.url, "create") from e
         try:
@@ -165,7 +158,7 @@ class FifoChannel(StreamChannel):
         self.owner = True
         try:
             os.fchmod(fd, mode)  # mkfifo's mode went through the umask; set it exactly
-            _owners.record(self.url, "fifo", path=path)
+            _owners.record(self.url, "fifo", path=path, identity=file_identity(st))
         except BaseException:
             os.close(fd)
             raise
@@ -176,13 +169,10 @@ class FifoChannel(StreamChannel):
             raise PermissionDenied(f"open {self.url}: {self._path} is a symlink; refused")
         if not stat.S_ISFIFO(st.st_mode):
             raise BadObject(f"open {self.url}: {self._path} is not a FIFO")
-        me = os.geteuid()
-        if st.st_uid != me and st.st_uid not in self._allow:
-            raise PermissionDenied(f"open {self.url}: {self._path} is owned by uid {st.st_uid}, not {me} "
-                                   f"(pass allow_uids=[{st.st_uid}] to use it)")
-        if st.st_mode & 0o077 and not self._allow_open_mode and not self.owner:
-            raise PermissionDenied(f"open {self.url}: {self._path} has mode {stat.S_IMODE(st.st_mode):#o}; "
-                                   "group/other bits refused (pass allow_open_mode=True)")
+        check_attach(f"{self.url}: {self._path}", uid=st.st_uid, mode=st.st_mode,
+                     allowed_mode=0o777 if self._allow_open_mode or self.owner else 0o600, allow_uids=self._allow,
+                     foreign_hint="pass allow_uids=[{uid}] to use it",
+                     mode_hint="group/other bits refused (pass allow_open_mode=True)")
 
     def _open(self, flags: int) -> int:
         """Open the (already checked) path; ENXIO passes through for the writer's retry loop."""
@@ -226,22 +216,15 @@ class FifoChannel(StreamChannel):
             delay = min(delay * 2, 0.05)
 
     # -- writers leaving ---------------------------------------------------------
-    def _fill(self, deadline: Deadline, want: int) -> bytes:
-        while True:
-            chunk = super()._fill(deadline, want)
-            if chunk:
-                return chunk
-            p = select.poll()
-            p.register(self._rfd, select.POLLIN)
-            if not any(ev & select.POLLHUP for _, ev in p.poll(0)):
-                # read() says EOF but no writer ever came since we opened: wait for one
-                wait_fd(self._rfd, select.POLLIN, deadline, f"recv on {self.url}")
-                continue
-            boundary = self._decoder.at_boundary and self._big is None and not self._lines
-            self._reopen()
-            if self.follow and boundary and not self._gone:
-                continue
-            return b""
+    def _on_eof(self) -> bool:
+        """read() said EOF: final only when the writers left at a boundary and we do not follow."""
+        p = select.poll()
+        p.register(self._rfd, select.POLLIN)
+        if not any(ev & select.POLLHUP for _, ev in p.poll(0)):
+            return False  # EOF but no writer ever came since we opened: wait for one
+        boundary = self._decoder.at_boundary and self._big is None and not self._lines
+        self._reopen()
+        return not (self.follow and boundary and not self._gone)
 
     def _reopen(self) -> None:
         """Swap the read fd for a fresh one on the same pipe (new fd first: the pipe keeps a reader)."""
@@ -257,7 +240,7 @@ class FifoChannel(StreamChannel):
         self._rfd = new
         os.close(old)
 
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+    def _try_recv(self, knobs: dict[str, Any]) -> Any:
         if self._eof:
             if self._gone:
                 raise ChannelClosed(f"recv on {self.url}: the FIFO was removed or replaced")
@@ -266,14 +249,9 @@ class FifoChannel(StreamChannel):
                 # drop the truncated frame of a writer that left mid-message
                 self._decoder = FrameDecoder(self.max_message_size or 0, where=self.url)
                 self._big = None
-        return super()._recv(deadline, **knobs)
+        return super()._try_recv(knobs)
 
     # -- cleanup -----------------------------------------------------------------
-    def _close(self) -> None:
-        super()._close()
-        if self.owner and self.persist:
-            _owners.forget(self.url)  # kept on purpose: kipc gc must not collect it
-
     def _unlink(self) -> None:
         path, ident = self._path, self._ident
         if path is not None and ident is not None:
@@ -285,14 +263,7 @@ class FifoChannel(StreamChannel):
                 pass
         _owners.forget(self.url)
 
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[FifoChannel, FifoChannel]:
-        """(writer, reader); the reader created the FIFO (a FIFO's writer cannot open before a reader)."""
-        url = f"fifo://{name}"
-        rx = cls(url, create=True, direction="recv", **options)
-        try:
-            tx = cls(url, direction="send", timeout=10, **options)
-        except BaseException:
-            rx.close()
-            raise
-        return tx, rx
+
+# -- object kind: how kipc ls / rm / gc see FIFOs (no machine-wide list: found through owner records) -------
+KIND = PathKind("fifo", sub="fifo", is_type=stat.S_ISFIFO, noun="FIFO",
+                description="fifo (owner records; the FIFO node itself)")

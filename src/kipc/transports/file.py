@@ -37,10 +37,12 @@ Contract card:
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import errno
 import itertools
 import os
+import re
 import select
 import shutil
 import stat
@@ -51,6 +53,7 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Channel, Deadline
 from .._framing import DEFAULT_MAX_FRAME, check_max
+from .._kinds import ObjectInfo, PathKind, check_node
 from .._naming import (
     ParsedURL,
     parse_bool,
@@ -59,7 +62,9 @@ from .._naming import (
     validate_mode,
     validate_name,
     validate_path,
+    validate_size,
 )
+from .._objects import check_attach, create_or_attach, file_identity, parse_create, parse_uids
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -72,10 +77,8 @@ from ..errors import (
     PermissionDenied,
     from_oserror,
 )
-from .fifo import parse_create
-from .unix import parse_uids
 
-__all__ = ["SpoolChannel", "spool_path"]
+__all__ = ["KIND", "SpoolChannel", "spool_path"]
 
 CLAIMED = "claimed"
 _SUFFIX = ".msg"
@@ -156,11 +159,10 @@ class SpoolChannel(Channel):
         self.reclaim = parse_bool(reclaim, what="reclaim")
         allow_open = parse_bool(allow_open_mode, what="allow_open_mode")
         allow = parse_uids(allow_uids)
-        self.max_message_size = check_max(int(max_message_size))
+        self.max_message_size = check_max(validate_size(max_message_size, what="max_message_size"))
         self.url, self._path = url, path
         try:
-            if create:
-                self._mkdir(path, exclusive=create is True)
+            create_or_attach(create, lambda: self._mkdir(path), lambda: None)
             self._attach(path, allow_open, allow)
             self._cdfd = os.open(CLAIMED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                                  dir_fd=self._dfd)
@@ -170,7 +172,6 @@ class SpoolChannel(Channel):
                 self.owner = False
                 self._unlink()
             raise
-        self._tag = _owner_tag()
         self._cache: collections.deque[str] = collections.deque()
         self._last_stamp = 0
         self._next_reclaim = 0.0
@@ -179,13 +180,12 @@ class SpoolChannel(Channel):
             self._reclaim()
 
     # -- setup -------------------------------------------------------------------
-    def _mkdir(self, path: str, *, exclusive: bool) -> None:
+    def _mkdir(self, path: str) -> None:
+        """Make the spool directory exclusively, with ``claimed/``; the record names what kipc made."""
         try:
             os.mkdir(path, 0o700)
         except FileExistsError as e:
-            if exclusive:
-                raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
-            return
+            raise AlreadyExists(f"create {self.url}: {path} already exists", errno=e.errno) from e
         except OSError as e:
             raise from_oserror(e, self.url, "create") from e
         st = os.lstat(path)
@@ -194,7 +194,8 @@ class SpoolChannel(Channel):
         os.chmod(path, 0o700)  # mkdir's mode went through the umask
         os.mkdir(os.path.join(path, CLAIMED), 0o700)
         os.chmod(os.path.join(path, CLAIMED), 0o700)
-        _owners.record(self.url, "file", path=path)
+        # kipc gc removes only what kipc made: these subdirectories and its own message/temp files
+        _owners.record(self.url, "file", path=path, identity=file_identity(st), made=[CLAIMED])
 
     def _attach(self, path: str, allow_open: bool, allow: frozenset[int]) -> None:
         try:
@@ -206,13 +207,10 @@ class SpoolChannel(Channel):
                 raise BadObject(f"open {self.url}: {path} is a symlink or not a directory", errno=e.errno) from e
             raise from_oserror(e, self.url, "open") from e
         st = os.fstat(self._dfd)
-        me = os.geteuid()
-        if st.st_uid != me and st.st_uid not in allow:
-            raise PermissionDenied(f"open {self.url}: {path} is owned by uid {st.st_uid}, not {me} "
-                                   f"(pass allow_uids=[{st.st_uid}] to use it)")
-        if st.st_mode & 0o077 and not allow_open:
-            raise PermissionDenied(f"open {self.url}: {path} has mode {stat.S_IMODE(st.st_mode):#o}; "
-                                   "group/other bits refused (pass allow_open_mode=True)")
+        check_attach(f"{self.url}: {path}", uid=st.st_uid, mode=st.st_mode,
+                     allowed_mode=0o777 if allow_open else 0o700, allow_uids=allow,
+                     foreign_hint="pass allow_uids=[{uid}] to use it",
+                     mode_hint="group/other bits refused (pass allow_open_mode=True)")
         if self._ident is None:
             self._ident = (st.st_dev, st.st_ino)
         try:
@@ -222,10 +220,19 @@ class SpoolChannel(Channel):
             pass
 
     # -- sending -------------------------------------------------------------------
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
+    @property
+    def _tag(self) -> str:
+        # Derived from the running process each time (cached per pid by _owners): a forked
+        # child must not reuse its parent's temp names or claim tags.
+        return _owner_tag()
+
+    def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
+        """A spool is unbounded: a send never waits (a full disk is LimitExceeded)."""
+        data = memoryview(data)
         dfd = self._dfd
         seq = next(_seq)
-        tmp = f"{_TMP}{self._tag}-{seq}"
+        tag = self._tag
+        tmp = f"{_TMP}{tag}-{seq}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          self.mode, dir_fd=dfd)
@@ -243,7 +250,7 @@ class SpoolChannel(Channel):
                 os.close(fd)
             # names sort by time; never go backwards within this handle (FIFO per producer)
             stamp = self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
-            os.rename(tmp, f"{stamp:020d}-{self._tag.split('-')[0]}-{seq:012d}{_SUFFIX}",
+            os.rename(tmp, f"{stamp:020d}-{tag.split('-')[0]}-{seq:012d}{_SUFFIX}",
                       src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException as e:
             try:
@@ -255,6 +262,7 @@ class SpoolChannel(Channel):
             raise
         if self.fsync:
             os.fsync(dfd)  # make the rename itself durable
+        return True
 
     def _error(self, e: OSError, op: str) -> Exception:
         if e.errno == errno.ENOENT:
@@ -365,31 +373,53 @@ class SpoolChannel(Channel):
         if self._gone:
             raise ChannelClosed(f"recv on {self.url}: the spool directory was removed")
 
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+    def _try_recv(self, knobs: dict[str, Any]) -> bytes | None:
         if self._ifd is None and _libc is not None:
             self._ifd = _inotify(self._path)  # before the first listing: no arrival is missed
-        delay = 0.001
-        while True:
-            msg = self._try_claim()
-            if msg is not None:
-                return msg
-            self._check_gone()
-            now = time.monotonic()
-            if self.reclaim and now >= self._next_reclaim:
-                self._next_reclaim = now + _RECLAIM_EVERY
-                if self._reclaim():
-                    continue
-            left = deadline.remaining()
-            if left is not None and left <= 0:
-                raise deadline.error(f"recv on {self.url}")
-            tick = _RECLAIM_EVERY if left is None else min(left, _RECLAIM_EVERY)
-            if self._ifd is not None:
-                p = select.poll()
-                p.register(self._ifd, select.POLLIN)
-                p.poll(max(1, int(tick * 1000)))
-            else:
-                time.sleep(min(delay, tick))
-                delay = min(delay * 2, _MAX_BACKOFF)
+        msg = self._try_claim()
+        if msg is not None:
+            return msg
+        self._check_gone()
+        now = time.monotonic()
+        if self.reclaim and now >= self._next_reclaim:
+            self._next_reclaim = now + _RECLAIM_EVERY
+            if self._reclaim():
+                return self._try_claim()
+        return None
+
+    def _wait(self, op: str, deadline: Deadline) -> None:
+        # inotify (with the wake fd) when there is one, else a short sleep; at most
+        # _RECLAIM_EVERY either way so dead readers' claims are returned while we wait.
+        tick = deadline.slice(_RECLAIM_EVERY)
+        if self._ifd is not None:
+            cached = self._polls
+            if cached is None:
+                self._polls = cached = select.poll()
+                cached.register(self._ifd, select.POLLIN)
+                cached.register(self._wake_fd(), select.POLLIN)
+            if not self._closed:
+                cached.poll(max(1, tick.remaining_ms() or 0))
+        else:
+            time.sleep(min(self._backoff, tick.remaining() or 0.0, 0.05))
+            self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+
+    _polls: Any = None
+    _backoff = 0.001
+
+    def _wait_fd(self, op: str) -> int | None:
+        if op != "recv":
+            return None
+        if self._ifd is None and not self._closed and _libc is not None:
+            self._ifd = _inotify(self._path)
+        return self._ifd
+
+    def _ready(self, op: str) -> bool:
+        if op == "send":
+            return True
+        try:
+            return bool(self._cache) or any(n.endswith(_SUFFIX) for n in os.listdir(self._dfd))
+        except OSError:
+            return True  # the attempt reports what is wrong
 
     def _reclaim(self) -> bool:
         """Return messages claimed by dead readers to the queue; drop dead writers' temp files."""
@@ -425,11 +455,6 @@ class SpoolChannel(Channel):
             return super().fileno()  # Unsupported: no inotify here
         return self._ifd
 
-    def _readable_fd(self) -> int | None:
-        if self._ifd is None and not self._closed:
-            self._ifd = _inotify(self._path)
-        return self._ifd
-
     _cdfd: int = -1
 
     def _close(self) -> None:
@@ -440,8 +465,7 @@ class SpoolChannel(Channel):
                 except OSError:
                     pass
         self._ifd, self._cdfd, self._dfd = None, -1, -1
-        if self.owner and self.persist:
-            _owners.forget(self.url)  # kept on purpose: kipc gc must not collect it
+        self._release_wake()
 
     def _unlink(self) -> None:
         try:
@@ -452,14 +476,78 @@ class SpoolChannel(Channel):
             pass
         _owners.forget(self.url)
 
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[SpoolChannel, SpoolChannel]:
-        """(sender, receiver); the receiver created the directory, so closing the sender loses nothing."""
-        url = f"file://{name}"
-        rx = cls(url, create=True, **options)
+
+# -- object kind: how kipc ls / rm / gc see spools -------------------------------------------------------
+# Only what kipc writes is kipc's to remove: message files, its temp files, claimed messages, and the
+# claimed/ directory it makes. A spool URL may point at any directory, so anything else is left in place.
+_TOP_RE = re.compile(r"(?:[0-9]{20}-[0-9]+-[0-9]{12}\.msg|\.tmp-[0-9]+-[0-9]+-[0-9]+)\Z", re.ASCII)  # messages, temps
+_CLAIMED_RE = re.compile(r"[0-9]+-[0-9]+-[0-9]{20}-[0-9]+-[0-9]{12}\.msg\Z", re.ASCII)
+
+
+def _remove_kipc_files(dfd: int, pattern: re.Pattern[str], me: int) -> list[str]:
+    """Unlink the regular files of this uid whose names kipc writes; returns the names it left."""
+    left = []
+    for entry in os.listdir(dfd):
         try:
-            tx = cls(url, **options)
-        except BaseException:
-            rx.close()
-            raise
-        return tx, rx
+            st = os.lstat(entry, dir_fd=dfd)
+        except FileNotFoundError:
+            continue
+        if pattern.match(entry) and stat.S_ISREG(st.st_mode) and st.st_uid == me:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=dfd)
+        else:
+            left.append(entry)
+    return left
+
+
+class _SpoolKind(PathKind):
+    def stat(self, target: Any) -> ObjectInfo | None:
+        info = super().stat(target)
+        if info is not None and info.detail is None:
+            n = size = 0
+            try:
+                with os.scandir(target) as it:
+                    for e in it:
+                        if e.is_file(follow_symlinks=False) and not e.name.startswith("."):
+                            n += 1
+                            size += e.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+            info.depth, info.size = n, size
+        return info
+
+    def remove(self, url: str, info: ObjectInfo) -> None:
+        """Remove kipc's files and ``claimed/``, then the directory if that left it empty."""
+        check_node(url, info, self.is_type, self.noun)
+        path, me = info.path or "", os.geteuid()
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            try:
+                cfd = os.open(CLAIMED, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except (FileNotFoundError, NotADirectoryError):
+                cfd = -1
+            except OSError as e:
+                raise from_oserror(e, url, "rm") from e
+            if cfd >= 0:
+                try:
+                    claimed_left = _remove_kipc_files(cfd, _CLAIMED_RE, me)
+                finally:
+                    os.close(cfd)
+                if not claimed_left:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(CLAIMED, dir_fd=dfd)
+            left = _remove_kipc_files(dfd, _TOP_RE, me)
+        finally:
+            os.close(dfd)
+        if left:
+            shown = ", ".join(sorted(left)[:5]) + (" ..." if len(left) > 5 else "")
+            raise PermissionDenied(f"rm {url}: removed kipc's messages, kept {path}: it holds {len(left)} "
+                                   f"entries kipc did not put there ({shown}); remove them yourself")
+        try:
+            os.rmdir(path)
+        except OSError as e:
+            raise from_oserror(e, url, "rm") from e
+
+
+KIND = _SpoolKind("file", sub="spool", is_type=stat.S_ISDIR, noun="spool directory",
+                  description="file (owner records; the spool directory)")

@@ -59,7 +59,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._base import Channel, Deadline
-from .._naming import ParsedURL, merge_query, parse_bool, parse_url, validate_name, validate_timeout
+from .._kinds import RemoteKind
+from .._naming import (
+    ParsedURL,
+    merge_query,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_url,
+    validate_name,
+    validate_timeout,
+)
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -70,6 +80,7 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     Timeout,
+    Unsupported,
     WouldBlock,
 )
 
@@ -81,7 +92,7 @@ try:
 except ImportError as _e:  # pragma: no cover - the extra is not installed
     raise ImportError("nats:// channels need nats-py: pip install 'kipc[nats]'") from _e
 
-__all__ = ["KV", "Delivery", "KVEvent", "NatsChannel", "Topic"]
+__all__ = ["KIND", "KV", "Delivery", "KVEvent", "NatsChannel", "Topic"]
 
 T = TypeVar("T")
 
@@ -174,24 +185,16 @@ def _escape(name: str) -> str:
 
 def _float_opt(value: Any, what: str) -> float:
     try:
-        f = float(value)
-    except (TypeError, ValueError):
+        f = float(parse_float(value, what=what))
+    except TypeError:
         raise InvalidArgument(f"{what} {value!r} is not a number") from None
-    if not f > 0:
+    if not f > 0 or f == float("inf"):
         raise InvalidArgument(f"{what} {value!r} must be > 0")
     return f
 
 
 def _int_opt(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be int, not bool")
-    try:
-        i = int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{what} {value!r} is not an integer") from None
-    if i < minimum:
-        raise InvalidArgument(f"{what} {i} is below the minimum {minimum}")
-    return i
+    return parse_int(value, what=what, hex=False, minimum=minimum)
 
 
 def _split_url(parsed: ParsedURL, schemes: tuple[str, ...]) -> tuple[str, str, str | None]:
@@ -301,14 +304,40 @@ class _Client:
         if self._pid != os.getpid():
             raise ChannelClosed(f"{op} {self.url}: opened in process {self._pid}; open it again after fork")
 
+    _inflight: set[concurrent.futures.Future[Any]] | None = None
+    #: a receive whose arecv was cancelled, still running on the loop thread (see _keep_on_cancel)
+    _orphan: concurrent.futures.Future[Any] | None = None
+
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        assert self._runner is not None
+        runner = self._runner
+        if runner is None:
+            coro.close()
+            raise ChannelClosed(f"operation on {self.url}: closed by this process")
+        if self._inflight is None:
+            self._inflight = set()
+        if threading.current_thread() is runner.thread or runner.stopped:
+            return runner.run(coro)  # raises the right error without waiting
+        fut = runner.submit(coro)
+        self._inflight.add(fut)
         try:
-            return self._runner.run(coro)
-        except (KipcError, RuntimeError):
-            raise
-        except Exception as e:  # never let a raw nats-py error escape
-            raise _translate(e, self.url, "operation on") from e
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise ChannelClosed(f"operation on {self.url}: closed by this process") from None
+        except BaseException as e:
+            fut.cancel()  # Ctrl-C: stop the operation on the loop too
+            if isinstance(e, (KipcError, RuntimeError)) or not isinstance(e, Exception):
+                raise
+            raise _translate(e, self.url, "operation on") from e  # never let a raw nats-py error escape
+        finally:
+            self._inflight.discard(fut)
+
+    def _interrupt(self) -> None:
+        # close() from another thread: end the calls other threads wait for (they raise ChannelClosed)
+        for fut in list(self._inflight or ()):
+            fut.cancel()
+        base = getattr(super(), "_interrupt", None)
+        if base is not None:
+            base()
 
     async def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the loop thread from whatever loop the caller runs."""
@@ -362,7 +391,7 @@ class NatsChannel(_Client, Channel):
     scheme = "nats"
     _sub: Any = None
     _inbox: asyncio.Queue[Any] | None = None
-    _lock: asyncio.Lock | None = None
+    _pull_lock: asyncio.Lock | None = None
 
     def __init__(self, url: str, *, create: bool | str = False, persist: bool | str = False,
                  codec: str | Codec | None = None, servers: str | list[str] | None = None,
@@ -402,19 +431,6 @@ class NatsChannel(_Client, Channel):
     def from_url(cls, parsed: ParsedURL, **options: Any) -> NatsChannel:
         return cls(parsed.url.split("?", 1)[0], **merge_query(parsed, options))
 
-    @classmethod
-    def test_pair(cls, name: str, *, servers: str | list[str], **options: Any) -> tuple[NatsChannel, NatsChannel]:
-        """``(creator/sender, receiver)`` on ``servers`` (a URL, or a list for a cluster)."""
-        first = servers if isinstance(servers, str) else servers[0]
-        url = f"{first.rstrip('/')}/{name}"
-        options.setdefault("ack_wait", 2.0)
-        sender = cls(url, create=True, servers=servers, **options)
-        try:
-            return sender, cls(url, servers=servers, **options)
-        except BaseException:
-            sender.close()
-            raise
-
     # -- setup -------------------------------------------------------------------------------
     async def _setup(self, create: bool | str) -> bool:
         js = self._nc.jetstream()
@@ -444,7 +460,7 @@ class NatsChannel(_Client, Channel):
                     max_deliver=self._max_deliver, max_ack_pending=-1))
             # Our own inbox: pull responses arrive on it (one pull request outstanding at a time).
             self._inbox = asyncio.Queue()
-            self._lock = asyncio.Lock()
+            self._pull_lock = asyncio.Lock()
             inbox = self._inbox
             self._deliver = self._nc.new_inbox()
 
@@ -460,7 +476,7 @@ class NatsChannel(_Client, Channel):
         return created
 
     # -- send ------------------------------------------------------------------------------
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         self._check_pid("send on")
         self._run(self._publish(bytes(data), deadline))
 
@@ -502,11 +518,11 @@ class NatsChannel(_Client, Channel):
     # -- recv ------------------------------------------------------------------------------
     async def _pull(self, deadline: Deadline) -> Any:
         """The next message for this consumer (not yet acknowledged)."""
-        assert self._lock is not None and self._inbox is not None
+        assert self._pull_lock is not None and self._inbox is not None
         what = f"recv on {self.url}"
         req_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{_CONSUMER}"
         checked = 0.0
-        async with self._lock:
+        async with self._pull_lock:
             while True:
                 if not self._inbox.empty():  # a late answer to an earlier pull: a valid delivery
                     msg = self._inbox.get_nowait()
@@ -579,8 +595,12 @@ class NatsChannel(_Client, Channel):
         await self._ack(msg, deadline)
         return bytes(msg.data)
 
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         self._check_pid("recv on")
+        if self._orphan is not None:
+            got = _adopt_orphan(self, deadline)
+            if got is not _NOTHING:
+                return got
         return self._run(self._recv_async(deadline))
 
     def fileno(self) -> int:
@@ -600,27 +620,24 @@ class NatsChannel(_Client, Channel):
         self._check_pid("recv on")
         return Delivery(self, await self._on_loop(self._pull(deadline)))
 
-    # -- asyncio: await the loop thread's futures (no thread per call) ----------------------
-    async def asend(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        deadline = Deadline.of(timeout)
-        self._check_open("send")
-        self._check_pid("send on")
-        if knobs:
-            self._check_knobs("send", knobs, self.send_knobs)
-        data = bytes(self.codec.encode(obj))
-        limit = self.max_message_size
-        if limit is not None and len(data) > limit:
-            raise MessageTooLarge(f"send on {self.url}: message of {len(data)} bytes exceeds the limit of {limit} "
-                                  f"bytes (server max_payload {self.max_payload})", size=len(data), limit=limit)
-        await self._on_loop(self._publish(data, deadline))
+    def _too_large(self, size: int, limit: int) -> MessageTooLarge:
+        return MessageTooLarge(f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes "
+                               f"(server max_payload {self.max_payload})", size=size, limit=limit)
 
-    async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        deadline = Deadline.of(timeout)
-        self._check_open("recv")
+    # -- asyncio: await the loop thread's futures (no thread per call) ----------------------
+    _async_native = True
+
+    async def _asend_native(self, data: memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
+        self._check_pid("send on")
+        await _uncancellable_publish(self, self._publish(bytes(data), deadline))
+
+    async def _arecv_native(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         self._check_pid("recv on")
-        if knobs:
-            self._check_knobs("recv", knobs, self.recv_knobs)
-        return self.codec.decode(await self._on_loop(self._recv_async(deadline)))
+        if self._orphan is not None:
+            got = await _aadopt_orphan(self, deadline)
+            if got is not _NOTHING:
+                return got
+        return await _keep_on_cancel(self, self._recv_async(deadline))
 
     # -- close -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -775,16 +792,6 @@ class Topic(_Client, Channel):
     def from_url(cls, parsed: ParsedURL, **options: Any) -> Topic:
         return cls(parsed.url.split("?", 1)[0], **merge_query(parsed, options))
 
-    @classmethod
-    def test_pair(cls, name: str, *, servers: str | list[str], **options: Any) -> tuple[Topic, Topic]:
-        first = servers if isinstance(servers, str) else servers[0]
-        url = f"{first.rstrip('/')}/{name}"
-        receiver = cls(url, servers=servers, **options)
-        try:
-            return cls(url, servers=servers, subscribe=False, **options), receiver
-        except BaseException:
-            receiver.close()
-            raise
 
     async def _apublish(self, data: bytes) -> None:
         try:
@@ -803,36 +810,37 @@ class Topic(_Client, Channel):
                 raise WouldBlock(f"recv on {self.url}: no message") from None
         return await _await_deadline(self._queue.get(), deadline, f"recv on {self.url}")
 
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         self._check_pid("send on")
         self._run(self._apublish(bytes(data)))
 
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
+    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         self._check_pid("recv on")
+        if not self.readable:
+            raise Unsupported(f"recv on {self.url}: opened with subscribe=False")
+        if self._orphan is not None:
+            got = _adopt_orphan(self, deadline)
+            if got is not _NOTHING:
+                return got
         return self._run(self._aget(deadline))
 
-    async def asend(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        self._check_open("send")
-        self._check_pid("send on")
-        Deadline.of(timeout)
-        if knobs:
-            self._check_knobs("send", knobs, self.send_knobs)
-        data = bytes(self.codec.encode(obj))
-        limit = self.max_payload
-        if len(data) > limit:
-            raise MessageTooLarge(f"send on {self.url}: message of {len(data)} bytes exceeds the limit of "
-                                  f"{limit} bytes", size=len(data), limit=limit)
-        await self._on_loop(self._apublish(data))
+    _async_native = True
 
-    async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        deadline = Deadline.of(timeout)
-        self._check_open("recv")
+    async def _asend_native(self, data: memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
+        self._check_pid("send on")
+        await _uncancellable_publish(self, self._apublish(bytes(data)))
+
+    async def _arecv_native(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         self._check_pid("recv on")
-        if knobs:
-            self._check_knobs("recv", knobs, self.recv_knobs)
         if not self.readable:
-            raise InvalidArgument(f"recv on {self.url}: opened with subscribe=False")
-        return self.codec.decode(await self._on_loop(self._aget(deadline)))
+            raise Unsupported(f"recv on {self.url}: opened with subscribe=False")
+        if self._orphan is not None:
+            got = await _aadopt_orphan(self, deadline)
+            if got is not _NOTHING:
+                return got
+        # _aget only takes from the local queue once it returns: a cancellation before that
+        # loses nothing, one after it is caught by _keep_on_cancel.
+        return await _keep_on_cancel(self, self._aget(deadline))
 
     def fileno(self) -> int:
         self._check_open("fileno")
@@ -1102,3 +1110,79 @@ class KVWatch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- cancellation without loss (the channel contract's asyncio rule, for loop-thread I/O) --------
+async def _keep_on_cancel(ch: Any, coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` (a receive) on the channel's loop thread. If the caller is cancelled, the
+    receive goes on there as the channel's *orphan*: the next recv/arecv waits for it first and
+    returns its message, so a pulled (and acked) message is neither lost nor reordered."""
+    assert ch._runner is not None
+    if asyncio.get_running_loop() is ch._runner.loop:
+        return await coro
+    cf = ch._runner.submit(coro)
+    try:
+        return await asyncio.shield(asyncio.wrap_future(cf))
+    except asyncio.CancelledError:
+        ch._orphan = cf
+        raise
+    except (KipcError, RuntimeError):
+        raise
+    except Exception as e:
+        raise _translate(e, ch.url, "operation on") from e
+
+
+_NOTHING = object()
+
+
+def _adopt_orphan(ch: Any, deadline: Deadline) -> Any:
+    """Sync side of :func:`_keep_on_cancel`: the orphan's message, or _NOTHING if it failed."""
+    cf, ch._orphan = ch._orphan, None
+    try:
+        return cf.result(deadline.remaining())
+    except concurrent.futures.TimeoutError:
+        ch._orphan = cf  # still the pending receive: the next call waits for it again
+        raise deadline.error(f"recv on {ch.url}") from None
+    except BaseException:
+        return _NOTHING  # that receive ended without a message: receive afresh
+
+
+async def _aadopt_orphan(ch: Any, deadline: Deadline) -> Any:
+    cf, ch._orphan = ch._orphan, None
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(cf)), deadline.remaining())
+    except asyncio.CancelledError:
+        ch._orphan = cf  # cancelled again: still the pending receive
+        raise
+    except TimeoutError:
+        ch._orphan = cf
+        raise deadline.error(f"recv on {ch.url}") from None
+    except Exception:
+        return _NOTHING
+
+
+async def _uncancellable_publish(ch: Any, coro: Coroutine[Any, Any, None]) -> None:
+    """Await a publish on the loop thread. A message handed to the server cannot be taken back,
+    so a cancellation that arrives while the publish runs waits for it: if it went out, asend
+    returns normally (the caller sees it sent); if it failed, CancelledError is raised."""
+    assert ch._runner is not None
+    if asyncio.get_running_loop() is ch._runner.loop:
+        return await coro
+    cf = ch._runner.submit(coro)
+    inner = asyncio.wrap_future(cf)
+    try:
+        await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        if cf.cancel():
+            raise  # not started: nothing was sent
+        try:
+            await asyncio.wait_for(asyncio.shield(inner), 30)
+        except Exception:
+            raise asyncio.CancelledError from None
+        return  # it was sent: report the truth rather than a cancellation
+    except (KipcError, RuntimeError):
+        raise
+    except Exception as e:
+        raise _translate(e, ch.url, "operation on") from e
+# -- object kind: streams live in the server, nothing on this machine -----------------------------------------
+KIND = RemoteKind("nats", "nats (nothing local: the stream lives in the server; shown if an owner record exists)")

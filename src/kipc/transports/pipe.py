@@ -68,7 +68,7 @@ class PipeChannel(StreamChannel):
         self._check_open("detach")
         fd = self.fileno()
         self._rfd = self._wfd = -1
-        self._closed = True
+        self.close()  # closes nothing of the fd's, only the wake fd
         return fd
 
 

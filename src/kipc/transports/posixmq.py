@@ -13,8 +13,9 @@ Contract card:
   root), ``/proc/sys/fs/mqueue/queues_max`` queues, and ``RLIMIT_MSGQUEUE``
   bytes per user (``ulimit -q``). A message over the queue's
   ``max_message_size`` raises :class:`MessageTooLarge` naming both numbers.
-* Blocking: ``mq_timedsend``/``mq_timedreceive`` in the kernel (GIL released),
-  EINTR retried with the time left. ``fileno()`` is the queue descriptor:
+* Blocking: ``mq_timedsend``/``mq_timedreceive`` in the kernel (GIL released)
+  in slices of 50 ms, EINTR retried with the time left; between slices a
+  removed queue ends the wait and a ``close()`` from another thread is seen. ``fileno()`` is the queue descriptor:
   it polls readable when a message is waiting and writable when there is
   room, so asyncio uses it directly. A full queue blocks; nothing is dropped.
 * Close: there is no end-of-stream. The creator's ``close()`` unlinks the
@@ -30,15 +31,16 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import stat as _stat
 from typing import Any
 
 import posix_ipc
 
 from .. import _owners
 from .._base import Channel, Deadline
-from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_name, validate_size
-from .._platform import sysctl
+from .._kinds import Kind, ObjectInfo, refuse_foreign, stat_info
+from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
+from .._objects import check_attach, create_or_attach, file_identity, parse_create
+from .._platform import mqueue_mount, sysctl
 from ..codecs import Codec
 from ..errors import (
     AlreadyExists,
@@ -48,10 +50,10 @@ from ..errors import (
     LimitExceeded,
     MessageTooLarge,
     NotFound,
+    translate_ipc_error,
 )
-from ..shm import check_attach, parse_create, parse_mode, translate_ipc_error
 
-__all__ = ["PosixMessageQueue"]
+__all__ = ["KIND", "PosixMessageQueue"]
 
 PRIORITY_MAX = int(posix_ipc.QUEUE_PRIORITY_MAX)
 _SYSCTL_DIR = "/proc/sys/fs/mqueue"
@@ -77,7 +79,7 @@ class PosixMessageQueue(Channel):
             raise InvalidArgument(f"{parsed.url}: expected posixmq://NAME")
         name = validate_name(parsed.netloc, what="queue name")
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         allow_foreign = parse_bool(allow_foreign, what="allow_foreign")
         self.url = parsed.url
@@ -87,31 +89,32 @@ class PosixMessageQueue(Channel):
             raise InvalidArgument(f"open {self.url}: max_messages/max_message_size are set at creation only")
         nmax = self._limit(max_messages, "max_messages", "msg_max", 10)
         smax = self._limit(max_message_size, "max_message_size", "msgsize_max", 8192)
-        q = None
-        if create:
+
+        def make() -> Any:
             try:
-                q = posix_ipc.MessageQueue(self._name, posix_ipc.O_CREX, mode, nmax, smax)
-                self.owner = True
+                return posix_ipc.MessageQueue(self._name, posix_ipc.O_CREX, mode, nmax, smax)
             except posix_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: already exists", errno=_errno.EEXIST) from e
             except Exception as e:
                 raise self._create_error(e) from None
-        if q is None:
+
+        def attach() -> Any:
             try:
-                q = posix_ipc.MessageQueue(self._name)
+                return posix_ipc.MessageQueue(self._name)
             except posix_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no such queue (create=True makes one)", errno=_errno.ENOENT) from e
             except Exception as e:
                 raise translate_ipc_error(e, self.url, "open") from None
+
+        q, self.owner = create_or_attach(create, make, attach)
         self._q = q
         try:
             if self.owner:
                 os.fchmod(q.mqd, mode)  # mq_open's mode went through the umask
-                _owners.record(self._record_url, "posixmq")
+                _owners.record(self._record_url, "posixmq", identity=file_identity(os.fstat(q.mqd)))
             else:
                 st = os.fstat(q.mqd)
-                check_attach(self.url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+                check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
         except BaseException:
             self._close()
             if self.owner:
@@ -147,41 +150,89 @@ class PosixMessageQueue(Channel):
 
         return cls(parsed, **merge_query(parsed, options))
 
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[PosixMessageQueue, PosixMessageQueue]:
-        sender = cls(f"posixmq://{name}", create=True, **options)
-        opener = {k: v for k, v in options.items() if k not in ("max_messages", "max_message_size")}
-        try:
-            return sender, cls(f"posixmq://{name}", **opener)
-        except BaseException:
-            sender.close()
-            raise
-
     # -- I/O ---------------------------------------------------------------------------------------------
-    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
+    @staticmethod
+    def _priority(knobs: dict[str, Any], url: str) -> int:
         prio = knobs.get("priority", 0)
-        if prio.__class__ is int and 0 <= prio <= PRIORITY_MAX:
-            try:
-                self._q.send(data, _SLICE, prio)
-                return True
-            except posix_ipc.Error:
-                pass  # EINTR...: the general path retries or reports it
-        return False
+        if prio.__class__ is not int or not 0 <= prio <= PRIORITY_MAX:
+            raise InvalidArgument(f"send on {url}: priority {prio!r} must be an int in 0..{PRIORITY_MAX}")
+        return prio
 
-    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
+    def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
+        prio = self._priority(knobs, self.url) if knobs else 0
         try:
-            return self._q.receive(_SLICE)[0]
-        except posix_ipc.Error:
-            return None  # the general path retries or reports it
+            self._q.send(data, 0, prio)
+            return True
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            return False
+        except Exception as e:
+            raise translate_ipc_error(e, self.url, "send") from None
 
-    # mq_unlink does not wake a blocked mq_receive/mq_send: blocking waits run in
-    # slices, and between slices a removed queue (st_nlink 0 on the mqd) ends the wait.
+    def _try_recv(self, knobs: dict[str, Any]) -> Any:
+        """The message, ``(message, priority)`` with the internal knob ``with_priority``, or None."""
+        try:
+            got = self._q.receive(0)
+        except (posix_ipc.BusyError, posix_ipc.SignalError):
+            return None
+        except Exception as e:
+            raise translate_ipc_error(e, self.url, "recv") from None
+        return got if knobs.get("with_priority") else got[0]
+
+    # The one blocking path per direction: wait in the kernel (fast wake-up) in slices.
+    # mq_unlink does not wake a blocked mq_receive/mq_send, and close() from another
+    # thread must not free the mqd under it: between slices a removed queue (st_nlink 0
+    # on the mqd) or a closed handle ends the wait.
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
+        prio = self._priority(knobs, self.url) if knobs else 0
+        lock = self._lock("send", deadline, f"send on {self.url}")
+        try:
+            if deadline.nonblocking:
+                if not self._try_send(data, knobs):
+                    raise deadline.error(f"send on {self.url}")
+                return
+            q = self._q
+            while True:
+                try:
+                    q.send(data, self._slice(deadline), prio)
+                    return
+                except posix_ipc.BusyError:
+                    self._check_slice(deadline, "send")
+                except posix_ipc.SignalError:
+                    continue  # EINTR: the handler ran (Ctrl-C raised); retry with the time left
+                except Exception as e:
+                    raise translate_ipc_error(e, self.url, "send") from None
+        finally:
+            lock.release()
+
+    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
+        lock = self._lock("recv", deadline, f"recv on {self.url}")
+        try:
+            if deadline.nonblocking:
+                got = self._try_recv(knobs)
+                if got is None:
+                    raise deadline.error(f"recv on {self.url}")
+                return got
+            q = self._q
+            while True:
+                try:
+                    got = q.receive(self._slice(deadline))
+                    return got if knobs.get("with_priority") else got[0]
+                except posix_ipc.BusyError:
+                    self._check_slice(deadline, "recv")
+                except posix_ipc.SignalError:
+                    continue
+                except Exception as e:
+                    raise translate_ipc_error(e, self.url, "recv") from None
+        finally:
+            lock.release()
+
     @staticmethod
     def _slice(deadline: Deadline) -> float:
         remaining = deadline.remaining()
         return _SLICE if remaining is None else min(_SLICE, remaining)
 
     def _check_slice(self, deadline: Deadline, op: str) -> None:
+        self._check_open(op)
         if deadline.expired() or deadline.nonblocking:
             raise deadline.error(f"{op} on {self.url}")
         if os.fstat(self._q.mqd).st_nlink == 0:
@@ -192,42 +243,11 @@ class PosixMessageQueue(Channel):
             f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes (this queue's "
             f"max_message_size, fixed at creation; ceiling {_SYSCTL_DIR}/msgsize_max)", size=size, limit=limit)
 
-    def _send(self, data: memoryview, deadline: Deadline, priority: int = 0) -> None:  # type: ignore[override]
-        if priority != 0 and (isinstance(priority, bool) or not isinstance(priority, int)
-                              or not 0 <= priority <= PRIORITY_MAX):
-            raise InvalidArgument(f"send on {self.url}: priority {priority!r} must be an int in 0..{PRIORITY_MAX}")
-        q = self._q
-        while True:
-            try:
-                q.send(data, self._slice(deadline), priority)
-                return
-            except posix_ipc.BusyError:
-                self._check_slice(deadline, "send")
-            except posix_ipc.SignalError:
-                continue  # EINTR: the handler ran (Ctrl-C raised); retry with the time left
-            except Exception as e:
-                raise translate_ipc_error(e, self.url, "send") from None
-
-    def _receive(self, deadline: Deadline) -> tuple[bytes, int]:
-        q = self._q
-        while True:
-            try:
-                return q.receive(self._slice(deadline))  # type: ignore[no-any-return, unused-ignore]
-            except posix_ipc.BusyError:
-                self._check_slice(deadline, "recv")
-            except posix_ipc.SignalError:
-                continue
-            except Exception as e:
-                raise translate_ipc_error(e, self.url, "recv") from None
-
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes:
-        return self._receive(deadline)[0]
-
     def recv_with_priority(self, *, timeout: float | None = None) -> tuple[Any, int]:
         """Like ``recv()`` but returns ``(message, priority)``."""
         deadline = Deadline.of(timeout)
-        self._check_open("recv")
-        data, prio = self._receive(deadline)
+        self._prepare_recv({})
+        data, prio = self._recv_blocking(deadline, {"with_priority": True})
         return self.codec.decode(data), prio
 
     @property
@@ -239,10 +259,7 @@ class PosixMessageQueue(Channel):
         self._check_open("fileno")
         return int(self._q.mqd)
 
-    def _readable_fd(self) -> int | None:
-        return int(self._q.mqd)
-
-    def _writable_fd(self) -> int | None:
+    def _wait_fd(self, op: str) -> int | None:
         return int(self._q.mqd)
 
     # -- lifetime ------------------------------------------------------------------------------------------
@@ -253,9 +270,7 @@ class PosixMessageQueue(Channel):
                 q.close()
             except Exception:
                 pass
-        if self.persist and self.owner:
-            self.owner = False
-            _owners.forget(self._record_url)
+        self._release_wake()
 
     def _unlink(self) -> None:
         try:
@@ -266,3 +281,78 @@ class PosixMessageQueue(Channel):
             raise translate_ipc_error(e, self.url, "unlink") from None
         finally:
             _owners.forget(self._record_url)
+
+
+# -- object kind: how kipc ls / rm / gc see POSIX queues ------------------------------------------------------
+class _QueueKind(Kind):
+    """The mqueue fs lists every queue when it is mounted; without it kipc finds its own through owner records.
+
+    ``stat`` opens the queue for an instant (read-only view: depth, and the inode
+    of its mqueue file from ``fstat`` on the descriptor, which is its identity).
+    """
+
+    name = scheme = "posixmq"
+    records = ("posixmq",)
+    description = "posixmq (mqueue fs when mounted, else owner records)"
+
+    @property
+    def lists_all(self) -> bool:  # type: ignore[override]
+        return mqueue_mount() is not None
+
+    def locate(self, parsed: ParsedURL) -> Any:
+        if parsed.path not in ("", "/") or not parsed.netloc:
+            raise InvalidArgument(f"{parsed.url}: expected posixmq://NAME")
+        return validate_name(parsed.netloc)
+
+    def scan(self) -> list[ObjectInfo]:
+        mount = mqueue_mount()
+        if mount is None:
+            return []
+        try:
+            names = sorted(os.listdir(mount))
+        except OSError:
+            return []
+        found = [self.stat(n) for n in names]
+        return [i for i in found if i is not None]
+
+    def stat(self, target: Any) -> ObjectInfo | None:
+        try:
+            q = posix_ipc.MessageQueue("/" + target, read=True, write=False)
+        except posix_ipc.ExistentialError:
+            return None
+        except Exception as e:  # no access: still there, say so
+            return ObjectInfo(self.name, f"posixmq://{target}", target=target, detail=str(e))
+        try:
+            info = stat_info(self.name, f"posixmq://{target}", "", os.fstat(q.mqd), target=target)
+            info.path, info.size, info.depth = None, None, int(q.current_messages)
+        finally:
+            q.close()
+        mount = mqueue_mount()
+        if mount:
+            info.path = os.path.join(mount, target)
+            try:
+                with open(info.path) as f:  # "QSIZE:5 NOTIFY:0 SIGNO:0 NOTIFY_PID:0"
+                    info.size = int(dict(kv.split(":", 1) for kv in f.read().split()).get("QSIZE", "0"))
+            except (OSError, ValueError):
+                pass
+        return info
+
+    def missing(self, target: Any) -> str:
+        return "no such POSIX message queue"
+
+    def remove(self, url: str, info: ObjectInfo) -> None:
+        now = self.stat(info.target)
+        if now is None:
+            raise NotFound(f"rm {url}: no such POSIX message queue (removed meanwhile)")
+        if info.identity is not None and now.identity != info.identity:
+            raise NotFound(f"rm {url}: the queue was replaced meanwhile; not removed")
+        refuse_foreign(url, now.uid)
+        try:
+            posix_ipc.unlink_message_queue("/" + info.target)
+        except posix_ipc.ExistentialError:
+            raise NotFound(f"rm {url}: no such POSIX message queue") from None
+        except Exception as e:
+            raise translate_ipc_error(e, url, "rm") from None
+
+
+KIND = _QueueKind()

@@ -48,9 +48,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .. import _base, _owners
-from .._base import Channel, Deadline
-from .._naming import parse_bool, validate_mode, validate_name, validate_size
+from .. import _owners
+from .._base import FOREVER, Channel, Deadline
+from .._kinds import RING_PREFIX, DevShmKind, ObjectInfo
+from .._naming import parse_bool, parse_float, validate_mode, validate_name, validate_size
+from .._objects import check_attach, create_or_attach, file_identity, parse_create
 from .._platform import native
 from ..codecs import Codec, get_codec
 from ..errors import (
@@ -60,22 +62,15 @@ from ..errors import (
     InvalidArgument,
     LimitExceeded,
     MessageTooLarge,
-    PermissionDenied,
     Timeout,
-    Unsupported,
     WouldBlock,
     from_oserror,
 )
 
-__all__ = ["DEFAULT_CAPACITY", "FOREVER", "RingChannel", "shm_path"]
-
-#: The deadline of a blocking call (``Deadline(None)``, ``end == math.inf``): the C hot path
-#: recognises this very object and skips reading its attributes.
-FOREVER: Deadline = getattr(_base, "FOREVER", None) or Deadline(None)
-_NO_KNOBS: dict[str, Any] = {}
+__all__ = ["DEFAULT_CAPACITY", "KIND", "RingChannel", "shm_path"]
 
 _ring = native("_ring")
-_ring._setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER)
+_ring._setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER)  # FOREVER: the C hot path knows it
 
 DEFAULT_CAPACITY = 1 << 20
 DEFAULT_SPIN_US = 50.0
@@ -89,12 +84,6 @@ _ARRAY_HDR = struct.Struct("<4sB15sB")  # magic, dtype-str length, dtype str, nd
 def shm_path(name: str) -> str:
     """Where ``ring://NAME`` lives: ``/dev/shm/kipc.ring.NAME``."""
     return f"/dev/shm/kipc.ring.{name}"
-
-
-def _parse_create(value: object) -> bool | str:
-    if value == "if_missing":
-        return "if_missing"
-    return parse_bool(value, what="create")
 
 
 class RingChannel(Channel):
@@ -111,7 +100,7 @@ class RingChannel(Channel):
                  codec: str | Codec | None = None, max_message_size: int | None = None) -> None:
         name = validate_name(name, what="ring name")
         url = f"ring://{name}"
-        create = _parse_create(create)
+        create = parse_create(create)
         cap = validate_size(capacity, what="capacity", minimum=_PAGE, maximum=1 << 40)
         cap = 1 << (cap - 1).bit_length()  # a power of two (see the module docstring)
         mode = validate_mode(mode)
@@ -124,21 +113,22 @@ class RingChannel(Channel):
         if create:
             _check_room(url, cap)
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd, created = -1, False
-        if create:
+
+        def make() -> int:
             try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
-                created = True
+                return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
             except FileExistsError:
-                if create is True:
-                    raise AlreadyExists(f"create {url}: {path} exists (use create='if_missing' to attach)") from None
+                raise AlreadyExists(f"create {url}: {path} exists (use create='if_missing' to attach)") from None
             except OSError as e:
                 raise from_oserror(e, url, "create") from e
-        if fd < 0:
+
+        def attach() -> int:
             try:
-                fd = os.open(path, flags)
+                return os.open(path, flags)
             except OSError as e:
                 raise from_oserror(e, url, "open") from e
+
+        fd, created = create_or_attach(create, make, attach)
         try:
             pid, start = _owners.self_owner()
             if created:
@@ -149,8 +139,10 @@ class RingChannel(Channel):
                     os.unlink(path)
                     raise
                 self.owner = True
-                if not persist:
-                    _owners.record(url, "ring", path=path, capacity=cap)
+                if persist:
+                    _owners.forget(url)  # a stale record of a dead creator must not make gc collect this one
+                else:
+                    _owners.record(url, "ring", path=path, capacity=cap, identity=file_identity(os.fstat(fd)))
             else:
                 _check_attach(fd, url)
                 self._ring = _ring.Ring(fd, url, False, 0, pid, start or 0, spin * 1e-6)
@@ -162,15 +154,7 @@ class RingChannel(Channel):
             os.close(fd)  # the mapping keeps the object; no fd is held
         self.name, self.path, self.persist, self._pid = name, path, persist, os.getpid()
         self.max_message_size = max_message_size
-        # The hooks are the C methods themselves (no Python frame on the hot path).
-        ring = self._ring
-        self._send_blocking = ring.send  # (data, deadline, knobs)
-        self._recv_blocking = ring.recv  # (deadline, knobs)
-        self._try_send = ring.try_send  # (data, knobs) -> bool
-        self._try_recv = ring.try_recv  # (knobs) -> message | None
-        self._wait = ring.wait  # (op, deadline) -> None
-        self._ready = ring.ready  # (op) -> bool
-        self._interrupt = ring.interrupt  # () -> None
+        self._bind_hooks()
         self._init_channel(url, codec=codec)
 
     # -- construction -------------------------------------------------------------
@@ -182,97 +166,50 @@ class RingChannel(Channel):
         if parsed.path not in ("", "/"):
             raise InvalidArgument(f"{parsed.url}: a ring URL is ring://NAME (no path)")
         if isinstance(opts.get("mode"), str):
-            try:
-                opts["mode"] = int(opts["mode"], 8)
-            except ValueError:
-                raise InvalidArgument(f"{parsed.url}: mode {opts['mode']!r} is not octal") from None
+            opts["mode"] = validate_mode(opts["mode"])
         if isinstance(opts.get("spin"), str):
-            try:
-                opts["spin"] = float(opts["spin"])
-            except ValueError:
-                raise InvalidArgument(f"{parsed.url}: spin {opts['spin']!r} is not a number") from None
+            opts["spin"] = parse_float(opts["spin"], what="spin")
         if isinstance(opts.get("max_message_size"), str):
             opts["max_message_size"] = validate_size(opts["max_message_size"], what="max_message_size")
         return cls(parsed.netloc, **opts)
 
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[RingChannel, RingChannel]:
-        tx = cls(name, create=True, **options)
-        try:
-            rx = cls(name, **{k: v for k, v in options.items() if k not in ("create", "capacity", "mode", "persist")})
-        except BaseException:
-            tx.close()
-            raise
-        return tx, rx
-
-    # -- hooks of the channel template (bound to C methods in __init__; see the contract card) --
-    _send_blocking: Any
-    _recv_blocking: Any
-    _try_send: Any
-    _try_recv: Any
-    _wait: Any
-    _ready: Any
-    _interrupt: Any
+    # -- hooks of the template: the C methods themselves, bound in __init__ (no Python frame
+    # on the hot path); semantics in the contract card above and in _ring.c -------------------
+    def _bind_hooks(self) -> None:
+        ring = self._ring
+        self._send_blocking = ring.send  # type: ignore[method-assign]  # (data, deadline, knobs)
+        self._recv_blocking = ring.recv  # type: ignore[method-assign]  # (deadline, knobs)
+        self._try_send = ring.try_send  # type: ignore[method-assign]  # (data, knobs) -> bool
+        self._try_recv = ring.try_recv  # type: ignore[method-assign]  # (knobs) -> message | None
+        self._wait = ring.wait  # type: ignore[method-assign]  # (op, deadline) -> None
+        self._ready = ring.ready  # type: ignore[method-assign]  # (op) -> bool
 
     def _wait_fd(self, op: str) -> int | None:
-        return None  # shared memory has no fd: async waits use _wait in a worker thread
+        return None  # shared memory has no fd: async waits run _wait (a futex) in kipc's threads
 
-    # TODO(merge of the new base): the base becomes the only home of send/recv; until then
-    # these keep the old base's public behaviour on top of the hooks above.
-    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
-        self._send_blocking(data, FOREVER, knobs)
-        return True
+    def _interrupt(self) -> None:
+        ring = self._ring
+        if ring is not None:
+            ring.interrupt()  # wakes this process's calls on this handle: ChannelClosed
+        super()._interrupt()
 
-    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
-        return None if knobs else self._recv_blocking(FOREVER, _NO_KNOBS)
-
-    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        if (obj.__class__ is bytes and timeout is None and not knobs and self.codec is _BYTES
-                and self.max_message_size is None and not self._closed):
-            self._send_blocking(obj, FOREVER, _NO_KNOBS)
-            return
-        super().send(obj, timeout=timeout, **knobs)
-
-    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        if timeout is None and not knobs and self.codec is _BYTES and not self._closed:
-            return self._recv_blocking(FOREVER, _NO_KNOBS)
-        return super().recv(timeout=timeout, **knobs)
-
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
-        self._send_blocking(data, deadline, knobs)
-
-    def _recv(self, deadline: Deadline, **knobs: Any) -> bytes | memoryview:
-        return self._recv_blocking(deadline, knobs)
-
-    async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        if knobs.get("view"):
-            raise Unsupported(f"arecv on {self.url}: view=True needs the receiving thread to release the view; "
-                              "use recv(view=True)")
-        return await super().arecv(timeout=timeout, **knobs)
+    def _quiesce(self) -> list[Any]:
+        return []  # the C side counts calls in flight; the last one out unmaps (see _close)
 
     def close(self) -> None:
-        if not self._closed:
-            self._interrupt()  # wake this process's calls blocked on this handle (any thread)
+        # Only an explicit close by the creating process ends the channel for everyone
+        # (not a finalizer, not a forked child's copy).
+        if not self._closed and self.owner and not self.persist:
+            self._ring.mark_closed()
         super().close()
 
     def _close(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
-            # Only an explicit close by the creating process ends the channel for everyone
-            # (not a finalizer, not a forked child's copy).
-            if self.owner and not self.persist and os.getpid() == self._pid and not self._closing_by_gc:
-                ring.mark_closed()
-            ring.unmap()  # deferred while calls, views or loans are in flight
-
-    _closing_by_gc = False
-
-    def __del__(self) -> None:
-        self._closing_by_gc = True
-        super().__del__()
+            ring.unmap()  # deferred while calls, views or loans are in flight on this handle
+        super()._close()
 
     def _unlink(self) -> None:
-        if os.getpid() != self._pid:
-            return  # a forked copy of the creator is not the creator
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -366,7 +303,7 @@ class RingChannel(Channel):
 
         deadline = Deadline.of(timeout)
         self._check_open("recv")
-        mv = memoryview(self._recv(deadline, view=True))
+        mv = memoryview(self._recv_blocking(deadline, {"view": True}))
         try:
             magic, dlen, dt, ndim = _ARRAY_HDR.unpack_from(mv)
             if magic != _ARRAY_MAGIC:
@@ -402,10 +339,10 @@ def _check_attach(fd: int, url: str) -> None:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise BadObject(f"open {url}: not a regular shared-memory object")
-    if st.st_uid != os.geteuid():
-        raise PermissionDenied(f"open {url}: owned by uid {st.st_uid}, not us ({os.geteuid()})")
-    if st.st_mode & 0o077:
-        raise PermissionDenied(f"open {url}: mode {stat.S_IMODE(st.st_mode):#o} gives access to others; refused")
+    # a ring has no allow_foreign/mode= knobs: only this uid's 0600 rings are attached
+    check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=0o600,
+                 foreign_hint="a ring is attached only by its owner's uid",
+                 mode_hint="a ring is attached only with mode 0600")
     end = time.monotonic() + _ATTACH_WAIT
     while True:  # a creator between O_EXCL and publishing its header: give it a moment
         size = os.fstat(fd).st_size
@@ -418,3 +355,20 @@ def _check_attach(fd: int, url: str) -> None:
                             "or its creator died while initialising)")
         time.sleep(0.005)
 
+
+
+# -- object kind: how kipc ls / rm / gc see rings -----------------------------------------------------------
+class _RingKind(DevShmKind):
+    def describe(self, name: str, path: str, st: os.stat_result) -> ObjectInfo:
+        info = super().describe(name, path, st)
+        try:  # depth and messages ever sent: attach for an instant (refused for others' rings: no figures)
+            with RingChannel(name) as ring:
+                header = ring.info()
+            info.depth = int(header["msgs_in"]) - int(header["msgs_out"])
+            info.total = int(header["msgs_in"])
+        except Exception:
+            pass
+        return info
+
+
+KIND = _RingKind("ring", "ring", RING_PREFIX, part="", records=("ring",), description="ring (/dev/shm/kipc.ring.NAME)")

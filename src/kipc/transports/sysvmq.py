@@ -14,12 +14,16 @@ Contract card:
   unchanged. Queue capacity: ``max_bytes`` (``msg_qbytes``, default
   ``kernel.msgmnb``); raising it beyond ``kernel.msgmnb`` needs
   CAP_SYS_RESOURCE.
-* Blocking: ``timeout=None`` blocks in the kernel (GIL released). SysV queues
-  have no kernel timeout and no fd, so a finite timeout polls with
-  ``IPC_NOWAIT`` and a bounded back-off (50 µs doubling to 2 ms, last sleep
-  trimmed to the deadline): honoured within ~2 ms and well under 5 % of a core
-  while waiting. ``arecv``/``asend`` poll the same way with ``asyncio.sleep``
-  (no thread). A full queue blocks or times out; nothing is dropped.
+* Blocking: SysV queues have no kernel timeout, no fd and no way to wake a
+  thread blocked in ``msgrcv`` short of a message, so every wait (timed or
+  not) is an ``IPC_NOWAIT`` attempt followed by a pause: about 100 µs of
+  yielding retries (a reply in a request/response exchange is caught at once),
+  then a back-off from 50 µs doubling to 2 ms, trimmed to the deadline.
+  Deadlines are honoured within ~2 ms, a waiter costs well under 5 % of a
+  core, and ``close()`` from another thread wakes it within 2 ms.
+  ``arecv``/``asend`` encode once and wait in kipc's wait threads between
+  non-blocking attempts on the loop thread. A full queue blocks or times out;
+  nothing is dropped.
 * Close: the queue being removed (``IPC_RMID``, e.g. the creator closing)
   while a peer blocks or polls raises :class:`ChannelClosed` promptly; pending
   messages are destroyed with the queue.
@@ -34,17 +38,27 @@ Contract card:
 
 from __future__ import annotations
 
-import asyncio
 import errno as _errno
+import os
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import sysv_ipc
 
 from .. import _owners
 from .._base import Channel, Deadline
-from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_size
+from .._kinds import ObjectInfo, SysvKind
+from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_mode, validate_size
+from .._objects import (
+    check_attach,
+    check_sysv_creator,
+    create_or_attach,
+    parse_create,
+    sysv_identity,
+    sysv_key,
+    sysv_row,
+)
 from .._platform import sysctl
 from ..codecs import Codec
 from ..errors import (
@@ -56,13 +70,10 @@ from ..errors import (
     MessageTooLarge,
     NotFound,
     Unsupported,
-    WouldBlock,
+    translate_ipc_error,
 )
-from ..shm import check_attach, parse_create, parse_mode, sysv_key, translate_ipc_error
 
-__all__ = ["MessageQueueStat", "SysVMessageQueue", "apoll_backoff", "poll_backoff"]
-
-T = TypeVar("T")
+__all__ = ["KIND", "MessageQueueStat", "SysVMessageQueue", "pauses"]
 
 #: back-off bounds for timed waits on objects without a kernel timeout
 BACKOFF_FIRST = 50e-6
@@ -70,41 +81,26 @@ BACKOFF_MAX = 0.002
 _LONG_MAX = 2**63 - 1
 
 
-class _Busy(Exception):
-    """Internal: the non-blocking attempt would block."""
+#: yielding retries before a waiter starts sleeping (catches a quick reply without a sleep)
+SPIN_SECONDS = 100e-6
 
 
-def _pauses(deadline: Deadline, what: str) -> Iterator[float]:
-    """Back-off pauses (doubling up to BACKOFF_MAX, trimmed to the deadline); raises when it passes."""
+def pauses(deadline: Deadline) -> Iterator[float]:
+    """Sleeps between non-blocking attempts on objects without a kernel wait: spin, then back off.
+
+    0 means "yield the CPU and retry"; the sleeps double from BACKOFF_FIRST to
+    BACKOFF_MAX, the last trimmed to the deadline. Ends when the deadline passes.
+    """
+    spin_end = time.monotonic() + SPIN_SECONDS
+    while time.monotonic() < spin_end:
+        yield 0.0
     delay = BACKOFF_FIRST
     while True:
         remaining = deadline.remaining()
         if remaining is not None and remaining <= 0:
-            raise deadline.error(what)
+            return
         yield delay if remaining is None else min(delay, remaining)
         delay = min(delay * 2, BACKOFF_MAX)
-
-
-def poll_backoff(attempt: Callable[[], T], deadline: Deadline, what: str) -> T:
-    """Call ``attempt`` (raises :class:`_Busy` when it would block) until it succeeds or the deadline passes."""
-    pauses = _pauses(deadline, what)
-    while True:
-        try:
-            return attempt()
-        except _Busy:
-            pass
-        time.sleep(next(pauses))
-
-
-async def apoll_backoff(attempt: Callable[[], T], deadline: Deadline, what: str) -> T:
-    """:func:`poll_backoff` for asyncio: sleeps on the event loop, cancellable at once."""
-    pauses = _pauses(deadline, what)
-    while True:
-        try:
-            return attempt()
-        except _Busy:
-            pass
-        await asyncio.sleep(next(pauses))
 
 
 class MessageQueueStat(NamedTuple):
@@ -167,7 +163,7 @@ class SysVMessageQueue(Channel):
             raise InvalidArgument(f"{parsed.url}: not a sysvmq:// URL")
         key = sysv_key(parsed)
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         allow_foreign = parse_bool(allow_foreign, what="allow_foreign")
         if max_bytes is not None:
@@ -178,42 +174,47 @@ class SysVMessageQueue(Channel):
         self.url = parsed.url
         msgmax = _msgmax()
         self.max_message_size = msgmax
-        q = None
-        if create:
+
+        def make() -> Any:
             try:
-                q = sysv_ipc.MessageQueue(key or sysv_ipc.IPC_PRIVATE, sysv_ipc.IPC_CREX, mode, max_message_size=msgmax)
-                self.owner = True
+                return sysv_ipc.MessageQueue(key or sysv_ipc.IPC_PRIVATE, sysv_ipc.IPC_CREX, mode,
+                                             max_message_size=msgmax)
             except sysv_ipc.ExistentialError as e:
-                if create != "if_missing":
-                    raise AlreadyExists(f"create {self.url}: a queue with key {key} already exists",
-                                        errno=_errno.EEXIST) from e
+                raise AlreadyExists(f"create {self.url}: a queue with key {key} already exists",
+                                    errno=_errno.EEXIST) from e
             except Exception as e:
                 raise self._error(e, "create") from None
-        if q is None:
+
+        def attach() -> Any:
             try:
-                q = sysv_ipc.MessageQueue(key, 0, max_message_size=msgmax)
+                return sysv_ipc.MessageQueue(key, 0, max_message_size=msgmax)
             except sysv_ipc.ExistentialError as e:
                 raise NotFound(f"open {self.url}: no queue with key {key} (create=True makes one)",
                                errno=_errno.ENOENT) from e
             except Exception as e:
                 raise self._error(e, "open") from None
+
+        q, self.owner = create_or_attach(create, make, attach)
         self._q = q
         self.id = q.id
         try:
             if self.owner:
                 self._record_url = f"sysvmq://{key}" if key else f"sysvmq://private?id={q.id}"
-                _owners.record(self._record_url, "sysvmq")
             else:
-                check_attach(self.url, q.uid, q.mode, mode, allow_foreign)
+                check_sysv_creator(self.url, key, uid=q.uid, cuid=q.cuid, cgid=q.cgid, allow_foreign=allow_foreign)
+                check_attach(self.url, uid=q.uid, mode=q.mode, allowed_mode=mode, allow_foreign=allow_foreign)
             if max_bytes is not None:
                 self.max_bytes = max_bytes
+            if self.owner:
+                # after max_bytes: IPC_SET restamps ctime, which is part of the identity
+                self._record_owner()
         except BaseException:
             if self.owner:
                 self._unlink()
             raise
         self._init_channel(self.url, codec=codec)
 
-    # -- construction hooks for kipc.open / kipc.testing ------------------------------------------
+    # -- construction hook for kipc.open -------------------------------------------------------------
     @classmethod
     def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue:
         from .._naming import merge_query
@@ -222,17 +223,10 @@ class SysVMessageQueue(Channel):
         merged.pop("proj", None)  # part of the address (ftok), not an option
         return cls(parsed, **merged)
 
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[SysVMessageQueue, SysVMessageQueue]:
-        from ..testing import unique_key
-
-        key = unique_key()  # SysV has keys, not names: the namespace's key stands for `name`
-        sender = cls(key, create=True, **options)
-        try:
-            return sender, cls(key, **options)
-        except BaseException:
-            sender.close()
-            raise
+    def _record_owner(self) -> None:
+        """Write (or refresh) the owner record with the queue's identity (id + ctime)."""
+        row = sysv_row("msg", self.id)
+        _owners.record(self._record_url, "sysvmq", identity=sysv_identity("msg", row) if row else None)
 
     # -- errors -------------------------------------------------------------------------------------
     def _error(self, exc: BaseException, op: str) -> KipcError:
@@ -245,69 +239,58 @@ class SysVMessageQueue(Channel):
             f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes "
             f"(sysctl kernel.msgmax = {limit})", size=size, limit=limit)
 
-    def _send_fast(self, data: bytes, knobs: dict[str, Any]) -> bool:
+    # -- I/O: non-blocking attempts; the template loops, this class waits -------------------------------
+    def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
         mtype = knobs.get("type", 1)
-        if mtype.__class__ is int and 1 <= mtype <= _LONG_MAX:
-            try:
-                self._q.send(data, True, mtype)
-                return True
-            except sysv_ipc.Error:
-                pass  # EINTR, removal...: the general path retries or reports it
-        return False
+        if mtype.__class__ is not int or mtype != 1:
+            _check_type(mtype, recv=False)
+        try:
+            self._q.send(data, False, mtype)
+            return True
+        except sysv_ipc.BusyError:
+            return False
+        except sysv_ipc.Error as e:
+            self._retry_or_raise(e, "send")
+            return False
 
-    def _recv_fast(self, knobs: dict[str, Any]) -> bytes | None:
+    def _try_recv(self, knobs: dict[str, Any]) -> Any:
+        """The message, ``(message, type)`` with the internal knob ``with_type``, or None."""
         mtype = knobs.get("type", 0)
-        if mtype.__class__ is int and -_LONG_MAX <= mtype <= _LONG_MAX:
-            try:
-                return self._q.receive(True, mtype)[0]
-            except sysv_ipc.Error:
-                pass  # the general path retries or reports it
-        return None
+        if mtype.__class__ is not int or mtype != 0:
+            _check_type(mtype, recv=True)
+        try:
+            got = self._q.receive(False, mtype)
+        except sysv_ipc.BusyError:
+            return None
+        except sysv_ipc.Error as e:
+            self._retry_or_raise(e, "recv")
+            return None
+        return got if knobs.get("with_type") else got[0]
 
-    # -- I/O ------------------------------------------------------------------------------------------
-    def _send(self, data: memoryview, deadline: Deadline, type: int = 1) -> None:  # type: ignore[override]
-        if type != 1:
-            _check_type(type, recv=False)
+    def _wait(self, op: str, deadline: Deadline) -> None:
+        # Consumes nothing: pause until a message may be there (recv) or room (send),
+        # checking between pauses; close() is seen within one pause (<= 2 ms).
         q = self._q
-        what = f"send on {self.url}"
-        if deadline.blocking:
-            while True:
-                try:
-                    q.send(data, True, type)
+        for pause in pauses(deadline):
+            if self._closed:
+                return
+            try:
+                if op == "recv" and q.current_messages:
                     return
-                except sysv_ipc.Error as e:
-                    self._retry_or_raise(e, "send")
-
-        def attempt() -> None:
-            try:
-                q.send(data, False, type)
-            except sysv_ipc.BusyError:
-                raise _Busy from None
             except sysv_ipc.Error as e:
-                self._retry_or_raise(e, "send")
-                raise _Busy from None
+                raise self._error(e, op) from None
+            if pause:
+                time.sleep(pause)
+            else:
+                os.sched_yield()
+            if op == "send":
+                return  # room cannot be probed cheaply (msg_cbytes is only in /proc): retry the send
 
-        poll_backoff(attempt, deadline, what)
-
-    def _receive(self, deadline: Deadline, type: int) -> tuple[bytes, int]:
-        q = self._q
-        if deadline.blocking:
-            while True:
-                try:
-                    return q.receive(True, type)  # type: ignore[no-any-return, unused-ignore]
-                except sysv_ipc.Error as e:
-                    self._retry_or_raise(e, "recv")
-
-        def attempt() -> tuple[bytes, int]:
-            try:
-                return q.receive(False, type)  # type: ignore[no-any-return, unused-ignore]
-            except sysv_ipc.BusyError:
-                raise _Busy from None
-            except sysv_ipc.Error as e:
-                self._retry_or_raise(e, "recv")
-                raise _Busy from None
-
-        return poll_backoff(attempt, deadline, f"recv on {self.url}")
+    def _ready(self, op: str) -> bool:
+        try:
+            return op == "send" or bool(self._q.current_messages)
+        except sysv_ipc.Error:
+            return True  # the attempt reports what is wrong
 
     def _retry_or_raise(self, e: BaseException, op: str) -> None:
         """EINTR ("Signaled while waiting"): Python's handler has run by now; retry. Else raise."""
@@ -317,46 +300,12 @@ class SysVMessageQueue(Channel):
             return
         raise self._error(e, op) from None
 
-    def _recv(self, deadline: Deadline, type: int = 0) -> bytes:  # type: ignore[override]
-        if type != 0:
-            _check_type(type, recv=True)
-        return self._receive(deadline, type)[0]
-
     def recv_with_type(self, *, type: int = 0, timeout: float | None = None) -> tuple[Any, int]:
         """Like ``recv(type=)`` but returns ``(message, message_type)``."""
         deadline = Deadline.of(timeout)
-        self._check_open("recv")
-        _check_type(type, recv=True)
-        data, mtype = self._receive(deadline, type)
+        self._prepare_recv({"type": type})
+        data, mtype = self._recv_blocking(deadline, {"type": type, "with_type": True})
         return self.codec.decode(data), mtype
-
-    # -- asyncio without a thread: poll on the event loop ------------------------------------------
-    async def asend(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
-        deadline = Deadline.of(timeout)
-
-        def attempt() -> None:
-            try:
-                self.send(obj, timeout=0, **knobs)
-            except WouldBlock:
-                raise _Busy from None
-
-        if deadline.nonblocking:
-            self.send(obj, timeout=0, **knobs)
-            return
-        await apoll_backoff(attempt, deadline, f"send on {self.url}")
-
-    async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
-        deadline = Deadline.of(timeout)
-        if deadline.nonblocking:
-            return self.recv(timeout=0, **knobs)
-
-        def attempt() -> Any:
-            try:
-                return self.recv(timeout=0, **knobs)
-            except WouldBlock:
-                raise _Busy from None
-
-        return await apoll_backoff(attempt, deadline, f"recv on {self.url}")
 
     # -- introspection --------------------------------------------------------------------------------
     def stat(self) -> MessageQueueStat:
@@ -384,6 +333,8 @@ class SysVMessageQueue(Channel):
         limit = sysctl("kernel.msgmnb", 16384) or 16384
         try:
             self._q.max_size = value
+            if self.owner and self._record_url:
+                self._record_owner()  # IPC_SET restamped ctime: keep the record's identity current
         except sysv_ipc.PermissionsError:
             raise LimitExceeded(f"set max_bytes={value} on {self.url}: above sysctl kernel.msgmnb = {limit} "
                                 "(needs CAP_SYS_RESOURCE), or not the queue's owner",
@@ -392,15 +343,11 @@ class SysVMessageQueue(Channel):
             raise self._error(e, "set max_bytes on") from None
 
     def fileno(self) -> int:
+        self._check_open("fileno")
         raise Unsupported(f"fileno on {self.url}: SysV message queues have no file descriptor "
                           "(asyncio works by polling: await ch.arecv())")
 
     # -- lifetime ------------------------------------------------------------------------------------
-    def _close(self) -> None:
-        if self.persist and self.owner:
-            self.owner = False
-            _owners.forget(self._record_url)
-
     def _unlink(self) -> None:
         try:
             self._q.remove()
@@ -412,3 +359,16 @@ class SysVMessageQueue(Channel):
             if self._record_url:
                 _owners.forget(self._record_url)
 
+
+
+# -- object kind: how kipc ls / rm / gc see SysV queues ---------------------------------------------------
+class _QueueKind(SysvKind):
+    def describe(self, row: dict[str, int]) -> ObjectInfo:
+        info = super().describe(row)
+        info.size, info.depth = row["cbytes"], row["qnum"]
+        info.pids = [p for p in (row["lspid"], row["lrpid"]) if p]
+        return info
+
+
+KIND = _QueueKind("sysvmq", "sysvmq", "msg", part="", records=("sysvmq",),
+                  description="sysvmq (from /proc/sysvipc/msg)")

@@ -39,18 +39,18 @@ import ipaddress
 import secrets
 import socket
 import struct
-import threading
 import time
 from typing import Any, ClassVar
 
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
-from .._naming import ParsedURL, parse_bool, parse_url, validate_timeout
+from .._kinds import RemoteKind
+from .._naming import ParsedURL, parse_bool, parse_float, parse_int, parse_seconds, parse_url
 from ..codecs import Codec
 from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
 from ._sock import SocketChannel, SocketListener, connect, recv_exact, send_exact
 
-__all__ = ["MAGIC", "TcpChannel", "TcpListener"]
+__all__ = ["KIND", "MAGIC", "TcpChannel", "TcpListener"]
 
 MAGIC = b"\xffKIPC-AUTH-1\n"
 _SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux: sk_meminfo[], SNDBUF at 3, WMEM_QUEUED at 5
@@ -88,11 +88,9 @@ def _hostport(parsed: ParsedURL, *, listening: bool) -> tuple[str, int]:
         host, sep, port_text = netloc.rpartition(":")
         if not sep:
             host, port_text = netloc, ""
-    if not port_text.isdigit():
+    if not port_text:
         raise InvalidArgument(f"{parsed.url}: needs a numeric port (tcp://127.0.0.1:9000; 0 = any free port)")
-    port = int(port_text)
-    if not (0 if listening else 1) <= port <= 65535:
-        raise InvalidArgument(f"{parsed.url}: port {port} is outside {0 if listening else 1}..65535")
+    port = parse_int(port_text, what=f"{parsed.url}: port", hex=False, minimum=0 if listening else 1, maximum=65535)
     return host or "127.0.0.1", port
 
 
@@ -127,7 +125,7 @@ class TcpChannel(SocketChannel):
             raise InvalidArgument(f"{url}: not a tcp:// URL")
         host, port = _hostport(parsed, listening=False)
         key = _key(auth)
-        deadline = Deadline(validate_timeout(float(timeout) if isinstance(timeout, str) else timeout))
+        deadline = Deadline(parse_seconds(timeout))
         family, sockaddr = _resolve(host, port, url)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -141,19 +139,22 @@ class TcpChannel(SocketChannel):
             sock.close()
             raise
 
-    def _send(self, data: memoryview, deadline: Deadline, **knobs: Any) -> None:
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         # TCP, unlike pipes and unix sockets, takes part of a small write when almost
         # full; the tail would then wait in this process for the next send. For a
         # send that may time out, wait for room for the whole frame first, so a
         # timed-out send leaves the channel exactly unchanged.
-        if not deadline.blocking and not self._pending and data.nbytes <= _ATOMIC_MAX:
-            self._wait_room(data.nbytes + _ROOM_MARGIN, deadline)
-        super()._send(data, deadline, **knobs)
+        if not deadline.blocking and not self._pending:
+            size = memoryview(data).nbytes
+            if size <= _ATOMIC_MAX:
+                self._wait_room(size + _ROOM_MARGIN, deadline)
+        super()._send_blocking(data, deadline, knobs)
 
     def _wait_room(self, need: int, deadline: Deadline) -> None:
         assert self._sock is not None
         delay = 0.0005
         while True:
+            self._check_open("send")
             info = _MEMINFO.unpack(self._sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))
             sndbuf, queued = info[3], info[5]
             if sndbuf - queued >= need or need > sndbuf:
@@ -171,31 +172,6 @@ class TcpChannel(SocketChannel):
         self._init_socket(url, sock, **options)
         return self
 
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[TcpChannel, TcpChannel]:
-        """(connecting end, accepted end) on a free loopback port; the listener is closed at once."""
-        auth = options.pop("auth", None)
-        with TcpListener("tcp://127.0.0.1:0", auth=auth, **options) as lst:
-            # accept in a thread: with auth= both handshakes must run at once
-            got: list[Any] = []
-            t = threading.Thread(target=lambda: got.append(_try(lambda: lst.accept(timeout=10))), daemon=True)
-            t.start()
-            try:
-                client = cls(lst.url, auth=auth, **options)
-            finally:
-                t.join(15)
-            server = got[0] if got else Timeout("accept timed out")
-            if isinstance(server, BaseException):
-                client.close()
-                raise server
-        return client, server
-
-
-def _try(fn: Any) -> Any:
-    try:
-        return fn()
-    except BaseException as e:  # handed to the caller's thread
-        return e
 
 
 def _client_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: str) -> None:
@@ -246,7 +222,7 @@ class TcpListener(SocketListener):
         self._options = _stream_options(stream_options)
         if stream_options:
             raise TypeError(f"unexpected option(s) for a tcp listener: {', '.join(sorted(stream_options))}")
-        self.handshake_timeout = float(handshake_timeout)
+        self.handshake_timeout = float(parse_float(handshake_timeout, what="handshake_timeout"))
         family, sockaddr = _resolve(host, port, url)
         if not ipaddress.ip_address(sockaddr[0].split("%")[0]).is_loopback \
                 and not parse_bool(allow_remote, what="allow_remote"):
@@ -256,17 +232,21 @@ class TcpListener(SocketListener):
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old conns sit in TIME_WAIT
             sock.bind(sockaddr)
-            sock.listen(int(backlog))
+            sock.listen(parse_int(backlog, what="backlog", hex=False, minimum=0))
             sock.setblocking(False)
         except OSError as e:
             sock.close()
             raise from_oserror(e, url, "listen on") from e
         self._sock = sock
-        self.url = _format(family, sock.getsockname())
-        self._closed = False
+        self._init_listener(_format(family, sock.getsockname()))
 
     def _make_channel(self, conn: socket.socket, deadline: Deadline) -> TcpChannel:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._key is not None:
             _server_handshake(conn, self._key, deadline, self.url)
         return TcpChannel._accepted(self.url, conn, self._options)
+
+
+# -- object kind: a port names nothing that outlives its listener -------------------------------------------
+KIND = RemoteKind("tcp", "tcp (nothing named on this machine: a port, gone with its listener; "
+                         "shown if an owner record exists)")

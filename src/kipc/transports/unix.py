@@ -37,43 +37,27 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
+from .._kinds import ObjectInfo, PathKind
 from .._naming import (
     ParsedURL,
+    parse_float,
+    parse_int,
+    parse_seconds,
     parse_url,
     runtime_dir,
     validate_mode,
     validate_name,
     validate_path,
-    validate_timeout,
 )
+from .._objects import file_identity, parse_uids
 from ..codecs import Codec
-from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied, from_oserror
+from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied, Unsupported, from_oserror
 from ._sock import SocketChannel, SocketListener, connect
 
-__all__ = ["UnixChannel", "UnixListener", "parse_uids", "peer_credentials"]
+__all__ = ["KIND", "UnixChannel", "UnixListener", "peer_credentials"]
 
 SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 for the NUL
 _UCRED = struct.Struct("3i")
-
-
-def parse_uids(value: Any) -> frozenset[int]:
-    """``allow_uids=``: an iterable of ints, one int, or ``"1000,1001"`` from a URL query."""
-    if value is None or value == "":
-        return frozenset()
-    if isinstance(value, str):
-        try:
-            return frozenset(int(v) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise InvalidArgument(f"allow_uids {value!r} is not a comma-separated list of uids") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return frozenset({value})
-    try:
-        uids = frozenset(value)
-    except TypeError:
-        raise TypeError(f"allow_uids must be ints, not {type(value).__name__}") from None
-    if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in uids):
-        raise InvalidArgument(f"allow_uids {value!r} must hold non-negative ints")
-    return uids
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -131,7 +115,7 @@ class UnixChannel(SocketChannel):
             raise InvalidArgument(f"{url}: not a unix:// URL")
         address, _path = _address(parsed)
         allow = parse_uids(allow_uids)
-        deadline = Deadline(validate_timeout(float(timeout) if isinstance(timeout, str) else timeout))
+        deadline = Deadline(parse_seconds(timeout))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             connect(sock, address, deadline, url)
@@ -147,20 +131,6 @@ class UnixChannel(SocketChannel):
         self.peer_pid, self.peer_uid = peer
         self._init_socket(url, sock, **options)
         return self
-
-    @classmethod
-    def test_pair(cls, name: str, **options: Any) -> tuple[UnixChannel, UnixChannel]:
-        """(connecting end, accepted end); the listener is closed (and its file removed) at once."""
-        url = f"unix://{name}"
-        allow = options.pop("allow_uids", None)
-        with UnixListener(url, allow_uids=allow, **options) as lst:
-            client = cls(url, allow_uids=allow, **options)
-            try:
-                server = lst.accept(timeout=10)
-            except BaseException:
-                client.close()
-                raise
-        return client, server
 
 
 class UnixListener(SocketListener):
@@ -182,7 +152,7 @@ class UnixListener(SocketListener):
         if stream_options:
             raise TypeError(f"unexpected option(s) for a unix listener: {', '.join(sorted(stream_options))}")
         self._options = opts
-        self.handshake_timeout = float(handshake_timeout)
+        self.handshake_timeout = float(parse_float(handshake_timeout, what="handshake_timeout"))
         self.url = url
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -193,8 +163,9 @@ class UnixListener(SocketListener):
                 os.chmod(path, mode)
                 st = os.lstat(path)
                 self._path, self._ident = path, (st.st_dev, st.st_ino)
-                _owners.record(url, "unix", path=path)
-            sock.listen(int(backlog))
+                self.owner = True  # the socket file is ours to remove (in this process only)
+                _owners.record(url, "unix", path=path, identity=file_identity(st))
+            sock.listen(parse_int(backlog, what="backlog", hex=False, minimum=0))
             sock.setblocking(False)
         except KipcError:
             sock.close()
@@ -209,7 +180,7 @@ class UnixListener(SocketListener):
             self._unlink_file()
             raise
         self._sock = sock
-        self._closed = False
+        self._init_listener(url)
 
     def _bind(self, sock: socket.socket, address: str | bytes, path: str | None) -> None:
         try:
@@ -257,6 +228,22 @@ class UnixListener(SocketListener):
             pass
         _owners.forget(self.url)
 
-    def _close(self) -> None:
-        super()._close()
+    def _unlink(self) -> None:
         self._unlink_file()
+
+
+# -- object kind: how kipc ls / rm / gc see socket files (found through the listeners' owner records) -------
+class _SocketKind(PathKind):
+    def locate(self, parsed: ParsedURL) -> Any:
+        if parsed.netloc.startswith("@"):
+            return parsed.netloc  # abstract: nothing on disk
+        return super().locate(parsed)
+
+    def stat(self, target: Any) -> ObjectInfo | None:
+        if target.startswith("@"):
+            raise Unsupported(f"unix://{target}: an abstract socket has no file; it goes away with its listener")
+        return super().stat(target)
+
+
+KIND = _SocketKind("unix", sub="sock", is_type=stat.S_ISSOCK, noun="socket",
+                   description="unix (owner records; the socket node)")
