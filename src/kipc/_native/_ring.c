@@ -9,8 +9,10 @@
  * line: identity (magic, version, sizes, owner uid/pid/start time: immutable
  * after init), the producers' robust mutex, the consumers' robust mutex, the
  * producer line (tail, msgs_in, consumer-waiter count, producer journal), the
- * consumer line (head, msgs_out, producer-waiter count, consumer journal) and
- * the task line (JoinableQueue's unfinished count).
+ * consumer line (head, msgs_out, producer-waiter count, consumer journal), the
+ * claim line (which consumer reassembles the message at head, see Claims) and
+ * the task line (JoinableQueue's unfinished count). Header version 2 (v1 had
+ * no claim line; a v1 peer is refused at attach by the version check).
  *
  * Records. head and tail are 64-bit byte counters that only grow; a record
  * starts at counter % capacity and never wraps: when it would not fit before
@@ -30,22 +32,85 @@
  *
  * Many producers, many consumers. Producers serialize on `prod_lock`,
  * consumers on `cons_lock` (1 producer + 1 consumer contend on nothing: each
- * lock is an uncontended CAS). A producer holds its lock across all fragments
- * of one message, so fragments never interleave; a consumer holds its lock
- * while it reassembles, so one consumer gets the whole message. FIFO holds per
+ * lock is an uncontended CAS). A lock is held only to write or take records,
+ * never to wait for data or space (below), with two exceptions: a producer
+ * holds prod_lock across all fragments of one message, waiting for space
+ * between them, so fragments never interleave; and a received view / an open
+ * loan holds its lock until released (documented in ring.py). FIFO holds per
  * producer (and globally, since commits are serialized).
  *
- * Waiting. A side that must wait (empty ring / no space / no item slot) spins
- * for `spin` microseconds watching the 32-bit low half of the other side's
- * counter, then increments the waiter count (seq_cst), re-checks, and sleeps
- * in FUTEX_WAIT (shared, not FUTEX_PRIVATE: the futex is keyed on the shm
- * page) with the observed value checked by the kernel. The other side stores
- * its counter, issues a seq_cst fence and calls FUTEX_WAKE only if the waiter
- * count is non-zero (the Dekker pair store/fence/load on both sides means one
- * of them always sees the other). Sleeps are sliced (100 ms) and EINTR ends
- * a slice, so Ctrl-C is checked with the GIL held (PyErr_CheckSignals); the
- * GIL is released while spinning, sleeping, waiting for a lock and copying
- * payloads of 256 KiB or more.
+ * Time. Every call takes an absolute deadline: CLOCK_MONOTONIC seconds as a
+ * double, INFINITY = never (kipc._base.Deadline.end, whose .timeout names the
+ * error: 0 -> WouldBlock "would block", t -> Timeout "timed out after t s").
+ * The hot path recognises the FOREVER object by identity. Every wait loop
+ * checks the deadline: futex waits, lock waits and reassembly alike.
+ *
+ * Waiting without locks. A call first looks without any lock (tail, head and
+ * the claim word are atomics): a consumer that finds the ring empty, or a
+ * producer that finds no room, waits right there; only then does it take
+ * the lock, re-check, act and unlock (another peer may have been first: it
+ * looks again). A waiter spins for `spin` seconds watching the 32-bit low half
+ * of the other side's counter, then increments the waiter count (seq_cst),
+ * re-checks, and sleeps in FUTEX_WAIT (shared, not FUTEX_PRIVATE: the futex is
+ * keyed on the shm page) with the observed value checked by the kernel. The
+ * other side stores its counter, issues a seq_cst fence and calls FUTEX_WAKE
+ * only if the waiter count is non-zero (the Dekker pair store/fence/load on
+ * both sides means one of them always sees the other). Sleeps are sliced
+ * (SLICE, 50 ms) and EINTR ends a slice, so Ctrl-C is checked with the GIL held
+ * (PyErr_CheckSignals); the GIL is released while spinning, sleeping, waiting
+ * for a lock and copying payloads of 256 KiB or more. Locks are taken with
+ * pthread_mutex_trylock, then pthread_mutex_clocklock in SLICE steps up to the
+ * deadline (a SIGSTOPped holder delays nobody past its deadline); EOWNERDEAD
+ * repairs as below. A consumer SIGSTOPped while it waits for data holds no
+ * lock, so the other consumers keep receiving.
+ *
+ * Readiness without consuming (asyncio, kipc.wait). wait(op, deadline) blocks
+ * like the waits above until an attempt in that direction may succeed — recv:
+ * data at head that is not another live consumer's claim; send: head moved
+ * since the last try_send found no room (or the ring is not full) — and the
+ * lock is free (taken and dropped at once: a view holder or a long copy would
+ * otherwise make the caller spin); or until the deadline passes or the handle
+ * is closed here. It returns None in every case and consumes nothing; the
+ * caller then makes a non-blocking attempt (try_send -> False / try_recv ->
+ * None when not possible now). A fragmented message cannot be sent without
+ * waiting for consumers: try_send of one fails while the first fragment does
+ * not fit, and once started writes the rest, waiting (deadline: never; a local
+ * close or a signal aborts it). ready(op) is the same test without waiting.
+ *
+ * Claims: reassembly without holding cons_lock. A consumer that takes a FIRST
+ * fragment creates the message (bytes of `total`) in its handle and publishes
+ * a claim in the header: {claim = its token (pid << 32 | serial), claim_pid,
+ * claim_start (process start time)}. It copies what is there, advances head
+ * (freeing space for the producer), and unlocks; it waits for the rest like
+ * any waiter (no lock), probing the producer lock every PROBE (10 ms) so a
+ * dead producer is repaired. When its deadline passes mid-message, recv raises
+ * Timeout and the claim stays: the partial message stays in this handle and
+ * the next recv (or try_recv) on the same handle, from any thread, resumes it.
+ * Other consumers that find a foreign claim wait on the claim word (no lock)
+ * until it ends, honouring their deadlines (the fragments at head belong to
+ * the claimant: FIFO). Nothing committed is torn or lost: the message is only
+ * ever returned whole, to the claimant. A claim ends when its message is
+ * complete (LAST), when the producer aborted (a FIRST arrives, or the ring is
+ * empty with frag_active == 0), when its handle is closed or collected (the
+ * rest of the message is then skipped by the next consumer, as for a dead
+ * consumer: the one way a committed message can go, and only by its
+ * claimant's own close), or when its process is found dead (kill(pid, 0) and
+ * /proc/PID/stat: gone, a zombie, or another start time) by a consumer that
+ * holds cons_lock, which clears it. A forked child does not inherit its
+ * parent's claim (pthread_atfork bumps a generation; the child's handle gets a
+ * new token and drops its copy of the partial).
+ *
+ * Close from any thread (this process). Each handle counts its calls in flight
+ * (an atomic, incremented before a call looks at `closing`, decremented when
+ * it leaves; views and loans count too, under the GIL). interrupt() sets
+ * `closing` and wakes every futex word of the ring; every wait checks `closing`
+ * between slices and after each wake-up, lock waits every SLICE, so each
+ * call blocked on this handle raises ChannelClosed ("closed by this process")
+ * within one slice. unmap() (ring.py's _close) sets `closing` too and unmaps
+ * at once if nothing is in flight, else the last call, view or loan to leave
+ * unmaps: the mapping is never unmapped under a call. A view still held at
+ * close keeps the mapping; releasing it consumes its message as usual. A loan
+ * still open at close publishes nothing: commit() raises ChannelClosed.
  *
  * Crash cases (a peer may die at any instruction):
  *  - Producer dies before its tail store: the record is not committed and
@@ -57,19 +122,22 @@
  *    record is complete; repair rolls the journal forward, so tail and the
  *    message count never disagree.
  *  - Producer dies (or times out) between fragments: `frag_active` stays 1
- *    (abort sets it to 0). Repair clears it. A consumer mid-reassembly that
- *    sees no more data and frag_active == 0 drops the partial; while it waits
- *    it try-locks prod_lock every slice, which detects a dead owner even if no
- *    new producer comes. A FIRST record arriving mid-reassembly also drops the
- *    partial. The consumer never returns a partial message.
+ *    (abort sets it to 0). Repair clears it. The claimant that sees no more
+ *    data and frag_active == 0 drops its partial; while it waits it try-locks
+ *    prod_lock every PROBE, which detects a dead owner even if no new producer
+ *    comes. A FIRST record arriving mid-reassembly also drops the partial. The
+ *    consumer never returns a partial message. (A dead producer may leave the
+ *    ring full of its aborted message: space comes back as consumers skip it.)
  *  - Consumer dies before its head store: the message stays and the next
  *    consumer receives it (nothing committed is lost). After the store it was
  *    consumed. head/msgs_out use the same journal scheme as the producer.
- *  - Consumer dies mid-reassembly (or holding a view): the next consumer
- *    skips continuation fragments without a FIRST (the dead one had claimed
- *    that message) and counts the LAST one consumed.
- *  - Nobody repairs a lock whose owner is alive: a SIGSTOPped peer stalls its
- *    side (as with any lock); its waiters time out per their deadlines.
+ *  - Consumer dies mid-reassembly (claim) or holding a view: its claim is
+ *    cleared (dead pid) and the next consumer skips continuation fragments
+ *    without a FIRST (the dead one had claimed that message) and counts the
+ *    LAST one consumed.
+ *  - Nobody repairs a lock whose owner is alive: a SIGSTOPped producer
+ *    mid-message stalls the producers, a stopped claimant the consumers;
+ *    their waiters time out per their deadlines.
  *  - Attach (Python side) verifies type, owner uid, mode bits and size with
  *    fstat before mmap, and this module verifies magic, version and sizes in
  *    the header, so a truncated or planted object is refused, not SIGBUSed.

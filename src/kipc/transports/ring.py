@@ -12,17 +12,42 @@ Contract card:
   user; ``kipc.open("ring://NAME")`` attaches. Every end can send and receive.
 * Boundaries: kept. Ordering: FIFO per producer (commits are serialized, so
   FIFO overall). Size: any; a message over ``capacity/2 - 16`` bytes travels
-  in fragments and a consumer only ever returns whole messages. While a
-  consumer reassembles such a message it waits for the producer past its own
-  timeout (the producer's timeout or death ends the message, never a partial).
+  in fragments and a consumer only ever returns whole messages. The consumer
+  that takes a message's first fragment *claims* it: if its ``recv`` times out
+  mid-message, the part received so far stays with this handle and the next
+  ``recv`` on the same handle (any thread) resumes it; other consumers wait
+  for the claim meanwhile (within their own timeouts). Closing a handle
+  mid-message drops that message (as a killed consumer's); the producer's
+  timeout or death ends a message, never a partial.
 * Blocking: ``send`` blocks while the ring is full, ``recv`` while it is empty;
-  ``timeout=None|0|t``. Waits spin ``spin`` µs (default 50, ``spin=0`` pure
-  futex sleep), then sleep on a shared futex; GIL released; Ctrl-C gets through.
-  ``asend/arecv`` wait in a worker thread in 50 ms slices (no fd to poll).
+  ``timeout=None|0|t``, honoured even while a SIGSTOPped peer holds a lock
+  (locks are taken with a deadline; nobody waits for data or space holding
+  one). Waits spin ``spin`` µs (default 50, ``spin=0`` pure futex sleep), then
+  sleep on a shared futex; GIL released; Ctrl-C gets through.
+* Threads: any number of threads may send and receive on one handle. ``close()``
+  from any thread wakes this process's calls blocked on the handle within
+  100 ms with ``ChannelClosed`` ("closed by this process"); the mapping stays
+  until the last call in flight has left. A view still held at close keeps the
+  mapping until released (releasing it consumes its message); a loan still
+  open publishes nothing (``commit`` raises ``ChannelClosed``).
+* asyncio: ``asend/arecv`` wait for readiness in C (a futex wait that consumes
+  nothing and holds no lock, in kipc's wait threads), then make the
+  non-blocking attempt on the loop thread: a cancelled call loses nothing. A
+  message over ``capacity/2 - 16`` bytes cannot be sent without waiting for
+  consumers: ``asend`` of one, once its first fragment fits, writes the rest on
+  the loop thread (use ``send`` in a thread for huge messages); ``arecv`` of
+  one resumes across attempts (the claim above).
+* Hooks (template v2): ``_send_blocking(data, deadline, knobs)``,
+  ``_recv_blocking(deadline, knobs)``, ``_try_send(data, knobs) -> bool``,
+  ``_try_recv(knobs) -> bytes | memoryview | None``, ``_wait(op, deadline)``,
+  ``_ready(op)`` are the C methods themselves (``Ring.send/recv/try_send/
+  try_recv/wait/ready``), bound per handle; ``_wait_fd`` is None;
+  ``_interrupt`` calls ``Ring.interrupt``; ``_close`` calls ``Ring.unmap``.
 * Zero-copy: ``send`` copies once from any C-contiguous buffer; ``with
   ch.loan(n) as buf:`` writes in place; ``recv(view=True)`` returns a read-only
   memoryview into the ring: the message is consumed (and other consumers of the
-  ring wait) until you ``release()`` it, in the same thread. ``send_array`` /
+  ring wait) until you ``release()`` it, in the same thread; ``arecv`` refuses
+  ``view=True``. ``send_array`` /
   ``recv_array`` move numpy arrays (dtype + shape) without pickle.
 * Crash safety: robust process-shared mutexes + a commit journal; a peer
   SIGKILLed anywhere neither wedges the ring nor delivers a torn message.
