@@ -216,6 +216,13 @@ def test_producer_stopped_mid_fragmented_message_stops_nobody(ring: Callable[...
             with pytest.raises(kipc.Timeout, match="timed out after 1 s"):
                 rx.recv(timeout=1)  # takes what is there, then waits for the rest: on time
             assert time.monotonic() - t0 < 1.2
+            assert rx.info()["claim_pid"] == os.getpid()  # the rest of the message is rx's to take
+            third = RingChannel(rx.name)
+            t0 = time.monotonic()
+            with pytest.raises(kipc.Timeout):
+                third.recv(timeout=0.3)  # honours rx's claim, and its own deadline
+            assert time.monotonic() - t0 < 0.8
+            third.close()
         finally:
             os.kill(child.pid, signal.SIGCONT)
         # the next recv on this handle resumes the message it claimed: whole, nothing torn
@@ -341,3 +348,83 @@ def test_try_recv_resumes_a_fragmented_message_across_calls(ring: Callable[..., 
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- claims: a consumer that times out mid-message keeps it ---------------------------------------
+
+
+def test_closing_a_claimant_drops_its_message_and_frees_the_ring(ring: Callable[..., RingChannel]) -> None:
+    tx = ring(capacity=8 * KiB)
+    claimant, other = RingChannel(tx.name), RingChannel(tx.name)
+    t = threading.Thread(target=tx.send, args=(payload(6, 0, 64 * KiB),), daemon=True)
+    t.start()
+    _until(lambda: tx._ring.used() > 4 * KiB)
+    assert claimant._try_recv({}) is None  # claims the message, takes what is there
+    assert tx.info()["claim_pid"] == os.getpid()
+    claimant.close()  # drops the claim: the rest of that message is skipped
+    with pytest.raises(kipc.Timeout):
+        other.recv(timeout=0.5)  # skips the rest as it arrives, never returns a partial
+    t.join(20)
+    tx.send(b"after")
+    assert other.recv(timeout=5) == b"after"
+    other.close()
+
+
+def test_arecv_of_a_fragmented_message_survives_cancellation(ring: Callable[..., RingChannel]) -> None:
+    import asyncio
+
+    rx = ring(capacity=16 * KiB)
+    tx = RingChannel(rx.name)
+    big = payload(7, 0, 200 * KiB)
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        sender = loop.run_in_executor(None, tx.send, big)
+        got: bytes | None = None
+        end = loop.time() + 20
+        while got is None:  # cancel arecv again and again while the message streams in
+            assert loop.time() < end
+            try:
+                got = await asyncio.wait_for(rx.arecv(), 0.0005)
+            except TimeoutError:
+                pass
+        await sender
+        return got
+
+    assert asyncio.run(main()) == big  # whole, despite the cancellations mid-message
+    with pytest.raises(kipc.WouldBlock):
+        rx.recv(timeout=0)  # and only once
+    tx.close()
+
+
+def test_loan_open_at_close_publishes_nothing(ring: Callable[..., RingChannel]) -> None:
+    rx = ring()
+    tx = RingChannel(rx.name)
+    with pytest.raises(kipc.ChannelClosed, match="closed by this process"):
+        with tx.loan(16) as buf:
+            buf[:] = b"x" * 16
+            tx.close()
+    with pytest.raises(kipc.WouldBlock):
+        rx.recv(timeout=0)
+
+
+def test_forked_child_does_not_inherit_a_claim(ring: Callable[..., RingChannel]) -> None:
+    from .helpers import fork_child, wait_pid
+
+    tx = ring(capacity=8 * KiB)
+    rx = RingChannel(tx.name)
+    big = payload(8, 0, 64 * KiB)
+    t = threading.Thread(target=tx.send, args=(big,), daemon=True)
+    t.start()
+    _until(lambda: tx._ring.used() > 4 * KiB)
+    if rx._try_recv({}) is None:  # claimed mid-message (else the message was simply whole)
+        assert tx.info()["claim_pid"] == os.getpid()
+
+        def child() -> None:  # the parent's claim is not the child's: it waits, gets nothing
+            with pytest.raises(kipc.Timeout):
+                rx.recv(timeout=0.3)
+
+        assert wait_pid(fork_child(child)) == 0
+        assert rx.recv(timeout=20) == big  # the parent's handle resumes it, whole
+    t.join(20)
+    rx.close()
