@@ -25,8 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 import kipc
-from kipc.transports.tcp import TcpChannel
-from kipc.transports.unix import UnixChannel
 
 HDR = struct.Struct("<I")
 
@@ -113,9 +111,11 @@ def _pairs(transport: str, impl: str) -> tuple[Any, Any, Callable[[], None]]:
                 pass
         return RawEnd(c, b), RawEnd(a, d), lambda: [os.close(x) for x in (a, b, c, d)] and None
     if impl == "kipc":
-        cls = UnixChannel if transport == "unix" else TcpChannel
-        x, y = cls.test_pair(f"bench{os.getpid()}")
-        return x, y, lambda: (x.close(), y.close()) and None
+        from kipc import testing
+
+        cm = testing.channel_pair(transport)
+        x, y = cm.__enter__()
+        return x, y, lambda: cm.__exit__(None, None, None) and None
     if transport == "unix":
         s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     else:

@@ -247,7 +247,7 @@ def test_cancelled_arecv_loses_nothing(pair: tuple[Channel, Channel]) -> None:
 
     def feed() -> None:
         for i in range(n):
-            time.sleep(rng.uniform(0, 0.003))
+            time.sleep(rng.uniform(0.001, 0.004))
             tx.send(payload(4, i, 48), timeout=10)
 
     async def main() -> tuple[list[bytes], int]:
@@ -256,7 +256,9 @@ def test_cancelled_arecv_loses_nothing(pair: tuple[Channel, Channel]) -> None:
         end = time.monotonic() + 60
         while len(got) < n and time.monotonic() < end:
             try:
-                got.append(await asyncio.wait_for(rx.arecv(), rng.uniform(0.0002, 0.004)))
+                # 0: cancelled at its first await; else somewhere inside its waits
+                timeout = 0 if rng.random() < 0.2 else rng.uniform(0.0001, 0.003)
+                got.append(await asyncio.wait_for(rx.arecv(), timeout))
             except TimeoutError:
                 cancels += 1
         return got, cancels
@@ -488,3 +490,45 @@ def test_wait_on_listener() -> None:
         assert kipc.wait([lst], timeout=5) == [lst]
         lst.accept(timeout=5).close()
         c.close()
+
+
+class CountingCodec:
+    """Bytes in, bytes out, counting encodes (an async send must encode once, whatever it waits)."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.encodes = 0
+
+    def encode(self, obj: Any) -> bytes:
+        self.encodes += 1
+        return bytes(obj)
+
+    def decode(self, data: bytes | memoryview) -> Any:
+        return bytes(data)
+
+
+@pytest.mark.parametrize("scheme", ["sysvmq", "ring", "posixmq", "unix"])
+def test_asend_on_full_channel_encodes_once(scheme: str) -> None:
+    codec = CountingCodec()
+    with testing.channel_pair(scheme, codec=codec) as (tx, _rx):
+        while True:
+            try:
+                tx.send(b"x" * 1024, timeout=0)
+            except kipc.WouldBlock:
+                break
+        before = codec.encodes
+
+        async def main() -> int:
+            calls = 0
+            with pytest.raises(kipc.Timeout):
+                while calls < 1000:  # a stream may take a few more before it is really full
+                    calls += 1
+                    await tx.asend(b"y" * 1024, timeout=0.3)
+            return calls
+
+        t0 = time.monotonic()
+        calls = asyncio.run(main())
+        assert time.monotonic() - t0 < 5
+        # each asend encoded exactly once, the one that waited 0.3 s and timed out too
+        assert codec.encodes - before == calls

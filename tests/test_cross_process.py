@@ -131,7 +131,9 @@ def test_bad_urls_rejected(url: str) -> None:
 def test_bad_option_types() -> None:
     name = testing.unique_name()
     with pytest.raises(TypeError):
-        kipc.open(f"fifo://{name}", create=True, mode="0600")
+        kipc.open(f"fifo://{name}", create=True, mode=0.6)
+    with pytest.raises(kipc.InvalidArgument):  # octal text is read as in ?mode=0600, strictly
+        kipc.open(f"fifo://{name}", create=True, mode="rw-------")
     with pytest.raises(kipc.InvalidArgument):
         kipc.open(f"fifo://{name}", create=True, mode=0o4600)
     with pytest.raises(kipc.InvalidArgument):

@@ -392,11 +392,12 @@ class _Waitable(Resource):
         finally:
             remove(fd)
 
-    def _lock(self, op: str, deadline: Deadline, what: str) -> Any:
+    def _lock(self, op: str, deadline: Deadline) -> Any:
+        """The direction lock of ``op``, acquired by the deadline (Timeout/WouldBlock otherwise)."""
         lock = self._locks[op]
         if not lock_within(lock, deadline):
             self._check_open(op)
-            raise deadline.error(what)
+            raise deadline.error(f"{op} on {self.url}")
         if self._closed:
             lock.release()
             self._check_open(op)
@@ -421,12 +422,15 @@ class Channel(_Waitable):
     # these say whether it may, and close() turns them off.
     _plain_send: bool = False
     _plain_recv: bool = False
+    _send_lock: Any = None
+    _recv_lock: Any = None
 
     def _init_channel(self, url: str, *, codec: str | Codec | None = None) -> None:
         """Subclasses call this once their handles are open."""
         self.url = url
         self.codec = get_codec(codec)
         self._init_waitable("send", "recv")
+        self._send_lock, self._recv_lock = self._locks["send"], self._locks["recv"]
         plain = self.codec is _BYTES
         self._plain_send = plain and self.writable
         self._plain_recv = plain and self.readable
@@ -576,12 +580,11 @@ class Channel(_Waitable):
 
     # -- hooks: blocking paths (default: the hooks below, in a loop, under the direction lock) ---
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
-        what = f"send on {self.url}"
-        lock = self._lock("send", deadline, what)
+        lock = self._lock("send", deadline)
         try:
             while not self._try_send(data, knobs):
                 if deadline.nonblocking or deadline.expired():
-                    raise deadline.error(what)
+                    raise deadline.error(f"send on {self.url}")
                 self._wait("send", deadline)
                 self._check_open("send")
             while self._pending_out() and not deadline.expired():
@@ -592,15 +595,14 @@ class Channel(_Waitable):
             lock.release()
 
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
-        what = f"recv on {self.url}"
-        lock = self._lock("recv", deadline, what)
+        lock = self._lock("recv", deadline)
         try:
             while True:
                 got = self._try_recv(knobs)
                 if got is not None:
                     return got
                 if deadline.nonblocking or deadline.expired():
-                    raise deadline.error(what)
+                    raise deadline.error(f"recv on {self.url}")
                 self._wait("recv", deadline)
                 self._check_open("recv")
         finally:
@@ -684,15 +686,14 @@ class Listener(_Waitable):
             await self._await_ready("recv", deadline)
 
     def _accept_blocking(self, deadline: Deadline) -> Channel:
-        what = f"accept on {self.url}"
-        lock = self._lock("recv", deadline, what)
+        lock = self._lock("recv", deadline)
         try:
             while True:
                 conn = self._try_accept()
                 if conn is not None:
                     return conn
                 if deadline.nonblocking or deadline.expired():
-                    raise deadline.error(what)
+                    raise deadline.error(f"accept on {self.url}")
                 self._wait("recv", deadline)
                 self._check_open("accept")
         finally:

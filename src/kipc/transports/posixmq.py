@@ -184,7 +184,7 @@ class PosixMessageQueue(Channel):
     # on the mqd) or a closed handle ends the wait.
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         prio = self._priority(knobs, self.url) if knobs else 0
-        lock = self._lock("send", deadline, f"send on {self.url}")
+        lock = self._lock("send", deadline)
         try:
             if deadline.nonblocking:
                 if not self._try_send(data, knobs):
@@ -205,7 +205,7 @@ class PosixMessageQueue(Channel):
             lock.release()
 
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
-        lock = self._lock("recv", deadline, f"recv on {self.url}")
+        lock = self._lock("recv", deadline)
         try:
             if deadline.nonblocking:
                 got = self._try_recv(knobs)
