@@ -266,6 +266,7 @@ typedef struct {
     _Atomic long calls;    /* calls in flight on this handle (each may release the GIL) */
     _Atomic int closing;   /* closed by this process: interrupt() / unmap() */
     int unmap_pending;     /* unmap when the last call, view and loan are gone */
+    _Atomic int unmapped;  /* exactly one ring_unmap_now does the munmap */
     Py_ssize_t exports;    /* live views/loans (GIL-protected) */
     int slot;              /* index in the SIGBUS table, -1 if none */
     unsigned fork_gen;     /* fork generation this handle's per-process state belongs to */
@@ -1489,7 +1490,7 @@ static PyTypeObject RingLoanType = {
 
 static void ring_unmap_now(Ring *r)
 {
-    if (r->hdr) {
+    if (r->hdr && !atomic_exchange(&r->unmapped, 1)) {
         if (r->partial) { /* closed mid-message: drop the claim (the rest is skipped, THEORY) */
             Py_CLEAR(r->partial);
             claim_clear(r->hdr, r->token);
