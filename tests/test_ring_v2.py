@@ -428,3 +428,54 @@ def test_forked_child_does_not_inherit_a_claim(ring: Callable[..., RingChannel])
         assert rx.recv(timeout=20) == big  # the parent's handle resumes it, whole
     t.join(20)
     rx.close()
+
+
+# -- producer claims: asend of a fragmented message does not block the loop -------------------------
+
+
+def test_asend_and_arecv_of_big_messages_on_one_loop(ring: Callable[..., RingChannel]) -> None:
+    """Producer and consumer tasks on the same event loop: a message 12x the ring goes through."""
+    import asyncio
+
+    tx = ring(capacity=16 * KiB)
+    rx = RingChannel(tx.name)
+    msgs = [payload(9, i, n) for i, n in enumerate([200 * KiB, 100, 50 * KiB, 8 * KiB, 190 * KiB])]
+
+    async def main() -> list[bytes]:
+        async def produce() -> None:
+            for m in msgs:
+                await asyncio.wait_for(tx.asend(m), 20)
+
+        task = asyncio.create_task(produce())
+        got = [await asyncio.wait_for(rx.arecv(), 20) for _ in msgs]
+        await task
+        return got
+
+    assert asyncio.run(main()) == msgs
+    rx.close()
+
+
+def test_cancelled_asend_mid_message_delivers_nothing_and_blocks_nobody(ring: Callable[..., RingChannel]) -> None:
+    import asyncio
+
+    rx = ring(capacity=16 * KiB)
+    tx, other = RingChannel(rx.name), RingChannel(rx.name)
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):  # nobody reads: it stops mid-message, then is cancelled
+            await asyncio.wait_for(tx.asend(payload(1, 0, 100 * KiB)), 0.2)
+
+    asyncio.run(main())
+    assert rx.info()["frag_active"] == 1  # half written, claimed by tx
+    t = threading.Thread(target=other.send, args=(b"small",), kwargs={"timeout": 5})
+    t.start()  # waits for tx's claim; takes it over once stale (1 s), the half message is dropped
+    t0 = time.monotonic()
+    assert rx.recv(timeout=5) == b"small"  # the half-written message is never delivered
+    assert time.monotonic() - t0 < 3
+    t.join(5)
+    with pytest.raises(kipc.WouldBlock):
+        rx.recv(timeout=0)
+    tx.send(b"tx again")  # the cancelled sender's handle still works
+    assert rx.recv(timeout=5) == b"tx again"
+    tx.close()
+    other.close()

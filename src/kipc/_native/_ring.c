@@ -208,6 +208,7 @@
 #define VIEW_MIN (16u * 1024u) /* recv(view=2): a view only for messages this big */
 #define SLICE 0.05 /* seconds between signal / local-close checks while blocked */
 #define PROBE 0.01 /* seconds between peer-liveness probes (producer mid-message, claimant) */
+#define PCLAIM_STALE_NS 1000000000ull /* a producer claim without an attempt for 1 s is taken over */
 
 #define CL __attribute__((aligned(64)))
 
@@ -244,6 +245,14 @@ struct ring_hdr {
     _Atomic uint32_t claim_waiters;
     _Atomic uint64_t claim_start;
 
+    /* producer claim: a fragmented message half written by a non-blocking attempt (asyncio);
+     * written under prod_lock (THEORY: producer claims) */
+    CL _Atomic uint64_t pclaim; /* token of the handle whose message is half written, 0 = none */
+    _Atomic uint32_t pclaim_pid;
+    _Atomic uint32_t pclaim_waiters;
+    _Atomic uint64_t pclaim_start;
+    _Atomic uint64_t pclaim_beat; /* CLOCK_MONOTONIC ns of the claimant's last attempt or wait */
+
     CL _Atomic uint32_t unfinished; /* JoinableQueue tasks (futex word) */
     _Atomic uint32_t join_waiters;
 };
@@ -275,6 +284,8 @@ typedef struct {
     uint64_t start;        /* this process's start time (clock ticks), 0 = unknown */
     PyObject *partial;     /* bytes of the claimed message reassembled so far (under cons_lock) */
     uint64_t filled, ptotal;
+    PyObject *pdata;       /* the message a try_send left half written (producer claim) */
+    uint64_t pdone;        /* bytes of it already published */
     uint64_t fail_head;    /* head seen by the last try_send that found no room */
     int fail_valid;
 } Ring;
@@ -522,6 +533,7 @@ static void after_fork(Ring *r)
     r->fork_gen = fork_gen;
     atomic_store(&r->calls, 0);
     Py_CLEAR(r->partial); /* a copy of the parent's claimed partial: the parent's to finish */
+    Py_CLEAR(r->pdata);   /* likewise a half-written message */
     r->filled = r->ptotal = 0;
     r->pid = (uint32_t)getpid();
     r->start = 0;
@@ -711,7 +723,44 @@ static void unlock_ring(Ring *r, int prod)
     pthread_mutex_unlock(prod ? &r->hdr->prod_lock : &r->hdr->cons_lock);
 }
 
-/* Waiting for data: someone mid-message probes the producer lock; a dead owner is repaired. */
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void frag_abort(struct ring_hdr *h)
+{
+    atomic_store_explicit(&h->frag_active, 0, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    futex_wake_all(lo32(&h->tail));
+}
+
+/* Is the producer claim held by a live process that made an attempt within PCLAIM_STALE_NS? */
+static int pclaim_live(struct ring_hdr *h)
+{
+    uint64_t beat = atomic_load(&h->pclaim_beat), now = mono_ns();
+    if (now > beat && now - beat > PCLAIM_STALE_NS)
+        return 0;
+    return proc_alive(atomic_load(&h->pclaim_pid), atomic_load(&h->pclaim_start));
+}
+
+/* Under prod_lock: end the producer claim `token`. abort: its message is abandoned
+ * (consumers drop what they reassembled); else it was completed. */
+static void pclaim_end(struct ring_hdr *h, uint64_t token, int abort)
+{
+    if (atomic_load(&h->pclaim) != token)
+        return;
+    if (abort)
+        frag_abort(h);
+    uint64_t t = token;
+    if (atomic_compare_exchange_strong(&h->pclaim, &t, 0) && atomic_load(&h->pclaim_waiters))
+        futex_wake_all(lo32(&h->pclaim));
+}
+
+/* Waiting for data: someone mid-message probes the producer lock; a dead owner is repaired,
+ * and a dead or stale producer claim is ended (its message abandoned). */
 static void probe_producer(struct ring_hdr *h)
 {
     int rc = pthread_mutex_trylock(&h->prod_lock);
@@ -721,8 +770,14 @@ static void probe_producer(struct ring_hdr *h)
         pthread_mutex_consistent(&h->prod_lock);
         rc = 0;
     }
-    if (rc == 0)
+    if (rc == 0) {
+        uint64_t pc = atomic_load(&h->pclaim);
+        if (pc && !pclaim_live(h)) {
+            atomic_fetch_add(&h->repairs, 1);
+            pclaim_end(h, pc, 1);
+        }
         pthread_mutex_unlock(&h->prod_lock);
+    }
 }
 
 /* ------------------------------------------------------------------------- */
@@ -783,6 +838,7 @@ static unsigned char *place(Ring *r, uint64_t pad, uint64_t len, uint32_t flags,
 typedef struct {
     Py_buffer *parts;
     int n;
+    PyObject *obj; /* the data object of a single-part message (producer claims), or NULL */
 } gather_t;
 
 /* Copy bytes [from, from+len) of the concatenated parts to dst. */
@@ -822,12 +878,37 @@ static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double dea
     for (;;) {
         if (atomic_load_explicit(&h->closed, memory_order_relaxed))
             return R_CLOSED;
+        uint64_t pc = atomic_load_explicit(&h->pclaim, memory_order_acquire);
+        if (pc && pc != r->token && pclaim_live(h)) {
+            /* another handle's fragmented message is half written: wait for its claim to end */
+            if (nb)
+                return R_EMPTY;
+            double until = mono() + PROBE;
+            int rc = wait_word(r, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters,
+                               until < deadline ? until : deadline);
+            if (rc != OK && !(rc == R_TIMEOUT && until < deadline))
+                return rc;
+            continue;
+        }
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
         uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
         if (room(r, tail, head, need, max_items, pad)) {
             int rc = lock_ring(r, 1, deadline, nb);
             if (rc != OK)
                 return rc;
+            pc = atomic_load(&h->pclaim);
+            if (pc && (pc == r->token || !pclaim_live(h))) {
+                /* our own half-written message (another message now), or a dead or stale
+                 * claimant's: abandoned */
+                if (pc != r->token)
+                    atomic_fetch_add(&h->repairs, 1);
+                pclaim_end(h, pc, 1);
+                if (pc == r->token)
+                    Py_CLEAR(r->pdata);
+            } else if (pc) {
+                unlock_ring(r, 1); /* claimed meanwhile: wait for it above */
+                continue;
+            }
             tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
             head = atomic_load_explicit(&h->head, memory_order_acquire);
             if (room(r, tail, head, need, max_items, pad) && !atomic_load(&h->closed))
@@ -848,11 +929,89 @@ static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double dea
     }
 }
 
-static void frag_abort(struct ring_hdr *h)
+/* A non-blocking attempt at a fragmented message (THEORY: producer claims): write the
+ * fragments that fit now; if some remain, claim the message for this handle (pclaim),
+ * keep the data object and return R_EMPTY; the next try_send of the *same object* on this
+ * handle resumes it. g->obj is the data object. */
+static int produce_frag_nb(Ring *r, gather_t *g, uint64_t total, uint64_t max_items)
 {
-    atomic_store_explicit(&h->frag_active, 0, memory_order_release);
-    atomic_thread_fence(memory_order_seq_cst);
-    futex_wake_all(lo32(&h->tail));
+    struct ring_hdr *h = r->hdr;
+    uint64_t pad;
+    int rc, resume = r->pdata == g->obj && g->obj && atomic_load(&h->pclaim) == r->token;
+    if (resume) {
+        rc = lock_ring(r, 1, 0.0, 1);
+        if (rc != OK)
+            return rc; /* busy: R_EMPTY */
+        if (atomic_load(&h->pclaim) != r->token) { /* taken over (stale) meanwhile: start again */
+            unlock_ring(r, 1);
+            Py_CLEAR(r->pdata);
+            return R_EMPTY;
+        }
+    } else {
+        rc = reserve_locked(r, rec_size(r->frag_max), max_items, 0.0, 1, &pad);
+        if (rc != OK)
+            return rc;
+        Py_CLEAR(r->pdata);
+        r->pdone = 0;
+        atomic_store_explicit(&h->frag_active, 1, memory_order_release);
+    }
+    uint64_t done = r->pdone, head = 0;
+    while (done < total) {
+        uint64_t chunk = total - done < r->frag_max ? total - done : r->frag_max;
+        int last = done + chunk == total;
+        if (atomic_load_explicit(&h->closed, memory_order_relaxed)) {
+            rc = R_CLOSED;
+            goto abort;
+        }
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+        head = atomic_load_explicit(&h->head, memory_order_acquire);
+        if (!room(r, tail, head, rec_size(chunk), 0, &pad))
+            break;
+        unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
+        gather_gil(dst, g, done, chunk);
+        if (is_broken(r)) {
+            rc = R_BROKEN;
+            goto abort;
+        }
+        uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
+        publish(h, tail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
+        done += chunk;
+    }
+    if (done == total) {
+        atomic_store_explicit(&h->frag_active, 0, memory_order_release);
+        pclaim_end(h, r->token, 0);
+        Py_CLEAR(r->pdata);
+        r->pdone = 0;
+        unlock_ring(r, 1);
+        return OK;
+    }
+    /* no room for the next fragment now: the message stays claimed by this handle */
+    r->pdone = done;
+    if (!r->pdata)
+        r->pdata = Py_NewRef(g->obj);
+    atomic_store(&h->pclaim_beat, mono_ns());
+    if (!resume) {
+        if (!r->start) {
+            char state;
+            if (read_stat(r->pid, &state, &r->start) != 0)
+                r->start = 0;
+        }
+        atomic_store(&h->pclaim_pid, r->pid);
+        atomic_store(&h->pclaim_start, r->start);
+        atomic_store(&h->pclaim, r->token);
+    }
+    r->fail_head = head; /* _wait("send") waits for head to move past this */
+    r->fail_valid = 1;
+    unlock_ring(r, 1);
+    return R_EMPTY;
+abort:
+    if (resume || atomic_load(&h->pclaim) == r->token)
+        pclaim_end(h, r->token, 1);
+    else
+        frag_abort(h);
+    Py_CLEAR(r->pdata);
+    unlock_ring(r, 1);
+    return rc;
 }
 
 /* One message of `total` bytes from the parts. nb: a non-blocking attempt (R_EMPTY when
@@ -877,14 +1036,16 @@ static int produce(Ring *r, gather_t *g, uint64_t total, double deadline, uint64
         unlock_ring(r, 1);
         return OK;
     }
+    if (nb)
+        return produce_frag_nb(r, g, total, max_items);
     /* Fragments: wait (no lock) until the first fits, then hold prod_lock across all of
      * them, waiting for space under it (the one wait under a lock); abort (frag_active = 0)
      * on timeout, close or a signal. */
     int rc = reserve_locked(r, rec_size(r->frag_max), max_items, deadline, nb, &pad);
     if (rc != OK)
         return rc;
-    if (nb)
-        deadline = INFINITY;
+    if (r->pdata) /* a half-written message of ours was abandoned by reserve_locked */
+        Py_CLEAR(r->pdata);
     atomic_store_explicit(&h->frag_active, 1, memory_order_release);
     uint64_t done = 0;
     int first = 1;
@@ -1262,6 +1423,19 @@ static int wait_send(Ring *r, double deadline)
     for (;;) {
         if (is_broken(r) || atomic_load(&h->closed))
             return OK;
+        uint64_t pc = atomic_load_explicit(&h->pclaim, memory_order_acquire);
+        if (pc && pc == r->token)
+            atomic_store(&h->pclaim_beat, mono_ns()); /* our half-written message: still wanted */
+        if (pc && pc != r->token && pclaim_live(h)) {
+            double until = mono() + PROBE;
+            int rc = wait_word(r, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters,
+                               until < deadline ? until : deadline);
+            if (rc == R_ERR)
+                return R_ERR;
+            if (rc != OK && !(rc == R_TIMEOUT && until < deadline))
+                return OK;
+            continue;
+        }
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
         uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
         uint64_t used = tail - head;
@@ -1273,9 +1447,12 @@ static int wait_send(Ring *r, double deadline)
                 unlock_ring(r, 1);
             return rc == R_ERR ? R_ERR : OK;
         }
-        int rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
+        double until = pc == r->token && pc ? mono() + 0.25 : deadline; /* beat a held claim */
+        int rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, until < deadline ? until : deadline);
         if (rc == R_ERR)
             return R_ERR;
+        if (rc == R_TIMEOUT && until < deadline)
+            continue;
         if (rc != OK)
             return OK;
     }
@@ -1495,6 +1672,11 @@ static void ring_unmap_now(Ring *r)
             Py_CLEAR(r->partial);
             claim_clear(r->hdr, r->token);
         }
+        if (r->pdata) { /* a half-written message: make the claim stale, the next peer ends it */
+            Py_CLEAR(r->pdata);
+            if (atomic_load(&r->hdr->pclaim) == r->token)
+                atomic_store(&r->hdr->pclaim_beat, 0);
+        }
         if (r->slot >= 0)
             atomic_store(&slot_base[r->slot], 0); /* before munmap: the handler must not claim a reused range */
         r->slot = -1;
@@ -1628,6 +1810,7 @@ static void Ring_dealloc(Ring *r)
         after_fork(r);
     ring_unmap_now(r); /* no call can be in flight: each holds a reference */
     Py_CLEAR(r->partial);
+    Py_CLEAR(r->pdata);
     Py_XDECREF(r->url);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -1722,7 +1905,7 @@ static PyObject *Ring_try_send(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         leave(r);
         return NULL;
     }
-    gather_t g = {&b, 1};
+    gather_t g = {&b, 1, args[0]};
     int rc = produce(r, &g, (uint64_t)b.len, 0.0, max_items, 1);
     release_part(&b);
     if (rc != OK && rc != R_ERR && rc != R_EMPTY)
@@ -1902,8 +2085,10 @@ static PyObject *Ring_ready(Ring *r, PyObject *arg)
     if (atomic_load(&h->closed)) {
         ready = 1;
     } else if (op) { /* as _wait("send"): space freed since the last failed try_send, or not full */
-        uint64_t used = tail - head;
+        uint64_t used = tail - head, pc = atomic_load(&h->pclaim);
         ready = r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->cap);
+        if (pc && pc != r->token && pclaim_live(h))
+            ready = 0;
     } else {
         ready = !(foreign_claim(r, claim) && claimant_alive(h)) &&
                 (head != tail || (r->partial && !atomic_load(&h->frag_active)));
@@ -1980,6 +2165,7 @@ static void wake_all(struct ring_hdr *h)
     futex_wake_all(lo32(&h->tail));
     futex_wake_all(lo32(&h->head));
     futex_wake_all(lo32(&h->claim));
+    futex_wake_all(lo32(&h->pclaim));
     futex_wake_all(&h->unfinished);
 }
 
