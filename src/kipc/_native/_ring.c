@@ -10,9 +10,10 @@
  * after init), the producers' robust mutex, the consumers' robust mutex, the
  * producer line (tail, msgs_in, consumer-waiter count, producer journal), the
  * consumer line (head, msgs_out, producer-waiter count, consumer journal), the
- * claim line (which consumer reassembles the message at head, see Claims) and
+ * claim line (which consumer reassembles the message at head, see Claims), the
+ * producer-claim line (a half-written fragmented message, see Producer claims) and
  * the task line (JoinableQueue's unfinished count). Header version 2 (v1 had
- * no claim line; a v1 peer is refused at attach by the version check).
+ * no claim lines; a v1 peer is refused at attach by the version check).
  *
  * Records. head and tail are 64-bit byte counters that only grow; a record
  * starts at counter % capacity and never wraps: when it would not fit before
@@ -72,10 +73,24 @@
  * otherwise make the caller spin); or until the deadline passes or the handle
  * is closed here. It returns None in every case and consumes nothing; the
  * caller then makes a non-blocking attempt (try_send -> False / try_recv ->
- * None when not possible now). A fragmented message cannot be sent without
- * waiting for consumers: try_send of one fails while the first fragment does
- * not fit, and once started writes the rest, waiting (deadline: never; a local
- * close or a signal aborts it). ready(op) is the same test without waiting.
+ * None when not possible now). ready(op) is the same test without waiting.
+ *
+ * Producer claims: fragmented messages without waiting (try_send). A message
+ * over frag_max cannot be written at once. try_send writes the fragments that
+ * fit, and if some remain it claims the message for its handle in the header
+ * {pclaim = token, pclaim_pid, pclaim_start, pclaim_beat = now}, keeps a
+ * reference to the data object and returns False; frag_active stays 1, so
+ * consumers wait for the rest. The next try_send of the *same object* on the
+ * handle resumes it (the asyncio template retries with the object it encoded
+ * once); any other send on the handle abandons it (frag_active = 0: consumers
+ * drop what they reassembled) before its own message. Other producers that
+ * find a live foreign pclaim wait on the pclaim word (no lock) within their
+ * deadlines. A claim is taken over (abandoned, under prod_lock) by a producer,
+ * or by a consumer's probe, when its process is dead or its beat is older than
+ * 1 s: a cancelled asend, or a closed or collected handle (close sets the beat
+ * to 0), blocks nobody for longer, and delivers nothing. The claimant's waits
+ * (_wait("send")) refresh the beat. So a producer and a consumer on one event
+ * loop can move a message bigger than the ring.
  *
  * Claims: reassembly without holding cons_lock. A consumer that takes a FIRST
  * fragment creates the message (bytes of `total`) in its handle and publishes
@@ -137,7 +152,8 @@
  *    LAST one consumed.
  *  - Nobody repairs a lock whose owner is alive: a SIGSTOPped producer
  *    mid-message stalls the producers, a stopped claimant the consumers;
- *    their waiters time out per their deadlines.
+ *    their waiters time out per their deadlines. (A stopped producer
+ *    *claimant* — try_send, no lock held — is taken over after 1 s.)
  *  - Attach (Python side) verifies type, owner uid, mode bits and size with
  *    fstat before mmap, and this module verifies magic, version and sizes in
  *    the header, so a truncated or planted object is refused, not SIGBUSed.

@@ -32,11 +32,12 @@ Contract card:
   open publishes nothing (``commit`` raises ``ChannelClosed``).
 * asyncio: ``asend/arecv`` wait for readiness in C (a futex wait that consumes
   nothing and holds no lock, in kipc's wait threads), then make the
-  non-blocking attempt on the loop thread: a cancelled call loses nothing. A
-  message over ``capacity/2 - 16`` bytes cannot be sent without waiting for
-  consumers: ``asend`` of one, once its first fragment fits, writes the rest on
-  the loop thread (use ``send`` in a thread for huge messages); ``arecv`` of
-  one resumes across attempts (the claim above).
+  non-blocking attempt on the loop thread: a cancelled call loses nothing.
+  Messages over ``capacity/2 - 16`` bytes work too, even with producer and
+  consumer on one loop: an attempt writes (or takes) the fragments there is
+  room for and the next attempt resumes; a cancelled ``asend`` mid-message
+  delivers nothing (its half is dropped, and other producers take over its
+  claim after at most 1 s).
 * Hooks (template v2): ``_send_blocking(data, deadline, knobs)``,
   ``_recv_blocking(deadline, knobs)``, ``_try_send(data, knobs) -> bool``,
   ``_try_recv(knobs) -> bytes | memoryview | None``, ``_wait(op, deadline)``,
