@@ -479,3 +479,28 @@ def test_cancelled_asend_mid_message_delivers_nothing_and_blocks_nobody(ring: Ca
     assert rx.recv(timeout=5) == b"tx again"
     tx.close()
     other.close()
+
+
+_ASYNC_PRODUCER = """
+import asyncio, sys
+from kipc.transports.ring import RingChannel
+ch = RingChannel(sys.argv[1])
+print('READY', flush=True)
+asyncio.run(ch.asend(b'y' * 100_000))  # nobody reads: stops mid-message, claimed
+"""
+
+
+def test_killed_async_producer_claim_is_taken_over_at_once(ring: Callable[..., RingChannel]) -> None:
+    rx = ring(capacity=16 * KiB)
+    other = RingChannel(rx.name)
+    with testing.spawn(_ASYNC_PRODUCER, rx.name) as child:
+        _until(lambda: rx.info()["pclaim_pid"] == child.pid)
+        child.kill()  # SIGKILL and reap
+    t = threading.Thread(target=other.send, args=(b"after",), kwargs={"timeout": 5})
+    t0 = time.monotonic()
+    t.start()
+    assert rx.recv(timeout=5) == b"after"  # the dead one's half message is dropped, never delivered
+    assert time.monotonic() - t0 < 0.9  # a dead claimant is found at once (no 1 s staleness wait)
+    t.join(5)
+    assert rx.info()["pclaim_pid"] == 0
+    other.close()

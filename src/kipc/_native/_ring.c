@@ -2322,6 +2322,7 @@ static PyObject *Ring_info(Ring *r, PyObject *unused)
         put_u64(d, "cons_waiters", atomic_load(&h->cons_waiters)) ||
         put_u64(d, "prod_waiters", atomic_load(&h->prod_waiters)) ||
         put_u64(d, "claim_pid", atomic_load(&h->claim) ? atomic_load(&h->claim_pid) : 0) ||
+        put_u64(d, "pclaim_pid", atomic_load(&h->pclaim) ? atomic_load(&h->pclaim_pid) : 0) ||
         put_u64(d, "calls", (unsigned long long)atomic_load(&r->calls))) {
         Py_XDECREF(d);
         d = NULL;
