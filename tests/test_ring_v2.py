@@ -504,3 +504,26 @@ def test_killed_async_producer_claim_is_taken_over_at_once(ring: Callable[..., R
     t.join(5)
     assert rx.info()["pclaim_pid"] == 0
     other.close()
+
+
+def test_close_wakes_a_recv_waiting_for_the_consumer_lock(ring: Callable[..., RingChannel]) -> None:
+    """A thread blocked on cons_lock (another thread holds a view) is woken by close() too."""
+    tx = ring()
+    rx = RingChannel(tx.name)
+    tx.send(b"viewed")
+    tx.send(b"second")
+    mv = rx.recv(view=True)  # holds the consumer lock until released
+    out: dict[str, object] = {}
+    started = threading.Event()
+    t = threading.Thread(target=_blocked, args=(rx.recv, out, started))
+    t.start()
+    started.wait(5)
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    rx.close()
+    t.join(5)
+    assert isinstance(out["result"], kipc.ChannelClosed)
+    assert float(out["at"]) - t0 < 0.1  # type: ignore[arg-type]
+    assert bytes(mv) == b"viewed"  # the view keeps the mapping
+    mv.release()
+    assert tx.recv(timeout=5) == b"second"
