@@ -42,6 +42,7 @@ import threading
 import weakref
 from typing import Any
 
+from ._base import FOREVER, Deadline
 from .errors import ChannelClosed, InvalidArgument, Timeout
 from .transports.ring import DEFAULT_SPIN_US, RingChannel
 
@@ -78,15 +79,15 @@ def _finalize(ch: RingChannel) -> None:
     # else: a pickled copy has not attached yet; _unlink_at_exit removes it
 
 
-def _timeout(block: bool, timeout: float | None) -> float:
-    """multiprocessing's (block, timeout) as the ring's seconds (-1 = forever)."""
+def _deadline(block: bool, timeout: float | None) -> Deadline:
+    """multiprocessing's (block, timeout) as the ring's deadline (FOREVER, or timeout 0 = one try)."""
     if not block:
-        return 0.0
+        return Deadline(0)
     if timeout is None:
-        return -1.0
+        return FOREVER
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
-    return max(0.0, float(timeout))
+    return Deadline(max(0.0, float(timeout)))
 
 
 class Queue:
@@ -107,7 +108,7 @@ class Queue:
     def _setup(self, ch: RingChannel, maxsize: int) -> None:
         self._ch = ch
         self._ring = ch._ring
-        self._send, self._recv = ch._ring.send, ch._ring.recv
+        self._try_send, self._recv = ch._ring.try_send, ch._ring.recv
         self._fast_put = maxsize == 0 and not self._joinable
         self._maxsize = maxsize
         self._closed = False
@@ -147,19 +148,16 @@ class Queue:
         if self._closed:
             self._check_closed()
         data = _dumps(obj, _HIGHEST)  # a pickling error raises here, in the caller
-        if self._fast_put and not self._buffer:  # unbounded, not joinable: never blocks
-            try:
-                return self._send(data, 0.0)
-            except Timeout:
-                pass
-        t = _timeout(block, timeout)
+        if self._fast_put and not self._buffer and self._try_send(data):  # unbounded, not joinable
+            return
+        deadline = _deadline(block, timeout)
         if self._joinable:
             self._ring.task_add(1)
         try:
             if self._maxsize == 0:
                 self._put_unbounded(data)
             else:
-                self._ring.send(data, t, self._maxsize)
+                self._ring.send(data, deadline, None, self._maxsize)
         except Timeout:
             if self._joinable:
                 self._ring.task_add(-1)
@@ -170,12 +168,8 @@ class Queue:
             raise
 
     def _put_unbounded(self, data: bytes) -> None:
-        if not self._buffer:
-            try:
-                self._ring.send(data, 0.0)
-                return
-            except Timeout:
-                pass
+        if not self._buffer and self._try_send(data):
+            return
         with self._lock:  # the ring is full: keep order through the buffer, never block
             self._buffer.append(data)
             if self._feeder is None:
@@ -192,7 +186,7 @@ class Queue:
                     return
                 data = self._buffer[0]
             try:
-                self._ring.send(data, _FEED_SLICE)
+                self._ring.send(data, Deadline(_FEED_SLICE))
             except Timeout:
                 if self._joincancelled and _exiting:
                     return
@@ -210,13 +204,13 @@ class Queue:
             self._check_closed()
         try:
             # view=2: big messages come back as a view into the ring (one copy fewer)
-            data = self._recv(-1.0 if block and timeout is None else _timeout(block, timeout), 2)
+            data = self._recv(FOREVER if block and timeout is None else _deadline(block, timeout), None, 2)
         except Timeout:
             raise queue.Empty from None
         if data.__class__ is bytes:
             return _loads(data)
-        with memoryview(data) as mv:
-            obj = _loads(mv)
+        with data:  # a memoryview into the ring: released (consumed) after unpickling
+            obj = _loads(data)
         self._ring.qsize()  # raises BadObject if the ring was truncated under the view (it read zeros)
         return obj
 
@@ -262,7 +256,7 @@ class JoinableQueue(Queue):
         """Block until every item put has been ``task_done()``'d (``timeout``: a kipc extension)."""
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise InvalidArgument(f"timeout {timeout!r} must be None or >= 0")
-        return bool(self._ring.join(-1.0 if timeout is None else float(timeout)))
+        return bool(self._ring.join(FOREVER if timeout is None else Deadline(float(timeout))))
 
 
 class SimpleQueue:

@@ -12,17 +12,43 @@ Contract card:
   user; ``kipc.open("ring://NAME")`` attaches. Every end can send and receive.
 * Boundaries: kept. Ordering: FIFO per producer (commits are serialized, so
   FIFO overall). Size: any; a message over ``capacity/2 - 16`` bytes travels
-  in fragments and a consumer only ever returns whole messages. While a
-  consumer reassembles such a message it waits for the producer past its own
-  timeout (the producer's timeout or death ends the message, never a partial).
+  in fragments and a consumer only ever returns whole messages. The consumer
+  that takes a message's first fragment *claims* it: if its ``recv`` times out
+  mid-message, the part received so far stays with this handle and the next
+  ``recv`` on the same handle (any thread) resumes it; other consumers wait
+  for the claim meanwhile (within their own timeouts). Closing a handle
+  mid-message drops that message (as a killed consumer's); the producer's
+  timeout or death ends a message, never a partial.
 * Blocking: ``send`` blocks while the ring is full, ``recv`` while it is empty;
-  ``timeout=None|0|t``. Waits spin ``spin`` µs (default 50, ``spin=0`` pure
-  futex sleep), then sleep on a shared futex; GIL released; Ctrl-C gets through.
-  ``asend/arecv`` wait in a worker thread in 50 ms slices (no fd to poll).
+  ``timeout=None|0|t``, honoured even while a SIGSTOPped peer holds a lock
+  (locks are taken with a deadline; nobody waits for data or space holding
+  one). Waits spin ``spin`` µs (default 50, ``spin=0`` pure futex sleep), then
+  sleep on a shared futex; GIL released; Ctrl-C gets through.
+* Threads: any number of threads may send and receive on one handle. ``close()``
+  from any thread wakes this process's calls blocked on the handle within
+  100 ms with ``ChannelClosed`` ("closed by this process"); the mapping stays
+  until the last call in flight has left. A view still held at close keeps the
+  mapping until released (releasing it consumes its message); a loan still
+  open publishes nothing (``commit`` raises ``ChannelClosed``).
+* asyncio: ``asend/arecv`` wait for readiness in C (a futex wait that consumes
+  nothing and holds no lock, in kipc's wait threads), then make the
+  non-blocking attempt on the loop thread: a cancelled call loses nothing.
+  Messages over ``capacity/2 - 16`` bytes work too, even with producer and
+  consumer on one loop: an attempt writes (or takes) the fragments there is
+  room for and the next attempt resumes; a cancelled ``asend`` mid-message
+  delivers nothing (its half is dropped, and other producers take over its
+  claim after at most 1 s).
+* Hooks (template v2): ``_send_blocking(data, deadline, knobs)``,
+  ``_recv_blocking(deadline, knobs)``, ``_try_send(data, knobs) -> bool``,
+  ``_try_recv(knobs) -> bytes | memoryview | None``, ``_wait(op, deadline)``,
+  ``_ready(op)`` are the C methods themselves (``Ring.send/recv/try_send/
+  try_recv/wait/ready``), bound per handle; ``_wait_fd`` is None;
+  ``_interrupt`` calls ``Ring.interrupt``; ``_close`` calls ``Ring.unmap``.
 * Zero-copy: ``send`` copies once from any C-contiguous buffer; ``with
   ch.loan(n) as buf:`` writes in place; ``recv(view=True)`` returns a read-only
   memoryview into the ring: the message is consumed (and other consumers of the
-  ring wait) until you ``release()`` it, in the same thread. ``send_array`` /
+  ring wait) until you ``release()`` it, in the same thread; ``arecv`` refuses
+  ``view=True``. ``send_array`` /
   ``recv_array`` move numpy arrays (dtype + shape) without pickle.
 * Crash safety: robust process-shared mutexes + a commit journal; a peer
   SIGKILLed anywhere neither wedges the ring nor delivers a torn message.
@@ -49,7 +75,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import _owners
-from .._base import Channel, Deadline
+from .._base import FOREVER, Channel, Deadline
 from .._kinds import RING_PREFIX, DevShmKind, ObjectInfo
 from .._naming import parse_bool, parse_float, validate_mode, validate_name, validate_size
 from .._objects import check_attach, create_or_attach, file_identity, parse_create
@@ -70,7 +96,7 @@ from ..errors import (
 __all__ = ["DEFAULT_CAPACITY", "KIND", "RingChannel", "shm_path"]
 
 _ring = native("_ring")
-_ring._set_errors(Timeout, WouldBlock, ChannelClosed, BadObject)
+_ring._setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER)  # FOREVER: the C hot path knows it
 
 DEFAULT_CAPACITY = 1 << 20
 DEFAULT_SPIN_US = 50.0
@@ -145,7 +171,7 @@ class RingChannel(Channel):
                     _owners.record(url, "ring", path=path, capacity=cap, identity=file_identity(os.fstat(fd), fd=fd))
             else:
                 _check_attach(fd, url)
-                self._ring = _ring.Ring(fd, url, False, 0, pid, 0, spin * 1e-6)
+                self._ring = _ring.Ring(fd, url, False, 0, pid, start or 0, spin * 1e-6)
         except OSError as e:
             if isinstance(e, (BadObject, AlreadyExists)) or type(e).__module__.startswith("kipc"):
                 raise
@@ -154,6 +180,7 @@ class RingChannel(Channel):
             os.close(fd)  # the mapping keeps the object; no fd is held
         self.name, self.path, self.persist, self._pid = name, path, persist, os.getpid()
         self.max_message_size = max_message_size
+        self._bind_hooks()
         self._init_channel(url, codec=codec)
 
     # -- construction -------------------------------------------------------------
@@ -172,35 +199,28 @@ class RingChannel(Channel):
             opts["max_message_size"] = validate_size(opts["max_message_size"], what="max_message_size")
         return cls(parsed.netloc, **opts)
 
-    # -- hooks of the template (interim: the C readiness wait and in-flight counting replace
-    # the Python-side pieces below in the ring-v2 work) ------------------------------------
-    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
-        self._ring.send(data, _seconds(deadline))
-
-    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
-        got = self._ring.recv(_seconds(deadline), bool(knobs.get("view", False)))
-        return got if type(got) is bytes or type(got) is memoryview else memoryview(got)
-
-    def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
-        try:
-            self._ring.send(data, 0.0)
-            return True
-        except WouldBlock:
-            return False
-
-    def _try_recv(self, knobs: dict[str, Any]) -> Any:
-        try:
-            return self._ring.recv(0.0)
-        except WouldBlock:
-            return None
-
-    def _wait(self, op: str, deadline: Deadline) -> None:
-        if not self._closed and not self._ready(op):
-            time.sleep(min(0.001, deadline.remaining() or 0.001))
-
-    def _ready(self, op: str) -> bool:
+    # -- hooks of the template: the C methods themselves, bound in __init__ (no Python frame
+    # on the hot path); semantics in the contract card above and in _ring.c -------------------
+    def _bind_hooks(self) -> None:
         ring = self._ring
-        return ring is not None and (op == "send" or ring.qsize() > 0)
+        self._send_blocking = ring.send  # type: ignore[method-assign]  # (data, deadline, knobs)
+        self._recv_blocking = ring.recv  # type: ignore[method-assign]  # (deadline, knobs)
+        self._try_send = ring.try_send  # type: ignore[method-assign]  # (data, knobs) -> bool
+        self._try_recv = ring.try_recv  # type: ignore[method-assign]  # (knobs) -> message | None
+        self._wait = ring.wait  # type: ignore[method-assign]  # (op, deadline) -> None
+        self._ready = ring.ready  # type: ignore[method-assign]  # (op) -> bool
+
+    def _wait_fd(self, op: str) -> int | None:
+        return None  # shared memory has no fd: async waits run _wait (a futex) in kipc's threads
+
+    def _interrupt(self) -> None:
+        ring = self._ring
+        if ring is not None:
+            ring.interrupt()  # wakes this process's calls on this handle: ChannelClosed
+        super()._interrupt()
+
+    def _quiesce(self) -> list[Any]:
+        return []  # the C side counts calls in flight; the last one out unmaps (see _close)
 
     def close(self) -> None:
         # Only an explicit close by the creating process ends the channel for everyone
@@ -212,7 +232,8 @@ class RingChannel(Channel):
     def _close(self) -> None:
         ring, self._ring = self._ring, None
         if ring is not None:
-            ring.unmap()
+            ring.unmap()  # deferred while calls, views or loans are in flight on this handle
+        super()._close()
 
     def _unlink(self) -> None:
         try:
@@ -268,7 +289,7 @@ class RingChannel(Channel):
         if n > limit:
             raise MessageTooLarge(f"loan on {self.url}: {n} bytes exceeds the in-place limit of {limit} bytes "
                                   "(capacity/2 - 16; use send() for bigger messages)", size=n, limit=limit)
-        loan = self._ring.loan(n, _seconds(deadline))
+        loan = self._ring.loan(n, deadline)
         buf = memoryview(loan)
         try:
             yield buf
@@ -296,7 +317,7 @@ class RingChannel(Channel):
         head = _ARRAY_HDR.pack(_ARRAY_MAGIC, len(dt), dt, arr.ndim) + struct.pack(f"<{arr.ndim}Q", *arr.shape)
         deadline = Deadline.of(timeout)
         self._check_open("send")
-        self._ring.sendv((head, arr.reshape(-1).view(np.uint8)), _seconds(deadline))
+        self._ring.sendv((head, arr.reshape(-1).view(np.uint8)), deadline)
 
     def recv_array(self, *, timeout: float | None = None, copy: bool = True) -> Any:
         """Receive an array sent with :meth:`send_array`.
@@ -325,11 +346,6 @@ class RingChannel(Channel):
             raise
         mv.release()
         return out
-
-
-def _seconds(deadline: Deadline) -> float:
-    r = deadline.remaining()
-    return -1.0 if r is None else r
 
 
 def _check_room(url: str, cap: int) -> None:
