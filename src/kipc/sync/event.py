@@ -27,7 +27,7 @@ import time
 
 from .._naming import DEFAULT_MODE
 from ..errors import ChannelClosed
-from .lock import _ASYNC_SLICE, _SyncObject, _sync
+from .lock import _ASYNC_SLICE, _sync, _SyncObject
 
 __all__ = ["Event"]
 
