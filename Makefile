@@ -37,7 +37,7 @@ bench: $(VENV)/.installed
 reliability: $(VENV)/.installed
 	KIPC_RELIABILITY=full KIPC_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m "stress or not stress" --timeout 900 \
 		tests/test_reliability_generic.py tests/test_reliability_crash.py tests/test_fuzz.py \
-		tests/test_ring_crash.py tests/test_reliability_objects.py tests/test_reliability_stress.py tests/test_reliability_ring.py $(PYTEST_ARGS)
+		tests/test_ring_crash.py tests/test_lock_crash.py tests/test_reliability_objects.py tests/test_reliability_stress.py tests/test_reliability_ring.py $(PYTEST_ARGS)
 
 stress: $(VENV)/.installed
 	$(PY) -m pytest -m stress tests
