@@ -47,7 +47,6 @@ def test_sigkilled_holders_every_next_acquire_recovers(scale: object, figures: o
     url = f"posix://{testing.unique_name('crash')}"
     with contextlib.closing(kipc.Lock(url, create=True)) as lk, \
             testing.spawn(FACTORY, url, stdin=True) as factory:
-        held: dict[int, tuple[str, ...]] = {}
         pending: list[str] = []
 
         def line_for(prefix: str, pid: int | None = None) -> tuple[str, ...]:

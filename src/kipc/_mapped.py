@@ -116,6 +116,8 @@ class MappedFile(SharedMemory):
     def _error(self, e: OSError, op: str) -> KipcError:
         if e.errno == _errno.ELOOP:
             return PermissionDenied(f"{op} {self.url}: {self.path} is a symlink; refused", errno=e.errno)
+        if e.errno == _errno.EISDIR:
+            return BadObject(f"{op} {self.url}: {self.path} is a directory, not a regular file", errno=e.errno)
         return from_oserror(e, self.url, op)
 
     def flush(self) -> None:

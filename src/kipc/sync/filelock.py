@@ -34,6 +34,7 @@ Contract card:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno as _errno
 import fcntl
@@ -152,6 +153,8 @@ class FileLock(Resource):
     def _oserror(self, e: OSError, op: str) -> Exception:
         if e.errno == _errno.ELOOP:
             return PermissionDenied(f"{op} {self.url}: {self.path} is a symlink; refused", errno=e.errno)
+        if e.errno == _errno.EISDIR:
+            return BadObject(f"{op} {self.url}: {self.path} is a directory, not a regular file", errno=e.errno)
         return from_oserror(e, self.url, op)
 
     # -- one attempt ------------------------------------------------------------------------------
@@ -237,17 +240,23 @@ class FileLock(Resource):
         """``acquire`` for asyncio: non-blocking attempts on the loop thread, inotify wake-ups between."""
         deadline = _deadline(blocking, timeout)
         self._check_open("acquire")
-        if self.acquire(False):
-            return True
-        if not blocking:
-            return False
         loop = asyncio.get_running_loop()
-        ino = _inotify(self.path)
+        # One fd for every attempt: opening and closing the file per attempt would itself wake
+        # the inotify watch (IN_CLOSE) and spin.
+        fd = self._open_checked()
+        ino = -1
         try:
+            if self._lock(fd, wait=False):
+                return self._got(fd)
+            if not blocking:
+                os.close(fd)
+                return False
+            ino = _inotify(self.path)
             pause = _BACKOFF_MIN
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    os.close(fd)
                     return False
                 wait = min(pause, left)
                 if ino >= 0:
@@ -263,8 +272,16 @@ class FileLock(Resource):
                 else:
                     await asyncio.sleep(wait)
                 pause = min(pause * 2, _BACKOFF_MAX)
-                if self.acquire(False):  # synchronous: a cancellation cannot land between take and return
-                    return True
+                # synchronous: a cancellation cannot land between taking the lock and returning
+                if self._lock(fd, wait=False):
+                    return self._got(fd)
+        except BaseException:
+            with self._guard:
+                mine = fd in self._held
+            if not mine:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
         finally:
             if ino >= 0:
                 os.close(ino)
