@@ -125,7 +125,16 @@ class FileLock(Resource):
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         path, url = self.path, self.url
         fd = -1
-        if self._create:
+        if not first:  # the file usually exists: open it first (a failed O_EXCL costs an exception)
+            try:
+                fd = os.open(path, flags)
+            except FileNotFoundError:
+                if not self._create:
+                    raise self._oserror(FileNotFoundError(_errno.ENOENT, os.strerror(_errno.ENOENT), path),
+                                        "open") from None
+            except OSError as e:
+                raise self._oserror(e, "open") from e
+        if fd < 0 and self._create:
             try:
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, self.mode)
                 os.fchmod(fd, self.mode)  # the umask filtered open()'s mode
@@ -136,10 +145,11 @@ class FileLock(Resource):
                                         errno=_errno.EEXIST) from None
             except OSError as e:
                 raise self._oserror(e, "create") from e
-        try:
-            fd = os.open(path, flags)
-        except OSError as e:
-            raise self._oserror(e, "open") from e
+        if fd < 0:
+            try:
+                fd = os.open(path, flags)
+            except OSError as e:
+                raise self._oserror(e, "open") from e
         try:
             st = os.fstat(fd)
             if not _stat.S_ISREG(st.st_mode):
