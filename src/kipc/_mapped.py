@@ -29,9 +29,10 @@ import os
 import stat as _stat
 
 from . import _owners
-from ._naming import DEFAULT_MODE, parse_bool, parse_url, validate_path, validate_size
+from ._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_path, validate_size
+from ._objects import check_attach, parse_create
 from .errors import AlreadyExists, BadObject, InvalidArgument, KipcError, PermissionDenied, from_oserror
-from .shm import SharedMemory, check_attach, parse_create, parse_mode
+from .shm import SharedMemory
 
 __all__ = ["MappedFile"]
 
@@ -51,7 +52,7 @@ class MappedFile(SharedMemory):
                                   "as keywords")
         path = validate_path(parsed.path)
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         if size is not None:
             size = validate_size(size, what="size", minimum=1)
         if create and size is None:
@@ -88,7 +89,7 @@ class MappedFile(SharedMemory):
             else:
                 if not _stat.S_ISREG(st.st_mode):
                     raise BadObject(f"open {url}: {path} is not a regular file")
-                check_attach(url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+                check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
                 if size is not None and st.st_size < size:
                     raise BadObject(f"open {url}: file is {st.st_size} bytes, smaller than the {size} asked")
                 if st.st_size == 0:

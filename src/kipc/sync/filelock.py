@@ -48,9 +48,9 @@ import time
 from typing import Any
 
 from .._base import Resource
-from .._naming import DEFAULT_MODE, parse_url, validate_path
+from .._naming import DEFAULT_MODE, parse_url, validate_mode, validate_path
+from .._objects import check_attach, parse_create
 from ..errors import AlreadyExists, BadObject, InvalidArgument, PermissionDenied, from_oserror
-from ..shm import check_attach, parse_create, parse_mode
 
 __all__ = ["FileLock"]
 
@@ -110,7 +110,7 @@ class FileLock(Resource):
         self.url = url
         self.kind = kind
         self.shared = shared
-        self.mode = parse_mode(mode)
+        self.mode = validate_mode(mode)
         self._allow_foreign = allow_foreign
         self._create = parse_create(create)
         self._held: list[int] = []  # fds holding the lock (several only for shared locks)
@@ -154,7 +154,8 @@ class FileLock(Resource):
             st = os.fstat(fd)
             if not _stat.S_ISREG(st.st_mode):
                 raise BadObject(f"open {url}: {path} is not a regular file")
-            check_attach(url, st.st_uid, _stat.S_IMODE(st.st_mode), self.mode, self._allow_foreign)
+            check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=self.mode,
+                         allow_foreign=self._allow_foreign)
         except BaseException:
             os.close(fd)
             raise

@@ -50,10 +50,10 @@ from typing import Any, ClassVar
 
 from .. import _owners
 from .._base import Resource
-from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_name
+from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
+from .._objects import check_attach, parse_create
 from .._platform import native
 from ..errors import AlreadyExists, BadObject, ChannelClosed, InvalidArgument, Unsupported, from_oserror
-from ..shm import check_attach, parse_create, parse_mode
 
 __all__ = ["Lock", "RLock"]
 
@@ -83,7 +83,7 @@ class _SyncObject(Resource):
             raise InvalidArgument(f"{url}: unknown option(s) {sorted(parsed.query)}; pass create=, mode= as keywords")
         name = validate_name(parsed.netloc, what=f"{what} name")
         create = parse_create(create)
-        mode = parse_mode(mode)
+        mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         self.url = url
         self.name = name
@@ -156,7 +156,7 @@ def _check_attach(fd: int, url: str, mode: int, allow_foreign: bool) -> None:
     st = os.fstat(fd)
     if not _stat.S_ISREG(st.st_mode):
         raise BadObject(f"open {url}: not a regular shared-memory object")
-    check_attach(url, st.st_uid, _stat.S_IMODE(st.st_mode), mode, allow_foreign)
+    check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
     end = time.monotonic() + _ATTACH_WAIT
     while st.st_size == 0 and time.monotonic() < end:  # its creator is between O_EXCL and ftruncate
         time.sleep(0.002)
