@@ -224,6 +224,10 @@ def test_mapped_file_with_c_mmap_both_ways(tmp_path: pathlib.Path, cbin: dict[st
         arr = m.ndarray(16, "uint8", offset=100)
         assert bytes(arr[:5]) == b"hello"
         del arr
+        from kipc import admin
+
+        listed = {i.url: i for i in admin.inventory(kinds=["mapped-file"])}
+        assert listed[f"mapped-file://{path}"].alive and listed[f"mapped-file://{path}"].size == 4096
         with kipc.SharedMemory(f"file://{path}", size=1000) as other:  # an opener; size= is a minimum
             assert not other.owner and bytes(other.buf[200:206]) == b"from C"
         assert path.exists()

@@ -564,3 +564,31 @@ def test_event_as_notifier_beside_shared_memory() -> None:
             assert ev.wait(10)
             assert bytes(shm.buf[:5]) == b"hello"
             child.check()
+
+
+# -- kipc ls / gc ------------------------------------------------------------------------------------------
+
+def test_ls_shows_locks_with_holder_and_gc_finds_dead_creators() -> None:
+    from kipc import admin
+
+    with _lock() as lk, contextlib.closing(kipc.Event(lk.url, create=True)) as ev:
+        with testing.spawn(HOLD, lk.url, "Lock", stdin=True) as child:
+            rows = {(i.kind, i.url): i for i in admin.inventory(kinds=["lock", "event", "posixshm"])}
+            row = rows[("lock", lk.url)]
+            assert row.kipc and row.alive and row.creator_pid == os.getpid() and row.pids == [child.pid]
+            assert ("event", ev.url) in rows
+            assert ("posixshm", lk.url) not in rows  # /dev/shm/kipc.lock.NAME is not listed as a segment
+        row = {(i.kind, i.url): i for i in admin.inventory(kinds=["lock"])}[("lock", lk.url)]
+        assert row.pids == []  # its holder died: nobody alive holds it
+    url = _url()
+    pid = os.fork()
+    if pid == 0:
+        kipc.Lock(url, create=True)  # the creator dies without closing it
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    try:
+        report = admin.gc(dry_run=True)
+        assert url in [i.url for i in report.removed]
+    finally:
+        kipc.remove(url)
+    assert not os.path.exists(f"/dev/shm/kipc.lock.{url.removeprefix('posix://')}")

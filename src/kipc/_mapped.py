@@ -29,12 +29,13 @@ import os
 import stat as _stat
 
 from . import _owners
+from ._kinds import PathKind
 from ._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_path, validate_size
-from ._objects import check_attach, parse_create
+from ._objects import check_attach, file_identity, parse_create
 from .errors import AlreadyExists, BadObject, InvalidArgument, KipcError, PermissionDenied, from_oserror
 from .shm import SharedMemory
 
-__all__ = ["MappedFile"]
+__all__ = ["KIND", "MappedFile"]
 
 
 class MappedFile(SharedMemory):
@@ -111,7 +112,8 @@ class MappedFile(SharedMemory):
         if created:
             self.owner = True
             if not self.persist:
-                _owners.record(self._record_url, "mapped-file", path=path, size=real)
+                _owners.record(self._record_url, "mapped-file", path=path, size=real,
+                               identity=file_identity(os.stat(path)))
         self._closed = False
 
     def _error(self, e: OSError, op: str) -> KipcError:
@@ -146,3 +148,8 @@ class MappedFile(SharedMemory):
     def __repr__(self) -> str:
         return f"<SharedMemory {self.url} (mapped file) {getattr(self, 'size', '?')} B " \
                f"{'closed' if self._closed else 'open'}>"
+
+
+# kipc ls / gc: the mapped files kipc created (from their owner records; "mapped-file:///path")
+KIND = PathKind("mapped-file", sub="mapped", is_type=_stat.S_ISREG, noun="mapped file",
+                description="mapped-file (kipc-created mapped files, from owner records)")

@@ -27,9 +27,9 @@ import time
 
 from .._naming import DEFAULT_MODE
 from ..errors import ChannelClosed
-from .lock import _ASYNC_SLICE, _sync, _SyncObject
+from .lock import _ASYNC_SLICE, SyncKind, _sync, _SyncObject
 
-__all__ = ["Event"]
+__all__ = ["KIND", "Event"]
 
 
 class Event(_SyncObject):
@@ -88,3 +88,7 @@ class Event(_SyncObject):
                 return False
             if await asyncio.to_thread(h.wait_change, word, min(_ASYNC_SLICE, left)):
                 return True
+
+
+KIND = SyncKind("event", "posix", "kipc.event.", part="event", records=("event",), record_scheme="posix-event",
+                description="event (/dev/shm/kipc.event.NAME)")

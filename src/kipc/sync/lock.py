@@ -45,17 +45,19 @@ import errno as _errno
 import math
 import os
 import stat as _stat
+import struct
 import time
 from typing import Any, ClassVar
 
 from .. import _owners
 from .._base import Resource
+from .._kinds import DevShmKind, ObjectInfo
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
-from .._objects import check_attach, parse_create
+from .._objects import check_attach, file_identity, parse_create
 from .._platform import native
 from ..errors import AlreadyExists, BadObject, ChannelClosed, InvalidArgument, Unsupported, from_oserror
 
-__all__ = ["Lock", "RLock"]
+__all__ = ["LOCK_KIND", "RLOCK_KIND", "Lock", "RLock"]
 
 _sync = native("_sync")
 _sync._set_errors(ChannelClosed, BadObject)
@@ -88,7 +90,7 @@ class _SyncObject(Resource):
         self.url = url
         self.name = name
         self.path = path = f"/dev/shm/{self._prefix}{name}"
-        self._record_url = f"posix://{self._prefix}{name}"
+        self._record_url = f"posix-{self._kind_name}://{name}"  # read back by the object kind (kipc ls/gc)
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         fd, created = -1, False
         if create:
@@ -117,7 +119,7 @@ class _SyncObject(Resource):
                 self.owner = True
                 self._pid = os.getpid()
                 if not self.persist:
-                    _owners.record(self._record_url, self._kind_name, path=path)
+                    _owners.record(self._record_url, self._kind_name, path=path, identity=file_identity(os.fstat(fd)))
             else:
                 _check_attach(fd, url, mode, allow_foreign)
                 self._h = _sync.Sync(fd, self._kind_code, False, url)
@@ -282,3 +284,36 @@ class RLock(Lock):
         self._h.acquire()
         return self
 
+
+# -- object kinds: how kipc ls / rm / gc see locks and events ----------------------------------------
+_HDR = struct.Struct("<Q12I")  # magic, version, kind, size, owner_uid, creator_pid, reserved, holder_pid, ...
+_MUTEX_OFFSET = 64  # pthread_mutex_t: its first int is the robust futex word (holder tid | flags)
+
+
+class SyncKind(DevShmKind):
+    """``/dev/shm/kipc.{lock,rlock,event}.NAME``: ``kipc ls`` shows a lock's holder pid in ``pids``."""
+
+    def describe(self, name: str, path: str, st: os.stat_result) -> ObjectInfo:
+        info = super().describe(name, path, st)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                raw = os.pread(fd, _MUTEX_OFFSET + 4, 0)
+            finally:
+                os.close(fd)
+        except OSError:
+            return info
+        if len(raw) < _MUTEX_OFFSET + 4 or _HDR.unpack_from(raw)[0] != _sync.MAGIC:
+            return info
+        fields = _HDR.unpack_from(raw)
+        info.creator_pid = fields[5]
+        holder, tid = fields[7], struct.unpack_from("<I", raw, _MUTEX_OFFSET)[0] & 0x3FFFFFFF
+        if fields[2] != _sync.KIND_EVENT and holder and tid:
+            info.pids = [holder]
+        return info
+
+
+LOCK_KIND = SyncKind("lock", "posix", "kipc.lock.", part="lock", records=("lock",), record_scheme="posix-lock",
+                     description="lock (/dev/shm/kipc.lock.NAME; pids: the holder)")
+RLOCK_KIND = SyncKind("rlock", "posix", "kipc.rlock.", part="rlock", records=("rlock",),
+                      record_scheme="posix-rlock", description="rlock (/dev/shm/kipc.rlock.NAME; pids: the holder)")
