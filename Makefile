@@ -37,7 +37,7 @@ bench: $(VENV)/.installed
 reliability: $(VENV)/.installed
 	KIPC_RELIABILITY=full KIPC_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m "stress or not stress" --timeout 900 \
 		tests/reliability/test_reliability_generic.py tests/reliability/test_reliability_crash.py tests/reliability/test_fuzz.py \
-		tests/reliability/test_ring_crash.py tests/reliability/test_reliability_objects.py tests/reliability/test_reliability_stress.py tests/reliability/test_reliability_ring.py \
+		tests/reliability/test_ring_crash.py tests/reliability/test_lock_crash.py tests/reliability/test_reliability_objects.py tests/reliability/test_reliability_stress.py tests/reliability/test_reliability_ring.py \
 		tests/reliability/test_hostile.py tests/reliability/test_gc_identity.py $(PYTEST_ARGS)
 
 stress: $(VENV)/.installed

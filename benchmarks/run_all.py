@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-MODULES = ["bench_fd.py", "bench_kernel.py", "bench_ring.py", "bench_nats.py"]
+MODULES = ["bench_fd.py", "bench_kernel.py", "bench_ring.py", "bench_sync.py", "bench_nats.py"]
 
 
 def main() -> int:

@@ -291,6 +291,7 @@ class SysvKind(Kind):
 SHM_DIR = "/dev/shm"
 RING_PREFIX = "kipc.ring."
 SEM_PREFIX = "sem."
+SYNC_PREFIXES = ("kipc.lock.", "kipc.rlock.", "kipc.event.")  # kipc.Lock / RLock / Event (sync/lock.py)
 
 
 class DevShmKind(Kind):
@@ -315,7 +316,7 @@ class DevShmKind(Kind):
         """The object name of a /dev/shm entry of this kind, else None."""
         if self.prefix:
             return entry[len(self.prefix):] if entry.startswith(self.prefix) else None
-        return None if entry.startswith((RING_PREFIX, SEM_PREFIX)) else entry
+        return None if entry.startswith((RING_PREFIX, SEM_PREFIX, *SYNC_PREFIXES)) else entry
 
     def describe(self, name: str, path: str, st: os.stat_result) -> ObjectInfo:
         return stat_info(self.name, self.url_of(name), path, st, target=name)

