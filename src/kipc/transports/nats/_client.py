@@ -134,17 +134,37 @@ class _Client(Resource):
 
     async def _aconnect(self, servers: list[str], timeout: float, kw: dict[str, Any]) -> Any:
         errors: list[BaseException] = []
+        refused = asyncio.Event()
+        in_a_row = 0
 
         async def on_error(e: Exception) -> None:
-            # nats-py reports every failed (re)connect here; keep the last few for the message
+            # nats-py reports every failed (re)connect here; keep the last few for the message.
+            # Every server refusing in a row means nothing listens there: fail now, not after
+            # connect_timeout (a server that accepts but stays silent still takes the timeout).
+            nonlocal in_a_row
             errors.append(e)
             del errors[:-3]
+            in_a_row = in_a_row + 1 if isinstance(e, ConnectionRefusedError) else 0
+            if in_a_row >= len(servers):
+                refused.set()
 
         shown = ", ".join(re.sub(r"//[^@/]*@", "//", s) for s in servers)  # never print credentials
+        connect = asyncio.ensure_future(nats.connect(
+            servers, connect_timeout=min(timeout, 2.0), reconnect_time_wait=0.2, max_reconnect_attempts=-1,
+            error_cb=on_error, **kw))
+        gave_up = asyncio.ensure_future(refused.wait())
         try:
-            nc = await asyncio.wait_for(nats.connect(
-                servers, connect_timeout=min(timeout, 2.0), reconnect_time_wait=0.2, max_reconnect_attempts=-1,
-                error_cb=on_error, **kw), timeout)
+            await asyncio.wait({connect, gave_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gave_up.cancel()
+            if not connect.done():
+                connect.cancel()
+                with contextlib.suppress(BaseException):
+                    await connect
+        try:
+            if connect.cancelled():
+                raise TimeoutError
+            nc = connect.result()
         except (TimeoutError, nats.errors.NoServersError, OSError) as e:
             last = errors[-1] if errors else e
             if any(isinstance(x, nats.errors.AuthorizationError) or "Authorization Violation" in str(x)
@@ -153,9 +173,11 @@ class _Client(Resource):
             if isinstance(last, ssl.SSLError):
                 raise PermissionDenied(f"connect {self.url}: TLS with {shown} failed ({last}); "
                                        "check tls_ca / tls_cert / tls_hostname") from None
-            cls = NotFound if isinstance(last, ConnectionRefusedError) else Timeout
-            raise cls(f"connect {self.url}: no NATS server answered at {shown} within {timeout:g} s "
-                      f"({type(last).__name__}: {last})") from None
+            if refused.is_set() or isinstance(last, ConnectionRefusedError):
+                raise NotFound(f"connect {self.url}: connection refused by {shown} (no NATS server listens there)"
+                               ) from None
+            raise Timeout(f"connect {self.url}: no NATS server answered at {shown} within {timeout:g} s "
+                          f"({type(last).__name__}: {last})") from None
         assert self._runner is not None
         self._runner.clients.add(nc)
         return nc

@@ -46,6 +46,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.js import api
+from nats.nuid import NUID
 
 from ..._base import Channel, Deadline
 from ..._kinds import RemoteKind
@@ -131,6 +132,7 @@ class NatsChannel(_Client, Channel):
     async def _setup(self, create: bool | str) -> bool:
         js = self._nc.jetstream()
         self._js = js
+        self._nuid = NUID()  # Nats-Msg-Id: unique per message, reused by every retry of it
         created = False
         try:
             exists = True
@@ -177,7 +179,7 @@ class NatsChannel(_Client, Channel):
         self._run(self._publish(bytes(data), deadline))
 
     async def _publish(self, data: bytes, deadline: Deadline) -> None:
-        headers = {"Nats-Msg-Id": self._nc._nuid.next().decode()}
+        headers = {"Nats-Msg-Id": self._nuid.next().decode()}
         what = f"send on {self.url}"
         delay = 0.005
         while True:
@@ -340,7 +342,7 @@ class NatsChannel(_Client, Channel):
         if self._sub is not None and self._nc is not None and self._pid == os.getpid():
             sub, self._sub = self._sub, None
             with contextlib.suppress(Exception):
-                self._run(asyncio.wait_for(sub.unsubscribe(), 2.0))
+                self._run(_unsubscribe(sub))
         self._disconnect()
 
     async def _delete(self) -> None:
@@ -412,6 +414,13 @@ class Delivery:
             with contextlib.suppress(Exception):
                 await ch._on_loop(self._msg.nak())
 
+
+
+async def _unsubscribe(sub: Any) -> None:
+    # created on the loop thread: if the loop is gone, the closed outer coroutine leaves no
+    # never-awaited Subscription.unsubscribe behind (the RuntimeWarning at exit)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(sub.unsubscribe(), 2.0)
 
 
 # -- object kind: streams live in the server, nothing on this machine -----------------------------------------

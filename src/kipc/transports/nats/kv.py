@@ -266,7 +266,10 @@ class KVWatch:
             self._closed = True
             if self._kv._nc is not None and self._kv._pid == os.getpid():
                 with contextlib.suppress(Exception):
-                    self._kv._run(asyncio.wait_for(self._watcher.stop(), 2.0))
+                    self._kv._run(self._stop())
+
+    async def _stop(self) -> None:
+        await asyncio.wait_for(self._watcher.stop(), 2.0)
 
     def __enter__(self) -> KVWatch:
         return self
