@@ -151,18 +151,12 @@ async def _raw_topic(url: str, n: int) -> float:
     return seconds
 
 
-async def _raw_rtt(url: str, subject: str, n: int) -> list[float]:
-    import nats
-
-    nc = await nats.connect(url)
-    for _ in range(20):
-        await nc.request(subject, PAYLOAD, timeout=5)
+async def _raw_rtt_block(nc: Any, subject: str, n: int) -> list[float]:
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()
         await nc.request(subject, PAYLOAD, timeout=5)
         samples.append((time.perf_counter() - t0) * 1e6)
-    await nc.close()
     return samples
 
 
@@ -209,21 +203,33 @@ def run(quick: bool = False, only: set[str] | None = None) -> list[dict[str, Any
                 out.append(_rate("kipc Topic publish+deliver", n, time.perf_counter() - t0, dropped=sub.dropped))
 
         if "rtt" in want:
-            with kipc.open(base + "-rr", create=True) as ch:
-                subject = ch.request_subject
-                with testing.spawn(RAW_ECHO, url, subject, stdin=True) as child:
-                    out.append(_stats("raw nc.request rtt", asyncio.run(_raw_rtt(url, subject, rtt_n))))
-                    child.close()
-                with testing.spawn(KIPC_ECHO, ch.url, stdin=True) as child:
-                    for _ in range(20):
-                        ch.request(PAYLOAD, timeout=5)
-                    samples = []
-                    for _ in range(rtt_n):
+            # interleaved blocks (raw, kipc, raw, ...) so that load from other processes hits both alike
+            with kipc.open(base + "-rr", create=True) as ch, \
+                    testing.spawn(RAW_ECHO, url, "raw." + ch.request_subject, stdin=True) as raw_child, \
+                    testing.spawn(KIPC_ECHO, ch.url, stdin=True) as kipc_child:
+                loop = asyncio.new_event_loop()
+                import nats
+
+                nc = loop.run_until_complete(nats.connect(url))
+                raw_samples: list[float] = []
+                kipc_samples: list[float] = []
+                block = max(10, rtt_n // 10)
+                for rnd in range(11):
+                    raw = loop.run_until_complete(_raw_rtt_block(nc, "raw." + ch.request_subject, block))
+                    mine = []
+                    for _ in range(block):
                         t0 = time.perf_counter()
                         ch.request(PAYLOAD, timeout=5)
-                        samples.append((time.perf_counter() - t0) * 1e6)
-                    out.append(_stats("kipc request rtt", samples))
-                    child.close()
+                        mine.append((time.perf_counter() - t0) * 1e6)
+                    if rnd:  # the first round warms both up
+                        raw_samples += raw
+                        kipc_samples += mine
+                loop.run_until_complete(nc.close())
+                loop.close()
+                out.append(_stats("raw nc.request rtt", raw_samples))
+                out.append(_stats("kipc request rtt", kipc_samples))
+                raw_child.close()
+                kipc_child.close()
 
         if "kv" in want:
             bucket = testing.unique_name("benchkv").replace(".", "_")

@@ -24,8 +24,8 @@ try:
 except ImportError as _e:  # pragma: no cover - the extra is not installed
     raise ImportError("nats:// channels need nats-py: pip install 'kipc[nats]'") from _e
 
-from .channel import KIND, Delivery, NatsChannel
+from .channel import KIND, Delivery, NatsChannel, Request, Requests
 from .kv import KV, KVEvent, KVWatch
 from .topic import Topic
 
-__all__ = ["KIND", "KV", "Delivery", "KVEvent", "KVWatch", "NatsChannel", "Topic"]
+__all__ = ["KIND", "KV", "Delivery", "KVEvent", "KVWatch", "NatsChannel", "Request", "Requests", "Topic"]

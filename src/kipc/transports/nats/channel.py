@@ -43,6 +43,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -78,7 +79,7 @@ from ._mailbox import Mailbox, Pump
 
 T = TypeVar("T")
 
-__all__ = ["KIND", "Delivery", "NatsChannel"]
+__all__ = ["KIND", "Delivery", "NatsChannel", "Request", "Requests"]
 
 _CONSUMER = "kipc"
 _PULL_SLICE = 1.0  # longest single pull request: bounds how long a restart goes unnoticed
@@ -91,6 +92,7 @@ _ACK_RETRY = 1.0  # an ack unconfirmed this long is sent again (acks are idempot
 _CLOSE_FLUSH = 10.0  # close() waits this long for the window's confirmations
 _CLOSE_ACKS = 5.0  # ... and this long for the acks of messages already handed out
 _INF = float("inf")
+_REQUEST_FOREVER = 365 * 86400.0  # request(timeout=None): nats-py wants a number
 
 
 # -- the work-queue channel ------------------------------------------------------------------
@@ -141,6 +143,9 @@ class NatsChannel(_Client, Channel):
         self.stream = f"KIPC_{_escape(name)}"
         self.subject = f"kipc.q.{_escape(name)}"
         self._req_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{_CONSUMER}"
+        #: core NATS subject of request()/requests() (no JetStream, no storage)
+        self.request_subject = f"kipc.r.{_escape(name)}"
+        self._replyq: deque[tuple[str, bytes]] = deque()  # responders' replies, published by the pump
         conn_options = _common_options(conn)
         if conn:
             raise TypeError(f"nats channel got unexpected options {sorted(conn)}")
@@ -240,6 +245,10 @@ class NatsChannel(_Client, Channel):
             await nc.publish(subject, b"+ACK", reply=f"{self._reply_prefix}.{token}")
         while self._nakq:
             await nc.publish(self._nakq.popleft(), b"-NAK")
+        while self._replyq:
+            subject, data = self._replyq.popleft()
+            with contextlib.suppress(nats.errors.Error):  # at most once, like any core NATS reply
+                await nc.publish(subject, data)
         await self._maybe_pull()
         if self._retry:
             if not self._pubs and (self._resender is None or self._resender.done()):
@@ -720,6 +729,67 @@ class NatsChannel(_Client, Channel):
     async def _arecv_native(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         return self._hand_out(await self._anext_msg(deadline))
 
+
+    # -- request/reply on core NATS (no stream: a responder must be listening) -----------------
+    def request(self, obj: Any, *, timeout: float | None = None) -> Any:
+        """Send ``obj`` to one responder of this name (``requests()``) and return its reply.
+
+        Core NATS request/reply on ``request_subject``: not stored, not retried (the
+        responder may have acted on it). ``NotFound`` when no responder listens,
+        ``Timeout`` when none answered in time; ``timeout=0`` allows one round trip.
+        """
+        data = self._prepare_send(obj, {})
+        deadline = Deadline.of(timeout)
+        self._check_pid("request on")
+        return self.codec.decode(self._run(self._request(bytes(data), deadline)))
+
+    async def arequest(self, obj: Any, *, timeout: float | None = None) -> Any:
+        """``request`` for asyncio. Cancelled, the request may still have reached a responder."""
+        data = self._prepare_send(obj, {})
+        deadline = Deadline.of(timeout)
+        self._check_pid("request on")
+        return self.codec.decode(await self._on_loop(self._request(bytes(data), deadline)))
+
+    async def _request(self, data: bytes, deadline: Deadline) -> bytes:
+        rem = deadline.remaining()
+        t = _NONBLOCK_RTT if deadline.nonblocking else (rem if rem is not None else _REQUEST_FOREVER)
+        what = f"request on {self.url}"
+        try:
+            msg = await self._nc.request(self.request_subject, data, timeout=max(t, 0.001))
+        except nats.errors.NoRespondersError:
+            raise NotFound(f"{what}: no responder listens (open one with requests())") from None
+        except nats.errors.TimeoutError:
+            if deadline.nonblocking:
+                raise WouldBlock(f"{what}: no reply within one round trip ({_NONBLOCK_RTT:g} s)") from None
+            raise deadline.error(what) from None
+        return msg.data if type(msg.data) is bytes else bytes(msg.data)
+
+    def requests(self, *, pending_limit: int = 65536) -> Requests:
+        """Become a responder: the requests sent to this name, each answered with ``req.reply(obj)``.
+
+        Responders of one name share the load (a NATS queue group): each request goes
+        to one of them. Close the returned object (or this channel) to stop.
+        """
+        self._check_open("requests")
+        self._check_pid("requests on")
+        limit = _int_opt(pending_limit, "pending_limit")
+        box = Mailbox(limit)
+
+        async def on_request(msg: Any) -> None:
+            box.put(msg)
+
+        async def subscribe() -> Any:
+            sub = await self._nc.subscribe(self.request_subject, queue=_CONSUMER, cb=on_request,
+                                           pending_msgs_limit=limit + 1024, pending_bytes_limit=-1)
+            await self._nc.flush(5.0)  # listening before this returns
+            return sub
+
+        return Requests(self, box, self._run(subscribe()))
+
+    def _reply(self, subject: str, data: bytes) -> None:
+        self._replyq.append((subject, data))
+        self._pump_kick()
+
     # -- close -----------------------------------------------------------------------------
     def close(self) -> None:
         """Flush the window, hand prefetched messages back, then disconnect (the creator deletes the stream)."""
@@ -853,6 +923,98 @@ class Delivery:
             with contextlib.suppress(Exception):
                 await ch._on_loop(self._msg.nak())
 
+
+
+class Request:
+    """One request received by :meth:`NatsChannel.requests`: ``.data`` (bytes), ``.value`` (decoded)."""
+
+    __slots__ = ("_channel", "_subject", "data", "replied", "value")
+
+    def __init__(self, channel: NatsChannel, msg: Any) -> None:
+        self._channel = channel
+        self._subject: str = msg.reply
+        self.data: bytes = bytes(msg.data)
+        self.value: Any = channel.codec.decode(self.data)
+        self.replied = False
+
+    def reply(self, obj: Any) -> None:
+        """Answer (once; queued for the loop thread, so it never blocks)."""
+        if self.replied:
+            raise InvalidArgument("this request was already answered")
+        if not self._subject:
+            raise InvalidArgument("this message was published without a reply subject")
+        ch = self._channel
+        data = ch._prepare_send(obj, {})
+        self.replied = True
+        ch._reply(self._subject, bytes(data))
+
+
+class Requests:
+    """The requests of one responder (``ch.requests()``): ``next(timeout=)``, ``anext()``, iteration, ``close()``."""
+
+    def __init__(self, channel: NatsChannel, box: Mailbox, sub: Any) -> None:
+        self._channel = channel
+        self._box = box
+        self._sub = sub
+        self._closed = False
+
+    def next(self, timeout: float | None = None) -> Request:
+        deadline = Deadline.of(timeout)
+        while True:
+            msg = self._box.take()
+            if msg is not None:
+                return Request(self._channel, msg)
+            self._check()
+            if deadline.expired() or deadline.nonblocking:
+                raise deadline.error(f"requests on {self._channel.url}")
+            self._box.wait(deadline.slice().remaining())
+
+    async def anext(self, timeout: float | None = None) -> Request:
+        deadline = Deadline.of(timeout)
+        while True:
+            msg = self._box.take()
+            if msg is not None:
+                return Request(self._channel, msg)
+            self._check()
+            if deadline.expired() or deadline.nonblocking:
+                raise deadline.error(f"requests on {self._channel.url}")
+            await self._box.await_(deadline.slice().remaining())
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ChannelClosed(f"requests on {self._channel.url}: closed by this process")
+        self._channel._check_open("requests")
+
+    def __iter__(self) -> Iterator[Request]:
+        while True:
+            try:
+                yield self.next()
+            except ChannelClosed:
+                return
+
+    async def __aiter__(self) -> AsyncIterator[Request]:
+        while True:
+            try:
+                yield await self.anext()
+            except ChannelClosed:
+                return
+
+    def close(self) -> None:
+        """Stop listening (requests not yet taken are dropped; their senders time out)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._box.wake()
+        ch = self._channel
+        if ch._nc is not None and ch._pid == os.getpid() and not ch.closed:
+            with contextlib.suppress(Exception):
+                ch._run(_unsubscribe(self._sub))
+
+    def __enter__(self) -> Requests:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 async def _unsubscribe(sub: Any) -> None:
