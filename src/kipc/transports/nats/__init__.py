@@ -4,13 +4,15 @@ One module per concern (each opens with its contract card):
 
 * :mod:`.channel` -- ``nats://host:port/name``: :class:`NatsChannel` (a JetStream
   work-queue stream with one shared durable pull consumer; at-least-once,
-  acknowledged), :class:`Delivery` (ack after the handler), and the object ``KIND``.
+  acknowledged; a send window and prefetched receives), :class:`Delivery` (ack after
+  the handler), core request/reply (:class:`Request`, :class:`Requests`), the object ``KIND``.
 * :mod:`.topic` -- :class:`Topic`: fan-out on a core NATS subject (at most once).
 * :mod:`.kv` -- :class:`KV`: a JetStream key-value bucket (compare-and-set, watch).
 * :mod:`._client` -- one nats-py connection per object: URL/option parsing,
   credentials and TLS, error translation, calls into the loop thread.
 * :mod:`._runtime` -- the process's background asyncio loop thread (fork, atexit).
-* :mod:`._cancel` -- the contract's cancellation rules for I/O on that loop.
+* :mod:`._mailbox` -- batched hand-off between that loop and callers (no thread hop per message).
+* :mod:`._cancel` -- the contract's cancellation rules for I/O on that loop (timed sends).
 
 Only ``nats://`` is a registered scheme (``kipc.open`` gives a channel); Topic
 and KV are opened by class (``kipc.Topic(url)``, ``kipc.KV(url)``).

@@ -1,4 +1,4 @@
-"""The JetStream work-queue channel (``nats://host:port/name``) and its ``Delivery``.
+"""The JetStream work-queue channel (``nats://host:port/name``), its ``Delivery``, and request/reply.
 
 Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
 
@@ -6,25 +6,50 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   ``kipc.q.<name>``, work-queue retention, file storage by default) and one
   durable pull consumer (``kipc``) shared by every receiver: each message goes
   to exactly one receiver. Names outside ``[A-Za-z0-9-]`` are escaped as ``_XX``.
-* Delivery: at-least-once. ``recv()`` acknowledges (and waits for the server to
-  confirm the ack) before it returns the message. ``with ch.receive() as m:``
-  acknowledges only when the block exits cleanly; an exception naks it, a
-  crash lets it be redelivered after ``ack_wait`` seconds (default 30).
-  Publishing carries a ``Nats-Msg-Id``, so a send retried after a lost
-  reply is stored once (within the stream's 2 min duplicate window).
-* Ordering: FIFO per producer while nothing is redelivered.
+* Sending (``window=256``): an untimed ``send()`` returns once the message is
+  queued for the client and fewer than ``window`` messages are unconfirmed; the
+  loop thread publishes and tracks each stored-ack. ``flush(timeout=)`` waits
+  until all are stored; ``close()`` flushes (10 s). A message the server refuses
+  for good raises at the next ``send``/``flush``/``close`` naming how many;
+  one refused for now (stream full) or unanswered (restart, election) is resent
+  in order, one at a time, before anything newer, with its ``Nats-Msg-Id`` (the
+  stream stores it once within its 2 min duplicate window). A send *with* a
+  ``timeout`` (0 included) is confirmed: it waits for the window, then for its
+  own stored-ack, and ``Timeout``/``WouldBlock`` means not confirmed.
+  ``window=1`` confirms every send. **A crash loses the unconfirmed window**
+  (at most ``window`` messages sent since the last confirmation); ``flush()``
+  after a batch, or a timed send, gives the one-by-one guarantee back.
+* Receiving (``prefetch=256``): ``recv()`` serves from a batch pulled ahead
+  (one pull request outstanding, at most ``prefetch`` messages held, only
+  while someone receives). Each message is acknowledged as it is handed out
+  and the ack is confirmed in the background (retried for most of
+  ``ack_wait``): at-least-once — a message never handed out is redelivered,
+  one handed out whose ack was not confirmed may be delivered once more.
+  ``recv_many(max_n, timeout=)`` hands out what is buffered (at least one).
+  ``with ch.receive() as m:`` acknowledges only when the block exits cleanly
+  (an exception naks it). A buffered message older than ``ack_wait / 2`` is
+  nak'ed instead of handed out; ``close()`` naks every buffered message, so
+  other consumers get them at once; after a crash the server redelivers them
+  after ``ack_wait`` seconds (default 30).
+* Ordering: FIFO per producer while nothing is redelivered or resent.
 * Max message: the server's ``max_payload`` (1 MiB by default) minus room for
   kipc's headers; larger -> ``MessageTooLarge`` naming both numbers, before
   anything is published.
-* Blocking: ``send`` blocks while the stream is full (``max_msgs``/``max_bytes``
-  set, discard-new policy) or the server is unreachable (the client
-  reconnects); ``recv`` while it is empty. ``timeout=`` on both; ``timeout=0``
-  makes one round trip and raises ``WouldBlock`` instead of waiting.
+* Blocking: ``send`` blocks while the window is full (a full stream or an
+  unreachable server keeps it full; the client reconnects); ``recv`` while the
+  stream is empty. ``timeout=`` on both; ``timeout=0`` makes one round trip and
+  raises ``WouldBlock`` instead of waiting.
 * Knobs: none (``type=``/``priority=`` raise ``Unsupported``).
-* Threads: the sync API runs one asyncio loop thread per process (started
+* Request/reply: ``request(obj, timeout=)`` / ``arequest`` on core NATS subject
+  ``kipc.r.<name>`` (not stored, not retried); ``requests()`` makes this
+  handle a responder (a queue group: each request reaches one responder).
+* Threads: one asyncio loop thread per process drives the connection (started
   lazily, stopped at exit; a forked child starts its own and refuses the
-  parent's channels). ``asend``/``arecv`` await that loop's futures without
-  blocking the caller's loop or using a thread per call.
+  parent's channels). Callers hand work to it in batches (``_mailbox``) and
+  take received messages from a buffer on their own thread, so there is no
+  thread hop per message. ``asend``/``arecv`` wait without consuming:
+  cancelled, an ``arecv`` has taken nothing and an ``asend`` has queued nothing.
+  ``close()`` from any thread wakes blocked senders and receivers.
 * Cleanup: the creator (``create=True``, or ``"if_missing"`` when it was
   missing) deletes the stream on ``close()`` unless ``persist=True``. Nothing
   local is created, so there is no owner record.
