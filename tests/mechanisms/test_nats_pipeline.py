@@ -92,6 +92,7 @@ def test_refused_publishes_raise_at_next_flush_naming_the_count(nats_url: str) -
         with pytest.raises(kipc.KipcError) as ei:
             tx.flush(timeout=30)
         assert "3 message(s)" in str(ei.value) and tx.url in str(ei.value)
+        assert [check(m)[1] for m in ei.value.unsent] == [0, 1, 2]  # type: ignore[attr-defined]
         assert tx.unconfirmed == 0
         tx.flush(timeout=1)  # reported once; the window is empty
 

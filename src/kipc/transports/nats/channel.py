@@ -184,6 +184,7 @@ class NatsChannel(_Client, Channel):
         self._unconfirmed = 0  # handed to send() and not yet confirmed or failed (<= window)
         self._send_error: KipcError | None = None
         self._failed = 0
+        self._unsent: list[bytes] = []
         self._seq = itertools.count(1)
         self._tokens = itertools.count(1)
         # -- receive side (the loop fills _buf from pull requests; callers take from it) --
@@ -338,10 +339,18 @@ class NatsChannel(_Client, Channel):
             self._room_sig.wake()
 
     def _fail(self, p: _Pub, why: str) -> None:
+        """A publish the server definitely did not store (it answered no): reported, never retried.
+
+        Messages whose fate is unknown (no answer) are never reported here: they are resent
+        with their Nats-Msg-Id until confirmed, so the stream stores each once.
+        """
         self._failed += 1
-        self._send_error = KipcError(
+        self._unsent.append(p.data)
+        err = KipcError(
             f"send on {self.url}: {self._failed} message(s) sent without a timeout were not stored: {why} "
-            "(send them again: each carries a Nats-Msg-Id, so one that was stored after all is not stored twice)")
+            "(the server refused them, so sending them again cannot duplicate them; they are in .unsent)")
+        err.unsent = list(self._unsent)  # type: ignore[attr-defined]
+        self._send_error = err
         self._release(1)
 
     async def _resend(self) -> None:
@@ -472,6 +481,7 @@ class NatsChannel(_Client, Channel):
         if err is not None:
             self._send_error = None
             self._failed = 0
+            self._unsent = []
             raise err
 
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
