@@ -116,7 +116,8 @@ class _Client(Resource):
                  user: str | None = None, password: str | None = None, token: str | None = None,
                  creds_file: str | None = None, nkeys_seed: str | None = None,
                  tls: ssl.SSLContext | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None, tls_hostname: str | None = None, client_name: str | None = None) -> None:
+                 tls_key: str | None = None, tls_hostname: str | None = None, client_name: str | None = None,
+                 ping_interval: Any = None) -> None:
         timeout = _float_opt(connect_timeout, "connect_timeout")
         if servers is None:
             servers = [url.replace("nats://", f"nats://{creds}@", 1) if creds else url]
@@ -127,6 +128,10 @@ class _Client(Resource):
         kw: dict[str, Any] = {"user": user, "password": password, "token": token, "nkeys_seed": nkeys_seed,
                               "user_credentials": creds_file, "tls_hostname": tls_hostname, "name": client_name,
                               "tls": _tls_context(tls, tls_ca, tls_cert, tls_key)}
+        if ping_interval is not None:
+            # how soon a silently dead link (no RST: a cut cable, a partition) is noticed: ~3 pings
+            kw["ping_interval"] = _float_opt(ping_interval, "ping_interval")
+            kw["max_outstanding_pings"] = 2
         kw = {k: v for k, v in kw.items() if v is not None}
         self._pid = os.getpid()
         self._runner = _get_runner()
@@ -281,7 +286,7 @@ class _Client(Resource):
 def _common_options(options: dict[str, Any]) -> dict[str, Any]:
     """Pop the connection options (shared by NatsChannel, Topic and KV)."""
     keys = ("connect_timeout", "user", "password", "token", "creds_file", "nkeys_seed", "tls", "tls_ca",
-            "tls_cert", "tls_key", "tls_hostname", "client_name")
+            "tls_cert", "tls_key", "tls_hostname", "client_name", "ping_interval")
     return {k: options.pop(k) for k in keys if k in options}
 
 

@@ -117,6 +117,7 @@ _ACK_RETRY = 1.0  # an ack unconfirmed this long is sent again (acks are idempot
 _CLOSE_FLUSH = 10.0  # close() waits this long for the window's confirmations
 _CLOSE_ACKS = 5.0  # ... and this long for the acks of messages already handed out
 _INF = float("inf")
+_GONE_CONFIRM = 3.0  # "stream not found" for this long (not a leader election): it was removed
 _REQUEST_FOREVER = 365 * 86400.0  # request(timeout=None): nats-py wants a number
 
 
@@ -140,6 +141,7 @@ class NatsChannel(_Client, Channel):
     _pump: Pump | None = None
     _ticker: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
+    _gone_since = 0.0  # when the stream was first reported missing (0: it is there)
     _window = 1
     _prefetch = 1
 
@@ -242,7 +244,7 @@ class NatsChannel(_Client, Channel):
             except nats.js.errors.NotFoundError:
                 await js.add_consumer(self.stream, api.ConsumerConfig(
                     durable_name=_CONSUMER, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self._ack_wait,
-                    max_deliver=self._max_deliver, max_ack_pending=-1))
+                    max_deliver=self._max_deliver, max_ack_pending=-1, num_replicas=self._replicas))
             # Our own inboxes: pull responses on one, replies to our publishes and acks on the other.
             self._deliver = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(self._deliver, cb=self._on_pulled)
@@ -447,9 +449,9 @@ class NatsChannel(_Client, Channel):
         if status == "100":
             return  # heartbeat / flow control
         desc = (hdrs.get("Description") or "") if hdrs else ""
-        if status == "409" and "Deleted" in desc:
-            self._fatal = ChannelClosed(f"recv on {self.url}: the stream was removed")
-        elif status == "503":  # no responders: JetStream restarting / electing, or the stream is gone
+        if status == "503" or (status == "409" and "Deleted" in desc):
+            # no responders (JetStream restarting / electing, or the stream is gone), or "Consumer
+            # Deleted" (also seen when a cluster moves the consumer): ask whether it really is gone
             self._backoff_until = time.monotonic() + 0.05
             if self._checker is None or self._checker.done():
                 self._checker = asyncio.ensure_future(self._check_stream(f"recv on {self.url}"))
@@ -466,14 +468,25 @@ class NatsChannel(_Client, Channel):
         self._pump_kick()
 
     async def _check_stream(self, what: str) -> None:
-        """ChannelClosed if the stream (or its consumer) was removed; quiet while the server is away."""
+        """ChannelClosed once the stream (or its consumer) is gone; quiet while the server is away.
+
+        "Not found" counts only when it persists: while a cluster elects a new leader for a
+        stream that lost its leader, the API can answer "not found" for a few seconds.
+        """
         try:
-            await self._js.consumer_info(self.stream, _CONSUMER, timeout=1.0)
+            # the stream, not the consumer: a consumer whose leader is unreachable is "not found" too
+            await self._js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
-            self._fatal = ChannelClosed(f"{what}: the stream was removed")
-            self._buf.wake()
+            now = time.monotonic()
+            if not self._gone_since:
+                self._gone_since = now
+            elif now - self._gone_since >= _GONE_CONFIRM:
+                self._fatal = ChannelClosed(f"{what}: the stream was removed")
+                self._buf.wake()
+            return
         except Exception:
-            pass  # not answering: a restart or an election; keep pulling until the deadline
+            return  # not answering: a restart or an election; keep pulling until the deadline
+        self._gone_since = 0.0
 
     # -- send ------------------------------------------------------------------------------
     def _take_send_error(self) -> None:
