@@ -585,9 +585,16 @@ class Channel(_Waitable):
                 return
 
     # -- hooks: blocking paths (default: the hooks below, in a loop, under the direction lock) ---
+    # (Flat on purpose: these are the hot path of every transport without its own; a
+    # process with no other thread skips the lock, ~0.2 µs of a ~2 µs kernel-queue call.)
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
-        lock = self._lock("send", deadline)
+        lock = self._send_lock if other_threads() else None
+        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
+            self._check_open("send")
+            raise deadline.error(f"send on {self.url}")
         try:
+            if self._closed:
+                self._check_open("send")
             while not self._try_send(data, knobs):
                 if deadline.nonblocking or deadline.expired():
                     raise deadline.error(f"send on {self.url}")
@@ -598,21 +605,27 @@ class Channel(_Waitable):
                 self._check_open("send")
                 self._flush_pending()
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
-        lock = self._lock("recv", deadline)
+        lock = self._recv_lock if other_threads() else None
+        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
+            self._check_open("recv")
+            raise deadline.error(f"recv on {self.url}")
         try:
             while True:
+                if self._closed:
+                    self._check_open("recv")
                 got = self._try_recv(knobs)
                 if got is not None:
                     return got
                 if deadline.nonblocking or deadline.expired():
                     raise deadline.error(f"recv on {self.url}")
                 self._wait("recv", deadline)
-                self._check_open("recv")
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     # -- hooks: transports whose I/O already lives on an event loop (NATS) ----------------------
     #: True: asend/arecv await _asend_native/_arecv_native instead of the attempt/readiness loop

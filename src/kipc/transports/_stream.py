@@ -300,7 +300,7 @@ class StreamChannel(Channel):
                     frame = dec.next_frame()  # a whole frame already buffered: no syscall
                     if frame is not None:
                         return frame
-                    if dec.at_boundary and not self._eof and not deadline.nonblocking:
+                    if dec.at_boundary and not self._eof and deadline.timeout != 0:
                         self._wait("recv", deadline)
                         if self._closed:
                             self._check_open("recv")
@@ -323,7 +323,7 @@ class StreamChannel(Channel):
                         if deadline.expired():
                             raise deadline.error(f"recv on {self.url}")
                         continue
-                elif not deadline.nonblocking and not self._eof:
+                elif deadline.timeout != 0 and not self._eof:
                     self._wait("recv", deadline)
                     self._check_open("recv")
                 got = self._try_recv(knobs)
