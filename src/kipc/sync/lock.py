@@ -119,8 +119,14 @@ class _SyncObject(Resource):
                 self.owner = True
                 self._pid = os.getpid()
                 if not self.persist:
-                    _owners.record(self._record_url, self._kind_name, path=path,
-                                   identity=file_identity(os.fstat(fd), fd=fd))
+                    try:
+                        _owners.record(self._record_url, self._kind_name, path=path,
+                                       identity=file_identity(os.fstat(fd), fd=fd))
+                    except BaseException:  # a half-made object must not outlive this constructor
+                        self.owner = False
+                        self._h.close()
+                        os.unlink(path)
+                        raise
             else:
                 _check_attach(fd, url, mode, allow_foreign)
                 self._h = _sync.Sync(fd, self._kind_code, False, url)
