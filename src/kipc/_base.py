@@ -398,6 +398,13 @@ class _Waitable(Resource):
         finally:
             remove(fd)
 
+    def _acquire(self, lock: Any, op: str, deadline: Deadline) -> None:
+        """Take a direction lock by the deadline (the blocking paths call this only when
+        other threads exist: a process with none skips the lock, see Channel._send_blocking)."""
+        if not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
+            self._check_open(op)
+            raise deadline.error(f"{op} on {self.url}")
+
     def _lock(self, op: str, deadline: Deadline) -> Any:
         """The direction lock of ``op``, acquired by the deadline (Timeout/WouldBlock otherwise)."""
         lock = self._locks[op]
@@ -589,9 +596,8 @@ class Channel(_Waitable):
     # process with no other thread skips the lock, ~0.2 µs of a ~2 µs kernel-queue call.)
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         lock = self._send_lock if other_threads() else None
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("send")
-            raise deadline.error(f"send on {self.url}")
+        if lock is not None:
+            self._acquire(lock, "send", deadline)
         try:
             if self._closed:
                 self._check_open("send")
@@ -610,9 +616,8 @@ class Channel(_Waitable):
 
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         lock = self._recv_lock if other_threads() else None
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("recv")
-            raise deadline.error(f"recv on {self.url}")
+        if lock is not None:
+            self._acquire(lock, "recv", deadline)
         try:
             while True:
                 if self._closed:

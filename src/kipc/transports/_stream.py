@@ -36,8 +36,7 @@ import select
 import time
 from typing import Any, ClassVar
 
-from .._base import FOREVER, Channel, Deadline, lock_within
-from .._base import other_threads as _other_threads
+from .._base import Channel, Deadline, other_threads
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
 from .._naming import validate_size
 from ..codecs import Codec
@@ -248,10 +247,9 @@ class StreamChannel(Channel):
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         # The direction lock costs ~0.2 µs a call here, a fifth of a 64 B message: a process
         # with no other thread (only this one can start one, and it is busy here) skips it.
-        lock = self._send_lock if _other_threads() else None
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("send")
-            raise deadline.error(f"send on {self.url}")
+        lock = self._send_lock if other_threads() else None
+        if lock is not None:
+            self._acquire(lock, "send", deadline)
         try:
             if self._closed:
                 self._check_open("send")
@@ -287,10 +285,9 @@ class StreamChannel(Channel):
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         # Poll first when nothing is buffered (returns at once if bytes or a hang-up are
         # there), then one read: this skips a failed read + exception in request/reply.
-        lock = self._recv_lock if _other_threads() else None  # see _send_blocking
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("recv")
-            raise deadline.error(f"recv on {self.url}")
+        lock = self._recv_lock if other_threads() else None  # see _send_blocking
+        if lock is not None:
+            self._acquire(lock, "recv", deadline)
         try:
             dec = self._decoder
             while True:
