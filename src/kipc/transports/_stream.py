@@ -50,6 +50,8 @@ LINGER = 2.0
 _READ_CHUNK = 256 * 1024
 _DIRECT_READ = 256 * 1024  # payloads at least this big are read straight into their own buffer
 _SMALL_WRITE = 64 * 1024  # below this, header and payload are joined into one write
+_ATOMIC_MAX = 64 * 1024  # timed sends up to this size wait for room for the whole frame (TCP)
+_ROOM_MARGIN = 8192  # header + skb overhead
 _PACK = HEADER.pack
 _UNPACK = HEADER.unpack_from
 _INF = math.inf
@@ -161,6 +163,13 @@ class StreamChannel(Channel):
             return PeerGone(f"{op} on {self.url}: the peer has gone ({e.strerror})", errno=e.errno)
         return from_oserror(e, self.url, op)
 
+    #: True where the kernel may take part of a small frame (TCP): timed sends then wait for
+    #: room for the whole frame first (_wait_room), so a timeout leaves the channel unchanged
+    _room_check: bool = False
+
+    def _wait_room(self, need: int, deadline: Deadline) -> None:
+        """Wait until the socket has ``need`` bytes of send buffer free (sockets that set _room_check)."""
+
     def _pending_out(self) -> bool:
         return bool(self._pending)
 
@@ -253,6 +262,10 @@ class StreamChannel(Channel):
         try:
             if self._closed:
                 self._check_open("send")
+            if self._room_check and deadline.timeout is not None and not self._pending:
+                size = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+                if size <= _ATOMIC_MAX:
+                    self._wait_room(size + _ROOM_MARGIN, deadline)
             if not self._pending and data.__class__ is bytes and self.framing == "frame":
                 size = len(data)
                 if size < _SMALL_WRITE:
