@@ -7,8 +7,11 @@ with ``IPC_SET`` as the kernel lets a creator do, keeping its own access.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
+from typing import Any
 
 import pytest
 import sysv_ipc
@@ -134,3 +137,127 @@ def test_numbers_are_ascii_decimal_or_hex_only(figures: Figures) -> None:
     assert _objects.parse_uids("0,1000") == {0, 1000}
     figures.record("every scheme", "loosely spelled numbers refused (InvalidArgument, before any syscall)",
                    f"{refused} of {refused}", target="all", section=HOSTILE)
+
+
+# -- issue 11 item 2: silent clients must not stall a server -------------------------------------------------
+AUTH = "s3cret"
+
+SILENT = """
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+socks = [socket.create_connection((host[6:], int(port))) for _ in range(int(sys.argv[2]))]
+print("READY", flush=True)
+sys.stdin.readline()  # say nothing until killed
+"""
+
+HONEST = """
+import sys, time
+import kipc, kipc.transports.tcp  # imported first: the figure is the server's, not an import's
+print("READY", flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+try:
+    ch = kipc.open(sys.argv[1], timeout=10, auth=sys.argv[2])
+except kipc.KipcError as e:
+    print("REFUSED", type(e).__name__, e, flush=True)
+    raise SystemExit(0)
+print("T", t, flush=True)
+ch.send(b"hello", timeout=5)
+try:
+    ch.recv(timeout=10)
+except kipc.ChannelClosed:
+    pass
+"""
+
+
+def _silent_and_honest(url: str) -> tuple[Any, Any]:
+    silent = spawn(SILENT, url, "5", stdin=True)
+    return silent, spawn(HONEST, url, AUTH, stdin=True)
+
+
+def test_silent_tcp_clients_do_not_delay_an_honest_one(figures: Figures) -> None:
+    """5 silent TCP clients (auth=, handshake_timeout 10 s) ahead of an honest one: blocking accept()"""
+    with kipc.listen("tcp://127.0.0.1:0", auth=AUTH) as lst:
+        silent, honest = _silent_and_honest(lst.url)
+        with silent, honest:
+            with pytest.raises(kipc.Timeout):
+                lst.accept(timeout=0.2)  # the 5 silent ones are now mid-handshake
+            honest.write("go\n")
+            with lst.accept(timeout=10) as ch:
+                delay = time.monotonic() - float(honest.expect("T", 10).split()[1])
+                assert ch.recv(timeout=5) == b"hello"
+            honest.check(10)
+    assert delay < 0.5, delay
+    figures.record("tcp auth=", "honest client's connect to accept() with 5 silent clients mid-handshake",
+                   f"{1000 * delay:.1f} ms", target="< 500 ms (was 10 s: serial handshakes)", section=HOSTILE)
+
+
+def test_silent_tcp_clients_do_not_block_the_event_loop(figures: Figures) -> None:
+    """5 silent TCP clients (auth=) ahead of an honest one: aaccept() on asyncio, a 10 ms timer keeps firing"""
+    with kipc.listen("tcp://127.0.0.1:0", auth=AUTH) as lst:
+        silent, honest = _silent_and_honest(lst.url)
+        with silent, honest:
+            async def main() -> tuple[float, float]:
+                gaps: list[float] = []
+                stop = asyncio.Event()
+
+                async def ticker() -> None:
+                    last = time.monotonic()
+                    while not stop.is_set():
+                        await asyncio.sleep(0.01)
+                        now = time.monotonic()
+                        gaps.append(now - last)
+                        last = now
+
+                tick = asyncio.create_task(ticker())
+                with pytest.raises(kipc.Timeout):
+                    await lst.aaccept(timeout=0.3)  # the silent ones are accepted and stay silent
+                honest.write("go\n")
+                ch = await lst.aaccept(timeout=10)
+                accepted = time.monotonic()
+                assert await ch.arecv(timeout=5) == b"hello"
+                ch.close()
+                await asyncio.sleep(0.05)
+                stop.set()
+                await tick
+                return accepted, max(gaps)
+
+            accepted, gap = asyncio.run(main())
+            delay = accepted - float(honest.expect("T", 10).split()[1])
+            honest.check(10)
+    assert delay < 0.5, delay
+    assert gap < 0.25, gap  # the old synchronous handshake froze the loop for handshake_timeout
+    figures.record("tcp auth=", "aaccept(): honest client delayed / longest gap of a 10 ms loop timer",
+                   f"{1000 * delay:.1f} ms / {1000 * gap:.0f} ms", target="< 500 ms / < 250 ms", section=HOSTILE)
+
+
+def test_listener_iteration_survives_a_client_failing_auth(caplog: pytest.LogCaptureFixture, figures: Figures) -> None:
+    """`for conn in listener` with a client failing auth, then an honest one: the loop goes on"""
+    with kipc.listen("tcp://127.0.0.1:0", auth=AUTH) as lst, \
+            spawn(HONEST, lst.url, "wrong", stdin=True) as bad, spawn(HONEST, lst.url, AUTH, stdin=True) as good:
+        def drive() -> None:
+            bad.write("go\n")
+            bad.expect("REFUSED", 10)
+            good.write("go\n")
+
+        guard = threading.Timer(20, lst.close)  # a broken loop fails the test instead of hanging it
+        driver = threading.Thread(target=drive)
+        guard.start()
+        driver.start()
+        got = []
+        try:
+            with caplog.at_level("WARNING", logger="kipc"):
+                for conn in lst:
+                    with conn:
+                        got.append(conn.recv(timeout=5))
+                    break
+        finally:
+            guard.cancel()
+            driver.join(10)
+        assert got == [b"hello"]
+        assert "failed authentication" in caplog.text
+        refused = caplog.text.count("refused connection")
+        good.check(10)
+        bad.check(10)
+    figures.record("tcp auth=", "clients failing auth, then an honest one: refused+logged / loop ends / honest served",
+                   f"{refused} / no / yes", target="1 / no / yes", section=HOSTILE)

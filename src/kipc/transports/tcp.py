@@ -10,7 +10,9 @@ Contract card:
   An empty host means ``127.0.0.1``.
 * ``TCP_NODELAY`` on both ends; sends use ``MSG_NOSIGNAL``.
 * ``timeout=`` at open bounds connect + handshake (default 10 s); a listener
-  bounds each peer's handshake by ``handshake_timeout`` (default 10 s).
+  bounds each peer's handshake by ``handshake_timeout`` (default 10 s) and
+  runs the handshakes of all connecting peers at once without blocking, so a
+  silent client delays neither an honest one nor the event loop.
 * Optional shared secret ``auth=`` (bytes, or str as UTF-8): mutual
   HMAC-SHA256 challenge-response before any payload is decoded. Byte layout::
 
@@ -19,8 +21,9 @@ Contract card:
       server -> client   HMAC(key, b"kipc-auth-1 server" + nonce_c + nonce_s)
 
   Digests are compared with ``hmac.compare_digest``; the labels stop a
-  reflected answer. A wrong key is :class:`PermissionDenied` on both sides
-  (the server closes; the client reports the refusal). A client without
+  reflected answer. A wrong key is :class:`PermissionDenied` for the client;
+  the server closes the connection, logs the refusal (logger ``"kipc"``) and
+  goes on accepting. A client without
   ``auth=`` talking to an auth server reads MAGIC as a frame length of
   0x50494bff and gets :class:`ProtocolError`; a client with ``auth=`` talking
   to a server without it gets :class:`ProtocolError` when no challenge comes.
@@ -48,7 +51,7 @@ from .._kinds import RemoteKind
 from .._naming import ParsedURL, parse_bool, parse_float, parse_int, parse_seconds, parse_url
 from ..codecs import Codec
 from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
-from ._sock import SocketChannel, SocketListener, connect, recv_exact, send_exact
+from ._sock import SocketChannel, SocketListener, Steps, connect, recv_exact, send_exact
 
 __all__ = ["KIND", "MAGIC", "TcpChannel", "TcpListener"]
 
@@ -193,17 +196,16 @@ def _client_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: 
         raise PermissionDenied(f"connect to {url}: the server failed authentication (wrong auth key?)")
 
 
-def _server_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: str) -> None:
+def _server_steps(key: bytes, url: str) -> Steps:
+    """The server's side of the auth exchange, as steps the listener drives without blocking."""
     nonce_s = secrets.token_bytes(_NONCE)
-    send_exact(sock, MAGIC + nonce_s, deadline, url)
-    try:
-        answer = recv_exact(sock, _NONCE + _DIGEST, deadline, url)
-    except (Timeout, ProtocolError) as e:
-        raise PermissionDenied(f"accept on {url}: the peer did not authenticate ({e})") from e
+    yield MAGIC + nonce_s
+    answer = yield _NONCE + _DIGEST
+    assert answer is not None
     nonce_c, digest = answer[:_NONCE], answer[_NONCE:]
     if not hmac.compare_digest(digest, _mac(key, b"client", nonce_s, nonce_c)):
         raise PermissionDenied(f"accept on {url}: the peer failed authentication (wrong auth key?)")
-    send_exact(sock, _mac(key, b"server", nonce_c, nonce_s), deadline, url)
+    yield _mac(key, b"server", nonce_c, nonce_s)
 
 
 class TcpListener(SocketListener):
@@ -240,10 +242,11 @@ class TcpListener(SocketListener):
         self._sock = sock
         self._init_listener(_format(family, sock.getsockname()))
 
-    def _make_channel(self, conn: socket.socket, deadline: Deadline) -> TcpChannel:
+    def _handshake(self, conn: socket.socket) -> Steps | None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._key is not None:
-            _server_handshake(conn, self._key, deadline, self.url)
+        return None if self._key is None else _server_steps(self._key, self.url)
+
+    def _make_channel(self, conn: socket.socket) -> TcpChannel:
         return TcpChannel._accepted(self.url, conn, self._options)
 
 

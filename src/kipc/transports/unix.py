@@ -10,8 +10,9 @@ Contract card:
 * ``kipc.listen(url)`` binds (exclusively) and ``accept()`` yields one duplex
   :class:`UnixChannel` per peer; ``kipc.open(url)`` connects.
 * Peer check: both sides read ``SO_PEERCRED``. ``accept`` refuses a peer whose
-  uid is not ours (or in ``allow_uids=``) with :class:`PermissionDenied` after
-  closing it (the listener stays usable); ``open`` refuses a listener run by
+  uid is not ours (or in ``allow_uids=``): it closes the connection, logs the
+  refusal (logger ``"kipc"``, naming ``allow_uids=``) and waits on for the next
+  peer (``SO_PEERCRED`` needs no exchange, so nothing waits on the peer); ``open`` refuses a listener run by
   another uid the same way. ``ch.peer_pid`` / ``ch.peer_uid`` tell who it is.
 * Stale socket: if the path exists, a probe connect decides. A live listener
   answering -> :class:`AlreadyExists`. ``ECONNREFUSED`` on a socket file owned
@@ -211,7 +212,7 @@ class UnixListener(SocketListener):
             raise AlreadyExists(f"listen on {self.url}: a live listener answers at {path}")
         os.unlink(path)  # stale: its listener died without cleaning up
 
-    def _make_channel(self, conn: socket.socket, deadline: Deadline) -> UnixChannel:
+    def _make_channel(self, conn: socket.socket) -> UnixChannel:
         peer = _check_peer(conn, self._allow, self.url, "accept on")
         return UnixChannel._accepted(self.url, conn, peer, self._options)
 
