@@ -158,9 +158,12 @@ class SocketListener(Listener):
         super()._init_listener(url)
 
     def fileno(self) -> int:
-        """A pollable fd, readable when ``accept`` may make progress (the epoll fd described above)."""
+        """The listening socket. With ``auth=`` it shows new peers, not handshake progress: to wait
+        for an ``accept`` that may succeed use ``kipc.wait([listener])`` or ``aaccept`` (they
+        wait on the epoll fd that holds the handshakes too)."""
         self._check_open("fileno")
-        return int(self._epoll.fileno())
+        assert self._sock is not None
+        return self._sock.fileno()
 
     def _wait_fd(self, op: str) -> int | None:
         return self._epoll.fileno() if self._epoll is not None else None
