@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 from typing import Any
@@ -18,6 +19,7 @@ import sysv_ipc
 
 import kipc
 from kipc import _naming, _objects
+from kipc._framing import DEFAULT_MAX_FRAME, HEADER
 from kipc.testing import spawn, unique_key, unique_name
 
 from ..conftest import Figures
@@ -261,3 +263,61 @@ def test_listener_iteration_survives_a_client_failing_auth(caplog: pytest.LogCap
         bad.check(10)
     figures.record("tcp auth=", "clients failing auth, then an honest one: refused+logged / loop ends / honest served",
                    f"{refused} / no / yes", target="1 / no / yes", section=HOSTILE)
+
+
+# -- issue 11 item 3: a length prefix is the peer's word, not a reservation ----------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "unix"])
+def test_forged_length_prefix_costs_a_small_constant(scheme: str, figures: Figures) -> None:
+    """A ~1 GiB length prefix and then silence: the receiver's memory grows by a small constant"""
+    url = "tcp://127.0.0.1:0" if scheme == "tcp" else f"unix://{unique_name('big')}"
+    with kipc.listen(url) as lst:
+        with kipc.open(lst.url, timeout=5) as attacker, lst.accept(timeout=5) as victim:
+            raw = socket.socket(fileno=os.dup(attacker.fileno()))
+            try:
+                raw.sendall(HEADER.pack(DEFAULT_MAX_FRAME - 1))  # a frame of ~1 GiB announced, none sent
+                before = _rss()
+                with pytest.raises(kipc.Timeout):
+                    victim.recv(timeout=0.5)
+                grown = _rss() - before
+            finally:
+                raw.close()
+    assert grown < 5 << 20, grown
+    figures.record(scheme, "RSS growth after a forged ~1 GiB length prefix and silence (recv timeout 0.5 s)",
+                   f"+{grown / (1 << 20):.1f} MiB", target="< 5 MiB (was +1 GiB: zero-filled)", section=HOSTILE)
+
+
+BIG_RECEIVER = """
+import resource, sys
+import kipc
+size = int(sys.argv[1])
+with kipc.listen("tcp://127.0.0.1:0") as lst:
+    print("READY", lst.url, flush=True)
+    with lst.accept(timeout=20) as ch:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        msg = ch.recv(timeout=60)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        assert type(msg) is bytes and len(msg) == size and msg[:4] == b"big!" and msg[-4:] == b"end!"
+        print("PEAK", peak - before, flush=True)
+"""
+
+
+def test_big_message_received_without_a_second_copy(figures: Figures) -> None:
+    """A 256 MiB message over tcp: the receiver's peak memory is about one copy of it, and recv returns bytes"""
+    size = 256 << 20
+    with spawn(BIG_RECEIVER, str(size), ready=False) as child:
+        url = child.expect("READY", 20).split()[1]
+        msg = bytearray(size)
+        msg[:4], msg[-4:] = b"big!", b"end!"
+        with kipc.open(url, timeout=10) as ch:
+            ch.send(msg, timeout=60)
+            del msg
+            peak = int(child.expect("PEAK", 60).split()[1])
+        child.check(20)
+    assert peak < 1.25 * size, peak
+    figures.record("tcp", "receiver's peak RSS growth for one 256 MiB message",
+                   f"{peak / (1 << 20):.0f} MiB", target="~1 copy (was ~2: bytes(bytearray))", section=HOSTILE)

@@ -44,7 +44,6 @@ class SocketChannel(StreamChannel):
         self._send_raw = sock.send
         self._sendmsg = sock.sendmsg
         self._recv_raw = sock.recv
-        self._recv_into = sock.recv_into
         fd = sock.fileno()
         self._init_stream(url, fd, fd, **stream_options)
 
@@ -57,8 +56,6 @@ class SocketChannel(StreamChannel):
     def _read(self, n: int) -> bytes:
         return self._recv_raw(n)
 
-    def _readinto(self, buf: memoryview) -> int:
-        return self._recv_into(buf)
 
     def _close(self) -> None:
         if self._sock is not None:

@@ -18,6 +18,10 @@ Contract (shared by every fd transport):
   first waits for it, and may time out without accepting its own message).
   Writes of frames up to ``PIPE_BUF`` (4096 B) to a pipe/FIFO are atomic, so
   a timed-out or non-blocking small send leaves the channel exactly unchanged.
+* Big frames (>= 256 KiB) are read straight into the ``bytes`` object ``recv``
+  returns (``kipc._native._bytes``: no second copy), which starts at 1 MiB
+  and doubles only as payload arrives: a forged length prefix followed by
+  silence costs at most 1 MiB of address space, not the announced size.
 * ``close()`` writes an accepted message's unwritten tail for at most
   ``LINGER`` seconds (2 s); after that the peer sees the frame cut short
   (:class:`ProtocolError`), never a hang of ours.
@@ -40,6 +44,7 @@ from .._base import FOREVER, Channel, Deadline, lock_within
 from .._base import other_threads as _other_threads
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
 from .._naming import validate_size
+from .._platform import native
 from ..codecs import Codec
 from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, from_oserror
 
@@ -56,6 +61,7 @@ _UNPACK = HEADER.unpack_from
 _INF = math.inf
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
+_Filler = native("_bytes").Filler
 
 
 def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
@@ -96,8 +102,7 @@ class StreamChannel(Channel):
         for fd in {rfd, wfd} - {-1}:
             os.set_blocking(fd, False)
         self._decoder = FrameDecoder(self.max_message_size, where=url)
-        self._big: bytearray | None = None  # payload being read directly (large frames)
-        self._big_filled = 0
+        self._big: Any = None  # a _bytes.Filler: the payload of a large frame, read directly
         self._lines = bytearray()
         self._pending: list[memoryview] = []  # unwritten tail of an accepted message
         self._polls: dict[str, tuple[int, Any]] = {}
@@ -113,8 +118,6 @@ class StreamChannel(Channel):
     def _read(self, n: int) -> bytes:
         return os.read(self._rfd, n)
 
-    def _readinto(self, buf: memoryview) -> int:
-        return os.readv(self._rfd, [buf])
 
     def fileno(self) -> int:
         self._check_open("fileno")
@@ -377,34 +380,32 @@ class StreamChannel(Channel):
             dec.feed(chunk)
 
     def _start_big(self) -> None:
+        # The size is the peer's word (a 4-byte prefix): the Filler starts at 1 MiB and
+        # doubles only as payload arrives, so a forged prefix and silence cost 1 MiB, not n.
+        # It fills the bytes object recv returns, so take() needs no copy (no 2x peak).
         dec = self._decoder
         buffered = dec.take()
         (n,) = HEADER.unpack_from(buffered)
-        self._big = bytearray(n)
-        have = len(buffered) - HEADER_SIZE
-        self._big[:have] = memoryview(buffered)[HEADER_SIZE:]
-        self._big_filled = have
+        self._big = _Filler(n, memoryview(buffered)[HEADER_SIZE:])
 
     def _fill_big(self) -> bytes | None:
         big = self._big
         assert big is not None
-        with memoryview(big) as view:
-            while self._big_filled < len(big):
-                try:
-                    n = self._readinto(view[self._big_filled :])
-                except BlockingIOError:
+        while big.filled < big.total:
+            try:
+                n = big.readinto(self._rfd)
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                raise self._oserror(e, "recv") from e
+            if n == 0:
+                if not self._on_eof():
                     return None
-                except OSError as e:
-                    raise self._oserror(e, "recv") from e
-                if n == 0:
-                    if not self._on_eof():
-                        return None
-                    self._eof = True
-                    raise ProtocolError(
-                        f"{self.url}: stream ended inside a frame ({self._big_filled} of {len(big)} payload bytes)")
-                self._big_filled += n
+                self._eof = True
+                raise ProtocolError(
+                    f"{self.url}: stream ended inside a frame ({big.filled} of {big.total} payload bytes)")
         self._big = None
-        return bytes(big)
+        return big.take()
 
     def _try_line(self) -> bytes | None:
         buf = self._lines

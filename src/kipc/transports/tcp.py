@@ -30,7 +30,8 @@ Contract card:
   The secret authenticates the peers; it does not encrypt the traffic.
 * Boundaries: framed (``framing=line/raw`` for ``nc``); FIFO order; max
   message ``max_message_size`` (default 1 GiB); a forged length prefix above
-  it is :class:`ProtocolError` before any allocation.
+  it is :class:`ProtocolError` before any allocation, one below it costs
+  memory only as its payload arrives (see :mod:`kipc.transports._stream`).
 * Cleanup: nothing named; closing the listener frees the port.
 """
 
