@@ -18,7 +18,7 @@ import pytest
 import sysv_ipc
 
 import kipc
-from kipc import _naming, _objects
+from kipc import _naming, _objects, testing
 from kipc._framing import DEFAULT_MAX_FRAME, HEADER
 from kipc.testing import spawn, unique_key, unique_name
 
@@ -321,3 +321,36 @@ def test_big_message_received_without_a_second_copy(figures: Figures) -> None:
     assert peak < 1.25 * size, peak
     figures.record("tcp", "receiver's peak RSS growth for one 256 MiB message",
                    f"{peak / (1 << 20):.0f} MiB", target="~1 copy (was ~2: bytes(bytearray))", section=HOSTILE)
+
+
+# -- issue 11 item 11: close() after a timed send that did not finish -----------------------------------------
+@pytest.mark.parametrize("linger", [None, 0.3], ids=["default", "linger=0.3"])
+@pytest.mark.parametrize("scheme", ["unix", "tcp", "pipe", "fifo"])
+def test_close_after_an_unfinished_big_send_lingers_then_cuts(scheme: str, linger: float | None,
+                                                              figures: Figures) -> None:
+    """A timed send of 64 MiB the peer does not read, then close(): returns after the linger; peer: ProtocolError"""
+    from kipc.transports._stream import LINGER
+
+    options = {} if linger is None else {"linger": linger}
+    bound = LINGER if linger is None else linger
+    with testing.channel_pair(scheme, **options) as (tx, rx):
+        assert tx.linger == bound  # type: ignore[attr-defined]
+        tx.send(bytes(64 << 20), timeout=0.3)  # accepted (first bytes written); the tail waits in tx
+        assert tx._pending_out()
+        t0 = time.monotonic()
+        tx.close()
+        took = time.monotonic() - t0
+        with pytest.raises(kipc.ProtocolError):
+            while True:  # the cut frame: whatever arrived, then EOF inside it
+                rx.recv(timeout=5)
+    assert bound - 0.1 <= took < bound + 0.3, took
+    how = "default " if linger is None else "linger="
+    figures.record(scheme, f"close() after an unfinished 64 MiB timed send ({how}{bound:g} s) / the peer's recv",
+                   f"{took:.2f} s / ProtocolError",
+                   target=f"<= {bound:g} s + 0.3 / ProtocolError (was: close blocked forever)", section=HOSTILE)
+
+
+@pytest.mark.parametrize("bad", [-1, None, "x", "nan", float("inf")])
+def test_linger_is_validated(bad: object) -> None:
+    with pytest.raises((kipc.InvalidArgument, TypeError)):
+        kipc.pipe(linger=bad)  # type: ignore[arg-type]

@@ -23,8 +23,10 @@ Contract (shared by every fd transport):
   and doubles only as payload arrives: a forged length prefix followed by
   silence costs at most 1 MiB of address space, not the announced size.
 * ``close()`` writes an accepted message's unwritten tail for at most
-  ``LINGER`` seconds (2 s); after that the peer sees the frame cut short
-  (:class:`ProtocolError`), never a hang of ours.
+  ``linger=`` seconds (option of every fd channel; default ``LINGER``, 2 s;
+  ``0`` cuts at once; ``None`` is refused: close never blocks unbounded);
+  after that the peer sees the frame cut short (:class:`ProtocolError`),
+  never a hang of ours.
 * EOF at a frame boundary is :class:`ChannelClosed`; EOF inside a frame is
   :class:`ProtocolError`; a write to a stream whose reader has gone is
   :class:`PeerGone` (never SIGPIPE: sockets use ``MSG_NOSIGNAL`` and Python
@@ -43,12 +45,12 @@ from typing import Any, ClassVar
 from .._base import FOREVER, Channel, Deadline, lock_within
 from .._base import other_threads as _other_threads
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
-from .._naming import validate_size
+from .._naming import parse_seconds, validate_size
 from .._platform import native
 from ..codecs import Codec
 from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, from_oserror
 
-__all__ = ["FRAMINGS", "LINGER", "StreamChannel", "wait_fd"]
+__all__ = ["FRAMINGS", "LINGER", "StreamChannel", "check_linger", "wait_fd"]
 
 FRAMINGS = ("frame", "line", "raw")
 #: seconds close() spends writing an accepted message's tail
@@ -81,6 +83,14 @@ def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
             return
 
 
+def check_linger(value: object, url: str) -> float:
+    """``linger=``: the seconds close() may spend writing an unfinished message (0 = cut it at once)."""
+    t = parse_seconds(value, what="linger")
+    if t is None:
+        raise InvalidArgument(f"{url}: linger=None would let close() block forever; give seconds (default {LINGER:g})")
+    return t
+
+
 class StreamChannel(Channel):
     """Base of every framed fd channel; subclasses open fds and call :meth:`_init_stream`."""
 
@@ -88,14 +98,17 @@ class StreamChannel(Channel):
     _rfd: int = -1
     _wfd: int = -1
     _eof: bool = False
+    linger: float = LINGER
 
     def _init_stream(self, url: str, rfd: int, wfd: int, *, codec: str | Codec | None = None,
-                     framing: str = "frame", max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+                     framing: str = "frame", max_message_size: int | str = DEFAULT_MAX_FRAME,
+                     linger: float | str = LINGER) -> None:
         if framing not in FRAMINGS:
             raise InvalidArgument(f"{url}: framing {framing!r} is not one of {FRAMINGS}")
         if isinstance(max_message_size, str):
             max_message_size = validate_size(max_message_size, what="max_message_size")
         self.framing = framing
+        self.linger = check_linger(linger, url)
         self.max_message_size = self._decoder_max = check_max(max_message_size)
         self._rfd, self._wfd = rfd, wfd
         self.readable, self.writable = rfd >= 0, wfd >= 0
@@ -435,12 +448,12 @@ class StreamChannel(Channel):
 
     def close(self) -> None:
         # A pending tail belongs to an accepted message: deliver it before closing,
-        # for at most LINGER seconds. If another thread is sending right now, close
+        # for at most self.linger seconds (linger=, default LINGER). If another thread is sending right now, close
         # interrupts it instead (its frame is cut short: the peer's ProtocolError).
         lock = self._locks.get("send")
         if not self._closed and self._pending and lock is not None and lock.acquire(False):
             try:
-                self._linger(Deadline(LINGER))
+                self._linger(Deadline(self.linger))
             finally:
                 lock.release()
         super().close()

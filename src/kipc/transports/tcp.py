@@ -53,6 +53,7 @@ from .._naming import ParsedURL, parse_bool, parse_float, parse_int, parse_secon
 from ..codecs import Codec
 from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
 from ._sock import SocketChannel, SocketListener, Steps, connect, recv_exact, send_exact
+from ._stream import LINGER
 
 __all__ = ["KIND", "MAGIC", "TcpChannel", "TcpListener"]
 
@@ -112,7 +113,7 @@ def _format(family: int, sockaddr: Any) -> str:
 
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size") if k in options}
+    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size", "linger") if k in options}
 
 
 class TcpChannel(SocketChannel):
@@ -123,7 +124,7 @@ class TcpChannel(SocketChannel):
 
     def __init__(self, url: str, *, timeout: float | str | None = 10.0, auth: bytes | str | None = None,
                  codec: str | Codec | None = None, framing: str = "frame",
-                 max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+                 max_message_size: int | str = DEFAULT_MAX_FRAME, linger: float | str = LINGER) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "tcp":
             raise InvalidArgument(f"{url}: not a tcp:// URL")
@@ -138,7 +139,8 @@ class TcpChannel(SocketChannel):
             if key is not None:
                 _client_handshake(sock, key, deadline, url)
             self.peer = sock.getpeername()[:2]
-            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size)
+            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size,
+                              linger=linger)
         except BaseException:
             sock.close()
             raise

@@ -54,6 +54,7 @@ from .._objects import file_identity, parse_uids
 from ..codecs import Codec
 from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied, Unsupported, from_oserror
 from ._sock import SocketChannel, SocketListener, connect
+from ._stream import LINGER
 
 __all__ = ["KIND", "UnixChannel", "UnixListener", "peer_credentials"]
 
@@ -98,7 +99,7 @@ def _address(parsed: ParsedURL) -> tuple[str | bytes, str | None]:
 
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size") if k in options}
+    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size", "linger") if k in options}
 
 
 class UnixChannel(SocketChannel):
@@ -110,7 +111,7 @@ class UnixChannel(SocketChannel):
 
     def __init__(self, url: str, *, timeout: float | str | None = 10.0, allow_uids: Any = None,
                  codec: str | Codec | None = None, framing: str = "frame",
-                 max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+                 max_message_size: int | str = DEFAULT_MAX_FRAME, linger: float | str = LINGER) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "unix":
             raise InvalidArgument(f"{url}: not a unix:// URL")
@@ -121,7 +122,8 @@ class UnixChannel(SocketChannel):
         try:
             connect(sock, address, deadline, url)
             self.peer_pid, self.peer_uid = _check_peer(sock, allow, url, "connect to")
-            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size)
+            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size,
+                              linger=linger)
         except BaseException:
             sock.close()
             raise
