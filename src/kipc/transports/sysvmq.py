@@ -13,7 +13,12 @@ Contract card:
   :class:`MessageTooLarge` naming both numbers and the sysctl, queue
   unchanged. Queue capacity: ``max_bytes`` (``msg_qbytes``, default
   ``kernel.msgmnb``); raising it beyond ``kernel.msgmnb`` needs
-  CAP_SYS_RESOURCE.
+  CAP_SYS_RESOURCE. A message bigger than the queue's ``max_bytes`` can never
+  fit (the kernel would wait forever): :class:`MessageTooLarge` naming the
+  size, the limit, ``max_bytes=`` and ``kernel.msgmnb``, before any
+  ``msgsnd``. ``msg_qbytes`` can change at run time, so it is re-read (one
+  ``IPC_STAT``) when a message exceeds the value last read, or when a send
+  would block; never on a send that fits and goes through.
 * Blocking: SysV queues have no kernel timeout, no fd and no way to wake a
   thread blocked in ``msgrcv`` short of a message, so every wait (timed or
   not) is an ``IPC_NOWAIT`` attempt followed by a pause: about 100 µs of
@@ -152,6 +157,8 @@ class SysVMessageQueue(Channel):
     recv_knobs = frozenset({"type"})
     _q: Any = None
     _record_url = ""
+    #: msg_qbytes as last read: a message above it is checked against the queue's current value
+    _qlimit: int = 0
 
     def __init__(self, url: str | int | ParsedURL, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
                  persist: bool | str = False, max_bytes: int | str | None = None, codec: str | Codec | None = None,
@@ -197,6 +204,7 @@ class SysVMessageQueue(Channel):
         q, self.owner = create_or_attach(create, make, attach)
         self._q = q
         self.id = q.id
+        self._qlimit = int(q.max_size)
         try:
             if self.owner:
                 self._record_url = f"sysvmq://{key}" if key else f"sysvmq://private?id={q.id}"
@@ -239,15 +247,40 @@ class SysVMessageQueue(Channel):
             f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes "
             f"(sysctl kernel.msgmax = {limit})", size=size, limit=limit)
 
+    def _queue_too_large(self, size: int, qbytes: int) -> MessageTooLarge:
+        mnb = sysctl("kernel.msgmnb", 16384) or 16384
+        return MessageTooLarge(
+            f"send on {self.url}: message of {size} bytes can never fit: the queue holds at most {qbytes} bytes "
+            f"(its max_bytes, msg_qbytes); raise it with max_bytes= on the queue (the owner; above "
+            f"sysctl kernel.msgmnb = {mnb} needs CAP_SYS_RESOURCE), or raise kernel.msgmnb for new queues",
+            size=size, limit=qbytes)
+
+    def _check_room(self, size: int) -> None:
+        """The message is above the cached msg_qbytes, or the queue is full: read the queue's real limit.
+
+        msg_qbytes can change at run time (IPC_SET by its owner), so the cached value is only a
+        hint; it is re-read here, never on a send that fits it and does not block.
+        """
+        try:
+            self._qlimit = qbytes = int(self._q.max_size)
+        except sysv_ipc.Error as e:
+            raise self._error(e, "send") from None
+        if size > qbytes:
+            raise self._queue_too_large(size, qbytes)
+
     # -- I/O: non-blocking attempts; the template loops, this class waits -------------------------------
     def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
         mtype = knobs.get("type", 1)
         if mtype.__class__ is not int or mtype != 1:
             _check_type(mtype, recv=False)
+        size = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+        if size > self._qlimit:
+            self._check_room(size)  # before any msgsnd: it would wait for room that can never exist
         try:
             self._q.send(data, False, mtype)
             return True
         except sysv_ipc.BusyError:
+            self._check_room(size)  # full: the limit may have been lowered since we read it
             return False
         except sysv_ipc.Error as e:
             self._retry_or_raise(e, "send")
@@ -333,6 +366,7 @@ class SysVMessageQueue(Channel):
         limit = sysctl("kernel.msgmnb", 16384) or 16384
         try:
             self._q.max_size = value
+            self._qlimit = value
             if self.owner and self._record_url:
                 self._record_owner()  # IPC_SET restamped ctime: keep the record's identity current
         except sysv_ipc.PermissionsError:
