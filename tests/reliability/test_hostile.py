@@ -354,3 +354,117 @@ def test_close_after_an_unfinished_big_send_lingers_then_cuts(scheme: str, linge
 def test_linger_is_validated(bad: object) -> None:
     with pytest.raises((kipc.InvalidArgument, TypeError)):
         kipc.pipe(linger=bad)  # type: ignore[arg-type]
+
+
+# -- issue 11 items 8 and 9: spools -----------------------------------------------------------------------------
+def test_spool_planted_entries_are_quarantined_and_real_messages_delivered(tmp_path: Any, figures: Figures) -> None:
+    """Planted *.msg entries (FIFO, directory, symlink, foreign-owned, open-mode, hard-linked file) in a spool"""
+    from kipc.transports.file import QUARANTINE, SpoolWarning
+
+    url = f"file://{unique_name('spool')}"
+    with kipc.open(url, create=True, fsync=False) as sp:
+        d = sp._path  # type: ignore[attr-defined]
+        sp.send(b"real 1")
+        target = tmp_path / "secret"
+        target.write_bytes(b"not a message")
+        target.chmod(0o600)  # so the hard link is refused for its link count, not its mode
+        os.mkfifo(f"{d}/00-fifo.msg", 0o600)
+        os.mkdir(f"{d}/01-dir.msg", 0o700)
+        os.symlink(target, f"{d}/02-symlink.msg")
+        with open(f"{d}/03-open-mode.msg", "wb") as f:
+            f.write(b"x")
+        os.chmod(f"{d}/03-open-mode.msg", 0o666)
+        os.link(target, f"{d}/04-hardlink.msg")
+        planted = 5
+        if os.geteuid() == 0:
+            with open(f"{d}/05-foreign.msg", "wb") as f:
+                f.write(b"y")
+            os.chown(f"{d}/05-foreign.msg", NOBODY, NOBODY)
+            planted += 1
+        sp.send(b"real 2")
+        got = []
+        t0 = time.monotonic()
+        with pytest.warns(SpoolWarning) as warned:
+            got.append(sp.recv(timeout=1))
+            got.append(sp.recv(timeout=1))
+            took = time.monotonic() - t0
+            with pytest.raises(kipc.Timeout):
+                sp.recv(timeout=0.1)
+        assert got == [b"real 1", b"real 2"]
+        quarantined = sorted(n.split("-", 2)[-1] for n in os.listdir(f"{d}/{QUARANTINE}"))
+        assert len(quarantined) == planted, quarantined
+        assert os.listdir(f"{d}/claimed") == []
+        assert len(warned) == planted
+        assert target.read_bytes() == b"not a message"  # a symlink's or hard link's target is left alone
+    assert took < 1.0
+    figures.record("file", "planted *.msg entries quarantined / real messages delivered / time for both recv",
+                   f"{planted} of {planted} / 2 of 2 / {1000 * took:.1f} ms",
+                   target="all / all / no hang (was: FIFO hung, dir/symlink raw OSError)", section=HOSTILE)
+
+
+def test_spool_handle_shared_across_fork(figures: Figures) -> None:
+    """A spool handle used by parent and child after fork(): 3,000 sends each"""
+    n = 3000
+    url = f"file://{unique_name('spool')}"
+    with kipc.open(url, create=True, fsync=False) as sp:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            failures = 0
+            try:
+                for i in range(n):
+                    try:
+                        sp.send(b"c%d" % i)
+                    except Exception:
+                        failures += 1
+            finally:
+                os.write(w, str(failures).encode())
+                os._exit(0)
+        os.close(w)
+        failures = 0
+        for i in range(n):
+            try:
+                sp.send(b"p%d" % i)
+            except Exception:
+                failures += 1
+        child_failures = int(os.read(r, 100) or b"-1")
+        os.close(r)
+        os.waitpid(pid, 0)
+        got = []
+        while True:
+            try:
+                got.append(sp.recv(timeout=0.5))
+            except kipc.Timeout:
+                break
+    expected = {b"p%d" % i for i in range(n)} | {b"c%d" % i for i in range(n)}
+    assert failures == 0 and child_failures == 0
+    assert len(got) == 2 * n and set(got) == expected
+    for who in (b"p", b"c"):  # FIFO per producer
+        seq = [int(m[1:]) for m in got if m[:1] == who]
+        assert seq == sorted(seq)
+    figures.record("file", "parent + forked child, 3,000 sends each on one handle: failed sends / received once",
+                   f"{failures + child_failures} / {len(set(got))} of {2 * n}", target="0 / all", section=HOSTILE)
+
+
+def test_spool_receiver_shared_across_fork_is_woken() -> None:
+    """After fork, parent and child each wait on the inherited handle: each gets its own inotify fd."""
+    url = f"file://{unique_name('spool')}"
+    with kipc.open(url, create=True, fsync=False) as sp:
+        with pytest.raises(kipc.Timeout):
+            sp.recv(timeout=0.01)  # makes the parent's inotify fd, then inherited
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                t0 = time.monotonic()
+                msg = sp.recv(timeout=10)
+                code = 0 if msg == b"for the child" and time.monotonic() - t0 < 0.5 else 2
+            finally:
+                os._exit(code)
+        try:
+            time.sleep(0.1)
+            with kipc.open(url, fsync=False) as tx:
+                tx.send(b"for the child")
+        finally:
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
