@@ -468,3 +468,72 @@ def test_spool_receiver_shared_across_fork_is_woken() -> None:
         finally:
             _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+# -- issue 11 item 4: what a queued signal's sender can forge ------------------------------------------------
+SIG_RECEIVER = """
+import os, signal, sys
+import kipc
+from kipc import signals
+plain = signals.Receiver(signal.SIGRTMIN + 2)
+safe = signals.Receiver(signal.SIGRTMIN + 3, token=True)
+print("READY", os.getpid(), safe.token, flush=True)
+sys.stdin.readline()
+def drain(r):
+    out = []
+    while True:
+        try:
+            i = r.recv(timeout=0.3)
+        except kipc.Timeout:
+            return out
+        out.append([i.pid, i.uid, i.value])
+print("PLAIN", drain(plain), plain.dropped, flush=True)
+print("SAFE", drain(safe), safe.dropped, flush=True)
+"""
+
+SIG_FORGER = """
+import ctypes, os, platform, signal, struct, sys
+from kipc import signals
+pid, token = int(sys.argv[1]), int(sys.argv[2])
+NR = {"x86_64": 129, "aarch64": 240}[platform.machine()]
+libc = ctypes.CDLL(None, use_errno=True)
+def forge(sig, fake_pid, fake_uid, word):
+    # siginfo_t: signo, errno, code (SI_QUEUE = -1), pad; then si_pid, si_uid, si_value (8 bytes)
+    raw = struct.pack("iiiiiIq", sig, 0, -1, 0, fake_pid, fake_uid, word).ljust(128, b"\\0")
+    buf = ctypes.create_string_buffer(raw)
+    if libc.syscall(NR, pid, sig, buf) != 0:
+        raise OSError(ctypes.get_errno(), "rt_sigqueueinfo")
+me = os.getuid()
+forge(signal.SIGRTMIN + 2, 1, me, 11)            # plain receiver: poses as pid 1 with our uid
+forge(signal.SIGRTMIN + 2, 1, 65534, 12)         # plain receiver: claims another uid
+forge(signal.SIGRTMIN + 3, 1, me, 21)            # token receiver: no token
+forge(signal.SIGRTMIN + 3, 1, me, ((token ^ 1) << 32) | 22)  # token receiver: a wrong token
+signals.send(pid, 23, signal.SIGRTMIN + 3, token=token)     # the honest sender
+print("READY", os.getpid(), flush=True)
+"""
+
+
+def test_forged_signal_senders_and_the_token_filter(figures: Figures) -> None:
+    """A child forging si_pid/si_uid with rt_sigqueueinfo: the uid filter is no defence, the token filter is"""
+    import json
+
+    with spawn(SIG_RECEIVER, stdin=True) as rx:
+        _, pid, token = rx.lines_seen[-1].split()
+        with spawn(SIG_FORGER, pid, token) as forger:
+            forger_pid = int(forger.lines_seen[-1].split()[1])
+            forger.check(10)
+        rx.write("go\n")
+        plain_line = rx.expect("PLAIN", 10)
+        safe_line = rx.expect("SAFE", 10)
+        rx.check(10)
+    me = os.getuid()
+    plain, plain_dropped = json.loads(plain_line.split(" ", 1)[1].rsplit(" ", 1)[0]), int(plain_line.rsplit(" ", 1)[1])
+    safe, safe_dropped = json.loads(safe_line.split(" ", 1)[1].rsplit(" ", 1)[0]), int(safe_line.rsplit(" ", 1)[1])
+    # documented limit: the default filter takes a same-uid process's word for its pid
+    assert plain == [[1, me, 11]] and plain_dropped == 1
+    # the token filter: only the honest sender (who knows the token) gets through
+    assert safe == [[forger_pid, me, 23]] and safe_dropped == 2
+    figures.record("signals", "forged SI_QUEUE (pid 1 / uid 65534 / no token / wrong token): accepted by "
+                              "uid filter / by token filter; honest token sender accepted",
+                   "1 of 2 (pid 1 passes: documented) / 0 of 2 / yes", target="documented / 0 / yes",
+                   section=HOSTILE)
