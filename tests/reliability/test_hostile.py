@@ -499,7 +499,7 @@ NR = {"x86_64": 129, "aarch64": 240}[platform.machine()]
 libc = ctypes.CDLL(None, use_errno=True)
 def forge(sig, fake_pid, fake_uid, word):
     # siginfo_t: signo, errno, code (SI_QUEUE = -1), pad; then si_pid, si_uid, si_value (8 bytes)
-    raw = struct.pack("iiiiiIq", sig, 0, -1, 0, fake_pid, fake_uid, word).ljust(128, b"\\0")
+    raw = struct.pack("iiiiiIQ", sig, 0, -1, 0, fake_pid, fake_uid, word & (2**64 - 1)).ljust(128, b"\\0")
     buf = ctypes.create_string_buffer(raw)
     if libc.syscall(NR, pid, sig, buf) != 0:
         raise OSError(ctypes.get_errno(), "rt_sigqueueinfo")
