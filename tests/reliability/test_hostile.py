@@ -537,3 +537,35 @@ def test_forged_signal_senders_and_the_token_filter(figures: Figures) -> None:
                               "uid filter / by token filter; honest token sender accepted",
                    "1 of 2 (pid 1 passes: documented) / 0 of 2 / yes", target="documented / 0 / yes",
                    section=HOSTILE)
+
+# -- issue 11 item 10: SysV queue capacity ----------------------------------------------------------------------
+def test_message_bigger_than_the_queue_capacity_is_too_large_at_once(figures: Figures) -> None:
+    """A message above the queue's max_bytes (msg_qbytes; also lowered at run time) can never fit"""
+    key = unique_key()
+    with kipc.open(f"sysvmq://{key}", create=True, max_bytes=1024) as q, kipc.open(f"sysvmq://{key}") as peer:
+        for ch in (q, peer):
+            t0 = time.monotonic()
+            with pytest.raises(kipc.MessageTooLarge) as ei:
+                ch.send(bytes(2000))  # untimed: used to block forever
+            first = time.monotonic() - t0
+            assert first < 0.5
+            msg = str(ei.value)
+            assert "2000" in msg and "1024" in msg and "max_bytes=" in msg and "kernel.msgmnb" in msg, msg
+            assert ei.value.size == 2000 and ei.value.limit == 1024
+        assert q.stat().messages == 0
+        # raised at run time by the owner: the peer's cached limit is only a hint
+        q.max_bytes = 4096
+        peer.send(bytes(2000), timeout=5)
+        assert q.recv(timeout=5) == bytes(2000)
+        # lowered at run time: a peer that read 4096 finds out when the send would block
+        q.max_bytes = 1024
+        t0 = time.monotonic()
+        with pytest.raises(kipc.MessageTooLarge, match="1024"):
+            peer.send(bytes(2000), timeout=5)
+        lowered = time.monotonic() - t0
+        assert lowered < 0.5
+        peer.send(b"small", timeout=5)
+        assert q.recv(timeout=5) == b"small"
+    figures.record("sysvmq", "2000 B untimed send to a max_bytes=1024 queue / after max_bytes lowered at run time",
+                   f"MessageTooLarge in {1000 * first:.2f} ms / {1000 * lowered:.2f} ms (queue unchanged)",
+                   target="MessageTooLarge at once (was: blocked forever)", section=HOSTILE)
