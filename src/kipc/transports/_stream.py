@@ -42,8 +42,7 @@ import select
 import time
 from typing import Any, ClassVar
 
-from .._base import FOREVER, Channel, Deadline, lock_within
-from .._base import other_threads as _other_threads
+from .._base import Channel, Deadline, other_threads
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
 from .._naming import parse_seconds, validate_size
 from .._platform import native
@@ -58,6 +57,8 @@ LINGER = 2.0
 _READ_CHUNK = 256 * 1024
 _DIRECT_READ = 256 * 1024  # payloads at least this big are read straight into their own buffer
 _SMALL_WRITE = 64 * 1024  # below this, header and payload are joined into one write
+_ATOMIC_MAX = 64 * 1024  # timed sends up to this size wait for room for the whole frame (TCP)
+_ROOM_MARGIN = 8192  # header + skb overhead
 _PACK = HEADER.pack
 _UNPACK = HEADER.unpack_from
 _INF = math.inf
@@ -178,6 +179,13 @@ class StreamChannel(Channel):
             return PeerGone(f"{op} on {self.url}: the peer has gone ({e.strerror})", errno=e.errno)
         return from_oserror(e, self.url, op)
 
+    #: True where the kernel may take part of a small frame (TCP): timed sends then wait for
+    #: room for the whole frame first (_wait_room), so a timeout leaves the channel unchanged
+    _room_check: bool = False
+
+    def _wait_room(self, need: int, deadline: Deadline) -> None:
+        """Wait until the socket has ``need`` bytes of send buffer free (sockets that set _room_check)."""
+
     def _pending_out(self) -> bool:
         return bool(self._pending)
 
@@ -264,13 +272,16 @@ class StreamChannel(Channel):
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         # The direction lock costs ~0.2 µs a call here, a fifth of a 64 B message: a process
         # with no other thread (only this one can start one, and it is busy here) skips it.
-        lock = self._send_lock if _other_threads() else None
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("send")
-            raise deadline.error(f"send on {self.url}")
+        lock = self._send_lock if other_threads() else None
+        if lock is not None:
+            self._acquire(lock, "send", deadline)
         try:
             if self._closed:
                 self._check_open("send")
+            if self._room_check and deadline.timeout is not None and not self._pending:
+                size = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+                if size <= _ATOMIC_MAX:
+                    self._wait_room(size + _ROOM_MARGIN, deadline)
             if not self._pending and data.__class__ is bytes and self.framing == "frame":
                 size = len(data)
                 if size < _SMALL_WRITE:
@@ -303,10 +314,9 @@ class StreamChannel(Channel):
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         # Poll first when nothing is buffered (returns at once if bytes or a hang-up are
         # there), then one read: this skips a failed read + exception in request/reply.
-        lock = self._recv_lock if _other_threads() else None  # see _send_blocking
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("recv")
-            raise deadline.error(f"recv on {self.url}")
+        lock = self._recv_lock if other_threads() else None  # see _send_blocking
+        if lock is not None:
+            self._acquire(lock, "recv", deadline)
         try:
             dec = self._decoder
             while True:
@@ -316,7 +326,7 @@ class StreamChannel(Channel):
                     frame = dec.next_frame()  # a whole frame already buffered: no syscall
                     if frame is not None:
                         return frame
-                    if dec.at_boundary and not self._eof and not deadline.nonblocking:
+                    if dec.at_boundary and not self._eof and deadline.timeout != 0:
                         self._wait("recv", deadline)
                         if self._closed:
                             self._check_open("recv")
@@ -339,7 +349,7 @@ class StreamChannel(Channel):
                         if deadline.expired():
                             raise deadline.error(f"recv on {self.url}")
                         continue
-                elif not deadline.nonblocking and not self._eof:
+                elif deadline.timeout != 0 and not self._eof:
                     self._wait("recv", deadline)
                     self._check_open("recv")
                 got = self._try_recv(knobs)

@@ -18,14 +18,20 @@ Contract card:
   size, the limit, ``max_bytes=`` and ``kernel.msgmnb``, before any
   ``msgsnd``. ``msg_qbytes`` can change at run time, so it is re-read (one
   ``IPC_STAT``) when a message exceeds the value last read, or when a send
-  would block; never on a send that fits and goes through.
+  would block; never on a send that fits and goes through. (Limit: an untimed
+  send already waiting in the kernel's ``msgsnd``, see Blocking, keeps waiting
+  if ``max_bytes`` is lowered below its size meanwhile, as C's would.)
 * Blocking: SysV queues have no kernel timeout, no fd and no way to wake a
-  thread blocked in ``msgrcv`` short of a message, so every wait (timed or
-  not) is an ``IPC_NOWAIT`` attempt followed by a pause: about 100 µs of
-  yielding retries (a reply in a request/response exchange is caught at once),
-  then a back-off from 50 µs doubling to 2 ms, trimmed to the deadline.
-  Deadlines are honoured within ~2 ms, a waiter costs well under 5 % of a
-  core, and ``close()`` from another thread wakes it within 2 ms.
+  thread blocked in ``msgrcv`` short of a message (or a signal). An untimed
+  call in a process with no other thread blocks in the kernel (GIL
+  released), as C does. Otherwise — a timeout, or other threads that might
+  ``close()`` the handle — a wait is an ``IPC_NOWAIT`` attempt followed by a
+  pause: about 100 µs of yielding retries (a reply in a request/response
+  exchange is caught at once), then a back-off from 50 µs doubling to 2 ms,
+  trimmed to the deadline. Deadlines are honoured within ~2 ms, a waiter costs
+  well under 5 % of a core, and ``close()`` from another thread wakes it
+  within 2 ms. On a loaded machine the polled path can add up to 2 ms to a
+  reply that arrives while the waiter sleeps.
   ``arecv``/``asend`` encode once and wait in kipc's wait threads between
   non-blocking attempts on the loop thread. A full queue blocks or times out;
   nothing is dropped.
@@ -52,7 +58,7 @@ from typing import Any, NamedTuple
 import sysv_ipc
 
 from .. import _owners
-from .._base import Channel, Deadline
+from .._base import Channel, Deadline, other_threads
 from .._kinds import ObjectInfo, SysvKind
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_mode, validate_size
 from .._objects import (
@@ -84,6 +90,7 @@ __all__ = ["KIND", "MessageQueueStat", "SysVMessageQueue", "pauses"]
 BACKOFF_FIRST = 50e-6
 BACKOFF_MAX = 0.002
 _LONG_MAX = 2**63 - 1
+_INF = float("inf")
 
 
 #: yielding retries before a waiter starts sleeping (catches a quick reply without a sleep)
@@ -267,6 +274,50 @@ class SysVMessageQueue(Channel):
             raise self._error(e, "send") from None
         if size > qbytes:
             raise self._queue_too_large(size, qbytes)
+
+    # -- I/O: the kernel's own wait when nobody could close us meanwhile ----------------------------
+    # A thread blocked in msgsnd/msgrcv wakes only for room/a message, the queue's removal or
+    # a signal, so close() from another thread could not wake it: with other threads in the
+    # process, waits poll (below). A process with no other thread has nobody to do that (a
+    # signal handler closing the handle interrupts the syscall itself), so an untimed call
+    # blocks in the kernel as C's msgrcv does: wake-up at once, no CPU while waiting.
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
+        if deadline.end != _INF or other_threads():
+            return super()._send_blocking(data, deadline, knobs)
+        mtype = knobs.get("type", 1)
+        if mtype.__class__ is not int or mtype != 1:
+            _check_type(mtype, recv=False)
+        size = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+        if size > self._qlimit:
+            self._check_room(size)  # it could never fit: msgsnd would wait forever
+        block = False  # first without waiting: a full queue re-reads msg_qbytes before the kernel wait
+        while True:
+            if self._closed:
+                self._check_open("send")
+            try:
+                self._q.send(data, block, mtype)
+                return
+            except sysv_ipc.BusyError:
+                self._check_room(size)
+                block = True
+            except sysv_ipc.Error as e:
+                self._retry_or_raise(e, "send")
+
+    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
+        if deadline.end != _INF or other_threads():
+            return super()._recv_blocking(deadline, knobs)
+        mtype = knobs.get("type", 0)
+        if mtype.__class__ is not int or mtype != 0:
+            _check_type(mtype, recv=True)
+        while True:
+            if self._closed:
+                self._check_open("recv")
+            try:
+                got = self._q.receive(True, mtype)
+            except sysv_ipc.Error as e:
+                self._retry_or_raise(e, "recv")
+                continue
+            return got if knobs and knobs.get("with_type") else got[0]
 
     # -- I/O: non-blocking attempts; the template loops, this class waits -------------------------------
     def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:

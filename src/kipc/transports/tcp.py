@@ -60,8 +60,6 @@ __all__ = ["KIND", "MAGIC", "TcpChannel", "TcpListener"]
 MAGIC = b"\xffKIPC-AUTH-1\n"
 _SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux: sk_meminfo[], SNDBUF at 3, WMEM_QUEUED at 5
 _MEMINFO = struct.Struct("9I")
-_ATOMIC_MAX = 64 * 1024
-_ROOM_MARGIN = 8192  # header + skb overhead
 _NONCE = 32
 _DIGEST = 32
 
@@ -145,16 +143,11 @@ class TcpChannel(SocketChannel):
             sock.close()
             raise
 
-    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
-        # TCP, unlike pipes and unix sockets, takes part of a small write when almost
-        # full; the tail would then wait in this process for the next send. For a
-        # send that may time out, wait for room for the whole frame first, so a
-        # timed-out send leaves the channel exactly unchanged.
-        if not deadline.blocking and not self._pending:
-            size = memoryview(data).nbytes
-            if size <= _ATOMIC_MAX:
-                self._wait_room(size + _ROOM_MARGIN, deadline)
-        super()._send_blocking(data, deadline, knobs)
+    # TCP, unlike pipes and unix sockets, takes part of a small write when almost full; the
+    # tail would then wait in this process for the next send. For a send that may time out,
+    # StreamChannel._send_blocking first waits for room for the whole frame (_wait_room), so
+    # a timed-out send leaves the channel exactly unchanged.
+    _room_check = True
 
     def _wait_room(self, need: int, deadline: Deadline) -> None:
         assert self._sock is not None
@@ -163,7 +156,7 @@ class TcpChannel(SocketChannel):
             self._check_open("send")
             info = _MEMINFO.unpack(self._sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))
             sndbuf, queued = info[3], info[5]
-            if sndbuf - queued >= need or need > sndbuf:
+            if sndbuf - queued >= need or need > sndbuf:  # (a frame bigger than the buffer cannot wait)
                 return
             left = deadline.remaining()
             if deadline.nonblocking or not left:
