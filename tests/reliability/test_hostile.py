@@ -539,6 +539,17 @@ def test_forged_signal_senders_and_the_token_filter(figures: Figures) -> None:
                    section=HOSTILE)
 
 # -- issue 11 item 10: SysV queue capacity ----------------------------------------------------------------------
+SYSV_SINGLE_THREAD = """
+import sys, kipc
+with kipc.open("sysvmq://" + sys.argv[1]) as ch:
+    try:
+        ch.send(bytes(2000))
+        print("RESULT sent", flush=True)
+    except kipc.MessageTooLarge as e:
+        print("RESULT", type(e).__name__, e.limit, flush=True)
+"""
+
+
 def test_message_bigger_than_the_queue_capacity_is_too_large_at_once(figures: Figures) -> None:
     """A message above the queue's max_bytes (msg_qbytes; also lowered at run time) can never fit"""
     key = unique_key()
@@ -566,6 +577,11 @@ def test_message_bigger_than_the_queue_capacity_is_too_large_at_once(figures: Fi
         assert lowered < 0.5
         peer.send(b"small", timeout=5)
         assert q.recv(timeout=5) == b"small"
+        # a process with no other thread: an untimed send blocks in the kernel's msgsnd, so the
+        # check runs before it (and again when the queue is full, before the kernel wait)
+        with spawn(SYSV_SINGLE_THREAD, str(key), ready=False) as child:
+            assert child.expect("RESULT", 10) == "RESULT MessageTooLarge 1024"
+            child.check(10)
     figures.record("sysvmq", "2000 B untimed send to a max_bytes=1024 queue / after max_bytes lowered at run time",
                    f"MessageTooLarge in {1000 * first:.2f} ms / {1000 * lowered:.2f} ms (queue unchanged)",
                    target="MessageTooLarge at once (was: blocked forever)", section=HOSTILE)

@@ -145,6 +145,10 @@ def _msgmax() -> int:
     return sysctl("kernel.msgmax", 8192) or 8192
 
 
+def _nbytes(data: bytes | memoryview) -> int:
+    return len(data) if data.__class__ is bytes else memoryview(data).nbytes
+
+
 def _check_type(value: object, *, recv: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"type must be int, not {type(value).__name__}")
@@ -166,6 +170,8 @@ class SysVMessageQueue(Channel):
     _record_url = ""
     #: msg_qbytes as last read: a message above it is checked against the queue's current value
     _qlimit: int = 0
+    #: True when the base's msgmax check does not already imply "fits _qlimit" (so sends compare sizes)
+    _qsmall: bool = True
 
     def __init__(self, url: str | int | ParsedURL, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
                  persist: bool | str = False, max_bytes: int | str | None = None, codec: str | Codec | None = None,
@@ -211,7 +217,7 @@ class SysVMessageQueue(Channel):
         q, self.owner = create_or_attach(create, make, attach)
         self._q = q
         self.id = q.id
-        self._qlimit = int(q.max_size)
+        self._set_qlimit(int(q.max_size))
         try:
             if self.owner:
                 self._record_url = f"sysvmq://{key}" if key else f"sysvmq://private?id={q.id}"
@@ -262,6 +268,15 @@ class SysVMessageQueue(Channel):
             f"sysctl kernel.msgmnb = {mnb} needs CAP_SYS_RESOURCE), or raise kernel.msgmnb for new queues",
             size=size, limit=qbytes)
 
+    def _check_size(self, data: bytes | memoryview) -> None:
+        size = _nbytes(data)
+        if size > self._qlimit:
+            self._check_room(size)
+
+    def _set_qlimit(self, qbytes: int) -> None:
+        self._qlimit = qbytes
+        self._qsmall = qbytes < (self.max_message_size or 0)
+
     def _check_room(self, size: int) -> None:
         """The message is above the cached msg_qbytes, or the queue is full: read the queue's real limit.
 
@@ -269,7 +284,8 @@ class SysVMessageQueue(Channel):
         hint; it is re-read here, never on a send that fits it and does not block.
         """
         try:
-            self._qlimit = qbytes = int(self._q.max_size)
+            qbytes = int(self._q.max_size)
+            self._set_qlimit(qbytes)
         except sysv_ipc.Error as e:
             raise self._error(e, "send") from None
         if size > qbytes:
@@ -287,9 +303,8 @@ class SysVMessageQueue(Channel):
         mtype = knobs.get("type", 1)
         if mtype.__class__ is not int or mtype != 1:
             _check_type(mtype, recv=False)
-        size = len(data) if data.__class__ is bytes else memoryview(data).nbytes
-        if size > self._qlimit:
-            self._check_room(size)  # it could never fit: msgsnd would wait forever
+        if self._qsmall:
+            self._check_size(data)  # it could never fit: msgsnd would wait forever
         block = False  # first without waiting: a full queue re-reads msg_qbytes before the kernel wait
         while True:
             if self._closed:
@@ -298,7 +313,7 @@ class SysVMessageQueue(Channel):
                 self._q.send(data, block, mtype)
                 return
             except sysv_ipc.BusyError:
-                self._check_room(size)
+                self._check_room(_nbytes(data))
                 block = True
             except sysv_ipc.Error as e:
                 self._retry_or_raise(e, "send")
@@ -324,14 +339,13 @@ class SysVMessageQueue(Channel):
         mtype = knobs.get("type", 1)
         if mtype.__class__ is not int or mtype != 1:
             _check_type(mtype, recv=False)
-        size = len(data) if data.__class__ is bytes else memoryview(data).nbytes
-        if size > self._qlimit:
-            self._check_room(size)  # before any msgsnd: it would wait for room that can never exist
+        if self._qsmall:
+            self._check_size(data)  # before any msgsnd: it would wait for room that can never exist
         try:
             self._q.send(data, False, mtype)
             return True
         except sysv_ipc.BusyError:
-            self._check_room(size)  # full: the limit may have been lowered since we read it
+            self._check_room(_nbytes(data))  # full: the limit may have been lowered since we read it
             return False
         except sysv_ipc.Error as e:
             self._retry_or_raise(e, "send")
@@ -417,7 +431,7 @@ class SysVMessageQueue(Channel):
         limit = sysctl("kernel.msgmnb", 16384) or 16384
         try:
             self._q.max_size = value
-            self._qlimit = value
+            self._set_qlimit(value)
             if self.owner and self._record_url:
                 self._record_owner()  # IPC_SET restamped ctime: keep the record's identity current
         except sysv_ipc.PermissionsError:
