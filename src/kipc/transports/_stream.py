@@ -19,7 +19,7 @@ Contract (shared by every fd transport):
   Writes of frames up to ``PIPE_BUF`` (4096 B) to a pipe/FIFO are atomic, so
   a timed-out or non-blocking small send leaves the channel exactly unchanged.
 * Big frames (>= 256 KiB) are read straight into the ``bytes`` object ``recv``
-  returns (``kipc._native._bytes``: no second copy), which starts at 1 MiB
+  returns (C, ``native("_bytes")``: no second copy), which starts at 1 MiB
   and doubles only as payload arrives: a forged length prefix followed by
   silence costs at most 1 MiB of address space, not the announced size.
 * ``close()`` writes an accepted message's unwritten tail for at most
