@@ -18,9 +18,15 @@ Contract (shared by every fd transport):
   first waits for it, and may time out without accepting its own message).
   Writes of frames up to ``PIPE_BUF`` (4096 B) to a pipe/FIFO are atomic, so
   a timed-out or non-blocking small send leaves the channel exactly unchanged.
+* Big frames (>= 256 KiB) are read straight into the ``bytes`` object ``recv``
+  returns (C, ``native("_bytes")``: no second copy), which starts at 1 MiB
+  and doubles only as payload arrives: a forged length prefix followed by
+  silence costs at most 1 MiB of address space, not the announced size.
 * ``close()`` writes an accepted message's unwritten tail for at most
-  ``LINGER`` seconds (2 s); after that the peer sees the frame cut short
-  (:class:`ProtocolError`), never a hang of ours.
+  ``linger=`` seconds (option of every fd channel; default ``LINGER``, 2 s;
+  ``0`` cuts at once; ``None`` is refused: close never blocks unbounded);
+  after that the peer sees the frame cut short (:class:`ProtocolError`),
+  never a hang of ours.
 * EOF at a frame boundary is :class:`ChannelClosed`; EOF inside a frame is
   :class:`ProtocolError`; a write to a stream whose reader has gone is
   :class:`PeerGone` (never SIGPIPE: sockets use ``MSG_NOSIGNAL`` and Python
@@ -38,11 +44,12 @@ from typing import Any, ClassVar
 
 from .._base import Channel, Deadline, other_threads
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
-from .._naming import validate_size
+from .._naming import parse_seconds, validate_size
+from .._platform import native
 from ..codecs import Codec
 from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, from_oserror
 
-__all__ = ["FRAMINGS", "LINGER", "StreamChannel", "wait_fd"]
+__all__ = ["FRAMINGS", "LINGER", "StreamChannel", "check_linger", "wait_fd"]
 
 FRAMINGS = ("frame", "line", "raw")
 #: seconds close() spends writing an accepted message's tail
@@ -57,6 +64,7 @@ _UNPACK = HEADER.unpack_from
 _INF = math.inf
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
+_Filler = native("_bytes").Filler
 
 
 def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
@@ -76,6 +84,14 @@ def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
             return
 
 
+def check_linger(value: object, url: str) -> float:
+    """``linger=``: the seconds close() may spend writing an unfinished message (0 = cut it at once)."""
+    t = parse_seconds(value, what="linger")
+    if t is None:
+        raise InvalidArgument(f"{url}: linger=None would let close() block forever; give seconds (default {LINGER:g})")
+    return t
+
+
 class StreamChannel(Channel):
     """Base of every framed fd channel; subclasses open fds and call :meth:`_init_stream`."""
 
@@ -83,22 +99,24 @@ class StreamChannel(Channel):
     _rfd: int = -1
     _wfd: int = -1
     _eof: bool = False
+    linger: float = LINGER
 
     def _init_stream(self, url: str, rfd: int, wfd: int, *, codec: str | Codec | None = None,
-                     framing: str = "frame", max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+                     framing: str = "frame", max_message_size: int | str = DEFAULT_MAX_FRAME,
+                     linger: float | str = LINGER) -> None:
         if framing not in FRAMINGS:
             raise InvalidArgument(f"{url}: framing {framing!r} is not one of {FRAMINGS}")
         if isinstance(max_message_size, str):
             max_message_size = validate_size(max_message_size, what="max_message_size")
         self.framing = framing
+        self.linger = check_linger(linger, url)
         self.max_message_size = self._decoder_max = check_max(max_message_size)
         self._rfd, self._wfd = rfd, wfd
         self.readable, self.writable = rfd >= 0, wfd >= 0
         for fd in {rfd, wfd} - {-1}:
             os.set_blocking(fd, False)
         self._decoder = FrameDecoder(self.max_message_size, where=url)
-        self._big: bytearray | None = None  # payload being read directly (large frames)
-        self._big_filled = 0
+        self._big: Any = None  # a _bytes.Filler: the payload of a large frame, read directly
         self._lines = bytearray()
         self._pending: list[memoryview] = []  # unwritten tail of an accepted message
         self._polls: dict[str, tuple[int, Any]] = {}
@@ -114,8 +132,6 @@ class StreamChannel(Channel):
     def _read(self, n: int) -> bytes:
         return os.read(self._rfd, n)
 
-    def _readinto(self, buf: memoryview) -> int:
-        return os.readv(self._rfd, [buf])
 
     def fileno(self) -> int:
         self._check_open("fileno")
@@ -387,34 +403,32 @@ class StreamChannel(Channel):
             dec.feed(chunk)
 
     def _start_big(self) -> None:
+        # The size is the peer's word (a 4-byte prefix): the Filler starts at 1 MiB and
+        # doubles only as payload arrives, so a forged prefix and silence cost 1 MiB, not n.
+        # It fills the bytes object recv returns, so take() needs no copy (no 2x peak).
         dec = self._decoder
         buffered = dec.take()
         (n,) = HEADER.unpack_from(buffered)
-        self._big = bytearray(n)
-        have = len(buffered) - HEADER_SIZE
-        self._big[:have] = memoryview(buffered)[HEADER_SIZE:]
-        self._big_filled = have
+        self._big = _Filler(n, memoryview(buffered)[HEADER_SIZE:])
 
     def _fill_big(self) -> bytes | None:
         big = self._big
         assert big is not None
-        with memoryview(big) as view:
-            while self._big_filled < len(big):
-                try:
-                    n = self._readinto(view[self._big_filled :])
-                except BlockingIOError:
+        while big.filled < big.total:
+            try:
+                n = big.readinto(self._rfd)
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                raise self._oserror(e, "recv") from e
+            if n == 0:
+                if not self._on_eof():
                     return None
-                except OSError as e:
-                    raise self._oserror(e, "recv") from e
-                if n == 0:
-                    if not self._on_eof():
-                        return None
-                    self._eof = True
-                    raise ProtocolError(
-                        f"{self.url}: stream ended inside a frame ({self._big_filled} of {len(big)} payload bytes)")
-                self._big_filled += n
+                self._eof = True
+                raise ProtocolError(
+                    f"{self.url}: stream ended inside a frame ({big.filled} of {big.total} payload bytes)")
         self._big = None
-        return bytes(big)
+        return big.take()
 
     def _try_line(self) -> bytes | None:
         buf = self._lines
@@ -444,12 +458,12 @@ class StreamChannel(Channel):
 
     def close(self) -> None:
         # A pending tail belongs to an accepted message: deliver it before closing,
-        # for at most LINGER seconds. If another thread is sending right now, close
+        # for at most self.linger seconds (linger=, default LINGER). If another thread is sending right now, close
         # interrupts it instead (its frame is cut short: the peer's ProtocolError).
         lock = self._locks.get("send")
         if not self._closed and self._pending and lock is not None and lock.acquire(False):
             try:
-                self._linger(Deadline(LINGER))
+                self._linger(Deadline(self.linger))
             finally:
                 lock.release()
         super().close()
