@@ -24,7 +24,7 @@ from typing import Any
 from .. import registry
 from .._base import Deadline
 from .._naming import parse_url
-from ..errors import ChannelClosed, Timeout
+from ..errors import ChannelClosed, DeadlineExceeded
 from ._output import Output
 
 __all__ = ["messages", "run"]
@@ -62,7 +62,7 @@ def messages(url: str, *, count: int | None, create: bool = False, follow: bool 
                     data = ch.recv(timeout=timeout, **knobs)
                 except ChannelClosed:
                     break
-                except Timeout:
+                except DeadlineExceeded:
                     if follow and n:  # --follow --timeout S: stop once idle for S seconds
                         return
                     raise

@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import sysv_ipc
 
 from .. import _owners
-from .._base import Channel, Deadline
+from .._base import Channel, Deadline, T
 from .._kinds import ObjectInfo, SysvKind
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_mode, validate_size
 from .._objects import (
@@ -144,7 +144,7 @@ def _check_type(value: object, *, recv: bool) -> int:
     return value
 
 
-class SysVMessageQueue(Channel):
+class SysVMessageQueue(Channel[T]):
     """A System V message queue; see the module docstring for the contract."""
 
     scheme = "sysvmq"
@@ -216,7 +216,7 @@ class SysVMessageQueue(Channel):
 
     # -- construction hook for kipc.open -------------------------------------------------------------
     @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue:
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue[Any]:
         from .._naming import merge_query
 
         merged = merge_query(parsed, options)
@@ -300,7 +300,7 @@ class SysVMessageQueue(Channel):
             return
         raise self._error(e, op) from None
 
-    def recv_with_type(self, *, type: int = 0, timeout: float | None = None) -> tuple[Any, int]:
+    def recv_with_type(self, *, type: int = 0, timeout: float | None = None) -> tuple[T, int]:
         """Like ``recv(type=)`` but returns ``(message, message_type)``."""
         deadline = Deadline.of(timeout)
         self._prepare_recv({"type": type})

@@ -47,7 +47,7 @@ from .._framing import DEFAULT_MAX_FRAME
 from .._kinds import RemoteKind
 from .._naming import ParsedURL, parse_bool, parse_float, parse_int, parse_seconds, parse_url
 from ..codecs import Codec
-from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
+from ..errors import DeadlineExceeded, InvalidArgument, PermissionDenied, ProtocolError, from_oserror
 from ._sock import SocketChannel, SocketListener, connect, recv_exact, send_exact
 
 __all__ = ["KIND", "MAGIC", "TcpChannel", "TcpListener"]
@@ -177,7 +177,7 @@ class TcpChannel(SocketChannel):
 def _client_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: str) -> None:
     try:
         head = recv_exact(sock, len(MAGIC) + _NONCE, deadline, url)
-    except Timeout:
+    except DeadlineExceeded:
         raise ProtocolError(f"connect to {url}: no auth challenge from the server within "
                             f"{deadline.timeout:g} s (does it use auth=?)") from None
     if not head.startswith(MAGIC):
@@ -198,7 +198,7 @@ def _server_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: 
     send_exact(sock, MAGIC + nonce_s, deadline, url)
     try:
         answer = recv_exact(sock, _NONCE + _DIGEST, deadline, url)
-    except (Timeout, ProtocolError) as e:
+    except (DeadlineExceeded, ProtocolError) as e:
         raise PermissionDenied(f"accept on {url}: the peer did not authenticate ({e})") from e
     nonce_c, digest = answer[:_NONCE], answer[_NONCE:]
     if not hmac.compare_digest(digest, _mac(key, b"client", nonce_s, nonce_c)):
