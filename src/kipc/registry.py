@@ -141,7 +141,7 @@ def check_options(cls: type, parsed: ParsedURL, options: dict[str, Any], *, extr
     A URL query key is :class:`InvalidArgument` (a ValueError), a keyword argument ``TypeError``.
     """
     params = inspect.signature(cls).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    if not extra and any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return  # the class takes any keyword: it checks its own
     valid = {*options_of(cls), *_ADDRESS_KEYS.get(parsed.scheme, ()), *extra}
     listing = ", ".join(sorted(valid))
@@ -239,5 +239,6 @@ def listen(url: str, *, scheme: str | None = None, **options: Any) -> Listener:
     if scheme is not None and scheme != parsed.scheme:
         raise InvalidArgument(f"listen({url!r}, scheme={scheme!r}): the URL's scheme is {parsed.scheme!r}")
     cls = load(parsed.scheme, listener=True)
-    check_options(cls, parsed, options)
+    # a listener passes the options it does not take itself to the channels it accepts
+    check_options(cls, parsed, options, extra=tuple(options_of(load(parsed.scheme))))
     return cls.from_url(parsed, **options)

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from ._output import error_line
 
-__all__ = ["VERBS", "UsageError", "build_parser"]
+__all__ = ["VERBS", "UsageError", "build_parser", "parse_args"]
 
 VERBS = ("ls", "rm", "gc", "send", "recv", "bench", "tour", "top")
 
@@ -147,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", "-a", action="store_true", help="every readable object, not only yours")
     _common(p)
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line; a verb's options may come anywhere (``kipc send URL --create DATA``).
+
+    ``parse_intermixed_args`` does not support subparsers, so the verb's own parser parses what follows it.
+    """
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv and argv[0] in sub.choices:
+        args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+        args.verb = argv[0]
+        return args
+    return parser.parse_args(argv)  # --help, --version, a missing or unknown verb: argparse says it
 
 
 def _version() -> str:

@@ -114,6 +114,11 @@ class MessageQueueStat(NamedTuple):
     uid: int
     mode: int
 
+    def __repr__(self) -> str:  # key in hex and mode in octal, as ipcs and ls show them
+        fields = ", ".join(f"{k}={v:#o}" if k == "mode" else f"{k}={v:#x}" if k == "key" else f"{k}={v}"
+                           for k, v in zip(self._fields, self, strict=True))
+        return f"MessageQueueStat({fields})"
+
 
 def _qbytes(msqid: int) -> int:
     """Bytes queued now (``msg_cbytes``; sysv_ipc does not expose it)."""
