@@ -32,6 +32,7 @@ LANGS = {"python", "sh", "c"}
 _FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 _MARK = re.compile(r"<!--\s*(pair|no-run)\s*:\s*(.*?)\s*-->\s*\Z", re.S)
 DEADLINE = 120.0
+_URL = re.compile(r"\b(?:ring|sysvmq|posixmq|sysv|posix)://[\w.-]+")
 
 
 @dataclass
@@ -151,3 +152,8 @@ def test_example_runs(unit: list[Block]) -> None:
             if p.returncode != 0:
                 failures.append(f"{b.where}: exit {p.returncode}\n--- stdout\n{out}\n--- stderr\n{err}")
         assert not failures, "\n".join(failures)
+    # an example cleans up after itself: nothing it names is left (its runtime dir went with tmp)
+    from kipc import admin
+
+    left = sorted({u for b in unit for u in _URL.findall(b.code) if admin.describe(u)})
+    assert not left, f"{_id(unit)} left {left} behind (kipc rm them)"
