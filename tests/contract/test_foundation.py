@@ -220,7 +220,10 @@ def test_error_tree_inherits_builtins() -> None:
     assert issubclass(kipc.NotFound, FileNotFoundError)
     assert issubclass(kipc.PermissionDenied, PermissionError)
     assert issubclass(kipc.Timeout, TimeoutError)
-    assert issubclass(kipc.WouldBlock, BlockingIOError) and issubclass(kipc.WouldBlock, kipc.Timeout)
+    # as the stdlib: non-blocking -> BlockingIOError, timed out -> TimeoutError; siblings under DeadlineExceeded
+    assert issubclass(kipc.WouldBlock, BlockingIOError) and not issubclass(kipc.WouldBlock, TimeoutError)
+    assert not issubclass(kipc.Timeout, BlockingIOError)
+    assert issubclass(kipc.WouldBlock, kipc.DeadlineExceeded) and issubclass(kipc.Timeout, kipc.DeadlineExceeded)
     assert issubclass(kipc.MessageTooLarge, ValueError)
     assert issubclass(kipc.PeerGone, kipc.ChannelClosed)
     for cls in (kipc.AlreadyExists, kipc.Timeout, kipc.MessageTooLarge, kipc.Unsupported, kipc.BadObject):

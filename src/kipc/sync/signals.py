@@ -298,3 +298,14 @@ class Receiver:
     def __del__(self) -> None:
         if not self._closed:
             self.close()
+
+
+# The real-time signal range, so ``kipc.signals.send(pid, v, kipc.signals.SIGRTMIN + 1)`` needs no
+# ``import signal``; the public names are ``__all__`` (dir() shows no stdlib modules).
+SIGRTMIN = signal.SIGRTMIN
+SIGRTMAX = signal.SIGRTMAX
+__all__ += ["SIGRTMAX", "SIGRTMIN"]
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import sysv_ipc
 
 from .. import _owners
-from .._base import Channel, Deadline, other_threads
+from .._base import Channel, Deadline, T, other_threads
 from .._kinds import ObjectInfo, SysvKind
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_mode, validate_size
 from .._objects import (
@@ -126,6 +126,11 @@ class MessageQueueStat(NamedTuple):
     uid: int
     mode: int
 
+    def __repr__(self) -> str:  # key in hex and mode in octal, as ipcs and ls show them
+        fields = ", ".join(f"{k}={v:#o}" if k == "mode" else f"{k}={v:#x}" if k == "key" else f"{k}={v}"
+                           for k, v in zip(self._fields, self, strict=True))
+        return f"MessageQueueStat({fields})"
+
 
 def _qbytes(msqid: int) -> int:
     """Bytes queued now (``msg_cbytes``; sysv_ipc does not expose it)."""
@@ -160,7 +165,7 @@ def _check_type(value: object, *, recv: bool) -> int:
     return value
 
 
-class SysVMessageQueue(Channel):
+class SysVMessageQueue(Channel[T]):
     """A System V message queue; see the module docstring for the contract."""
 
     scheme = "sysvmq"
@@ -237,7 +242,7 @@ class SysVMessageQueue(Channel):
 
     # -- construction hook for kipc.open -------------------------------------------------------------
     @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue:
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue[Any]:
         from .._naming import merge_query
 
         merged = merge_query(parsed, options)
@@ -398,7 +403,7 @@ class SysVMessageQueue(Channel):
             return
         raise self._error(e, op) from None
 
-    def recv_with_type(self, *, type: int = 0, timeout: float | None = None) -> tuple[Any, int]:
+    def recv_with_type(self, *, type: int = 0, timeout: float | None = None) -> tuple[T, int]:
         """Like ``recv(type=)`` but returns ``(message, message_type)``."""
         deadline = Deadline.of(timeout)
         self._prepare_recv({"type": type})

@@ -51,7 +51,7 @@ from .._framing import DEFAULT_MAX_FRAME
 from .._kinds import RemoteKind
 from .._naming import ParsedURL, parse_bool, parse_float, parse_int, parse_seconds, parse_url
 from ..codecs import Codec
-from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
+from ..errors import DeadlineExceeded, InvalidArgument, PermissionDenied, ProtocolError, from_oserror
 from ._sock import SocketChannel, SocketListener, Steps, connect, recv_exact, send_exact
 from ._stream import LINGER
 
@@ -176,7 +176,7 @@ class TcpChannel(SocketChannel):
 def _client_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: str) -> None:
     try:
         head = recv_exact(sock, len(MAGIC) + _NONCE, deadline, url)
-    except Timeout:
+    except DeadlineExceeded:
         raise ProtocolError(f"connect to {url}: no auth challenge from the server within "
                             f"{deadline.timeout:g} s (does it use auth=?)") from None
     if not head.startswith(MAGIC):
