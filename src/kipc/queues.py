@@ -40,10 +40,10 @@ import queue
 import secrets
 import threading
 import weakref
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._base import FOREVER, Deadline
-from .errors import ChannelClosed, InvalidArgument, Timeout
+from .errors import ChannelClosed, DeadlineExceeded, InvalidArgument
 from .transports.ring import DEFAULT_SPIN_US, RingChannel
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
@@ -90,7 +90,11 @@ def _deadline(block: bool, timeout: float | None) -> Deadline:
     return Deadline(max(0.0, float(timeout)))
 
 
-class Queue:
+#: the item type (like typeshed's multiprocessing.Queue[T]): ``q: kipc.Queue[int] = kipc.Queue()``
+_T = TypeVar("_T")
+
+
+class Queue(Generic[_T]):
     """A process-shared FIFO queue, API-compatible with ``multiprocessing.Queue``."""
 
     _joinable = False
@@ -144,7 +148,7 @@ class Queue:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         if self._closed:
             self._check_closed()
         data = _dumps(obj, _HIGHEST)  # a pickling error raises here, in the caller
@@ -158,7 +162,7 @@ class Queue:
                 self._put_unbounded(data)
             else:
                 self._ring.send(data, deadline, None, self._maxsize)
-        except Timeout:
+        except DeadlineExceeded:
             if self._joinable:
                 self._ring.task_add(-1)
             raise queue.Full from None
@@ -187,7 +191,7 @@ class Queue:
                 data = self._buffer[0]
             try:
                 self._ring.send(data, Deadline(_FEED_SLICE))
-            except Timeout:
+            except DeadlineExceeded:
                 if self._joincancelled and _exiting:
                     return
                 continue
@@ -196,16 +200,16 @@ class Queue:
             with self._lock:
                 self._buffer.popleft()
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         self.put(obj, False)
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         if self._closed:
             self._check_closed()
         try:
             # view=2: big messages come back as a view into the ring (one copy fewer)
             data = self._recv(FOREVER if block and timeout is None else _deadline(block, timeout), None, 2)
-        except Timeout:
+        except DeadlineExceeded:
             raise queue.Empty from None
         if data.__class__ is bytes:
             return _loads(data)
@@ -214,7 +218,7 @@ class Queue:
         self._ring.qsize()  # raises BadObject if the ring was truncated under the view (it read zeros)
         return obj
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         return self.get(False)
 
     def qsize(self) -> int:
@@ -244,7 +248,7 @@ class Queue:
         self._joincancelled = True
 
 
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[_T]):
     """``Queue`` plus ``task_done()`` / ``join()``; the unfinished count lives in the ring header."""
 
     _joinable = True
@@ -259,12 +263,12 @@ class JoinableQueue(Queue):
         return bool(self._ring.join(FOREVER if timeout is None else Deadline(float(timeout))))
 
 
-class SimpleQueue:
+class SimpleQueue(Generic[_T]):
     """``multiprocessing.SimpleQueue`` on the ring: ``put``, ``get``, ``empty``, ``close``."""
 
     def __init__(self, *, ctx: Any = None, capacity: int | str = DEFAULT_QUEUE_CAPACITY,
                  name: str | None = None, spin: float = DEFAULT_SPIN_US) -> None:
-        self._q = Queue(ctx=ctx, capacity=capacity, name=name, spin=spin)
+        self._q: Queue[_T] = Queue(ctx=ctx, capacity=capacity, name=name, spin=spin)
         self._closed = False
 
     def __getstate__(self) -> Queue:
@@ -278,11 +282,11 @@ class SimpleQueue:
         if self._closed:
             raise OSError("handle is closed")
 
-    def put(self, obj: Any) -> None:
+    def put(self, obj: _T) -> None:
         self._check()
         self._q.put(obj)
 
-    def get(self) -> Any:
+    def get(self) -> _T:
         self._check()
         return self._q.get()
 
