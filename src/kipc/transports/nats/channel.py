@@ -598,7 +598,7 @@ class NatsChannel(_Client, Channel):
             delay = min(delay * 2, 0.1)
 
     # -- recv ------------------------------------------------------------------------------
-    def _take(self) -> Any:
+    def _take_buffered(self) -> Any:
         """A buffered message to hand out now, or None (stale ones are handed back)."""
         buf = self._buf
         while True:
@@ -631,7 +631,7 @@ class NatsChannel(_Client, Channel):
             return self._next_msg_nowait()
         buf = self._buf
         while True:
-            msg = self._take()
+            msg = self._take_buffered()
             if msg is not None:
                 return msg
             self._check_open("recv")
@@ -644,7 +644,7 @@ class NatsChannel(_Client, Channel):
         end = time.monotonic() + _NONBLOCK_RTT
         mark = -1
         while True:
-            msg = self._take()
+            msg = self._take_buffered()
             if msg is not None:
                 return msg
             self._check_open("recv")
@@ -664,7 +664,7 @@ class NatsChannel(_Client, Channel):
         end = time.monotonic() + _NONBLOCK_RTT if deadline.nonblocking else deadline.end
         mark = -1
         while True:
-            msg = self._take()
+            msg = self._take_buffered()
             if msg is not None:
                 return msg
             self._check_open("recv")
@@ -699,7 +699,7 @@ class NatsChannel(_Client, Channel):
         self._prepare_recv({})
         out = [self._hand_out(self._next_msg(deadline))]
         while len(out) < n:
-            msg = self._take()
+            msg = self._take_buffered()
             if msg is None:
                 break
             out.append(self._hand_out(msg))
@@ -712,7 +712,7 @@ class NatsChannel(_Client, Channel):
         self._prepare_recv({})
         out = [self._hand_out(await self._anext_msg(deadline))]
         while len(out) < n:
-            msg = self._take()
+            msg = self._take_buffered()
             if msg is None:
                 break
             out.append(self._hand_out(msg))

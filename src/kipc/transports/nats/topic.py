@@ -147,7 +147,7 @@ class Topic(_Client, Channel):
         self._check_pid("send on")
         self._queue(data if type(data) is bytes else bytes(data))
 
-    def _take(self, deadline: Deadline) -> Any:
+    def _take_box(self) -> Any:
         if not self.readable or self._box is None:
             raise Unsupported(f"recv on {self.url}: opened with subscribe=False")
         return self._box.take()
@@ -155,7 +155,7 @@ class Topic(_Client, Channel):
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         self._check_pid("recv on")
         while True:
-            got = self._take(deadline)
+            got = self._take_box()
             if got is not None:
                 return got
             self._check_open("recv")
@@ -185,7 +185,7 @@ class Topic(_Client, Channel):
     async def _arecv_native(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         self._check_pid("recv on")
         while True:
-            got = self._take(deadline)
+            got = self._take_box()
             if got is not None:
                 return got
             self._check_open("recv")
