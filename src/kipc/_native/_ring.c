@@ -178,6 +178,30 @@
  *    leaves a stale entry in its robust-mutex list (harmless: it points at
  *    private zero pages).
  *
+ * Trust nothing in shared memory. A same-uid peer can write anything into the header or the
+ * data area at any moment, so every shared value is range-checked before it is used as an
+ * offset, a length or a loop bound; only the handle's own copies (capacity, frag_max) are
+ * trusted. Under prod_lock (check_prod) and cons_lock (check_cons): head and tail are record
+ * edges (multiples of 16) and 0 <= tail - head <= capacity; the producer then writes at its
+ * validated tail (r->vtail, never a re-read) and a loan commits from the tail it was given.
+ * Unlocked looks are hints: an impossible pair there is re-checked under the lock. Each
+ * record at head: it fits the data area and lies below tail, known flags only, a pad ends
+ * exactly at the end, len <= frag_max, a whole message's total equals its len, a first
+ * fragment's total is in (frag_max, 2^46], a continuation matches the message being
+ * reassembled. The closed word is 0, 1 or 2. A lock word must carry the mutex kind
+ * pthread_mutex_init gives it (computed at import) before glibc sees it; any error from
+ * pthread_mutex_*lock but EBUSY/ETIMEDOUT/EOWNERDEAD, or EDEADLK on a lock this thread does
+ * not hold (a thread-local list), means a garbage lock word. A claim's pid above
+ * PID_MAX_LIMIT is dead, never kill()ed. A failed check (corrupt()) raises BadObject naming
+ * the field and its value, and sets closed = 2 so every peer raises BadObject ("marked
+ * broken by a peer") at its next call, and wakes every waiter. The record-taking loop checks
+ * the deadline and pending signals every 256 records (it is bounded by capacity/16 anyway);
+ * every wait is sliced (above). Limits: values that are merely wrong but plausible (a claim
+ * naming a live pid, a message count) make calls wait until their deadlines or miscount
+ * qsize; a peer rewriting a robust mutex's list pointers *while we hold it* can make glibc's
+ * unlock write through them (a pthread robust mutex trusts its own word): nothing checks
+ * that. These rules are exercised by tests/reliability/test_ring_hostile.py.
+ *
  * Counters and wrap. head, tail, msgs_in and msgs_out wrap modulo 2^64 and
  * every comparison is a modular difference (tail - head, in - out); the futex
  * words are their low 32 bits, compared only for inequality, so the 2^32 wrap
@@ -199,6 +223,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -304,6 +331,8 @@ typedef struct {
     uint64_t pdone;        /* bytes of it already published */
     uint64_t fail_head;    /* head seen by the last try_send that found no room */
     int fail_valid;
+    uint64_t vtail;        /* tail as validated under prod_lock (place/publish use it, never a re-read) */
+    char why[200];         /* what check_* found corrupt (R_CORRUPT) */
 } Ring;
 
 /* exceptions, replaced by kipc's classes through _setup() */
@@ -313,7 +342,9 @@ static PyObject *S_end, *S_timeout; /* interned attribute names of a Deadline */
 static unsigned fork_gen;           /* bumped in a forked child (pthread_atfork) */
 static uint32_t token_serial;
 
-enum { OK = 0, R_TIMEOUT = 1, R_CLOSED = 2, R_BROKEN = 3, R_LOCAL = 4, R_EMPTY = 5, R_ERR = -1 };
+enum { OK = 0, R_TIMEOUT = 1, R_CLOSED = 2, R_BROKEN = 3, R_LOCAL = 4, R_EMPTY = 5, R_CORRUPT = 6, R_MISMATCH = 7, R_ERR = -1 };
+#define PID_LIMIT 4194304u /* PID_MAX_LIMIT: a larger pid in a claim is garbage, never a live process */
+#define TOTAL_LIMIT (1ull << 46) /* a fragmented message's total beyond this is garbage */
 #define CLOSED_BROKEN 2u /* `closed` value: a peer found the object truncated */
 
 /* ------------------------------------------------------------------------- */
@@ -451,7 +482,7 @@ static int read_stat(uint32_t pid, char *state, uint64_t *start)
 /* Is process `pid` that started at `start` (0 = unknown) still running (zombies do not count)? */
 static int proc_alive(uint32_t pid, uint64_t start)
 {
-    if (pid == 0)
+    if (pid == 0 || pid > PID_LIMIT) /* garbage: kill((pid_t)-1, 0) would probe every process */
         return 0;
     if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
         return 0;
@@ -494,6 +525,26 @@ static int get_deadline(PyObject *d, double *end)
     return *end == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* A value read from shared memory failed its range check (THEORY: trust nothing in shared
+ * memory): note what, mark the ring broken for every peer (closed = 2) and wake them all.
+ * Returns R_CORRUPT; the call raises BadObject with r->why. */
+static int corrupt(Ring *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int corrupt(Ring *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->why, sizeof r->why, fmt, ap);
+    va_end(ap);
+    struct ring_hdr *h = r->hdr;
+    atomic_store(&h->closed, CLOSED_BROKEN);
+    futex_wake_all(lo32(&h->tail));
+    futex_wake_all(lo32(&h->head));
+    futex_wake_all(lo32(&h->claim));
+    futex_wake_all(lo32(&h->pclaim));
+    futex_wake_all(&h->unfinished);
+    return R_CORRUPT;
+}
+
 /* Raise the exception for state `rc` of operation `op`; `dl` is the caller's deadline
  * argument (its .timeout names the timeout; 0 means WouldBlock). */
 static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
@@ -521,6 +572,9 @@ static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
         }
     } else if (rc == R_LOCAL) {
         closed_here(r, op);
+    } else if (rc == R_CORRUPT) {
+        PyErr_Format(E_Bad, "%s on %S: corrupt shared memory: %s (another process wrote into the ring; "
+                     "it is marked broken for every peer)", op, r->url, r->why);
     } else if (rc == R_BROKEN || (rc == R_CLOSED && atomic_load(&r->hdr->closed) == CLOSED_BROKEN)) {
         if (is_broken(r) && atomic_load(&slot_broken[r->slot]) >= (uintptr_t)r->hdr + HDR_SIZE) {
             /* our header page is still the shared one: tell the other peers, wake them */
@@ -530,8 +584,12 @@ static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
             futex_wake_all(lo32(&r->hdr->claim));
             futex_wake_all(&r->hdr->unfinished);
         }
-        PyErr_Format(E_Bad, "%s on %S: its shared memory object was truncated by another process or "
-                     "/dev/shm ran out of space (the ring is unusable)", op, r->url);
+        if (is_broken(r))
+            PyErr_Format(E_Bad, "%s on %S: its shared memory object was truncated by another process or "
+                         "/dev/shm ran out of space (the ring is unusable)", op, r->url);
+        else
+            PyErr_Format(E_Bad, "%s on %S: marked broken by a peer (its shared memory was truncated or "
+                         "corrupted; the ring is unusable)", op, r->url);
     } else if (rc == R_CLOSED) {
         PyErr_Format(E_Closed, "%s on %S: the channel was closed by its creator", op, r->url);
     }
@@ -578,6 +636,11 @@ static inline int enter(Ring *r, const char *op)
     uint32_t closed = atomic_load_explicit(&r->hdr->closed, memory_order_relaxed);
     if (closed == CLOSED_BROKEN || is_broken(r)) {
         raise_state(r, R_BROKEN, op, NULL);
+        leave(r);
+        return -1;
+    }
+    if (closed > CLOSED_BROKEN) {
+        raise_state(r, corrupt(r, "closed word %u (0, 1 or 2 expected)", closed), op, NULL);
         leave(r);
         return -1;
     }
@@ -678,12 +741,50 @@ static void repair_cons(struct ring_hdr *h)
     futex_wake_all(lo32(&h->head));
 }
 
+/* Lock words are shared memory too. Before glibc sees a ring mutex, its kind must be the one
+ * pthread_mutex_init gave it (robust, process-shared, error-checking: computed once at import,
+ * mutex_kind); another kind (a PI or recursive mutex, garbage) would make glibc misbehave. Which
+ * ring locks this thread holds is kept here, so EDEADLK ("you hold it") from a lock word that
+ * names our thread id but that we never took is recognised as corruption. */
+static int mutex_kind = -1;
+#define HELD_MAX 16
+static _Thread_local pthread_mutex_t *held[HELD_MAX];
+static _Thread_local int nheld;
+
+static void held_add(pthread_mutex_t *m)
+{
+    if (nheld < HELD_MAX)
+        held[nheld++] = m;
+}
+
+static int held_has(pthread_mutex_t *m)
+{
+    for (int i = 0; i < nheld; i++)
+        if (held[i] == m)
+            return 1;
+    return 0;
+}
+
+static void held_drop(pthread_mutex_t *m)
+{
+    for (int i = nheld - 1; i >= 0; i--)
+        if (held[i] == m) {
+            held[i] = held[--nheld];
+            return;
+        }
+}
+
+static int lock_word_bad(pthread_mutex_t *m) { return mutex_kind >= 0 && m->__data.__kind != mutex_kind; }
+
 /* Take a ring lock before `deadline` (nb: one try; EBUSY -> R_EMPTY). The wait is
  * pthread_mutex_clocklock in SLICE steps: signals and a local close get through. */
 static int lock_ring(Ring *r, int prod, double deadline, int nb)
 {
     struct ring_hdr *h = r->hdr;
     pthread_mutex_t *m = prod ? &h->prod_lock : &h->cons_lock;
+    const char *name = prod ? "producer" : "consumer";
+    if (lock_word_bad(m))
+        return corrupt(r, "%s lock of kind %d (%d expected)", name, m->__data.__kind, mutex_kind);
     int rc = pthread_mutex_trylock(m);
     if (rc == EBUSY && nb)
         return R_EMPTY;
@@ -695,6 +796,8 @@ static int lock_ring(Ring *r, int prod, double deadline, int nb)
             return R_TIMEOUT;
         double until = now + SLICE < deadline ? now + SLICE : deadline;
         struct timespec abs = {(time_t)until, (long)((until - (double)(time_t)until) * 1e9)};
+        if (lock_word_bad(m)) /* rewritten while we waited */
+            return corrupt(r, "%s lock of kind %d (%d expected)", name, m->__data.__kind, mutex_kind);
         Py_BEGIN_ALLOW_THREADS
         rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &abs);
         Py_END_ALLOW_THREADS
@@ -712,22 +815,22 @@ static int lock_ring(Ring *r, int prod, double deadline, int nb)
             repair_cons(h);
         rc = pthread_mutex_consistent(m);
     }
-    if (rc == EDEADLK) {
+    if (rc == EDEADLK && held_has(m)) {
         PyErr_Format(PyExc_RuntimeError,
                      "%S: this thread still holds an unreleased %s; release it first", r->url,
                      prod ? "loan" : "received view");
         return R_ERR;
     }
-    if (rc != 0) {
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return R_ERR;
-    }
+    if (rc != 0) /* EINVAL, ENOTRECOVERABLE, EAGAIN, a foreign EDEADLK: the lock word is garbage */
+        return corrupt(r, "%s lock word refused by pthread_mutex_lock: %s", name, strerror(rc));
+    held_add(m);
     if (is_broken(r)) { /* the lock word may have been a zero page: release what we took */
+        held_drop(m);
         pthread_mutex_unlock(m);
         return R_BROKEN;
     }
     if (closing(r) && !nb) { /* closed while we waited for the lock */
+        held_drop(m);
         pthread_mutex_unlock(m);
         return R_LOCAL;
     }
@@ -736,7 +839,41 @@ static int lock_ring(Ring *r, int prod, double deadline, int nb)
 
 static void unlock_ring(Ring *r, int prod)
 {
-    pthread_mutex_unlock(prod ? &r->hdr->prod_lock : &r->hdr->cons_lock);
+    pthread_mutex_t *m = prod ? &r->hdr->prod_lock : &r->hdr->cons_lock;
+    held_drop(m);
+    pthread_mutex_unlock(m); /* an error (a lock word rewritten under us) leaves it to the peers' deadlines */
+}
+
+/* Under prod_lock: tail is ours (stable), head only moves towards it. Both are record edges
+ * (multiples of 16) and 0 <= tail - head <= capacity. Sets r->vtail; OK or R_CORRUPT. */
+static int check_prod(Ring *r, uint64_t *tailp, uint64_t *headp)
+{
+    struct ring_hdr *h = r->hdr;
+    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+    if ((tail | head) & (REC_HDR - 1) || tail - head > r->cap)
+        return corrupt(r, "tail %llu and head %llu (record edges 16-aligned, at most %llu apart expected)",
+                       (unsigned long long)tail, (unsigned long long)head, (unsigned long long)r->cap);
+    r->vtail = tail;
+    if (tailp)
+        *tailp = tail;
+    if (headp)
+        *headp = head;
+    return OK;
+}
+
+/* Under cons_lock: head is ours, tail only moves away from it: the same rule. */
+static int check_cons(Ring *r, uint64_t *headp, uint64_t *tailp)
+{
+    struct ring_hdr *h = r->hdr;
+    uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+    if ((tail | head) & (REC_HDR - 1) || tail - head > r->cap)
+        return corrupt(r, "head %llu and tail %llu (record edges 16-aligned, at most %llu apart expected)",
+                       (unsigned long long)head, (unsigned long long)tail, (unsigned long long)r->cap);
+    *headp = head;
+    *tailp = tail;
+    return OK;
 }
 
 static inline uint64_t mono_ns(void)
@@ -779,6 +916,8 @@ static void pclaim_end(struct ring_hdr *h, uint64_t token, int abort)
  * and a dead or stale producer claim is ended (its message abandoned). */
 static void probe_producer(struct ring_hdr *h)
 {
+    if (lock_word_bad(&h->prod_lock))
+        return; /* the next lock_ring reports it */
     int rc = pthread_mutex_trylock(&h->prod_lock);
     if (rc == EOWNERDEAD) {
         atomic_fetch_add(&h->repairs, 1);
@@ -832,11 +971,12 @@ static inline int room(Ring *r, uint64_t tail, uint64_t head, uint64_t need, uin
     return used <= r->cap && r->cap - used >= *pad + need;
 }
 
-/* Write the pad (if any) and a record header at tail; returns the payload pointer. */
+/* Write the pad (if any) and a record header at the validated tail (r->vtail, check_prod:
+ * never a re-read of the shared word, which a hostile peer may have changed since); returns
+ * the payload pointer. */
 static unsigned char *place(Ring *r, uint64_t pad, uint64_t len, uint32_t flags, uint64_t total)
 {
-    uint64_t tail = atomic_load_explicit(&r->hdr->tail, memory_order_relaxed);
-    uint64_t off = tail % r->cap;
+    uint64_t off = r->vtail % r->cap;
     if (pad) {
         struct rec *p = (struct rec *)(r->data + off);
         p->len = (uint32_t)(pad - REC_HDR);
@@ -908,10 +1048,21 @@ static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double dea
         }
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
         uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
-        if (room(r, tail, head, need, max_items, pad)) {
+        /* tail read before head: tail - head may be negative (consumers moved on), never above
+         * capacity, and both are record edges; otherwise look again under the lock */
+        int odd = ((tail | head) & (REC_HDR - 1)) || (int64_t)(tail - head) > (int64_t)r->cap;
+        if (odd || room(r, tail, head, need, max_items, pad)) {
             int rc = lock_ring(r, 1, deadline, nb);
             if (rc != OK)
                 return rc;
+            if ((rc = check_prod(r, NULL, NULL)) != OK) {
+                unlock_ring(r, 1);
+                return rc;
+            }
+            if (odd) { /* it was a transient after all: look again */
+                unlock_ring(r, 1);
+                continue;
+            }
             pc = atomic_load(&h->pclaim);
             if (pc && (pc == r->token || !pclaim_live(h))) {
                 /* our own half-written message (another message now), or a dead or stale
@@ -925,8 +1076,10 @@ static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double dea
                 unlock_ring(r, 1); /* claimed meanwhile: wait for it above */
                 continue;
             }
-            tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-            head = atomic_load_explicit(&h->head, memory_order_acquire);
+            if ((rc = check_prod(r, &tail, &head)) != OK) {
+                unlock_ring(r, 1);
+                return rc;
+            }
             if (room(r, tail, head, need, max_items, pad) && !atomic_load(&h->closed))
                 return OK;
             unlock_ring(r, 1); /* another producer took the room meanwhile: look again */
@@ -979,8 +1132,9 @@ static int produce_frag_nb(Ring *r, gather_t *g, uint64_t total, uint64_t max_it
             rc = R_CLOSED;
             goto abort;
         }
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-        head = atomic_load_explicit(&h->head, memory_order_acquire);
+        uint64_t tail;
+        if ((rc = check_prod(r, &tail, &head)) != OK)
+            goto abort;
         if (!room(r, tail, head, rec_size(chunk), 0, &pad))
             break;
         unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
@@ -1047,8 +1201,7 @@ static int produce(Ring *r, gather_t *g, uint64_t total, double deadline, uint64
             unlock_ring(r, 1);
             return R_BROKEN; /* never publish a record written into vanished pages */
         }
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-        publish(h, tail + pad + need, atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
+        publish(h, r->vtail + pad + need, atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
         unlock_ring(r, 1);
         return OK;
     }
@@ -1073,8 +1226,9 @@ static int produce(Ring *r, gather_t *g, uint64_t total, double deadline, uint64
                 rc = R_CLOSED;
                 goto abort;
             }
-            uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-            uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+            uint64_t tail, head;
+            if ((rc = check_prod(r, &tail, &head)) != OK)
+                goto abort;
             if (room(r, tail, head, rec_size(chunk), 0, &pad))
                 break;
             rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
@@ -1088,9 +1242,8 @@ static int produce(Ring *r, gather_t *g, uint64_t total, double deadline, uint64
             rc = R_BROKEN;
             goto abort;
         }
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
         uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
-        publish(h, tail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
+        publish(h, r->vtail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
         done += chunk;
     }
     atomic_store_explicit(&h->frag_active, 0, memory_order_release);
@@ -1188,10 +1341,22 @@ static PyObject *finish_partial(Ring *r, int want_view)
 /* With cons_lock held: take the records at head. Returns a message (cons_lock released, or
  * kept by a RingView), or NULL with *rcp = R_EMPTY (lock released: nothing deliverable now —
  * empty, mid-message, or another live consumer's claim), R_ERR (exception set) or a state. */
-static PyObject *take_locked(Ring *r, int want_view, int *rcp)
+static PyObject *take_locked(Ring *r, int want_view, double deadline, int *rcp)
 {
     struct ring_hdr *h = r->hdr;
-    for (;;) {
+    for (unsigned iter = 1;; iter++) {
+        /* bounded (each turn moves head >= 16 bytes towards a tail <= capacity away), yet
+         * checked like every loop: the deadline and pending signals (GIL held) */
+        if ((iter & 255) == 0) {
+            if (mono() >= deadline) {
+                *rcp = R_TIMEOUT;
+                break;
+            }
+            if (PyErr_CheckSignals() < 0) {
+                *rcp = R_ERR;
+                break;
+            }
+        }
         uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
         if (foreign_claim(r, claim)) {
             if (claimant_alive(h)) {
@@ -1201,8 +1366,9 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
             claim_clear(h, claim); /* its owner died: the rest of its message is skipped below */
             atomic_fetch_add(&h->repairs, 1);
         }
-        uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+        uint64_t head, tail;
+        if ((*rcp = check_cons(r, &head, &tail)) != OK)
+            break;
         if (is_broken(r)) {
             *rcp = R_BROKEN;
             break;
@@ -1225,11 +1391,25 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
             *rcp = R_BROKEN;
             break;
         }
-        if (off + REC_HDR + len > r->cap || rec_size(len) > tail - head || (flags & ~7u) ||
-            ((flags & F_FIRST) && total < len)) {
-            PyErr_Format(E_Bad, "recv on %S: corrupt record at offset %llu (len %u, flags 0x%x)", r->url,
-                         (unsigned long long)off, len, flags);
-            *rcp = R_ERR;
+        const char *bad = NULL;
+        if (off + REC_HDR + len > r->cap || rec_size(len) > tail - head)
+            bad = "its length runs past the end of the data area or past tail";
+        else if (flags & ~7u)
+            bad = "unknown flags";
+        else if (flags & F_PAD)
+            bad = flags != F_PAD || off + rec_size(len) != r->cap ? "a pad record must end at the end of the data area" : NULL;
+        else if (len > r->frag_max)
+            bad = "longer than the largest record of this ring";
+        else if ((flags & (F_FIRST | F_LAST)) == (F_FIRST | F_LAST))
+            bad = total != len ? "a whole message's total differs from its length" : NULL;
+        else if (flags & F_FIRST)
+            bad = total <= r->frag_max || total > TOTAL_LIMIT ? "a first fragment's total is out of range" : NULL;
+        else if (r->partial && (total != r->ptotal || r->filled + len > r->ptotal ||
+                                ((flags & F_LAST) != 0) != (r->filled + len == r->ptotal)))
+            bad = "a fragment does not continue the message being reassembled";
+        if (bad) {
+            *rcp = corrupt(r, "record at offset %llu (len %u, flags 0x%x, total %llu): %s", (unsigned long long)off,
+                           len, flags, (unsigned long long)total, bad);
             break;
         }
         uint64_t next = head + rec_size(len);
@@ -1282,12 +1462,6 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
             r->ptotal = total;
             r->filled = 0;
             claim_set(r);
-        }
-        if (r->filled + len > r->ptotal) {
-            Py_CLEAR(r->partial);
-            claim_clear(h, r->token);
-            advance(h, next, (flags & F_LAST) != 0);
-            continue;
         }
         copy_out(PyBytes_AS_STRING(r->partial) + r->filled, src, len);
         if (is_broken(r)) {
@@ -1386,7 +1560,7 @@ static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *r
             *rcp = rc;
             return NULL;
         }
-        PyObject *got = take_locked(r, want_view, &rc);
+        PyObject *got = take_locked(r, want_view, nb ? INFINITY : deadline, &rc);
         if (got || rc != R_EMPTY) {
             *rcp = rc;
             return got;
@@ -1577,6 +1751,7 @@ typedef struct {
     unsigned char *ptr;
     Py_ssize_t size;
     uint64_t pad;
+    uint64_t tail; /* validated at loan time (check_prod): commit publishes from it */
     Py_ssize_t exports;
     int done;
 } RingLoan;
@@ -1622,8 +1797,7 @@ static PyObject *RingLoan_commit(RingLoan *l, PyObject *arg)
         return NULL;
     }
     rec->total = (uint64_t)n;
-    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-    publish(h, tail + l->pad + rec_size((uint64_t)n), atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
+    publish(h, l->tail + l->pad + rec_size((uint64_t)n), atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
     RingLoan_end(l);
     Py_RETURN_NONE;
 }
@@ -2153,6 +2327,7 @@ static PyObject *Ring_loan(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     l->ptr = place(r, pad, (uint64_t)n, F_FIRST | F_LAST, (uint64_t)n);
     l->size = n;
     l->pad = pad;
+    l->tail = r->vtail;
     l->exports = 0;
     l->done = 0;
     r->exports++;
@@ -2432,6 +2607,19 @@ PyMODINIT_FUNC PyInit__ring(void)
     static int atfork_done;
     if (!atfork_done++)
         pthread_atfork(NULL, NULL, atfork_child);
+    if (mutex_kind < 0) { /* the kind every ring lock word must carry (lock_word_bad) */
+        pthread_mutexattr_t a;
+        pthread_mutex_t probe;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+        pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
+        if (pthread_mutex_init(&probe, &a) == 0) {
+            mutex_kind = probe.__data.__kind;
+            pthread_mutex_destroy(&probe);
+        }
+        pthread_mutexattr_destroy(&a);
+    }
     E_Timeout = Py_NewRef(PyExc_TimeoutError);
     E_WouldBlock = Py_NewRef(PyExc_BlockingIOError);
     E_Closed = Py_NewRef(PyExc_EOFError);
@@ -2448,5 +2636,33 @@ PyMODINIT_FUNC PyInit__ring(void)
     PyModule_AddIntConstant(m, "VERSION", RING_VERSION);
     PyModule_AddIntConstant(m, "HDR_SIZE", HDR_SIZE);
     PyModule_AddIntConstant(m, "REC_HDR", REC_HDR);
+    /* LAYOUT: header field -> (offset, size), for tools and the hostile-peer tests */
+    PyObject *lay = PyDict_New();
+#define FIELD(f)                                                                                   \
+    do {                                                                                           \
+        PyObject *t = Py_BuildValue("(nn)", (Py_ssize_t)offsetof(struct ring_hdr, f),            \
+                                    (Py_ssize_t)sizeof(((struct ring_hdr *)0)->f));               \
+        if (!t || PyDict_SetItemString(lay, #f, t) < 0) {                                          \
+            Py_XDECREF(t);                                                                         \
+            Py_DECREF(lay);                                                                        \
+            Py_DECREF(m);                                                                          \
+            return NULL;                                                                           \
+        }                                                                                          \
+        Py_DECREF(t);                                                                              \
+    } while (0)
+    if (!lay) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    FIELD(magic); FIELD(version); FIELD(hdr_size); FIELD(capacity); FIELD(total_size);
+    FIELD(owner_uid); FIELD(owner_pid); FIELD(owner_start); FIELD(closed); FIELD(frag_active);
+    FIELD(attach_pending); FIELD(repairs); FIELD(prod_lock); FIELD(cons_lock);
+    FIELD(tail); FIELD(msgs_in); FIELD(cons_waiters); FIELD(pj_valid); FIELD(pj_tail); FIELD(pj_msgs);
+    FIELD(head); FIELD(msgs_out); FIELD(prod_waiters); FIELD(cj_valid); FIELD(cj_head); FIELD(cj_msgs);
+    FIELD(claim); FIELD(claim_pid); FIELD(claim_waiters); FIELD(claim_start);
+    FIELD(pclaim); FIELD(pclaim_pid); FIELD(pclaim_waiters); FIELD(pclaim_start); FIELD(pclaim_beat);
+    FIELD(unfinished); FIELD(join_waiters);
+#undef FIELD
+    PyModule_AddObject(m, "LAYOUT", lay);
     return m;
 }

@@ -9,6 +9,7 @@ MAGIC_LO: int
 VERSION: int
 HDR_SIZE: int
 REC_HDR: int
+LAYOUT: dict[str, tuple[int, int]]  # header field -> (offset, size)
 
 def _setup(timeout: type[BaseException], would_block: type[BaseException],
            closed: type[BaseException], bad: type[BaseException], forever: Any, /) -> None: ...
