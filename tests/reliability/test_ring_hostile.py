@@ -21,6 +21,9 @@ import pytest
 from kipc import testing
 from kipc.transports.ring import _ring
 
+from ..conftest import Figures
+from .test_hostile import HOSTILE
+
 LAYOUT = _ring.LAYOUT
 U64 = (1 << 64) - 1
 
@@ -122,8 +125,9 @@ def _run(cases: list[dict[str, object]], timeout: float = 120.0) -> list[dict[st
     return list(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize("field", sorted(GARBAGE) + ["record"])
-def test_garbage_in_every_field_raises_or_returns_on_time(field: str) -> None:
+@pytest.mark.parametrize("field", [*sorted(GARBAGE), "record"])
+def test_garbage_in_every_field_raises_or_returns_on_time(field: str, figures: Figures) -> None:
+    """A same-uid peer writes garbage into a ring header field or the record at head between calls"""
     values = GARBAGE.get(field) or [
         (0xFFFFFFFF) | (0x7 << 32),                       # huge len, flags 7
         (4000) | (1 << 32),                               # FIRST, len past the end
@@ -133,12 +137,20 @@ def test_garbage_in_every_field_raises_or_returns_on_time(field: str) -> None:
         (12) | (3 << 32) | (99 << 64),                    # whole message whose total != len
     ]
     cases = [{"name": testing.unique_name("hostile"), "field": field, "value": v} for v in values]
+    calls = bad = slowest = 0.0
     for case in _run(cases):
         for op, res, secs in case["rows"]:  # type: ignore[attr-defined]
             where = f"{field}={case['value']:#x} {op}"
             assert not res.startswith("UNEXPECTED"), f"{where}: {res}"
             assert "%" not in res, f"{where}: unformatted message {res}"
             assert secs < 2.0, f"{where}: took {secs} s past a 0.3 s deadline"
+            calls += 1
+            bad += res.startswith("BadObject")
+            slowest = max(slowest, secs)
+    figures.record("ring", f"`{field}`: {len(values)} garbage values x 11 calls (2 handles): crashed / other errors "
+                   "/ BadObject / slowest call (deadline 0.3 s)",
+                   f"0 / 0 / {int(bad)} of {int(calls)} / {slowest:.2f} s", target="0 / 0 / - / < 2 s",
+                   section=HOSTILE)
 
 
 def test_corrupt_ring_is_marked_broken_for_every_peer() -> None:
@@ -184,7 +196,8 @@ ch.close()
 """
 
 
-def test_wait_behind_a_hostile_claim_hears_ctrl_c() -> None:
+def test_wait_behind_a_hostile_claim_hears_ctrl_c(figures: Figures) -> None:
+    """A consumer waiting (no timeout) behind a forged claim naming a live process hears Ctrl-C"""
     env = dict(os.environ)  # the child imports kipc as we do (editable install, or make sanitize's PYTHONPATH)
     p = subprocess.Popen([sys.executable, "-c", BLOCKED, testing.unique_name("hostile")], stdout=subprocess.PIPE,
                          text=True, env=env)
@@ -193,8 +206,11 @@ def test_wait_behind_a_hostile_claim_hears_ctrl_c() -> None:
         assert p.stdout.readline().strip() == "READY"
         time.sleep(0.3)
         p.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
         out, _ = p.communicate(timeout=5)
         assert "INTERRUPTED" in out
+        figures.record("ring", "SIGINT to a recv() without timeout behind a forged live claim: KeyboardInterrupt after",
+                       f"{time.monotonic() - t0:.2f} s", target="< 1 s", section=HOSTILE)
     finally:
         if p.poll() is None:
             p.kill()

@@ -333,10 +333,19 @@ typedef struct {
     int fail_valid;
     uint64_t vtail;        /* tail as validated under prod_lock (place/publish use it, never a re-read) */
     char why[200];         /* what check_* found corrupt (R_CORRUPT) */
+    uint64_t mis_total;    /* R_MISMATCH: size and first bytes of the message left at head */
+    unsigned char mis_head[16];
+    int mis_n;
 } Ring;
 
+/* recv(..., expect): the message must start with these bytes, else it stays (R_MISMATCH) */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} expect_t;
+
 /* exceptions, replaced by kipc's classes through _setup() */
-static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad;
+static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad, *E_Mismatch;
 static PyObject *FOREVER;           /* kipc._base's Deadline(None): the hot path compares identity */
 static PyObject *S_end, *S_timeout; /* interned attribute names of a Deadline */
 static unsigned fork_gen;           /* bumped in a forked child (pthread_atfork) */
@@ -572,6 +581,14 @@ static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
         }
     } else if (rc == R_LOCAL) {
         closed_here(r, op);
+    } else if (rc == R_MISMATCH) {
+        PyObject *start = PyBytes_FromStringAndSize((const char *)r->mis_head, r->mis_n);
+        if (start) {
+            PyErr_Format(E_Mismatch, "%s on %S: the message at head is a %llu-byte message starting %R, "
+                         "not the kind asked for; it stays in the ring (receive it with recv())", op, r->url,
+                         (unsigned long long)r->mis_total, start);
+            Py_DECREF(start);
+        }
     } else if (rc == R_CORRUPT) {
         PyErr_Format(E_Bad, "%s on %S: corrupt shared memory: %s (another process wrote into the ring; "
                      "it is marked broken for every peer)", op, r->url, r->why);
@@ -1341,7 +1358,7 @@ static PyObject *finish_partial(Ring *r, int want_view)
 /* With cons_lock held: take the records at head. Returns a message (cons_lock released, or
  * kept by a RingView), or NULL with *rcp = R_EMPTY (lock released: nothing deliverable now —
  * empty, mid-message, or another live consumer's claim), R_ERR (exception set) or a state. */
-static PyObject *take_locked(Ring *r, int want_view, double deadline, int *rcp)
+static PyObject *take_locked(Ring *r, int want_view, double deadline, const expect_t *ex, int *rcp)
 {
     struct ring_hdr *h = r->hdr;
     for (unsigned iter = 1;; iter++) {
@@ -1427,6 +1444,14 @@ static PyObject *take_locked(Ring *r, int want_view, double deadline, int *rcp)
             continue;
         }
         unsigned char *src = r->data + off + REC_HDR;
+        if (ex && (flags & F_FIRST) && (len < (uint64_t)ex->n || memcmp(src, ex->p, (size_t)ex->n) != 0)) {
+            /* not the kind the caller asked for: leave it at head, say what it is */
+            r->mis_total = total;
+            r->mis_n = len < sizeof r->mis_head ? (int)len : (int)sizeof r->mis_head;
+            memcpy(r->mis_head, src, (size_t)r->mis_n);
+            *rcp = R_MISMATCH;
+            break;
+        }
         if ((flags & (F_FIRST | F_LAST)) == (F_FIRST | F_LAST)) {
             if (want_view == 1 || (want_view == 2 && len >= VIEW_MIN)) {
                 /* a memoryview over a RingView: keeps cons_lock (and the mapping) until released */
@@ -1487,7 +1512,7 @@ static PyObject *take_locked(Ring *r, int want_view, double deadline, int *rcp)
 /* Receive one message. Waits (nb: never) holding no lock: for data, for another consumer's
  * claim to end, or (mid-message) for the rest; takes cons_lock only to take records.
  * Returns the message, or NULL with *rcp = R_EMPTY (nb: nothing now), R_ERR or a state. */
-static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *rcp)
+static PyObject *consume(Ring *r, double deadline, int want_view, int nb, const expect_t *ex, int *rcp)
 {
     struct ring_hdr *h = r->hdr;
     for (;;) {
@@ -1560,7 +1585,7 @@ static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *r
             *rcp = rc;
             return NULL;
         }
-        PyObject *got = take_locked(r, want_view, nb ? INFINITY : deadline, &rc);
+        PyObject *got = take_locked(r, want_view, nb ? INFINITY : deadline, ex, &rc);
         if (got || rc != R_EMPTY) {
             *rcp = rc;
             return got;
@@ -1661,6 +1686,7 @@ typedef struct {
     uint64_t new_head;
     Py_ssize_t exports;
     int done;
+    int keep; /* keep(): releasing gives the message back instead of consuming it */
 } RingView;
 
 static PyTypeObject RingViewType;
@@ -1681,6 +1707,7 @@ static PyObject *RingView_new(Ring *r, unsigned char *ptr, Py_ssize_t len, uint6
     v->new_head = new_head;
     v->exports = 0;
     v->done = 0;
+    v->keep = 0;
     r->exports++; /* the mapping stays until the view is released, even after close() */
     return (PyObject *)v;
 }
@@ -1690,7 +1717,8 @@ static void RingView_finish(RingView *v)
     if (v->done)
         return;
     v->done = 1;
-    advance(v->ring->hdr, v->new_head, 1);
+    if (!v->keep) /* keep(): the message stays at head for the next recv */
+        advance(v->ring->hdr, v->new_head, 1);
     unlock_ring(v->ring, 0);
     ring_export_done(v->ring);
 }
@@ -1731,6 +1759,18 @@ static void RingView_dealloc(RingView *v)
     PyObject_Free(v);
 }
 
+static PyObject *RingView_keep(RingView *v, PyObject *unused)
+{
+    v->keep = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef RingView_methods[] = {
+    {"keep", (PyCFunction)RingView_keep, METH_NOARGS,
+     "keep(): when the last export is released, leave the message in the ring (not consumed)"},
+    {NULL},
+};
+
 static PyBufferProcs RingView_as_buffer = {(getbufferproc)RingView_getbuffer, (releasebufferproc)RingView_releasebuffer};
 
 static PyTypeObject RingViewType = {
@@ -1738,6 +1778,7 @@ static PyTypeObject RingViewType = {
     .tp_basicsize = sizeof(RingView),
     .tp_dealloc = (destructor)RingView_dealloc,
     .tp_as_buffer = &RingView_as_buffer,
+    .tp_methods = RingView_methods,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A received message in place; releasing the last buffer export consumes it.",
 };
@@ -1758,11 +1799,13 @@ typedef struct {
 
 static PyTypeObject RingLoanType;
 
+/* Commit or abort: the producer lock goes now. Buffers exported from the loan (a numpy array
+ * over it) may outlive this; the mapping stays until the loan object itself is gone (dealloc),
+ * and what they write after the commit lands in a published message (documented: do not). */
 static void RingLoan_end(RingLoan *l)
 {
     l->done = 1;
     unlock_ring(l->ring, 1);
-    ring_export_done(l->ring);
 }
 
 static PyObject *RingLoan_commit(RingLoan *l, PyObject *arg)
@@ -1776,10 +1819,6 @@ static PyObject *RingLoan_commit(RingLoan *l, PyObject *arg)
     }
     if (n < 0 || n > l->size) {
         PyErr_Format(PyExc_ValueError, "commit(%zd): the loan is %zd bytes", n, l->size);
-        return NULL;
-    }
-    if (l->exports) {
-        PyErr_SetString(PyExc_BufferError, "release every view of the loan before committing");
         return NULL;
     }
     Ring *r = l->ring;
@@ -1804,13 +1843,8 @@ static PyObject *RingLoan_commit(RingLoan *l, PyObject *arg)
 
 static PyObject *RingLoan_abort(RingLoan *l, PyObject *unused)
 {
-    if (!l->done) {
-        if (l->exports) {
-            PyErr_SetString(PyExc_BufferError, "release every view of the loan before aborting");
-            return NULL;
-        }
+    if (!l->done)
         RingLoan_end(l);
-    }
     Py_RETURN_NONE;
 }
 
@@ -1832,6 +1866,7 @@ static void RingLoan_dealloc(RingLoan *l)
 {
     if (!l->done)
         RingLoan_end(l); /* never committed: nothing published */
+    ring_export_done(l->ring); /* no buffer of it is left: the mapping may go */
     Py_DECREF(l->ring);
     PyObject_Free(l);
 }
@@ -2161,9 +2196,18 @@ done:
  * knobs["view"] true or view=1: a RingView; view=2: a RingView only for messages >= 16 KiB. */
 static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "recv(deadline=FOREVER, knobs=None, view=0)");
+    if (nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "recv(deadline=FOREVER, knobs=None, view=0, expect=None)");
         return NULL;
+    }
+    expect_t ex = {NULL, 0};
+    if (nargs > 3 && args[3] != Py_None) {
+        if (!PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) > 64) {
+            PyErr_SetString(PyExc_TypeError, "recv: expect must be bytes (at most 64) or None");
+            return NULL;
+        }
+        ex.p = PyBytes_AS_STRING(args[3]); /* args[3] is borrowed for the whole call */
+        ex.n = PyBytes_GET_SIZE(args[3]);
     }
     double deadline = INFINITY;
     PyObject *dl = nargs > 0 ? args[0] : NULL;
@@ -2182,7 +2226,7 @@ static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     if (enter(r, "recv") < 0)
         return NULL;
     int rc = OK;
-    PyObject *got = consume(r, deadline, view, 0, &rc);
+    PyObject *got = consume(r, deadline, view, 0, ex.p ? &ex : NULL, &rc);
     if (!got && rc != R_ERR)
         raise_state(r, rc, "recv", dl);
     leave(r);
@@ -2209,7 +2253,7 @@ static PyObject *Ring_try_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     if (enter(r, "recv") < 0)
         return NULL;
     int rc = OK;
-    PyObject *got = consume(r, 0.0, view, 1, &rc);
+    PyObject *got = consume(r, 0.0, view, 1, NULL, &rc);
     if (!got && rc != R_ERR && rc != R_EMPTY)
         raise_state(r, rc, "recv", NULL);
     leave(r);
@@ -2538,7 +2582,8 @@ static PyMethodDef Ring_methods[] = {
     {"try_send", FAST(Ring_try_send), "try_send(data, knobs=None, max_items=0) -> bool: False when no room now"},
     {"sendv", FAST(Ring_sendv), "sendv(parts, deadline=FOREVER, max_items=0): the parts as one message"},
     {"recv", FAST(Ring_recv),
-     "recv(deadline=FOREVER, knobs=None, view=0): view 1 = RingView, 2 = RingView only for messages >= 16 KiB"},
+     "recv(deadline=FOREVER, knobs=None, view=0, expect=None): view 1 = RingView, 2 = RingView only for messages "
+     ">= 16 KiB; expect: bytes the message must start with, else it stays in the ring (ProtocolError)"},
     {"try_recv", FAST(Ring_try_recv), "try_recv(knobs=None, view=0) -> message or None when nothing now"},
     {"wait", FAST(Ring_wait), "wait(op, deadline): until a send/recv may succeed; consumes nothing, no lock"},
     {"ready", (PyCFunction)Ring_ready, METH_O, "ready(op) -> bool: could a send/recv succeed now"},
@@ -2571,9 +2616,11 @@ static PyTypeObject RingType = {
 
 static PyObject *setup(PyObject *self, PyObject *args)
 {
-    PyObject *t, *w, *c, *b, *f;
-    if (!PyArg_ParseTuple(args, "OOOOO:_setup", &t, &w, &c, &b, &f))
+    PyObject *t, *w, *c, *b, *f, *m = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO|O:_setup", &t, &w, &c, &b, &f, &m))
         return NULL;
+    if (m)
+        Py_XSETREF(E_Mismatch, Py_NewRef(m));
     Py_XSETREF(E_Timeout, Py_NewRef(t));
     Py_XSETREF(E_WouldBlock, Py_NewRef(w));
     Py_XSETREF(E_Closed, Py_NewRef(c));
@@ -2584,7 +2631,8 @@ static PyObject *setup(PyObject *self, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"_setup", setup, METH_VARARGS,
-     "_setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER): kipc's errors and its Deadline(None)"},
+     "_setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER, ProtocolError=ValueError): kipc's errors "
+     "and its Deadline(None)"},
     {NULL},
 };
 
@@ -2624,6 +2672,7 @@ PyMODINIT_FUNC PyInit__ring(void)
     E_WouldBlock = Py_NewRef(PyExc_BlockingIOError);
     E_Closed = Py_NewRef(PyExc_EOFError);
     E_Bad = Py_NewRef(PyExc_OSError);
+    E_Mismatch = Py_NewRef(PyExc_ValueError);
     FOREVER = Py_NewRef(Py_None);
     Py_INCREF(&RingType);
     PyModule_AddObject(m, "Ring", (PyObject *)&RingType);
