@@ -2262,6 +2262,126 @@ static PyObject *Ring_try_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     return got;
 }
 
+/* send_many(iterable, deadline=FOREVER, max_items=0) -> int: each item one message, in order,
+ * all within one deadline; the same guarantees as send() per message. On an error the
+ * messages before it were sent: the exception carries .sent (their number). */
+static PyObject *Ring_send_many(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "send_many(iterable, deadline=FOREVER, max_items=0)");
+        return NULL;
+    }
+    double deadline = INFINITY;
+    PyObject *dl = nargs > 1 ? args[1] : NULL;
+    uint64_t max_items = 0;
+    if ((dl && dl != FOREVER && get_deadline(dl, &deadline) < 0) || (nargs > 2 && get_u64(args[2], &max_items) < 0))
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[0]);
+    if (!it)
+        return NULL;
+    if (enter(r, "send") < 0) {
+        Py_DECREF(it);
+        return NULL;
+    }
+    Py_ssize_t sent = 0;
+    int rc = OK;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        Py_buffer b;
+        if (get_part(item, &b) < 0) {
+            Py_DECREF(item);
+            rc = R_ERR;
+            break;
+        }
+        gather_t g = {&b, 1, NULL};
+        rc = produce(r, &g, (uint64_t)b.len, deadline, max_items, 0);
+        release_part(&b);
+        Py_DECREF(item);
+        if (rc != OK) {
+            if (rc != R_ERR)
+                raise_state(r, rc, "send", dl);
+            break;
+        }
+        sent++;
+    }
+    Py_DECREF(it);
+    leave(r);
+    if (rc != OK || PyErr_Occurred()) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        PyObject *n = PyLong_FromSsize_t(sent);
+        if (ev && n && PyObject_SetAttrString(ev, "sent", n) < 0)
+            PyErr_Clear(); /* an exception type without a __dict__: no count */
+        Py_XDECREF(n);
+        PyErr_Restore(et, ev, tb);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(sent);
+}
+
+/* recv_many(max_n, deadline=FOREVER) -> list: waits for the first message like recv(), then
+ * takes up to max_n - 1 more that are there now (never waits for them). An error after the
+ * first message ends the batch without raising (the next call meets it again): nothing taken
+ * is dropped. */
+static PyObject *Ring_recv_many(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_many(max_n, deadline=FOREVER)");
+        return NULL;
+    }
+    Py_ssize_t max_n = PyLong_AsSsize_t(args[0]);
+    if (max_n == -1 && PyErr_Occurred())
+        return NULL;
+    if (max_n < 1) {
+        PyErr_SetString(PyExc_ValueError, "recv_many: max_n must be >= 1");
+        return NULL;
+    }
+    double deadline = INFINITY;
+    PyObject *dl = nargs > 1 ? args[1] : NULL;
+    if (dl && dl != FOREVER && get_deadline(dl, &deadline) < 0)
+        return NULL;
+    if (enter(r, "recv") < 0)
+        return NULL;
+    int rc = OK;
+    PyObject *got = consume(r, deadline, 0, 0, NULL, &rc);
+    if (!got) {
+        if (rc != R_ERR)
+            raise_state(r, rc, "recv", dl);
+        leave(r);
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (!out || PyList_Append(out, got) < 0) {
+        /* cannot hand it out: this is the one message lost, as a MemoryError would lose it in recv */
+        Py_DECREF(got);
+        Py_XDECREF(out);
+        leave(r);
+        return NULL;
+    }
+    Py_DECREF(got);
+    while (PyList_GET_SIZE(out) < max_n) {
+        got = consume(r, 0.0, 0, 1, NULL, &rc);
+        if (!got) {
+            if (rc == R_ERR && PyErr_Occurred()) {
+                int interrupted = PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
+                PyErr_Clear(); /* the next call meets it again; what we hold is delivered */
+                if (interrupted)
+                    PyErr_SetInterrupt(); /* ... and Ctrl-C is raised at the next check */
+            }
+            break;
+        }
+        int bad = PyList_Append(out, got);
+        Py_DECREF(got);
+        if (bad < 0) {
+            PyErr_Clear();
+            break;
+        }
+    }
+    leave(r);
+    return out;
+}
+
 /* op argument: 1 send, 0 recv, -1 error */
 static int get_op(PyObject *op)
 {
@@ -2579,6 +2699,10 @@ static PyGetSetDef Ring_getset[] = {
 
 static PyMethodDef Ring_methods[] = {
     {"send", FAST(Ring_send), "send(data, deadline=FOREVER, knobs=None, max_items=0): blocking send"},
+    {"send_many", FAST(Ring_send_many),
+     "send_many(iterable, deadline=FOREVER, max_items=0) -> int: each item one message (exception .sent on error)"},
+    {"recv_many", FAST(Ring_recv_many),
+     "recv_many(max_n, deadline=FOREVER) -> list: the first message waited for, then what is there, up to max_n"},
     {"try_send", FAST(Ring_try_send), "try_send(data, knobs=None, max_items=0) -> bool: False when no room now"},
     {"sendv", FAST(Ring_sendv), "sendv(parts, deadline=FOREVER, max_items=0): the parts as one message"},
     {"recv", FAST(Ring_recv),

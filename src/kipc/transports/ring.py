@@ -71,7 +71,7 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .. import _owners
@@ -305,6 +305,35 @@ class RingChannel(Channel):
         """Header fields: capacity, owner pid/start, head, tail, message counts."""
         self._check_open("info")
         return dict(self._ring.info())
+
+    def send_many(self, objs: Iterable[Any], *, timeout: float | None = None) -> int:
+        """Send each object as one message, in order, all within one ``timeout``; returns how many.
+
+        The guarantees of :meth:`send` hold per message. On an error the messages
+        before it were sent; the exception's ``sent`` attribute says how many.
+        """
+        deadline = Deadline.of(timeout)
+        self._check_open("send")
+        if self.codec is _BYTES and self.max_message_size is None:
+            return int(self._ring.send_many(objs, deadline))
+        return int(self._ring.send_many((self._prepare_send(o, {}) for o in objs), deadline))
+
+    def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
+        """Up to ``max_n`` messages: waits for the first like :meth:`recv`, then takes what is there.
+
+        Returns at least one message, or raises ``Timeout``/``WouldBlock`` as ``recv``.
+        An error met after the first message ends the batch (the next call raises it);
+        nothing received is dropped.
+        """
+        deadline = Deadline.of(timeout)
+        self._prepare_recv({})
+        if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
+            raise InvalidArgument(f"recv_many: max_n {max_n!r} must be an integer >= 1")
+        got = self._ring.recv_many(max_n, deadline)
+        if self.codec is _BYTES:
+            return got
+        decode = self.codec.decode
+        return [decode(m) for m in got]
 
     @contextlib.contextmanager
     def loan(self, n: int, *, timeout: float | None = None) -> Iterator[memoryview]:
