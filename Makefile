@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
-NATIVE := $(wildcard src/kipc/_native/*.c src/kipc/_native/*.h)
+NATIVE := $(wildcard src/kipc/_native/*.c src/kipc/_native/*.h src/kipc/_native/*/*.c src/kipc/_native/*/*.h)
 PYTEST_ARGS ?=
 
 .PHONY: demo test build venv lint bench stress sanitize reliability clean
