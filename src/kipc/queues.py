@@ -129,10 +129,11 @@ class _ForkingTable:
     def __getitem__(self, cls: type) -> Any:
         from multiprocessing.reduction import ForkingPickler
 
+        fp: Any = ForkingPickler  # private class attributes, read as ForkingPickler.__init__ reads them
         try:
-            return ForkingPickler._extra_reducers[cls]
+            return fp._extra_reducers[cls]
         except KeyError:
-            return ForkingPickler._copyreg_dispatch_table[cls]
+            return fp._copyreg_dispatch_table[cls]
 
     def get(self, cls: type, default: Any = None) -> Any:
         try:
@@ -234,7 +235,7 @@ class Queue:
     """A process-shared FIFO queue, API-compatible with ``multiprocessing.Queue``."""
 
     _joinable = False
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None, capacity: int | str = DEFAULT_QUEUE_CAPACITY,
                  name: str | None = None, spin: float = DEFAULT_SPIN_US,
@@ -484,7 +485,7 @@ class JoinableQueue(Queue):
 class SimpleQueue:
     """``multiprocessing.SimpleQueue`` on the ring: ``put``, ``get``, ``empty``, ``close``."""
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
     def __init__(self, *, ctx: Any = None, capacity: int | str = DEFAULT_QUEUE_CAPACITY,
                  name: str | None = None, spin: float = DEFAULT_SPIN_US,
