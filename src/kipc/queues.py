@@ -64,6 +64,8 @@ _OOB_HEAD = struct.Struct("<BxxxI")  # magic, number of buffers; then (n + 1) u6
 _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its padding
 _ZEROS = bytes(16)
 _SIMPLE = frozenset({bytes, str, int, float, bool, type(None)})  # no reducer can apply to these
+_FLAT = frozenset({tuple, list})  # ... nor to these, holding only the above (a dict's check costs more)
+_dumps, _loads = pickle.dumps, pickle.loads
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
 _deferred: set[RingChannel] = set()
@@ -178,8 +180,11 @@ _pickler_main = _Pickler()
 
 def _encode(obj: Any) -> Any:
     """The message for ``obj``: pickle bytes, or a list of parts (header, pickle, buffers...)."""
-    if obj.__class__ in _SIMPLE:
-        return pickle.dumps(obj, _HIGHEST)  # byte for byte what ForkingPickler writes for these
+    cls = type(obj)
+    if cls in _SIMPLE or (cls in _FLAT and len(obj) <= 32 and _SIMPLE.issuperset(map(type, obj))):
+        # byte for byte what ForkingPickler writes: the pickler handles these types itself,
+        # no dispatch table (so no registered reducer) is ever consulted for them
+        return _dumps(obj, _HIGHEST)
     p = _pickler_main
     if not p.lock.acquire(False):  # another thread (or a reducer calling put): a fresh one
         p = _Pickler()
@@ -260,6 +265,7 @@ class Queue:
         self._dumps, self._loads = dumps, loads
         self._encode = _encode if dumps is None else dumps
         self._decode = _decode if loads is None else loads
+        self._plain = loads is None  # messages are kipc's: a pickle, or out-of-band parts
         self._fast_put = maxsize == 0 and not self._joinable
         self._maxsize = maxsize
         self._closed = False
@@ -407,6 +413,8 @@ class Queue:
             data = self._recv(FOREVER if block and timeout is None else _deadline(block, timeout), None, 2)
         except (Timeout, WouldBlock):
             raise queue.Empty from None
+        if data.__class__ is bytes and self._plain and data[0] != _OOB_MAGIC:
+            return _loads(data)  # the common case, without a call more
         return self._unpack(data)
 
     def _unpack(self, data: Any) -> Any:
