@@ -2,12 +2,16 @@
 
 Contract card:
 
-* Drop-in: same constructors (``Queue(maxsize=0, *, ctx=None)``) and methods as
-  ``multiprocessing``'s (``put/get`` with ``block``/``timeout``,
-  ``put_nowait/get_nowait``, ``qsize/empty/full``, ``close``, ``join_thread``,
-  ``cancel_join_thread``, ``task_done/join``), raising ``queue.Full`` /
-  ``queue.Empty``. Objects are pickled (these queues are private to a process
-  tree, so pickle is their contract). ``maxsize`` counts items.
+* Drop-in: same constructors (``Queue(maxsize=0, *, ctx=None)``, ``ctx`` checked as the
+  stdlib checks it) and methods as ``multiprocessing``'s (``put/get`` with
+  ``block``/``timeout``, ``put_nowait/get_nowait``, ``qsize/empty/full``, ``close``,
+  ``join_thread``, ``cancel_join_thread``, ``task_done/join``), raising ``queue.Full`` /
+  ``queue.Empty``; generic aliases (``Queue[int]``). Objects are pickled as
+  multiprocessing pickles them (``ForkingPickler``, protocol 5, its reducers);
+  out-of-band buffers of 64 KiB or more (numpy) go into the ring without a pickle
+  copy. ``maxsize`` counts items. Any size: objects over half the ring stream
+  through it in fragments; a timed ``get`` keeps a partial object and the next
+  ``get`` resumes it.
 * Sharing: works with ``multiprocessing.Process`` under fork, spawn and
   forkserver, and through ``os.fork``. A queue pickles to its name: the
   receiving process attaches to the same shared-memory ring.
@@ -15,16 +19,20 @@ Contract card:
   (not later in a feeder thread); a producer or consumer killed mid-operation
   neither wedges the queue nor delivers a torn object; ``qsize()`` works
   everywhere. As in the stdlib, ``put()`` on an unbounded queue never blocks:
-  when the ring (``capacity`` bytes, default 4 MiB) is full, objects wait in
-  this process's buffer and a feeder thread moves them in order; the buffer is
-  flushed at exit unless ``cancel_join_thread()`` was called.
-* Extra keywords: ``capacity=`` (ring bytes), ``name=`` (shm name, default a
-  random one), ``spin=`` (µs a waiter spins before sleeping).
+  when the ring (``capacity`` bytes, default 256 KiB, reserved at creation) is
+  full, objects wait in this process's buffer and a feeder thread moves them in
+  order (resuming a fragmented one, never restarting it); the buffer is flushed
+  at exit unless ``cancel_join_thread()`` was called.
+* Extras: ``put_many``/``get_many``; ``dumps=``/``loads=`` (a serializer instead of
+  pickle); ``capacity=`` (ring bytes), ``name=`` (shm name, default a random one),
+  ``spin=`` (µs a waiter spins before sleeping). docs/queues.md says when copies happen.
 
 Cleanup (who removes ``/dev/shm/kipc.ring.NAME``): only the creating process.
 When the creator's queue object is garbage collected and every pickled copy
 has attached (a counter in the ring header), the name is removed at once;
-otherwise at the creator's exit. Attached processes keep their mapping, so
+otherwise at the creator's exit — a normal one, a multiprocessing child's
+``os._exit`` (a ``util.Finalize``) or SIGTERM (a handler installed when SIGTERM
+has its default action). Attached processes keep their mapping, so
 they keep working after the name is gone. A creator killed by SIGKILL leaves
 an owner record that ``kipc gc`` uses to remove the ring. The stdlib resource
 tracker is not involved (it unlinks segments that others still use).
