@@ -69,6 +69,7 @@ _FEED_SLICE = 0.1
 _OOB_MIN = 64 << 10  # PickleBuffers from this size travel out of band (smaller ones stay in the pickle)
 _OOB_MAGIC = 0x42  # first byte of an out-of-band message (a pickle starts with 0x80, PROTO)
 _OOB_HEAD = struct.Struct("<BxxxI")  # magic, number of buffers; then (n + 1) u64 lengths
+_BIG_BYTES = 1 << 20  # bytes objects from this size are not copied into a pickle first
 _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its padding
 _ZEROS = bytes(16)
 _SIMPLE = frozenset({bytes, str, int, float, bool, type(None)})  # no reducer can apply to these
@@ -189,6 +190,11 @@ _pickler_main = _Pickler()
 def _encode(obj: Any) -> Any:
     """The message for ``obj``: pickle bytes, or a list of parts (header, pickle, buffers...)."""
     cls = type(obj)
+    if cls is bytes and len(obj) >= _BIG_BYTES:
+        # the very bytes pickle.dumps writes, as parts: the ring copies the object itself, once
+        n = len(obj)
+        return [b"\x80\x05" + (b"B" + struct.pack("<I", n) if n < 1 << 32 else b"\x8e" + struct.pack("<Q", n)),
+                obj, b"\x94."]
     if cls in _SIMPLE or (cls in _FLAT and len(obj) <= 32 and _SIMPLE.issuperset(map(type, obj))):
         # byte for byte what ForkingPickler writes: the pickler handles these types itself,
         # no dispatch table (so no registered reducer) is ever consulted for them
