@@ -51,13 +51,12 @@ import secrets
 import signal
 import struct
 import threading
-import types
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._base import FOREVER, Deadline
-from .errors import ChannelClosed, InvalidArgument, Timeout, WouldBlock
+from .errors import ChannelClosed, DeadlineExceeded, InvalidArgument
 from .transports.ring import DEFAULT_SPIN_US, RingChannel
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
@@ -250,11 +249,15 @@ def _decode(msg: Any) -> Any:
     return pickle.loads(body, buffers=buffers)
 
 
-class Queue:
+#: the item type (like typeshed's multiprocessing.Queue[T]): ``q: kipc.Queue[int] = kipc.Queue()``;
+#: ``Queue[int]`` works at run time too (Generic's alias, as the stdlib's SimpleQueue[int])
+_T = TypeVar("_T")
+
+
+class Queue(Generic[_T]):
     """A process-shared FIFO queue, API-compatible with ``multiprocessing.Queue``."""
 
     _joinable = False
-    __class_getitem__: Any = classmethod(types.GenericAlias)
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None, capacity: int | str = DEFAULT_QUEUE_CAPACITY,
                  name: str | None = None, spin: float = DEFAULT_SPIN_US,
@@ -315,7 +318,7 @@ class Queue:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         if self._closed:
             self._check_closed()
         data = self._encode(obj)  # a pickling error raises here, in the caller
@@ -334,7 +337,7 @@ class Queue:
                 self._ring.sendv(data, deadline, self._maxsize)
             else:
                 self._ring.send(data, deadline, None, self._maxsize)
-        except (Timeout, WouldBlock):
+        except DeadlineExceeded:
             if self._joinable:
                 self._ring.task_add(-1)
             raise queue.Full from None
@@ -351,7 +354,7 @@ class Queue:
             return False  # a multi-part message bigger than one record: the feeder streams it
         try:
             self._ring.sendv(data, Deadline(0))
-        except WouldBlock:
+        except DeadlineExceeded:
             return False
         return True
 
@@ -389,10 +392,10 @@ class Queue:
             with self._lock:
                 self._buffer.popleft()
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         self.put(obj, False)
 
-    def put_many(self, objs: Iterable[Any], block: bool = True, timeout: float | None = None) -> None:
+    def put_many(self, objs: Iterable[_T], block: bool = True, timeout: float | None = None) -> None:
         """Put each object in order. Every object is serialized first, so a pickling error
         raises before any of them is sent; ``queue.Full`` (bounded queues) may come after some."""
         if self._closed:
@@ -418,14 +421,14 @@ class Queue:
         for d in datas:
             self._put_data(d, True, deadline.remaining()) if block else self._put_data(d, False, None)
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         if self._closed:
             self._check_closed()
         try:
             # view=2: big messages come back as a view into the ring (one copy fewer). A timeout
             # mid-way through a fragmented message keeps the part received: the next get resumes it.
             data = self._recv(FOREVER if block and timeout is None else _deadline(block, timeout), None, 2)
-        except (Timeout, WouldBlock):
+        except DeadlineExceeded:
             raise queue.Empty from None
         if data.__class__ is bytes and self._plain and data[0] != _OOB_MAGIC:
             return _loads(data)  # the common case, without a call more
@@ -439,10 +442,10 @@ class Queue:
         self._ring.qsize()  # raises BadObject if the ring was truncated under the view (it read zeros)
         return obj
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         return self.get(False)
 
-    def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list[Any]:
+    def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list[_T]:
         """1 to ``max_items`` objects: waits (``block``/``timeout``) for the first, then takes
         what is there now. ``queue.Empty`` when none came."""
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
@@ -483,7 +486,7 @@ class Queue:
         self._joincancelled = True
 
 
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[_T]):
     """``Queue`` plus ``task_done()`` / ``join()``; the unfinished count lives in the ring header."""
 
     _joinable = True
@@ -504,15 +507,13 @@ class JoinableQueue(Queue):
         return bool(self._ring.join(Deadline(float(timeout))))
 
 
-class SimpleQueue:
+class SimpleQueue(Generic[_T]):
     """``multiprocessing.SimpleQueue`` on the ring: ``put``, ``get``, ``empty``, ``close``."""
-
-    __class_getitem__: Any = classmethod(types.GenericAlias)
 
     def __init__(self, *, ctx: Any = None, capacity: int | str = DEFAULT_QUEUE_CAPACITY,
                  name: str | None = None, spin: float = DEFAULT_SPIN_US,
                  dumps: Callable[[Any], Any] | None = None, loads: Callable[[Any], Any] | None = None) -> None:
-        self._q = Queue(ctx=ctx, capacity=capacity, name=name, spin=spin, dumps=dumps, loads=loads)
+        self._q: Queue[_T] = Queue(ctx=ctx, capacity=capacity, name=name, spin=spin, dumps=dumps, loads=loads)
         self._closed = False
 
     def __getstate__(self) -> Queue:
@@ -526,19 +527,19 @@ class SimpleQueue:
         if self._closed:
             raise OSError("handle is closed")
 
-    def put(self, obj: Any) -> None:
+    def put(self, obj: _T) -> None:
         self._check()
         self._q.put(obj)
 
-    def get(self) -> Any:
+    def get(self) -> _T:
         self._check()
         return self._q.get()
 
-    def put_many(self, objs: Iterable[Any]) -> None:
+    def put_many(self, objs: Iterable[_T]) -> None:
         self._check()
         self._q.put_many(objs)
 
-    def get_many(self, max_items: int) -> list[Any]:
+    def get_many(self, max_items: int) -> list[_T]:
         self._check()
         return self._q.get_many(max_items)
 
