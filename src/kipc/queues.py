@@ -321,7 +321,11 @@ class Queue(Generic[_T]):
     def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         if self._closed:
             self._check_closed()
-        data = self._encode(obj)  # a pickling error raises here, in the caller
+        cls = type(obj)
+        if cls in _SIMPLE and self._plain and (cls is not bytes or len(obj) < _BIG_BYTES):
+            data = _dumps(obj, _HIGHEST)  # _encode's first case, without the call
+        else:
+            data = self._encode(obj)  # a pickling error raises here, in the caller
         if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
             return  # unbounded, not joinable, one buffer, room now
         self._put_data(data, block, timeout)
