@@ -321,8 +321,8 @@ class Queue(Generic[_T]):
     def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         if self._closed:
             self._check_closed()
-        cls = type(obj)
-        if cls in _SIMPLE and self._plain and (cls is not bytes or len(obj) < _BIG_BYTES):
+        cls: type = type(obj)
+        if cls in _SIMPLE and self._plain and (cls is not bytes or len(obj) < _BIG_BYTES):  # type: ignore[arg-type]
             data = _dumps(obj, _HIGHEST)  # _encode's first case, without the call
         else:
             data = self._encode(obj)  # a pickling error raises here, in the caller
