@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..._base import Deadline
@@ -64,20 +64,45 @@ async def _aadopt_orphan(ch: Any, deadline: Deadline) -> Any:
         return _NOTHING
 
 
-async def _uncancellable_publish(ch: Any, coro: Coroutine[Any, Any, None]) -> None:
+async def _uncancellable_publish(ch: Any, make: Callable[[list[bool]], Coroutine[Any, Any, None]]) -> None:
     """Await a publish on the loop thread. A message handed to the server cannot be taken back,
-    so a cancellation that arrives while the publish runs waits for it: if it went out, asend
-    returns normally (the caller sees it sent); if it failed, CancelledError is raised."""
-    assert ch._runner is not None
-    if asyncio.get_running_loop() is ch._runner.loop:
-        return await coro
-    cf = ch._runner.submit(coro)
+    so a cancellation decides *on the loop thread*: if the publish has not started (``started[0]``
+    is still False, set by the coroutine right before it hands the message over), its task is
+    cancelled there and then -- nothing was sent, CancelledError; if it has started, asend waits
+    for it and returns normally (the caller sees it sent), or raises CancelledError if it failed."""
+    runner = ch._runner
+    assert runner is not None
+    started = [False]
+    if asyncio.get_running_loop() is runner.loop:
+        return await make(started)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        await make(started)
+
+    cf = runner.submit(run())
     inner = asyncio.wrap_future(cf)
     try:
         await asyncio.shield(inner)
     except asyncio.CancelledError:
-        if cf.cancel():
-            raise  # not started: nothing was sent
+        verdict: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def decide() -> None:  # on the loop thread: nothing else moves the publish meanwhile
+            if not started[0]:
+                for t in tasks:
+                    t.cancel()  # it is suspended before the publish: it never reaches it
+                if not tasks:
+                    cf.cancel()  # not even started running
+                verdict.set_result(False)
+            else:
+                verdict.set_result(True)
+
+        runner.loop.call_soon_threadsafe(decide)
+        if not await asyncio.wrap_future(verdict):
+            raise
         try:
             await asyncio.wait_for(asyncio.shield(inner), 30)
         except Exception:

@@ -16,7 +16,9 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   stream stores it once within its 2 min duplicate window). A send *with* a
   ``timeout`` (0 included) is confirmed: it waits for the window, then for its
   own stored-ack, and ``Timeout``/``WouldBlock`` means not confirmed.
-  ``window=1`` confirms every send. **A crash loses the unconfirmed window**
+  ``window=1`` confirms every send, and so does a *bounded* stream (``max_msgs``
+  / ``max_bytes`` set): there a message refused as full must not be overtaken
+  by later ones that find room. **A crash loses the unconfirmed window**
   (at most ``window`` messages sent since the last confirmation); ``flush()``
   after a batch, or a timed send, gives the one-by-one guarantee back.
 * Receiving (``prefetch=256``): ``recv()`` serves from a batch pulled ahead
@@ -48,7 +50,9 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   parent's channels). Callers hand work to it in batches (``_mailbox``) and
   take received messages from a buffer on their own thread, so there is no
   thread hop per message. ``asend``/``arecv`` wait without consuming:
-  cancelled, an ``arecv`` has taken nothing and an ``asend`` has queued nothing.
+  cancelled, an ``arecv`` has taken nothing and an ``asend`` has queued nothing;
+  a confirmed ``asend`` cancelled while its publish is on the wire finishes it
+  and returns normally (the loop thread decides, so the answer is exact).
   ``close()`` from any thread wakes blocked senders and receivers.
 * Cleanup: the creator (``create=True``, or ``"if_missing"`` when it was
   missing) deletes the stream on ``close()`` unless ``persist=True``. Nothing
@@ -144,6 +148,9 @@ class NatsChannel(_Client, Channel):
     _gone_since = 0.0  # when the stream was first reported missing (0: it is there)
     _window = 1
     _prefetch = 1
+    #: the stream has max_msgs/max_bytes: sends are confirmed one at a time (no window), since a
+    #: message refused as full must not be overtaken by later ones that find room
+    _bounded = False
 
     def __init__(self, url: str, *, create: bool | str = False, persist: bool | str = False,
                  codec: str | Codec | None = None, servers: str | list[str] | None = None,
@@ -226,9 +233,12 @@ class NatsChannel(_Client, Channel):
         try:
             exists = True
             try:
-                await js.stream_info(self.stream)
+                info = await js.stream_info(self.stream)
+                cfg = info.config
+                self._bounded = any(v not in (None, -1, 0) for v in (cfg.max_msgs, cfg.max_bytes))
             except nats.js.errors.NotFoundError:
                 exists = False
+                self._bounded = bool(self._limits)
             if exists and create is True:
                 raise AlreadyExists(f"create {self.url}: stream {self.stream} already exists")
             if not exists and create is False:
@@ -500,7 +510,7 @@ class NatsChannel(_Client, Channel):
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         self._check_pid("send on")
         self._take_send_error()
-        if deadline.end == _INF and self._window > 1:
+        if deadline.end == _INF and self._window > 1 and not self._bounded:
             # pipelined: returns once the message is queued for the client and the window has room
             room = self._room
             with room:
@@ -513,14 +523,14 @@ class NatsChannel(_Client, Channel):
             return
         self._run(self._confirmed_send(bytes(data), deadline))
 
-    async def _confirmed_send(self, data: bytes, deadline: Deadline) -> None:
+    async def _confirmed_send(self, data: bytes, deadline: Deadline, started: list[bool] | None = None) -> None:
         """A send with a deadline: after everything in the window, confirmed by the stream within it."""
         while self._unconfirmed:
             if deadline.expired() or (deadline.nonblocking and self._unconfirmed):
                 n = self._unconfirmed
                 raise deadline.error(f"send on {self.url} ({n} earlier message(s) still unconfirmed)")
             await asyncio.sleep(0.001)
-        await self._publish(data, deadline)
+        await self._publish(data, deadline, started=started)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is stored (confirmed by the stream).
@@ -556,7 +566,8 @@ class NatsChannel(_Client, Channel):
         """Messages sent and not yet confirmed by the stream (at most ``window``)."""
         return self._unconfirmed
 
-    async def _publish(self, data: bytes, deadline: Deadline, *, msgid: str | None = None) -> None:
+    async def _publish(self, data: bytes, deadline: Deadline, *, msgid: str | None = None,
+                       started: list[bool] | None = None) -> None:
         headers = {"Nats-Msg-Id": msgid or self._nuid.next().decode()}
         what = f"send on {self.url}"
         delay = 0.005
@@ -572,11 +583,15 @@ class NatsChannel(_Client, Channel):
                     # reported a Timeout: wait for the connection instead
                     raise nats.errors.TimeoutError
                 # the same Nats-Msg-Id on every retry: a retry after a lost ack is stored once
+                if started is not None:
+                    started[0] = True  # from here on the message may reach the server (see _cancel)
                 await self._js.publish(self.subject, data, timeout=t, stream=self.stream, headers=dict(headers))
                 return
             except nats.js.errors.APIError as e:
                 if e.err_code not in _FULL_ERRORS:
                     raise _translate(e, self.url, "send on") from e
+                if started is not None:
+                    started[0] = False  # refused: not stored, so a cancellation now sends nothing
                 if deadline.nonblocking:
                     raise WouldBlock(f"{what}: the stream is full ({e.description})") from None
             except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
@@ -761,7 +776,7 @@ class NatsChannel(_Client, Channel):
     async def _asend_native(self, data: memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         self._check_pid("send on")
         self._take_send_error()
-        if deadline.end == _INF and self._window > 1:
+        if deadline.end == _INF and self._window > 1 and not self._bounded:
             while True:  # waiting for room sends nothing: a cancellation here has sent nothing
                 with self._room:
                     if self._unconfirmed < self._window:
@@ -772,7 +787,8 @@ class NatsChannel(_Client, Channel):
             self._outq.append(_Pub(bytes(data)))
             self._pump_kick()
             return
-        await _uncancellable_publish(self, self._confirmed_send(bytes(data), deadline))
+        payload = bytes(data)
+        await _uncancellable_publish(self, lambda started: self._confirmed_send(payload, deadline, started))
 
     async def _arecv_native(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         return self._hand_out(await self._anext_msg(deadline))
