@@ -134,6 +134,7 @@ class _Pub:
     seq: int = 0
     msgid: str = ""
     sent: float = 0.0
+    epoch: int = 0  # the client's reconnect count when it was published
 
 
 class NatsChannel(_Client, Channel):
@@ -292,6 +293,14 @@ class NatsChannel(_Client, Channel):
             if not self._pubs and (self._resender is None or self._resender.done()):
                 self._resender = asyncio.ensure_future(self._resend())
             return  # nothing new overtakes a message being resent
+        epoch = nc.stats["reconnects"]
+        if self._pubs and any(p.epoch != epoch for p in self._pubs.values()):
+            # published before a reconnect: their answers are lost with the old connection. Resend
+            # them (in order, same ids) before anything newer, or a newer one could be stored first.
+            self._retry.extend(self._pubs.values())
+            self._pubs.clear()
+            self._pump_kick()
+            return
         while self._outq:
             if not nc.is_connected:
                 return  # nats-py would buffer it; the ticker kicks again once reconnected
@@ -301,6 +310,7 @@ class NatsChannel(_Client, Channel):
                 p.msgid = self._nuid.next().decode()
             token = f"p{next(self._tokens)}"
             p.sent = time.monotonic()
+            p.epoch = epoch
             self._pubs[token] = p
             try:
                 await nc.publish(self.subject, p.data, reply=f"{self._reply_prefix}.{token}",
@@ -407,7 +417,7 @@ class NatsChannel(_Client, Channel):
                         await nc.publish(entry[0], b"+ACK", reply=f"{self._reply_prefix}.{token}")
             if self._pull_left and now > self._pull_expires + _RTT_GRACE:
                 self._pull_finished()  # the answer was lost (server restart, election): pull again
-            if late or self._outq or self._retry or self._pull_left == 0:
+            if late or self._outq or self._retry or self._pubs or self._pull_left == 0:
                 self._pump_kick()
 
     # -- the loop side: pull requests ------------------------------------------------------------
