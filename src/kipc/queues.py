@@ -74,6 +74,7 @@ _ZEROS = bytes(16)
 _SIMPLE = frozenset({bytes, str, int, float, bool, type(None)})  # no reducer can apply to these
 _FLAT = frozenset({tuple, list})  # ... nor to these, holding only the above (a dict's check costs more)
 _dumps, _loads = pickle.dumps, pickle.loads
+_NOW = Deadline(0)  # one attempt, no wait
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
 _deferred: set[RingChannel] = set()
@@ -409,15 +410,18 @@ class Queue(Generic[_T]):
         if not datas:
             return
         if self._fast_put:
-            try_send = self._try_send
             i = 0
             if not self._buffer:
-                n = len(datas)
-                while i < n:
-                    d = datas[i]
-                    if d.__class__ is not bytes or not try_send(d):
-                        break
+                # the ring's batch call for the leading single-record messages (one lock, one
+                # wake-up); a message in fragments, or no room now, goes the unbounded way
+                limit, n = self._frag_max, len(datas)
+                while i < n and datas[i].__class__ is bytes and len(datas[i]) <= limit:
                     i += 1
+                if i:
+                    try:
+                        i = int(self._ring.send_many(datas[:i] if i < n else datas, _NOW))
+                    except DeadlineExceeded as e:
+                        i = int(getattr(e, "sent", 0))
             for d in datas[i:]:
                 self._put_unbounded(d)
             return
@@ -451,17 +455,20 @@ class Queue(Generic[_T]):
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list[_T]:
         """1 to ``max_items`` objects: waits (``block``/``timeout``) for the first, then takes
-        what is there now. ``queue.Empty`` when none came."""
+        what is there now (``Ring.recv_many``). ``queue.Empty`` when none came."""
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items must be an int >= 1, not {max_items!r}")
-        out = [self.get(block, timeout)]
-        try_recv, unpack = self._try_recv, self._unpack
-        while len(out) < max_items:
-            data = try_recv(None, 2)
-            if data is None:
-                break
-            out.append(unpack(data))
-        return out
+        if self._closed:
+            self._check_closed()
+        try:
+            # the ring's batch call: waits for the first like get(), then takes what is there
+            got = self._ring.recv_many(max_items, FOREVER if block and timeout is None else _deadline(block, timeout))
+        except DeadlineExceeded:
+            raise queue.Empty from None
+        if self._plain:
+            return [_loads(m) if m[0] != _OOB_MAGIC else _decode(m) for m in got]
+        decode = self._decode
+        return [decode(m) for m in got]
 
     def qsize(self) -> int:
         """Items in the queue (including this process's not yet fed ones)."""
