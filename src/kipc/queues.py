@@ -290,6 +290,7 @@ class Queue(Generic[_T]):
         self._lock = threading.Lock()  # guards the overflow buffer and the feeder
         self._buffer: collections.deque[Any] = collections.deque()
         self._feeder: threading.Thread | None = None
+        self._streaming = False  # the feeder is sending buffer[0] (multi-part, in fragments)
         self._joincancelled = False
         _all.add(self)
 
@@ -298,6 +299,7 @@ class Queue(Generic[_T]):
         self._lock = threading.Lock()
         self._buffer = collections.deque()
         self._feeder = None
+        self._streaming = False
 
     # -- pickling: attach by name ------------------------------------------------------
     def __getstate__(self) -> tuple[Any, ...]:
@@ -368,34 +370,56 @@ class Queue(Generic[_T]):
             return
         with self._lock:  # the ring is full: keep order through the buffer, never block
             self._buffer.append(data)
+            if self._drain():  # the putting thread moves what fits itself (no GIL hand-off)
+                return
             if self._feeder is None:
                 self._feeder = threading.Thread(target=self._feed, name="kipc.Queue feeder", daemon=True)
                 self._feeder.start()
                 _feeders.add(self)
 
+    def _drain(self) -> bool:
+        """Under ``self._lock``: move buffered messages into the ring while there is room.
+
+        True when the buffer is empty. A fragmented single buffer is written as far as
+        it fits and resumed by the next attempt (on the same object: the same claim,
+        whichever thread makes it); a multi-part message the feeder is streaming is
+        left to it.
+        """
+        buf = self._buffer
+        while buf:
+            if self._streaming:
+                return False
+            if not self._put_now(buf[0]):
+                return False
+            buf.popleft()
+        return True
+
     def _feed(self) -> None:
         ring = self._ring
         while True:
             with self._lock:
-                if not self._buffer:
+                if self._drain():
                     self._feeder = None
                     _feeders.discard(self)
                     return
                 data = self._buffer[0]
+                stream = data.__class__ is list  # _put_now refused it: bigger than one record
+                self._streaming = stream
             try:
-                if data.__class__ is list:
-                    ring.sendv(data, FOREVER)  # holds the producer lock across its fragments: never restarted
-                else:
-                    # try_send writes what fits and resumes the same object next time (a producer
-                    # claim): a message bigger than the ring is never restarted by this loop's slices
-                    while not ring.try_send(data):
-                        if self._joincancelled and _exiting:
-                            return
-                        ring.wait("send", Deadline(_FEED_SLICE))  # also keeps the claim's beat fresh
+                if stream:
+                    try:
+                        ring.sendv(data, FOREVER)  # holds the producer lock across its fragments: never restarted
+                    finally:
+                        with self._lock:
+                            self._streaming = False
+                    with self._lock:
+                        self._buffer.popleft()
+                    continue
+                if self._joincancelled and _exiting:
+                    return
+                ring.wait("send", Deadline(_FEED_SLICE))  # also keeps a producer claim's beat fresh
             except ChannelClosed:
                 return
-            with self._lock:
-                self._buffer.popleft()
 
     def put_nowait(self, obj: _T) -> None:
         self.put(obj, False)
