@@ -241,7 +241,10 @@ def _decode(msg: Any) -> Any:
     body = mv[at:at + lens[0]]
     at += lens[0]
     at += -at % 16
-    whole = _writable(msg) if msg.__class__ is bytes else None  # bytes: ours alone, no copy
+    # a reassembled message (bytes, or the ring's memoryview over those bytes) is ours alone:
+    # the arrays are built over it without a copy; a view into the ring itself is copied out
+    owner = msg if msg.__class__ is bytes else mv.obj
+    whole = _writable(owner) if owner.__class__ is bytes else None
     buffers: list[Any] = []
     for ln in lens[1:]:
         # from a view into the ring: the one copy out (the ring's space is reused after this get)
