@@ -433,7 +433,12 @@ class Queue(Generic[_T]):
         if self._closed:
             self._check_closed()
         encode = self._encode
-        datas = [encode(o) for o in objs]
+        if self._plain:  # put()'s inline case per object: small builtins straight to pickle.dumps
+            simple, big = _SIMPLE, _BIG_BYTES
+            datas = [_dumps(o, _HIGHEST) if type(o) in simple and (type(o) is not bytes or len(o) < big)  # type: ignore[arg-type]
+                     else encode(o) for o in objs]
+        else:
+            datas = [encode(o) for o in objs]
         if not datas:
             return
         if self._fast_put:
