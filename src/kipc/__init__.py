@@ -71,6 +71,8 @@ _LAZY: dict[str, str] = {
     "KV": "kipc.transports.nats:KV",
     "remove": "kipc.admin:remove",
     "wait": "kipc._waiting:wait",
+    "Server": "kipc.reqrep:Server",
+    "Client": "kipc.reqrep:Client",
     "testing": "kipc.testing:",
 }
 

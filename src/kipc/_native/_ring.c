@@ -1356,6 +1356,8 @@ static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *r
                         continue;
                     }
                     if (rc != OK) {
+                        if (rc == R_TIMEOUT) /* a short timeout probes too: a dead producer's message */
+                            probe_producer(h); /* is then dropped by the next call */
                         *rcp = rc;
                         return NULL;
                     }

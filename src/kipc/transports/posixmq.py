@@ -36,7 +36,7 @@ from typing import Any
 import posix_ipc
 
 from .. import _owners
-from .._base import Channel, Deadline, T
+from .._base import FOREVER, Channel, Deadline, T, other_threads
 from .._kinds import Kind, ObjectInfo, refuse_foreign, stat_info
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
 from .._objects import check_attach, create_or_attach, file_identity, parse_create
@@ -184,16 +184,20 @@ class PosixMessageQueue(Channel[T]):
     # on the mqd) or a closed handle ends the wait.
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         prio = self._priority(knobs, self.url) if knobs else 0
-        lock = self._lock("send", deadline)
+        lock = self._send_lock if other_threads() else None  # see Channel._send_blocking
+        if lock is not None:
+            self._acquire(lock, "send", deadline)
         try:
-            if deadline.nonblocking:
+            if self._closed:
+                self._check_open("send")
+            if deadline.timeout == 0:
                 if not self._try_send(data, knobs):
                     raise deadline.error(f"send on {self.url}")
                 return
             q = self._q
             while True:
                 try:
-                    q.send(data, self._slice(deadline), prio)
+                    q.send(data, _SLICE if deadline is FOREVER else self._slice(deadline), prio)
                     return
                 except posix_ipc.BusyError:
                     self._check_slice(deadline, "send")
@@ -202,12 +206,17 @@ class PosixMessageQueue(Channel[T]):
                 except Exception as e:
                     raise translate_ipc_error(e, self.url, "send") from None
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
-        lock = self._lock("recv", deadline)
+        lock = self._recv_lock if other_threads() else None
+        if lock is not None:
+            self._acquire(lock, "recv", deadline)
         try:
-            if deadline.nonblocking:
+            if self._closed:
+                self._check_open("recv")
+            if deadline.timeout == 0:
                 got = self._try_recv(knobs)
                 if got is None:
                     raise deadline.error(f"recv on {self.url}")
@@ -215,8 +224,8 @@ class PosixMessageQueue(Channel[T]):
             q = self._q
             while True:
                 try:
-                    got = q.receive(self._slice(deadline))
-                    return got if knobs.get("with_priority") else got[0]
+                    got = q.receive(_SLICE if deadline is FOREVER else self._slice(deadline))
+                    return got if knobs and knobs.get("with_priority") else got[0]
                 except posix_ipc.BusyError:
                     self._check_slice(deadline, "recv")
                 except posix_ipc.SignalError:
@@ -224,7 +233,8 @@ class PosixMessageQueue(Channel[T]):
                 except Exception as e:
                     raise translate_ipc_error(e, self.url, "recv") from None
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     @staticmethod
     def _slice(deadline: Deadline) -> float:
