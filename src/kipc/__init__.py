@@ -112,6 +112,8 @@ if TYPE_CHECKING:
     from .queues import JoinableQueue as JoinableQueue
     from .queues import Queue as Queue
     from .queues import SimpleQueue as SimpleQueue
+    from .reqrep import Client as Client
+    from .reqrep import Server as Server
     from .shm import SharedMemory as SharedMemory
     from .sync import signals as signals
     from .sync.event import Event as Event

@@ -52,7 +52,7 @@ from ._base import Channel, Deadline, Listener
 from ._naming import parse_url
 from ._waiting import wait
 from .codecs import Codec, get_codec
-from .errors import ChannelClosed, InvalidArgument, KipcError, NotFound, PeerGone, Timeout
+from .errors import ChannelClosed, DeadlineExceeded, InvalidArgument, KipcError, NotFound, PeerGone
 from .registry import listen
 from .registry import open as open_channel
 
@@ -79,6 +79,7 @@ class Request:
     """One request: ``data`` (decoded), ``reply(data)``; each request is answered at most once."""
 
     __slots__ = ("_id", "_replied", "_to", "data", "server")
+    data: object  # bytes with the default codec, the decoded value with codec= (narrow it)
 
     def __init__(self, server: Server, rid: int, to: Any, data: Any) -> None:
         self.server, self._id, self._to, self.data = server, rid, to, data
@@ -158,14 +159,14 @@ class Server:
             if obj is self._listener:
                 try:
                     conn = self._listener.accept(timeout=0)
-                except (Timeout, KipcError):
+                except (DeadlineExceeded, KipcError):
                     continue  # someone else took it, or a refused peer (its error is the peer's)
                 with self._lock:
                     self._conns.append(conn)
                 continue
             try:
                 data = obj.recv(timeout=0)
-            except Timeout:
+            except DeadlineExceeded:
                 continue  # another thread took it, or the frame is not complete yet
             except (ChannelClosed, KipcError):
                 self._drop(obj)
@@ -262,7 +263,7 @@ class Server:
         try:
             self._reply_channel(to).send(frame, timeout=t)
             return True
-        except (NotFound, ChannelClosed, Timeout, PeerGone):
+        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone):
             self._forget(to)
             return False  # the client has gone (or stopped reading): its reply is dropped
 
@@ -273,7 +274,7 @@ class Server:
         try:
             await self._reply_channel(to).asend(frame, timeout=t)
             return True
-        except (NotFound, ChannelClosed, Timeout, PeerGone):
+        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone):
             self._forget(to)
             return False
 
@@ -397,7 +398,7 @@ class Client:
         own = self._server_owner
         return own is not None and not _owners.owner_alive(*own)
 
-    def request(self, data: Any, *, timeout: float | None = None) -> Any:
+    def request(self, data: Any, *, timeout: float | None = None) -> object:
         """Send ``data`` and return the decoded reply (``Timeout``; ``PeerGone`` if the server died)."""
         deadline = Deadline.of(timeout)
         self._check_open()
@@ -411,7 +412,7 @@ class Client:
                     msg = self._in.recv(timeout=slice_.remaining())
                 except ChannelClosed as e:
                     raise PeerGone(f"request on {self.url}: the server closed the connection") from e
-                except Timeout:
+                except DeadlineExceeded:
                     if deadline.expired() or deadline.nonblocking:
                         raise deadline.error(f"request on {self.url}") from None
                     if self._server_gone():
@@ -421,7 +422,7 @@ class Client:
                 if ok:
                     return reply
 
-    async def arequest(self, data: Any, *, timeout: float | None = None) -> Any:
+    async def arequest(self, data: Any, *, timeout: float | None = None) -> object:
         """``request`` for asyncio (one at a time per client; cancelled, its late reply is dropped)."""
         deadline = Deadline.of(timeout)
         self._check_open()
@@ -433,7 +434,7 @@ class Client:
                 msg = await self._in.arecv(timeout=slice_.remaining())
             except ChannelClosed as e:
                 raise PeerGone(f"request on {self.url}: the server closed the connection") from e
-            except Timeout:
+            except DeadlineExceeded:
                 if deadline.expired() or deadline.nonblocking:
                     raise deadline.error(f"request on {self.url}") from None
                 if self._server_gone():
