@@ -115,8 +115,12 @@ def _matches(rec: _owners.OwnerRecord, info: ObjectInfo) -> bool:
 
 def _mark(info: ObjectInfo, rec: _owners.OwnerRecord) -> ObjectInfo:
     info.kipc, info.creator_pid, info.alive = True, rec.pid, rec.alive
-    if rec.url and "?" not in rec.url:
-        info.url = rec.url  # as its creator spelled it (sysvmq://5301, fifo://NAME), not the kernel's name
+    # as its creator spelled it (sysvmq://5301, fifo://NAME), not the kernel's name; a record
+    # scheme of the kind's own ("posix-lock://", "sysv-sem://") maps back to the URL scheme
+    scheme, sep, rest = rec.url.partition("://")
+    mine = info.url.partition("://")[0]
+    if sep and "?" not in rest and (scheme == mine or scheme.startswith(mine + "-")):
+        info.url = f"{mine}://{rest}"
     return info
 
 
