@@ -127,8 +127,9 @@ def kill_consumers(ch: RingChannel, rounds: int, rng: random.Random,
         wait_pid(pid, 10)
         got = read_reported(rfd)
         # the first recv takes the consumer lock the dead one may have held (and repairs it)
-        rest, missing = take_rest_after_consumer_kill(lambda t: ch.recv(timeout=t), kipc.Timeout, first, got, seq,
-                                                      recover)
+        # the last take has timeout=0: WouldBlock, and a timed one Timeout (both DeadlineExceeded)
+        rest, missing = take_rest_after_consumer_kill(lambda t: ch.recv(timeout=t), kipc.DeadlineExceeded, first,
+                                                      got, seq, recover)
         lost += missing
         received += len(got) + len(rest)
     return received, lost
