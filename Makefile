@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
-NATIVE := $(wildcard src/kipc/_native/*.c src/kipc/_native/*.h)
+NATIVE := $(wildcard src/kipc/_native/*.c src/kipc/_native/*.h src/kipc/_native/*/*.c src/kipc/_native/*/*.h)
 PYTEST_ARGS ?=
 
 .PHONY: demo test build venv lint bench stress sanitize reliability clean
@@ -38,7 +38,7 @@ reliability: $(VENV)/.installed
 	KIPC_RELIABILITY=full KIPC_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m "stress or not stress" --timeout 900 \
 		tests/reliability/test_reliability_generic.py tests/reliability/test_reliability_crash.py tests/reliability/test_fuzz.py \
 		tests/reliability/test_ring_crash.py tests/reliability/test_lock_crash.py tests/reliability/test_reliability_objects.py tests/reliability/test_reliability_stress.py tests/reliability/test_reliability_ring.py \
-		tests/reliability/test_hostile.py tests/reliability/test_gc_identity.py $(PYTEST_ARGS)
+		tests/reliability/test_hostile.py tests/reliability/test_ring_hostile.py tests/mechanisms/test_ring_zerocopy.py tests/reliability/test_gc_identity.py $(PYTEST_ARGS)
 
 stress: $(VENV)/.installed
 	$(PY) -m pytest -m stress tests
@@ -50,7 +50,7 @@ sanitize:
 	rm -f build/sanitize/kipc/_native/*.so
 	KIPC_SANITIZE=address $(PY) setup.py -q build_ext -b build/sanitize -t build/sanitize/tmp
 	$(SANITIZE_ENV) $(PY) -c "import kipc._native._ring as r; assert r.__file__.startswith('$(CURDIR)/build/sanitize/'), r.__file__; print('sanitized:', r.__file__)"
-	$(SANITIZE_ENV) $(PY) -m pytest -p no:cacheprovider tests/mechanisms/test_ring.py tests/mechanisms/test_ring_v2.py tests/reliability/test_ring_crash.py tests/mechanisms/test_queues.py
+	$(SANITIZE_ENV) $(PY) -m pytest -p no:cacheprovider tests/mechanisms/test_ring.py tests/mechanisms/test_ring_v2.py tests/reliability/test_ring_crash.py tests/mechanisms/test_queues.py tests/reliability/test_ring_hostile.py tests/mechanisms/test_ring_zerocopy.py
 
 SANITIZE_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=$(CURDIR)/build/sanitize

@@ -1,4 +1,6 @@
-"""Build the C extensions: every ``src/kipc/_native/<name>.c`` becomes ``kipc._native.<name>``.
+"""Build the C extensions: every ``src/kipc/_native/<name>.c`` becomes ``kipc._native.<name>``,
+compiled together with the C files of ``src/kipc/_native/<name without leading _>/`` if that
+folder exists (a pure-C core the extension binds, e.g. ``ring/ring_core.c`` for ``_ring``).
 
 ``KIPC_SANITIZE=address`` builds them with ASan+UBSan (see ``make sanitize``).
 """
@@ -15,14 +17,15 @@ if sanitize:
     cflags += [f"-fsanitize={sanitize},undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     ldflags += [f"-fsanitize={sanitize},undefined"]
 
-extensions = [
-    Extension(
-        f"kipc._native.{os.path.splitext(os.path.basename(src))[0]}",
-        sources=[src],
-        extra_compile_args=cflags,
-        extra_link_args=ldflags,
-    )
-    for src in sorted(glob.glob("src/kipc/_native/*.c"))
-]
+
+
+def _extension(src: str) -> Extension:
+    name = os.path.splitext(os.path.basename(src))[0]
+    core = sorted(glob.glob(f"src/kipc/_native/{name.lstrip('_')}/*.c"))
+    return Extension(f"kipc._native.{name}", sources=[src, *core], extra_compile_args=cflags,
+                     extra_link_args=ldflags)
+
+
+extensions = [_extension(src) for src in sorted(glob.glob("src/kipc/_native/*.c"))]
 
 setup(ext_modules=extensions)

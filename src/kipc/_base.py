@@ -452,7 +452,7 @@ class _Waitable(Resource):
         return lock
 
 
-    def _take(self, op: str, attempt: Callable[[], R | None], deadline: Deadline, what: str) -> R:
+    def _take_ready(self, op: str, attempt: Callable[[], R | None], deadline: Deadline, what: str) -> R:
         """Blocking: ``attempt()`` until it returns something, waiting for readiness between
         attempts, under the direction lock (for listeners, receivers: not a hot path)."""
         lock = self._lock(op, deadline)
@@ -468,7 +468,7 @@ class _Waitable(Resource):
         finally:
             lock.release()
 
-    async def _atake(self, op: str, attempt: Callable[[], R | None], deadline: Deadline, what: str) -> R:
+    async def _atake_ready(self, op: str, attempt: Callable[[], R | None], deadline: Deadline, what: str) -> R:
         """asyncio: readiness first (consumes nothing), then the non-blocking attempt on the
         loop thread; a cancellation at the await takes nothing."""
         lock = self._locks[op]
@@ -639,7 +639,7 @@ class Channel(_Waitable, Generic[T]):
         return self.codec.decode(await self._arecv_raw(deadline, knobs))
 
     async def _arecv_raw(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
-        return await self._atake("recv", lambda: self._try_recv(knobs), deadline, f"recv on {self.url}")
+        return await self._atake_ready("recv", lambda: self._try_recv(knobs), deadline, f"recv on {self.url}")
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._aiter()
@@ -754,10 +754,10 @@ class Listener(_Waitable):
     async def aaccept(self, *, timeout: float | None = None) -> Channel:
         deadline = Deadline.of(timeout)
         self._check_open("accept")
-        return await self._atake("recv", self._try_accept, deadline, f"accept on {self.url}")
+        return await self._atake_ready("recv", self._try_accept, deadline, f"accept on {self.url}")
 
     def _accept_blocking(self, deadline: Deadline) -> Channel:
-        return self._take("recv", self._try_accept, deadline, f"accept on {self.url}")
+        return self._take_ready("recv", self._try_accept, deadline, f"accept on {self.url}")
 
     def __iter__(self) -> Iterator[Channel]:
         while not self._closed:

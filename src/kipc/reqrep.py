@@ -159,7 +159,7 @@ class Server:
             if obj is self._listener:
                 try:
                     conn = self._listener.accept(timeout=0)
-                except (DeadlineExceeded, KipcError):
+                except KipcError:
                     continue  # someone else took it, or a refused peer (its error is the peer's)
                 with self._lock:
                     self._conns.append(conn)

@@ -70,7 +70,7 @@ def test_eight_clients_two_server_threads_no_cross_talk(server: kipc.Server) -> 
         while not stop.is_set():
             try:
                 req = server.recv(timeout=0.2)
-            except kipc.Timeout:
+            except kipc.DeadlineExceeded:
                 continue
             req.reply(req.data)
 
@@ -199,7 +199,7 @@ def test_ring_servers_share_the_load() -> None:
             while not stop.is_set():
                 try:
                     req = s.recv(timeout=0.1)
-                except kipc.Timeout:
+                except kipc.DeadlineExceeded:
                     continue
                 served[k] += 1
                 time.sleep(0.001)  # a little work, so both get some

@@ -434,7 +434,7 @@ def test_spool_handle_shared_across_fork(figures: Figures) -> None:
         while True:
             try:
                 got.append(sp.recv(timeout=0.5))
-            except kipc.Timeout:
+            except kipc.DeadlineExceeded:
                 break
     expected = {b"p%d" % i for i in range(n)} | {b"c%d" % i for i in range(n)}
     assert failures == 0 and child_failures == 0
@@ -484,7 +484,7 @@ def drain(r):
     while True:
         try:
             i = r.recv(timeout=0.3)
-        except kipc.Timeout:
+        except kipc.DeadlineExceeded:
             return out
         out.append([i.pid, i.uid, i.value])
 print("PLAIN", drain(plain), plain.dropped, flush=True)

@@ -1,197 +1,11 @@
 /*
- * kipc._native._ring — the shared-memory ring behind ring:// and kipc.Queue.
- *
- * THEORY OF OPERATION
- * ===================
- *
- * Layout. One POSIX shm object = a 4096-byte header page + `capacity` data bytes
- * (a multiple of 4096). The header keeps each writer's words on its own cache
- * line: identity (magic, version, sizes, owner uid/pid/start time: immutable
- * after init), the producers' robust mutex, the consumers' robust mutex, the
- * producer line (tail, msgs_in, consumer-waiter count, producer journal), the
- * consumer line (head, msgs_out, producer-waiter count, consumer journal), the
- * claim line (which consumer reassembles the message at head, see Claims), the
- * producer-claim line (a half-written fragmented message, see Producer claims) and
- * the task line (JoinableQueue's unfinished count). Header version 2 (v1 had
- * no claim lines; a v1 peer is refused at attach by the version check).
- *
- * Records. head and tail are 64-bit byte counters that only grow; a record
- * starts at counter % capacity and never wraps: when it would not fit before
- * the end, the producer writes a PAD record up to the end and starts at 0.
- * Every record is a 16-byte header {u32 len, u32 flags, u64 total} + payload,
- * rounded up to 16. A message up to `frag_max` (capacity/2 - 16) is one
- * record (FIRST|LAST); a bigger one is a run of fragments FIRST .. LAST whose
- * FIRST carries the total length. capacity/2 guarantees any record fits an
- * empty ring whatever the current offset.
- *
- * Memory ordering. The commit word is `tail`: a producer copies the payload
- * and the record header into the data area, then stores tail with RELEASE.
- * A consumer loads tail with ACQUIRE, so every byte below tail is visible and
- * complete: a reader can never see a torn record. Symmetrically the consumer
- * copies the payload out and then stores head with RELEASE; a producer loads
- * head with ACQUIRE before reusing the space.
- *
- * Many producers, many consumers. Producers serialize on `prod_lock`,
- * consumers on `cons_lock` (1 producer + 1 consumer contend on nothing: each
- * lock is an uncontended CAS). A lock is held only to write or take records,
- * never to wait for data or space (below), with two exceptions: a producer
- * holds prod_lock across all fragments of one message, waiting for space
- * between them, so fragments never interleave; and a received view / an open
- * loan holds its lock until released (documented in ring.py). FIFO holds per
- * producer (and globally, since commits are serialized).
- *
- * Time. Every call takes an absolute deadline: CLOCK_MONOTONIC seconds as a
- * double, INFINITY = never (kipc._base.Deadline.end, whose .timeout names the
- * error: 0 -> WouldBlock "would block", t -> Timeout "timed out after t s").
- * The hot path recognises the FOREVER object by identity. Every wait loop
- * checks the deadline: futex waits, lock waits and reassembly alike.
- *
- * Waiting without locks. A call first looks without any lock (tail, head and
- * the claim word are atomics): a consumer that finds the ring empty, or a
- * producer that finds no room, waits right there; only then does it take
- * the lock, re-check, act and unlock (another peer may have been first: it
- * looks again). A waiter spins for `spin` seconds watching the 32-bit low half
- * of the other side's counter, then increments the waiter count (seq_cst),
- * re-checks, and sleeps in FUTEX_WAIT (shared, not FUTEX_PRIVATE: the futex is
- * keyed on the shm page) with the observed value checked by the kernel. The
- * other side stores its counter, issues a seq_cst fence and calls FUTEX_WAKE
- * only if the waiter count is non-zero (the Dekker pair store/fence/load on
- * both sides means one of them always sees the other). Sleeps are sliced
- * (SLICE, 50 ms) and EINTR ends a slice, so Ctrl-C is checked with the GIL held
- * (PyErr_CheckSignals); the GIL is released while spinning, sleeping, waiting
- * for a lock and copying payloads of 256 KiB or more. Locks are taken with
- * pthread_mutex_trylock, then pthread_mutex_clocklock in SLICE steps up to the
- * deadline (a SIGSTOPped holder delays nobody past its deadline); EOWNERDEAD
- * repairs as below. A consumer SIGSTOPped while it waits for data holds no
- * lock, so the other consumers keep receiving.
- *
- * Readiness without consuming (asyncio, kipc.wait). wait(op, deadline) blocks
- * like the waits above until an attempt in that direction may succeed — recv:
- * data at head that is not another live consumer's claim; send: head moved
- * since the last try_send found no room (or the ring is not full) — and the
- * lock is free (taken and dropped at once: a view holder or a long copy would
- * otherwise make the caller spin); or until the deadline passes or the handle
- * is closed here. It returns None in every case and consumes nothing; the
- * caller then makes a non-blocking attempt (try_send -> False / try_recv ->
- * None when not possible now). ready(op) is the same test without waiting.
- *
- * Producer claims: fragmented messages without waiting (try_send). A message
- * over frag_max cannot be written at once. try_send writes the fragments that
- * fit, and if some remain it claims the message for its handle in the header
- * {pclaim = token, pclaim_pid, pclaim_start, pclaim_beat = now}, keeps a
- * reference to the data object and returns False; frag_active stays 1, so
- * consumers wait for the rest. The next try_send of the *same object* on the
- * handle resumes it (the asyncio template retries with the object it encoded
- * once); any other send on the handle abandons it (frag_active = 0: consumers
- * drop what they reassembled) before its own message. Other producers that
- * find a live foreign pclaim wait on the pclaim word (no lock) within their
- * deadlines. A claim is taken over (abandoned, under prod_lock) by a producer,
- * or by a consumer's probe, when its process is dead or its beat is older than
- * 1 s: a cancelled asend, or a closed or collected handle (close sets the beat
- * to 0), blocks nobody for longer, and delivers nothing. The claimant's waits
- * (_wait("send")) refresh the beat. So a producer and a consumer on one event
- * loop can move a message bigger than the ring.
- *
- * Claims: reassembly without holding cons_lock. A consumer that takes a FIRST
- * fragment creates the message (bytes of `total`) in its handle and publishes
- * a claim in the header: {claim = its token (pid << 32 | serial), claim_pid,
- * claim_start (process start time)}. It copies what is there, advances head
- * (freeing space for the producer), and unlocks; it waits for the rest like
- * any waiter (no lock), probing the producer lock every PROBE (10 ms) so a
- * dead producer is repaired. When its deadline passes mid-message, recv raises
- * Timeout and the claim stays: the partial message stays in this handle and
- * the next recv (or try_recv) on the same handle, from any thread, resumes it.
- * Other consumers that find a foreign claim wait on the claim word (no lock)
- * until it ends, honouring their deadlines (the fragments at head belong to
- * the claimant: FIFO). Nothing committed is torn or lost: the message is only
- * ever returned whole, to the claimant. A claim ends when its message is
- * complete (LAST), when the producer aborted (a FIRST arrives, or the ring is
- * empty with frag_active == 0), when its handle is closed or collected (the
- * rest of the message is then skipped by the next consumer, as for a dead
- * consumer: the one way a committed message can go, and only by its
- * claimant's own close), or when its process is found dead (kill(pid, 0) and
- * /proc/PID/stat: gone, a zombie, or another start time) by a consumer that
- * holds cons_lock, which clears it. A forked child does not inherit its
- * parent's claim (pthread_atfork bumps a generation; the child's handle gets a
- * new token and drops its copy of the partial).
- *
- * Close from any thread (this process). Each handle counts its calls in flight
- * (an atomic, incremented before a call looks at `closing`, decremented when
- * it leaves; views and loans count too, under the GIL). interrupt() sets
- * `closing` and wakes every futex word of the ring; every wait checks `closing`
- * between slices and after each wake-up, lock waits every SLICE, so each
- * call blocked on this handle raises ChannelClosed ("closed by this process")
- * within one slice. unmap() (ring.py's _close) sets `closing` too and unmaps
- * at once if nothing is in flight, else the last call, view or loan to leave
- * unmaps: the mapping is never unmapped under a call. A view still held at
- * close keeps the mapping; releasing it consumes its message as usual. A loan
- * still open at close publishes nothing: commit() raises ChannelClosed.
- *
- * Crash cases (a peer may die at any instruction):
- *  - Producer dies before its tail store: the record is not committed and
- *    the next producer overwrites it. The mutex is robust
- *    (PTHREAD_MUTEX_ROBUST + PTHREAD_PROCESS_SHARED): the next locker gets
- *    EOWNERDEAD and repairs before pthread_mutex_consistent().
- *  - Producer dies between its msgs_in and tail stores: both are written
- *    from a journal {tail, msgs} that is marked valid (release) only once the
- *    record is complete; repair rolls the journal forward, so tail and the
- *    message count never disagree.
- *  - Producer dies (or times out) between fragments: `frag_active` stays 1
- *    (abort sets it to 0). Repair clears it. The claimant that sees no more
- *    data and frag_active == 0 drops its partial; while it waits it try-locks
- *    prod_lock every PROBE, which detects a dead owner even if no new producer
- *    comes. A FIRST record arriving mid-reassembly also drops the partial. The
- *    consumer never returns a partial message. (A dead producer may leave the
- *    ring full of its aborted message: space comes back as consumers skip it.)
- *  - Consumer dies before its head store: the message stays and the next
- *    consumer receives it (nothing committed is lost). After the store it was
- *    consumed. head/msgs_out use the same journal scheme as the producer.
- *  - Consumer dies mid-reassembly (claim) or holding a view: its claim is
- *    cleared (dead pid) and the next consumer skips continuation fragments
- *    without a FIRST (the dead one had claimed that message) and counts the
- *    LAST one consumed.
- *  - Nobody repairs a lock whose owner is alive: a SIGSTOPped producer
- *    mid-message stalls the producers, a stopped claimant the consumers;
- *    their waiters time out per their deadlines. (A stopped producer
- *    *claimant* — try_send, no lock held — is taken over after 1 s.)
- *  - Attach (Python side) verifies type, owner uid, mode bits and size with
- *    fstat before mmap, and this module verifies magic, version and sizes in
- *    the header, so a truncated or planted object is refused, not SIGBUSed.
- *  - A same-user peer truncating the object *after* attach (ftruncate on
- *    /dev/shm/kipc.ring.NAME): touching a page past the new end raises SIGBUS.
- *    Every mapping is registered in a fixed table (RING_SLOTS); a SIGBUS
- *    handler (SA_SIGINFO | SA_NODEFER) that finds the faulting address in a
- *    registered ring maps private zero pages from that page to the end of the
- *    mapping (MAP_FIXED: mmap is a plain syscall, safe in a handler), marks the
- *    slot broken and returns, so the faulting copy or load completes on zeros.
- *    No longjmp: no lock, GIL state or glibc robust-mutex list is left
- *    half-updated. Every loop and every copy checks the broken mark before
- *    it publishes, advances or returns data, and the call raises BadObject
- *    ("truncated by another process"); later calls on that handle too. If the
- *    header page survived, `closed` is set to 2 (broken) in it and every waiter
- *    is woken, so the other peers raise BadObject too. Faults outside a
- *    registered ring go to the previous handler (faulthandler, ASan, or the
- *    default action: re-raised, the process dies as it would have). Limits:
- *    a view or loan read by user code during the truncation sees zeros (the
- *    next ring call raises); a ring mapped beyond the RING_SLOTS table is
- *    unprotected; a thread that held a ring lock in a vanished header page
- *    leaves a stale entry in its robust-mutex list (harmless: it points at
- *    private zero pages).
- *
- * Counters and wrap. head, tail, msgs_in and msgs_out wrap modulo 2^64 and
- * every comparison is a modular difference (tail - head, in - out); the futex
- * words are their low 32 bits, compared only for inequality, so the 2^32 wrap
- * of a futex word is invisible. capacity is a power of two so that
- * counter % capacity stays continuous across the 2^64 wrap (2^64 is a multiple
- * of capacity; with, say, 12 KiB the offset would jump at the wrap and tear
- * records). TEST HOOK: when the environment variable KIPC_RING_TEST_START
- * holds an integer at creation, the four counters start at that value (head
- * and tail rounded down to a multiple of 16, as every record edge is; the
- * reliability tests start them just below 2^32 and 2^64). Never set it in
- * production; it only affects rings created while it is set.
+ * kipc._native._ring — the Python binding of the ring (types, buffer protocol, argument
+ * parsing, error mapping). The algorithm and its THEORY OF OPERATION are in ring/ring_core.h.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include "ring/ring_core.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -199,6 +13,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -213,256 +30,40 @@
 #error "the futex words are the low halves of 64-bit counters: little-endian only"
 #endif
 
-#define RING_MAGIC 0x474e495243504b4bULL /* "KKPCRING" */
-#define RING_VERSION 2u
-#define HDR_SIZE 4096u
-#define REC_HDR 16u
-#define F_FIRST 1u
-#define F_LAST 2u
-#define F_PAD 4u
-#define BIG_COPY (256u * 1024u)
-#define VIEW_MIN (16u * 1024u) /* recv(view=2): a view only for messages this big */
-#define SLICE 0.05 /* seconds between signal / local-close checks while blocked */
-#define PROBE 0.01 /* seconds between peer-liveness probes (producer mid-message, claimant) */
-#define PCLAIM_STALE_NS 1000000000ull /* a producer claim without an attempt for 1 s is taken over */
-
-#define CL __attribute__((aligned(64)))
-
-struct ring_hdr {
-    /* identity: immutable once magic is published */
-    _Atomic uint64_t magic;
-    uint32_t version, hdr_size;
-    uint64_t capacity, total_size;
-    uint32_t owner_uid, owner_pid;
-    uint64_t owner_start;
-    _Atomic uint32_t closed;      /* creator closed the channel */
-    _Atomic uint32_t frag_active; /* a producer is mid fragmented message */
-    _Atomic uint32_t attach_pending; /* Queue: pickled references not yet attached */
-    _Atomic uint32_t repairs;        /* locks recovered from a dead owner (EOWNERDEAD) */
-
-    CL pthread_mutex_t prod_lock;
-    CL pthread_mutex_t cons_lock;
-
-    CL _Atomic uint64_t tail; /* commit word */
-    _Atomic uint64_t msgs_in;
-    _Atomic uint32_t cons_waiters;
-    _Atomic uint32_t pj_valid;
-    uint64_t pj_tail, pj_msgs;
-
-    CL _Atomic uint64_t head;
-    _Atomic uint64_t msgs_out;
-    _Atomic uint32_t prod_waiters;
-    _Atomic uint32_t cj_valid;
-    uint64_t cj_head, cj_msgs;
-
-    /* reassembly claim (see THEORY: waiting and claims); written under cons_lock */
-    CL _Atomic uint64_t claim; /* token of the handle reassembling the message at head, 0 = none */
-    _Atomic uint32_t claim_pid;
-    _Atomic uint32_t claim_waiters;
-    _Atomic uint64_t claim_start;
-
-    /* producer claim: a fragmented message half written by a non-blocking attempt (asyncio);
-     * written under prod_lock (THEORY: producer claims) */
-    CL _Atomic uint64_t pclaim; /* token of the handle whose message is half written, 0 = none */
-    _Atomic uint32_t pclaim_pid;
-    _Atomic uint32_t pclaim_waiters;
-    _Atomic uint64_t pclaim_start;
-    _Atomic uint64_t pclaim_beat; /* CLOCK_MONOTONIC ns of the claimant's last attempt or wait */
-
-    CL _Atomic uint32_t unfinished; /* JoinableQueue tasks (futex word) */
-    _Atomic uint32_t join_waiters;
-};
-
-_Static_assert(sizeof(struct ring_hdr) <= HDR_SIZE, "header must fit its page");
-
-struct rec {
-    uint32_t len, flags;
-    uint64_t total;
-};
 
 typedef struct {
     PyObject_HEAD
-    struct ring_hdr *hdr;
-    unsigned char *data;
-    size_t map_size;
-    uint64_t cap, frag_max;
-    double spin; /* seconds */
+    rc_ring c;             /* the core's part of the handle (ring/ring_core.h) */
     PyObject *url;
     _Atomic long calls;    /* calls in flight on this handle (each may release the GIL) */
-    _Atomic int closing;   /* closed by this process: interrupt() / unmap() */
     int unmap_pending;     /* unmap when the last call, view and loan are gone */
     _Atomic int unmapped;  /* exactly one ring_unmap_now does the munmap */
     Py_ssize_t exports;    /* live views/loans (GIL-protected) */
-    int slot;              /* index in the SIGBUS table, -1 if none */
     unsigned fork_gen;     /* fork generation this handle's per-process state belongs to */
-    uint64_t token;        /* this handle's claim token: pid << 32 | serial */
-    uint32_t pid;
-    uint64_t start;        /* this process's start time (clock ticks), 0 = unknown */
     PyObject *partial;     /* bytes of the claimed message reassembled so far (under cons_lock) */
     uint64_t filled, ptotal;
     PyObject *pdata;       /* the message a try_send left half written (producer claim) */
     uint64_t pdone;        /* bytes of it already published */
     uint64_t fail_head;    /* head seen by the last try_send that found no room */
     int fail_valid;
+    uint64_t mis_total;    /* R_MISMATCH: size and first bytes of the message left at head */
+    unsigned char mis_head[16];
+    int mis_n;
 } Ring;
 
+/* recv(..., expect): the message must start with these bytes, else it stays (R_MISMATCH) */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} expect_t;
+
 /* exceptions, replaced by kipc's classes through _setup() */
-static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad;
+static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad, *E_Mismatch;
 static PyObject *FOREVER;           /* kipc._base's Deadline(None): the hot path compares identity */
 static PyObject *S_end, *S_timeout; /* interned attribute names of a Deadline */
 static unsigned fork_gen;           /* bumped in a forked child (pthread_atfork) */
 static uint32_t token_serial;
 
-enum { OK = 0, R_TIMEOUT = 1, R_CLOSED = 2, R_BROKEN = 3, R_LOCAL = 4, R_EMPTY = 5, R_ERR = -1 };
-#define CLOSED_BROKEN 2u /* `closed` value: a peer found the object truncated */
-
-/* ------------------------------------------------------------------------- */
-/* truncation by a peer: the SIGBUS table (see THEORY: crash cases) */
-
-#define RING_SLOTS 1024
-static _Atomic uintptr_t slot_base[RING_SLOTS]; /* 0 = free */
-static size_t slot_size[RING_SLOTS];
-static _Atomic uintptr_t slot_broken[RING_SLOTS]; /* lowest replaced address, 0 = intact */
-static struct sigaction prev_bus;
-static void on_sigbus(int sig, siginfo_t *si, void *uctx);
-
-static void on_sigbus(int sig, siginfo_t *si, void *uctx)
-{
-    uintptr_t a = (uintptr_t)si->si_addr;
-    if (si->si_code > 0) { /* a real fault (BUS_ADRERR...), not kill()/raise() */
-        for (int i = 0; i < RING_SLOTS; i++) {
-            uintptr_t b = atomic_load_explicit(&slot_base[i], memory_order_acquire);
-            if (b && a >= b && a < b + slot_size[i]) {
-                uintptr_t page = a & ~(uintptr_t)(HDR_SIZE - 1);
-                if (mmap((void *)page, b + slot_size[i] - page, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
-                    break;
-                uintptr_t cur = atomic_load(&slot_broken[i]);
-                while ((cur == 0 || page < cur) && !atomic_compare_exchange_weak(&slot_broken[i], &cur, page))
-                    ;
-                return; /* the faulting access is retried on the zero page */
-            }
-        }
-    }
-    /* Not ours: behave as if we were never installed. A handler that chains back to us
-     * (installed after us, then we re-installed over it) must not loop: second time, default. */
-    static volatile sig_atomic_t chaining;
-    if (!chaining && prev_bus.sa_flags & SA_SIGINFO) {
-        chaining = 1;
-        prev_bus.sa_sigaction(sig, si, uctx);
-        chaining = 0;
-    } else if (!chaining && prev_bus.sa_handler != SIG_DFL && prev_bus.sa_handler != SIG_IGN) {
-        chaining = 1;
-        prev_bus.sa_handler(sig);
-        chaining = 0;
-    } else {
-        signal(SIGBUS, SIG_DFL);
-        if (si->si_code <= 0)
-            raise(SIGBUS); /* SA_NODEFER: delivered now, default action */
-        /* a fault: returning re-executes the access and the default action applies */
-    }
-}
-
-/* (Re)install the handler if someone replaced it (e.g. faulthandler.enable() after import). */
-static void install_sigbus(void)
-{
-    struct sigaction cur;
-    if (sigaction(SIGBUS, NULL, &cur) != 0 || ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus))
-        return;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_sigbus;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    prev_bus = cur;
-    sigaction(SIGBUS, &sa, NULL);
-}
-
-static int slot_register(void *base, size_t size)
-{
-    install_sigbus();
-    for (int i = 0; i < RING_SLOTS; i++) {
-        if (atomic_load(&slot_base[i]) == 0) {
-            slot_size[i] = size;
-            atomic_store(&slot_broken[i], 0);
-            atomic_store_explicit(&slot_base[i], (uintptr_t)base, memory_order_release);
-            return i;
-        }
-    }
-    return -1; /* table full: this ring is unprotected (documented) */
-}
-
-static inline int is_broken(Ring *r) { return r->slot >= 0 && atomic_load_explicit(&slot_broken[r->slot], memory_order_relaxed) != 0; }
-
-static inline double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static inline uint32_t *lo32(_Atomic uint64_t *p) { return (uint32_t *)p; }
-
-static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 15u) & ~(uint64_t)15u); }
-
-static void futex_wake_all(void *addr)
-{
-    syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
-/* ------------------------------------------------------------------------- */
-/* processes: start time and liveness (claims of a dead consumer are repaired) */
-
-/* State letter and start time (clock ticks since boot) of /proc/PID/stat; -1 if it is gone. */
-static int read_stat(uint32_t pid, char *state, uint64_t *start)
-{
-    char path[48], buf[1024];
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); /* comm may hold spaces and ')' */
-    if (!p || p[1] != ' ')
-        return -1;
-    p += 2;
-    *state = *p;
-    for (int i = 0; i < 19 && p; i++) { /* field 3 (state) -> field 22 (starttime) */
-        p = strchr(p, ' ');
-        if (p)
-            p++;
-    }
-    *start = p ? strtoull(p, NULL, 10) : 0;
-    return 0;
-}
-
-/* Is process `pid` that started at `start` (0 = unknown) still running (zombies do not count)? */
-static int proc_alive(uint32_t pid, uint64_t start)
-{
-    if (pid == 0)
-        return 0;
-    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
-        return 0;
-    char state;
-    uint64_t now;
-    if (read_stat(pid, &state, &now) != 0)
-        return errno == ENOENT || errno == ESRCH ? 0 : 1;
-    if (state == 'Z' || state == 'X')
-        return 0;
-    return start == 0 || now == 0 || now == start;
-}
 
 static void atfork_child(void) { fork_gen++; }
 
@@ -494,6 +95,7 @@ static int get_deadline(PyObject *d, double *end)
     return *end == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
+
 /* Raise the exception for state `rc` of operation `op`; `dl` is the caller's deadline
  * argument (its .timeout names the timeout; 0 means WouldBlock). */
 static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
@@ -521,17 +123,35 @@ static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
         }
     } else if (rc == R_LOCAL) {
         closed_here(r, op);
-    } else if (rc == R_BROKEN || (rc == R_CLOSED && atomic_load(&r->hdr->closed) == CLOSED_BROKEN)) {
-        if (is_broken(r) && atomic_load(&slot_broken[r->slot]) >= (uintptr_t)r->hdr + HDR_SIZE) {
-            /* our header page is still the shared one: tell the other peers, wake them */
-            atomic_store(&r->hdr->closed, CLOSED_BROKEN);
-            futex_wake_all(lo32(&r->hdr->tail));
-            futex_wake_all(lo32(&r->hdr->head));
-            futex_wake_all(lo32(&r->hdr->claim));
-            futex_wake_all(&r->hdr->unfinished);
+    } else if (rc == R_HELD) {
+        PyErr_Format(PyExc_RuntimeError, "%s on %S: this thread still holds an unreleased loan or received view; "
+                     "release it first", op, r->url);
+    } else if (rc == R_MISMATCH) {
+        PyObject *start = PyBytes_FromStringAndSize((const char *)r->mis_head, r->mis_n);
+        if (start) {
+            PyErr_Format(E_Mismatch, "%s on %S: the message at head is a %llu-byte message starting %R, "
+                         "not the kind asked for; it stays in the ring (receive it with recv())", op, r->url,
+                         (unsigned long long)r->mis_total, start);
+            Py_DECREF(start);
         }
-        PyErr_Format(E_Bad, "%s on %S: its shared memory object was truncated by another process or "
-                     "/dev/shm ran out of space (the ring is unusable)", op, r->url);
+    } else if (rc == R_CORRUPT) {
+        PyErr_Format(E_Bad, "%s on %S: corrupt shared memory: %s (another process wrote into the ring; "
+                     "it is marked broken for every peer)", op, r->url, r->c.why);
+    } else if (rc == R_BROKEN || (rc == R_CLOSED && atomic_load(&r->c.hdr->closed) == CLOSED_BROKEN)) {
+        if (is_broken(&r->c) && atomic_load(&slot_broken[r->c.slot]) >= (uintptr_t)r->c.hdr + HDR_SIZE) {
+            /* our header page is still the shared one: tell the other peers, wake them */
+            atomic_store(&r->c.hdr->closed, CLOSED_BROKEN);
+            futex_wake_all(lo32(&r->c.hdr->tail));
+            futex_wake_all(lo32(&r->c.hdr->head));
+            futex_wake_all(lo32(&r->c.hdr->claim));
+            futex_wake_all(&r->c.hdr->unfinished);
+        }
+        if (is_broken(&r->c))
+            PyErr_Format(E_Bad, "%s on %S: its shared memory object was truncated by another process or "
+                         "/dev/shm ran out of space (the ring is unusable)", op, r->url);
+        else
+            PyErr_Format(E_Bad, "%s on %S: marked broken by a peer (its shared memory was truncated or "
+                         "corrupted; the ring is unusable)", op, r->url);
     } else if (rc == R_CLOSED) {
         PyErr_Format(E_Closed, "%s on %S: the channel was closed by its creator", op, r->url);
     }
@@ -551,9 +171,9 @@ static void after_fork(Ring *r)
     Py_CLEAR(r->partial); /* a copy of the parent's claimed partial: the parent's to finish */
     Py_CLEAR(r->pdata);   /* likewise a half-written message */
     r->filled = r->ptotal = 0;
-    r->pid = (uint32_t)getpid();
-    r->start = 0;
-    r->token = ((uint64_t)r->pid << 32) | ++token_serial;
+    r->c.pid = (uint32_t)getpid();
+    r->c.start = 0;
+    r->c.token = ((uint64_t)r->c.pid << 32) | ++token_serial;
     r->fail_valid = 0;
 }
 
@@ -569,287 +189,41 @@ static inline int enter(Ring *r, const char *op)
     if (r->fork_gen != fork_gen)
         after_fork(r);
     atomic_fetch_add(&r->calls, 1); /* seq_cst: before the closing load (pairs with unmap()) */
-    if (atomic_load_explicit(&r->closing, memory_order_relaxed) || r->hdr == NULL) {
+    if (atomic_load_explicit(&r->c.closing, memory_order_relaxed) || r->c.hdr == NULL) {
         leave(r);
         closed_here(r, op);
         return -1;
     }
     /* load first: if the header page vanished, this load is what marks the slot broken */
-    uint32_t closed = atomic_load_explicit(&r->hdr->closed, memory_order_relaxed);
-    if (closed == CLOSED_BROKEN || is_broken(r)) {
+    uint32_t closed = atomic_load_explicit(&r->c.hdr->closed, memory_order_relaxed);
+    if (closed == CLOSED_BROKEN || is_broken(&r->c)) {
         raise_state(r, R_BROKEN, op, NULL);
+        leave(r);
+        return -1;
+    }
+    if (closed > CLOSED_BROKEN) {
+        raise_state(r, corrupt(&r->c, "closed word %u (0, 1 or 2 expected)", closed), op, NULL);
         leave(r);
         return -1;
     }
     return 0;
 }
 
-static inline int closing(Ring *r) { return atomic_load_explicit(&r->closing, memory_order_relaxed); }
 
 /* ------------------------------------------------------------------------- */
 /* waiting */
 
-/* Wait (GIL released) until the 32-bit word differs from `expect`, the ring is
- * closed (by its creator or in this process), or `deadline` passes. Returns OK
- * (re-check), R_TIMEOUT, R_LOCAL (closed by this process), R_BROKEN, or R_ERR with
- * a Python exception (a signal handler raised). Also returns OK after one sleep
- * slice so callers can run periodic checks. Holds no lock. */
-static int wait_word(Ring *r, uint32_t *word, uint32_t expect, _Atomic uint32_t *waiters, double deadline)
-{
-    _Atomic uint32_t *w = (_Atomic uint32_t *)word;
-    struct ring_hdr *h = r->hdr;
-    if (is_broken(r))
-        return R_BROKEN;
-    if (closing(r))
-        return R_LOCAL;
-    double now = mono();
-    if (now >= deadline)
-        return R_TIMEOUT;
-    int rc = OK, err = 0;
-    PyThreadState *ts = PyEval_SaveThread();
-    if (r->spin > 0) {
-        double end = now + r->spin;
-        if (end > deadline)
-            end = deadline;
-        for (unsigned i = 1;; i++) {
-            if (atomic_load_explicit(w, memory_order_acquire) != expect ||
-                atomic_load_explicit(&h->closed, memory_order_relaxed) || closing(r))
-                goto out;
-            cpu_relax();
-            if ((i & 63) == 0) {
-                if (mono() >= end)
-                    break;
-                /* After a short pure spin, yield now and then: when the peer shares
-                 * our core (a busy machine), spinning would only delay it. */
-                if (i >= 512)
-                    sched_yield();
-            }
-        }
-    }
-    now = mono();
-    if (now >= deadline) {
-        rc = R_TIMEOUT;
-        goto out;
-    }
-    double left = deadline - now;
-    if (left > SLICE)
-        left = SLICE;
-    struct timespec rel = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
-    atomic_fetch_add(waiters, 1); /* seq_cst: pairs with the waker's fence */
-    if (atomic_load(w) == expect && !atomic_load(&h->closed) && !atomic_load(&r->closing)) {
-        if (syscall(SYS_futex, word, FUTEX_WAIT, expect, &rel, NULL, 0) == -1)
-            err = errno;
-    }
-    atomic_fetch_sub(waiters, 1);
-out:
-    PyEval_RestoreThread(ts);
-    if (rc == OK && (err == EINTR || err == ETIMEDOUT) && PyErr_CheckSignals() < 0)
-        return R_ERR;
-    if (rc == OK && is_broken(r))
-        return R_BROKEN;
-    if (rc == OK && closing(r))
-        return R_LOCAL;
-    return rc;
-}
 
-/* ------------------------------------------------------------------------- */
-/* locks and repair */
 
-static void repair_prod(struct ring_hdr *h)
-{
-    if (atomic_load_explicit(&h->pj_valid, memory_order_acquire)) {
-        atomic_store_explicit(&h->msgs_in, h->pj_msgs, memory_order_relaxed);
-        atomic_store_explicit(&h->tail, h->pj_tail, memory_order_release);
-        atomic_store_explicit(&h->pj_valid, 0, memory_order_release);
-    }
-    atomic_store_explicit(&h->frag_active, 0, memory_order_release);
-    atomic_thread_fence(memory_order_seq_cst);
-    futex_wake_all(lo32(&h->tail));
-}
 
-static void repair_cons(struct ring_hdr *h)
-{
-    if (atomic_load_explicit(&h->cj_valid, memory_order_acquire)) {
-        atomic_store_explicit(&h->msgs_out, h->cj_msgs, memory_order_relaxed);
-        atomic_store_explicit(&h->head, h->cj_head, memory_order_release);
-        atomic_store_explicit(&h->cj_valid, 0, memory_order_release);
-    }
-    atomic_thread_fence(memory_order_seq_cst);
-    futex_wake_all(lo32(&h->head));
-}
 
-/* Take a ring lock before `deadline` (nb: one try; EBUSY -> R_EMPTY). The wait is
- * pthread_mutex_clocklock in SLICE steps: signals and a local close get through. */
-static int lock_ring(Ring *r, int prod, double deadline, int nb)
-{
-    struct ring_hdr *h = r->hdr;
-    pthread_mutex_t *m = prod ? &h->prod_lock : &h->cons_lock;
-    int rc = pthread_mutex_trylock(m);
-    if (rc == EBUSY && nb)
-        return R_EMPTY;
-    while (rc == EBUSY) {
-        if (closing(r))
-            return R_LOCAL;
-        double now = mono();
-        if (now >= deadline)
-            return R_TIMEOUT;
-        double until = now + SLICE < deadline ? now + SLICE : deadline;
-        struct timespec abs = {(time_t)until, (long)((until - (double)(time_t)until) * 1e9)};
-        Py_BEGIN_ALLOW_THREADS
-        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &abs);
-        Py_END_ALLOW_THREADS
-        if (rc == ETIMEDOUT) {
-            if (PyErr_CheckSignals() < 0)
-                return R_ERR;
-            rc = EBUSY;
-        }
-    }
-    if (rc == EOWNERDEAD) {
-        atomic_fetch_add(&h->repairs, 1);
-        if (prod)
-            repair_prod(h);
-        else
-            repair_cons(h);
-        rc = pthread_mutex_consistent(m);
-    }
-    if (rc == EDEADLK) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "%S: this thread still holds an unreleased %s; release it first", r->url,
-                     prod ? "loan" : "received view");
-        return R_ERR;
-    }
-    if (rc != 0) {
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return R_ERR;
-    }
-    if (is_broken(r)) { /* the lock word may have been a zero page: release what we took */
-        pthread_mutex_unlock(m);
-        return R_BROKEN;
-    }
-    if (closing(r) && !nb) { /* closed while we waited for the lock */
-        pthread_mutex_unlock(m);
-        return R_LOCAL;
-    }
-    return OK;
-}
 
-static void unlock_ring(Ring *r, int prod)
-{
-    pthread_mutex_unlock(prod ? &r->hdr->prod_lock : &r->hdr->cons_lock);
-}
-
-static inline uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void frag_abort(struct ring_hdr *h)
-{
-    atomic_store_explicit(&h->frag_active, 0, memory_order_release);
-    atomic_thread_fence(memory_order_seq_cst);
-    futex_wake_all(lo32(&h->tail));
-}
-
-/* Is the producer claim held by a live process that made an attempt within PCLAIM_STALE_NS? */
-static int pclaim_live(struct ring_hdr *h)
-{
-    uint64_t beat = atomic_load(&h->pclaim_beat), now = mono_ns();
-    if (now > beat && now - beat > PCLAIM_STALE_NS)
-        return 0;
-    return proc_alive(atomic_load(&h->pclaim_pid), atomic_load(&h->pclaim_start));
-}
-
-/* Under prod_lock: end the producer claim `token`. abort: its message is abandoned
- * (consumers drop what they reassembled); else it was completed. */
-static void pclaim_end(struct ring_hdr *h, uint64_t token, int abort)
-{
-    if (atomic_load(&h->pclaim) != token)
-        return;
-    if (abort)
-        frag_abort(h);
-    uint64_t t = token;
-    if (atomic_compare_exchange_strong(&h->pclaim, &t, 0) && atomic_load(&h->pclaim_waiters))
-        futex_wake_all(lo32(&h->pclaim));
-}
-
-/* Waiting for data: someone mid-message probes the producer lock; a dead owner is repaired,
- * and a dead or stale producer claim is ended (its message abandoned). */
-static void probe_producer(struct ring_hdr *h)
-{
-    int rc = pthread_mutex_trylock(&h->prod_lock);
-    if (rc == EOWNERDEAD) {
-        atomic_fetch_add(&h->repairs, 1);
-        repair_prod(h);
-        pthread_mutex_consistent(&h->prod_lock);
-        rc = 0;
-    }
-    if (rc == 0) {
-        uint64_t pc = atomic_load(&h->pclaim);
-        if (pc && !pclaim_live(h)) {
-            atomic_fetch_add(&h->repairs, 1);
-            pclaim_end(h, pc, 1);
-        }
-        pthread_mutex_unlock(&h->prod_lock);
-    }
-}
 
 /* ------------------------------------------------------------------------- */
 /* producer side */
 
-static void publish(struct ring_hdr *h, uint64_t new_tail, uint64_t new_msgs)
-{
-    h->pj_tail = new_tail;
-    h->pj_msgs = new_msgs;
-    atomic_store_explicit(&h->pj_valid, 1, memory_order_release);
-    atomic_store_explicit(&h->msgs_in, new_msgs, memory_order_relaxed);
-    atomic_store_explicit(&h->tail, new_tail, memory_order_release);
-    atomic_store_explicit(&h->pj_valid, 0, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&h->cons_waiters, memory_order_relaxed))
-        futex_wake_all(lo32(&h->tail));
-}
 
-/* Would a record of `need` bytes (and an item slot, if max_items) fit at `tail`? Sets *pad.
- * Also used without the lock as a hint: tail and head may then be from different moments
- * (clamped here); the producer re-checks under its lock before writing. */
-static inline int room(Ring *r, uint64_t tail, uint64_t head, uint64_t need, uint64_t max_items, uint64_t *pad)
-{
-    struct ring_hdr *h = r->hdr;
-    if (max_items) {
-        uint64_t in = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
-        uint64_t out = atomic_load_explicit(&h->msgs_out, memory_order_acquire);
-        if ((int64_t)(in - out) >= (int64_t)max_items)
-            return 0;
-    }
-    uint64_t used = tail - head;
-    if ((int64_t)used < 0)
-        used = 0; /* head read after a newer publish and consume than tail: no less room than that */
-    uint64_t off = tail % r->cap;
-    *pad = off + need > r->cap ? r->cap - off : 0;
-    return used <= r->cap && r->cap - used >= *pad + need;
-}
 
-/* Write the pad (if any) and a record header at tail; returns the payload pointer. */
-static unsigned char *place(Ring *r, uint64_t pad, uint64_t len, uint32_t flags, uint64_t total)
-{
-    uint64_t tail = atomic_load_explicit(&r->hdr->tail, memory_order_relaxed);
-    uint64_t off = tail % r->cap;
-    if (pad) {
-        struct rec *p = (struct rec *)(r->data + off);
-        p->len = (uint32_t)(pad - REC_HDR);
-        p->flags = F_PAD;
-        p->total = 0;
-        off = 0;
-    }
-    struct rec *rc = (struct rec *)(r->data + off);
-    rc->len = (uint32_t)len;
-    rc->flags = flags;
-    rc->total = total;
-    return r->data + off + REC_HDR;
-}
 
 typedef struct {
     Py_buffer *parts;
@@ -890,17 +264,17 @@ static void gather_gil(unsigned char *dst, gather_t *g, uint64_t from, uint64_t 
  * state (nb: R_EMPTY when there is no room now or the lock is busy). */
 static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double deadline, int nb, uint64_t *pad)
 {
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     for (;;) {
         if (atomic_load_explicit(&h->closed, memory_order_relaxed))
             return R_CLOSED;
         uint64_t pc = atomic_load_explicit(&h->pclaim, memory_order_acquire);
-        if (pc && pc != r->token && pclaim_live(h)) {
+        if (pc && pc != r->c.token && pclaim_live(h)) {
             /* another handle's fragmented message is half written: wait for its claim to end */
             if (nb)
                 return R_EMPTY;
             double until = mono() + PROBE;
-            int rc = wait_word(r, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters,
+            int rc = wait_word(&r->c, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters,
                                until < deadline ? until : deadline);
             if (rc != OK && !(rc == R_TIMEOUT && until < deadline))
                 return rc;
@@ -908,28 +282,41 @@ static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double dea
         }
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
         uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
-        if (room(r, tail, head, need, max_items, pad)) {
-            int rc = lock_ring(r, 1, deadline, nb);
+        /* tail read before head: tail - head may be negative (consumers moved on), never above
+         * capacity, and both are record edges; otherwise look again under the lock */
+        int odd = ((tail | head) & (REC_HDR - 1)) || (int64_t)(tail - head) > (int64_t)r->c.cap;
+        if (odd || room(&r->c, tail, head, need, max_items, pad)) {
+            int rc = lock_ring(&r->c, 1, deadline, nb);
             if (rc != OK)
                 return rc;
-            pc = atomic_load(&h->pclaim);
-            if (pc && (pc == r->token || !pclaim_live(h))) {
-                /* our own half-written message (another message now), or a dead or stale
-                 * claimant's: abandoned */
-                if (pc != r->token)
-                    atomic_fetch_add(&h->repairs, 1);
-                pclaim_end(h, pc, 1);
-                if (pc == r->token)
-                    Py_CLEAR(r->pdata);
-            } else if (pc) {
-                unlock_ring(r, 1); /* claimed meanwhile: wait for it above */
+            if ((rc = check_prod(&r->c, NULL, NULL)) != OK) {
+                unlock_ring(&r->c, 1);
+                return rc;
+            }
+            if (odd) { /* it was a transient after all: look again */
+                unlock_ring(&r->c, 1);
                 continue;
             }
-            tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-            head = atomic_load_explicit(&h->head, memory_order_acquire);
-            if (room(r, tail, head, need, max_items, pad) && !atomic_load(&h->closed))
+            pc = atomic_load(&h->pclaim);
+            if (pc && (pc == r->c.token || !pclaim_live(h))) {
+                /* our own half-written message (another message now), or a dead or stale
+                 * claimant's: abandoned */
+                if (pc != r->c.token)
+                    atomic_fetch_add(&h->repairs, 1);
+                pclaim_end(h, pc, 1);
+                if (pc == r->c.token)
+                    Py_CLEAR(r->pdata);
+            } else if (pc) {
+                unlock_ring(&r->c, 1); /* claimed meanwhile: wait for it above */
+                continue;
+            }
+            if ((rc = check_prod(&r->c, &tail, &head)) != OK) {
+                unlock_ring(&r->c, 1);
+                return rc;
+            }
+            if (room(&r->c, tail, head, need, max_items, pad) && !atomic_load(&h->closed))
                 return OK;
-            unlock_ring(r, 1); /* another producer took the room meanwhile: look again */
+            unlock_ring(&r->c, 1); /* another producer took the room meanwhile: look again */
             continue;
         }
         if (nb) {
@@ -939,7 +326,7 @@ static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double dea
             }
             return R_EMPTY;
         }
-        int rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
+        int rc = wait_word(&r->c, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
         if (rc != OK)
             return rc;
     }
@@ -951,20 +338,20 @@ static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double dea
  * handle resumes it. g->obj is the data object. */
 static int produce_frag_nb(Ring *r, gather_t *g, uint64_t total, uint64_t max_items)
 {
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     uint64_t pad;
-    int rc, resume = r->pdata == g->obj && g->obj && atomic_load(&h->pclaim) == r->token;
+    int rc, resume = r->pdata == g->obj && g->obj && atomic_load(&h->pclaim) == r->c.token;
     if (resume) {
-        rc = lock_ring(r, 1, 0.0, 1);
+        rc = lock_ring(&r->c, 1, 0.0, 1);
         if (rc != OK)
             return rc; /* busy: R_EMPTY */
-        if (atomic_load(&h->pclaim) != r->token) { /* taken over (stale) meanwhile: start again */
-            unlock_ring(r, 1);
+        if (atomic_load(&h->pclaim) != r->c.token) { /* taken over (stale) meanwhile: start again */
+            unlock_ring(&r->c, 1);
             Py_CLEAR(r->pdata);
             return R_EMPTY;
         }
     } else {
-        rc = reserve_locked(r, rec_size(r->frag_max), max_items, 0.0, 1, &pad);
+        rc = reserve_locked(r, rec_size(r->c.frag_max), max_items, 0.0, 1, &pad);
         if (rc != OK)
             return rc;
         Py_CLEAR(r->pdata);
@@ -973,19 +360,20 @@ static int produce_frag_nb(Ring *r, gather_t *g, uint64_t total, uint64_t max_it
     }
     uint64_t done = r->pdone, head = 0;
     while (done < total) {
-        uint64_t chunk = total - done < r->frag_max ? total - done : r->frag_max;
+        uint64_t chunk = total - done < r->c.frag_max ? total - done : r->c.frag_max;
         int last = done + chunk == total;
         if (atomic_load_explicit(&h->closed, memory_order_relaxed)) {
             rc = R_CLOSED;
             goto abort;
         }
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-        head = atomic_load_explicit(&h->head, memory_order_acquire);
-        if (!room(r, tail, head, rec_size(chunk), 0, &pad))
+        uint64_t tail;
+        if ((rc = check_prod(&r->c, &tail, &head)) != OK)
+            goto abort;
+        if (!room(&r->c, tail, head, rec_size(chunk), 0, &pad))
             break;
-        unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
+        unsigned char *dst = place(&r->c, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
         gather_gil(dst, g, done, chunk);
-        if (is_broken(r)) {
+        if (is_broken(&r->c)) {
             rc = R_BROKEN;
             goto abort;
         }
@@ -995,10 +383,10 @@ static int produce_frag_nb(Ring *r, gather_t *g, uint64_t total, uint64_t max_it
     }
     if (done == total) {
         atomic_store_explicit(&h->frag_active, 0, memory_order_release);
-        pclaim_end(h, r->token, 0);
+        pclaim_end(h, r->c.token, 0);
         Py_CLEAR(r->pdata);
         r->pdone = 0;
-        unlock_ring(r, 1);
+        unlock_ring(&r->c, 1);
         return OK;
     }
     /* no room for the next fragment now: the message stays claimed by this handle */
@@ -1007,26 +395,26 @@ static int produce_frag_nb(Ring *r, gather_t *g, uint64_t total, uint64_t max_it
         r->pdata = Py_NewRef(g->obj);
     atomic_store(&h->pclaim_beat, mono_ns());
     if (!resume) {
-        if (!r->start) {
+        if (!r->c.start) {
             char state;
-            if (read_stat(r->pid, &state, &r->start) != 0)
-                r->start = 0;
+            if (read_stat(r->c.pid, &state, &r->c.start) != 0)
+                r->c.start = 0;
         }
-        atomic_store(&h->pclaim_pid, r->pid);
-        atomic_store(&h->pclaim_start, r->start);
-        atomic_store(&h->pclaim, r->token);
+        atomic_store(&h->pclaim_pid, r->c.pid);
+        atomic_store(&h->pclaim_start, r->c.start);
+        atomic_store(&h->pclaim, r->c.token);
     }
     r->fail_head = head; /* _wait("send") waits for head to move past this */
     r->fail_valid = 1;
-    unlock_ring(r, 1);
+    unlock_ring(&r->c, 1);
     return R_EMPTY;
 abort:
-    if (resume || atomic_load(&h->pclaim) == r->token)
-        pclaim_end(h, r->token, 1);
+    if (resume || atomic_load(&h->pclaim) == r->c.token)
+        pclaim_end(h, r->c.token, 1);
     else
         frag_abort(h);
     Py_CLEAR(r->pdata);
-    unlock_ring(r, 1);
+    unlock_ring(&r->c, 1);
     return rc;
 }
 
@@ -1034,22 +422,21 @@ abort:
  * there is no room now); a fragmented one, once started, waits for the rest (THEORY). */
 static int produce(Ring *r, gather_t *g, uint64_t total, double deadline, uint64_t max_items, int nb)
 {
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     uint64_t pad;
-    if (total <= r->frag_max) {
+    if (total <= r->c.frag_max) {
         uint64_t need = rec_size(total);
         int rc = reserve_locked(r, need, max_items, deadline, nb, &pad);
         if (rc != OK)
             return rc;
-        unsigned char *dst = place(r, pad, total, F_FIRST | F_LAST, total);
+        unsigned char *dst = place(&r->c, pad, total, F_FIRST | F_LAST, total);
         gather_gil(dst, g, 0, total);
-        if (is_broken(r)) {
-            unlock_ring(r, 1);
+        if (is_broken(&r->c)) {
+            unlock_ring(&r->c, 1);
             return R_BROKEN; /* never publish a record written into vanished pages */
         }
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-        publish(h, tail + pad + need, atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
-        unlock_ring(r, 1);
+        publish(h, r->c.vtail + pad + need, atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
+        unlock_ring(&r->c, 1);
         return OK;
     }
     if (nb)
@@ -1057,7 +444,7 @@ static int produce(Ring *r, gather_t *g, uint64_t total, double deadline, uint64
     /* Fragments: wait (no lock) until the first fits, then hold prod_lock across all of
      * them, waiting for space under it (the one wait under a lock); abort (frag_active = 0)
      * on timeout, close or a signal. */
-    int rc = reserve_locked(r, rec_size(r->frag_max), max_items, deadline, nb, &pad);
+    int rc = reserve_locked(r, rec_size(r->c.frag_max), max_items, deadline, nb, &pad);
     if (rc != OK)
         return rc;
     if (r->pdata) /* a half-written message of ours was abandoned by reserve_locked */
@@ -1066,91 +453,49 @@ static int produce(Ring *r, gather_t *g, uint64_t total, double deadline, uint64
     uint64_t done = 0;
     int first = 1;
     while (done < total) {
-        uint64_t chunk = total - done < r->frag_max ? total - done : r->frag_max;
+        uint64_t chunk = total - done < r->c.frag_max ? total - done : r->c.frag_max;
         int last = done + chunk == total;
         while (!first) {
             if (atomic_load_explicit(&h->closed, memory_order_relaxed)) {
                 rc = R_CLOSED;
                 goto abort;
             }
-            uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-            uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
-            if (room(r, tail, head, rec_size(chunk), 0, &pad))
+            uint64_t tail, head;
+            if ((rc = check_prod(&r->c, &tail, &head)) != OK)
+                goto abort;
+            if (room(&r->c, tail, head, rec_size(chunk), 0, &pad))
                 break;
-            rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
+            rc = wait_word(&r->c, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
             if (rc != OK)
                 goto abort;
         }
         first = 0;
-        unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
+        unsigned char *dst = place(&r->c, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
         gather_gil(dst, g, done, chunk);
-        if (is_broken(r)) {
+        if (is_broken(&r->c)) {
             rc = R_BROKEN;
             goto abort;
         }
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
         uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
-        publish(h, tail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
+        publish(h, r->c.vtail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
         done += chunk;
     }
     atomic_store_explicit(&h->frag_active, 0, memory_order_release);
-    unlock_ring(r, 1);
+    unlock_ring(&r->c, 1);
     return OK;
 abort:
     frag_abort(h);
-    unlock_ring(r, 1);
+    unlock_ring(&r->c, 1);
     return rc;
 }
 
 /* ------------------------------------------------------------------------- */
 /* consumer side */
 
-static void advance(struct ring_hdr *h, uint64_t new_head, int count)
-{
-    if (count) {
-        uint64_t msgs = atomic_load_explicit(&h->msgs_out, memory_order_relaxed) + 1;
-        h->cj_head = new_head;
-        h->cj_msgs = msgs;
-        atomic_store_explicit(&h->cj_valid, 1, memory_order_release);
-        atomic_store_explicit(&h->msgs_out, msgs, memory_order_relaxed);
-        atomic_store_explicit(&h->head, new_head, memory_order_release);
-        atomic_store_explicit(&h->cj_valid, 0, memory_order_relaxed);
-    } else {
-        atomic_store_explicit(&h->head, new_head, memory_order_release);
-    }
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&h->prod_waiters, memory_order_relaxed))
-        futex_wake_all(lo32(&h->head));
-}
 
-/* Claims (THEORY: waiting and claims). Set under cons_lock; cleared by the owner, or by a
- * cons_lock holder that found its owner dead. */
-static void claim_set(Ring *r)
-{
-    struct ring_hdr *h = r->hdr;
-    if (!r->start) {
-        char state;
-        if (read_stat(r->pid, &state, &r->start) != 0)
-            r->start = 0;
-    }
-    atomic_store_explicit(&h->claim_pid, r->pid, memory_order_relaxed);
-    atomic_store_explicit(&h->claim_start, r->start, memory_order_relaxed);
-    atomic_store_explicit(&h->claim, r->token, memory_order_release);
-}
 
-static void claim_clear(struct ring_hdr *h, uint64_t token)
-{
-    uint64_t t = token;
-    if (atomic_compare_exchange_strong(&h->claim, &t, 0) && atomic_load(&h->claim_waiters))
-        futex_wake_all(lo32(&h->claim)); /* the CAS is seq_cst: the Dekker pair with the waiters */
-}
 
-static inline int foreign_claim(Ring *r, uint64_t claim) { return claim != 0 && claim != r->token; }
 
-static int claimant_alive(struct ring_hdr *h)
-{
-    return proc_alive(atomic_load(&h->claim_pid), atomic_load(&h->claim_start));
-}
 
 static PyObject *RingView_new(Ring *r, unsigned char *ptr, Py_ssize_t len, uint64_t new_head);
 static void RingView_drop(PyObject *v);
@@ -1188,12 +533,24 @@ static PyObject *finish_partial(Ring *r, int want_view)
 /* With cons_lock held: take the records at head. Returns a message (cons_lock released, or
  * kept by a RingView), or NULL with *rcp = R_EMPTY (lock released: nothing deliverable now —
  * empty, mid-message, or another live consumer's claim), R_ERR (exception set) or a state. */
-static PyObject *take_locked(Ring *r, int want_view, int *rcp)
+static PyObject *take_locked(Ring *r, int want_view, double deadline, const expect_t *ex, int *rcp)
 {
-    struct ring_hdr *h = r->hdr;
-    for (;;) {
+    struct ring_hdr *h = r->c.hdr;
+    for (unsigned iter = 1;; iter++) {
+        /* bounded (each turn moves head >= 16 bytes towards a tail <= capacity away), yet
+         * checked like every loop: the deadline and pending signals (GIL held) */
+        if ((iter & 255) == 0) {
+            if (mono() >= deadline) {
+                *rcp = R_TIMEOUT;
+                break;
+            }
+            if (PyErr_CheckSignals() < 0) {
+                *rcp = R_ERR;
+                break;
+            }
+        }
         uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
-        if (foreign_claim(r, claim)) {
+        if (foreign_claim(&r->c, claim)) {
             if (claimant_alive(h)) {
                 *rcp = R_EMPTY;
                 break;
@@ -1201,9 +558,10 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
             claim_clear(h, claim); /* its owner died: the rest of its message is skipped below */
             atomic_fetch_add(&h->repairs, 1);
         }
-        uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-        if (is_broken(r)) {
+        uint64_t head, tail;
+        if ((*rcp = check_cons(&r->c, &head, &tail)) != OK)
+            break;
+        if (is_broken(&r->c)) {
             *rcp = R_BROKEN;
             break;
         }
@@ -1212,24 +570,24 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
             if (r->partial && !atomic_load_explicit(&h->frag_active, memory_order_acquire) &&
                 atomic_load_explicit(&h->tail, memory_order_acquire) == tail) {
                 Py_CLEAR(r->partial);
-                claim_clear(h, r->token);
+                claim_clear(h, r->c.token);
             }
             *rcp = R_EMPTY;
             break;
         }
-        uint64_t off = head % r->cap;
-        struct rec *rec = (struct rec *)(r->data + off);
+        uint64_t off = head % r->c.cap;
+        struct rec *rec = (struct rec *)(r->c.data + off);
         uint32_t len = rec->len, flags = rec->flags;
         uint64_t total = rec->total;
-        if (is_broken(r)) { /* the record header was on a vanished page: do not advance */
+        if (is_broken(&r->c)) { /* the record header was on a vanished page: do not advance */
             *rcp = R_BROKEN;
             break;
         }
-        if (off + REC_HDR + len > r->cap || rec_size(len) > tail - head || (flags & ~7u) ||
-            ((flags & F_FIRST) && total < len)) {
-            PyErr_Format(E_Bad, "recv on %S: corrupt record at offset %llu (len %u, flags 0x%x)", r->url,
-                         (unsigned long long)off, len, flags);
-            *rcp = R_ERR;
+        const char *bad = rc_check_record(&r->c, off, len, flags, total, tail - head, r->partial != NULL,
+                                          r->ptotal, r->filled);
+        if (bad) {
+            *rcp = corrupt(&r->c, "record at offset %llu (len %u, flags 0x%x, total %llu): %s", (unsigned long long)off,
+                           len, flags, (unsigned long long)total, bad);
             break;
         }
         uint64_t next = head + rec_size(len);
@@ -1240,13 +598,21 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
         if (flags & F_FIRST) {
             if (r->partial) { /* an aborted or orphaned message: never delivered */
                 Py_CLEAR(r->partial);
-                claim_clear(h, r->token);
+                claim_clear(h, r->c.token);
             }
         } else if (!r->partial) {
             advance(h, next, (flags & F_LAST) != 0); /* the rest of a message a dead consumer claimed */
             continue;
         }
-        unsigned char *src = r->data + off + REC_HDR;
+        unsigned char *src = r->c.data + off + REC_HDR;
+        if (ex && (flags & F_FIRST) && (len < (uint64_t)ex->n || memcmp(src, ex->p, (size_t)ex->n) != 0)) {
+            /* not the kind the caller asked for: leave it at head, say what it is */
+            r->mis_total = total;
+            r->mis_n = len < sizeof r->mis_head ? (int)len : (int)sizeof r->mis_head;
+            memcpy(r->mis_head, src, (size_t)r->mis_n);
+            *rcp = R_MISMATCH;
+            break;
+        }
         if ((flags & (F_FIRST | F_LAST)) == (F_FIRST | F_LAST)) {
             if (want_view == 1 || (want_view == 2 && len >= VIEW_MIN)) {
                 /* a memoryview over a RingView: keeps cons_lock (and the mapping) until released */
@@ -1264,13 +630,13 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
                 break;
             }
             copy_out(PyBytes_AS_STRING(out), src, len);
-            if (is_broken(r)) {
+            if (is_broken(&r->c)) {
                 Py_DECREF(out);
                 *rcp = R_BROKEN;
                 break;
             }
             advance(h, next, 1);
-            unlock_ring(r, 0);
+            unlock_ring(&r->c, 0);
             return out;
         }
         if (flags & F_FIRST) {
@@ -1281,24 +647,18 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
             }
             r->ptotal = total;
             r->filled = 0;
-            claim_set(r);
-        }
-        if (r->filled + len > r->ptotal) {
-            Py_CLEAR(r->partial);
-            claim_clear(h, r->token);
-            advance(h, next, (flags & F_LAST) != 0);
-            continue;
+            claim_set(&r->c);
         }
         copy_out(PyBytes_AS_STRING(r->partial) + r->filled, src, len);
-        if (is_broken(r)) {
+        if (is_broken(&r->c)) {
             *rcp = R_BROKEN;
             break;
         }
         r->filled += len;
         if (flags & F_LAST) {
             advance(h, next, 1);
-            claim_clear(h, r->token);
-            unlock_ring(r, 0);
+            claim_clear(h, r->c.token);
+            unlock_ring(&r->c, 0);
             PyObject *out = finish_partial(r, want_view);
             if (!out)
                 *rcp = R_ERR;
@@ -1306,18 +666,18 @@ static PyObject *take_locked(Ring *r, int want_view, int *rcp)
         }
         advance(h, next, 0);
     }
-    unlock_ring(r, 0);
+    unlock_ring(&r->c, 0);
     return NULL;
 }
 
 /* Receive one message. Waits (nb: never) holding no lock: for data, for another consumer's
  * claim to end, or (mid-message) for the rest; takes cons_lock only to take records.
  * Returns the message, or NULL with *rcp = R_EMPTY (nb: nothing now), R_ERR or a state. */
-static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *rcp)
+static PyObject *consume(Ring *r, double deadline, int want_view, int nb, const expect_t *ex, int *rcp)
 {
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     for (;;) {
-        if (is_broken(r)) {
+        if (is_broken(&r->c)) {
             *rcp = R_BROKEN;
             return NULL;
         }
@@ -1325,14 +685,14 @@ static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *r
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
         uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
         int rc;
-        if (foreign_claim(r, claim) && claimant_alive(h)) {
+        if (foreign_claim(&r->c, claim) && claimant_alive(h)) {
             /* another consumer is mid-message: its fragments are at head */
             if (nb) {
                 *rcp = R_EMPTY;
                 return NULL;
             }
             double until = mono() + PROBE; /* then probe the claimant's liveness again */
-            rc = wait_word(r, lo32(&h->claim), (uint32_t)claim, &h->claim_waiters, until < deadline ? until : deadline);
+            rc = wait_word(&r->c, lo32(&h->claim), (uint32_t)claim, &h->claim_waiters, until < deadline ? until : deadline);
             if (rc == R_TIMEOUT && until < deadline)
                 continue;
             if (rc != OK) {
@@ -1349,7 +709,7 @@ static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *r
                         return NULL;
                     }
                     double until = mono() + PROBE;
-                    rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters,
+                    rc = wait_word(&r->c, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters,
                                    until < deadline ? until : deadline);
                     if (rc == R_TIMEOUT && until < deadline) {
                         probe_producer(h); /* EBUSY while the producer lives; repairs a dead one */
@@ -1373,7 +733,7 @@ static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *r
                     *rcp = R_EMPTY;
                     return NULL;
                 }
-                rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, deadline);
+                rc = wait_word(&r->c, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, deadline);
                 if (rc != OK) {
                     *rcp = rc;
                     return NULL;
@@ -1381,12 +741,12 @@ static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *r
                 continue;
             }
         }
-        rc = lock_ring(r, 0, deadline, nb);
+        rc = lock_ring(&r->c, 0, deadline, nb);
         if (rc != OK) {
             *rcp = rc;
             return NULL;
         }
-        PyObject *got = take_locked(r, want_view, &rc);
+        PyObject *got = take_locked(r, want_view, nb ? INFINITY : deadline, ex, &rc);
         if (got || rc != R_EMPTY) {
             *rcp = rc;
             return got;
@@ -1400,9 +760,9 @@ static PyObject *consume(Ring *r, double deadline, int want_view, int nb, int *r
  * the deadline passes, or the handle is closed. Returns OK or R_ERR (exception). */
 static int wait_recv(Ring *r, double deadline)
 {
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     for (;;) {
-        if (is_broken(r) || atomic_load(&h->closed))
+        if (is_broken(&r->c) || atomic_load(&h->closed))
             return OK;
         uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
@@ -1411,17 +771,17 @@ static int wait_recv(Ring *r, double deadline)
         double until = mono() + PROBE;
         if (until > deadline)
             until = deadline;
-        if (foreign_claim(r, claim) && claimant_alive(h)) {
-            rc = wait_word(r, lo32(&h->claim), (uint32_t)claim, &h->claim_waiters, until);
+        if (foreign_claim(&r->c, claim) && claimant_alive(h)) {
+            rc = wait_word(&r->c, lo32(&h->claim), (uint32_t)claim, &h->claim_waiters, until);
         } else if (head == tail && !(r->partial && !atomic_load(&h->frag_active))) {
-            rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, r->partial ? until : deadline);
+            rc = wait_word(&r->c, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, r->partial ? until : deadline);
             if (rc == R_TIMEOUT && r->partial)
                 probe_producer(h);
         } else {
             /* ready: wait until no other consumer holds cons_lock (a view, a copy) */
-            rc = lock_ring(r, 0, deadline, 0);
+            rc = lock_ring(&r->c, 0, deadline, 0);
             if (rc == OK)
-                unlock_ring(r, 0);
+                unlock_ring(&r->c, 0);
             return rc == R_ERR ? R_ERR : OK;
         }
         if (rc == R_ERR)
@@ -1437,16 +797,16 @@ static int wait_recv(Ring *r, double deadline)
  * not full) and prod_lock is free, the deadline passes, or the handle is closed. */
 static int wait_send(Ring *r, double deadline)
 {
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     for (;;) {
-        if (is_broken(r) || atomic_load(&h->closed))
+        if (is_broken(&r->c) || atomic_load(&h->closed))
             return OK;
         uint64_t pc = atomic_load_explicit(&h->pclaim, memory_order_acquire);
-        if (pc && pc == r->token)
+        if (pc && pc == r->c.token)
             atomic_store(&h->pclaim_beat, mono_ns()); /* our half-written message: still wanted */
-        if (pc && pc != r->token && pclaim_live(h)) {
+        if (pc && pc != r->c.token && pclaim_live(h)) {
             double until = mono() + PROBE;
-            int rc = wait_word(r, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters,
+            int rc = wait_word(&r->c, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters,
                                until < deadline ? until : deadline);
             if (rc == R_ERR)
                 return R_ERR;
@@ -1457,16 +817,16 @@ static int wait_send(Ring *r, double deadline)
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
         uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
         uint64_t used = tail - head;
-        int ready = r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->cap);
+        int ready = r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->c.cap);
         if (ready) {
             r->fail_valid = 0;
-            int rc = lock_ring(r, 1, deadline, 0);
+            int rc = lock_ring(&r->c, 1, deadline, 0);
             if (rc == OK)
-                unlock_ring(r, 1);
+                unlock_ring(&r->c, 1);
             return rc == R_ERR ? R_ERR : OK;
         }
-        double until = pc == r->token && pc ? mono() + 0.25 : deadline; /* beat a held claim */
-        int rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, until < deadline ? until : deadline);
+        double until = pc == r->c.token && pc ? mono() + 0.25 : deadline; /* beat a held claim */
+        int rc = wait_word(&r->c, lo32(&h->head), (uint32_t)head, &h->prod_waiters, until < deadline ? until : deadline);
         if (rc == R_ERR)
             return R_ERR;
         if (rc == R_TIMEOUT && until < deadline)
@@ -1487,6 +847,7 @@ typedef struct {
     uint64_t new_head;
     Py_ssize_t exports;
     int done;
+    int keep; /* keep(): releasing gives the message back instead of consuming it */
 } RingView;
 
 static PyTypeObject RingViewType;
@@ -1497,7 +858,7 @@ static PyObject *RingView_new(Ring *r, unsigned char *ptr, Py_ssize_t len, uint6
 {
     RingView *v = PyObject_New(RingView, &RingViewType);
     if (!v) {
-        unlock_ring(r, 0);
+        unlock_ring(&r->c, 0);
         return NULL;
     }
     Py_INCREF(r);
@@ -1507,6 +868,7 @@ static PyObject *RingView_new(Ring *r, unsigned char *ptr, Py_ssize_t len, uint6
     v->new_head = new_head;
     v->exports = 0;
     v->done = 0;
+    v->keep = 0;
     r->exports++; /* the mapping stays until the view is released, even after close() */
     return (PyObject *)v;
 }
@@ -1516,8 +878,9 @@ static void RingView_finish(RingView *v)
     if (v->done)
         return;
     v->done = 1;
-    advance(v->ring->hdr, v->new_head, 1);
-    unlock_ring(v->ring, 0);
+    if (!v->keep) /* keep(): the message stays at head for the next recv */
+        advance(v->ring->c.hdr, v->new_head, 1);
+    unlock_ring(&v->ring->c, 0);
     ring_export_done(v->ring);
 }
 
@@ -1528,7 +891,7 @@ static void RingView_drop(PyObject *o)
     if (v->done)
         return;
     v->done = 1;
-    unlock_ring(v->ring, 0);
+    unlock_ring(&v->ring->c, 0);
     ring_export_done(v->ring);
 }
 
@@ -1557,6 +920,18 @@ static void RingView_dealloc(RingView *v)
     PyObject_Free(v);
 }
 
+static PyObject *RingView_keep(RingView *v, PyObject *unused)
+{
+    v->keep = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef RingView_methods[] = {
+    {"keep", (PyCFunction)RingView_keep, METH_NOARGS,
+     "keep(): when the last export is released, leave the message in the ring (not consumed)"},
+    {NULL},
+};
+
 static PyBufferProcs RingView_as_buffer = {(getbufferproc)RingView_getbuffer, (releasebufferproc)RingView_releasebuffer};
 
 static PyTypeObject RingViewType = {
@@ -1564,6 +939,7 @@ static PyTypeObject RingViewType = {
     .tp_basicsize = sizeof(RingView),
     .tp_dealloc = (destructor)RingView_dealloc,
     .tp_as_buffer = &RingView_as_buffer,
+    .tp_methods = RingView_methods,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A received message in place; releasing the last buffer export consumes it.",
 };
@@ -1577,17 +953,20 @@ typedef struct {
     unsigned char *ptr;
     Py_ssize_t size;
     uint64_t pad;
+    uint64_t tail; /* validated at loan time (check_prod): commit publishes from it */
     Py_ssize_t exports;
     int done;
 } RingLoan;
 
 static PyTypeObject RingLoanType;
 
+/* Commit or abort: the producer lock goes now. Buffers exported from the loan (a numpy array
+ * over it) may outlive this; the mapping stays until the loan object itself is gone (dealloc),
+ * and what they write after the commit lands in a published message (documented: do not). */
 static void RingLoan_end(RingLoan *l)
 {
     l->done = 1;
-    unlock_ring(l->ring, 1);
-    ring_export_done(l->ring);
+    unlock_ring(&l->ring->c, 1);
 }
 
 static PyObject *RingLoan_commit(RingLoan *l, PyObject *arg)
@@ -1603,40 +982,30 @@ static PyObject *RingLoan_commit(RingLoan *l, PyObject *arg)
         PyErr_Format(PyExc_ValueError, "commit(%zd): the loan is %zd bytes", n, l->size);
         return NULL;
     }
-    if (l->exports) {
-        PyErr_SetString(PyExc_BufferError, "release every view of the loan before committing");
-        return NULL;
-    }
     Ring *r = l->ring;
-    if (closing(r)) { /* the handle was closed while the loan was open: publish nothing */
+    if (closing(&r->c)) { /* the handle was closed while the loan was open: publish nothing */
         RingLoan_end(l);
         closed_here(r, "commit");
         return NULL;
     }
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     struct rec *rec = (struct rec *)(l->ptr - REC_HDR);
     rec->len = (uint32_t)n;
-    if (is_broken(r)) {
+    if (is_broken(&r->c)) {
         raise_state(r, R_BROKEN, "commit", NULL);
         RingLoan_end(l);
         return NULL;
     }
     rec->total = (uint64_t)n;
-    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
-    publish(h, tail + l->pad + rec_size((uint64_t)n), atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
+    publish(h, l->tail + l->pad + rec_size((uint64_t)n), atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
     RingLoan_end(l);
     Py_RETURN_NONE;
 }
 
 static PyObject *RingLoan_abort(RingLoan *l, PyObject *unused)
 {
-    if (!l->done) {
-        if (l->exports) {
-            PyErr_SetString(PyExc_BufferError, "release every view of the loan before aborting");
-            return NULL;
-        }
+    if (!l->done)
         RingLoan_end(l);
-    }
     Py_RETURN_NONE;
 }
 
@@ -1658,6 +1027,7 @@ static void RingLoan_dealloc(RingLoan *l)
 {
     if (!l->done)
         RingLoan_end(l); /* never committed: nothing published */
+    ring_export_done(l->ring); /* no buffer of it is left: the mapping may go */
     Py_DECREF(l->ring);
     PyObject_Free(l);
 }
@@ -1685,22 +1055,22 @@ static PyTypeObject RingLoanType = {
 
 static void ring_unmap_now(Ring *r)
 {
-    if (r->hdr && !atomic_exchange(&r->unmapped, 1)) {
+    if (r->c.hdr && !atomic_exchange(&r->unmapped, 1)) {
         if (r->partial) { /* closed mid-message: drop the claim (the rest is skipped, THEORY) */
             Py_CLEAR(r->partial);
-            claim_clear(r->hdr, r->token);
+            claim_clear(r->c.hdr, r->c.token);
         }
         if (r->pdata) { /* a half-written message: make the claim stale, the next peer ends it */
             Py_CLEAR(r->pdata);
-            if (atomic_load(&r->hdr->pclaim) == r->token)
-                atomic_store(&r->hdr->pclaim_beat, 0);
+            if (atomic_load(&r->c.hdr->pclaim) == r->c.token)
+                atomic_store(&r->c.hdr->pclaim_beat, 0);
         }
-        if (r->slot >= 0)
-            atomic_store(&slot_base[r->slot], 0); /* before munmap: the handler must not claim a reused range */
-        r->slot = -1;
-        munmap(r->hdr, r->map_size);
-        r->hdr = NULL;
-        r->data = NULL;
+        if (r->c.slot >= 0)
+            slot_unregister(r->c.slot); /* before munmap: the handler must not claim a reused range */
+        r->c.slot = -1;
+        munmap(r->c.hdr, r->c.map_size);
+        r->c.hdr = NULL;
+        r->c.data = NULL;
     }
 }
 
@@ -1721,18 +1091,18 @@ static int Ring_init(Ring *r, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "iUpKIKd:Ring", kwlist, &fd, &url, &create, &capacity, &owner_pid,
                                      &owner_start, &spin))
         return -1;
-    if (r->hdr) {
+    if (r->c.hdr) {
         PyErr_SetString(PyExc_RuntimeError, "Ring already initialised");
         return -1;
     }
     Py_INCREF(url);
     Py_XSETREF(r->url, url);
-    r->slot = -1;
-    r->spin = spin < 0 ? 0 : spin;
+    r->c.slot = -1;
+    r->c.spin = spin < 0 ? 0 : spin;
     r->fork_gen = fork_gen;
-    r->pid = (uint32_t)getpid();
-    r->start = owner_pid == r->pid ? owner_start : 0;
-    r->token = ((uint64_t)r->pid << 32) | ++token_serial;
+    r->c.pid = (uint32_t)getpid();
+    r->c.start = owner_pid == r->c.pid ? owner_start : 0;
+    r->c.token = ((uint64_t)r->c.pid << 32) | ++token_serial;
     uint64_t start = 0; /* TEST HOOK (see THEORY: counters and wrap) */
     const char *start_env = create ? getenv("KIPC_RING_TEST_START") : NULL;
     if (start_env && *start_env) {
@@ -1770,55 +1140,17 @@ static int Ring_init(Ring *r, PyObject *args, PyObject *kw)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    struct ring_hdr *h = base;
-    if (create) {
-        memset(h, 0, sizeof *h);
-        h->version = RING_VERSION;
-        h->hdr_size = HDR_SIZE;
-        h->capacity = capacity;
-        h->total_size = (uint64_t)st.st_size;
-        h->owner_uid = (uint32_t)geteuid();
-        h->owner_pid = owner_pid;
-        h->owner_start = owner_start;
-        h->msgs_in = h->msgs_out = start;
-        h->head = h->tail = start & ~(uint64_t)(REC_HDR - 1); /* records are 16-byte aligned */
-        pthread_mutexattr_t a;
-        pthread_mutexattr_init(&a);
-        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-        pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
-        int e1 = pthread_mutex_init(&h->prod_lock, &a), e2 = pthread_mutex_init(&h->cons_lock, &a);
-        pthread_mutexattr_destroy(&a);
-        if (e1 || e2) {
-            munmap(base, (size_t)st.st_size);
-            errno = e1 ? e1 : e2;
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        atomic_store_explicit(&h->magic, RING_MAGIC, memory_order_release); /* published last */
-    } else {
-        const char *why = NULL;
-        if (atomic_load_explicit(&h->magic, memory_order_acquire) != RING_MAGIC)
-            why = "bad magic";
-        else if (h->version != RING_VERSION)
-            why = "unsupported version";
-        else if (h->hdr_size != HDR_SIZE || h->total_size != (uint64_t)st.st_size ||
-                 h->capacity != (uint64_t)st.st_size - HDR_SIZE || (h->capacity & (h->capacity - 1)))
-            why = "sizes in the header do not match the object";
-        else if (h->owner_uid != (uint32_t)geteuid())
-            why = "header names another owner uid";
-        if (why) {
-            munmap(base, (size_t)st.st_size);
+    const char *why = rc_header_init(base, (size_t)st.st_size, create, capacity, owner_pid, owner_start, start);
+    if (why) {
+        munmap(base, (size_t)st.st_size);
+        if (create) {
+            PyErr_Format(PyExc_OSError, "ring %S: %s", url, why);
+        } else {
             PyErr_Format(E_Bad, "ring %S: %s (not a kipc ring v%u, or corrupted)", url, why, RING_VERSION);
-            return -1;
         }
+        return -1;
     }
-    r->hdr = h;
-    r->data = (unsigned char *)base + HDR_SIZE;
-    r->map_size = (size_t)st.st_size;
-    r->cap = h->capacity;
-    r->frag_max = (r->cap / 2 - REC_HDR) & ~(uint64_t)15u;
-    r->slot = slot_register(base, (size_t)st.st_size);
+    rc_bind(&r->c, base, (size_t)st.st_size);
     return 0;
 }
 
@@ -1987,9 +1319,18 @@ done:
  * knobs["view"] true or view=1: a RingView; view=2: a RingView only for messages >= 16 KiB. */
 static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs > 3) {
-        PyErr_SetString(PyExc_TypeError, "recv(deadline=FOREVER, knobs=None, view=0)");
+    if (nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "recv(deadline=FOREVER, knobs=None, view=0, expect=None)");
         return NULL;
+    }
+    expect_t ex = {NULL, 0};
+    if (nargs > 3 && args[3] != Py_None) {
+        if (!PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) > 64) {
+            PyErr_SetString(PyExc_TypeError, "recv: expect must be bytes (at most 64) or None");
+            return NULL;
+        }
+        ex.p = PyBytes_AS_STRING(args[3]); /* args[3] is borrowed for the whole call */
+        ex.n = PyBytes_GET_SIZE(args[3]);
     }
     double deadline = INFINITY;
     PyObject *dl = nargs > 0 ? args[0] : NULL;
@@ -2008,7 +1349,7 @@ static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     if (enter(r, "recv") < 0)
         return NULL;
     int rc = OK;
-    PyObject *got = consume(r, deadline, view, 0, &rc);
+    PyObject *got = consume(r, deadline, view, 0, ex.p ? &ex : NULL, &rc);
     if (!got && rc != R_ERR)
         raise_state(r, rc, "recv", dl);
     leave(r);
@@ -2035,13 +1376,133 @@ static PyObject *Ring_try_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     if (enter(r, "recv") < 0)
         return NULL;
     int rc = OK;
-    PyObject *got = consume(r, 0.0, view, 1, &rc);
+    PyObject *got = consume(r, 0.0, view, 1, NULL, &rc);
     if (!got && rc != R_ERR && rc != R_EMPTY)
         raise_state(r, rc, "recv", NULL);
     leave(r);
     if (!got && rc == R_EMPTY)
         Py_RETURN_NONE;
     return got;
+}
+
+/* send_many(iterable, deadline=FOREVER, max_items=0) -> int: each item one message, in order,
+ * all within one deadline; the same guarantees as send() per message. On an error the
+ * messages before it were sent: the exception carries .sent (their number). */
+static PyObject *Ring_send_many(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "send_many(iterable, deadline=FOREVER, max_items=0)");
+        return NULL;
+    }
+    double deadline = INFINITY;
+    PyObject *dl = nargs > 1 ? args[1] : NULL;
+    uint64_t max_items = 0;
+    if ((dl && dl != FOREVER && get_deadline(dl, &deadline) < 0) || (nargs > 2 && get_u64(args[2], &max_items) < 0))
+        return NULL;
+    PyObject *it = PyObject_GetIter(args[0]);
+    if (!it)
+        return NULL;
+    if (enter(r, "send") < 0) {
+        Py_DECREF(it);
+        return NULL;
+    }
+    Py_ssize_t sent = 0;
+    int rc = OK;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        Py_buffer b;
+        if (get_part(item, &b) < 0) {
+            Py_DECREF(item);
+            rc = R_ERR;
+            break;
+        }
+        gather_t g = {&b, 1, NULL};
+        rc = produce(r, &g, (uint64_t)b.len, deadline, max_items, 0);
+        release_part(&b);
+        Py_DECREF(item);
+        if (rc != OK) {
+            if (rc != R_ERR)
+                raise_state(r, rc, "send", dl);
+            break;
+        }
+        sent++;
+    }
+    Py_DECREF(it);
+    leave(r);
+    if (rc != OK || PyErr_Occurred()) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        PyObject *n = PyLong_FromSsize_t(sent);
+        if (ev && n && PyObject_SetAttrString(ev, "sent", n) < 0)
+            PyErr_Clear(); /* an exception type without a __dict__: no count */
+        Py_XDECREF(n);
+        PyErr_Restore(et, ev, tb);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(sent);
+}
+
+/* recv_many(max_n, deadline=FOREVER) -> list: waits for the first message like recv(), then
+ * takes up to max_n - 1 more that are there now (never waits for them). An error after the
+ * first message ends the batch without raising (the next call meets it again): nothing taken
+ * is dropped. */
+static PyObject *Ring_recv_many(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_many(max_n, deadline=FOREVER)");
+        return NULL;
+    }
+    Py_ssize_t max_n = PyLong_AsSsize_t(args[0]);
+    if (max_n == -1 && PyErr_Occurred())
+        return NULL;
+    if (max_n < 1) {
+        PyErr_SetString(PyExc_ValueError, "recv_many: max_n must be >= 1");
+        return NULL;
+    }
+    double deadline = INFINITY;
+    PyObject *dl = nargs > 1 ? args[1] : NULL;
+    if (dl && dl != FOREVER && get_deadline(dl, &deadline) < 0)
+        return NULL;
+    if (enter(r, "recv") < 0)
+        return NULL;
+    int rc = OK;
+    PyObject *got = consume(r, deadline, 0, 0, NULL, &rc);
+    if (!got) {
+        if (rc != R_ERR)
+            raise_state(r, rc, "recv", dl);
+        leave(r);
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (!out || PyList_Append(out, got) < 0) {
+        /* cannot hand it out: this is the one message lost, as a MemoryError would lose it in recv */
+        Py_DECREF(got);
+        Py_XDECREF(out);
+        leave(r);
+        return NULL;
+    }
+    Py_DECREF(got);
+    while (PyList_GET_SIZE(out) < max_n) {
+        got = consume(r, 0.0, 0, 1, NULL, &rc);
+        if (!got) {
+            if (rc == R_ERR && PyErr_Occurred()) {
+                int interrupted = PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
+                PyErr_Clear(); /* the next call meets it again; what we hold is delivered */
+                if (interrupted)
+                    PyErr_SetInterrupt(); /* ... and Ctrl-C is raised at the next check */
+            }
+            break;
+        }
+        int bad = PyList_Append(out, got);
+        Py_DECREF(got);
+        if (bad < 0) {
+            PyErr_Clear();
+            break;
+        }
+    }
+    leave(r);
+    return out;
 }
 
 /* op argument: 1 send, 0 recv, -1 error */
@@ -2072,7 +1533,7 @@ static PyObject *Ring_wait(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     if (r->fork_gen != fork_gen)
         after_fork(r);
     atomic_fetch_add(&r->calls, 1);
-    if (closing(r) || r->hdr == NULL) {
+    if (closing(&r->c) || r->c.hdr == NULL) {
         leave(r);
         Py_RETURN_NONE; /* the caller's closed check reports it */
     }
@@ -2089,13 +1550,13 @@ static PyObject *Ring_ready(Ring *r, PyObject *arg)
     int op = get_op(arg);
     if (op < 0)
         return NULL;
-    if (closing(r) || r->hdr == NULL)
+    if (closing(&r->c) || r->c.hdr == NULL)
         Py_RETURN_TRUE;
     if (enter(r, op ? "send" : "recv") < 0) {
         PyErr_Clear();
         Py_RETURN_TRUE; /* broken: the attempt raises */
     }
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
     uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
@@ -2104,11 +1565,11 @@ static PyObject *Ring_ready(Ring *r, PyObject *arg)
         ready = 1;
     } else if (op) { /* as _wait("send"): space freed since the last failed try_send, or not full */
         uint64_t used = tail - head, pc = atomic_load(&h->pclaim);
-        ready = r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->cap);
-        if (pc && pc != r->token && pclaim_live(h))
+        ready = r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->c.cap);
+        if (pc && pc != r->c.token && pclaim_live(h))
             ready = 0;
     } else {
-        ready = !(foreign_claim(r, claim) && claimant_alive(h)) &&
+        ready = !(foreign_claim(&r->c, claim) && claimant_alive(h)) &&
                 (head != tail || (r->partial && !atomic_load(&h->frag_active)));
     }
     leave(r);
@@ -2128,9 +1589,9 @@ static PyObject *Ring_loan(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (enter(r, "loan") < 0)
         return NULL;
-    if (n < 0 || (uint64_t)n > r->frag_max) {
+    if (n < 0 || (uint64_t)n > r->c.frag_max) {
         PyErr_Format(PyExc_ValueError, "loan of %zd bytes: the limit for this ring is %llu bytes", n,
-                     (unsigned long long)r->frag_max);
+                     (unsigned long long)r->c.frag_max);
         leave(r);
         return NULL;
     }
@@ -2144,15 +1605,16 @@ static PyObject *Ring_loan(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     }
     RingLoan *l = PyObject_New(RingLoan, &RingLoanType);
     if (!l) {
-        unlock_ring(r, 1);
+        unlock_ring(&r->c, 1);
         leave(r);
         return NULL;
     }
     Py_INCREF(r);
     l->ring = r;
-    l->ptr = place(r, pad, (uint64_t)n, F_FIRST | F_LAST, (uint64_t)n);
+    l->ptr = place(&r->c, pad, (uint64_t)n, F_FIRST | F_LAST, (uint64_t)n);
     l->size = n;
     l->pad = pad;
+    l->tail = r->c.vtail;
     l->exports = 0;
     l->done = 0;
     r->exports++;
@@ -2164,7 +1626,7 @@ static PyObject *Ring_qsize(Ring *r, PyObject *unused)
 {
     if (enter(r, "qsize") < 0)
         return NULL;
-    uint64_t out = atomic_load(&r->hdr->msgs_out), in = atomic_load(&r->hdr->msgs_in);
+    uint64_t out = atomic_load(&r->c.hdr->msgs_out), in = atomic_load(&r->c.hdr->msgs_in);
     leave(r);
     return PyLong_FromUnsignedLongLong((int64_t)(in - out) > 0 ? in - out : 0); /* modular: counters wrap */
 }
@@ -2173,39 +1635,31 @@ static PyObject *Ring_used(Ring *r, PyObject *unused)
 {
     if (enter(r, "used") < 0)
         return NULL;
-    uint64_t head = atomic_load(&r->hdr->head), tail = atomic_load(&r->hdr->tail);
+    uint64_t head = atomic_load(&r->c.hdr->head), tail = atomic_load(&r->c.hdr->tail);
     leave(r);
     return PyLong_FromUnsignedLongLong(tail - head);
 }
 
-static void wake_all(struct ring_hdr *h)
-{
-    futex_wake_all(lo32(&h->tail));
-    futex_wake_all(lo32(&h->head));
-    futex_wake_all(lo32(&h->claim));
-    futex_wake_all(lo32(&h->pclaim));
-    futex_wake_all(&h->unfinished);
-}
 
 static PyObject *Ring_mark_closed(Ring *r, PyObject *unused)
 {
-    if (r->hdr == NULL) {
+    if (r->c.hdr == NULL) {
         closed_here(r, "close");
         return NULL;
     }
-    if (is_broken(r))
+    if (is_broken(&r->c))
         Py_RETURN_NONE; /* closing a truncated ring must work: its peers were told (closed = 2) */
-    atomic_store(&r->hdr->closed, 1);
-    wake_all(r->hdr);
+    atomic_store(&r->c.hdr->closed, 1);
+    wake_all(r->c.hdr);
     Py_RETURN_NONE;
 }
 
 /* interrupt(): closed by this process: every call in flight on this handle returns. */
 static PyObject *Ring_interrupt(Ring *r, PyObject *unused)
 {
-    atomic_store(&r->closing, 1);
-    if (r->hdr && !is_broken(r))
-        wake_all(r->hdr); /* spurious for other processes' waiters: they re-check */
+    atomic_store(&r->c.closing, 1);
+    if (r->c.hdr && !is_broken(&r->c))
+        wake_all(r->c.hdr); /* spurious for other processes' waiters: they re-check */
     Py_RETURN_NONE;
 }
 
@@ -2227,7 +1681,7 @@ static PyObject *Ring_add_pending(Ring *r, PyObject *arg)
     long d = PyLong_AsLong(arg);
     if ((d == -1 && PyErr_Occurred()) || enter(r, "add_pending") < 0)
         return NULL;
-    uint32_t now = atomic_fetch_add(&r->hdr->attach_pending, (uint32_t)d) + (uint32_t)d;
+    uint32_t now = atomic_fetch_add(&r->c.hdr->attach_pending, (uint32_t)d) + (uint32_t)d;
     leave(r);
     return PyLong_FromUnsignedLong(now);
 }
@@ -2237,7 +1691,7 @@ static PyObject *Ring_task_add(Ring *r, PyObject *arg)
     long d = PyLong_AsLong(arg);
     if ((d == -1 && PyErr_Occurred()) || enter(r, "task_add") < 0)
         return NULL;
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     uint32_t now = atomic_fetch_add(&h->unfinished, (uint32_t)d) + (uint32_t)d;
     if (now == 0 && atomic_load(&h->join_waiters))
         futex_wake_all(&h->unfinished);
@@ -2249,7 +1703,7 @@ static PyObject *Ring_task_done(Ring *r, PyObject *unused)
 {
     if (enter(r, "task_done") < 0)
         return NULL;
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     uint32_t cur = atomic_load(&h->unfinished);
     do {
         if (cur == 0) {
@@ -2275,7 +1729,7 @@ static PyObject *Ring_join(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     }
     if ((dl && dl != FOREVER && get_deadline(dl, &deadline) < 0) || enter(r, "join") < 0)
         return NULL;
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     PyObject *res = NULL;
     for (;;) {
         uint32_t cur = atomic_load(&h->unfinished);
@@ -2283,7 +1737,7 @@ static PyObject *Ring_join(Ring *r, PyObject *const *args, Py_ssize_t nargs)
             res = Py_NewRef(Py_True);
             break;
         }
-        int rc = wait_word(r, (uint32_t *)&h->unfinished, cur, &h->join_waiters, deadline);
+        int rc = wait_word(&r->c, (uint32_t *)&h->unfinished, cur, &h->join_waiters, deadline);
         if (rc == R_ERR)
             break;
         if (rc == R_BROKEN || rc == R_LOCAL) {
@@ -2311,10 +1765,10 @@ static PyObject *Ring_info(Ring *r, PyObject *unused)
 {
     if (enter(r, "info") < 0)
         return NULL;
-    struct ring_hdr *h = r->hdr;
+    struct ring_hdr *h = r->c.hdr;
     PyObject *d = PyDict_New();
     if (!d || put_u64(d, "repairs", atomic_load(&h->repairs)) || put_u64(d, "capacity", h->capacity) ||
-        put_u64(d, "frag_max", r->frag_max) || put_u64(d, "owner_uid", h->owner_uid) ||
+        put_u64(d, "frag_max", r->c.frag_max) || put_u64(d, "owner_uid", h->owner_uid) ||
         put_u64(d, "owner_pid", h->owner_pid) || put_u64(d, "owner_start", h->owner_start) ||
         put_u64(d, "head", atomic_load(&h->head)) || put_u64(d, "tail", atomic_load(&h->tail)) ||
         put_u64(d, "msgs_in", atomic_load(&h->msgs_in)) || put_u64(d, "msgs_out", atomic_load(&h->msgs_out)) ||
@@ -2333,20 +1787,20 @@ static PyObject *Ring_info(Ring *r, PyObject *unused)
     return d;
 }
 
-static PyObject *Ring_get_spin(Ring *r, void *c) { return PyFloat_FromDouble(r->spin); }
+static PyObject *Ring_get_spin(Ring *r, void *c) { return PyFloat_FromDouble(r->c.spin); }
 
 static int Ring_set_spin(Ring *r, PyObject *v, void *c)
 {
     double s = v ? PyFloat_AsDouble(v) : -1;
     if (s == -1 && PyErr_Occurred())
         return -1;
-    r->spin = s < 0 ? 0 : s;
+    r->c.spin = s < 0 ? 0 : s;
     return 0;
 }
 
-static PyObject *Ring_get_frag_max(Ring *r, void *c) { return PyLong_FromUnsignedLongLong(r->frag_max); }
-static PyObject *Ring_get_capacity(Ring *r, void *c) { return PyLong_FromUnsignedLongLong(r->cap); }
-static PyObject *Ring_get_mapped(Ring *r, void *c) { return PyBool_FromLong(r->hdr != NULL); }
+static PyObject *Ring_get_frag_max(Ring *r, void *c) { return PyLong_FromUnsignedLongLong(r->c.frag_max); }
+static PyObject *Ring_get_capacity(Ring *r, void *c) { return PyLong_FromUnsignedLongLong(r->c.cap); }
+static PyObject *Ring_get_mapped(Ring *r, void *c) { return PyBool_FromLong(r->c.hdr != NULL); }
 
 static PyGetSetDef Ring_getset[] = {
     {"spin", (getter)Ring_get_spin, (setter)Ring_set_spin, "seconds to spin before sleeping on the futex", NULL},
@@ -2360,10 +1814,15 @@ static PyGetSetDef Ring_getset[] = {
 
 static PyMethodDef Ring_methods[] = {
     {"send", FAST(Ring_send), "send(data, deadline=FOREVER, knobs=None, max_items=0): blocking send"},
+    {"send_many", FAST(Ring_send_many),
+     "send_many(iterable, deadline=FOREVER, max_items=0) -> int: each item one message (exception .sent on error)"},
+    {"recv_many", FAST(Ring_recv_many),
+     "recv_many(max_n, deadline=FOREVER) -> list: the first message waited for, then what is there, up to max_n"},
     {"try_send", FAST(Ring_try_send), "try_send(data, knobs=None, max_items=0) -> bool: False when no room now"},
     {"sendv", FAST(Ring_sendv), "sendv(parts, deadline=FOREVER, max_items=0): the parts as one message"},
     {"recv", FAST(Ring_recv),
-     "recv(deadline=FOREVER, knobs=None, view=0): view 1 = RingView, 2 = RingView only for messages >= 16 KiB"},
+     "recv(deadline=FOREVER, knobs=None, view=0, expect=None): view 1 = RingView, 2 = RingView only for messages "
+     ">= 16 KiB; expect: bytes the message must start with, else it stays in the ring (ProtocolError)"},
     {"try_recv", FAST(Ring_try_recv), "try_recv(knobs=None, view=0) -> message or None when nothing now"},
     {"wait", FAST(Ring_wait), "wait(op, deadline): until a send/recv may succeed; consumes nothing, no lock"},
     {"ready", (PyCFunction)Ring_ready, METH_O, "ready(op) -> bool: could a send/recv succeed now"},
@@ -2396,9 +1855,11 @@ static PyTypeObject RingType = {
 
 static PyObject *setup(PyObject *self, PyObject *args)
 {
-    PyObject *t, *w, *c, *b, *f;
-    if (!PyArg_ParseTuple(args, "OOOOO:_setup", &t, &w, &c, &b, &f))
+    PyObject *t, *w, *c, *b, *f, *m = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO|O:_setup", &t, &w, &c, &b, &f, &m))
         return NULL;
+    if (m)
+        Py_XSETREF(E_Mismatch, Py_NewRef(m));
     Py_XSETREF(E_Timeout, Py_NewRef(t));
     Py_XSETREF(E_WouldBlock, Py_NewRef(w));
     Py_XSETREF(E_Closed, Py_NewRef(c));
@@ -2409,7 +1870,8 @@ static PyObject *setup(PyObject *self, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"_setup", setup, METH_VARARGS,
-     "_setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER): kipc's errors and its Deadline(None)"},
+     "_setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER, ProtocolError=ValueError): kipc's errors "
+     "and its Deadline(None)"},
     {NULL},
 };
 
@@ -2417,6 +1879,10 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "kipc._native._ring", "kipc's shared-memory ring (see the theory of operation in _ring.c)",
     -1, module_methods,
 };
+
+static void *gil_release(void) { return PyEval_SaveThread(); }
+static void gil_reacquire(void *ts) { PyEval_RestoreThread((PyThreadState *)ts); }
+static int py_interrupted(void) { return PyErr_CheckSignals() < 0; }
 
 PyMODINIT_FUNC PyInit__ring(void)
 {
@@ -2432,10 +1898,15 @@ PyMODINIT_FUNC PyInit__ring(void)
     static int atfork_done;
     if (!atfork_done++)
         pthread_atfork(NULL, NULL, atfork_child);
+    rc_rt.release = gil_release; /* the core's waits and big copies let other threads run */
+    rc_rt.reacquire = gil_reacquire;
+    rc_rt.interrupted = py_interrupted;
+    rc_process_init();
     E_Timeout = Py_NewRef(PyExc_TimeoutError);
     E_WouldBlock = Py_NewRef(PyExc_BlockingIOError);
     E_Closed = Py_NewRef(PyExc_EOFError);
     E_Bad = Py_NewRef(PyExc_OSError);
+    E_Mismatch = Py_NewRef(PyExc_ValueError);
     FOREVER = Py_NewRef(Py_None);
     Py_INCREF(&RingType);
     PyModule_AddObject(m, "Ring", (PyObject *)&RingType);
@@ -2448,5 +1919,33 @@ PyMODINIT_FUNC PyInit__ring(void)
     PyModule_AddIntConstant(m, "VERSION", RING_VERSION);
     PyModule_AddIntConstant(m, "HDR_SIZE", HDR_SIZE);
     PyModule_AddIntConstant(m, "REC_HDR", REC_HDR);
+    /* LAYOUT: header field -> (offset, size), for tools and the hostile-peer tests */
+    PyObject *lay = PyDict_New();
+#define FIELD(f)                                                                                   \
+    do {                                                                                           \
+        PyObject *t = Py_BuildValue("(nn)", (Py_ssize_t)offsetof(struct ring_hdr, f),            \
+                                    (Py_ssize_t)sizeof(((struct ring_hdr *)0)->f));               \
+        if (!t || PyDict_SetItemString(lay, #f, t) < 0) {                                          \
+            Py_XDECREF(t);                                                                         \
+            Py_DECREF(lay);                                                                        \
+            Py_DECREF(m);                                                                          \
+            return NULL;                                                                           \
+        }                                                                                          \
+        Py_DECREF(t);                                                                              \
+    } while (0)
+    if (!lay) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    FIELD(magic); FIELD(version); FIELD(hdr_size); FIELD(capacity); FIELD(total_size);
+    FIELD(owner_uid); FIELD(owner_pid); FIELD(owner_start); FIELD(closed); FIELD(frag_active);
+    FIELD(attach_pending); FIELD(repairs); FIELD(prod_lock); FIELD(cons_lock);
+    FIELD(tail); FIELD(msgs_in); FIELD(cons_waiters); FIELD(pj_valid); FIELD(pj_tail); FIELD(pj_msgs);
+    FIELD(head); FIELD(msgs_out); FIELD(prod_waiters); FIELD(cj_valid); FIELD(cj_head); FIELD(cj_msgs);
+    FIELD(claim); FIELD(claim_pid); FIELD(claim_waiters); FIELD(claim_start);
+    FIELD(pclaim); FIELD(pclaim_pid); FIELD(pclaim_waiters); FIELD(pclaim_start); FIELD(pclaim_beat);
+    FIELD(unfinished); FIELD(join_waiters);
+#undef FIELD
+    PyModule_AddObject(m, "LAYOUT", lay);
     return m;
 }

@@ -67,11 +67,12 @@ Contract card:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .. import _owners
@@ -88,6 +89,7 @@ from ..errors import (
     InvalidArgument,
     LimitExceeded,
     MessageTooLarge,
+    ProtocolError,
     Timeout,
     WouldBlock,
     from_oserror,
@@ -96,15 +98,45 @@ from ..errors import (
 __all__ = ["DEFAULT_CAPACITY", "KIND", "RingChannel", "shm_path"]
 
 _ring = native("_ring")
-_ring._setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER)  # FOREVER: the C hot path knows it
+_ring._setup(Timeout, WouldBlock, ChannelClosed, BadObject, FOREVER, ProtocolError)  # FOREVER: the C hot path knows it
 
 DEFAULT_CAPACITY = 1 << 20
 DEFAULT_SPIN_US = 50.0
 _PAGE = 4096
 _BYTES = get_codec(None)
 _ATTACH_WAIT = 0.5  # seconds an opener waits for a creator to finish initialising
-_ARRAY_MAGIC = b"KNDA"
-_ARRAY_HDR = struct.Struct("<4sB15sB")  # magic, dtype-str length, dtype str, ndim; then ndim * u64
+# An array message: magic, dtype-str length, dtype str, ndim; then ndim * u64 (the shape). "KND2"
+# pads the header to a multiple of 16 so the elements are aligned in the ring (loan_array fills
+# them in place); "KNDA" (unpadded) is still received.
+_ARRAY_MAGIC = b"KND2"
+_ARRAY_MAGIC_V1 = b"KNDA"
+_ARRAY_PREFIX = b"KND"  # what recv_array asks the C side to check before taking a message
+_ARRAY_HDR = struct.Struct("<4sB15sB")
+
+
+def _array_header(dtype: Any, shape: tuple[int, ...]) -> bytes:
+    dt = dtype.str.encode()
+    if len(dt) > 15:
+        raise InvalidArgument(f"array dtype {dtype} cannot be described in 15 bytes")
+    if len(shape) > 32:
+        raise InvalidArgument(f"array of {len(shape)} dimensions (limit 32)")
+    head = _ARRAY_HDR.pack(_ARRAY_MAGIC, len(dt), dt, len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+    return head + bytes(-len(head) % 16)
+
+
+def _parse_array_header(mv: memoryview) -> tuple[str, tuple[int, ...], int] | str:
+    """(dtype str, shape, data offset), or why the message is not an array."""
+    if mv.nbytes < _ARRAY_HDR.size:
+        return f"a {mv.nbytes}-byte message, shorter than an array header"
+    magic, dlen, dt, ndim = _ARRAY_HDR.unpack_from(mv)
+    if magic not in (_ARRAY_MAGIC, _ARRAY_MAGIC_V1) or dlen > 15 or ndim > 32:
+        return f"a {mv.nbytes}-byte message starting {bytes(mv[:8])!r}, not an array header"
+    end = _ARRAY_HDR.size + 8 * ndim
+    offset = end + (-end % 16 if magic == _ARRAY_MAGIC else 0)
+    if mv.nbytes < offset:
+        return f"a {mv.nbytes}-byte message, shorter than its {ndim}-dimension array header"
+    shape = struct.unpack_from(f"<{ndim}Q", mv, _ARRAY_HDR.size)
+    return dt[:dlen].decode("ascii", "replace"), tuple(shape), offset
 
 
 def shm_path(name: str) -> str:
@@ -160,6 +192,7 @@ class RingChannel(Channel):
             if created:
                 os.fchmod(fd, mode)  # the umask filtered open()'s mode
                 try:
+                    _reserve(fd, url, _PAGE + cap)  # tmpfs pages now, or LimitExceeded (never SIGBUS later)
                     self._ring = _ring.Ring(fd, url, True, cap, pid, start or 0, spin * 1e-6)
                 except BaseException:
                     os.unlink(path)
@@ -275,12 +308,45 @@ class RingChannel(Channel):
         self._check_open("info")
         return dict(self._ring.info())
 
+    def send_many(self, objs: Iterable[Any], *, timeout: float | None = None) -> int:
+        """Send each object as one message, in order, all within one ``timeout``; returns how many.
+
+        The guarantees of :meth:`send` hold per message. On an error the messages
+        before it were sent; the exception's ``sent`` attribute says how many.
+        """
+        deadline = Deadline.of(timeout)
+        self._check_open("send")
+        if self.codec is _BYTES and self.max_message_size is None:
+            return int(self._ring.send_many(objs, deadline))
+        return int(self._ring.send_many((self._prepare_send(o, {}) for o in objs), deadline))
+
+    def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
+        """Up to ``max_n`` messages: waits for the first like :meth:`recv`, then takes what is there.
+
+        Returns at least one message, or raises ``Timeout``/``WouldBlock`` as ``recv``.
+        An error met after the first message ends the batch (the next call raises it);
+        nothing received is dropped.
+        """
+        deadline = Deadline.of(timeout)
+        self._prepare_recv({})
+        if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
+            raise InvalidArgument(f"recv_many: max_n {max_n!r} must be an integer >= 1")
+        got = self._ring.recv_many(max_n, deadline)
+        if self.codec is _BYTES:
+            return got
+        decode = self.codec.decode
+        return [decode(m) for m in got]
+
     @contextlib.contextmanager
     def loan(self, n: int, *, timeout: float | None = None) -> Iterator[memoryview]:
         """Reserve ``n`` bytes in the ring; the block's normal exit publishes them as one message.
 
         An exception aborts (nothing is published). Other producers wait while a
-        loan is open; finish it in the thread that took it.
+        loan is open; finish it in the thread that took it. Views made of the buffer
+        (``np.frombuffer(buf, ...)``) may stay alive: the message is published when the
+        ``with`` block ends all the same, and the memory stays mapped while they live,
+        but they must not be used after the block (writes would land in a published
+        message that a consumer may be reading).
         """
         deadline = Deadline.of(timeout)
         self._check_open("loan")
@@ -290,15 +356,45 @@ class RingChannel(Channel):
             raise MessageTooLarge(f"loan on {self.url}: {n} bytes exceeds the in-place limit of {limit} bytes "
                                   "(capacity/2 - 16; use send() for bigger messages)", size=n, limit=limit)
         loan = self._ring.loan(n, deadline)
-        buf = memoryview(loan)
+        try:
+            buf = memoryview(loan)
+        except BaseException:
+            loan.abort()
+            raise
         try:
             yield buf
         except BaseException:
-            buf.release()
-            loan.abort()
+            loan.abort()  # first: the producer lock must go whatever else fails
             raise
-        buf.release()
-        loan.commit(n)
+        else:
+            loan.commit(n)
+        finally:
+            _release(buf)
+
+    @contextlib.contextmanager
+    def loan_array(self, shape: int | tuple[int, ...], dtype: Any, *,
+                   timeout: float | None = None) -> Iterator[Any]:
+        """Reserve an array in the ring, fill it in place; the block's normal exit publishes it.
+
+        ``with ch.loan_array((480, 640), "u1") as a: a[:] = frame`` — received by
+        :meth:`recv_array`. The elements are 16-byte aligned. As with :meth:`loan`, an
+        exception publishes nothing, and the array must not be used after the block.
+        """
+        import numpy as np
+
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError("loan_array: object arrays need pickle; use codec='pickle'")
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in dims):
+            raise InvalidArgument(f"loan_array: shape {shape!r} must be non-negative integers")
+        head = _array_header(dt, dims)
+        count = 1
+        for d in dims:
+            count *= d
+        with self.loan(len(head) + count * dt.itemsize, timeout=timeout) as buf:
+            buf[:len(head)] = head
+            yield np.frombuffer(buf, dtype=dt, count=count, offset=len(head)).reshape(dims)
 
     def send_array(self, array: Any, *, timeout: float | None = None) -> None:
         """Send a numpy array (dtype and shape travel with it; no pickle; one copy)."""
@@ -311,31 +407,43 @@ class RingChannel(Channel):
             raise InvalidArgument(f"send_array: {arr.ndim} dimensions (limit 32)")
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
-        dt = arr.dtype.str.encode()
-        if len(dt) > 15:
-            raise InvalidArgument(f"send_array: dtype {arr.dtype} cannot be described in 15 bytes")
-        head = _ARRAY_HDR.pack(_ARRAY_MAGIC, len(dt), dt, arr.ndim) + struct.pack(f"<{arr.ndim}Q", *arr.shape)
+        head = _array_header(arr.dtype, arr.shape)
         deadline = Deadline.of(timeout)
         self._check_open("send")
         self._ring.sendv((head, arr.reshape(-1).view(np.uint8)), deadline)
 
     def recv_array(self, *, timeout: float | None = None, copy: bool = True) -> Any:
-        """Receive an array sent with :meth:`send_array`.
+        """Receive an array sent with :meth:`send_array` or :meth:`loan_array`.
 
         ``copy=False`` returns a read-only array over the ring itself: the message
         stays claimed (other consumers wait) until the array is garbage collected.
+        A message that is not an array stays in the ring (``recv()`` gets it) and
+        ``ProtocolError`` says what arrived.
         """
         import numpy as np
 
         deadline = Deadline.of(timeout)
         self._check_open("recv")
-        mv = memoryview(self._recv_blocking(deadline, {"view": True}))
         try:
-            magic, dlen, dt, ndim = _ARRAY_HDR.unpack_from(mv)
-            if magic != _ARRAY_MAGIC:
-                raise BadObject(f"recv_array on {self.url}: the message is not an array from send_array")
-            shape = struct.unpack_from(f"<{ndim}Q", mv, _ARRAY_HDR.size)
-            arr = np.frombuffer(mv, dtype=np.dtype(dt[:dlen].decode()), offset=_ARRAY_HDR.size + 8 * ndim)
+            got = self._ring.recv(deadline, None, 1, _ARRAY_PREFIX)
+        except ProtocolError as e:
+            raise ProtocolError(f"recv_array: {e}") from None
+        mv = got if type(got) is memoryview else memoryview(got)  # one export to release
+        try:
+            parsed = _parse_array_header(mv)
+            if isinstance(parsed, str):
+                raise self._not_an_array(mv, parsed)
+            dt, shape, offset = parsed
+            try:
+                dtype = np.dtype(dt)
+                count = 1
+                for d in shape:
+                    count *= d
+                if offset + count * dtype.itemsize != mv.nbytes:
+                    raise ValueError(f"{mv.nbytes} bytes do not hold {shape} of {dtype}")
+            except (TypeError, ValueError) as e:
+                raise self._not_an_array(mv, f"an array header that does not describe the message ({e})") from None
+            arr = np.frombuffer(mv, dtype=dtype, count=count, offset=offset)
             arr = arr.reshape(shape)
             if not copy:
                 return arr
@@ -346,6 +454,22 @@ class RingChannel(Channel):
             raise
         mv.release()
         return out
+
+    def _not_an_array(self, mv: memoryview, what: str) -> ProtocolError:
+        """The message in view `mv` is not an array: give it back to the ring if it is still there."""
+        keep = getattr(mv.obj, "keep", None)  # a RingView: releasing it will not consume the message
+        if keep is not None:
+            keep()
+            return ProtocolError(f"recv_array on {self.url}: {what}; it stays in the ring (receive it with recv())")
+        return ProtocolError(f"recv_array on {self.url}: {what} (a fragmented message: it was consumed)")
+
+
+def _release(buf: memoryview) -> None:
+    """Release a loan's memoryview unless views made of it are alive (they keep the mapping)."""
+    try:
+        buf.release()
+    except BufferError:
+        pass
 
 
 def _check_room(url: str, cap: int) -> None:
@@ -358,6 +482,30 @@ def _check_room(url: str, cap: int) -> None:
     if cap + _PAGE > free:
         raise LimitExceeded(f"create {url}: capacity {cap} + {_PAGE} header bytes exceed the {free} bytes free "
                             "in /dev/shm (tmpfs size: `df /dev/shm`, `mount -o remount,size=... /dev/shm`)")
+
+
+def _reserve(fd: int, url: str, size: int) -> None:
+    """Allocate the whole object now (``posix_fallocate``), so a full ``/dev/shm`` fails here.
+
+    tmpfs allocates pages when they are first touched: without this, a ring created
+    while there was room would SIGBUS (``BadObject``) mid-traffic once others fill
+    ``/dev/shm``. Called on the creator's fd before the native ``ftruncate`` (which
+    then finds the size already right).
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return  # a file system without fallocate: the statvfs check above is all we have
+            raise from_oserror(e, url, "create") from e
+        try:
+            st = os.statvfs("/dev/shm")
+            room = f"{st.f_blocks * st.f_frsize} bytes, {st.f_bavail * st.f_frsize} free"
+        except OSError:
+            room = "size unknown"
+        raise LimitExceeded(f"create {url}: cannot reserve {size} bytes in /dev/shm ({room}; "
+                            "`df /dev/shm`, `mount -o remount,size=... /dev/shm`, or a smaller capacity=)") from e
 
 
 def _check_attach(fd: int, url: str) -> None:
