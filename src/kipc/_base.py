@@ -58,20 +58,40 @@ import os
 import select
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, ClassVar
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self
+
+if TYPE_CHECKING:
+    # For type checkers only (typeshed ships these stubs; typing_extensions is no runtime dependency):
+    # a TypeVar default (PEP 696, typing 3.13) and Buffer (collections.abc 3.12).
+    from typing_extensions import Buffer, TypeVar
+else:
+    from typing import TypeVar
+
+    Buffer = memoryview
 
 from . import _owners
 from ._naming import ParsedURL, merge_query, validate_timeout
 from .codecs import Codec, get_codec
 from .errors import ChannelClosed, MessageTooLarge, PermissionDenied, Timeout, Unsupported, WouldBlock
 
-__all__ = ["FOREVER", "KNOWN_KNOBS", "Channel", "Deadline", "Listener", "Resource", "wait_pool"]
+__all__ = ["FOREVER", "KNOWN_KNOBS", "Channel", "CreateMode", "Deadline", "Listener", "Resource", "wait_pool"]
+
+#: ``create=``: False attaches, True creates exclusively, "if_missing" does either.
+CreateMode = Literal[True, False, "if_missing"]
+
+#: The message type of a channel: ``bytes`` with the default codec, ``object`` with json/msgpack/pickle.
+if TYPE_CHECKING:
+    T = TypeVar("T", default=bytes)
+else:
+    T = TypeVar("T")
 
 #: Mechanism knobs some transport understands. Asking a transport for one it
 #: does not support is ``Unsupported``; anything else is a ``TypeError``.
 KNOWN_KNOBS = frozenset({"type", "priority", "view"})
 
+R = TypeVar("R")  # what a _take/_atake attempt returns
 _monotonic = time.monotonic
 _BYTES = get_codec(None)
 _INF = math.inf
@@ -122,11 +142,19 @@ class Deadline:
     def expired(self) -> bool:
         return self.timeout is not None and _monotonic() >= self.end
 
-    def error(self, what: str) -> Timeout:
+    def error(self, what: str) -> Timeout | WouldBlock:
         """The error to raise when this deadline passes: WouldBlock for timeout=0."""
         if self.timeout == 0:
             return WouldBlock(f"{what} would block (timeout=0)")
-        return Timeout(f"{what} timed out after {self.timeout:g} s")
+        return Timeout(f"{what} timed out after {format_seconds(self.timeout)} s")
+
+
+def format_seconds(t: float | None) -> str:
+    """A timeout as the user wrote it: 10 -> "10", 0.25 -> "0.25", 9.99999 -> "9.99999" (no rounding)."""
+    if t is None:
+        return "inf"
+    text = repr(float(t))
+    return text[:-2] if text.endswith(".0") else text
 
 
 #: the deadline of an untimed call (immutable by convention: never assign to it)
@@ -222,13 +250,13 @@ class Resource:
         if self._closed:
             raise ChannelClosed(f"{op} on {self.url}: closed by this process")
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -288,6 +316,14 @@ class Resource:
     def __del__(self) -> None:
         # Release fds/mappings; never unlink from a finalizer (only an explicit close does).
         if not self._closed:
+            if self._owner is not None:
+                # like an unclosed file: the creator's object outlives this handle (-X dev shows it)
+                try:
+                    if self.owner:
+                        warnings.warn(f"unclosed {self!r}: the object stays until kipc gc or kipc rm "
+                                      "(close() it, or use with)", ResourceWarning, source=self, stacklevel=2)
+                except Exception:
+                    pass
             try:
                 self._closed = True
                 self._close()
@@ -398,6 +434,13 @@ class _Waitable(Resource):
         finally:
             remove(fd)
 
+    def _acquire(self, lock: Any, op: str, deadline: Deadline) -> None:
+        """Take a direction lock by the deadline (the blocking paths call this only when
+        other threads exist: a process with none skips the lock, see Channel._send_blocking)."""
+        if not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
+            self._check_open(op)
+            raise deadline.error(f"{op} on {self.url}")
+
     def _lock(self, op: str, deadline: Deadline) -> Any:
         """The direction lock of ``op``, acquired by the deadline (Timeout/WouldBlock otherwise)."""
         lock = self._locks[op]
@@ -410,8 +453,46 @@ class _Waitable(Resource):
         return lock
 
 
-class Channel(_Waitable):
-    """A message channel. See the module docstring for the contract and the hooks."""
+    def _take_ready(self, op: str, attempt: Callable[[], R | None], deadline: Deadline, what: str) -> R:
+        """Blocking: ``attempt()`` until it returns something, waiting for readiness between
+        attempts, under the direction lock (for listeners, receivers: not a hot path)."""
+        lock = self._lock(op, deadline)
+        try:
+            while True:
+                got = attempt()
+                if got is not None:
+                    return got
+                if deadline.nonblocking or deadline.expired():
+                    raise deadline.error(what)
+                self._wait(op, deadline)
+                self._check_open(what.partition(" on ")[0])
+        finally:
+            lock.release()
+
+    async def _atake_ready(self, op: str, attempt: Callable[[], R | None], deadline: Deadline, what: str) -> R:
+        """asyncio: readiness first (consumes nothing), then the non-blocking attempt on the
+        loop thread; a cancellation at the await takes nothing."""
+        lock = self._locks[op]
+        while True:
+            if lock.acquire(False):  # a thread blocked in the sync call holds it: just wait
+                try:
+                    self._check_open(what.partition(" on ")[0])
+                    got = attempt()
+                finally:
+                    lock.release()
+                if got is not None:
+                    return got
+            if deadline.nonblocking or deadline.expired():
+                raise deadline.error(what)
+            await self._await_ready(op, deadline)
+
+
+class Channel(_Waitable, Generic[T]):
+    """A message channel. See the module docstring for the contract and the hooks.
+
+    Generic over its message type: ``Channel[bytes]`` (the default codec; ``recv`` returns
+    ``bytes``) or ``Channel[object]`` (json / msgpack / pickle).
+    """
 
     scheme: ClassVar[str] = ""
     #: knobs accepted by the hooks (subset of KNOWN_KNOBS)
@@ -477,7 +558,7 @@ class Channel(_Waitable):
             raise Unsupported(f"recv on {self.url}: this end is write-only")
 
     # -- public API ----------------------------------------------------------------
-    def send(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
+    def send(self, obj: T | Buffer, *, timeout: float | None = None, **knobs: Any) -> None:
         """Send one message (blocks while the channel is full, up to ``timeout``)."""
         if timeout is None and obj.__class__ is bytes and self._plain_send and (
                 not knobs or knobs.keys() <= self.send_knobs):
@@ -487,7 +568,7 @@ class Channel(_Waitable):
         deadline = Deadline.of(timeout)
         self._send_blocking(self._prepare_send(obj, knobs), deadline, knobs)
 
-    def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
+    def recv(self, *, timeout: float | None = None, **knobs: Any) -> T:
         """Receive one message (blocks while the channel is empty, up to ``timeout``)."""
         if timeout is None and self._plain_recv and (not knobs or knobs.keys() <= self.recv_knobs):
             return self._recv_blocking(FOREVER, knobs)
@@ -499,7 +580,7 @@ class Channel(_Waitable):
         self._check_open("fileno")
         raise Unsupported(f"fileno on {self.url}: {self.scheme or type(self).__name__} has no file descriptor")
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         """Receive until the channel is closed (by the peer or this process)."""
         while True:
             try:
@@ -508,7 +589,7 @@ class Channel(_Waitable):
                 return
 
     # -- asyncio ---------------------------------------------------------------------
-    async def asend(self, obj: Any, *, timeout: float | None = None, **knobs: Any) -> None:
+    async def asend(self, obj: T | Buffer, *, timeout: float | None = None, **knobs: Any) -> None:
         """Send without blocking the event loop; cancelled, it has sent nothing."""
         deadline = Deadline.of(timeout)
         data = self._prepare_send(obj, knobs)  # encoded once, whatever the waits
@@ -547,7 +628,7 @@ class Channel(_Waitable):
             with self._locks["send"]:
                 self._flush_pending()
 
-    async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> Any:
+    async def arecv(self, *, timeout: float | None = None, **knobs: Any) -> T:
         """Receive without blocking the event loop; cancelled, it has consumed nothing."""
         deadline = Deadline.of(timeout)
         self._prepare_recv(knobs)
@@ -559,25 +640,12 @@ class Channel(_Waitable):
         return self.codec.decode(await self._arecv_raw(deadline, knobs))
 
     async def _arecv_raw(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
-        what = f"recv on {self.url}"
-        while True:
-            lock = self._locks["recv"]
-            if lock.acquire(False):
-                try:
-                    self._check_open("recv")
-                    got = self._try_recv(knobs)
-                finally:
-                    lock.release()
-                if got is not None:
-                    return got
-            if deadline.nonblocking or deadline.expired():
-                raise deadline.error(what)
-            await self._await_ready("recv", deadline)
+        return await self._atake_ready("recv", lambda: self._try_recv(knobs), deadline, f"recv on {self.url}")
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[T]:
         return self._aiter()
 
-    async def _aiter(self) -> AsyncIterator[Any]:
+    async def _aiter(self) -> AsyncIterator[T]:
         while True:
             try:
                 yield await self.arecv()
@@ -589,9 +657,8 @@ class Channel(_Waitable):
     # process with no other thread skips the lock, ~0.2 µs of a ~2 µs kernel-queue call.)
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         lock = self._send_lock if other_threads() else None
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("send")
-            raise deadline.error(f"send on {self.url}")
+        if lock is not None:
+            self._acquire(lock, "send", deadline)
         try:
             if self._closed:
                 self._check_open("send")
@@ -610,9 +677,8 @@ class Channel(_Waitable):
 
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         lock = self._recv_lock if other_threads() else None
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("recv")
-            raise deadline.error(f"recv on {self.url}")
+        if lock is not None:
+            self._acquire(lock, "recv", deadline)
         try:
             while True:
                 if self._closed:
@@ -681,7 +747,7 @@ class Listener(_Waitable):
         self._init_waitable("recv")
         self._closed = False
 
-    def accept(self, *, timeout: float | None = None) -> Channel:
+    def accept(self, *, timeout: float | None = None) -> Channel[bytes]:
         deadline = Deadline.of(timeout)
         self._check_open("accept")
         return self._accept_blocking(deadline)
@@ -689,34 +755,10 @@ class Listener(_Waitable):
     async def aaccept(self, *, timeout: float | None = None) -> Channel:
         deadline = Deadline.of(timeout)
         self._check_open("accept")
-        what = f"accept on {self.url}"
-        while True:
-            lock = self._locks["recv"]
-            if lock.acquire(False):
-                try:
-                    self._check_open("accept")
-                    conn = self._try_accept()
-                finally:
-                    lock.release()
-                if conn is not None:
-                    return conn
-            if deadline.nonblocking or deadline.expired():
-                raise deadline.error(what)
-            await self._await_ready("recv", deadline)
+        return await self._atake_ready("recv", self._try_accept, deadline, f"accept on {self.url}")
 
     def _accept_blocking(self, deadline: Deadline) -> Channel:
-        lock = self._lock("recv", deadline)
-        try:
-            while True:
-                conn = self._try_accept()
-                if conn is not None:
-                    return conn
-                if deadline.nonblocking or deadline.expired():
-                    raise deadline.error(f"accept on {self.url}")
-                self._wait("recv", deadline)
-                self._check_open("accept")
-        finally:
-            lock.release()
+        return self._take_ready("recv", self._try_accept, deadline, f"accept on {self.url}")
 
     def __iter__(self) -> Iterator[Channel]:
         while not self._closed:

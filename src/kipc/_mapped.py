@@ -31,8 +31,8 @@ import stat as _stat
 from . import _owners
 from ._kinds import PathKind
 from ._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_path, validate_size
-from ._objects import check_attach, file_identity, parse_create
-from .errors import AlreadyExists, BadObject, InvalidArgument, KipcError, PermissionDenied, from_oserror
+from ._objects import check_attach, file_identity, open_path, parse_create
+from .errors import BadObject, InvalidArgument, KipcError, PermissionDenied, from_oserror
 from .shm import SharedMemory
 
 __all__ = ["KIND", "MappedFile"]
@@ -63,23 +63,7 @@ class MappedFile(SharedMemory):
         self.url = url
         self.path = path
         self._record_url = f"mapped-file://{path}"
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd, created = -1, False
-        if create:
-            try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
-                created = True
-            except FileExistsError:
-                if create is True:
-                    raise AlreadyExists(f"create {url}: {path} exists (create='if_missing' attaches)",
-                                        errno=_errno.EEXIST) from None
-            except OSError as e:
-                raise self._error(e, "create") from e
-        if fd < 0:
-            try:
-                fd = os.open(path, flags)
-            except OSError as e:
-                raise self._error(e, "open") from e
+        fd, created = open_path(path, url, create, mode, error=self._error)
         try:
             st = os.fstat(fd)
             if created:

@@ -47,6 +47,7 @@ __all__ = [
     "create_or_attach",
     "file_identity",
     "ftok",
+    "open_path",
     "parse_create",
     "parse_uids",
     "sysv_identity",
@@ -82,6 +83,34 @@ def create_or_attach(create: bool | str, make: Callable[[], T], attach: Callable
             if create != "if_missing":
                 raise
     return attach(), False
+
+
+def open_path(path: str, url: str, create: bool | str, mode: int, *,
+              flags: int = os.O_RDWR, error: Callable[[OSError, str], Exception] | None = None) -> tuple[int, bool]:
+    """``(fd, created)`` for an object named by a path (shm file, lock file, mapped file): created
+    exclusively (``O_CREAT|O_EXCL``, then ``mode`` is the caller's to fchmod: the umask filtered it)
+    or opened, always ``O_NOFOLLOW|O_CLOEXEC``; OS errors become kipc errors (``error(e, op)``)."""
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def fail(e: OSError, op: str) -> Exception:
+        return error(e, op) if error is not None else from_oserror(e, url, op)
+
+    def make() -> int:
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            raise AlreadyExists(f"create {url}: {path} exists (create='if_missing' attaches)",
+                                errno=errno.EEXIST) from None
+        except OSError as e:
+            raise fail(e, "create") from e
+
+    def attach() -> int:
+        try:
+            return os.open(path, flags)
+        except OSError as e:
+            raise fail(e, "open") from e
+
+    return create_or_attach(create, make, attach)
 
 
 # -- SysV keys ---------------------------------------------------------------------------------------

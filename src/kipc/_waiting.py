@@ -41,7 +41,7 @@ def wait(objects: Iterable[W], timeout: float | None = None) -> list[W]:
     objs = list(objects)
     deadline = Deadline.of(timeout)
     for o in objs:
-        o._check_open("wait on")
+        o._check_open("wait")
     if not objs:
         if deadline.blocking:
             raise ValueError("kipc.wait([]) without a timeout would wait forever")
@@ -65,7 +65,7 @@ def wait(objects: Iterable[W], timeout: float | None = None) -> list[W]:
         if ready or deadline.nonblocking or deadline.expired():
             return ready
         for o in objs:
-            o._check_open("wait on")
+            o._check_open("wait")
         if not nofd:
             poller.poll(deadline.remaining_ms())
         elif len(objs) == 1:

@@ -44,7 +44,8 @@ from ._kinds import Kind, ObjectInfo, RemoteKind, refuse_foreign
 from ._naming import parse_url
 from .errors import InvalidArgument, KipcError, NotFound, Unsupported
 
-__all__ = ["GcReport", "GcSkip", "ObjectInfo", "blind_spots", "gc", "inventory", "kinds", "locate", "remove"]
+__all__ = ["GcReport", "GcSkip", "ObjectInfo", "blind_spots", "describe", "gc", "inventory", "kinds", "locate",
+           "remove"]
 
 
 def kinds() -> list[Kind]:
@@ -114,6 +115,8 @@ def _matches(rec: _owners.OwnerRecord, info: ObjectInfo) -> bool:
 
 def _mark(info: ObjectInfo, rec: _owners.OwnerRecord) -> ObjectInfo:
     info.kipc, info.creator_pid, info.alive = True, rec.pid, rec.alive
+    if rec.url and "?" not in rec.url:
+        info.url = rec.url  # as its creator spelled it (sysvmq://5301, fifo://NAME), not the kernel's name
     return info
 
 
@@ -152,6 +155,26 @@ def inventory(all_users: bool = False, kinds: Iterable[str] | None = None) -> li
                 out.append(_mark(found, r.rec))
     me = os.geteuid()
     return [i for i in out if all_users or i.uid is None or i.uid == me]
+
+
+def describe(url: str) -> list[ObjectInfo]:
+    """The object(s) ``url`` names, in detail (marked with their owner record); [] when none is there."""
+    p = parse_url(url)
+    candidates = _kinds_of(p.scheme, url)
+    target = candidates[0].locate(p)
+    recs = [r for r in _records() if r.error is None and r.kind in candidates and r.target == target]
+    out = []
+    for k in candidates:
+        if isinstance(k, RemoteKind):
+            continue
+        info = k.stat(target)
+        if info is None:
+            continue
+        for r in recs:
+            if r.kind is k and _matches(r.rec, info):
+                _mark(info, r.rec)
+        out.append(info)
+    return out
 
 
 # --------------------------------------------------------------------------- removal
@@ -217,13 +240,30 @@ class GcReport:
                 "skipped": [s.to_dict() for s in self.skipped]}
 
 
-def gc(dry_run: bool = False) -> GcReport:
-    """Remove kipc-created objects whose owner is dead (``dry_run``: only report what would go)."""
+def gc(dry_run: bool = False, *, urls: Iterable[str] = (), kinds: Iterable[str] | None = None,
+       owner: int | None = None) -> GcReport:
+    """Remove kipc-created objects whose owner is dead (``dry_run``: only report what would go).
+
+    ``urls`` / ``kinds`` / ``owner`` (the dead creator's pid) limit what is touched (a shared uid).
+    """
     report = GcReport()
     me = os.geteuid()
+    wanted_kinds = set(kinds) if kinds else None
+    if wanted_kinds:
+        known = {k.name for k in registry.kinds()}
+        if wanted_kinds - known:
+            raise InvalidArgument(f"unknown kind(s) {', '.join(sorted(wanted_kinds - known))}; "
+                                  f"known: {', '.join(sorted(known))}")
+    targets = [locate(u) for u in urls]
     for r in _records():
         rec = r.rec
         if rec.alive:
+            continue
+        if owner is not None and rec.pid != owner:
+            continue
+        if wanted_kinds is not None and (r.kind is None or r.kind.name not in wanted_kinds):
+            continue
+        if targets and (r.kind is None or (r.kind.scheme, r.target) not in targets):
             continue
         name = r.kind.name if r.kind is not None else rec.kind
         if r.kind is None or r.error is not None:

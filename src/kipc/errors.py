@@ -8,8 +8,9 @@ already means the same thing, the kipc class also inherits it, so existing
     ├── AlreadyExists      (FileExistsError)
     ├── NotFound           (FileNotFoundError)
     ├── PermissionDenied   (PermissionError)
-    ├── Timeout            (TimeoutError)
-    │   └── WouldBlock     (BlockingIOError)   timeout=0 and the call would block
+    ├── DeadlineExceeded                       the call could not finish in the time it was given
+    │   ├── Timeout        (TimeoutError)      timeout=t (t > 0) passed; the channel is unchanged
+    │   └── WouldBlock     (BlockingIOError)   timeout=0 and the call would have had to wait
     ├── MessageTooLarge    (ValueError)        names the size and the limit
     ├── InvalidArgument    (ValueError)        bad name, key, size, mode, timeout
     ├── ChannelClosed      (EOFError)          no more messages: closed here, or the peer finished
@@ -35,6 +36,7 @@ __all__ = [
     "AlreadyExists",
     "BadObject",
     "ChannelClosed",
+    "DeadlineExceeded",
     "InvalidArgument",
     "KipcError",
     "LimitExceeded",
@@ -77,12 +79,20 @@ class PermissionDenied(KipcError, PermissionError):
     """The kernel refused, or kipc refused a foreign/too-open object."""
 
 
-class Timeout(KipcError, TimeoutError):
+class DeadlineExceeded(KipcError):
+    """The call did not happen within the time it was given (``timeout=0``: at once; ``t``: t seconds).
+
+    As in the stdlib, the two cases are siblings: :class:`Timeout` (a ``TimeoutError``) and
+    :class:`WouldBlock` (a ``BlockingIOError``); catch this class for either. The channel is unchanged.
+    """
+
+
+class Timeout(DeadlineExceeded, TimeoutError):
     """A blocking call ran out of time; the channel is unchanged."""
 
 
-class WouldBlock(Timeout, BlockingIOError):
-    """``timeout=0`` and the call would have had to wait."""
+class WouldBlock(DeadlineExceeded, BlockingIOError):
+    """``timeout=0`` and the call would have had to wait; the channel is unchanged."""
 
 
 class MessageTooLarge(KipcError, ValueError):

@@ -18,12 +18,25 @@ semaphores, not channels) have two kinds each.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import inspect
+import time
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from ._base import Channel, Listener
+from ._base import Channel, CreateMode, Listener, format_seconds
 from ._kinds import Kind
-from ._naming import parse_url
-from .errors import InvalidArgument
+from ._naming import ParsedURL, parse_url, validate_timeout
+from .codecs import Codec
+from .errors import InvalidArgument, NotFound, Timeout
+
+if TYPE_CHECKING:
+    from .transports.fifo import FifoChannel
+    from .transports.file import SpoolChannel
+    from .transports.nats import NatsChannel
+    from .transports.posixmq import PosixMessageQueue
+    from .transports.ring import RingChannel
+    from .transports.sysvmq import SysVMessageQueue
+    from .transports.tcp import TcpChannel, TcpListener
+    from .transports.unix import UnixChannel, UnixListener
 
 __all__ = ["kinds", "kinds_of", "listen", "listen_schemes", "load", "open", "register", "register_kind", "schemes"]
 
@@ -113,15 +126,119 @@ def load(scheme: str, *, listener: bool = False) -> Any:
     return _import(target)
 
 
-def open(url: str, **options: Any) -> Channel:
-    """Open (or with ``create=True`` create) the channel named by ``url``."""
+#: URL query keys that are part of an address rather than a constructor option
+_ADDRESS_KEYS: dict[str, frozenset[str]] = {"sysvmq": frozenset({"proj"})}
+
+
+def options_of(cls: type) -> list[str]:
+    """The keyword options ``cls`` accepts (its constructor's keyword parameters), sorted."""
+    return sorted(p.name for p in inspect.signature(cls).parameters.values() if p.kind is p.KEYWORD_ONLY)
+
+
+def check_options(cls: type, parsed: ParsedURL, options: dict[str, Any], *, extra: tuple[str, ...] = ()) -> None:
+    """Refuse an option ``cls`` does not take, naming the valid ones (once for every scheme).
+
+    A URL query key is :class:`InvalidArgument` (a ValueError), a keyword argument ``TypeError``.
+    """
+    params = inspect.signature(cls).parameters
+    if not extra and any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return  # the class takes any keyword: it checks its own
+    valid = {*options_of(cls), *_ADDRESS_KEYS.get(parsed.scheme, ()), *extra}
+    listing = ", ".join(sorted(valid))
+    for k in parsed.query:
+        if k not in valid:
+            raise InvalidArgument(f"{parsed.url}: unknown option {k!r} for {parsed.scheme}://; "
+                                  f"valid options: {listing}")
+    for k in options:
+        if k not in valid:
+            raise TypeError(f"open({parsed.url!r}): unknown option {k!r} for {parsed.scheme}://; "
+                            f"valid options: {listing}")
+
+
+_WAIT_FIRST, _WAIT_MOST = 0.005, 0.2
+
+
+def _open_waiting(url: str, wait: object, attempt: Any) -> Any:
+    """``attempt()`` until it stops raising NotFound or ``wait`` seconds pass (Timeout naming url)."""
+    limit = validate_timeout(wait)
+    if limit is None:
+        limit = float("inf")
+    end = time.monotonic() + limit
+    pause = _WAIT_FIRST
+    while True:
+        try:
+            return attempt()
+        except NotFound as e:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"open {url}: it did not appear within {format_seconds(limit)} s ({e})") from e
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _WAIT_MOST)
+
+
+# Typed ways in (docs/typing.md): ``scheme=`` (the URL's scheme, checked) gives the mechanism's class, so
+# mechanism methods (``recv_with_type``, ``loan``, ``stat`` ...) type-check without a cast; ``codec=`` makes
+# the message type ``object``.
+@overload
+def open(url: str, *, scheme: Literal["ring"], codec: None = None, create: CreateMode = ..., wait: float | None = ...,
+         **options: object) -> RingChannel: ...
+@overload
+def open(url: str, *, scheme: Literal["sysvmq"], codec: None = None, create: CreateMode = ...,
+         wait: float | None = ..., **options: object) -> SysVMessageQueue: ...
+@overload
+def open(url: str, *, scheme: Literal["posixmq"], codec: None = None, create: CreateMode = ...,
+         wait: float | None = ..., **options: object) -> PosixMessageQueue: ...
+@overload
+def open(url: str, *, scheme: Literal["fifo"], codec: None = None, create: CreateMode = ..., wait: float | None = ...,
+         **options: object) -> FifoChannel: ...
+@overload
+def open(url: str, *, scheme: Literal["file"], codec: None = None, create: CreateMode = ..., wait: float | None = ...,
+         **options: object) -> SpoolChannel: ...
+@overload
+def open(url: str, *, scheme: Literal["unix"], codec: None = None, wait: float | None = ...,
+         **options: object) -> UnixChannel: ...
+@overload
+def open(url: str, *, scheme: Literal["tcp"], codec: None = None, wait: float | None = ...,
+         **options: object) -> TcpChannel: ...
+@overload
+def open(url: str, *, scheme: Literal["nats"], codec: None = None, create: CreateMode = ..., wait: float | None = ...,
+         **options: object) -> NatsChannel: ...
+@overload
+def open(url: str, *, scheme: str | None = None, codec: None = None, create: CreateMode = ...,
+         wait: float | None = ..., **options: object) -> Channel[bytes]: ...
+@overload
+def open(url: str, *, scheme: str | None = None, codec: str | Codec, create: CreateMode = ...,
+         wait: float | None = ..., **options: object) -> Channel[object]: ...
+def open(url: str, *, scheme: str | None = None, wait: float | None = None, **options: Any) -> Channel[Any]:
+    """Open (or with ``create=True`` create) the channel named by ``url``.
+
+    ``wait=seconds`` waits until the object exists (the consumer started first): ``NotFound`` is
+    retried with a back-off until then, and :class:`~kipc.Timeout` names the URL. ``scheme=`` is
+    for type checkers (the result is typed as that mechanism's class); it must match the URL.
+    An unknown option raises an error naming the valid options of the scheme.
+    """
     parsed = parse_url(url)
+    if scheme is not None and scheme != parsed.scheme:
+        raise InvalidArgument(f"open({url!r}, scheme={scheme!r}): the URL's scheme is {parsed.scheme!r}")
     cls = load(parsed.scheme)
-    return cls.from_url(parsed, **options)
+    check_options(cls, parsed, options)
+    if wait is None:
+        return cls.from_url(parsed, **options)
+    return _open_waiting(url, wait, lambda: cls.from_url(parsed, **options))
 
 
-def listen(url: str, **options: Any) -> Listener:
+@overload
+def listen(url: str, *, scheme: Literal["unix"], **options: object) -> UnixListener: ...
+@overload
+def listen(url: str, *, scheme: Literal["tcp"], **options: object) -> TcpListener: ...
+@overload
+def listen(url: str, *, scheme: str | None = None, **options: object) -> Listener: ...
+def listen(url: str, *, scheme: str | None = None, **options: Any) -> Listener:
     """Listen on a ``unix://`` or ``tcp://`` address; ``accept()`` yields channels."""
     parsed = parse_url(url)
+    if scheme is not None and scheme != parsed.scheme:
+        raise InvalidArgument(f"listen({url!r}, scheme={scheme!r}): the URL's scheme is {parsed.scheme!r}")
     cls = load(parsed.scheme, listener=True)
+    # a listener passes the options it does not take itself to the channels it accepts
+    check_options(cls, parsed, options, extra=tuple(options_of(load(parsed.scheme))))
     return cls.from_url(parsed, **options)

@@ -220,7 +220,10 @@ def test_error_tree_inherits_builtins() -> None:
     assert issubclass(kipc.NotFound, FileNotFoundError)
     assert issubclass(kipc.PermissionDenied, PermissionError)
     assert issubclass(kipc.Timeout, TimeoutError)
-    assert issubclass(kipc.WouldBlock, BlockingIOError) and issubclass(kipc.WouldBlock, kipc.Timeout)
+    # as the stdlib: non-blocking -> BlockingIOError, timed out -> TimeoutError; siblings under DeadlineExceeded
+    assert issubclass(kipc.WouldBlock, BlockingIOError) and not issubclass(kipc.WouldBlock, TimeoutError)
+    assert not issubclass(kipc.Timeout, BlockingIOError)
+    assert issubclass(kipc.WouldBlock, kipc.DeadlineExceeded) and issubclass(kipc.Timeout, kipc.DeadlineExceeded)
     assert issubclass(kipc.MessageTooLarge, ValueError)
     assert issubclass(kipc.PeerGone, kipc.ChannelClosed)
     for cls in (kipc.AlreadyExists, kipc.Timeout, kipc.MessageTooLarge, kipc.Unsupported, kipc.BadObject):
@@ -274,7 +277,7 @@ LAYER = {
     "_naming": 1, "codecs": 1, "_procs": 1, "_owners": 2, "_framing": 2, "_objects": 2, "_kinds": 2,
     "_base": 3, "_waiting": 3,
     "shm": 4, "_mapped": 4, "sync": 4, "transports": 4,
-    "queues": 5, "registry": 5,
+    "queues": 5, "registry": 5, "reqrep": 6,
     "admin": 6, "testing": 6,
     "cli": 7, "__init__": 8, "__main__": 8,
 }

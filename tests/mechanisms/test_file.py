@@ -52,7 +52,7 @@ print("READY", flush=True)
 while True:
     try:
         p, s = check(ch.recv(timeout=2))
-    except kipc.Timeout:
+    except kipc.DeadlineExceeded:
         break
     print(p, s, flush=True)
 print("END", flush=True)

@@ -592,3 +592,16 @@ def test_ls_shows_locks_with_holder_and_gc_finds_dead_creators() -> None:
     finally:
         kipc.remove(url)
     assert not os.path.exists(f"/dev/shm/kipc.lock.{url.removeprefix('posix://')}")
+
+
+def test_event_wait_takes_timeout_keyword() -> None:
+    # threading.Event's signature: wait(timeout=None); the bound C method was positional-only
+    from kipc.testing import unique_name
+
+    ev = kipc.Event(f"posix://{unique_name()}", create=True)
+    try:
+        assert ev.wait(timeout=0.01) is False
+        ev.set()
+        assert ev.wait(timeout=0.01) is True and ev.wait(0) is True
+    finally:
+        ev.close()

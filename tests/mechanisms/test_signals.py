@@ -94,7 +94,7 @@ async def main():
 print('GOT', asyncio.run(main()).value)
 try:
     r.recv(timeout=0.05)
-except kipc.Timeout:
+except kipc.DeadlineExceeded:
     print('TIMEOUT')
 r.close()
 """

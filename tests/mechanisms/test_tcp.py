@@ -84,11 +84,15 @@ def test_auth_right_key_between_processes() -> None:
             child.check(10)
 
 
-def test_auth_wrong_key_refused_on_both_sides_without_decoding_payload() -> None:
+def test_auth_wrong_key_refused_on_both_sides_without_decoding_payload(caplog: pytest.LogCaptureFixture) -> None:
     with kipc.listen("tcp://127.0.0.1:0", auth=b"s3cret") as lst:
         with testing.spawn(CLIENT, lst.url, ROOT, "guess", ready=False) as child:
-            with pytest.raises(kipc.PermissionDenied, match="failed authentication"):
-                lst.accept(timeout=10)  # no channel, so no payload was ever decoded
+            with caplog.at_level("WARNING", logger="kipc"):
+                deadline = time.monotonic() + 10
+                while "failed authentication" not in caplog.text and time.monotonic() < deadline:
+                    with pytest.raises(kipc.Timeout):
+                        lst.accept(timeout=0.2)  # refused, logged and skipped: no channel, no payload decoded
+            assert "failed authentication" in caplog.text
             line = child.expect("REFUSED", 10)
             assert "PermissionDenied" in line and "wrong auth key" in line
             child.check(10)
@@ -97,12 +101,13 @@ def test_auth_wrong_key_refused_on_both_sides_without_decoding_payload() -> None
             check(ch.recv(timeout=10), 31, 0)
 
 
-def test_auth_mismatch_in_presence() -> None:
+def test_auth_mismatch_in_presence(caplog: pytest.LogCaptureFixture) -> None:
     # client without a key, server with one: the client reads MAGIC as an absurd length
     with kipc.listen("tcp://127.0.0.1:0", auth=b"k", handshake_timeout=0.5) as lst, \
             kipc.open(lst.url, timeout=5) as c:
-        with pytest.raises(kipc.PermissionDenied, match="did not authenticate"):
-            lst.accept(timeout=5)
+        with caplog.at_level("WARNING", logger="kipc"), pytest.raises(kipc.Timeout):
+            lst.accept(timeout=1)
+        assert "no complete handshake within 0.5 s" in caplog.text
         with pytest.raises(kipc.ProtocolError):
             c.recv(timeout=5)
     # client with a key, server without: no challenge comes
@@ -120,10 +125,11 @@ def test_a_silent_peer_cannot_stall_accept_forever() -> None:
         raw = socket.create_connection((host, int(port)))
         try:
             t0 = time.monotonic()
-            with pytest.raises(kipc.PermissionDenied):
-                lst.accept(timeout=10)
+            with pytest.raises(kipc.Timeout):
+                lst.accept(timeout=1)
             assert time.monotonic() - t0 < 5
             assert raw.recv(100).startswith(MAGIC)  # the challenge: MAGIC + nonce
+            assert raw.recv(100) == b""  # then the silent peer is dropped after handshake_timeout
         finally:
             raw.close()
 
@@ -135,8 +141,8 @@ def test_nonces_differ_per_connection() -> None:
         for _ in range(2):
             raw = socket.create_connection((host, int(port)))
             try:
-                with pytest.raises(kipc.PermissionDenied):
-                    lst.accept(timeout=5)
+                with pytest.raises(kipc.Timeout):
+                    lst.accept(timeout=0.5)
                 seen.add(raw.recv(100))
             finally:
                 raw.close()

@@ -58,7 +58,7 @@ try:
     print("GOT", flush=True)
 except kipc.ChannelClosed:
     print("CLOSED", time.monotonic(), flush=True)
-except kipc.Timeout:
+except kipc.DeadlineExceeded:
     print("TIMEOUT", flush=True)
 """
 

@@ -562,7 +562,7 @@ got = []
 while True:
     try:
         info = r.recv(timeout=0.3)
-    except kipc.Timeout:
+    except kipc.DeadlineExceeded:
         break
     got.append([info.value, info.uid, info.code])
 print("END", r.dropped, json.dumps(got), flush=True)

@@ -48,7 +48,7 @@ def _drain(ch: RingChannel, seen: dict[int, int], timeout: float = 0.05, until: 
     while time.monotonic() < until:
         try:
             m = ch.recv(timeout=timeout)
-        except kipc.Timeout:
+        except kipc.DeadlineExceeded:
             return n
         p, s = check(m)
         assert s == seen.get(p, -1) + 1, f"producer {p}: got seq {s} after {seen.get(p, -1)} (lost or duplicated)"
@@ -121,14 +121,14 @@ def kill_consumers(ch: RingChannel, rounds: int, rng: random.Random,
             try:
                 ch.send(payload(0, seq, SIZES[seq % len(SIZES)]), timeout=0.002)
                 seq += 1
-            except kipc.Timeout:
+            except kipc.DeadlineExceeded:
                 pass
         os.kill(pid, signal.SIGKILL)
         wait_pid(pid, 10)
         got = read_reported(rfd)
         # the first recv takes the consumer lock the dead one may have held (and repairs it)
-        rest, missing = take_rest_after_consumer_kill(lambda t: ch.recv(timeout=t), kipc.Timeout, first, got, seq,
-                                                      recover)
+        rest, missing = take_rest_after_consumer_kill(lambda t: ch.recv(timeout=t), kipc.DeadlineExceeded, first,
+                                                      got, seq, recover)
         lost += missing
         received += len(got) + len(rest)
     return received, lost

@@ -345,7 +345,8 @@ def measure_peer(kind: str, *, sizes: list[int], rtt_iters: int, stream_bytes: i
             if kind == "kipc.Queue":
                 import kipc
 
-                qa, qb = kipc.Queue(ctx=ctx), kipc.Queue(ctx=ctx)
+                qa: Any = kipc.Queue(ctx=ctx)
+                qb: Any = kipc.Queue(ctx=ctx)
             else:
                 qa, qb = ctx.Queue(), ctx.Queue()
             args: tuple[Any, ...] = (kind, qa, qb)

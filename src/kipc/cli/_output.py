@@ -11,13 +11,63 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-__all__ = ["Output", "error_line"]
+__all__ = ["Output", "error_line", "fit_columns", "human_size", "plain_table", "terminal_width"]
+
+
+def human_size(n: int | None) -> str:
+    """``4198400`` -> ``4.0 MiB``; below 1 KiB in bytes (``512 B``); None -> ``""``."""
+    if n is None:
+        return ""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    return f"{n} B"  # pragma: no cover
+
+
+def terminal_width(stream: TextIO) -> int | None:
+    """The width to fit: ``COLUMNS`` when set, else the terminal's; None (no limit) for a pipe or file."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        if stream.isatty():
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+def fit_columns(columns: Sequence[str], rows: Sequence[Sequence[str]], limit: int | None, *,
+                drop: Sequence[str] = (), sep: int = 2, edge: int = 0) -> list[int]:
+    """Indices of the columns to show so a line fits ``limit``: columns in ``drop`` go first, in order.
+
+    Cells are never cut (a URL is shown whole); a line is ``sum(widths) + sep * (n - 1) + edge``.
+    """
+    keep = list(range(len(columns)))
+    if limit is None:
+        return keep
+    widths = [max([width(c), *(width(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+
+    def total() -> int:
+        return sum(widths[i] for i in keep) + sep * (len(keep) - 1) + edge
+
+    for name in drop:
+        if total() <= limit:
+            break
+        if name in columns:
+            keep.remove(columns.index(name))
+    return keep
 
 
 def error_line(message: str, stream: TextIO | None = None) -> None:
@@ -77,17 +127,25 @@ class Output:
         print(f"kipc: warning: {text}", file=self.err, flush=True)
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None,
-              right: Sequence[str] = ()) -> None:
+              right: Sequence[str] = (), drop: Sequence[str] = ()) -> None:
+        """A table that fits the terminal (or ``COLUMNS``): the columns in ``drop`` go first, in that order,
+        and no cell is ever broken (URLs stay whole)."""
         cells = [["" if v is None else str(v) for v in row] for row in rows]
+        limit = terminal_width(self.out)
+        n = len(columns)
+        keep = fit_columns(columns, cells, limit, drop=drop, sep=3 if self.rich else 2, edge=4 if self.rich else 0)
+        if len(keep) < n:
+            columns = [columns[i] for i in keep]
+            cells = [[row[i] for i in keep] for row in cells]
         if self.rich:
             from rich.table import Table
 
             t = Table(title=title, header_style="bold", title_justify="left")
             for c in columns:
-                t.add_column(c, justify="right" if c in right else "left", overflow="fold")
+                t.add_column(c, justify="right" if c in right else "left", no_wrap=True, overflow="ignore")
             for row in cells:
                 t.add_row(*row)
-            self.console.print(t)
+            self.console.print(t, width=max(limit or 0, self.console.width), crop=False)
             return
         if title:
             self.out.write(title + "\n")

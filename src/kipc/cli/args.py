@@ -12,9 +12,9 @@ from typing import NoReturn
 
 from ._output import error_line
 
-__all__ = ["VERBS", "UsageError", "build_parser"]
+__all__ = ["VERBS", "UsageError", "build_parser", "parse_args"]
 
-VERBS = ("ls", "rm", "gc", "send", "recv", "bench", "tour", "top")
+VERBS = ("ls", "stat", "rm", "gc", "send", "recv", "bench", "tour", "top")
 
 
 class UsageError(Exception):
@@ -84,10 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("ls", help="list IPC objects (SysV, POSIX, FIFOs, sockets, spools, rings)")
+    p.add_argument("pattern", nargs="?", metavar="PATTERN",
+                   help="only URLs matching this shell pattern ('ring://job*'), or containing it")
     p.add_argument("--all", "-a", action="store_true", help="every readable object, not only yours")
     p.add_argument("--kind", "-k", action="append", metavar="KIND",
                    help="only these kinds (repeatable or comma-separated): sysvmq, sysvshm, sysvsem, posixshm, "
                         "posixsem, posixmq, ring, fifo, unix, file, tcp, nats, and those of registered schemes")
+    _common(p)
+
+    p = sub.add_parser("stat", help="one object in detail")
+    p.add_argument("url", metavar="URL")
     _common(p)
 
     p = sub.add_parser("rm", help="remove objects by URL (only your own)")
@@ -97,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("gc", help="remove kipc objects whose owner process is dead")
+    p.add_argument("urls", nargs="*", metavar="URL", help="only these objects")
     p.add_argument("--dry-run", "-n", action="store_true", help="only show what would be removed")
+    p.add_argument("--kind", "-k", action="append", metavar="KIND", help="only these kinds (as kipc ls --kind)")
+    p.add_argument("--owner", type=_int, metavar="PID", help="only objects whose dead creator had this pid")
     _common(p)
 
     p = sub.add_parser("send", help="send a message (argument, or stdin) to a channel URL")
@@ -145,8 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=_seconds, default=1.0, help="seconds between refreshes (default 1)")
     p.add_argument("--iterations", type=_positive_int, metavar="N", help="stop after N refreshes")
     p.add_argument("--all", "-a", action="store_true", help="every readable object, not only yours")
+    p.add_argument("--sort", choices=("url", "kind", "depth", "rate", "size"), default="url",
+                   help="row order (depth, rate and size: largest first)")
     _common(p)
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line; a verb's options may come anywhere (``kipc send URL --create DATA``).
+
+    ``parse_intermixed_args`` does not support subparsers, so the verb's own parser parses what follows it.
+    """
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv and argv[0] in sub.choices:
+        args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+        args.verb = argv[0]
+        return args
+    return parser.parse_args(argv)  # --help, --version, a missing or unknown verb: argparse says it
 
 
 def _version() -> str:

@@ -15,7 +15,7 @@ import sys
 
 from ..errors import InvalidArgument, KipcError
 from ._output import Output, error_line
-from .args import UsageError, build_parser
+from .args import UsageError, parse_args
 
 __all__ = ["main"]
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         try:
-            args = build_parser().parse_args(argv)
+            args = parse_args(argv)
         except SystemExit as e:  # --help / --version
             return int(e.code or 0) if not isinstance(e.code, str) else 2
         out = Output(json_mode=getattr(args, "json", False))

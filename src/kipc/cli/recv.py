@@ -3,13 +3,14 @@
 * Output: each message's bytes followed by a newline, written to the binary
   stdout (so UTF-8 and binary pass unchanged); ``--raw``: the bytes only;
   ``--hex``: one hex line per message; ``--json``: one JSON object per line
-  (``{"url", "size", "text" (UTF-8 or null), "hex"}``).
+  (``{"url", "size", "text" (UTF-8 or null), "hex"}``, plus ``"type"`` from a SysV queue
+  and ``"priority"`` from a POSIX queue).
 * ``-n N`` messages (default 1); ``--follow`` until the channel closes or
   Ctrl-C. ``--timeout S`` bounds the wait for each message (exit 1 on expiry;
   with ``--follow``, after at least one message, expiry ends quietly: exit 0).
 * ``--create``: create the object if missing, and remove it when kipc exits;
   for ``unix://``/``tcp://`` this means listen and accept a sender (with
-  ``--follow``, one sender after another).
+  ``--follow``, one sender after another). SIGTERM and SIGHUP clean up like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,10 +25,22 @@ from typing import Any
 from .. import registry
 from .._base import Deadline
 from .._naming import parse_url
-from ..errors import ChannelClosed, Timeout
+from ..errors import ChannelClosed, DeadlineExceeded
 from ._output import Output
+from ._signals import exit_cleanly_on_signals
 
-__all__ = ["messages", "run"]
+__all__ = ["messages", "received", "run"]
+
+
+def _recv(ch: Any, timeout: float | None, knobs: dict[str, Any]) -> tuple[Any, dict[str, int]]:
+    """One message and what the mechanism tells about it (SysV type, POSIX priority)."""
+    if ch.scheme == "sysvmq":
+        data, mtype = ch.recv_with_type(timeout=timeout, **knobs)
+        return data, {"type": mtype}
+    if ch.scheme == "posixmq" and not knobs:
+        data, prio = ch.recv_with_priority(timeout=timeout)
+        return data, {"priority": prio}
+    return ch.recv(timeout=timeout, **knobs), {}
 
 
 def _channels(url: str, *, create: bool, follow: bool, timeout: float | None, stack: ExitStack) -> Iterator[Any]:
@@ -53,21 +66,28 @@ def _channels(url: str, *, create: bool, follow: bool, timeout: float | None, st
 def messages(url: str, *, count: int | None, create: bool = False, follow: bool = False,
              timeout: float | None = None, **knobs: Any) -> Iterator[bytes]:
     """Yield up to ``count`` messages (None: until the channel closes)."""
+    for data, _ in received(url, count=count, create=create, follow=follow, timeout=timeout, **knobs):
+        yield data
+
+
+def received(url: str, *, count: int | None, create: bool = False, follow: bool = False,
+             timeout: float | None = None, **knobs: Any) -> Iterator[tuple[bytes, dict[str, int]]]:
+    """Yield up to ``count`` ``(message, meta)`` pairs (meta: ``type`` / ``priority`` where the scheme has one)."""
     Deadline.of(timeout)  # validate before opening anything
     n = 0
     with ExitStack() as stack:
         for ch in _channels(url, create=create, follow=follow, timeout=timeout, stack=stack):
             while count is None or n < count:
                 try:
-                    data = ch.recv(timeout=timeout, **knobs)
+                    data, meta = _recv(ch, timeout, knobs)
                 except ChannelClosed:
                     break
-                except Timeout:
+                except DeadlineExceeded:
                     if follow and n:  # --follow --timeout S: stop once idle for S seconds
                         return
                     raise
                 n += 1
-                yield bytes(data)
+                yield bytes(data), meta
             if count is not None and n >= count:
                 return
     if n == 0:
@@ -79,15 +99,20 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if args.type is not None:
         knobs["type"] = args.type
     count = None if args.follow else args.count
+    with exit_cleanly_on_signals():
+        return _print(args, out, count, knobs)
+
+
+def _print(args: argparse.Namespace, out: Output, count: int | None, knobs: dict[str, Any]) -> int:
     buf = sys.stdout.buffer if out.out is sys.stdout else None
-    for data in messages(args.url, count=count, create=args.create, follow=args.follow, timeout=args.timeout,
-                         **knobs):
+    for data, meta in received(args.url, count=count, create=args.create, follow=args.follow, timeout=args.timeout,
+                               **knobs):
         if out.json_mode:
             try:
                 text: str | None = data.decode()
             except UnicodeDecodeError:
                 text = None
-            line = json.dumps({"url": args.url, "size": len(data), "text": text, "hex": data.hex()}) + "\n"
+            line = json.dumps({"url": args.url, "size": len(data), "text": text, "hex": data.hex(), **meta}) + "\n"
             chunk = line.encode()
         elif args.hex:
             chunk = data.hex().encode() + b"\n"

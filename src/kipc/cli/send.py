@@ -10,6 +10,9 @@
   side (``kipc recv --create``).
 * ``--type`` (sysvmq) and ``--priority`` (posixmq) are passed as send knobs; a
   scheme that cannot honour one fails with a usage error.
+* ``--timeout S`` also bounds the wait for a peer where opening waits for one (a FIFO's
+  reader, a socket's listener); an object created here and never used is removed again, on a
+  timeout as on SIGINT, SIGTERM or SIGHUP.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .. import registry
 from .._naming import parse_url
 from ..errors import InvalidArgument
 from ._output import Output
+from ._signals import exit_cleanly_on_signals
 
 __all__ = ["open_for_send", "read_messages", "run"]
 
@@ -50,12 +54,14 @@ def read_messages(data: str, *, lines: bool, hex_input: bool) -> list[bytes]:
     return [raw]
 
 
-def open_for_send(url: str, *, create: bool) -> Any:
+def open_for_send(url: str, *, create: bool, timeout: float | None = None) -> Any:
     import kipc
 
     scheme = parse_url(url).scheme
-    registry.load(scheme)  # unknown scheme -> usage error before reading stdin
+    cls = registry.load(scheme)  # unknown scheme -> usage error before reading stdin
     opts: dict[str, Any] = dict(SEND_OPTIONS.get(scheme, {}))
+    if timeout is not None and "timeout" in registry.options_of(cls):
+        opts["timeout"] = timeout  # opening waits for a peer (FIFO reader, listener): bounded too
     if create:
         if scheme in CONNECT_ONLY:
             raise InvalidArgument(f"send --create: {scheme}:// is created by the listening side "
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     parse_url(args.url)
     messages = read_messages(args.data, lines=args.lines, hex_input=args.hex)
     sent = 0
-    with open_for_send(args.url, create=args.create) as ch:
+    with exit_cleanly_on_signals(), open_for_send(args.url, create=args.create, timeout=args.timeout) as ch:
         for m in messages:
             ch.send(m, timeout=args.timeout, **knobs)
             sent += 1

@@ -22,11 +22,36 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import admin
-from ._output import Output, plain_table
+from ._output import Output, fit_columns, human_size, plain_table, terminal_width
 
 __all__ = ["Sampler", "run"]
 
 COLUMNS = ("kind", "url", "owner", "depth", "msgs/s", "size", "attached", "creator", "alive")
+#: what goes first when the table is too wide (kind, url and msgs/s always stay)
+DROP = ("attached", "creator", "owner", "alive", "size", "depth")
+RIGHT = ("depth", "msgs/s", "size", "attached", "creator")
+
+
+def _sort(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    if key in ("url", "kind"):
+        return sorted(rows, key=lambda r: (str(r[key]), str(r["url"])))
+    field = {"rate": "rate", "depth": "depth", "size": "size"}[key]
+
+    def num(r: dict[str, Any]) -> float:
+        v = r[field]
+        if isinstance(v, str):
+            v = v.lstrip("~").replace(",", "") or "0"
+        try:
+            return -float(v or 0)
+        except ValueError:
+            return 0.0
+
+    return sorted(rows, key=lambda r: (num(r), str(r["url"])))
+
+
+def _fit(cells: list[list[str]], limit: int | None, rich: bool) -> tuple[list[str], list[list[str]]]:
+    keep = fit_columns(COLUMNS, cells, limit, drop=DROP, sep=3 if rich else 2, edge=4 if rich else 0)
+    return [COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in cells]
 
 
 class Sampler:
@@ -62,7 +87,7 @@ def _cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     def s(v: Any) -> str:
         return "" if v is None else str(v)
 
-    return [[r["kind"], r["url"], r["owner"], s(r["depth"]), r["rate"], s(r["size"]), s(r["attached"]),
+    return [[r["kind"], r["url"], r["owner"], s(r["depth"]), r["rate"], human_size(r["size"]), s(r["attached"]),
              s(r["creator_pid"]), "" if r["alive"] is None else ("yes" if r["alive"] else "DEAD")] for r in rows]
 
 
@@ -104,14 +129,15 @@ def _quit_pressed(fd: int | None, timeout: float) -> bool:
                 return True
 
 
-def _render(rows: list[dict[str, Any]], n: int, interval: float) -> Any:
+def _render(rows: list[dict[str, Any]], n: int, interval: float, limit: int | None) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"kipc top — {len(rows)} objects, refresh {interval:g} s (#{n}) — q or Ctrl-C quits",
+    columns, cells = _fit(_cells(rows), limit, True)
+    t = Table(title=f"kipc top: {len(rows)} objects, every {interval:g} s (#{n}), q quits",
               title_justify="left", header_style="bold")
-    for c in COLUMNS:
-        t.add_column(c, justify="right" if c in ("depth", "msgs/s", "size", "attached", "creator") else "left")
-    for row in _cells(rows):
+    for c in columns:
+        t.add_column(c, justify="right" if c in RIGHT else "left", no_wrap=True, overflow="ignore")
+    for row in cells:
         t.add_row(*row)
     return t
 
@@ -119,29 +145,33 @@ def _render(rows: list[dict[str, Any]], n: int, interval: float) -> Any:
 def run(args: argparse.Namespace, out: Output) -> int:
     sampler = Sampler(args.all)
     interval = max(0.05, args.interval)
+    limit = terminal_width(out.out)
+    sort = getattr(args, "sort", "url")
     n = 0
     with _keyboard() as kb:
         try:
             if out.rich and not out.json_mode:
                 from rich.live import Live
 
-                with Live(_render(sampler.sample(), 1, interval), console=out.console, auto_refresh=False,
+                with Live(_render(_sort(sampler.sample(), sort), 1, interval, limit), console=out.console,
+                          auto_refresh=False,
                           transient=False) as live:
                     n = 1
                     while not (args.iterations and n >= args.iterations):
                         if _quit_pressed(kb, interval):
                             break
                         n += 1
-                        live.update(_render(sampler.sample(), n, interval), refresh=True)
+                        live.update(_render(_sort(sampler.sample(), sort), n, interval, limit), refresh=True)
                 return 0
             while True:
-                rows = sampler.sample()
+                rows = _sort(sampler.sample(), sort)
                 n += 1
                 if out.json_mode:
                     out.json({"refresh": n, "time": time.time(), "objects": rows})
                 else:
                     out.out.write(f"-- kipc top #{n}: {len(rows)} objects --\n")
-                    out.out.write(plain_table(COLUMNS, _cells(rows), right=("depth", "msgs/s", "size")))
+                    columns, cells = _fit(_cells(rows), limit, False)
+                    out.out.write(plain_table(columns, cells, right=RIGHT))
                     out.out.flush()
                 if args.iterations and n >= args.iterations:
                     return 0

@@ -46,7 +46,7 @@ class Event(_SyncObject):
         self.set = h.set  # type: ignore[method-assign]
         self.clear = h.clear  # type: ignore[method-assign]
         self.is_set = h.is_set  # type: ignore[method-assign]
-        self.wait = h.wait  # type: ignore[method-assign]
+        # not wait: the C method is positional-only, and wait(timeout=5) is threading.Event's API
 
     def _handle(self, op: str) -> object:
         if self._h is None:

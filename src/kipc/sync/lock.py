@@ -41,7 +41,6 @@ Contract card:
 from __future__ import annotations
 
 import asyncio
-import errno as _errno
 import math
 import os
 import stat as _stat
@@ -53,9 +52,9 @@ from .. import _owners
 from .._base import Resource
 from .._kinds import DevShmKind, ObjectInfo
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
-from .._objects import check_attach, file_identity, parse_create
+from .._objects import check_attach, file_identity, open_path, parse_create
 from .._platform import native
-from ..errors import AlreadyExists, BadObject, ChannelClosed, InvalidArgument, Unsupported, from_oserror
+from ..errors import BadObject, ChannelClosed, InvalidArgument, Unsupported, from_oserror
 
 __all__ = ["LOCK_KIND", "RLOCK_KIND", "Lock", "RLock"]
 
@@ -91,23 +90,7 @@ class _SyncObject(Resource):
         self.name = name
         self.path = path = f"/dev/shm/{self._prefix}{name}"
         self._record_url = f"posix-{self._kind_name}://{name}"  # read back by the object kind (kipc ls/gc)
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd, created = -1, False
-        if create:
-            try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
-                created = True
-            except FileExistsError:
-                if create is True:
-                    raise AlreadyExists(f"create {url}: {path} exists (create='if_missing' attaches)",
-                                        errno=_errno.EEXIST) from None
-            except OSError as e:
-                raise from_oserror(e, url, "create") from e
-        if fd < 0:
-            try:
-                fd = os.open(path, flags)
-            except OSError as e:
-                raise from_oserror(e, url, "open") from e
+        fd, created = open_path(path, url, create, mode)
         try:
             if created:
                 os.fchmod(fd, mode)  # the umask filtered open()'s mode

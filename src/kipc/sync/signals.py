@@ -13,8 +13,23 @@ Contract card:
   ``send`` raises :class:`LimitExceeded`.
 * Receiving: :class:`Receiver` blocks its signals with ``pthread_sigmask`` and
   reads them from a ``signalfd``: ``recv(timeout=)``, iteration, ``fileno()``
-  and ``await arecv()``. By default only ``SI_QUEUE`` signals from our own uid
-  are returned; others are counted in ``dropped`` and discarded.
+  and ``await arecv()``. By default only ``SI_QUEUE`` signals claiming our own
+  uid are returned; others are counted in ``dropped`` and discarded.
+* What is trusted (Linux): only processes allowed to signal us can send at
+  all (same uid as ours, or root / CAP_KILL). For ``SI_QUEUE`` signals the
+  sender writes ``si_pid``, ``si_uid`` and the value itself
+  (``rt_sigqueueinfo``): any process of our uid can claim any pid (pid 1) and
+  any uid (ours, root's); root can forge anything. So ``pid``/``uid`` of a
+  queued signal are the sender's claim, and the uid filter is a convenience
+  (it drops honest signals of other uids), not a defence. The kernel refuses
+  only a forged ``si_code >= 0`` (posing as ``kill``): ``kill`` signals
+  (``SI_USER``, ``any_code=True``) carry a true pid/uid but no payload.
+  ``Receiver(token=True)`` is the filter that holds: a random 32-bit secret
+  (``r.token``; or ``token=N``) that senders pass as ``send(pid, v,
+  token=r.token)`` in the high half of the 64-bit ``sival_ptr``; signals
+  without it are dropped. It stops senders that do not know the secret; it
+  is not a cryptographic barrier (a same-uid process can guess at some 10^5
+  signals a second, visible in ``dropped``, or read our memory with ptrace).
 * Thread / mask rules (enforced): a process-directed signal goes to any
   thread that does not block it, where its default action (terminate, for RT
   signals) would run instead of reaching the signalfd. So the signals must be
@@ -34,10 +49,12 @@ import asyncio
 import ctypes
 import errno as _errno
 import os
+import secrets
 import select
 import signal
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -50,6 +67,7 @@ __all__ = ["SI_QUEUE", "SI_USER", "Receiver", "SignalInfo", "send"]
 SI_QUEUE = -1
 SI_USER = 0
 _INT32 = (-(2**31), 2**31 - 1)
+_TOKEN_MAX = 2**32 - 1
 
 
 class SignalInfo(NamedTuple):
@@ -68,15 +86,32 @@ def _check_signo(signo: object) -> int:
     return int(signo)
 
 
-def send(pid: int, value: int, signo: int = signal.SIGRTMIN) -> None:
-    """Queue ``signo`` with the int payload ``value`` to process ``pid`` (``sigqueue(3)``)."""
+def _check_token(token: object) -> int:
+    if isinstance(token, bool) or not isinstance(token, int):
+        raise TypeError(f"token must be an int, not {type(token).__name__}")
+    if not 1 <= token <= _TOKEN_MAX:
+        raise InvalidArgument(f"token {token} must be in 1..{_TOKEN_MAX} (the high 32 bits of the sigqueue value)")
+    return token
+
+
+def send(pid: int, value: int, signo: int = signal.SIGRTMIN, *, token: int | None = None) -> None:
+    """Queue ``signo`` with the int payload ``value`` to process ``pid`` (``sigqueue(3)``).
+
+    ``token=`` (the receiver's ``Receiver.token``) goes in the high 32 bits of the
+    64-bit ``sival_ptr``; ``value`` stays the low 32 bits (what ``sival_int`` reads).
+    """
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         raise InvalidArgument(f"pid must be a positive int, not {pid!r}")
     if isinstance(value, bool) or not isinstance(value, int) or not _INT32[0] <= value <= _INT32[1]:
         raise InvalidArgument(f"value {value!r} must be an int in {_INT32[0]}..{_INT32[1]} (C's sival_int)")
     signo = _check_signo(signo)
+    word = value
+    if token is not None:
+        word = (_check_token(token) << 32) | (value & 0xFFFFFFFF)
+        if word >= 1 << 63:
+            word -= 1 << 64  # as the signed 64-bit integer C receives
     try:
-        native("_sig").sigqueue(pid, signo, value)
+        native("_sig").sigqueue(pid, signo, word)
     except OSError as e:
         if e.errno == _errno.EAGAIN:
             raise LimitExceeded(f"send signal {signo} to pid {pid}: the queue of pending signals is full "
@@ -102,21 +137,42 @@ def _sigset(signals: Iterable[int]) -> ctypes.Array[ctypes.c_ubyte]:
 
 
 def _unblocking_threads(signals: set[int]) -> list[int]:
-    """Thread ids of this process whose mask leaves any of ``signals`` unblocked."""
+    """Thread ids of this process whose mask leaves any of ``signals`` unblocked.
+
+    A thread that has just ended (``join()`` returned) can still be listed for a
+    moment: tasks that are dead or zombies (state X/Z) are skipped, and a thread
+    found unblocking is looked at again for up to ``_EXIT_GRACE`` seconds, so only
+    one that stays is reported.
+    """
+    bad = _scan_threads(signals)
+    end = time.monotonic() + _EXIT_GRACE
+    while bad and time.monotonic() < end:
+        time.sleep(0.005)
+        bad = _scan_threads(signals, only=bad)
+    return bad
+
+
+_EXIT_GRACE = 0.2
+
+
+def _scan_threads(signals: set[int], only: list[int] | None = None) -> list[int]:
     want = 0
     for s in signals:
         want |= 1 << (s - 1)
     bad = []
     me = threading.get_native_id()
-    for tid in os.listdir("/proc/self/task"):
-        if int(tid) == me:
+    for tid in only if only is not None else [int(t) for t in os.listdir("/proc/self/task")]:
+        if tid == me:
             continue
         try:
             with open(f"/proc/self/task/{tid}/status") as f:
                 for line in f:
-                    if line.startswith("SigBlk:"):
+                    if line.startswith("State:"):
+                        if line.split()[1] in ("X", "Z"):
+                            break  # exiting: it can no longer take a signal
+                    elif line.startswith("SigBlk:"):
                         if int(line.split()[1], 16) & want != want:
-                            bad.append(int(tid))
+                            bad.append(tid)
                         break
         except OSError:
             continue  # the thread ended
@@ -134,14 +190,21 @@ class Receiver:
     _fd: int = -1
     _closed: bool = True
 
+    #: the secret a sender must pass as ``send(..., token=)`` (None: no token check)
+    token: int | None = None
+
     def __init__(self, signals: int | Iterable[int] = (signal.SIGRTMIN,), *, any_code: bool = False,
-                 any_uid: bool = False) -> None:
+                 any_uid: bool = False, token: int | bool | None = None) -> None:
         sigs = {signals} if isinstance(signals, int) else set(signals)
         if not sigs:
             raise InvalidArgument("Receiver needs at least one signal")
         self.signals = frozenset(_check_signo(s) for s in sigs)
         self.any_code = any_code
         self.any_uid = any_uid
+        if token is True:
+            self.token = secrets.randbits(32) or 1
+        elif token is not None and token is not False:
+            self.token = _check_token(token)
         self.dropped = 0
         bad = _unblocking_threads(set(self.signals))
         if bad:
@@ -173,7 +236,8 @@ class Receiver:
                 return None
             f = _SIGINFO.unpack_from(data)
             info = SignalInfo(signo=f[0], pid=f[3], uid=f[4], value=f[11], code=f[2])
-            if (self.any_code or info.code == SI_QUEUE) and (self.any_uid or info.uid == self._uid):
+            if (self.any_code or info.code == SI_QUEUE) and (self.any_uid or info.uid == self._uid) \
+                    and (self.token is None or f[12] >> 32 == self.token):
                 return info
             self.dropped += 1
 
@@ -234,3 +298,14 @@ class Receiver:
     def __del__(self) -> None:
         if not self._closed:
             self.close()
+
+
+# The real-time signal range, so ``kipc.signals.send(pid, v, kipc.signals.SIGRTMIN + 1)`` needs no
+# ``import signal``; the public names are ``__all__`` (dir() shows no stdlib modules).
+SIGRTMIN = signal.SIGRTMIN
+SIGRTMAX = signal.SIGRTMAX
+__all__ += ["SIGRTMAX", "SIGRTMIN"]
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -18,9 +18,15 @@ Contract (shared by every fd transport):
   first waits for it, and may time out without accepting its own message).
   Writes of frames up to ``PIPE_BUF`` (4096 B) to a pipe/FIFO are atomic, so
   a timed-out or non-blocking small send leaves the channel exactly unchanged.
+* Big frames (>= 256 KiB) are read straight into the ``bytes`` object ``recv``
+  returns (C, ``native("_bytes")``: no second copy), which starts at 1 MiB
+  and doubles only as payload arrives: a forged length prefix followed by
+  silence costs at most 1 MiB of address space, not the announced size.
 * ``close()`` writes an accepted message's unwritten tail for at most
-  ``LINGER`` seconds (2 s); after that the peer sees the frame cut short
-  (:class:`ProtocolError`), never a hang of ours.
+  ``linger=`` seconds (option of every fd channel; default ``LINGER``, 2 s;
+  ``0`` cuts at once; ``None`` is refused: close never blocks unbounded);
+  after that the peer sees the frame cut short (:class:`ProtocolError`),
+  never a hang of ours.
 * EOF at a frame boundary is :class:`ChannelClosed`; EOF inside a frame is
   :class:`ProtocolError`; a write to a stream whose reader has gone is
   :class:`PeerGone` (never SIGPIPE: sockets use ``MSG_NOSIGNAL`` and Python
@@ -36,14 +42,14 @@ import select
 import time
 from typing import Any, ClassVar
 
-from .._base import FOREVER, Channel, Deadline, lock_within
-from .._base import other_threads as _other_threads
+from .._base import Channel, Deadline, other_threads
 from .._framing import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameDecoder, check_max
-from .._naming import validate_size
+from .._naming import parse_seconds, validate_size
+from .._platform import native
 from ..codecs import Codec
 from ..errors import ChannelClosed, InvalidArgument, PeerGone, ProtocolError, from_oserror
 
-__all__ = ["FRAMINGS", "LINGER", "StreamChannel", "wait_fd"]
+__all__ = ["FRAMINGS", "LINGER", "StreamChannel", "check_linger", "wait_fd"]
 
 FRAMINGS = ("frame", "line", "raw")
 #: seconds close() spends writing an accepted message's tail
@@ -51,11 +57,14 @@ LINGER = 2.0
 _READ_CHUNK = 256 * 1024
 _DIRECT_READ = 256 * 1024  # payloads at least this big are read straight into their own buffer
 _SMALL_WRITE = 64 * 1024  # below this, header and payload are joined into one write
+_ATOMIC_MAX = 64 * 1024  # timed sends up to this size wait for room for the whole frame (TCP)
+_ROOM_MARGIN = 8192  # header + skb overhead
 _PACK = HEADER.pack
 _UNPACK = HEADER.unpack_from
 _INF = math.inf
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
+_Filler = native("_bytes").Filler
 
 
 def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
@@ -75,6 +84,14 @@ def wait_fd(fd: int, events: int, deadline: Deadline, what: str) -> None:
             return
 
 
+def check_linger(value: object, url: str) -> float:
+    """``linger=``: the seconds close() may spend writing an unfinished message (0 = cut it at once)."""
+    t = parse_seconds(value, what="linger")
+    if t is None:
+        raise InvalidArgument(f"{url}: linger=None would let close() block forever; give seconds (default {LINGER:g})")
+    return t
+
+
 class StreamChannel(Channel):
     """Base of every framed fd channel; subclasses open fds and call :meth:`_init_stream`."""
 
@@ -82,22 +99,24 @@ class StreamChannel(Channel):
     _rfd: int = -1
     _wfd: int = -1
     _eof: bool = False
+    linger: float = LINGER
 
     def _init_stream(self, url: str, rfd: int, wfd: int, *, codec: str | Codec | None = None,
-                     framing: str = "frame", max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+                     framing: str = "frame", max_message_size: int | str = DEFAULT_MAX_FRAME,
+                     linger: float | str = LINGER) -> None:
         if framing not in FRAMINGS:
             raise InvalidArgument(f"{url}: framing {framing!r} is not one of {FRAMINGS}")
         if isinstance(max_message_size, str):
             max_message_size = validate_size(max_message_size, what="max_message_size")
         self.framing = framing
+        self.linger = check_linger(linger, url)
         self.max_message_size = self._decoder_max = check_max(max_message_size)
         self._rfd, self._wfd = rfd, wfd
         self.readable, self.writable = rfd >= 0, wfd >= 0
         for fd in {rfd, wfd} - {-1}:
             os.set_blocking(fd, False)
         self._decoder = FrameDecoder(self.max_message_size, where=url)
-        self._big: bytearray | None = None  # payload being read directly (large frames)
-        self._big_filled = 0
+        self._big: Any = None  # a _bytes.Filler: the payload of a large frame, read directly
         self._lines = bytearray()
         self._pending: list[memoryview] = []  # unwritten tail of an accepted message
         self._polls: dict[str, tuple[int, Any]] = {}
@@ -113,8 +132,6 @@ class StreamChannel(Channel):
     def _read(self, n: int) -> bytes:
         return os.read(self._rfd, n)
 
-    def _readinto(self, buf: memoryview) -> int:
-        return os.readv(self._rfd, [buf])
 
     def fileno(self) -> int:
         self._check_open("fileno")
@@ -161,6 +178,13 @@ class StreamChannel(Channel):
         if e.errno in (errno.EPIPE, errno.ECONNRESET):
             return PeerGone(f"{op} on {self.url}: the peer has gone ({e.strerror})", errno=e.errno)
         return from_oserror(e, self.url, op)
+
+    #: True where the kernel may take part of a small frame (TCP): timed sends then wait for
+    #: room for the whole frame first (_wait_room), so a timeout leaves the channel unchanged
+    _room_check: bool = False
+
+    def _wait_room(self, need: int, deadline: Deadline) -> None:
+        """Wait until the socket has ``need`` bytes of send buffer free (sockets that set _room_check)."""
 
     def _pending_out(self) -> bool:
         return bool(self._pending)
@@ -248,13 +272,16 @@ class StreamChannel(Channel):
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         # The direction lock costs ~0.2 µs a call here, a fifth of a 64 B message: a process
         # with no other thread (only this one can start one, and it is busy here) skips it.
-        lock = self._send_lock if _other_threads() else None
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("send")
-            raise deadline.error(f"send on {self.url}")
+        lock = self._send_lock if other_threads() else None
+        if lock is not None:
+            self._acquire(lock, "send", deadline)
         try:
             if self._closed:
                 self._check_open("send")
+            if self._room_check and deadline.timeout is not None and not self._pending:
+                size = len(data) if data.__class__ is bytes else memoryview(data).nbytes
+                if size <= _ATOMIC_MAX:
+                    self._wait_room(size + _ROOM_MARGIN, deadline)
             if not self._pending and data.__class__ is bytes and self.framing == "frame":
                 size = len(data)
                 if size < _SMALL_WRITE:
@@ -287,10 +314,9 @@ class StreamChannel(Channel):
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         # Poll first when nothing is buffered (returns at once if bytes or a hang-up are
         # there), then one read: this skips a failed read + exception in request/reply.
-        lock = self._recv_lock if _other_threads() else None  # see _send_blocking
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("recv")
-            raise deadline.error(f"recv on {self.url}")
+        lock = self._recv_lock if other_threads() else None  # see _send_blocking
+        if lock is not None:
+            self._acquire(lock, "recv", deadline)
         try:
             dec = self._decoder
             while True:
@@ -377,34 +403,32 @@ class StreamChannel(Channel):
             dec.feed(chunk)
 
     def _start_big(self) -> None:
+        # The size is the peer's word (a 4-byte prefix): the Filler starts at 1 MiB and
+        # doubles only as payload arrives, so a forged prefix and silence cost 1 MiB, not n.
+        # It fills the bytes object recv returns, so take() needs no copy (no 2x peak).
         dec = self._decoder
         buffered = dec.take()
         (n,) = HEADER.unpack_from(buffered)
-        self._big = bytearray(n)
-        have = len(buffered) - HEADER_SIZE
-        self._big[:have] = memoryview(buffered)[HEADER_SIZE:]
-        self._big_filled = have
+        self._big = _Filler(n, memoryview(buffered)[HEADER_SIZE:])
 
     def _fill_big(self) -> bytes | None:
         big = self._big
         assert big is not None
-        with memoryview(big) as view:
-            while self._big_filled < len(big):
-                try:
-                    n = self._readinto(view[self._big_filled :])
-                except BlockingIOError:
+        while big.filled < big.total:
+            try:
+                n = big.readinto(self._rfd)
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                raise self._oserror(e, "recv") from e
+            if n == 0:
+                if not self._on_eof():
                     return None
-                except OSError as e:
-                    raise self._oserror(e, "recv") from e
-                if n == 0:
-                    if not self._on_eof():
-                        return None
-                    self._eof = True
-                    raise ProtocolError(
-                        f"{self.url}: stream ended inside a frame ({self._big_filled} of {len(big)} payload bytes)")
-                self._big_filled += n
+                self._eof = True
+                raise ProtocolError(
+                    f"{self.url}: stream ended inside a frame ({big.filled} of {big.total} payload bytes)")
         self._big = None
-        return bytes(big)
+        return big.take()
 
     def _try_line(self) -> bytes | None:
         buf = self._lines
@@ -434,12 +458,12 @@ class StreamChannel(Channel):
 
     def close(self) -> None:
         # A pending tail belongs to an accepted message: deliver it before closing,
-        # for at most LINGER seconds. If another thread is sending right now, close
+        # for at most self.linger seconds (linger=, default LINGER). If another thread is sending right now, close
         # interrupts it instead (its frame is cut short: the peer's ProtocolError).
         lock = self._locks.get("send")
         if not self._closed and self._pending and lock is not None and lock.acquire(False):
             try:
-                self._linger(Deadline(LINGER))
+                self._linger(Deadline(self.linger))
             finally:
                 lock.release()
         super().close()

@@ -67,7 +67,7 @@ from ..errors import (
     PermissionDenied,
     from_oserror,
 )
-from ._stream import StreamChannel
+from ._stream import LINGER, StreamChannel
 from .pipe import _grow
 
 __all__ = ["KIND", "FifoChannel", "fifo_path"]
@@ -99,7 +99,7 @@ class FifoChannel(StreamChannel):
                  mode: int = 0o600, allow_open_mode: bool | str = False, allow_uids: Any = None,
                  follow: bool | str = False, timeout: float | str | None = None, persist: bool | str = False,
                  codec: str | Codec | None = None, framing: str = "frame",
-                 max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+                 max_message_size: int | str = DEFAULT_MAX_FRAME, linger: float | str = LINGER) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "fifo":
             raise InvalidArgument(f"{url}: not a fifo:// URL")
@@ -131,7 +131,8 @@ class FifoChannel(StreamChannel):
                     fd = -1
                 fd = self._open_writer(deadline)
                 rfd, wfd = -1, fd
-            self._init_stream(url, rfd, wfd, codec=codec, framing=framing, max_message_size=max_message_size)
+            self._init_stream(url, rfd, wfd, codec=codec, framing=framing, max_message_size=max_message_size,
+                              linger=linger)
         except BaseException:
             if fd >= 0:
                 os.close(fd)

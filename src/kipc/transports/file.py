@@ -23,6 +23,16 @@ Contract card:
   (``reclaim=False`` turns this off); a writer's temp file whose writer
   died is removed. A message is therefore delivered at least once if a
   reader crashes between claiming and finishing.
+* Planted entries: a claimed entry is opened ``O_NOFOLLOW|O_NONBLOCK`` and
+  delivered only if it is a regular file with one link, owned by us (or an
+  ``allow_uids=`` uid), with no mode bits beyond the handle's ``mode``.
+  Anything else named ``*.msg`` (a FIFO, directory, symlink, socket, another
+  uid's or open-mode file, a hard link) is moved to ``quarantine/`` in the
+  spool with a :class:`SpoolWarning` (and a log line, logger ``"kipc"``), and
+  ``recv`` goes on with the real messages.
+* Fork: names carry the sending process's pid + start time (read per call,
+  not cached on the handle) and the inotify fd is per process, so parent and
+  child may both use an inherited handle.
 * Permissions: directory and ``claimed/`` 0700, message files 0600, whatever
   the umask. Attaching refuses a symlink, a non-directory, another uid's
   directory (unless ``allow_uids=``) or group/other bits (unless
@@ -41,6 +51,7 @@ import contextlib
 import ctypes
 import errno
 import itertools
+import logging
 import os
 import re
 import select
@@ -48,6 +59,7 @@ import shutil
 import stat
 import struct
 import time
+import warnings
 from typing import Any, ClassVar
 
 from .. import _owners
@@ -78,9 +90,16 @@ from ..errors import (
     from_oserror,
 )
 
-__all__ = ["KIND", "SpoolChannel", "spool_path"]
+__all__ = ["KIND", "QUARANTINE", "SpoolChannel", "SpoolWarning", "spool_path"]
 
 CLAIMED = "claimed"
+QUARANTINE = "quarantine"
+log = logging.getLogger("kipc")
+
+
+class SpoolWarning(UserWarning):
+    """An entry named like a message was not one (a FIFO, directory, symlink, foreign file): quarantined."""
+
 _SUFFIX = ".msg"
 _TMP = ".tmp-"
 _seq = itertools.count()  # process-wide: two handles in one process never pick the same name
@@ -143,6 +162,7 @@ class SpoolChannel(Channel):
     _ifd: int | None = None
     _path: str = ""
     _ident: tuple[int, int] | None = None
+    _allow: frozenset[int] = frozenset()
 
     def __init__(self, url: str, *, create: bool | str = False, mode: int = 0o600, persist: bool | str = False,
                  fsync: bool | str = True, reclaim: bool | str = True, allow_open_mode: bool | str = False,
@@ -158,7 +178,7 @@ class SpoolChannel(Channel):
         self.fsync = parse_bool(fsync, what="fsync")
         self.reclaim = parse_bool(reclaim, what="reclaim")
         allow_open = parse_bool(allow_open_mode, what="allow_open_mode")
-        allow = parse_uids(allow_uids)
+        allow = self._allow = parse_uids(allow_uids)
         self.max_message_size = check_max(validate_size(max_message_size, what="max_message_size"))
         self.url, self._path = url, path
         try:
@@ -317,13 +337,31 @@ class SpoolChannel(Channel):
                 continue  # another reader claimed it first
             except OSError as e:
                 raise self._error(e, "recv") from e
-            return self._consume(name, claimed)
+            msg = self._consume(name, claimed)
+            if msg is not None:
+                return msg
 
-    def _consume(self, name: str, claimed: str) -> bytes:
+    def _consume(self, name: str, claimed: str) -> bytes | None:
+        """Read and remove a claimed message; None when it was no message (quarantined)."""
         cdfd = self._cdfd
-        fd = os.open(claimed, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cdfd)
+        # O_NONBLOCK: a FIFO planted as *.msg must not block the open; O_NOFOLLOW: no symlinks
         try:
-            size = os.fstat(fd).st_size
+            fd = os.open(claimed, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                         dir_fd=cdfd)
+        except FileNotFoundError:
+            return None  # removed under us (kipc rm, a user): nothing to deliver
+        except OSError as e:  # ELOOP (a symlink), ENXIO (a socket), EACCES, ...
+            self._quarantine(name, claimed, f"cannot be opened as a message ({e.strerror})")
+            return None
+        try:
+            st = os.fstat(fd)
+            why = self._not_a_message(st)
+            if why:
+                os.close(fd)
+                fd = -1
+                self._quarantine(name, claimed, why)
+                return None
+            size = st.st_size
             limit = self.max_message_size or 0
             if size > limit:
                 os.rename(claimed, name, src_dir_fd=cdfd, dst_dir_fd=self._dfd)  # leave it for a bigger reader
@@ -338,9 +376,47 @@ class SpoolChannel(Channel):
                 parts.append(chunk)
                 left -= len(chunk)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         os.unlink(claimed, dir_fd=cdfd)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _not_a_message(self, st: os.stat_result) -> str:
+        """Why an entry named like a message is not one of ours ('' when it is)."""
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+            return f"is {kind}"
+        if st.st_uid != os.geteuid() and st.st_uid not in self._allow:
+            return f"belongs to uid {st.st_uid} (pass allow_uids=[{st.st_uid}] to accept its messages)"
+        perm = stat.S_IMODE(st.st_mode)
+        if perm & 0o7000 or perm & ~self.mode & 0o077:
+            return f"has mode {perm:04o}, more than this spool's {self.mode:04o}"
+        if st.st_nlink != 1:
+            return f"has {st.st_nlink} hard links (a message file has one)"
+        return ""
+
+    def _quarantine(self, name: str, claimed: str, why: str) -> None:
+        """Move a planted entry out of the way (``quarantine/``), say so, and go on with the real messages."""
+        where = f"{QUARANTINE}/{claimed}"
+        try:
+            try:
+                os.mkdir(QUARANTINE, 0o700, dir_fd=self._dfd)
+                os.chmod(QUARANTINE, 0o700, dir_fd=self._dfd)
+            except FileExistsError:
+                pass
+            qfd = os.open(QUARANTINE, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dfd)
+            try:
+                os.rename(claimed, claimed, src_dir_fd=self._cdfd, dst_dir_fd=qfd)
+            finally:
+                os.close(qfd)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            where = f"{CLAIMED}/{claimed} (could not move it to {QUARANTINE}/: {e.strerror})"
+        text = f"recv on {self.url}: {name} {why}; moved to {where} in the spool, not delivered"
+        log.warning("kipc: %s", text)
+        warnings.warn(text, SpoolWarning, stacklevel=2)
 
     def _drain_events(self) -> bool:
         """Read pending inotify events; True if there were any (a message may have been renamed in)."""
@@ -373,9 +449,24 @@ class SpoolChannel(Channel):
         if self._gone:
             raise ChannelClosed(f"recv on {self.url}: the spool directory was removed")
 
+    _ifd_pid = 0  # the process that made _ifd
+
+    def _inotify_fd(self) -> int | None:
+        """This process's inotify fd. A forked child must not share its parent's: the events one
+        process reads the other never sees (a missed wake-up, and a listing wrongly trusted
+        as complete), so a child makes its own."""
+        pid = os.getpid()
+        if self._ifd_pid != pid:
+            if self._ifd is not None:
+                os.close(self._ifd)  # the inherited copy (the parent keeps its own)
+                self._ifd, self._polls = None, None
+            if _libc is not None and not self._closed:
+                self._ifd = _inotify(self._path)
+            self._ifd_pid = pid
+        return self._ifd
+
     def _try_recv(self, knobs: dict[str, Any]) -> bytes | None:
-        if self._ifd is None and _libc is not None:
-            self._ifd = _inotify(self._path)  # before the first listing: no arrival is missed
+        self._inotify_fd()  # before the first listing: no arrival is missed
         msg = self._try_claim()
         if msg is not None:
             return msg
@@ -407,11 +498,9 @@ class SpoolChannel(Channel):
     _backoff = 0.001
 
     def _wait_fd(self, op: str) -> int | None:
-        if op != "recv":
+        if op != "recv" or self._closed:
             return None
-        if self._ifd is None and not self._closed and _libc is not None:
-            self._ifd = _inotify(self._path)
-        return self._ifd
+        return self._inotify_fd()
 
     def _ready(self, op: str) -> bool:
         if op == "send":
@@ -449,11 +538,10 @@ class SpoolChannel(Channel):
     # -- fds, cleanup ---------------------------------------------------------------
     def fileno(self) -> int:
         self._check_open("fileno")
-        if self._ifd is None:
-            self._ifd = _inotify(self._path)
-        if self._ifd is None:
+        ifd = self._inotify_fd()
+        if ifd is None:
             return super().fileno()  # Unsupported: no inotify here
-        return self._ifd
+        return ifd
 
     _cdfd: int = -1
 

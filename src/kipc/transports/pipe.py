@@ -24,7 +24,7 @@ from typing import Any
 from .._framing import DEFAULT_MAX_FRAME
 from ..codecs import Codec
 from ..errors import InvalidArgument, from_oserror
-from ._stream import StreamChannel
+from ._stream import LINGER, StreamChannel
 
 __all__ = ["PipeChannel", "open_fd", "pipe"]
 
@@ -45,15 +45,16 @@ class PipeChannel(StreamChannel):
     duplex = False
 
     def __init__(self, fd: int, direction: str, *, codec: str | Codec | None = None,
-                 framing: str = "frame", max_message_size: int = DEFAULT_MAX_FRAME) -> None:
+                 framing: str = "frame", max_message_size: int = DEFAULT_MAX_FRAME,
+                 linger: float | str = LINGER) -> None:
         if direction not in ("r", "w"):
             raise InvalidArgument(f"direction must be 'r' or 'w', not {direction!r}")
         if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
             raise InvalidArgument(f"fd must be a non-negative int, not {fd!r}")
         rfd, wfd = (fd, -1) if direction == "r" else (-1, fd)
-        self._options = {"codec": codec, "framing": framing, "max_message_size": max_message_size}
+        self._options = {"codec": codec, "framing": framing, "max_message_size": max_message_size, "linger": linger}
         self._init_stream(f"pipe:fd{fd}{direction}", rfd, wfd, codec=codec, framing=framing,
-                          max_message_size=max_message_size)
+                          max_message_size=max_message_size, linger=linger)
 
     def __reduce__(self) -> Any:
         # Pickled while multiprocessing starts a child: send a duplicate of the fd.
@@ -77,14 +78,16 @@ def _rebuild(dup: Any, direction: str, options: dict[str, Any]) -> PipeChannel:
 
 
 def pipe(*, codec: str | Codec | None = None, framing: str = "frame",
-         max_message_size: int = DEFAULT_MAX_FRAME) -> tuple[PipeChannel, PipeChannel]:
+         max_message_size: int = DEFAULT_MAX_FRAME, linger: float | str = LINGER
+         ) -> tuple[PipeChannel, PipeChannel]:
     """A new anonymous pipe as ``(reader, writer)`` channels (fds are close-on-exec)."""
     try:
         r, w = os.pipe2(os.O_CLOEXEC)
     except OSError as e:
         raise from_oserror(e, "pipe", "create") from e
     _grow(w)
-    opts: dict[str, Any] = {"codec": codec, "framing": framing, "max_message_size": max_message_size}
+    opts: dict[str, Any] = {"codec": codec, "framing": framing, "max_message_size": max_message_size,
+                            "linger": linger}
     try:
         return PipeChannel(r, "r", **opts), PipeChannel(w, "w", **opts)
     except BaseException:

@@ -36,7 +36,7 @@ from typing import Any
 import posix_ipc
 
 from .. import _owners
-from .._base import FOREVER, Channel, Deadline, lock_within, other_threads
+from .._base import FOREVER, Channel, Deadline, T, other_threads
 from .._kinds import Kind, ObjectInfo, refuse_foreign, stat_info
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
 from .._objects import check_attach, create_or_attach, file_identity, parse_create
@@ -62,7 +62,7 @@ _SYSCTL_DIR = "/proc/sys/fs/mqueue"
 _SLICE = 0.05  # s; bounds how late a blocked call notices that the queue was removed
 
 
-class PosixMessageQueue(Channel):
+class PosixMessageQueue(Channel[T]):
     """A POSIX message queue; see the module docstring for the contract."""
 
     scheme = "posixmq"
@@ -145,7 +145,7 @@ class PosixMessageQueue(Channel):
 
     # -- construction hooks ----------------------------------------------------------------------------
     @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> PosixMessageQueue:
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> PosixMessageQueue[Any]:
         from .._naming import merge_query
 
         return cls(parsed, **merge_query(parsed, options))
@@ -185,9 +185,8 @@ class PosixMessageQueue(Channel):
     def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
         prio = self._priority(knobs, self.url) if knobs else 0
         lock = self._send_lock if other_threads() else None  # see Channel._send_blocking
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("send")
-            raise deadline.error(f"send on {self.url}")
+        if lock is not None:
+            self._acquire(lock, "send", deadline)
         try:
             if self._closed:
                 self._check_open("send")
@@ -212,9 +211,8 @@ class PosixMessageQueue(Channel):
 
     def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
         lock = self._recv_lock if other_threads() else None
-        if lock is not None and not (lock.acquire() if deadline is FOREVER else lock_within(lock, deadline)):
-            self._check_open("recv")
-            raise deadline.error(f"recv on {self.url}")
+        if lock is not None:
+            self._acquire(lock, "recv", deadline)
         try:
             if self._closed:
                 self._check_open("recv")
@@ -255,7 +253,7 @@ class PosixMessageQueue(Channel):
             f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes (this queue's "
             f"max_message_size, fixed at creation; ceiling {_SYSCTL_DIR}/msgsize_max)", size=size, limit=limit)
 
-    def recv_with_priority(self, *, timeout: float | None = None) -> tuple[Any, int]:
+    def recv_with_priority(self, *, timeout: float | None = None) -> tuple[T, int]:
         """Like ``recv()`` but returns ``(message, priority)``."""
         deadline = Deadline.of(timeout)
         self._prepare_recv({})

@@ -67,6 +67,7 @@ Contract card:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import struct
@@ -191,6 +192,7 @@ class RingChannel(Channel):
             if created:
                 os.fchmod(fd, mode)  # the umask filtered open()'s mode
                 try:
+                    _reserve(fd, url, _PAGE + cap)  # tmpfs pages now, or LimitExceeded (never SIGBUS later)
                     self._ring = _ring.Ring(fd, url, True, cap, pid, start or 0, spin * 1e-6)
                 except BaseException:
                     os.unlink(path)
@@ -480,6 +482,30 @@ def _check_room(url: str, cap: int) -> None:
     if cap + _PAGE > free:
         raise LimitExceeded(f"create {url}: capacity {cap} + {_PAGE} header bytes exceed the {free} bytes free "
                             "in /dev/shm (tmpfs size: `df /dev/shm`, `mount -o remount,size=... /dev/shm`)")
+
+
+def _reserve(fd: int, url: str, size: int) -> None:
+    """Allocate the whole object now (``posix_fallocate``), so a full ``/dev/shm`` fails here.
+
+    tmpfs allocates pages when they are first touched: without this, a ring created
+    while there was room would SIGBUS (``BadObject``) mid-traffic once others fill
+    ``/dev/shm``. Called on the creator's fd before the native ``ftruncate`` (which
+    then finds the size already right).
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return  # a file system without fallocate: the statvfs check above is all we have
+            raise from_oserror(e, url, "create") from e
+        try:
+            st = os.statvfs("/dev/shm")
+            room = f"{st.f_blocks * st.f_frsize} bytes, {st.f_bavail * st.f_frsize} free"
+        except OSError:
+            room = "size unknown"
+        raise LimitExceeded(f"create {url}: cannot reserve {size} bytes in /dev/shm ({room}; "
+                            "`df /dev/shm`, `mount -o remount,size=... /dev/shm`, or a smaller capacity=)") from e
 
 
 def _check_attach(fd: int, url: str) -> None:

@@ -13,14 +13,25 @@ Contract card:
   :class:`MessageTooLarge` naming both numbers and the sysctl, queue
   unchanged. Queue capacity: ``max_bytes`` (``msg_qbytes``, default
   ``kernel.msgmnb``); raising it beyond ``kernel.msgmnb`` needs
-  CAP_SYS_RESOURCE.
+  CAP_SYS_RESOURCE. A message bigger than the queue's ``max_bytes`` can never
+  fit (the kernel would wait forever): :class:`MessageTooLarge` naming the
+  size, the limit, ``max_bytes=`` and ``kernel.msgmnb``, before any
+  ``msgsnd``. ``msg_qbytes`` can change at run time, so it is re-read (one
+  ``IPC_STAT``) when a message exceeds the value last read, or when a send
+  would block; never on a send that fits and goes through. (Limit: an untimed
+  send already waiting in the kernel's ``msgsnd``, see Blocking, keeps waiting
+  if ``max_bytes`` is lowered below its size meanwhile, as C's would.)
 * Blocking: SysV queues have no kernel timeout, no fd and no way to wake a
-  thread blocked in ``msgrcv`` short of a message, so every wait (timed or
-  not) is an ``IPC_NOWAIT`` attempt followed by a pause: about 100 µs of
-  yielding retries (a reply in a request/response exchange is caught at once),
-  then a back-off from 50 µs doubling to 2 ms, trimmed to the deadline.
-  Deadlines are honoured within ~2 ms, a waiter costs well under 5 % of a
-  core, and ``close()`` from another thread wakes it within 2 ms.
+  thread blocked in ``msgrcv`` short of a message (or a signal). An untimed
+  call in a process with no other thread blocks in the kernel (GIL
+  released), as C does. Otherwise — a timeout, or other threads that might
+  ``close()`` the handle — a wait is an ``IPC_NOWAIT`` attempt followed by a
+  pause: about 100 µs of yielding retries (a reply in a request/response
+  exchange is caught at once), then a back-off from 50 µs doubling to 2 ms,
+  trimmed to the deadline. Deadlines are honoured within ~2 ms, a waiter costs
+  well under 5 % of a core, and ``close()`` from another thread wakes it
+  within 2 ms. On a loaded machine the polled path can add up to 2 ms to a
+  reply that arrives while the waiter sleeps.
   ``arecv``/``asend`` encode once and wait in kipc's wait threads between
   non-blocking attempts on the loop thread. A full queue blocks or times out;
   nothing is dropped.
@@ -47,7 +58,7 @@ from typing import Any, NamedTuple
 import sysv_ipc
 
 from .. import _owners
-from .._base import Channel, Deadline
+from .._base import Channel, Deadline, T, other_threads
 from .._kinds import ObjectInfo, SysvKind
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_key, validate_mode, validate_size
 from .._objects import (
@@ -79,6 +90,7 @@ __all__ = ["KIND", "MessageQueueStat", "SysVMessageQueue", "pauses"]
 BACKOFF_FIRST = 50e-6
 BACKOFF_MAX = 0.002
 _LONG_MAX = 2**63 - 1
+_INF = float("inf")
 
 
 #: yielding retries before a waiter starts sleeping (catches a quick reply without a sleep)
@@ -114,6 +126,11 @@ class MessageQueueStat(NamedTuple):
     uid: int
     mode: int
 
+    def __repr__(self) -> str:  # key in hex and mode in octal, as ipcs and ls show them
+        fields = ", ".join(f"{k}={v:#o}" if k == "mode" else f"{k}={v:#x}" if k == "key" else f"{k}={v}"
+                           for k, v in zip(self._fields, self, strict=True))
+        return f"MessageQueueStat({fields})"
+
 
 def _qbytes(msqid: int) -> int:
     """Bytes queued now (``msg_cbytes``; sysv_ipc does not expose it)."""
@@ -133,6 +150,10 @@ def _msgmax() -> int:
     return sysctl("kernel.msgmax", 8192) or 8192
 
 
+def _nbytes(data: bytes | memoryview) -> int:
+    return len(data) if data.__class__ is bytes else memoryview(data).nbytes
+
+
 def _check_type(value: object, *, recv: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"type must be int, not {type(value).__name__}")
@@ -144,7 +165,7 @@ def _check_type(value: object, *, recv: bool) -> int:
     return value
 
 
-class SysVMessageQueue(Channel):
+class SysVMessageQueue(Channel[T]):
     """A System V message queue; see the module docstring for the contract."""
 
     scheme = "sysvmq"
@@ -152,6 +173,10 @@ class SysVMessageQueue(Channel):
     recv_knobs = frozenset({"type"})
     _q: Any = None
     _record_url = ""
+    #: msg_qbytes as last read: a message above it is checked against the queue's current value
+    _qlimit: int = 0
+    #: True when the base's msgmax check does not already imply "fits _qlimit" (so sends compare sizes)
+    _qsmall: bool = True
 
     def __init__(self, url: str | int | ParsedURL, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
                  persist: bool | str = False, max_bytes: int | str | None = None, codec: str | Codec | None = None,
@@ -197,6 +222,7 @@ class SysVMessageQueue(Channel):
         q, self.owner = create_or_attach(create, make, attach)
         self._q = q
         self.id = q.id
+        self._set_qlimit(int(q.max_size))
         try:
             if self.owner:
                 self._record_url = f"sysvmq://{key}" if key else f"sysvmq://private?id={q.id}"
@@ -216,7 +242,7 @@ class SysVMessageQueue(Channel):
 
     # -- construction hook for kipc.open -------------------------------------------------------------
     @classmethod
-    def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue:
+    def from_url(cls, parsed: ParsedURL, **options: Any) -> SysVMessageQueue[Any]:
         from .._naming import merge_query
 
         merged = merge_query(parsed, options)
@@ -239,15 +265,92 @@ class SysVMessageQueue(Channel):
             f"send on {self.url}: message of {size} bytes exceeds the limit of {limit} bytes "
             f"(sysctl kernel.msgmax = {limit})", size=size, limit=limit)
 
+    def _queue_too_large(self, size: int, qbytes: int) -> MessageTooLarge:
+        mnb = sysctl("kernel.msgmnb", 16384) or 16384
+        return MessageTooLarge(
+            f"send on {self.url}: message of {size} bytes can never fit: the queue holds at most {qbytes} bytes "
+            f"(its max_bytes, msg_qbytes); raise it with max_bytes= on the queue (the owner; above "
+            f"sysctl kernel.msgmnb = {mnb} needs CAP_SYS_RESOURCE), or raise kernel.msgmnb for new queues",
+            size=size, limit=qbytes)
+
+    def _check_size(self, data: bytes | memoryview) -> None:
+        size = _nbytes(data)
+        if size > self._qlimit:
+            self._check_room(size)
+
+    def _set_qlimit(self, qbytes: int) -> None:
+        self._qlimit = qbytes
+        self._qsmall = qbytes < (self.max_message_size or 0)
+
+    def _check_room(self, size: int) -> None:
+        """The message is above the cached msg_qbytes, or the queue is full: read the queue's real limit.
+
+        msg_qbytes can change at run time (IPC_SET by its owner), so the cached value is only a
+        hint; it is re-read here, never on a send that fits it and does not block.
+        """
+        try:
+            qbytes = int(self._q.max_size)
+            self._set_qlimit(qbytes)
+        except sysv_ipc.Error as e:
+            raise self._error(e, "send") from None
+        if size > qbytes:
+            raise self._queue_too_large(size, qbytes)
+
+    # -- I/O: the kernel's own wait when nobody could close us meanwhile ----------------------------
+    # A thread blocked in msgsnd/msgrcv wakes only for room/a message, the queue's removal or
+    # a signal, so close() from another thread could not wake it: with other threads in the
+    # process, waits poll (below). A process with no other thread has nobody to do that (a
+    # signal handler closing the handle interrupts the syscall itself), so an untimed call
+    # blocks in the kernel as C's msgrcv does: wake-up at once, no CPU while waiting.
+    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
+        if deadline.end != _INF or other_threads():
+            return super()._send_blocking(data, deadline, knobs)
+        mtype = knobs.get("type", 1)
+        if mtype.__class__ is not int or mtype != 1:
+            _check_type(mtype, recv=False)
+        if self._qsmall:
+            self._check_size(data)  # it could never fit: msgsnd would wait forever
+        block = False  # first without waiting: a full queue re-reads msg_qbytes before the kernel wait
+        while True:
+            if self._closed:
+                self._check_open("send")
+            try:
+                self._q.send(data, block, mtype)
+                return
+            except sysv_ipc.BusyError:
+                self._check_room(_nbytes(data))
+                block = True
+            except sysv_ipc.Error as e:
+                self._retry_or_raise(e, "send")
+
+    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
+        if deadline.end != _INF or other_threads():
+            return super()._recv_blocking(deadline, knobs)
+        mtype = knobs.get("type", 0)
+        if mtype.__class__ is not int or mtype != 0:
+            _check_type(mtype, recv=True)
+        while True:
+            if self._closed:
+                self._check_open("recv")
+            try:
+                got = self._q.receive(True, mtype)
+            except sysv_ipc.Error as e:
+                self._retry_or_raise(e, "recv")
+                continue
+            return got if knobs and knobs.get("with_type") else got[0]
+
     # -- I/O: non-blocking attempts; the template loops, this class waits -------------------------------
     def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
         mtype = knobs.get("type", 1)
         if mtype.__class__ is not int or mtype != 1:
             _check_type(mtype, recv=False)
+        if self._qsmall:
+            self._check_size(data)  # before any msgsnd: it would wait for room that can never exist
         try:
             self._q.send(data, False, mtype)
             return True
         except sysv_ipc.BusyError:
+            self._check_room(_nbytes(data))  # full: the limit may have been lowered since we read it
             return False
         except sysv_ipc.Error as e:
             self._retry_or_raise(e, "send")
@@ -300,7 +403,7 @@ class SysVMessageQueue(Channel):
             return
         raise self._error(e, op) from None
 
-    def recv_with_type(self, *, type: int = 0, timeout: float | None = None) -> tuple[Any, int]:
+    def recv_with_type(self, *, type: int = 0, timeout: float | None = None) -> tuple[T, int]:
         """Like ``recv(type=)`` but returns ``(message, message_type)``."""
         deadline = Deadline.of(timeout)
         self._prepare_recv({"type": type})
@@ -333,6 +436,7 @@ class SysVMessageQueue(Channel):
         limit = sysctl("kernel.msgmnb", 16384) or 16384
         try:
             self._q.max_size = value
+            self._set_qlimit(value)
             if self.owner and self._record_url:
                 self._record_owner()  # IPC_SET restamped ctime: keep the record's identity current
         except sysv_ipc.PermissionsError:

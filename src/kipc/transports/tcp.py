@@ -10,7 +10,9 @@ Contract card:
   An empty host means ``127.0.0.1``.
 * ``TCP_NODELAY`` on both ends; sends use ``MSG_NOSIGNAL``.
 * ``timeout=`` at open bounds connect + handshake (default 10 s); a listener
-  bounds each peer's handshake by ``handshake_timeout`` (default 10 s).
+  bounds each peer's handshake by ``handshake_timeout`` (default 10 s) and
+  runs the handshakes of all connecting peers at once without blocking, so a
+  silent client delays neither an honest one nor the event loop.
 * Optional shared secret ``auth=`` (bytes, or str as UTF-8): mutual
   HMAC-SHA256 challenge-response before any payload is decoded. Byte layout::
 
@@ -19,15 +21,17 @@ Contract card:
       server -> client   HMAC(key, b"kipc-auth-1 server" + nonce_c + nonce_s)
 
   Digests are compared with ``hmac.compare_digest``; the labels stop a
-  reflected answer. A wrong key is :class:`PermissionDenied` on both sides
-  (the server closes; the client reports the refusal). A client without
+  reflected answer. A wrong key is :class:`PermissionDenied` for the client;
+  the server closes the connection, logs the refusal (logger ``"kipc"``) and
+  goes on accepting. A client without
   ``auth=`` talking to an auth server reads MAGIC as a frame length of
   0x50494bff and gets :class:`ProtocolError`; a client with ``auth=`` talking
   to a server without it gets :class:`ProtocolError` when no challenge comes.
   The secret authenticates the peers; it does not encrypt the traffic.
 * Boundaries: framed (``framing=line/raw`` for ``nc``); FIFO order; max
   message ``max_message_size`` (default 1 GiB); a forged length prefix above
-  it is :class:`ProtocolError` before any allocation.
+  it is :class:`ProtocolError` before any allocation, one below it costs
+  memory only as its payload arrives (see :mod:`kipc.transports._stream`).
 * Cleanup: nothing named; closing the listener frees the port.
 """
 
@@ -47,16 +51,15 @@ from .._framing import DEFAULT_MAX_FRAME
 from .._kinds import RemoteKind
 from .._naming import ParsedURL, parse_bool, parse_float, parse_int, parse_seconds, parse_url
 from ..codecs import Codec
-from ..errors import InvalidArgument, PermissionDenied, ProtocolError, Timeout, from_oserror
-from ._sock import SocketChannel, SocketListener, connect, recv_exact, send_exact
+from ..errors import DeadlineExceeded, InvalidArgument, PermissionDenied, ProtocolError, from_oserror
+from ._sock import SocketChannel, SocketListener, Steps, connect, recv_exact, send_exact
+from ._stream import LINGER
 
 __all__ = ["KIND", "MAGIC", "TcpChannel", "TcpListener"]
 
 MAGIC = b"\xffKIPC-AUTH-1\n"
 _SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux: sk_meminfo[], SNDBUF at 3, WMEM_QUEUED at 5
 _MEMINFO = struct.Struct("9I")
-_ATOMIC_MAX = 64 * 1024
-_ROOM_MARGIN = 8192  # header + skb overhead
 _NONCE = 32
 _DIGEST = 32
 
@@ -108,7 +111,7 @@ def _format(family: int, sockaddr: Any) -> str:
 
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size") if k in options}
+    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size", "linger") if k in options}
 
 
 class TcpChannel(SocketChannel):
@@ -119,7 +122,7 @@ class TcpChannel(SocketChannel):
 
     def __init__(self, url: str, *, timeout: float | str | None = 10.0, auth: bytes | str | None = None,
                  codec: str | Codec | None = None, framing: str = "frame",
-                 max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+                 max_message_size: int | str = DEFAULT_MAX_FRAME, linger: float | str = LINGER) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "tcp":
             raise InvalidArgument(f"{url}: not a tcp:// URL")
@@ -134,21 +137,17 @@ class TcpChannel(SocketChannel):
             if key is not None:
                 _client_handshake(sock, key, deadline, url)
             self.peer = sock.getpeername()[:2]
-            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size)
+            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size,
+                              linger=linger)
         except BaseException:
             sock.close()
             raise
 
-    def _send_blocking(self, data: bytes | memoryview, deadline: Deadline, knobs: dict[str, Any]) -> None:
-        # TCP, unlike pipes and unix sockets, takes part of a small write when almost
-        # full; the tail would then wait in this process for the next send. For a
-        # send that may time out, wait for room for the whole frame first, so a
-        # timed-out send leaves the channel exactly unchanged.
-        if not deadline.blocking and not self._pending:
-            size = memoryview(data).nbytes
-            if size <= _ATOMIC_MAX:
-                self._wait_room(size + _ROOM_MARGIN, deadline)
-        super()._send_blocking(data, deadline, knobs)
+    # TCP, unlike pipes and unix sockets, takes part of a small write when almost full; the
+    # tail would then wait in this process for the next send. For a send that may time out,
+    # StreamChannel._send_blocking first waits for room for the whole frame (_wait_room), so
+    # a timed-out send leaves the channel exactly unchanged.
+    _room_check = True
 
     def _wait_room(self, need: int, deadline: Deadline) -> None:
         assert self._sock is not None
@@ -157,7 +156,7 @@ class TcpChannel(SocketChannel):
             self._check_open("send")
             info = _MEMINFO.unpack(self._sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))
             sndbuf, queued = info[3], info[5]
-            if sndbuf - queued >= need or need > sndbuf:
+            if sndbuf - queued >= need or need > sndbuf:  # (a frame bigger than the buffer cannot wait)
                 return
             left = deadline.remaining()
             if deadline.nonblocking or not left:
@@ -177,7 +176,7 @@ class TcpChannel(SocketChannel):
 def _client_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: str) -> None:
     try:
         head = recv_exact(sock, len(MAGIC) + _NONCE, deadline, url)
-    except Timeout:
+    except DeadlineExceeded:
         raise ProtocolError(f"connect to {url}: no auth challenge from the server within "
                             f"{deadline.timeout:g} s (does it use auth=?)") from None
     if not head.startswith(MAGIC):
@@ -193,17 +192,16 @@ def _client_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: 
         raise PermissionDenied(f"connect to {url}: the server failed authentication (wrong auth key?)")
 
 
-def _server_handshake(sock: socket.socket, key: bytes, deadline: Deadline, url: str) -> None:
+def _server_steps(key: bytes, url: str) -> Steps:
+    """The server's side of the auth exchange, as steps the listener drives without blocking."""
     nonce_s = secrets.token_bytes(_NONCE)
-    send_exact(sock, MAGIC + nonce_s, deadline, url)
-    try:
-        answer = recv_exact(sock, _NONCE + _DIGEST, deadline, url)
-    except (Timeout, ProtocolError) as e:
-        raise PermissionDenied(f"accept on {url}: the peer did not authenticate ({e})") from e
+    yield MAGIC + nonce_s
+    answer = yield _NONCE + _DIGEST
+    assert answer is not None
     nonce_c, digest = answer[:_NONCE], answer[_NONCE:]
     if not hmac.compare_digest(digest, _mac(key, b"client", nonce_s, nonce_c)):
         raise PermissionDenied(f"accept on {url}: the peer failed authentication (wrong auth key?)")
-    send_exact(sock, _mac(key, b"server", nonce_c, nonce_s), deadline, url)
+    yield _mac(key, b"server", nonce_c, nonce_s)
 
 
 class TcpListener(SocketListener):
@@ -240,10 +238,11 @@ class TcpListener(SocketListener):
         self._sock = sock
         self._init_listener(_format(family, sock.getsockname()))
 
-    def _make_channel(self, conn: socket.socket, deadline: Deadline) -> TcpChannel:
+    def _handshake(self, conn: socket.socket) -> Steps | None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._key is not None:
-            _server_handshake(conn, self._key, deadline, self.url)
+        return None if self._key is None else _server_steps(self._key, self.url)
+
+    def _make_channel(self, conn: socket.socket) -> TcpChannel:
         return TcpChannel._accepted(self.url, conn, self._options)
 
 

@@ -10,8 +10,9 @@ Contract card:
 * ``kipc.listen(url)`` binds (exclusively) and ``accept()`` yields one duplex
   :class:`UnixChannel` per peer; ``kipc.open(url)`` connects.
 * Peer check: both sides read ``SO_PEERCRED``. ``accept`` refuses a peer whose
-  uid is not ours (or in ``allow_uids=``) with :class:`PermissionDenied` after
-  closing it (the listener stays usable); ``open`` refuses a listener run by
+  uid is not ours (or in ``allow_uids=``): it closes the connection, logs the
+  refusal (logger ``"kipc"``, naming ``allow_uids=``) and waits on for the next
+  peer (``SO_PEERCRED`` needs no exchange, so nothing waits on the peer); ``open`` refuses a listener run by
   another uid the same way. ``ch.peer_pid`` / ``ch.peer_uid`` tell who it is.
 * Stale socket: if the path exists, a probe connect decides. A live listener
   answering -> :class:`AlreadyExists`. ``ECONNREFUSED`` on a socket file owned
@@ -53,6 +54,7 @@ from .._objects import file_identity, parse_uids
 from ..codecs import Codec
 from ..errors import AlreadyExists, InvalidArgument, KipcError, PermissionDenied, Unsupported, from_oserror
 from ._sock import SocketChannel, SocketListener, connect
+from ._stream import LINGER
 
 __all__ = ["KIND", "UnixChannel", "UnixListener", "peer_credentials"]
 
@@ -97,7 +99,7 @@ def _address(parsed: ParsedURL) -> tuple[str | bytes, str | None]:
 
 
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size") if k in options}
+    return {k: options.pop(k) for k in ("codec", "framing", "max_message_size", "linger") if k in options}
 
 
 class UnixChannel(SocketChannel):
@@ -109,7 +111,7 @@ class UnixChannel(SocketChannel):
 
     def __init__(self, url: str, *, timeout: float | str | None = 10.0, allow_uids: Any = None,
                  codec: str | Codec | None = None, framing: str = "frame",
-                 max_message_size: int | str = DEFAULT_MAX_FRAME) -> None:
+                 max_message_size: int | str = DEFAULT_MAX_FRAME, linger: float | str = LINGER) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "unix":
             raise InvalidArgument(f"{url}: not a unix:// URL")
@@ -120,7 +122,8 @@ class UnixChannel(SocketChannel):
         try:
             connect(sock, address, deadline, url)
             self.peer_pid, self.peer_uid = _check_peer(sock, allow, url, "connect to")
-            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size)
+            self._init_socket(url, sock, codec=codec, framing=framing, max_message_size=max_message_size,
+                              linger=linger)
         except BaseException:
             sock.close()
             raise
@@ -211,7 +214,7 @@ class UnixListener(SocketListener):
             raise AlreadyExists(f"listen on {self.url}: a live listener answers at {path}")
         os.unlink(path)  # stale: its listener died without cleaning up
 
-    def _make_channel(self, conn: socket.socket, deadline: Deadline) -> UnixChannel:
+    def _make_channel(self, conn: socket.socket) -> UnixChannel:
         peer = _check_peer(conn, self._allow, self.url, "accept on")
         return UnixChannel._accepted(self.url, conn, peer, self._options)
 

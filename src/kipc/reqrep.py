@@ -1,0 +1,471 @@
+"""Request/reply on one host: ``kipc.Server`` and ``kipc.Client`` over ``ring://``, ``unix://``, ``tcp://``.
+
+Contract card:
+
+* ``Server(url, create=True)`` serves; ``req = server.recv(timeout=)`` (also
+  ``for req in server``, ``await server.arecv()``) returns a :class:`Request`
+  with ``req.data`` (decoded by the codec) and ``req.reply(data)``.
+  ``Client(url)``; ``client.request(data, timeout=)`` / ``await
+  client.arequest(...)`` returns the decoded reply.
+* Matching: every request carries a 64-bit id chosen by its client; a reply
+  carries it back and a client returns only the reply to its own request (a
+  late reply to an earlier request that timed out is dropped). No cross-talk
+  between clients: each client has its own return path (its connection, or
+  its own reply ring).
+* Many clients, and on ``ring://`` several servers sharing the load (each
+  request goes to one server: the request ring is a many-consumer queue);
+  open further servers with ``Server(url)`` (no ``create``). On ``unix://``
+  and ``tcp://`` one server process accepts the clients (``auth=`` for tcp
+  as usual); threads of it may call ``recv`` concurrently.
+* Timeouts on both sides. A client whose server dies mid-request gets
+  :class:`PeerGone` (the connection ended; on ``ring://``: the ring's creating
+  server is gone) or :class:`Timeout` — never a hang with a timeout. On
+  ``ring://`` with several servers, a non-creating server dying mid-request is
+  noticed only by the client's timeout: give one.
+* A reply to a client that died is dropped without harming the server
+  (``reply`` returns False). A reply waits at most ``reply_timeout`` (1 s)
+  for room in a client's ring, then is dropped.
+* Wire format (the codec applies to payloads only): request =
+  ``b"KRQ1" u64 id u16 len return-address payload``; reply =
+  ``b"KRP1" u64 id payload``. A message that is not one of these is dropped
+  and counted in ``server.malformed`` / ``client.malformed``.
+* Cleanup: a ring server created with ``create=True`` removes the request
+  ring on close; a client removes its reply ring on close (``kipc gc`` after
+  SIGKILL, as for every ring).
+
+NATS has its own request/reply (``nats://``, core NATS subjects) in the NATS
+transport; this module covers one host.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from . import _owners
+from ._base import Channel, Deadline, Listener
+from ._naming import parse_url
+from ._waiting import wait
+from .codecs import Codec, get_codec
+from .errors import ChannelClosed, DeadlineExceeded, InvalidArgument, KipcError, NotFound, PeerGone
+from .registry import listen
+from .registry import open as open_channel
+
+__all__ = ["Client", "Request", "Server"]
+
+_REQ = struct.Struct("<4sQH")
+_REP = struct.Struct("<4sQ")
+_REQ_MAGIC, _REP_MAGIC = b"KRQ1", b"KRP1"
+_SCHEMES = ("ring", "unix", "tcp")
+_REPLY_TIMEOUT = 1.0
+_CACHE = 64  # reply rings a ring server keeps open
+_LIVENESS = 0.25  # seconds between checks that a ring's creating server still runs
+
+
+def _scheme(url: str) -> str:
+    scheme = parse_url(url).scheme
+    if scheme not in _SCHEMES:
+        raise InvalidArgument(f"{url}: request/reply runs on {', '.join(s + '://' for s in _SCHEMES)} "
+                              "(nats:// has its own request/reply)")
+    return scheme
+
+
+class Request:
+    """One request: ``data`` (decoded), ``reply(data)``; each request is answered at most once."""
+
+    __slots__ = ("_id", "_replied", "_to", "data", "server")
+
+    def __init__(self, server: Server, rid: int, to: Any, data: Any) -> None:
+        self.server, self._id, self._to, self.data = server, rid, to, data
+        self._replied = False
+
+    def reply(self, data: Any, *, timeout: float | None = None) -> bool:
+        """Send the reply; False if the client has gone (the reply is dropped)."""
+        if self._replied:
+            raise InvalidArgument("this request was already answered")
+        self._replied = True
+        return self.server._reply(self._to, self._id, data, timeout)
+
+    async def areply(self, data: Any, *, timeout: float | None = None) -> bool:
+        if self._replied:
+            raise InvalidArgument("this request was already answered")
+        self._replied = True
+        return await self.server._areply(self._to, self._id, data, timeout)
+
+    def __repr__(self) -> str:
+        return f"<Request {self._id} on {self.server.url}>"
+
+
+class Server:
+    """Answers requests on ``url``; see the module docstring."""
+
+    malformed = 0
+
+    def __init__(self, url: str, *, create: bool | str = False, codec: str | Codec | None = None,
+                 reply_timeout: float = _REPLY_TIMEOUT, **options: Any) -> None:
+        self.scheme = _scheme(url)
+        self.codec = get_codec(codec)
+        self.reply_timeout = Deadline.of(reply_timeout).timeout or _REPLY_TIMEOUT
+        self._lock = threading.Lock()
+        self._closed = False
+        self._conns: list[Channel] = []
+        self._listener: Listener | None = None
+        self._requests: Channel | None = None
+        self._replies: OrderedDict[str, Channel] = OrderedDict()
+        if self.scheme == "ring":
+            self._requests = open_channel(url, create=create, **options)
+            self.url = self._requests.url
+        else:
+            if create not in (True, False):
+                raise InvalidArgument(f"{url}: a {self.scheme} server always listens (create=True or omit it)")
+            self._listener = listen(url, **options)
+            self.url = self._listener.url
+
+    # -- receiving ----------------------------------------------------------------------------------
+    def recv(self, *, timeout: float | None = None) -> Request:
+        """The next request (``Timeout`` when ``timeout`` runs out)."""
+        deadline = Deadline.of(timeout)
+        while True:
+            self._check_open()
+            if self._requests is not None:
+                got = self._parse(self._requests.recv(timeout=deadline.remaining()), None)
+                if got is not None:
+                    return got
+                continue
+            got = self._poll_connections(deadline)
+            if got is not None:
+                return got
+
+    def _poll_connections(self, deadline: Deadline) -> Request | None:
+        assert self._listener is not None
+        with self._lock:
+            objs: list[Any] = [self._listener, *(c for c in self._conns if not c.closed)]
+        try:
+            ready = wait(objs, timeout=deadline.slice(1.0).remaining())
+        except ChannelClosed:
+            self._check_open()
+            return None  # a connection another thread dropped meanwhile: wait again without it
+        if not ready:
+            if deadline.expired() or deadline.nonblocking:
+                raise deadline.error(f"recv on {self.url}")
+            return None  # a slice passed (new connections join the next wait)
+        for obj in ready:
+            if obj is self._listener:
+                try:
+                    conn = self._listener.accept(timeout=0)
+                except KipcError:
+                    continue  # someone else took it, or a refused peer (its error is the peer's)
+                with self._lock:
+                    self._conns.append(conn)
+                continue
+            try:
+                data = obj.recv(timeout=0)
+            except DeadlineExceeded:
+                continue  # another thread took it, or the frame is not complete yet
+            except (ChannelClosed, KipcError):
+                self._drop(obj)
+                continue
+            got = self._parse(data, obj)
+            if got is not None:
+                return got
+        return None
+
+    def _drop(self, conn: Channel) -> None:
+        with self._lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        conn.close()
+
+    def _parse(self, msg: bytes, conn: Channel | None) -> Request | None:
+        if len(msg) < _REQ.size:
+            self.malformed += 1
+            return None
+        magic, rid, n = _REQ.unpack_from(msg)
+        if magic != _REQ_MAGIC or len(msg) < _REQ.size + n:
+            self.malformed += 1
+            return None
+        try:
+            to: Any = conn if conn is not None else msg[_REQ.size:_REQ.size + n].decode("ascii")
+            data = self.codec.decode(msg[_REQ.size + n:])
+        except Exception:
+            self.malformed += 1
+            return None
+        return Request(self, rid, to, data)
+
+    async def arecv(self, *, timeout: float | None = None) -> Request:
+        deadline = Deadline.of(timeout)
+        while True:
+            self._check_open()
+            if self._requests is not None:
+                got = self._parse(await self._requests.arecv(timeout=deadline.remaining()), None)
+            else:
+                got = await self._apoll(deadline)
+            if got is not None:
+                return got
+
+    async def _apoll(self, deadline: Deadline) -> Request | None:
+        # The connections' fds with the loop's readiness: accept or receive without blocking it.
+        import asyncio
+
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        fds = [self._listener.fileno(), *(c.fileno() for c in self._conns)]
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        for fd in fds:
+            loop.add_reader(fd, wake)
+        try:
+            if not any(c._ready("recv") for c in self._conns):
+                await asyncio.wait_for(fut, deadline.slice(1.0).remaining())
+        except TimeoutError:
+            if deadline.expired():
+                raise deadline.error(f"recv on {self.url}") from None
+            return None
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+        return self._poll_connections(Deadline(0)) if not deadline.expired() else None
+
+    def __iter__(self) -> Iterator[Request]:
+        while not self._closed:
+            try:
+                yield self.recv()
+            except ChannelClosed:
+                return
+
+    def __aiter__(self) -> AsyncIterator[Request]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Request]:
+        while not self._closed:
+            try:
+                yield await self.arecv()
+            except ChannelClosed:
+                return
+
+    # -- replying -----------------------------------------------------------------------------------
+    def _frame(self, rid: int, data: Any) -> bytes:
+        return _REP.pack(_REP_MAGIC, rid) + bytes(self.codec.encode(data))
+
+    def _reply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
+        self._check_open()
+        frame = self._frame(rid, data)
+        t = self.reply_timeout if timeout is None else timeout
+        try:
+            self._reply_channel(to).send(frame, timeout=t)
+            return True
+        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone):
+            self._forget(to)
+            return False  # the client has gone (or stopped reading): its reply is dropped
+
+    async def _areply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
+        self._check_open()
+        frame = self._frame(rid, data)
+        t = self.reply_timeout if timeout is None else timeout
+        try:
+            await self._reply_channel(to).asend(frame, timeout=t)
+            return True
+        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone):
+            self._forget(to)
+            return False
+
+    def _reply_channel(self, to: Any) -> Channel:
+        if not isinstance(to, str):
+            return to  # a connection: reply on it
+        with self._lock:
+            ch = self._replies.get(to)
+            if ch is not None:
+                self._replies.move_to_end(to)
+                return ch
+        ch = open_channel(f"ring://{to}")
+        with self._lock:
+            self._replies[to] = ch
+            while len(self._replies) > _CACHE:
+                _, old = self._replies.popitem(last=False)
+                old.close()
+        return ch
+
+    def _forget(self, to: Any) -> None:
+        if isinstance(to, str):
+            with self._lock:
+                ch = self._replies.pop(to, None)
+            if ch is not None:
+                ch.close()
+        else:
+            self._drop(to)
+
+    # -- lifetime -------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChannelClosed(f"operation on server {self.url}: closed by this process")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            conns, self._conns = self._conns, []
+            replies, self._replies = list(self._replies.values()), OrderedDict()
+        for ch in [*conns, *replies]:
+            ch.close()
+        if self._listener is not None:
+            self._listener.close()
+        if self._requests is not None:
+            self._requests.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Server {self.url} {'closed' if self._closed else 'open'}>"
+
+
+_client_ids = itertools.count(1)
+
+
+class Client:
+    """Sends requests to a :class:`Server` and returns their replies; see the module docstring.
+
+    One request at a time per client (calls from several threads are serialised);
+    open one client per thread for parallel requests.
+    """
+
+    malformed = 0
+
+    def __init__(self, url: str, *, codec: str | Codec | None = None, capacity: int | str = 1 << 16,
+                 **options: Any) -> None:
+        self.scheme = _scheme(url)
+        self.codec = get_codec(codec)
+        self._lock = threading.Lock()
+        self._ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 20)
+        self._closed = False
+        self._reply_ring: Channel | None = None
+        self._server_owner: tuple[int, int | None] | None = None
+        self.url = url
+        if self.scheme == "ring":
+            self._out = open_channel(url, **options)
+            self.url = self._out.url
+            name = parse_url(self.url).netloc
+            me = f"{name}.r{os.getpid()}x{next(_client_ids)}"[-200:].lstrip(".-")
+            try:
+                self._reply_ring = open_channel(f"ring://{me}", create=True, capacity=capacity)
+            except BaseException:
+                self._out.close()
+                raise
+            self._return = me.encode("ascii")
+            rec = _owners.lookup(self.url)
+            if rec is not None:
+                self._server_owner = (rec.pid, rec.start_time)
+            self._in = self._reply_ring
+        else:
+            self._out = self._in = open_channel(url, **options)
+            self._return = b""
+
+    def _frame(self, rid: int, data: Any) -> bytes:
+        return _REQ.pack(_REQ_MAGIC, rid, len(self._return)) + self._return + bytes(self.codec.encode(data))
+
+    def _match(self, msg: bytes, rid: int) -> tuple[bool, Any]:
+        if len(msg) < _REP.size:
+            self.malformed += 1
+            return False, None
+        magic, got = _REP.unpack_from(msg)
+        if magic != _REP_MAGIC:
+            self.malformed += 1
+            return False, None
+        if got != rid:
+            return False, None  # a late reply to an earlier request that timed out
+        return True, self.codec.decode(msg[_REP.size:])
+
+    def _server_gone(self) -> bool:
+        own = self._server_owner
+        return own is not None and not _owners.owner_alive(*own)
+
+    def request(self, data: Any, *, timeout: float | None = None) -> Any:
+        """Send ``data`` and return the decoded reply (``Timeout``; ``PeerGone`` if the server died)."""
+        deadline = Deadline.of(timeout)
+        self._check_open()
+        with self._lock:
+            rid = next(self._ids)
+            self._out.send(self._frame(rid, data), timeout=deadline.remaining())
+            while True:
+                try:
+                    # in slices on a ring: a dead creating server is noticed
+                    slice_ = deadline.slice(_LIVENESS) if self._reply_ring is not None else deadline
+                    msg = self._in.recv(timeout=slice_.remaining())
+                except ChannelClosed as e:
+                    raise PeerGone(f"request on {self.url}: the server closed the connection") from e
+                except DeadlineExceeded:
+                    if deadline.expired() or deadline.nonblocking:
+                        raise deadline.error(f"request on {self.url}") from None
+                    if self._server_gone():
+                        raise PeerGone(f"request on {self.url}: the server died") from None
+                    continue
+                ok, reply = self._match(msg, rid)
+                if ok:
+                    return reply
+
+    async def arequest(self, data: Any, *, timeout: float | None = None) -> Any:
+        """``request`` for asyncio (one at a time per client; cancelled, its late reply is dropped)."""
+        deadline = Deadline.of(timeout)
+        self._check_open()
+        rid = next(self._ids)
+        await self._out.asend(self._frame(rid, data), timeout=deadline.remaining())
+        while True:
+            try:
+                slice_ = deadline.slice(_LIVENESS) if self._reply_ring is not None else deadline
+                msg = await self._in.arecv(timeout=slice_.remaining())
+            except ChannelClosed as e:
+                raise PeerGone(f"request on {self.url}: the server closed the connection") from e
+            except DeadlineExceeded:
+                if deadline.expired() or deadline.nonblocking:
+                    raise deadline.error(f"request on {self.url}") from None
+                if self._server_gone():
+                    raise PeerGone(f"request on {self.url}: the server died") from None
+                continue
+            ok, reply = self._match(msg, rid)
+            if ok:
+                return reply
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChannelClosed(f"request on {self.url}: closed by this process")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._out.close()
+        if self._reply_ring is not None:
+            self._reply_ring.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.url} {'closed' if self._closed else 'open'}>"

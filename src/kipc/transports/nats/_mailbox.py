@@ -1,0 +1,195 @@
+"""Batched hand-off between the loop thread and callers: a FIFO and a kick.
+
+Moving each message across threads with ``run_coroutine_threadsafe`` costs a
+future, a self-pipe write and a thread switch per message; that was most of
+the gap to raw nats-py. Instead:
+
+* :class:`Mailbox` -- the loop thread appends what arrived (pulled messages,
+  Topic messages, requests); callers take from it directly on their own thread
+  or loop, with no hop while it is non-empty. Waiting (``wait`` / ``await_``)
+  consumes nothing, so a caller's timeout or cancellation while waiting loses
+  nothing: the message stays for the next caller.
+* :class:`Pump` -- callers append work (publishes, acks) to plain deques and
+  *kick*; one loop-side task drains everything queued so far. A kick costs a
+  ``call_soon_threadsafe`` only when the pump is idle, so a burst of sends
+  crosses threads once per batch, not once per message.
+
+Lost wake-ups are avoided the classic way: a waiter registers before it looks,
+a putter appends before it looks for waiters (sequentially consistent under
+the GIL, and the registration is under the condition's lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = ["Mailbox", "Pump"]
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Mailbox:
+    """A FIFO filled by one side and taken by any thread or event loop (see the module docstring)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.items: deque[Any] = deque()
+        self.limit = limit
+        self.dropped = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._sync_waiters = 0
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def waiting(self) -> int:
+        """How many callers wait right now (demand: a reason to pull more)."""
+        return self._sync_waiters + len(self._async_waiters)
+
+    def put(self, item: Any) -> bool:
+        """Append (any thread); False (and counted in ``dropped``) when ``limit`` is reached."""
+        if self.limit is not None and len(self.items) >= self.limit:
+            self.dropped += 1
+            return False
+        self.items.append(item)
+        if self._sync_waiters or self._async_waiters:
+            self.wake()
+        return True
+
+    def put_many(self, items: list[Any]) -> None:
+        if self.limit is not None:
+            room = max(0, self.limit - len(self.items))
+            if room < len(items):
+                self.dropped += len(items) - room
+                items = items[:room]
+        self.items.extend(items)
+        if items and (self._sync_waiters or self._async_waiters):
+            self.wake()
+
+    def push_front(self, items: list[Any]) -> None:
+        """Give items back at the head, in order (a caller that took more than it used)."""
+        self.items.extendleft(reversed(items))
+        if items and (self._sync_waiters or self._async_waiters):
+            self.wake()
+
+    def take(self) -> Any:
+        """The oldest item, or None (never blocks)."""
+        try:
+            return self.items.popleft()
+        except IndexError:
+            return None
+
+    def take_many(self, n: int) -> list[Any]:
+        items = self.items
+        out = []
+        with contextlib.suppress(IndexError):
+            for _ in range(n):
+                out.append(items.popleft())
+        return out
+
+    def wake(self) -> None:
+        """Wake every waiter (new items, a state change, or close)."""
+        with self._cond:
+            self._cond.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        for loop, fut in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
+                loop.call_soon_threadsafe(_wake, fut)
+
+    def wait(self, timeout: float | None) -> None:
+        """Block until items are there, ``wake()`` is called, or ``timeout`` passes (consumes nothing)."""
+        with self._cond:
+            self._sync_waiters += 1
+            try:
+                if not self.items:
+                    self._cond.wait(timeout)
+            finally:
+                self._sync_waiters -= 1
+
+    async def await_(self, timeout: float | None) -> None:
+        """``wait`` for an event loop (any loop, any thread); cancellation consumes nothing."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop, fut)
+        with self._cond:
+            if self.items:
+                return
+            self._async_waiters.append(entry)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._cond, contextlib.suppress(ValueError):
+                self._async_waiters.remove(entry)
+
+
+class Pump:
+    """One task on the loop that runs ``drain()`` whenever a caller kicks (see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, drain: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._loop = loop
+        self._drain = drain
+        self._kicked = False
+        self._event: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.stopped = False
+
+    def start(self) -> None:
+        """Call on the loop thread."""
+        self._event = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run())
+
+    def kick(self) -> None:
+        """Ask for a drain (any thread). Cheap when a drain is already due."""
+        if self._kicked or self.stopped:
+            return
+        self._kicked = True
+        ev = self._event
+        if ev is None:
+            return
+        try:
+            if _on_loop_thread(self._loop):
+                ev.set()
+            else:
+                self._loop.call_soon_threadsafe(ev.set)
+        except RuntimeError:  # the loop has shut down (interpreter exit)
+            self.stopped = True
+
+    async def _run(self) -> None:
+        assert self._event is not None
+        while not self.stopped:
+            await self._event.wait()
+            self._event.clear()
+            self._kicked = False  # before draining: a kick from now on is seen by the next round
+            try:
+                await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a drain reports its own errors; the pump must outlive them
+                await asyncio.sleep(0.05)
+                self.kick()
+
+    async def stop(self) -> None:
+        self.stopped = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

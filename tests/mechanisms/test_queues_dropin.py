@@ -1,0 +1,505 @@
+"""kipc.Queue as a complete drop-in (issue 13): objects of any size, multiprocessing's
+reducers, a small /dev/shm, clean exits under every start method, parity details,
+batches, a serializer hook and numpy out of band.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing as mp
+import multiprocessing.queues
+import os
+import pickle
+import queue
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+import pytest
+
+import kipc
+
+METHODS = ["fork", "spawn", "forkserver"]
+GiB = 1 << 30
+
+
+def rings_of(pid: int) -> list[str]:
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"kipc.ring.mpq-{pid}-"))
+
+
+def need_ram(nbytes: int) -> None:
+    with open("/proc/meminfo") as f:
+        avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    if avail < nbytes:
+        pytest.skip(f"needs {nbytes >> 20} MiB of free RAM, {avail >> 20} MiB available")
+
+
+# -- children ---------------------------------------------------------------------------------
+
+def _echo_len(q: Any, out: Any) -> None:
+    obj = q.get()
+    out.put((len(obj), obj[:4], obj[-4:]))
+
+
+def _np_summary(q: Any, out: Any) -> None:
+    import numpy as np
+
+    a = q.get()
+    a[0] = 9  # writable, as the stdlib's
+    out.put((a.shape, str(a.dtype), int(a[1]), int(a[-1]), bool(np.all(a[1:100] == 1))))
+
+
+def _put_big_and_exit(q: Any, size: int) -> None:
+    q.put(b"\x01" * size)  # the feeder still holds most of it when the child's main returns
+
+
+def _use_conn(q: Any) -> None:
+    conn = q.get()
+    conn.send("through the queue")
+    conn.close()
+
+
+def _use_sock(q: Any) -> None:
+    s = q.get()
+    s.sendall(b"sock ok")
+    s.close()
+
+
+def _create_and_exit(out: Any, how: str, ready: Any) -> None:
+    q = kipc.Queue()
+    q.put("x" * 100)
+    out.put(q._ch.name)
+    if how == "wait":
+        ready.set()
+        time.sleep(60)  # SIGTERM ends this
+    elif how == "raise":
+        raise SystemExit(3)
+
+
+def _put_in_child(q: Any) -> None:
+    q.put("from a child of a closer")
+
+
+# -- 1. any size ---------------------------------------------------------------------------------
+
+def test_one_gib_bytes_between_processes() -> None:
+    need_ram(4 * GiB)
+    ctx = mp.get_context("fork")
+    q, out = kipc.Queue(), kipc.Queue()
+    p = ctx.Process(target=_echo_len, args=(q, out))
+    p.start()
+    obj = b"head" + b"\x00" * (GiB - 8) + b"tail"
+    q.put(obj)  # never blocks: the feeder streams it through the 256 KiB ring
+    del obj
+    assert out.get(timeout=120) == (GiB, b"head", b"tail")
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_one_gib_numpy_between_processes() -> None:
+    np = pytest.importorskip("numpy")
+    need_ram(4 * GiB)
+    ctx = mp.get_context("spawn")
+    q, out = kipc.Queue(), kipc.Queue()
+    p = ctx.Process(target=_np_summary, args=(q, out))
+    p.start()
+    a = np.ones(GiB // 8, dtype=np.int64)
+    a[-1] = 7
+    q.put(a)
+    del a
+    assert out.get(timeout=120) == ((GiB // 8,), "int64", 1, 7, True)
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_timed_get_keeps_the_partial_and_resumes() -> None:
+    q = kipc.Queue(capacity=64 << 10)
+    size = 64 << 20
+    done = threading.Event()
+
+    def produce() -> None:
+        for chunk in range(2):
+            q.put(bytes([chunk + 1]) * size)
+        done.set()
+
+    t = threading.Thread(target=produce)
+    got: list[bytes] = []
+    timeouts = 0
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(got) < 2 and time.monotonic() < deadline:
+        try:
+            got.append(q.get(timeout=0.001))  # far shorter than a 64 MiB transfer: resumed each time
+        except queue.Empty:
+            timeouts += 1
+    t.join(30)
+    assert [len(g) for g in got] == [size, size]
+    assert got[0] == b"\x01" * size and got[1] == b"\x02" * size
+    assert timeouts > 0  # the deadline was kept mid-message, and nothing was lost for it
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_producer_exit_waits_for_its_big_object(method: str) -> None:
+    ctx = mp.get_context(method)
+    q = kipc.Queue()
+    size = 300 << 20
+    p = ctx.Process(target=_put_big_and_exit, args=(q, size))
+    p.start()
+    obj = q.get(timeout=120)
+    assert len(obj) == size and obj[:1] == b"\x01" and obj[-1:] == b"\x01"
+    p.join(60)
+    assert p.exitcode == 0
+
+
+# -- 2. ForkingPickler -----------------------------------------------------------------------------
+
+class Registered:
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+
+def _rebuild_registered(v: int) -> Registered:
+    r = Registered(v)
+    r.v = v * 100
+    return r
+
+
+ForkingPickler.register(Registered, lambda r: (_rebuild_registered, (r.v,)))
+
+
+@pytest.mark.parametrize("obj", [b"x", "s", 1, 1.5, None, True, (1, "a"), {"k": [1, 2]}, list(range(50)),
+                                 Registered(3), {"nested": (Registered(1), b"y" * 100)}, b"big" * 500_000])
+def test_bytes_are_forkingpicklers(obj: Any) -> None:
+    from kipc.queues import _encode
+
+    data = _encode(obj)
+    assert (b"".join(data) if isinstance(data, list) else data) == bytes(ForkingPickler.dumps(obj, 5))
+
+
+def test_registered_reducer_applies() -> None:
+    q = kipc.Queue()
+    q.put(Registered(2))
+    assert q.get(timeout=5).v == 200
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_connection_travels(method: str) -> None:
+    ctx = mp.get_context(method)
+    q = kipc.Queue()
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_use_conn, args=(q,))
+    p.start()
+    q.put(w)  # multiprocessing's reducer: the child gets a working duplicate of the fd
+    assert r.poll(30)
+    assert r.recv() == "through the queue"
+    p.join(30)
+    assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_socket_travels(method: str) -> None:
+    ctx = mp.get_context(method)
+    q = kipc.Queue()
+    a, b = socket.socketpair()
+    p = ctx.Process(target=_use_sock, args=(q,))
+    p.start()
+    q.put(b)
+    a.settimeout(30)
+    assert a.recv(100) == b"sock ok"
+    p.join(30)
+    assert p.exitcode == 0
+    a.close()
+    b.close()
+
+
+def test_pickling_error_still_at_put() -> None:
+    q = kipc.Queue()
+    with pytest.raises((TypeError, pickle.PicklingError, AttributeError)):
+        q.put(lambda: 1)
+    with pytest.raises((TypeError, pickle.PicklingError, AttributeError)):
+        q.put_many([1, threading.Lock()])
+    assert q.empty()  # put_many serializes everything before it sends anything
+
+
+# -- 3. a small /dev/shm ---------------------------------------------------------------------------
+
+SMALL_SHM_SCRIPT = textwrap.dedent("""
+    import os, multiprocessing as mp, kipc
+    from kipc.errors import LimitExceeded
+
+    def worker(qs):
+        for q in qs:
+            for i in range(20):
+                q.put(bytes([i]) * 200_000)          # fragments through the small ring
+            q.put(b"end")
+
+    if __name__ == "__main__":
+        qs = [kipc.Queue() for _ in range(100)]
+        p = mp.get_context("fork").Process(target=worker, args=(qs,))
+        p.start()
+        for q in qs:
+            got = list(iter(q.get, b"end"))
+            assert [len(g) for g in got] == [200_000] * 20 and got[7][:1] == b"\\x07", len(got)
+        p.join(60)
+        assert p.exitcode == 0
+        try:
+            kipc.Queue(capacity=64 << 20)
+        except LimitExceeded as e:
+            assert "/dev/shm" in str(e), e
+            print("refused:", e)
+        else:
+            raise AssertionError("a ring bigger than /dev/shm was created")
+        from kipc.transports import ring  # the reservation itself, on more than what is free
+        fd = os.open("/dev/shm/kipc.ring.toobig", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            st = os.statvfs("/dev/shm")
+            ring._reserve(fd, "ring://toobig", st.f_bavail * st.f_frsize + (1 << 20))
+        except LimitExceeded as e:
+            assert "/dev/shm" in str(e) and "free" in str(e), e
+            print("refused:", e)
+        else:
+            raise AssertionError("posix_fallocate beyond the free space succeeded")
+        finally:
+            os.close(fd)
+            os.unlink("/dev/shm/kipc.ring.toobig")
+        print("OK", len(os.listdir("/dev/shm")))
+""")
+
+
+def test_hundred_queues_in_a_64mib_dev_shm(tmp_path: Any) -> None:
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and unshare -m (a private mount namespace)")
+    script = tmp_path / "small_shm.py"
+    script.write_text(SMALL_SHM_SCRIPT)
+    cmd = f"mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {sys.executable} {script}"
+    r = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout and r.stdout.count("refused:") == 2, r.stdout
+
+
+def test_ring_space_reserved_at_creation() -> None:
+    q = kipc.Queue()
+    st = os.stat(q._ch.path)
+    assert st.st_blocks * 512 >= st.st_size  # allocated now, not at first touch
+
+
+# -- 4. clean under every start method ----------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("how", ["return", "raise", "terminate"])
+def test_child_creator_leaves_nothing(method: str, how: str) -> None:
+    ctx = mp.get_context(method)
+    out = kipc.Queue()
+    ready = ctx.Event()
+    p = ctx.Process(target=_create_and_exit, args=(out, "wait" if how == "terminate" else how, ready))
+    p.start()
+    name = out.get(timeout=30)
+    path = f"/dev/shm/kipc.ring.{name}"
+    if how == "terminate":
+        assert ready.wait(30)
+        assert os.path.exists(path)
+        p.terminate()  # SIGTERM, as multiprocessing sends it
+    p.join(30)
+    assert p.exitcode == {"return": 0, "raise": 3, "terminate": -15}[how]
+    assert not os.path.exists(path), f"{how} under {method} left {path}"
+    assert rings_of(p.pid) == []
+
+
+def test_parent_exit_paths_leave_nothing(tmp_path: Any) -> None:
+    code = textwrap.dedent("""
+        import os, sys, signal, kipc
+        q = kipc.Queue(); q.put(1)
+        print(q._ch.path, flush=True)
+        if sys.argv[1] == "term":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif sys.argv[1] == "exit":
+            sys.exit(0)
+    """)
+    for how in ("normal", "exit", "term"):
+        r = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, timeout=60)
+        path = r.stdout.strip()
+        assert path.startswith("/dev/shm/kipc.ring."), r.stderr
+        assert r.returncode == (-15 if how == "term" else 0), r.stderr
+        assert not os.path.exists(path), how
+
+
+# -- 5. parity details ---------------------------------------------------------------------------
+
+def test_ctx_validated_like_the_stdlib() -> None:
+    with pytest.raises(ValueError, match="cannot find context for 'bogus'"):
+        kipc.Queue(ctx="bogus")
+    with pytest.raises(ValueError):
+        kipc.SimpleQueue(ctx="bogus")
+    with pytest.raises(TypeError):
+        kipc.JoinableQueue(ctx=42)
+    for ctx in (mp.get_context("spawn"), "fork", None):
+        kipc.Queue(ctx=ctx).put(1)
+
+
+def test_join_returns_none() -> None:
+    q = kipc.JoinableQueue()
+    q.put(1)
+    q.get()
+    q.task_done()
+    assert q.join() is None
+    assert q.join(timeout=0) is True  # the kipc extension keeps its answer
+
+
+def test_generic_aliases() -> None:
+    for cls in (kipc.Queue, kipc.JoinableQueue, kipc.SimpleQueue):
+        alias = cls[int]
+        assert alias.__origin__ is cls and alias.__args__ == (int,)
+        assert repr(alias).endswith("[int]")
+    assert mp.queues.SimpleQueue[int].__args__ == (int,)  # the stdlib's, for comparison
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_closed_queue_passes_to_a_child(method: str) -> None:
+    ctx = mp.get_context(method)
+    q = kipc.Queue()
+    reader = kipc.Queue()
+    q2 = q
+    q.close()
+    p = ctx.Process(target=_put_in_child, args=(q2,))
+    p.start()  # the stdlib allows it; the child's copy is open
+    p.join(30)
+    assert p.exitcode == 0
+    with pytest.raises(ValueError, match="is closed"):
+        q.get()
+    assert reader.empty()
+
+
+def test_queue_inside_a_queue() -> None:
+    outer, inner = kipc.Queue(), kipc.Queue()
+    outer.put(inner)
+    got = outer.get(timeout=5)
+    got.put("via the copy")
+    assert inner.get(timeout=5) == "via the copy"
+
+
+# -- 6. batches and a serializer hook ----------------------------------------------------------------
+
+def test_put_many_get_many() -> None:
+    q = kipc.Queue()
+    q.put_many(range(100))
+    assert q.qsize() == 100
+    assert q.get_many(64) == list(range(64))
+    assert q.get_many(64) == list(range(64, 100))
+    with pytest.raises(queue.Empty):
+        q.get_many(10, block=False)
+    t = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get_many(10, timeout=0.1)
+    assert time.monotonic() - t >= 0.09
+    with pytest.raises(ValueError):
+        q.get_many(0)
+
+
+def test_put_many_beyond_the_ring_keeps_order() -> None:
+    q = kipc.Queue(capacity=4096)
+    q.put_many(b"%05d" % i * 50 for i in range(2000))
+    got = []
+    while len(got) < 2000:
+        got.extend(q.get_many(64, timeout=10))
+    assert got == [b"%05d" % i * 50 for i in range(2000)]
+
+
+def test_put_many_bounded_and_joinable() -> None:
+    q = kipc.Queue(maxsize=3)
+    q.put_many([1, 2, 3])
+    with pytest.raises(queue.Full):
+        q.put_many([4], timeout=0.05)
+    assert q.get_many(5) == [1, 2, 3]
+    jq = kipc.JoinableQueue()
+    jq.put_many("abc")
+    assert jq.get_many(3) == ["a", "b", "c"]
+    for _ in range(3):
+        jq.task_done()
+    assert jq.join() is None
+
+
+def test_serializer_hook() -> None:
+    q = kipc.Queue(dumps=lambda o: json.dumps(o).encode(), loads=lambda b: json.loads(bytes(b)))
+    q.put({"a": [1, 2]})
+    assert q.get(timeout=5) == {"a": [1, 2]}
+    raw = kipc.Queue(dumps=bytes, loads=bytes)
+    raw.put_many([b"one", b"two"])
+    assert raw.get_many(2) == [b"one", b"two"]
+    with pytest.raises(kipc.InvalidArgument):
+        kipc.Queue(dumps=bytes)
+
+
+def _json_dumps(o: Any) -> bytes:
+    return json.dumps(o).encode()
+
+
+def _json_loads(b: Any) -> Any:
+    return json.loads(bytes(b))
+
+
+def _json_child(q: Any, out: Any) -> None:
+    out.put(q.get())
+
+
+@pytest.mark.parametrize("method", ["spawn"])
+def test_serializer_hook_travels_with_the_queue(method: str) -> None:
+    ctx = mp.get_context(method)
+    q = kipc.Queue(dumps=_json_dumps, loads=_json_loads)
+    out = kipc.Queue(dumps=_json_dumps, loads=_json_loads)
+    p = ctx.Process(target=_json_child, args=(q, out))
+    p.start()
+    q.put([1, "two"])
+    assert out.get(timeout=30) == [1, "two"]
+    p.join(30)
+
+
+# -- 7. numpy out of band ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [10, 20_000, 1_000_000, 20_000_000])
+def test_numpy_round_trip(n: int) -> None:
+    np = pytest.importorskip("numpy")
+    q = kipc.Queue()
+    a = np.arange(n, dtype=np.float64).reshape(-1, 2) if n % 2 == 0 else np.arange(n)
+    q.put({"a": a, "b": a[::2], "tag": "x"})  # a non-contiguous view travels in band
+    got = q.get(timeout=30)
+    assert got["tag"] == "x"
+    assert got["a"].dtype == a.dtype and got["a"].shape == a.shape and np.array_equal(got["a"], a)
+    assert np.array_equal(got["b"], a[::2])
+    assert got["a"].flags.writeable
+    got["a"][0] = -1
+    assert a.flat[0] == 0  # a copy, not the sender's memory
+
+
+def test_pickle_buffer_out_of_band() -> None:
+    from kipc.queues import _encode
+
+    big = bytearray(b"z" * (1 << 20))
+    parts = _encode(pickle.PickleBuffer(big))
+    assert isinstance(parts, list) and any(memoryview(p).obj is big for p in parts[1:])  # not copied
+    q = kipc.Queue()
+    q.put(pickle.PickleBuffer(big))
+    got = q.get(timeout=10)
+    assert bytes(got) == bytes(big)
+
+
+def test_many_arrays_in_one_object() -> None:
+    np = pytest.importorskip("numpy")
+    q = kipc.Queue()
+    arrays = [np.full(20_000, i, dtype=np.int32) for i in range(40)]  # more than sendv's parts
+    q.put(arrays)
+    got = q.get(timeout=30)
+    assert all(np.array_equal(g, a) for g, a in zip(got, arrays, strict=True))
+
+
+def test_creator_copy_removed_when_collected() -> None:
+    q = kipc.Queue()
+    path = q._ch.path
+    del q
+    gc.collect()
+    assert not os.path.exists(path)
