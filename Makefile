@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NATIVE := $(wildcard src/kipc/_native/*.c src/kipc/_native/*.h src/kipc/_native/*/*.c src/kipc/_native/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: demo test build venv lint bench stress sanitize reliability clean
+.PHONY: demo test build venv lint bench stress sanitize reliability clean test-c fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,27 @@ reliability: $(VENV)/.installed
 		tests/reliability/test_reliability_generic.py tests/reliability/test_reliability_crash.py tests/reliability/test_fuzz.py \
 		tests/reliability/test_ring_crash.py tests/reliability/test_lock_crash.py tests/reliability/test_reliability_objects.py tests/reliability/test_reliability_stress.py tests/reliability/test_reliability_ring.py \
 		tests/reliability/test_hostile.py tests/reliability/test_ring_hostile.py tests/mechanisms/test_ring_zerocopy.py tests/reliability/test_gc_identity.py $(PYTEST_ARGS)
+
+# C-only unit tests of the ring's core (no Python) and a short deterministic fuzz smoke, under
+# ASan+UBSan with gcc; `make test` runs the same through tests/core_c/test_core_c.py.
+CORE_SRC  := src/kipc/_native/ring/ring_core.c
+CORE_CC   := gcc -std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -Wno-unused-function \
+	-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+test-c:
+	mkdir -p build/test-c
+	$(CORE_CC) -o build/test-c/test_ring_core tests/core_c/test_ring_core.c $(CORE_SRC) -lpthread -lm
+	$(CORE_CC) -o build/test-c/fuzz_ring_core tests/core_c/fuzz_ring_core.c $(CORE_SRC) -lpthread -lm
+	build/test-c/test_ring_core
+	build/test-c/fuzz_ring_core 20000
+
+# libFuzzer on the core for FUZZ_SECONDS (installs clang with apt-get when it is missing).
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v clang >/dev/null || (apt-get update -qq && apt-get install -y -qq clang)
+	mkdir -p build/fuzz/corpus
+	clang -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DKIPC_LIBFUZZER \
+		-o build/fuzz/fuzz_ring_core tests/core_c/fuzz_ring_core.c $(CORE_SRC) -lpthread -lm
+	build/fuzz/fuzz_ring_core -max_total_time=$(FUZZ_SECONDS) -max_len=512 -print_final_stats=1 build/fuzz/corpus
 
 stress: $(VENV)/.installed
 	$(PY) -m pytest -m stress tests

@@ -12,6 +12,9 @@ Patterns, each in a fresh forked child:
   and p99 of per-message times.
 * stream: N messages one way, then one acknowledgement: msg/s and MB/s
   (10^6 B/s) at 64 B, 4 KiB, 64 KiB, 1 MiB and numpy 1920x1080x3 uint8 frames.
+* ``ring-batch``: the 64 B stream with ``send_many`` / ``recv_many`` (batches of 256).
+* ``memcpy``: single-thread copy bandwidth of 1 MiB buffers in this process, the
+  ceiling of the 1 MiB stream rows (target: ring >= 0.8x of it in the same run).
 
 Each measurement is repeated (``--repeat``, default 3); rows carry the best
 and the median of the repeats, and the CPU steal time during the run (from
@@ -45,7 +48,8 @@ FRAME_SHAPE = (1080, 1920, 3)
 SIZES = [64, 4096, 65536, MiB]
 RING_CAP, RING_FRAME_CAP = 8 * MiB, 32 * MiB
 PEERS = ["mp.Queue", "mp.Pipe", "os.pipe", "posix_ipc", "sysv_ipc", "faster-fifo", "pyzmq"]
-KIPC = ["ring", "ring-view", "kipc.Queue"]
+KIPC = ["ring", "ring-view", "kipc.Queue", "ring-batch"]
+BATCH = 256
 _ns = f"kipcbench{os.getpid()}"
 _count = iter(range(1_000_000))
 
@@ -323,6 +327,59 @@ def stream(mech: str, size: int, n: int) -> float:
         link.close()
 
 
+def batch_stream(n: int) -> float:
+    """Seconds to move n 64 B messages one way with send_many/recv_many batches, acknowledged."""
+    a, b = _name(), _name()
+    tx = RingChannel(a, create=True, capacity=RING_CAP)
+    ack = RingChannel(b, create=True, capacity=RING_CAP)
+    batch = [b"s" * 64] * BATCH
+    warm = 20_000
+
+    def sink() -> None:
+        rx, back = RingChannel(a), RingChannel(b)
+        got = 0
+        while got < warm + n:
+            got += len(rx.recv_many(BATCH))
+        back.send(b"done")
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sink()
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        sent = 0
+        while sent < warm:
+            sent += tx.send_many(batch)
+        t0 = time.perf_counter()
+        sent = 0
+        while sent < n:
+            sent += tx.send_many(batch)
+        ack.recv()
+        dt = time.perf_counter() - t0
+        _join(pid)
+        return dt * n / sent
+    finally:
+        _reap(pid)
+        tx.close()
+        ack.close()
+
+
+def memcpy_bw(size: int = MiB, n: int = 2000) -> float:
+    """Single-thread memcpy bandwidth (10^6 B/s) of `size`-byte buffers (numpy copyto)."""
+    src = np.ones(size, dtype=np.uint8)
+    dst = np.empty_like(src)
+    for _ in range(50):
+        np.copyto(dst, src)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        np.copyto(dst, src)
+    return n * size / (time.perf_counter() - t0) / 1e6
+
+
 def _available(mech: str) -> str | None:
     mod = {"faster-fifo": "faster_fifo", "pyzmq": "zmq"}.get(mech)
     if mod is None:
@@ -348,6 +405,22 @@ def run(quick: bool = False, repeat: int | None = None, mechanisms: list[str] | 
         if why:
             rows.append({"mechanism": mech, "kind": kind, "metric": "skipped", "error": why})
             continue
+        if mech == "ring-batch":
+            n = 200_000 if quick else 2_000_000
+            s0 = _steal()
+            times = [_guarded(batch_stream, n) for _ in range(repeat)]
+            s1 = _steal()
+            best, med = min(times), statistics.median(times)
+            rows.append({"mechanism": mech, "kind": kind, "metric": "stream", "size": 64, "frame": False, "n": n,
+                         "msgs_s": n / best, "msgs_s_median": n / med, "mb_s": n * 64 / best / 1e6,
+                         "mb_s_median": n * 64 / med / 1e6, "steal": (s1[0] - s0[0]) / max(1, s1[1] - s0[1])})
+            continue
+        if mech == "ring":
+            bw = [memcpy_bw() for _ in range(repeat)]
+            rows.append({"mechanism": "memcpy", "kind": "reference", "metric": "stream", "size": MiB,
+                         "frame": False, "n": 2000, "msgs_s": max(bw) * 1e6 / MiB,
+                         "msgs_s_median": statistics.median(bw) * 1e6 / MiB, "mb_s": max(bw),
+                         "mb_s_median": statistics.median(bw), "steal": 0.0})
         if mech != "ring-view":
             s0 = _steal()
             medians, p99s = [], []

@@ -60,7 +60,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self
 
 if TYPE_CHECKING:
     # For type checkers only (typeshed ships these stubs; typing_extensions is no runtime dependency):
@@ -73,13 +73,12 @@ else:
 
 from . import _owners
 from ._naming import ParsedURL, merge_query, validate_timeout
+from ._objects import CreateMode
 from .codecs import Codec, get_codec
 from .errors import ChannelClosed, MessageTooLarge, PermissionDenied, Timeout, Unsupported, WouldBlock
 
 __all__ = ["FOREVER", "KNOWN_KNOBS", "Channel", "CreateMode", "Deadline", "Listener", "Resource", "wait_pool"]
 
-#: ``create=``: False attaches, True creates exclusively, "if_missing" does either.
-CreateMode = Literal[True, False, "if_missing"]
 
 #: The message type of a channel: ``bytes`` with the default codec, ``object`` with json/msgpack/pickle.
 if TYPE_CHECKING:

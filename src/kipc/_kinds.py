@@ -120,11 +120,14 @@ class Kind:
     def locate(self, parsed: ParsedURL) -> Any:
         raise NotImplementedError
 
+    def user_url(self, record_url: str) -> str:
+        """The URL a user opens the object with, from its record's (``posix-lock://N`` -> ``posix://N``)."""
+        if self.record_scheme and record_url.startswith(self.record_scheme + "://"):
+            return self.scheme + record_url[len(self.record_scheme):]
+        return record_url
+
     def target_of_record(self, rec: _owners.OwnerRecord) -> Any:
-        url = rec.url
-        if self.record_scheme and url.startswith(self.record_scheme + "://"):
-            url = self.scheme + url[len(self.record_scheme):]
-        return self.locate(parse_url(url))
+        return self.locate(parse_url(self.user_url(rec.url)))
 
     def url_of(self, target: Any) -> str:
         return f"{self.scheme}://{target}"

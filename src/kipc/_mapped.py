@@ -29,6 +29,7 @@ import os
 import stat as _stat
 
 from . import _owners
+from ._base import CreateMode
 from ._kinds import PathKind
 from ._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_path, validate_size
 from ._objects import check_attach, file_identity, open_path, parse_create
@@ -43,7 +44,7 @@ class MappedFile(SharedMemory):
 
     path: str = ""
 
-    def __init__(self, url: str, *, size: int | str | None = None, create: bool | str = False,
+    def __init__(self, url: str, *, size: int | str | None = None, create: CreateMode = False,
                  mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "file" or parsed.netloc:

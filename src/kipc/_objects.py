@@ -36,7 +36,7 @@ import os
 import stat as _stat
 import struct
 from collections.abc import Callable, Collection, Iterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ._naming import ParsedURL, parse_bool, parse_int, validate_key, validate_path
 from .errors import AlreadyExists, InvalidArgument, PermissionDenied, from_oserror
@@ -60,7 +60,11 @@ T = TypeVar("T")
 
 
 # -- create= -----------------------------------------------------------------------------------------
-def parse_create(value: object) -> bool | str:
+#: ``create=``: False attaches, True creates exclusively, "if_missing" does either (re-exported as kipc.CreateMode).
+CreateMode = Literal[True, False, "if_missing"]
+
+
+def parse_create(value: object) -> CreateMode:
     """``create=`` as given in code (bool / ``"if_missing"``) or in a URL query (strings)."""
     if value == "if_missing":
         return "if_missing"

@@ -113,10 +113,11 @@ def _matches(rec: _owners.OwnerRecord, info: ObjectInfo) -> bool:
     return ident is None or ident == info.identity
 
 
-def _mark(info: ObjectInfo, rec: _owners.OwnerRecord) -> ObjectInfo:
+def _mark(info: ObjectInfo, rec: _owners.OwnerRecord, kind: Kind | None = None) -> ObjectInfo:
     info.kipc, info.creator_pid, info.alive = True, rec.pid, rec.alive
     if rec.url and "?" not in rec.url:
-        info.url = rec.url  # as its creator spelled it (sysvmq://5301, fifo://NAME), not the kernel's name
+        # as its creator spelled it (sysvmq://5301, fifo://NAME), not the kernel's name
+        info.url = kind.user_url(rec.url) if kind is not None else rec.url
     return info
 
 
@@ -140,7 +141,7 @@ def inventory(all_users: bool = False, kinds: Iterable[str] | None = None) -> li
         for info in kind.scan():
             seen.add(info.target)
             rec = by_target.get(info.target)
-            out.append(_mark(info, rec) if rec is not None and _matches(rec, info) else info)
+            out.append(_mark(info, rec, kind) if rec is not None and _matches(rec, info) else info)
         if kind.lists_all:
             continue  # absent from the scan means gone
         for r in mine:
@@ -151,8 +152,7 @@ def inventory(all_users: bool = False, kinds: Iterable[str] | None = None) -> li
             except KipcError:
                 continue
             if found is not None and found.detail is None and _matches(r.rec, found):
-                found.url = r.rec.url  # as its creator spelled it (fifo://NAME, not the path)
-                out.append(_mark(found, r.rec))
+                out.append(_mark(found, r.rec, kind))  # named as its creator spelled it (fifo://NAME)
     me = os.geteuid()
     return [i for i in out if all_users or i.uid is None or i.uid == me]
 
@@ -172,7 +172,7 @@ def describe(url: str) -> list[ObjectInfo]:
             continue
         for r in recs:
             if r.kind is k and _matches(r.rec, info):
-                _mark(info, r.rec)
+                _mark(info, r.rec, k)
         out.append(info)
     return out
 
@@ -291,9 +291,9 @@ def gc(dry_run: bool = False, *, urls: Iterable[str] = (), kinds: Iterable[str] 
             if not dry_run:
                 _owners.forget(rec.url)
             continue
-        _mark(info, rec)
+        _mark(info, rec, r.kind)
         if not r.kind.lists_all:
-            info.url = rec.url  # found through its record: name it as its creator did
+            info.url = r.kind.user_url(rec.url)  # found through its record: name it as its creator did
         if info.uid is not None and info.uid != me:
             report.skipped.append(GcSkip(rec.url, name, f"owned by uid {info.uid}, not by you ({me})"))
             continue

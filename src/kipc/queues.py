@@ -74,6 +74,7 @@ _ZEROS = bytes(16)
 _SIMPLE = frozenset({bytes, str, int, float, bool, type(None)})  # no reducer can apply to these
 _FLAT = frozenset({tuple, list})  # ... nor to these, holding only the above (a dict's check costs more)
 _dumps, _loads = pickle.dumps, pickle.loads
+_NOW = Deadline(0)  # one attempt, no wait
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
 _deferred: set[RingChannel] = set()
@@ -240,7 +241,10 @@ def _decode(msg: Any) -> Any:
     body = mv[at:at + lens[0]]
     at += lens[0]
     at += -at % 16
-    whole = _writable(msg) if msg.__class__ is bytes else None  # bytes: ours alone, no copy
+    # a reassembled message (bytes, or the ring's memoryview over those bytes) is ours alone:
+    # the arrays are built over it without a copy; a view into the ring itself is copied out
+    owner = msg if msg.__class__ is bytes else mv.obj
+    whole = _writable(owner) if owner.__class__ is bytes else None
     buffers: list[Any] = []
     for ln in lens[1:]:
         # from a view into the ring: the one copy out (the ring's space is reused after this get)
@@ -289,6 +293,7 @@ class Queue(Generic[_T]):
         self._lock = threading.Lock()  # guards the overflow buffer and the feeder
         self._buffer: collections.deque[Any] = collections.deque()
         self._feeder: threading.Thread | None = None
+        self._streaming = False  # the feeder is sending buffer[0] (multi-part, in fragments)
         self._joincancelled = False
         _all.add(self)
 
@@ -297,6 +302,7 @@ class Queue(Generic[_T]):
         self._lock = threading.Lock()
         self._buffer = collections.deque()
         self._feeder = None
+        self._streaming = False
 
     # -- pickling: attach by name ------------------------------------------------------
     def __getstate__(self) -> tuple[Any, ...]:
@@ -367,34 +373,56 @@ class Queue(Generic[_T]):
             return
         with self._lock:  # the ring is full: keep order through the buffer, never block
             self._buffer.append(data)
+            if self._drain():  # the putting thread moves what fits itself (no GIL hand-off)
+                return
             if self._feeder is None:
                 self._feeder = threading.Thread(target=self._feed, name="kipc.Queue feeder", daemon=True)
                 self._feeder.start()
                 _feeders.add(self)
 
+    def _drain(self) -> bool:
+        """Under ``self._lock``: move buffered messages into the ring while there is room.
+
+        True when the buffer is empty. A fragmented single buffer is written as far as
+        it fits and resumed by the next attempt (on the same object: the same claim,
+        whichever thread makes it); a multi-part message the feeder is streaming is
+        left to it.
+        """
+        buf = self._buffer
+        while buf:
+            if self._streaming:
+                return False
+            if not self._put_now(buf[0]):
+                return False
+            buf.popleft()
+        return True
+
     def _feed(self) -> None:
         ring = self._ring
         while True:
             with self._lock:
-                if not self._buffer:
+                if self._drain():
                     self._feeder = None
                     _feeders.discard(self)
                     return
                 data = self._buffer[0]
+                stream = data.__class__ is list  # _put_now refused it: bigger than one record
+                self._streaming = stream
             try:
-                if data.__class__ is list:
-                    ring.sendv(data, FOREVER)  # holds the producer lock across its fragments: never restarted
-                else:
-                    # try_send writes what fits and resumes the same object next time (a producer
-                    # claim): a message bigger than the ring is never restarted by this loop's slices
-                    while not ring.try_send(data):
-                        if self._joincancelled and _exiting:
-                            return
-                        ring.wait("send", Deadline(_FEED_SLICE))  # also keeps the claim's beat fresh
+                if stream:
+                    try:
+                        ring.sendv(data, FOREVER)  # holds the producer lock across its fragments: never restarted
+                    finally:
+                        with self._lock:
+                            self._streaming = False
+                    with self._lock:
+                        self._buffer.popleft()
+                    continue
+                if self._joincancelled and _exiting:
+                    return
+                ring.wait("send", Deadline(_FEED_SLICE))  # also keeps a producer claim's beat fresh
             except ChannelClosed:
                 return
-            with self._lock:
-                self._buffer.popleft()
 
     def put_nowait(self, obj: _T) -> None:
         self.put(obj, False)
@@ -405,19 +433,27 @@ class Queue(Generic[_T]):
         if self._closed:
             self._check_closed()
         encode = self._encode
-        datas = [encode(o) for o in objs]
+        if self._plain:  # put()'s inline case per object: small builtins straight to pickle.dumps
+            simple, big = _SIMPLE, _BIG_BYTES
+            datas = [_dumps(o, _HIGHEST) if type(o) in simple and (type(o) is not bytes or len(o) < big)  # type: ignore[arg-type]
+                     else encode(o) for o in objs]
+        else:
+            datas = [encode(o) for o in objs]
         if not datas:
             return
         if self._fast_put:
-            try_send = self._try_send
             i = 0
             if not self._buffer:
-                n = len(datas)
-                while i < n:
-                    d = datas[i]
-                    if d.__class__ is not bytes or not try_send(d):
-                        break
+                # the ring's batch call for the leading single-record messages (one lock, one
+                # wake-up); a message in fragments, or no room now, goes the unbounded way
+                limit, n = self._frag_max, len(datas)
+                while i < n and datas[i].__class__ is bytes and len(datas[i]) <= limit:
                     i += 1
+                if i:
+                    try:
+                        i = int(self._ring.send_many(datas[:i] if i < n else datas, _NOW))
+                    except DeadlineExceeded as e:
+                        i = int(getattr(e, "sent", 0))
             for d in datas[i:]:
                 self._put_unbounded(d)
             return
@@ -451,17 +487,20 @@ class Queue(Generic[_T]):
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list[_T]:
         """1 to ``max_items`` objects: waits (``block``/``timeout``) for the first, then takes
-        what is there now. ``queue.Empty`` when none came."""
+        what is there now (``Ring.recv_many``). ``queue.Empty`` when none came."""
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items must be an int >= 1, not {max_items!r}")
-        out = [self.get(block, timeout)]
-        try_recv, unpack = self._try_recv, self._unpack
-        while len(out) < max_items:
-            data = try_recv(None, 2)
-            if data is None:
-                break
-            out.append(unpack(data))
-        return out
+        if self._closed:
+            self._check_closed()
+        try:
+            # the ring's batch call: waits for the first like get(), then takes what is there
+            got = self._ring.recv_many(max_items, FOREVER if block and timeout is None else _deadline(block, timeout))
+        except DeadlineExceeded:
+            raise queue.Empty from None
+        if self._plain:
+            return [_loads(m) if m[0] != _OOB_MAGIC else _decode(m) for m in got]
+        decode = self._decode
+        return [decode(m) for m in got]
 
     def qsize(self) -> int:
         """Items in the queue (including this process's not yet fed ones)."""

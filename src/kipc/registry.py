@@ -26,7 +26,7 @@ from ._base import Channel, CreateMode, Listener, format_seconds
 from ._kinds import Kind
 from ._naming import ParsedURL, parse_url, validate_timeout
 from .codecs import Codec
-from .errors import InvalidArgument, NotFound, Timeout
+from .errors import InvalidArgument, Timeout
 
 if TYPE_CHECKING:
     from .transports.fifo import FifoChannel
@@ -168,7 +168,7 @@ def _open_waiting(url: str, wait: object, attempt: Any) -> Any:
     while True:
         try:
             return attempt()
-        except NotFound as e:
+        except FileNotFoundError as e:  # NotFound, or a name removed between two steps of an open
             left = end - time.monotonic()
             if left <= 0:
                 raise Timeout(f"open {url}: it did not appear within {format_seconds(limit)} s ({e})") from e

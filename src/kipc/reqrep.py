@@ -79,6 +79,7 @@ class Request:
     """One request: ``data`` (decoded), ``reply(data)``; each request is answered at most once."""
 
     __slots__ = ("_id", "_replied", "_to", "data", "server")
+    data: object  # bytes with the default codec, the decoded value with codec= (narrow it)
 
     def __init__(self, server: Server, rid: int, to: Any, data: Any) -> None:
         self.server, self._id, self._to, self.data = server, rid, to, data
@@ -397,7 +398,7 @@ class Client:
         own = self._server_owner
         return own is not None and not _owners.owner_alive(*own)
 
-    def request(self, data: Any, *, timeout: float | None = None) -> Any:
+    def request(self, data: Any, *, timeout: float | None = None) -> object:
         """Send ``data`` and return the decoded reply (``Timeout``; ``PeerGone`` if the server died)."""
         deadline = Deadline.of(timeout)
         self._check_open()
@@ -421,7 +422,7 @@ class Client:
                 if ok:
                     return reply
 
-    async def arequest(self, data: Any, *, timeout: float | None = None) -> Any:
+    async def arequest(self, data: Any, *, timeout: float | None = None) -> object:
         """``request`` for asyncio (one at a time per client; cancelled, its late reply is dropped)."""
         deadline = Deadline.of(timeout)
         self._check_open()

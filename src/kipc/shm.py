@@ -37,7 +37,7 @@ from typing import Any
 import posix_ipc
 
 from . import _owners
-from ._base import Resource
+from ._base import CreateMode, Resource
 from ._kinds import DevShmKind, ObjectInfo, SysvKind
 from ._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
 from ._objects import (
@@ -111,7 +111,7 @@ class SharedMemory(Resource):
             return super().__new__(MappedFile)
         return super().__new__(cls)
 
-    def __init__(self, url: str, *, size: int | str | None = None, create: bool | str = False,
+    def __init__(self, url: str, *, size: int | str | None = None, create: CreateMode = False,
                  mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False) -> None:
         parsed = parse_url(url)
         options = dict(parsed.query)

@@ -161,7 +161,7 @@ def test_tour_runs_every_scene_and_leaves_nothing(capsys: pytest.CaptureFixture[
     scenes = ("pipe", "sysvmq", "shm", "sem", "lock", "signal", "unix", "file", "ring", "nats")
     assert doc["status"] == {k: "ok" for k in scenes}, doc["status"]
     lines = [x["line"] for x in doc["lines"]]
-    assert "20 Hello Child Process!" in lines and "Linux Programming" in lines
+    assert "20 bytes: Hello Child Process!" in lines and "Linux Programming" in lines  # says what 20 is
     assert any("pong from B" in x for x in lines) and any("value 42" in x for x in lines)
     assert any("recovered=True" in x for x in lines)
     assert all(doc["rtt_us"][m] for m in ("pipe", "sysvmq", "ring", "unix", "file", "nats", "shm", "semaphore"))
@@ -173,6 +173,9 @@ def test_tour_in_korean(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, err = run(["tour", "--quick", "--lang", "ko"], capsys)
     assert rc == 0, err
     assert "파이프" in out and "Hello Child Process!" in out and "왕복" in out
+    # fully translated: no English narration of who said what
+    for english in ("process B", "child ", "parent", "printed:", "got type", "holding the lock", "counter ="):
+        assert english not in out, english
 
 
 # -- top under a pseudo-terminal ----------------------------------------------------------------------

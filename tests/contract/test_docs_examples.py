@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGS = {"python", "sh", "c"}
 _FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 _MARK = re.compile(r"<!--\s*(pair|no-run)\s*:\s*(.*?)\s*-->\s*\Z", re.S)
-DEADLINE = 120.0
+DEADLINE = 60.0  # below pytest-timeout (120 s), so the harness kills a stuck example itself
 _URL = re.compile(r"\b(?:ring|sysvmq|posixmq|sysv|posix)://[\w.-]+")
 
 
@@ -126,31 +127,43 @@ def _id(unit: list[Block]) -> str:
     return "+".join(b.where for b in unit)
 
 
+def _run(unit: list[Block], cmds: list[list[str]], procs: list[subprocess.Popen[str]], tmp: Path,
+         env: dict[str, str]) -> list[str]:
+    for cmd in cmds:
+        procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True))
+        if len(cmds) > 1:
+            time.sleep(0.2)  # the first of a pair starts first (the other waits for it with wait=)
+    end = time.monotonic() + DEADLINE
+    failures = []
+    for b, p in zip(unit, procs, strict=True):
+        try:
+            out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                os.killpg(q.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            failures.append(f"{b.where}: still running after {DEADLINE:g} s\n{out}\n{err}")
+            continue
+        if p.returncode != 0:
+            failures.append(f"{b.where}: exit {p.returncode}\n--- stdout\n{out}\n--- stderr\n{err}")
+    return failures
+
+
 @pytest.mark.parametrize("unit", _units(), ids=_id)
 def test_example_runs(unit: list[Block]) -> None:
     with tempfile.TemporaryDirectory(prefix="kipc-docs-") as d:
         tmp = Path(d)
         env = _env(tmp)
         cmds = [_command(b, tmp, n) for n, b in enumerate(unit)]
-        procs = []
-        for cmd in cmds:
-            procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, start_new_session=True))
-            if len(cmds) > 1:
-                time.sleep(0.2)  # the first of a pair starts first (the other waits for it with wait=)
-        end = time.monotonic() + DEADLINE
-        failures = []
-        for b, p in zip(unit, procs, strict=True):
-            try:
-                out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                out, err = p.communicate()
-                failures.append(f"{b.where}: still running after {DEADLINE:g} s\n{out}\n{err}")
-                continue
-            if p.returncode != 0:
-                failures.append(f"{b.where}: exit {p.returncode}\n--- stdout\n{out}\n--- stderr\n{err}")
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            failures = _run(unit, cmds, procs, tmp, env)
+        finally:
+            for p in procs:  # never leave an example running (a pytest timeout lands here too)
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
         assert not failures, "\n".join(failures)
     # an example cleans up after itself: nothing it names is left (its runtime dir went with tmp)
     from kipc import admin

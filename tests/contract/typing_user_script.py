@@ -133,6 +133,13 @@ def objects() -> None:
     if entry is not None:
         value, revision = entry
         print(value, revision, rev)
+    with kipc.Server("ring://calc", create=True) as server:
+        req = server.recv(timeout=1.0)
+        if isinstance(req.data, bytes):
+            print(req.reply(req.data.upper()))
+    with kipc.Client("ring://calc") as client:
+        answer = client.request(b"ping", timeout=1.0)
+        print(isinstance(answer, bytes))
     kipc.remove("ring://frames")
 
 

@@ -114,3 +114,38 @@ def test_send_validates_before_syscall() -> None:
         signals.send(os.getpid(), 1, signo=signal.SIGKILL)
     with pytest.raises(kipc.NotFound):
         signals.send(2**22 + 12345, 1)  # no such pid (above pid_max's default)
+
+
+def test_close_from_another_thread_wakes_recv_and_arecv_is_cancel_safe() -> None:
+    code = """
+import asyncio, os, threading, time
+import kipc
+from kipc import signals
+r = signals.Receiver(signals.SIGRTMIN + 4)   # before any thread: they inherit the blocked mask
+out = []
+def blocked():
+    try:
+        r.recv()
+    except kipc.ChannelClosed as e:
+        out.append(("closed", "closed by this process" in str(e)))
+t = threading.Thread(target=blocked); t.start()
+time.sleep(0.2)
+t0 = time.monotonic(); r.close(); t.join(5)
+print("WOKE", out, time.monotonic() - t0 < 0.5)
+r = signals.Receiver(signals.SIGRTMIN + 4)
+async def main():
+    cancels = 0
+    for _ in range(50):
+        try:
+            await asyncio.wait_for(r.arecv(), 0.001)
+        except TimeoutError:
+            cancels += 1
+    signals.send(os.getpid(), 7, signals.SIGRTMIN + 4)
+    return cancels, (await r.arecv(timeout=5)).value
+print("ASYNC", *asyncio.run(main()))
+r.close()
+"""
+    with testing.spawn(code, ready=False) as child:
+        assert child.readline() == "WOKE [('closed', True)] True"
+        assert child.readline() == "ASYNC 50 7"
+        child.check()

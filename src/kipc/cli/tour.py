@@ -62,6 +62,22 @@ TEXT: dict[str, tuple[str, str]] = {
     "nats": ("9. NATS: the same channel API through a broker, so the peer could be on another machine.",
              "9. NATS: 같은 채널 API를 브로커를 통해 씁니다. 상대는 다른 컴퓨터에 있어도 됩니다."),
     "child": ("   {who} printed: {line}", "   {who} 출력: {line}"),
+    # who is talking
+    "who_child": ("child {pid}", "자식 {pid}"),
+    "who_process": ("process {pid}", "프로세스 {pid}"),
+    "who_named": ("process {name} {pid}", "프로세스 {name} {pid}"),
+    "who_parent": ("parent", "부모"),
+    # what the children report (they print fields; the narration says what the numbers are)
+    "pipe_got": ("{n} bytes: {text}", "{n}바이트: {text}"),
+    "mq_got": ("{me} got type {type}: {text}", "{me}가 타입 {type} 메시지를 받음: {text}"),
+    "counter": ("counter = {total} (expected {expected}: {n} increments by each of 2 processes)",
+                "카운터 = {total} (기대값 {expected}: 두 프로세스가 각각 {n}번 증가)"),
+    "holding": ("holding the lock", "락을 잡고 있음"),
+    "killed": ("SIGKILLed A (pid {pid}) while it held the lock", "락을 잡고 있던 A(pid {pid})를 SIGKILL로 종료"),
+    "lock_got": ("acquired={ok} recovered={rec} dead_pid={dead} (recovered: the previous holder died holding it)",
+                 "획득={ok} 복구됨={rec} 죽은_pid={dead} (복구됨: 이전 소유자가 락을 잡은 채 죽음)"),
+    "sig_got": ("got signal {signo} with value {value} from pid {pid}",
+                "pid {pid}에게서 시그널 {signo}, 값 {value}를 받음"),
     "got": ("   received from process {pid}: {line}",
             "   프로세스 {pid}에게서 받음: {line}"),
     "unavailable": ("   not available: {reason}", "   사용할 수 없음: {reason}"),
@@ -128,6 +144,10 @@ class Tour:
         self.say(self.t("child", who=who, line=line), style="green")
         self.log.append({"who": who, "line": line})
 
+    def fields(self, line: str) -> list[str]:
+        """A child's tab-separated report."""
+        return line.rstrip("\n").split("\t")
+
     def scene(self, name: str, fn: Callable[[], None], /, **kw: Any) -> None:
         self.say("")
         self.say(self.t(name, **kw), style="bold cyan")
@@ -150,25 +170,28 @@ class Tour:
         r, w = kipc.pipe()
         with r, w:
             code = ("import sys, kipc\nch = kipc.open_fd(int(sys.argv[1]), 'r')\nprint('READY', flush=True)\n"
-                    "m = ch.recv(timeout=20)\nprint(len(m), m.decode(), flush=True)\n")
+                    "m = ch.recv(timeout=20)\nprint(len(m), m.decode(), sep='\\t', flush=True)\n")
             os.set_inheritable(r.fileno(), True)
             with spawn(code, str(r.fileno()), pass_fds=[r.fileno()]) as child:
                 r.close()  # the child has its own copy; the parent keeps only the write end
                 w.send(b"Hello Child Process!", timeout=_T)
-                self.child_said(f"child {child.pid}", child.readline(_T))
+                n, text = self.fields(child.readline(_T))
+                self.child_said(self.t("who_child", pid=child.pid), self.t("pipe_got", n=n, text=text))
                 child.check(_T)
 
     def sysvmq(self, key: int) -> None:
         url = f"sysvmq://{key}"
         a_code = ("import sys, kipc\nq = kipc.open(sys.argv[1], create=True)\nprint('READY', flush=True)\n"
                   "q.send(b'ping from A', type=1, timeout=20)\nm = q.recv(type=2, timeout=20)\n"
-                  "print('A got type 2:', m.decode(), flush=True)\nsys.stdin.readline()\nq.close()\n")
+                  "print(2, m.decode(), sep='\\t', flush=True)\nsys.stdin.readline()\nq.close()\n")
         b_code = ("import sys, kipc\nq = kipc.open(sys.argv[1])\nprint('READY', flush=True)\n"
-                  "m = q.recv(type=1, timeout=20)\nprint('B got type 1:', m.decode(), flush=True)\n"
+                  "m = q.recv(type=1, timeout=20)\nprint(1, m.decode(), sep='\\t', flush=True)\n"
                   "q.send(b'pong from B', type=2, timeout=20)\nq.close()\n")
         with spawn(a_code, url, stdin=True) as a, spawn(b_code, url) as b:
-            self.child_said(f"process B {b.pid}", b.readline(_T))
-            self.child_said(f"process A {a.pid}", a.readline(_T))
+            for name, child in (("B", b), ("A", a)):
+                mtype, text = self.fields(child.readline(_T))
+                self.child_said(self.t("who_named", name=name, pid=child.pid),
+                                self.t("mq_got", me=name, type=mtype, text=text))
             b.check(_T)
             a.write("\n")  # now A (the creator) removes the queue
             a.check(_T)
@@ -183,7 +206,7 @@ class Tour:
             text = b"Linux Programming\0"
             seg.buf[: len(text)] = text
             with spawn(code, url) as child:
-                self.child_said(f"process {child.pid}", child.readline(_T))
+                self.child_said(self.t("who_process", pid=child.pid), child.readline(_T))
                 child.check(_T)
         self.rtt["shm"] = self._shm_rtt()
 
@@ -237,7 +260,7 @@ class Tour:
             c1.check(_T)
             c2.check(_T)
             total = int.from_bytes(seg.buf[:8], "little")
-            self.child_said("parent", f"counter = {total} (expected {2 * n})")
+            self.child_said(self.t("who_parent"), self.t("counter", total=total, expected=2 * n, n=n))
             if total != 2 * n:
                 raise AssertionError(f"counter is {total}, expected {2 * n}: the semaphore did not exclude")
         self.rtt["semaphore"] = self._sem_rtt()
@@ -253,12 +276,14 @@ class Tour:
                   "print(f'acquired={ok} recovered={lk.recovered} dead_pid={lk.dead_pid}', flush=True)\n"
                   "lk.release()\nlk.close()\n")
         with contextlib.closing(kipc.Lock(url, create=True)), spawn(holder, url) as a:
-            self.child_said("A", "holding the lock")
+            self.child_said("A", self.t("holding"))
             with spawn(waiter, url) as b:
                 a.kill()
-                self.child_said("parent", f"SIGKILLed A (pid {a.pid}) while it held the lock")
+                self.child_said(self.t("who_parent"), self.t("killed", pid=a.pid))
                 line = b.expect("acquired", _T)
-                self.child_said("B", line)
+                got = dict(f.split("=", 1) for f in line.split())
+                self.child_said("B", self.t("lock_got", ok=got.get("acquired"), rec=got.get("recovered"),
+                                            dead=got.get("dead_pid")))
                 b.check(_T)
             if "recovered=True" not in line or f"dead_pid={a.pid}" not in line:
                 raise AssertionError(f"B did not report the dead holder: {line}")
@@ -291,10 +316,11 @@ class Tour:
 
         code = ("import sys, kipc\nfrom kipc.sync import signals\nrx = signals.Receiver()\n"
                 "print('READY', flush=True)\nsig = rx.recv(timeout=20)\n"
-                "print(f'got signal {sig.signo} with value {sig.value} from pid {sig.pid}', flush=True)\nrx.close()\n")
+                "print(sig.signo, sig.value, sig.pid, sep='\\t', flush=True)\nrx.close()\n")
         with spawn(code) as child:
             signals.send(child.pid, 42)
-            self.child_said(f"child {child.pid}", child.readline(_T))
+            signo, value, pid = self.fields(child.readline(_T))
+            self.child_said(self.t("who_child", pid=child.pid), self.t("sig_got", signo=signo, value=value, pid=pid))
             child.check(_T)
         self.rtt["signal"] = self._signal_rtt()
 

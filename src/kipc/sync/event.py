@@ -25,6 +25,7 @@ import asyncio
 import math
 import time
 
+from .._base import CreateMode
 from .._naming import DEFAULT_MODE
 from ..errors import ChannelClosed
 from .lock import _ASYNC_SLICE, SyncKind, _sync, _SyncObject
@@ -39,7 +40,7 @@ class Event(_SyncObject):
     _kind_code = _sync.KIND_EVENT
     _kind_name = "event"
 
-    def __init__(self, url: str, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
+    def __init__(self, url: str, *, create: CreateMode = False, mode: int | str = DEFAULT_MODE,
                  persist: bool = False, allow_foreign: bool = False) -> None:
         self._open(url, create, mode, persist, allow_foreign)
         h = self._h

@@ -47,7 +47,7 @@ import threading
 import time
 from typing import Any
 
-from .._base import Resource
+from .._base import CreateMode, Resource
 from .._naming import DEFAULT_MODE, parse_url, validate_mode, validate_path
 from .._objects import check_attach, parse_create
 from ..errors import AlreadyExists, BadObject, InvalidArgument, PermissionDenied, from_oserror
@@ -95,7 +95,7 @@ def _drain(fd: int) -> None:
 class FileLock(Resource):
     """An advisory lock on a file, released by the kernel when its holder dies; see the module docstring."""
 
-    def __init__(self, url: str, *, shared: bool = False, kind: str = "flock", create: bool | str = "if_missing",
+    def __init__(self, url: str, *, shared: bool = False, kind: str = "flock", create: CreateMode = "if_missing",
                  mode: int | str = DEFAULT_MODE, allow_foreign: bool = False) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "file" or parsed.netloc:

@@ -49,7 +49,7 @@ import time
 from typing import Any, ClassVar
 
 from .. import _owners
-from .._base import Resource
+from .._base import CreateMode, Resource
 from .._kinds import DevShmKind, ObjectInfo
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
 from .._objects import check_attach, file_identity, open_path, parse_create
@@ -177,7 +177,7 @@ class Lock(_SyncObject):
     _kind_code = _sync.KIND_LOCK
     _kind_name = "lock"
 
-    def __init__(self, url: str, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
+    def __init__(self, url: str, *, create: CreateMode = False, mode: int | str = DEFAULT_MODE,
                  persist: bool = False, allow_foreign: bool = False) -> None:
         self._open(url, create, mode, persist, allow_foreign)
         h = self._h

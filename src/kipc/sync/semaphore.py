@@ -45,7 +45,7 @@ import posix_ipc
 import sysv_ipc
 
 from .. import _owners
-from .._base import ASYNC_SLICE, Deadline, Resource, wait_pool
+from .._base import ASYNC_SLICE, CreateMode, Deadline, Resource, wait_pool
 from .._kinds import DevShmKind, ObjectInfo, SysvKind
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
 from .._objects import (
@@ -110,7 +110,7 @@ class Semaphore(Resource):
 
     _sem: Any = None
 
-    def __init__(self, url: str, *, value: int | None = None, create: bool | str = False,
+    def __init__(self, url: str, *, value: int | None = None, create: CreateMode = False,
                  mode: int | str = DEFAULT_MODE, persist: bool = False, undo: bool = True,
                  allow_foreign: bool = False) -> None:
         parsed = parse_url(url)

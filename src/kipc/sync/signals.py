@@ -45,12 +45,10 @@ Contract card:
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno as _errno
 import os
 import secrets
-import select
 import signal
 import struct
 import threading
@@ -58,7 +56,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from .._base import Deadline
+from .._base import Deadline, _Waitable
 from .._platform import native
 from ..errors import ChannelClosed, InvalidArgument, LimitExceeded, NotFound, from_oserror
 
@@ -179,16 +177,15 @@ def _scan_threads(signals: set[int], only: list[int] | None = None) -> list[int]
     return bad
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+class Receiver(_Waitable):
+    """Receive queued signals through a signalfd; see the module docstring for the rules.
 
-
-class Receiver:
-    """Receive queued signals through a signalfd; see the module docstring for the rules."""
+    On the Resource base like every kipc object: ``close()`` from another thread wakes a
+    thread blocked in ``recv`` (``ChannelClosed``); ``arecv`` waits for readiness on the
+    signalfd and reads on the loop thread, so a cancellation takes no signal.
+    """
 
     _fd: int = -1
-    _closed: bool = True
 
     #: the secret a sender must pass as ``send(..., token=)`` (None: no token check)
     token: int | None = None
@@ -220,12 +217,16 @@ class Receiver:
             raise from_oserror(OSError(e, os.strerror(e)), "signalfd", "create")
         self._fd = fd
         self._uid = os.getuid()
+        self._init_waitable("recv")
+        self.url = f"signals:{','.join(str(s) for s in sorted(self.signals))}"
         self._closed = False
 
     def fileno(self) -> int:
-        if self._closed:
-            raise ChannelClosed("fileno on signal Receiver: closed")
+        self._check_open("fileno")
         return self._fd
+
+    def _wait_fd(self, op: str) -> int | None:
+        return self._fd if self._fd >= 0 else None
 
     def _read_one(self) -> SignalInfo | None:
         """One accepted signal, None when none is pending (filtered ones are dropped)."""
@@ -244,60 +245,30 @@ class Receiver:
     def recv(self, timeout: float | None = None) -> SignalInfo:
         """The next accepted signal as ``(signo, pid, uid, value, code)``; ``Timeout`` when ``timeout`` runs out."""
         deadline = Deadline.of(timeout)
-        if self._closed:
-            raise ChannelClosed("recv on signal Receiver: closed")
-        p = select.poll()
-        p.register(self._fd, select.POLLIN)
-        while True:
-            info = self._read_one()
-            if info is not None:
-                return info
-            ms = deadline.remaining_ms()
-            if ms is not None and ms <= 0:
-                raise deadline.error(f"recv of signals {sorted(self.signals)}")
-            p.poll(ms)
+        self._check_open("recv")
+        return self._take_ready("recv", self._read_one, deadline, f"recv on {self.url}")
 
     async def arecv(self, timeout: float | None = None) -> SignalInfo:
         deadline = Deadline.of(timeout)
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._closed:
-                raise ChannelClosed("recv on signal Receiver: closed")
-            info = self._read_one()
-            if info is not None:
-                return info
-            if deadline.nonblocking:
-                raise deadline.error(f"recv of signals {sorted(self.signals)}")
-            fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self._fd, _wake, fut)
-            try:
-                await asyncio.wait_for(fut, deadline.remaining())
-            except TimeoutError:
-                raise deadline.error(f"recv of signals {sorted(self.signals)}") from None
-            finally:
-                loop.remove_reader(self._fd)
+        self._check_open("recv")
+        return await self._atake_ready("recv", self._read_one, deadline, f"recv on {self.url}")
 
     def __iter__(self) -> Iterator[SignalInfo]:
         while not self._closed:
-            yield self.recv()
+            try:
+                yield self.recv()
+            except ChannelClosed:
+                return
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close the signalfd. The signals stay blocked (see the module docstring)."""
-        if self._closed:
-            return
-        self._closed = True
-        os.close(self._fd)
-        self._fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._release_wake()
 
     def __enter__(self) -> Receiver:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not self._closed:
-            self.close()
 
 
 # The real-time signal range, so ``kipc.signals.send(pid, v, kipc.signals.SIGRTMIN + 1)`` needs no

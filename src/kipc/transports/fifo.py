@@ -42,7 +42,7 @@ import time
 from typing import Any, ClassVar
 
 from .. import _owners
-from .._base import Deadline
+from .._base import CreateMode, Deadline
 from .._framing import DEFAULT_MAX_FRAME, FrameDecoder
 from .._kinds import PathKind
 from .._naming import (
@@ -95,7 +95,7 @@ class FifoChannel(StreamChannel):
     _gone: bool = False
     follow: bool = False
 
-    def __init__(self, url: str, *, create: bool | str = False, direction: str | None = None,
+    def __init__(self, url: str, *, create: CreateMode = False, direction: str | None = None,
                  mode: int = 0o600, allow_open_mode: bool | str = False, allow_uids: Any = None,
                  follow: bool | str = False, timeout: float | str | None = None, persist: bool | str = False,
                  codec: str | Codec | None = None, framing: str = "frame",

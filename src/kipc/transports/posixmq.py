@@ -36,7 +36,7 @@ from typing import Any
 import posix_ipc
 
 from .. import _owners
-from .._base import FOREVER, Channel, Deadline, T, other_threads
+from .._base import FOREVER, Channel, CreateMode, Deadline, T, other_threads
 from .._kinds import Kind, ObjectInfo, refuse_foreign, stat_info
 from .._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
 from .._objects import check_attach, create_or_attach, file_identity, parse_create
@@ -70,7 +70,7 @@ class PosixMessageQueue(Channel[T]):
     _q: Any = None
     _name = ""
 
-    def __init__(self, url: str | ParsedURL, *, create: bool | str = False, mode: int | str = DEFAULT_MODE,
+    def __init__(self, url: str | ParsedURL, *, create: CreateMode = False, mode: int | str = DEFAULT_MODE,
                  persist: bool | str = False, max_messages: int | str | None = None,
                  max_message_size: int | str | None = None, codec: str | Codec | None = None,
                  allow_foreign: bool | str = False) -> None:

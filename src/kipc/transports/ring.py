@@ -7,7 +7,7 @@ Contract card:
   4 KiB, so offsets stay continuous when the 64-bit counters wrap; default
   1 MiB). A capacity larger than the free space of ``/dev/shm`` is refused
   with ``LimitExceeded`` before anything is created.
-  Theory of operation (memory ordering, crash cases): ``kipc/_native/_ring.c``.
+  Theory of operation (memory ordering, crash cases): ``kipc/_native/ring/ring_core.h``.
 * Peers: any number of producers and consumers in any processes of the same
   user; ``kipc.open("ring://NAME")`` attaches. Every end can send and receive.
 * Boundaries: kept. Ordering: FIFO per producer (commits are serialized, so
@@ -57,7 +57,7 @@ Contract card:
   another uid, with group/other bits, of the wrong type or size, or without
   kipc's header (checked with fstat before mmap, then magic/version/sizes).
   A peer truncating the object after attach cannot SIGBUS us: the ring's calls
-  raise ``BadObject`` (see the crash cases in ``_ring.c``).
+  raise ``BadObject`` (see the crash cases in ``_native/ring/ring_core.h``).
 * Close: ``close()`` by the creator marks the ring closed (blocked peers get
   ``ChannelClosed`` once it is empty), removes the name and its owner record;
   ``persist=True`` keeps both and records no owner. Openers never remove.
@@ -233,7 +233,7 @@ class RingChannel(Channel):
         return cls(parsed.netloc, **opts)
 
     # -- hooks of the template: the C methods themselves, bound in __init__ (no Python frame
-    # on the hot path); semantics in the contract card above and in _ring.c -------------------
+    # on the hot path); semantics in the contract card above and in ring_core.h -------------------
     def _bind_hooks(self) -> None:
         ring = self._ring
         self._send_blocking = ring.send  # type: ignore[method-assign]  # (data, deadline, knobs)
