@@ -7,7 +7,7 @@ when not root; as root without ``ip`` it fails (install iproute2), since CI runs
 and must run it. Every namespace (and with it every link and bridge) is removed in a
 ``finally``, and any left by an earlier crashed run is removed first.
 
-STATUS: unfinished, opt-in (``KIPC_NETNS=1``). It builds the namespaces, the cluster
+STATUS: unfinished, opt-in (``pytest -m netns``; not part of make test). It builds the namespaces, the cluster
 forms across the veth links and messages flow; after the stream leader's link is cut
 the remaining two nodes elect a new stream leader within ~2 s (server logs), but the
 clients keep getting "stream not found" from ``stream_info`` for well over 30 s and the
@@ -36,15 +36,16 @@ from kipc.testing._nats import server_binary
 
 from ..helpers import TESTS
 
+# Unfinished (see the docstring): not part of make test; run it with `pytest -m netns`.
+pytestmark = pytest.mark.netns
+
 IP = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
 _PREFIX = "kipcnt"  # every namespace this test makes starts with it
 
 
 def _need_root_and_ip() -> str:
-    if not os.environ.get("KIPC_NETNS"):
-        pytest.skip("unfinished (see the module docstring): set KIPC_NETNS=1 to run it")
     if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (CI runs this as root)")
+        pytest.fail("network namespaces need root (CI runs this as root)")
     if IP is None:
         pytest.fail("iproute2 (`ip`) is missing: `apt-get install -y iproute2` (CI must run this test)")
     return IP
