@@ -398,6 +398,19 @@ class Client:
         own = self._server_owner
         return own is not None and not _owners.owner_alive(*own)
 
+    def _slice(self, deadline: Deadline) -> float | None:
+        """How long one reply wait may last: in slices on a ring, so a dead creating server is noticed."""
+        return (deadline.slice(_LIVENESS) if self._reply_ring is not None else deadline).remaining()
+
+    def _no_reply(self, e: KipcError, deadline: Deadline) -> None:
+        """A reply wait ended without a message: raise what it means, or return to wait again."""
+        if isinstance(e, ChannelClosed):
+            raise PeerGone(f"request on {self.url}: the server closed the connection") from e
+        if deadline.expired() or deadline.nonblocking:
+            raise deadline.error(f"request on {self.url}") from None
+        if self._server_gone():
+            raise PeerGone(f"request on {self.url}: the server died") from None
+
     def request(self, data: Any, *, timeout: float | None = None) -> object:
         """Send ``data`` and return the decoded reply (``Timeout``; ``PeerGone`` if the server died)."""
         deadline = Deadline.of(timeout)
@@ -407,16 +420,9 @@ class Client:
             self._out.send(self._frame(rid, data), timeout=deadline.remaining())
             while True:
                 try:
-                    # in slices on a ring: a dead creating server is noticed
-                    slice_ = deadline.slice(_LIVENESS) if self._reply_ring is not None else deadline
-                    msg = self._in.recv(timeout=slice_.remaining())
-                except ChannelClosed as e:
-                    raise PeerGone(f"request on {self.url}: the server closed the connection") from e
-                except DeadlineExceeded:
-                    if deadline.expired() or deadline.nonblocking:
-                        raise deadline.error(f"request on {self.url}") from None
-                    if self._server_gone():
-                        raise PeerGone(f"request on {self.url}: the server died") from None
+                    msg = self._in.recv(timeout=self._slice(deadline))
+                except (ChannelClosed, DeadlineExceeded) as e:
+                    self._no_reply(e, deadline)
                     continue
                 ok, reply = self._match(msg, rid)
                 if ok:
@@ -430,15 +436,9 @@ class Client:
         await self._out.asend(self._frame(rid, data), timeout=deadline.remaining())
         while True:
             try:
-                slice_ = deadline.slice(_LIVENESS) if self._reply_ring is not None else deadline
-                msg = await self._in.arecv(timeout=slice_.remaining())
-            except ChannelClosed as e:
-                raise PeerGone(f"request on {self.url}: the server closed the connection") from e
-            except DeadlineExceeded:
-                if deadline.expired() or deadline.nonblocking:
-                    raise deadline.error(f"request on {self.url}") from None
-                if self._server_gone():
-                    raise PeerGone(f"request on {self.url}: the server died") from None
+                msg = await self._in.arecv(timeout=self._slice(deadline))
+            except (ChannelClosed, DeadlineExceeded) as e:
+                self._no_reply(e, deadline)
                 continue
             ok, reply = self._match(msg, rid)
             if ok:
