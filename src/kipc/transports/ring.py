@@ -79,7 +79,7 @@ from .. import _owners
 from .._base import FOREVER, Channel, Deadline
 from .._kinds import RING_PREFIX, DevShmKind, ObjectInfo
 from .._naming import parse_bool, parse_float, validate_mode, validate_name, validate_size
-from .._objects import check_attach, create_or_attach, file_identity, parse_create
+from .._objects import check_attach, file_identity, open_path, parse_create
 from .._platform import native
 from ..codecs import Codec, get_codec
 from ..errors import (
@@ -170,23 +170,7 @@ class RingChannel(Channel):
         path = shm_path(name)
         if create:
             _check_room(url, cap)
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-
-        def make() -> int:
-            try:
-                return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
-            except FileExistsError:
-                raise AlreadyExists(f"create {url}: {path} exists (use create='if_missing' to attach)") from None
-            except OSError as e:
-                raise from_oserror(e, url, "create") from e
-
-        def attach() -> int:
-            try:
-                return os.open(path, flags)
-            except OSError as e:
-                raise from_oserror(e, url, "open") from e
-
-        fd, created = create_or_attach(create, make, attach)
+        fd, created = open_path(path, url, create, mode)
         try:
             pid, start = _owners.self_owner()
             if created:
