@@ -37,7 +37,7 @@ def _nats(url: str | None, needed: bool) -> Iterator[tuple[str | None, str | Non
         yield url, None
         return
     try:
-        from ..testing._nats import nats_server  # a real server process, only when NATS is benchmarked
+        from .._nats_server import nats_server  # a real server process, only when NATS is benchmarked
 
         cm = nats_server()
         server = cm.__enter__()

@@ -368,7 +368,7 @@ class Tour:
             child.check(_T)
 
     def nats(self) -> None:
-        from ..testing._nats import nats_server  # a real server process; only the NATS step needs it
+        from .._nats_server import nats_server  # a real server process; only the NATS step needs it
 
         with nats_server() as server:
             self.nats_url = server.url
