@@ -11,7 +11,7 @@ Contract card:
 * Waiting is a shared ``FUTEX_WAIT`` on the word, checked by the kernel, so a ``set()`` between a
   waiter's check and its sleep is never missed. No state is polled: sleeps are sliced (100 ms)
   only so Python signal handlers (Ctrl-C) run; the GIL is released while waiting.
-* ``await ev.await_set(timeout=None) -> bool`` waits in a worker thread in 50 ms slices; it
+* ``await ev.await_set(timeout=None) -> bool`` waits in kipc's wait threads in 50 ms slices; it
   consumes nothing, so cancelling it changes nothing.
 * The "write, then tell" pattern: write a ``kipc.SharedMemory`` segment, then ``set()``; the
   reader's ``wait()`` returning True happens after the write (the set is a seq_cst atomic).
@@ -25,7 +25,7 @@ import asyncio
 import math
 import time
 
-from .._base import CreateMode
+from .._base import CreateMode, wait_pool
 from .._naming import DEFAULT_MODE
 from ..errors import ChannelClosed
 from .lock import _ASYNC_SLICE, SyncKind, _sync, _SyncObject
@@ -74,7 +74,7 @@ class Event(_SyncObject):
         return bool(self._h.wait(timeout))
 
     async def await_set(self, timeout: float | None = None) -> bool:
-        """``wait`` for asyncio (worker thread, 50 ms slices; consumes nothing, so cancel-safe)."""
+        """``wait`` for asyncio (kipc's wait threads, 50 ms slices; consumes nothing, so cancel-safe)."""
         self._handle("wait")
         h = self._h
         word = h.word()
@@ -87,7 +87,7 @@ class Event(_SyncObject):
             left = end - time.monotonic()
             if left <= 0:
                 return False
-            if await asyncio.to_thread(h.wait_change, word, min(_ASYNC_SLICE, left)):
+            if await asyncio.wrap_future(wait_pool().submit(h.wait_change, word, min(_ASYNC_SLICE, left))):
                 return True
 
 

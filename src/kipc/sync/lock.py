@@ -49,7 +49,7 @@ import time
 from typing import Any, ClassVar
 
 from .. import _owners
-from .._base import CreateMode, Resource
+from .._base import CreateMode, Resource, wait_pool
 from .._kinds import DevShmKind, ObjectInfo
 from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
 from .._objects import check_attach, file_identity, open_path, parse_create
@@ -235,7 +235,7 @@ class Lock(_SyncObject):
             if left <= 0:
                 return False
             # Consumes nothing: cancelling here leaves the lock exactly as it was.
-            await asyncio.to_thread(h.wait_release, gen, min(_ASYNC_SLICE, left))
+            await asyncio.wrap_future(wait_pool().submit(h.wait_release, gen, min(_ASYNC_SLICE, left)))
             gen = h.release_gen()
             if h.acquire(False):
                 return True
