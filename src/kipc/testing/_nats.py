@@ -6,6 +6,6 @@ start a local server too (production code must not import ``kipc.testing``).
 
 from __future__ import annotations
 
-from .._nats_server import NatsCluster, NatsServer, nats_cluster, nats_server, server_binary
+from .._nats_server import NatsCluster, NatsServer, free_port, nats_cluster, nats_server, server_binary
 
-__all__ = ["NatsCluster", "NatsServer", "nats_cluster", "nats_server", "server_binary"]
+__all__ = ["NatsCluster", "NatsServer", "free_port", "nats_cluster", "nats_server", "server_binary"]
