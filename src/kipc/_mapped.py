@@ -93,7 +93,6 @@ class MappedFile(SharedMemory):
         self._mv = memoryview(self._mmap)
         self.size = real
         self.kind = "file"
-        self._pid = os.getpid()
         if created:
             self.owner = True
             if not self.persist:
@@ -121,9 +120,7 @@ class MappedFile(SharedMemory):
             pass  # views still exist; the mmap unmaps itself when they are gone
 
     def _unlink(self) -> None:
-        if getattr(self, "_pid", None) != os.getpid():
-            return  # a forked child's close removes nothing
-        try:
+        try:  # only ever called in the creating process (Resource's ownership rule)
             os.unlink(self.path)
         except FileNotFoundError:
             pass

@@ -30,6 +30,7 @@ import random
 import re
 import stat
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,6 +218,20 @@ def validate_timeout(timeout: object) -> float | None:
     if t > threading.TIMEOUT_MAX:
         raise InvalidArgument(f"timeout {timeout!r} is absurd (> {threading.TIMEOUT_MAX:.0f} s); use None to block")
     return t
+
+
+def lock_deadline(blocking: bool, timeout: float | None) -> float:
+    """``threading.Lock.acquire``'s argument rules (``-1``/None = forever; no timeout without
+    blocking); returns the absolute monotonic deadline (``inf`` = forever). For the lock types."""
+    if timeout is None:
+        timeout = -1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+    if not blocking and timeout != -1:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout < 0 and timeout != -1:
+        raise ValueError("timeout value must be a non-negative number")
+    return math.inf if timeout == -1 else time.monotonic() + timeout
 
 
 def validate_size(value: object, *, what: str, minimum: int = 0, maximum: int | None = None) -> int:

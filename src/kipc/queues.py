@@ -90,13 +90,13 @@ atexit.register(_unlink_at_exit)
 
 
 def _release(ch: RingChannel) -> None:
-    if ch.owner and ch._pid == os.getpid():
+    if ch.owner:  # the creating process only (Resource.owner checks pid and start time)
         ch.unlink()
 
 
 def _finalize(ch: RingChannel) -> None:
     """The creator's queue object went away: remove the name now if nobody can still need it."""
-    if ch.owner and ch._pid == os.getpid() and ch._ring.add_pending(0) == 0:
+    if ch.owner and ch._ring.add_pending(0) == 0:
         ch.unlink()
         _deferred.discard(ch)
     # else: a pickled copy has not attached yet; _unlink_at_exit removes it

@@ -48,7 +48,7 @@ import time
 from typing import Any
 
 from .._base import CreateMode, Resource
-from .._naming import DEFAULT_MODE, parse_url, validate_mode, validate_path
+from .._naming import DEFAULT_MODE, lock_deadline, parse_url, validate_mode, validate_path
 from .._objects import check_attach, parse_create
 from ..errors import AlreadyExists, BadObject, InvalidArgument, PermissionDenied, from_oserror
 
@@ -201,7 +201,7 @@ class FileLock(Resource):
     # -- public API -------------------------------------------------------------------------------
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock; True when taken, False when ``blocking=False`` or ``timeout`` ran out."""
-        deadline = _deadline(blocking, timeout)
+        deadline = lock_deadline(blocking, timeout)
         self._check_open("acquire")
         fd = self._open_checked()
         try:
@@ -249,7 +249,7 @@ class FileLock(Resource):
 
     async def aacquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """``acquire`` for asyncio: non-blocking attempts on the loop thread, inotify wake-ups between."""
-        deadline = _deadline(blocking, timeout)
+        deadline = lock_deadline(blocking, timeout)
         self._check_open("acquire")
         loop = asyncio.get_running_loop()
         # One fd for every attempt: opening and closing the file per attempt would itself wake
@@ -355,13 +355,3 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _deadline(blocking: bool, timeout: float | None) -> float:
-    if timeout is None:
-        timeout = -1
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
-        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-    if not blocking and timeout != -1:
-        raise ValueError("can't specify a timeout for a non-blocking call")
-    if timeout < 0 and timeout != -1:
-        raise ValueError("timeout value must be a non-negative number")
-    return math.inf if timeout == -1 else time.monotonic() + timeout

@@ -41,7 +41,6 @@ Contract card:
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import stat as _stat
 import struct
@@ -51,7 +50,7 @@ from typing import Any, ClassVar
 from .. import _owners
 from .._base import CreateMode, Resource, wait_pool
 from .._kinds import DevShmKind, ObjectInfo
-from .._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_name
+from .._naming import DEFAULT_MODE, lock_deadline, parse_bool, parse_url, validate_mode, validate_name
 from .._objects import check_attach, file_identity, open_path, parse_create
 from .._platform import native
 from ..errors import BadObject, ChannelClosed, InvalidArgument, Unsupported, from_oserror
@@ -100,7 +99,6 @@ class _SyncObject(Resource):
                     os.unlink(path)
                     raise
                 self.owner = True
-                self._pid = os.getpid()
                 if not self.persist:
                     try:
                         _owners.record(self._record_url, self._kind_name, path=path,
@@ -131,9 +129,7 @@ class _SyncObject(Resource):
             self._h.close()
 
     def _unlink(self) -> None:
-        if getattr(self, "_pid", None) != os.getpid():
-            return  # a forked child's close removes nothing
-        try:
+        try:  # only ever called in the creating process (Resource's ownership rule)
             os.unlink(self.path)
         except FileNotFoundError:
             pass
@@ -157,17 +153,6 @@ def _check_attach(fd: int, url: str, mode: int, allow_foreign: bool) -> None:
         raise BadObject(f"open {url}: {st.st_size} bytes, not a kipc sync object ({_sync.SIZE} bytes); refused")
 
 
-def _check_timeout(blocking: bool, timeout: float | None) -> float:
-    """threading.Lock's argument rules; returns the absolute monotonic deadline (inf = forever)."""
-    if timeout is None:
-        timeout = -1
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
-        raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-    if not blocking and timeout != -1:
-        raise ValueError("can't specify a timeout for a non-blocking call")
-    if timeout < 0 and timeout != -1:
-        raise ValueError("timeout value must be a non-negative number")
-    return math.inf if timeout == -1 else time.monotonic() + timeout
 
 
 class Lock(_SyncObject):
@@ -221,7 +206,7 @@ class Lock(_SyncObject):
 
     async def aacquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """``acquire`` for asyncio, cancel-safe (see the module docstring)."""
-        deadline = _check_timeout(blocking, timeout)
+        deadline = lock_deadline(blocking, timeout)
         h = self._h
         if h is None:
             raise ChannelClosed(f"acquire on {self.url}: closed by this process")

@@ -151,7 +151,6 @@ class RingChannel(Channel):
     recv_knobs = frozenset({"view"})
     duplex = True
     _ring: Any = None
-    _pid = -1
 
     def __init__(self, name: str, *, create: bool | str = False, capacity: int | str = DEFAULT_CAPACITY,
                  mode: int = 0o600, persist: bool = False, spin: float = DEFAULT_SPIN_US,
@@ -195,7 +194,7 @@ class RingChannel(Channel):
             raise from_oserror(e, url, "create" if created else "open") from e
         finally:
             os.close(fd)  # the mapping keeps the object; no fd is held
-        self.name, self.path, self.persist, self._pid = name, path, persist, os.getpid()
+        self.name, self.path, self.persist = name, path, persist
         self.max_message_size = max_message_size
         self._bind_hooks()
         self._init_channel(url, codec=codec)
