@@ -14,7 +14,8 @@ progress) and listeners (ready = an ``accept(timeout=0)`` may succeed).
   a SysV queue) -> its own wait (a futex for rings); several objects, some
   without an fd -> ``poll`` on the fds in short slices with the others probed
   between slices (at most 2 ms apart once idle).
-* Closed objects raise :class:`ChannelClosed`.
+* Closed objects raise :class:`ChannelClosed`, also when another thread closes one of them
+  during the wait (the wait watches each object's wake fd).
 """
 
 from __future__ import annotations
@@ -58,14 +59,17 @@ def wait(objects: Iterable[W], timeout: float | None = None) -> list[W]:
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
+    for o in fds.values():
+        # the wake fd close() writes: a close() from another thread ends this wait too
+        poller.register(o._wake_fd(), select.POLLIN)
     spin_end = time.monotonic() + _SPIN
     pause = _FIRST
     while True:
+        for o in objs:  # first: closed by another thread meanwhile is an error, not "ready"
+            o._check_open("wait")
         ready = [o for o in objs if o._ready("recv")]
         if ready or deadline.nonblocking or deadline.expired():
             return ready
-        for o in objs:
-            o._check_open("wait")
         if not nofd:
             poller.poll(deadline.remaining_ms())
         elif len(objs) == 1:

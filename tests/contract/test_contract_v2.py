@@ -532,3 +532,10 @@ def test_asend_on_full_channel_encodes_once(scheme: str) -> None:
         assert time.monotonic() - t0 < 5
         # each asend encoded exactly once, the one that waited 0.3 s and timed out too
         assert codec.encodes - before == calls
+
+
+@pytest.mark.parametrize("scheme", ["pipe", "unix", "posixmq", "ring"])
+def test_close_from_another_thread_ends_kipc_wait(scheme: str) -> None:
+    with testing.channel_pair(scheme) as (_tx, rx):
+        woke = _close_wakes(rx, lambda: kipc.wait([rx]))
+        assert woke < WAKE_LIMIT, f"woke after {woke:.3f} s"

@@ -270,7 +270,8 @@ class PosixMessageQueue(Channel[T]):
         return int(self._q.mqd)
 
     def _wait_fd(self, op: str) -> int | None:
-        return int(self._q.mqd)
+        q = self._q
+        return None if q is None else int(q.mqd)  # None once closed (by another thread, maybe)
 
     # -- lifetime ------------------------------------------------------------------------------------------
     def _close(self) -> None:
