@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from . import _owners
-from ._base import Channel, Deadline, Listener
+from ._base import Channel, Deadline, Listener, Resource
 from ._naming import parse_url
 from ._waiting import wait
 from .codecs import Codec, get_codec
@@ -102,7 +102,7 @@ class Request:
         return f"<Request {self._id} on {self.server.url}>"
 
 
-class Server:
+class Server(Resource):
     """Answers requests on ``url``; see the module docstring."""
 
     malformed = 0
@@ -113,7 +113,6 @@ class Server:
         self.codec = get_codec(codec)
         self.reply_timeout = Deadline.of(reply_timeout).timeout or _REPLY_TIMEOUT
         self._lock = threading.Lock()
-        self._closed = False
         self._conns: list[Channel] = []
         self._listener: Listener | None = None
         self._requests: Channel | None = None
@@ -126,13 +125,14 @@ class Server:
                 raise InvalidArgument(f"{url}: a {self.scheme} server always listens (create=True or omit it)")
             self._listener = listen(url, **options)
             self.url = self._listener.url
+        self._closed = False
 
     # -- receiving ----------------------------------------------------------------------------------
     def recv(self, *, timeout: float | None = None) -> Request:
         """The next request (``Timeout`` when ``timeout`` runs out)."""
         deadline = Deadline.of(timeout)
         while True:
-            self._check_open()
+            self._check_open("recv")
             if self._requests is not None:
                 got = self._parse(self._requests.recv(timeout=deadline.remaining()), None)
                 if got is not None:
@@ -149,7 +149,7 @@ class Server:
         try:
             ready = wait(objs, timeout=deadline.slice(1.0).remaining())
         except ChannelClosed:
-            self._check_open()
+            self._check_open("recv")
             return None  # a connection another thread dropped meanwhile: wait again without it
         if not ready:
             if deadline.expired() or deadline.nonblocking:
@@ -201,7 +201,7 @@ class Server:
     async def arecv(self, *, timeout: float | None = None) -> Request:
         deadline = Deadline.of(timeout)
         while True:
-            self._check_open()
+            self._check_open("recv")
             if self._requests is not None:
                 got = self._parse(await self._requests.arecv(timeout=deadline.remaining()), None)
             else:
@@ -257,7 +257,7 @@ class Server:
         return _REP.pack(_REP_MAGIC, rid) + bytes(self.codec.encode(data))
 
     def _reply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
-        self._check_open()
+        self._check_open("reply")
         frame = self._frame(rid, data)
         t = self.reply_timeout if timeout is None else timeout
         try:
@@ -268,7 +268,7 @@ class Server:
             return False  # the client has gone (or stopped reading): its reply is dropped
 
     async def _areply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
-        self._check_open()
+        self._check_open("reply")
         frame = self._frame(rid, data)
         t = self.reply_timeout if timeout is None else timeout
         try:
@@ -303,15 +303,8 @@ class Server:
         else:
             self._drop(to)
 
-    # -- lifetime -------------------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ChannelClosed(f"operation on server {self.url}: closed by this process")
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    # -- lifetime (Resource: idempotent, thread-safe close; with / async with) -------------------------
+    def _close(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
             replies, self._replies = list(self._replies.values()), OrderedDict()
@@ -320,28 +313,13 @@ class Server:
         if self._listener is not None:
             self._listener.close()
         if self._requests is not None:
-            self._requests.close()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Server:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Server {self.url} {'closed' if self._closed else 'open'}>"
+            self._requests.close()  # the creating server's ring is removed by its own close
 
 
 _client_ids = itertools.count(1)
 
 
-class Client:
+class Client(Resource):
     """Sends requests to a :class:`Server` and returns their replies; see the module docstring.
 
     One request at a time per client (calls from several threads are serialised);
@@ -356,7 +334,6 @@ class Client:
         self.codec = get_codec(codec)
         self._lock = threading.Lock()
         self._ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 20)
-        self._closed = False
         self._reply_ring: Channel | None = None
         self._server_owner: tuple[int, int | None] | None = None
         self.url = url
@@ -378,6 +355,7 @@ class Client:
         else:
             self._out = self._in = open_channel(url, **options)
             self._return = b""
+        self._closed = False
 
     def _frame(self, rid: int, data: Any) -> bytes:
         return _REQ.pack(_REQ_MAGIC, rid, len(self._return)) + self._return + bytes(self.codec.encode(data))
@@ -414,7 +392,7 @@ class Client:
     def request(self, data: Any, *, timeout: float | None = None) -> object:
         """Send ``data`` and return the decoded reply (``Timeout``; ``PeerGone`` if the server died)."""
         deadline = Deadline.of(timeout)
-        self._check_open()
+        self._check_open("request")
         with self._lock:
             rid = next(self._ids)
             self._out.send(self._frame(rid, data), timeout=deadline.remaining())
@@ -431,7 +409,7 @@ class Client:
     async def arequest(self, data: Any, *, timeout: float | None = None) -> object:
         """``request`` for asyncio (one at a time per client; cancelled, its late reply is dropped)."""
         deadline = Deadline.of(timeout)
-        self._check_open()
+        self._check_open("request")
         rid = next(self._ids)
         await self._out.asend(self._frame(rid, data), timeout=deadline.remaining())
         while True:
@@ -444,29 +422,7 @@ class Client:
             if ok:
                 return reply
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ChannelClosed(f"request on {self.url}: closed by this process")
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _close(self) -> None:
         self._out.close()
         if self._reply_ring is not None:
             self._reply_ring.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Client {self.url} {'closed' if self._closed else 'open'}>"

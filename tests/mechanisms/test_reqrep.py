@@ -224,3 +224,22 @@ def test_ring_servers_share_the_load() -> None:
             t.join(5)
         assert served[1] + served[2] == 400
         assert served[1] > 0 and served[2] > 0
+
+
+def test_close_from_another_thread_wakes_server_recv(server: kipc.Server) -> None:
+    out: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            server.recv()
+        except BaseException as e:
+            out.append(e)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    server.close()
+    t.join(5)
+    assert not t.is_alive() and isinstance(out[0], kipc.ChannelClosed), out
+    assert time.monotonic() - t0 < 1.5
