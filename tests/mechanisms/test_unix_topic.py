@@ -15,7 +15,7 @@ import kipc
 from kipc import testing
 from kipc.transports.unix_topic import UnixTopic
 
-from ..helpers import REPO, check, payload
+from ..helpers import REPO, check, fork_child, payload, wait_pid
 
 SUBSCRIBER = """
 import sys
@@ -303,4 +303,21 @@ def test_codec_roles_and_bad_input() -> None:
         kipc.Topic(url, subscribe=False)  # one publisher: the creator
     with pytest.raises(kipc.NotFound):
         kipc.Topic(url, timeout=1)  # closed: the socket file is gone
+    assert not os.path.exists(os.path.join(kipc._naming.runtime_dir("sock"), url[7:]))
+
+
+def test_forked_child_cannot_use_the_parents_ends() -> None:
+    url = _url()
+    with kipc.Topic(url, create=True, subscribe=False) as pub, kipc.Topic(url) as sub:
+        def child() -> None:
+            for call in (lambda: pub.send(b"torn?", timeout=1), lambda: sub.recv(timeout=1)):
+                try:
+                    call()
+                except kipc.Unsupported:
+                    continue
+                raise AssertionError("a forked child used its parent's topic end")
+
+        assert wait_pid(fork_child(child)) == 0
+        pub.send(b"parent still fine")
+        assert sub.recv(timeout=5) == b"parent still fine"
     assert not os.path.exists(os.path.join(kipc._naming.runtime_dir("sock"), url[7:]))

@@ -93,6 +93,7 @@ class UnixTopic(Channel):
     _listener: UnixListener | None = None
     _sub: UnixChannel | None = None
     _subs: list[_Sub] = []
+    _pid = 0  # the process that opened this end
     _seq = 0  # publisher: number of the next message; subscriber: the one expected next
     _hello = False
     _dropped = 0
@@ -119,6 +120,7 @@ class UnixTopic(Channel):
         self.overflow = overflow
         self.queue = parse_int(queue, what="queue", hex=False, minimum=1)
         self.linger = check_linger(linger, url)
+        self._pid = os.getpid()
         if create:
             self._open_publisher(url, codec, allow_uids, mode, max_message_size)
         else:
@@ -184,6 +186,7 @@ class UnixTopic(Channel):
         sub = self._sub
         if sub is None:
             raise Unsupported(f"recv on {self.url}: the publisher of a topic does not receive")
+        self._check_process("recv")
         while True:
             frame = sub._try_recv(knobs)
             if frame is None:
@@ -224,9 +227,17 @@ class UnixTopic(Channel):
             ch = lst._try_accept()
             if ch is None:
                 return
-            s = _Sub(ch)
-            s.q.append(_SEQ.pack(self._seq))  # hello: where its sequence starts (exact .dropped)
-            self._subs.append(s)
+            # hello: where its sequence starts (exact .dropped). 12 bytes into a fresh socket's
+            # empty buffer always fit; a peer already gone is simply not added.
+            try:
+                ok = ch._try_send(_SEQ.pack(self._seq), {}) and not ch._pending
+            except KipcError:
+                ok = False
+            if ok:
+                self._subs.append(_Sub(ch))
+            else:
+                ch.linger = 0
+                ch.close()
 
     def _push(self, s: _Sub) -> bool:
         """Write what fits of ``s``'s queue; False if the subscriber has gone (it is then closed)."""
@@ -254,7 +265,14 @@ class UnixTopic(Channel):
         limit = self.queue
         return any(len(s.q) >= limit for s in self._subs)
 
+    def _check_process(self, op: str) -> None:
+        if os.getpid() != self._pid:
+            # the sockets are shared with the parent: two writers (or readers) would tear frames
+            raise Unsupported(f"{op} on {self.url}: this topic end was opened by process {self._pid}; "
+                              "a forked child opens its own")
+
     def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
+        self._check_process("send")
         self._accept_new()
         self._push_all()
         limit = self.queue
@@ -266,12 +284,7 @@ class UnixTopic(Channel):
         for s in self._subs:
             q = s.q
             if not block and len(q) >= limit:
-                # the oldest frame not started (a partly written one is in the channel, not here);
-                # never the hello, so the subscriber's count of what it missed stays exact
-                if len(q) > 1 and len(q[0]) == _SEQ_SIZE:
-                    del q[1]
-                else:
-                    q.popleft()
+                q.popleft()  # the oldest not started (a partly written one is in the channel, not here)
             q.append(frame)
         self._push_all()
         return True
@@ -296,7 +309,8 @@ class UnixTopic(Channel):
             if not waiting:
                 return  # nothing to wait for: the next attempt succeeds
             for s in waiting:
-                p.register(s.ch._wfd, _POLLOUT)
+                if s.ch._wfd >= 0:  # (closed meanwhile by close() on another thread)
+                    p.register(s.ch._wfd, _POLLOUT)
         end = deadline.end
         if end == math.inf:
             p.poll()
