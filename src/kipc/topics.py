@@ -68,10 +68,12 @@ class TopicEnd(Protocol, Generic[T]):
 
 
 def topic_class(scheme: str) -> type:
-    """The topic class of ``scheme`` (Unsupported if kipc has none, or its module is not installed)."""
+    """The topic class of ``scheme``: InvalidArgument for a scheme without topics, Unsupported when
+    its module is not installed (ring:// before the ring topic is merged)."""
     target = TOPIC_CLASSES.get(scheme)
     if target is None:
-        raise Unsupported(f"no topics on {scheme}://; topics exist on {', '.join(s + '://' for s in TOPIC_CLASSES)}")
+        known = ", ".join(s + "://" for s in TOPIC_CLASSES)
+        raise InvalidArgument(f"no topics on {scheme}://; topics exist on {known}")
     module, _, name = target.partition(":")
     try:
         mod = importlib.import_module(module)
