@@ -412,7 +412,8 @@ class Tour:
                 child.expect("READY", _T)
             for _ in range(2):  # both clients are waiting for their reply now
                 req = server.recv(timeout=_T)
-                req.reply(sum(req.data))
+                numbers: list[int] = req.data  # the json codec decodes what the client sent
+                req.reply(sum(numbers))
             for child in (a, b):
                 q, ans = self.fields(child.readline(_T))
                 self.child_said(self.t("who_child", pid=child.pid), self.t("req_got", q=q, a=ans))
