@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 
@@ -321,3 +323,78 @@ def test_forked_child_cannot_use_the_parents_ends() -> None:
         pub.send(b"parent still fine")
         assert sub.recv(timeout=5) == b"parent still fine"
     assert not os.path.exists(os.path.join(kipc._naming.runtime_dir("sock"), url[7:]))
+
+
+SLOW_SUBSCRIBER = """
+import sys, time
+import kipc
+with kipc.Topic(sys.argv[1], timeout=10) as sub:
+    print("READY", flush=True)
+    time.sleep(60)          # never reads: the publisher fills its buffers
+"""
+
+
+def test_a_subscriber_dying_unblocks_a_blocked_publisher() -> None:
+    url = _url()
+    with kipc.Topic(url, create=True, subscribe=False, queue=2) as pub, \
+            testing.spawn(SLOW_SUBSCRIBER, url) as child:
+        with pytest.raises(kipc.Timeout):
+            while True:  # fill the slow subscriber's socket buffer and queue
+                pub.send(b"y" * 65536, timeout=0.2)
+        done = threading.Event()
+
+        def send_one() -> None:
+            pub.send(b"after", timeout=10)  # blocked by the slow subscriber...
+            done.set()
+
+        t = threading.Thread(target=send_one)
+        t.start()
+        time.sleep(0.2)
+        assert not done.is_set()
+        child.kill(signal.SIGKILL)  # ...until it dies: then it is dropped and the send completes
+        t.join(5)
+        assert done.is_set() and pub.subscribers == 0
+
+
+def test_publishing_threads_each_keep_their_order() -> None:
+    url = _url()
+    with kipc.Topic(url, create=True, subscribe=False) as pub, kipc.Topic(url) as sub:
+        def publish(producer: int) -> None:
+            for i in range(300):
+                pub.send(payload(producer, i, 40 + i), timeout=10)
+
+        threads = [threading.Thread(target=publish, args=(p,)) for p in (1, 2)]
+        for t in threads:
+            t.start()
+        seen = {1: -1, 2: -1}
+        for _ in range(600):
+            p, s = check(sub.recv(timeout=10))
+            assert s == seen[p] + 1  # whole, once, in each producer's order
+            seen[p] = s
+        for t in threads:
+            t.join(10)
+        assert seen == {1: 299, 2: 299}
+
+
+@pytest.mark.parametrize("frames, needle", [
+    ([b"abc"], "no sequence number"),                            # shorter than a sequence number
+    ([b"\0" * 8 + b"data"], "did not start with its hello"),     # data before the hello
+    ([b"\5" + b"\0" * 7, b"\4" + b"\0" * 7 + b"x"], "went back"),  # sequence going backwards
+])
+def test_a_hostile_publisher_is_a_protocol_error(frames: list[bytes], needle: str) -> None:
+    name = testing.unique_name("topic")
+    path = os.path.join(kipc._naming.runtime_dir("sock"), name)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not kipc: a peer that lies
+    try:
+        raw.bind(path)
+        raw.listen(1)
+        with kipc.Topic(f"unix://{name}") as sub:
+            conn, _ = raw.accept()
+            with conn:
+                for f in frames:
+                    conn.sendall(struct.pack("<I", len(f)) + f)
+                with pytest.raises(kipc.ProtocolError, match=needle):
+                    sub.recv(timeout=5)
+    finally:
+        raw.close()
+        os.unlink(path)
