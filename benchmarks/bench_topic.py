@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -91,6 +93,48 @@ def kipc_topic(n_subs: int, size: int, m: int) -> float:
     return m / elapsed
 
 
+def raw_fanout(n_subs: int, size: int, m: int) -> float:
+    """The baseline a careful user writes by hand: one socketpair per subscriber, blocking
+    ``sendall`` of a length-prefixed frame to each in turn, ``recv_into`` on the other side."""
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n_subs)]
+    frame = struct.pack("<I", size) + b"x" * size
+    rfd, wfd = os.pipe()
+    pids = []
+    for i in range(n_subs):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(rfd)
+                me = pairs[i][1]
+                os.write(wfd, b"r")
+                want, buf = m * len(frame), bytearray(1 << 18)
+                while want:
+                    want -= me.recv_into(buf, min(len(buf), want))
+                os.write(wfd, b"d")
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    os.close(wfd)
+    ends = [p[0] for p in pairs]
+    for p in pairs:
+        p[1].close()
+    try:
+        _wait_bytes(rfd, n_subs)
+        t0 = time.perf_counter()
+        for _ in range(m):
+            for e in ends:
+                e.sendall(frame)
+        _wait_bytes(rfd, n_subs)
+        elapsed = time.perf_counter() - t0
+    finally:
+        for e in ends:
+            e.close()
+        _reap(pids, rfd)
+    return m / elapsed
+
+
 def zmq_pubsub(n_subs: int, size: int, m: int) -> float:
     assert zmq is not None
     with tempfile.TemporaryDirectory() as d:
@@ -137,18 +181,20 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 65536])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    print(f"{'subs':>4} {'size':>7} {'kipc unix msg/s/sub':>20} {'pyzmq ipc msg/s/sub':>20} {'ratio':>6}")
+    print(f"{'subs':>4} {'size':>7} {'kipc unix msg/s/sub':>20} {'raw socket':>12} {'kipc/raw':>8} "
+          f"{'pyzmq ipc msg/s/sub':>20} {'kipc/zmq':>8}")
     for size in args.sizes:
         m = (20_000 if args.quick else 50_000) if size <= 4096 else (1_000 if args.quick else 3_000)
         for n in args.subs:
-            best_k = best_z = 0.0
+            best_k = best_r = best_z = 0.0
             for _ in range(args.rounds):
                 best_k = max(best_k, kipc_topic(n, size, m))
+                best_r = max(best_r, raw_fanout(n, size, m))
                 if zmq is not None:
                     best_z = max(best_z, zmq_pubsub(n, size, m))
             z = f"{best_z:20,.0f}" if zmq is not None else f"{'(no pyzmq)':>20}"
-            ratio = f"{best_k / best_z:6.2f}" if best_z else f"{'-':>6}"
-            print(f"{n:>4} {size:>7} {best_k:20,.0f} {z} {ratio}", flush=True)
+            ratio = f"{best_k / best_z:8.2f}" if best_z else f"{'-':>8}"
+            print(f"{n:>4} {size:>7} {best_k:20,.0f} {best_r:12,.0f} {best_k / best_r:8.2f} {z} {ratio}", flush=True)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,17 @@ _POLLOUT = select.POLLOUT
 _POLLIN = select.POLLIN
 
 
+_forks = 0  # fork generation of this process: an end opened at another count belongs to an ancestor
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class _Sub:
     """The publisher's view of one subscriber: its connection and the frames not yet started."""
 
@@ -91,9 +102,11 @@ class UnixTopic(Channel):
     queue: int = 64
     linger: float = LINGER
     _listener: UnixListener | None = None
+    _lpoll: Any = None
     _sub: UnixChannel | None = None
     _subs: list[_Sub] = []
     _pid = 0  # the process that opened this end
+    _fork_gen = 0
     _seq = 0  # publisher: number of the next message; subscriber: the one expected next
     _hello = False
     _dropped = 0
@@ -120,7 +133,7 @@ class UnixTopic(Channel):
         self.overflow = overflow
         self.queue = parse_int(queue, what="queue", hex=False, minimum=1)
         self.linger = check_linger(linger, url)
-        self._pid = os.getpid()
+        self._pid, self._fork_gen = os.getpid(), _forks
         if create:
             self._open_publisher(url, codec, allow_uids, mode, max_message_size)
         else:
@@ -135,6 +148,9 @@ class UnixTopic(Channel):
         size = _payload_limit(max_message_size)
         lst = UnixListener(url, allow_uids=allow_uids, mode=mode)
         self._listener = lst
+        self._lpoll = select.poll()
+        assert lst._sock is not None
+        self._lpoll.register(lst._sock.fileno(), _POLLIN)
         # The topic, not its listener, owns the socket file: our finalizer must not remove it,
         # and our _unlink (creator's close only) does.
         self._owner, lst._owner = lst._owner, None
@@ -221,6 +237,8 @@ class UnixTopic(Channel):
 
     # -- publisher hooks -------------------------------------------------------------------------
     def _accept_new(self) -> None:
+        if not self._lpoll.poll(0):  # nobody waiting to join (cheaper than a failed accept)
+            return
         lst = self._listener
         assert lst is not None
         while True:
@@ -257,16 +275,19 @@ class UnixTopic(Channel):
         return True
 
     def _push_all(self) -> None:
-        subs = self._subs
-        if subs and not all(self._push(s) for s in list(subs)):
-            self._subs = [s for s in subs if not s.ch.closed]
+        gone = False
+        for s in self._subs:
+            if not self._push(s):
+                gone = True
+        if gone:
+            self._subs = [s for s in self._subs if not s.ch.closed]
 
     def _full(self) -> bool:
         limit = self.queue
         return any(len(s.q) >= limit for s in self._subs)
 
     def _check_process(self, op: str) -> None:
-        if os.getpid() != self._pid:
+        if _forks != self._fork_gen:  # (no getpid() syscall per message)
             # the sockets are shared with the parent: two writers (or readers) would tear frames
             raise Unsupported(f"{op} on {self.url}: this topic end was opened by process {self._pid}; "
                               "a forked child opens its own")
