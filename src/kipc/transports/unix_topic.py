@@ -45,9 +45,11 @@ connection is the hello, the bare sequence number of the next message.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import select
+import socket
 import struct
 import time
 from collections import deque
@@ -55,11 +57,11 @@ from typing import Any, ClassVar
 
 from .. import _owners
 from .._base import Channel, Deadline
-from .._framing import DEFAULT_MAX_FRAME, MAX_FRAME, check_max
+from .._framing import DEFAULT_MAX_FRAME, HEADER, MAX_FRAME, check_max
 from .._naming import parse_int, parse_url, validate_size
 from .._objects import file_identity
 from ..codecs import Codec
-from ..errors import ChannelClosed, InvalidArgument, KipcError, PeerGone, ProtocolError, Unsupported
+from ..errors import InvalidArgument, KipcError, ProtocolError, Unsupported
 from ._stream import LINGER, check_linger
 from .unix import UnixChannel, UnixListener
 
@@ -68,6 +70,10 @@ __all__ = ["OVERFLOWS", "UnixTopic"]
 OVERFLOWS = ("block", "drop_oldest")
 _SEQ = struct.Struct("<Q")
 _SEQ_SIZE = _SEQ.size
+_WIRE = struct.Struct(HEADER.format + "Q")  # the socket framing's length prefix, then our sequence number
+_NOSIGNAL = socket.MSG_NOSIGNAL
+_BATCH = 256 * 1024  # most bytes of small frames joined into one write for a subscriber that is behind
+_BATCH_FRAMES = 256
 _POLLOUT = select.POLLOUT
 _POLLIN = select.POLLIN
 
@@ -84,13 +90,21 @@ os.register_at_fork(after_in_child=_forked)
 
 
 class _Sub:
-    """The publisher's view of one subscriber: its connection and the frames not yet started."""
+    """The publisher's view of one subscriber: its connection, the frames not yet started
+    (whole wire frames: length prefix, sequence number, payload) and the unwritten tail of
+    the frames being written."""
 
-    __slots__ = ("ch", "q")
+    __slots__ = ("ch", "fd", "q", "send", "tail")
 
     def __init__(self, ch: UnixChannel) -> None:
-        self.ch = ch
+        assert ch._sock is not None
+        self.ch, self.fd, self.send = ch, ch._sock.fileno(), ch._sock.send
         self.q: deque[bytes] = deque()
+        self.tail: memoryview | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.q) or self.tail is not None
 
 
 class UnixTopic(Channel):
@@ -247,9 +261,11 @@ class UnixTopic(Channel):
                 return
             # hello: where its sequence starts (exact .dropped). 12 bytes into a fresh socket's
             # empty buffer always fit; a peer already gone is simply not added.
+            hello = _WIRE.pack(_SEQ_SIZE, self._seq)
             try:
-                ok = ch._try_send(_SEQ.pack(self._seq), {}) and not ch._pending
-            except KipcError:
+                assert ch._sock is not None
+                ok = ch._sock.send(hello, _NOSIGNAL) == len(hello)
+            except OSError:
                 ok = False
             if ok:
                 self._subs.append(_Sub(ch))
@@ -258,19 +274,44 @@ class UnixTopic(Channel):
                 ch.close()
 
     def _push(self, s: _Sub) -> bool:
-        """Write what fits of ``s``'s queue; False if the subscriber has gone (it is then closed)."""
-        ch = s.ch
+        """Write what fits of ``s``'s queue; False if the subscriber has gone (it is then closed).
+
+        A subscriber that is behind gets several small frames in one write (at most _BATCH bytes):
+        frames in a write have started, so drop_oldest no longer drops them."""
+        send, q = s.send, s.q
         try:
-            if ch._pending:
-                ch._flush_pending()
-            q = s.q
-            while q and not ch._pending:
-                if not ch._try_send(q[0], {}):
-                    break
-                q.popleft()
-        except (PeerGone, ChannelClosed, OSError, KipcError):
-            ch.linger = 0
-            ch.close()
+            tail = s.tail
+            if tail is not None:
+                n = send(tail, _NOSIGNAL)
+                if n < len(tail):
+                    s.tail = tail[n:]
+                    return True
+                s.tail = None
+            while q:
+                buf = q[0]
+                k = 1
+                if len(q) > 1 and len(buf) < _BATCH:
+                    size = len(buf)
+                    for f in itertools.islice(q, 1, _BATCH_FRAMES):
+                        if size + len(f) > _BATCH:
+                            break
+                        size += len(f)
+                        k += 1
+                    if k > 1:
+                        buf = b"".join(itertools.islice(q, 0, k))
+                n = send(buf, _NOSIGNAL)
+                for _ in range(k):
+                    q.popleft()
+                if n < len(buf):
+                    s.tail = memoryview(buf)[n:]
+                    return True
+        except BlockingIOError:
+            return True
+        except OSError:  # EPIPE, ECONNRESET: the subscriber has gone
+            s.ch.linger = 0
+            s.ch.close()
+            s.tail = None
+            q.clear()
             return False
         return True
 
@@ -300,19 +341,19 @@ class UnixTopic(Channel):
         block = self.overflow == "block"
         if block and self._full():
             return False  # unchanged: nobody got it
-        frame = _SEQ.pack(self._seq) + data
+        frame = _WIRE.pack(len(data) + _SEQ_SIZE, self._seq) + data
         self._seq += 1
         for s in self._subs:
             q = s.q
             if not block and len(q) >= limit:
-                q.popleft()  # the oldest not started (a partly written one is in the channel, not here)
+                q.popleft()  # the oldest not started (a partly written one is in s.tail, not here)
             q.append(frame)
         self._push_all()
         return True
 
     def _pending_out(self) -> bool:
         # block: an untimed send returns once every subscriber's kernel buffer holds the message
-        return self.overflow == "block" and any(s.q or s.ch._pending for s in self._subs)
+        return self.overflow == "block" and any(s.busy for s in self._subs)
 
     def _flush_pending(self) -> None:
         self._push_all()
@@ -326,12 +367,11 @@ class UnixTopic(Channel):
         if self._sub is not None:
             p.register(self._sub._rfd, _POLLIN)
         else:
-            waiting = [s for s in self._subs if s.q or s.ch._pending]
+            waiting = [s for s in self._subs if s.busy and not s.ch.closed]  # (closed meanwhile by close())
             if not waiting:
                 return  # nothing to wait for: the next attempt succeeds
             for s in waiting:
-                if s.ch._wfd >= 0:  # (closed meanwhile by close() on another thread)
-                    p.register(s.ch._wfd, _POLLOUT)
+                p.register(s.fd, _POLLOUT)
         end = deadline.end
         if end == math.inf:
             p.poll()
@@ -347,7 +387,7 @@ class UnixTopic(Channel):
         with self._locks["send"]:
             self._accept_new()
             self._push_all()
-            while any(s.q or s.ch._pending for s in self._subs):
+            while any(s.busy for s in self._subs):
                 if deadline.nonblocking or deadline.expired():
                     raise deadline.error(f"flush on {self.url}")
                 self._wait("send", deadline)
@@ -363,7 +403,7 @@ class UnixTopic(Channel):
             try:
                 deadline = Deadline(self.linger)
                 self._push_all()
-                while any(s.q or s.ch._pending for s in self._subs) and not deadline.expired():
+                while any(s.busy for s in self._subs) and not deadline.expired():
                     self._wait("send", deadline)
                     self._push_all()
             except KipcError:
