@@ -283,6 +283,17 @@ def test_asyncio_cancellation_loses_nothing_and_iteration() -> None:
         pub.send(b"b")
         assert asyncio.run(anext_two()) == [b"a", b"b"]
 
+        async def publish_async() -> None:
+            for i in range(50):
+                await pub.asend(b"x" * 65536, timeout=10)  # more than the socket holds: asend waits
+
+        got2: list[bytes] = []
+        reader = threading.Thread(target=lambda: got2.extend(sub.recv(timeout=10) for _ in range(50)))
+        reader.start()
+        asyncio.run(publish_async())
+        reader.join(20)
+        assert got2 == [b"x" * 65536] * 50
+
 
 def test_codec_roles_and_bad_input() -> None:
     url = _url()
