@@ -284,7 +284,7 @@ def test_asyncio_cancellation_loses_nothing_and_iteration() -> None:
         assert asyncio.run(anext_two()) == [b"a", b"b"]
 
         async def publish_async() -> None:
-            for i in range(50):
+            for _ in range(50):
                 await pub.asend(b"x" * 65536, timeout=10)  # more than the socket holds: asend waits
 
         got2: list[bytes] = []
