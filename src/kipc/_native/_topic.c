@@ -14,7 +14,7 @@
 
 #include "topic/topic_core.h"
 
-static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad, *E_Limit;
+static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad, *E_Limit, *E_Unsupported;
 static PyObject *FOREVER;
 static PyObject *S_end, *S_timeout, *S_view;
 
@@ -434,7 +434,7 @@ static int want_view(Topic *o, PyObject *knobs, int *view)
             return -1;
     }
     if (*view && o->t.overflow != TC_OVERFLOW_BLOCK) {
-        PyErr_Format(PyExc_ValueError,
+        PyErr_Format(E_Unsupported,
                      "recv(view=True) on %S: views are offered with overflow='block' only (a drop_oldest "
                      "publisher may overwrite the message under the view)", o->url);
         return -1;
@@ -586,12 +586,13 @@ static PyTypeObject TopicType = {
     .tp_new = PyType_GenericNew,
 };
 
-/* _setup(Timeout, WouldBlock, ChannelClosed, BadObject, LimitExceeded, FOREVER) */
+/* _setup(Timeout, WouldBlock, ChannelClosed, BadObject, LimitExceeded, Unsupported, FOREVER) */
 static PyObject *mod_setup(PyObject *m, PyObject *args)
 {
-    PyObject *a, *b, *c, *d, *e, *f;
-    if (!PyArg_ParseTuple(args, "OOOOOO", &a, &b, &c, &d, &e, &f))
+    PyObject *a, *b, *c, *d, *e, *u, *f;
+    if (!PyArg_ParseTuple(args, "OOOOOOO", &a, &b, &c, &d, &e, &u, &f))
         return NULL;
+    Py_XSETREF(E_Unsupported, Py_NewRef(u));
     Py_XSETREF(E_Timeout, Py_NewRef(a));
     Py_XSETREF(E_WouldBlock, Py_NewRef(b));
     Py_XSETREF(E_Closed, Py_NewRef(c));
@@ -635,6 +636,7 @@ PyMODINIT_FUNC PyInit__topic(void)
     E_Closed = Py_NewRef(PyExc_RuntimeError);
     E_Bad = Py_NewRef(PyExc_RuntimeError);
     E_Limit = Py_NewRef(PyExc_RuntimeError);
+    E_Unsupported = Py_NewRef(PyExc_NotImplementedError);
     if (PyType_Ready(&TopicType) < 0 || PyType_Ready(&TopicViewType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&topic_module);

@@ -82,7 +82,7 @@ from .ring import _ARRAY_PREFIX, _array_header, _check_room, _parse_array_header
 __all__ = ["OVERFLOW_MODES", "RingTopic"]
 
 _topic = native("_topic")
-_topic._setup(Timeout, WouldBlock, ChannelClosed, BadObject, LimitExceeded, FOREVER)
+_topic._setup(Timeout, WouldBlock, ChannelClosed, BadObject, LimitExceeded, Unsupported, FOREVER)
 _ring_magic = struct.pack("<Q", native("_ring").MAGIC)
 
 DEFAULT_CAPACITY = 1 << 20
