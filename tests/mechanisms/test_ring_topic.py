@@ -80,7 +80,7 @@ def test_block_mode_publisher_times_out_and_loses_nothing(pub: RingTopic, name: 
 
 
 def test_no_subscriber_never_blocks(pub: RingTopic) -> None:
-    for i in range(2000):
+    for _ in range(2000):
         pub.send(b"z" * 100, timeout=0)
     assert pub.info()["published"] == 2000
 

@@ -59,8 +59,16 @@ from typing import Any
 
 from .. import _owners
 from .._base import FOREVER, Channel, Deadline, other_threads
-from .._naming import ParsedURL, merge_query, parse_bool, parse_float, parse_url, validate_mode, validate_name, \
-    validate_size
+from .._naming import (
+    ParsedURL,
+    merge_query,
+    parse_bool,
+    parse_float,
+    parse_url,
+    validate_mode,
+    validate_name,
+    validate_size,
+)
 from .._objects import check_attach, file_identity, open_path, parse_create
 from .._platform import native
 from ..codecs import Codec
@@ -77,7 +85,7 @@ from ..errors import (
     WouldBlock,
     from_oserror,
 )
-from .ring import _ARRAY_PREFIX, _array_header, _check_room, _parse_array_header, _reserve, shm_path
+from .ring import _array_header, _check_room, _parse_array_header, _reserve, shm_path
 
 __all__ = ["OVERFLOW_MODES", "RingTopic"]
 
