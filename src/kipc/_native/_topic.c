@@ -648,6 +648,16 @@ PyMODINIT_FUNC PyInit__topic(void)
         Py_DECREF(m);
         return NULL;
     }
+    PyObject *layout = Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "lock", offsetof(struct tc_hdr, lock),
+                                     "wpos", offsetof(struct tc_hdr, wpos), "wmsg", offsetof(struct tc_hdr, wmsg),
+                                     "oldest", offsetof(struct tc_hdr, oldest), "closed",
+                                     offsetof(struct tc_hdr, closed), "max_subs", offsetof(struct tc_hdr, max_subs),
+                                     "slots", offsetof(struct tc_hdr, slots), "slot_size", sizeof(struct tc_slot));
+    if (PyModule_AddObject(m, "LAYOUT", layout) < 0) { /* header offsets, for the hostile-peer tests */
+        Py_XDECREF(layout);
+        Py_DECREF(m);
+        return NULL;
+    }
     tc_self_token(); /* installs the fork handler before any fork */
     return m;
 }

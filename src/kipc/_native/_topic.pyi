@@ -5,6 +5,7 @@ from typing import Any
 
 MAGIC: int
 MAX_SUBSCRIBERS: int
+LAYOUT: dict[str, int]  # header field -> byte offset (hostile-peer tests)
 
 def _setup(timeout: type[BaseException], would_block: type[BaseException], closed: type[BaseException],
            bad: type[BaseException], limit: type[BaseException], unsupported: type[BaseException],
