@@ -320,7 +320,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"{'pattern':<20} {'subs':>4} {'who':<9} {'slowest/s':>12} {'mean/s':>12}  ratio (kipc slowest / peer slowest)")
+    print(f"{'pattern':<20} {'subs':>4} {'who':<9} {'slowest/s':>12} {'mean/s':>12}  kipc/peer")
     for row in rows:
         kipc_row = next(r for r in rows if r["pattern"] == row["pattern"] and r["subscribers"] == row["subscribers"]
                         and r["who"] == "kipc")
