@@ -134,6 +134,33 @@ def test_many_publishers_interleaved_totals_exact(name: str) -> None:
         assert topic.info()["published"] == publishers * each
 
 
+def test_threads_share_one_subscriber_handle_each_message_once(pub: RingTopic, name: str) -> None:
+    n, threads = 3000, 4
+    with RingTopic(f"ring://{name}") as s:
+        got: list[list[bytes]] = [[] for _ in range(threads)]
+
+        def take(k: int) -> None:
+            while True:
+                try:
+                    got[k].append(s.recv(timeout=0.5))
+                except kipc.Timeout:
+                    return
+
+        ts = [threading.Thread(target=take, args=(k,)) for k in range(threads)]
+        for t in ts:
+            t.start()
+        for i in range(n):
+            pub.send(b"%d" % i, timeout=5)
+        for t in ts:
+            t.join(30)
+        everything = sorted(int(m) for part in got for m in part)
+        assert everything == list(range(n))  # whole, exactly once across the threads
+        for part in got:
+            assert [int(m) for m in part] == sorted(int(m) for m in part)  # each thread sees publish order
+        info = pub.info()
+        assert info["subscribers"] == 1 and info["slots"][0]["lag"] == 0 and info["slots"][0]["alive"]
+
+
 def test_subscriber_limit_and_dead_slot_reclaimed(name: str) -> None:
     with RingTopic(f"ring://{name}", create=True, subscribe=False, max_subscribers=2) as p:
         a = RingTopic(f"ring://{name}")

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "topic/topic_core.h"
@@ -25,6 +26,7 @@ typedef struct {
     _Atomic int inflight; /* calls and views in flight; the last one out unmaps once unmapping */
     int unmapping;
     int view_out; /* a received view not yet released (the cursor waits for it) */
+    _Atomic int rbusy; /* a thread is receiving on this handle (its cursor is per handle: one at a time) */
     int mapped;
 } Topic;
 
@@ -358,6 +360,49 @@ static PyObject *Topic_sendv(Topic *o, PyObject *const *args, Py_ssize_t nargs)
     return r;
 }
 
+/* Take the handle's receive turn by the deadline: TC_OK, TC_EMPTY (nb and busy), TC_TIMEOUT,
+ * TC_LOCAL (closed here) or TC_ERR (a signal handler raised). Waits nap with the GIL released,
+ * checking signals every slice. */
+static int take_turn(Topic *o, double deadline, int nb)
+{
+    int zero = 0;
+    if (atomic_compare_exchange_strong(&o->rbusy, &zero, 1))
+        return TC_OK;
+    if (nb)
+        return TC_EMPTY;
+    for (;;) {
+        int rc = TC_TIMEOUT;
+        struct timespec now;
+        Py_BEGIN_ALLOW_THREADS
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double t0 = (double)now.tv_sec + now.tv_nsec * 1e-9, t = t0;
+        while (t < deadline && t - t0 < 0.05) {
+            zero = 0;
+            if (atomic_compare_exchange_weak(&o->rbusy, &zero, 1)) {
+                rc = TC_OK;
+                break;
+            }
+            if (atomic_load(&o->t.closing)) {
+                rc = TC_LOCAL;
+                break;
+            }
+            struct timespec nap = {0, 50000};
+            nanosleep(&nap, NULL);
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            t = (double)now.tv_sec + now.tv_nsec * 1e-9;
+        }
+        if (rc == TC_TIMEOUT && t < deadline)
+            rc = -100; /* a slice ended: check signals, go on */
+        Py_END_ALLOW_THREADS
+        if (rc != -100)
+            return rc;
+        if (PyErr_CheckSignals() < 0)
+            return TC_ERR;
+    }
+}
+
+static PyObject *take_locked(Topic *o, PyObject *dl, double deadline, int view, int nb);
+
 static PyObject *take(Topic *o, PyObject *dl, int view, int nb)
 {
     double deadline = 0;
@@ -365,6 +410,21 @@ static PyObject *take(Topic *o, PyObject *dl, int view, int nb)
         return NULL;
     if (enter(o, "recv") < 0)
         return NULL;
+    int rc = take_turn(o, nb ? 0.0 : deadline, nb);
+    if (rc != TC_OK) {
+        leave(o);
+        if (rc == TC_EMPTY)
+            Py_RETURN_NONE;
+        return raise_state(o, rc, "recv", dl);
+    }
+    PyObject *res = take_locked(o, dl, deadline, view, nb);
+    atomic_store(&o->rbusy, 0);
+    return res;
+}
+
+/* take() with the receive turn held; leaves (the in-flight count) on every path but a view's */
+static PyObject *take_locked(Topic *o, PyObject *dl, double deadline, int view, int nb)
+{
     if (o->view_out) {
         leave(o);
         PyErr_Format(PyExc_RuntimeError, "recv on %S: a received view is still held; release it first", o->url);
@@ -532,15 +592,35 @@ static PyObject *Topic_info(Topic *o, PyObject *unused)
         return NULL;
     }
     struct tc_hdr *h = o->t.hdr;
-    uint32_t subs = 0;
-    for (uint32_t i = 0; i < o->t.max_subs; i++)
-        subs += atomic_load(&h->slots[i].token) != 0;
-    return Py_BuildValue("{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:I,s:I,s:I}", "capacity", (unsigned long long)o->t.cap,
-                         "max_subscribers", o->t.max_subs, "subscribers", subs, "owner_pid",
-                         (unsigned long long)h->owner_pid, "wpos", (unsigned long long)atomic_load(&h->wpos),
-                         "oldest", (unsigned long long)atomic_load(&h->oldest), "published",
-                         (unsigned long long)atomic_load(&h->wmsg), "repairs", atomic_load(&h->repairs), "closed",
-                         atomic_load(&h->closed), "overflow", o->t.overflow);
+    uint64_t published = atomic_load(&h->wmsg);
+    PyObject *slots = PyList_New(0);
+    if (!slots)
+        return NULL;
+    for (uint32_t i = 0; i < o->t.max_subs; i++) { /* figures for kipc ls: as read, unverified */
+        uint64_t tok = atomic_load(&h->slots[i].token);
+        if (!tok)
+            continue;
+        uint64_t msgno = atomic_load(&h->slots[i].msgno);
+        PyObject *d = Py_BuildValue("{s:I,s:K,s:K,s:O}", "pid", (unsigned)(tok >> 32), "lag",
+                                    (unsigned long long)(published - msgno), "dropped",
+                                    (unsigned long long)atomic_load(&h->slots[i].dropped), "alive",
+                                    tc_proc_alive_token(tok) ? Py_True : Py_False);
+        if (!d || PyList_Append(slots, d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(slots);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    PyObject *res = Py_BuildValue("{s:K,s:I,s:n,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:O}", "capacity",
+                                  (unsigned long long)o->t.cap, "max_subscribers", o->t.max_subs, "subscribers",
+                                  PyList_GET_SIZE(slots), "owner_pid", (unsigned long long)h->owner_pid, "wpos",
+                                  (unsigned long long)atomic_load(&h->wpos), "oldest",
+                                  (unsigned long long)atomic_load(&h->oldest), "published",
+                                  (unsigned long long)published, "repairs", atomic_load(&h->repairs), "closed",
+                                  atomic_load(&h->closed), "overflow", o->t.overflow, "slots", slots);
+    Py_DECREF(slots);
+    return res;
 }
 
 static PyObject *Topic_get_dropped(Topic *o, void *c) { return PyLong_FromUnsignedLongLong(o->t.dropped); }

@@ -58,7 +58,7 @@ import time
 from typing import Any
 
 from .. import _owners
-from .._base import FOREVER, Channel, Deadline, other_threads
+from .._base import FOREVER, Channel, Deadline
 from .._naming import (
     ParsedURL,
     merge_query,
@@ -210,7 +210,10 @@ class RingTopic(Channel):
                 raise
         else:
             self.readable = False
+        # the template's hooks are the C methods themselves (no Python frame on the hot path); the C
+        # side gives one thread at a time the subscriber's cursor (a receive turn, by the deadline)
         self._send_blocking = self._t.send  # type: ignore[method-assign]  # (data, deadline, knobs)
+        self._recv_blocking = self._t.recv  # type: ignore[method-assign]  # (deadline, knobs)
         self._try_send = self._t.try_send  # type: ignore[method-assign]  # (data, knobs) -> bool
         self._try_recv = self._t.try_recv  # type: ignore[method-assign]  # (knobs) -> message | None
         self._wait = self._t.wait  # type: ignore[method-assign]  # (op, deadline) -> None
@@ -231,19 +234,6 @@ class RingTopic(Channel):
         return cls(parsed.url, **options)
 
     # -- hooks of the template ---------------------------------------------------------------------------
-    def _recv_blocking(self, deadline: Deadline, knobs: dict[str, Any]) -> Any:
-        # the subscriber's cursor is per handle: threads of one handle take turns (a process
-        # with no other thread skips the lock, as the template does)
-        if not other_threads():
-            return self._t.recv(deadline, knobs)
-        lock = self._recv_lock
-        self._acquire(lock, "recv", deadline)
-        try:
-            self._check_open("recv")
-            return self._t.recv(deadline, knobs)
-        finally:
-            lock.release()
-
     def _prepare_recv(self, knobs: dict[str, Any]) -> None:
         super()._prepare_recv(knobs)
         if knobs.get("view") and self._t.overflow != 0:
@@ -303,7 +293,9 @@ class RingTopic(Channel):
         return OVERFLOW_MODES[self._t.overflow]
 
     def info(self) -> dict[str, Any]:
-        """Header figures: capacity, slots in use, published count, positions, repairs."""
+        """Header figures: capacity, subscribers, published count, positions, repairs, and per occupied
+        slot ``slots``: [{pid, lag (messages published it has not received), dropped, alive}] (for
+        ``kipc ls``; read without locks, unverified)."""
         self._check_open("info")
         d = dict(self._t.info())
         d["overflow"] = OVERFLOW_MODES[d["overflow"]]

@@ -454,18 +454,27 @@ int tc_publish(tc_topic *t, const tc_part *parts, int nparts, uint64_t len, doub
         uint64_t end = w + pad + need, floor = end - t->cap;
         int blocked = 0;
         if (t->overflow == TC_OVERFLOW_BLOCK) {
-            for (uint32_t i = 0; i < t->max_subs; i++) {
-                struct tc_slot *s = &h->slots[i];
-                if (!atomic_load_explicit(&s->token, memory_order_acquire))
-                    continue;
-                uint64_t p = atomic_load_explicit(&s->pos, memory_order_acquire);
-                if (p & 15u || w - p > t->cap) {
-                    tc_unlock(t);
-                    return tc_corrupt(t, "subscriber slot %u: cursor %llu is not within capacity of wpos %llu", i,
-                                      (unsigned long long)p, (unsigned long long)w);
+            uint32_t joins = atomic_load_explicit(&h->joins, memory_order_relaxed);
+            if (!t->min_valid || joins != t->min_joins || (int64_t)(floor - t->min_pos) > 0) {
+                uint64_t min = end; /* no subscriber: nothing holds the write back */
+                for (uint32_t i = 0; i < t->max_subs; i++) {
+                    struct tc_slot *s = &h->slots[i];
+                    if (!atomic_load_explicit(&s->token, memory_order_acquire))
+                        continue;
+                    uint64_t p = atomic_load_explicit(&s->pos, memory_order_acquire);
+                    if (p & 15u || w - p > t->cap) {
+                        tc_unlock(t);
+                        return tc_corrupt(t, "subscriber slot %u: cursor %llu is not within capacity of wpos %llu",
+                                          i, (unsigned long long)p, (unsigned long long)w);
+                    }
+                    if ((int64_t)(p - min) < 0)
+                        min = p;
+                    if ((int64_t)(floor - p) > 0)
+                        blocked = 1;
                 }
-                if ((int64_t)(floor - p) > 0)
-                    blocked = 1;
+                t->min_pos = min;
+                t->min_joins = joins;
+                t->min_valid = 1;
             }
         }
         if (blocked) {
@@ -599,6 +608,7 @@ static int join_locked(tc_topic *t, uint64_t history, int rejoin)
     t->slot = slot;
     t->gen = tc_fork_gen();
     publish_cursor(t);
+    atomic_fetch_add(&h->joins, 1); /* publishers' cached minimum cursor may be above ours */
     return TC_OK;
 fail:
     atomic_store(&h->slots[slot].token, 0);

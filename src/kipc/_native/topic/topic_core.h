@@ -22,7 +22,9 @@
  * (pid << 32 | low 32 bits of its process start time; 0 = free). Under the lock a publisher
  * validates wpos/oldest, computes where its record goes, and in overflow=block checks the
  * cursor of every occupied subscriber slot: if one is too far behind it unlocks and waits on
- * the `space` futex word (nobody waits holding the lock). Then it moves `oldest` past every
+ * the `space` futex word (nobody waits holding the lock). The scan is skipped while the write
+ * stays below the minimum cursor the handle last computed: cursors only grow, and every join
+ * (the one way a cursor can appear below it) bumps `joins`, which invalidates that minimum. Then it moves `oldest` past every
  * record its write will overwrite (stored, then a seq_cst fence, before any byte is written),
  * writes the PAD and the record, commits through a journal {j_wpos, j_wmsg, j_valid} (so a
  * publisher killed between the wpos and wmsg stores is rolled forward by the next holder),
@@ -133,6 +135,7 @@ struct tc_hdr {
 
     TC_CL _Atomic uint64_t lock;
     _Atomic uint32_t j_valid;
+    _Atomic uint32_t joins; /* bumped (under the lock) by every join: publishers' cached minimum is stale */
     uint64_t j_wpos, j_wmsg;
 
     TC_CL _Atomic uint64_t wpos; /* commit word; its low half is the subscribers' futex */
@@ -179,6 +182,9 @@ typedef struct {
     uint64_t want;        /* record bytes the last publish found no room for (the send wait's test) */
     double blocked_since; /* when a publish first found no room (dead-subscriber probes), 0 = not */
     double lock_probe_at; /* next time a send wait checks the lock holder's liveness */
+    uint64_t min_pos;     /* a lower bound of every live cursor (block mode), valid while joins == min_joins */
+    uint32_t min_joins;
+    int min_valid;
     char why[200];
 } tc_topic;
 
