@@ -369,3 +369,31 @@ def test_views_and_arrays(pub: RingTopic, name: str) -> None:
     with RingTopic(f"ring://{name}", codec="json") as js:
         pub.send(b'{"a": 1}')
         assert js.recv(timeout=1) == {"a": 1}
+
+
+def test_asyncio_asend_waits_for_space_and_cancelled_sends_nothing(pub: RingTopic, name: str) -> None:
+    with RingTopic(f"ring://{name}") as s:
+        sent = 0
+        while True:
+            try:
+                pub.send(b"%06d" % sent + b"." * 994, timeout=0)
+                sent += 1
+            except kipc.WouldBlock:
+                break
+
+        async def main() -> None:
+            task = asyncio.create_task(pub.asend(b"cancelled" + b"." * 991, timeout=5))
+            await asyncio.sleep(0.1)
+            assert not task.done()  # blocked by the subscriber that does not read
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            later = asyncio.create_task(pub.asend(b"later" + b"." * 995, timeout=5))
+            await asyncio.sleep(0.05)
+            assert [int(s.recv(timeout=1)[:6]) for _ in range(sent)] == list(range(sent))  # frees the space
+            await later
+
+        asyncio.run(main())
+        assert s.recv(timeout=1).startswith(b"later")  # the cancelled message was never published
+        with pytest.raises(kipc.WouldBlock):
+            s.recv(timeout=0)

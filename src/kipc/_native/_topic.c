@@ -26,7 +26,7 @@ typedef struct {
     _Atomic int inflight; /* calls and views in flight; the last one out unmaps once unmapping */
     int unmapping;
     int view_out; /* a received view not yet released (the cursor waits for it) */
-    _Atomic int rbusy; /* a thread is receiving on this handle (its cursor is per handle: one at a time) */
+    _Atomic int rbusy; /* fork generation + 1 of the thread receiving on this handle, 0 = none (one at a time) */
     int mapped;
 } Topic;
 
@@ -363,10 +363,18 @@ static PyObject *Topic_sendv(Topic *o, PyObject *const *args, Py_ssize_t nargs)
 /* Take the handle's receive turn by the deadline: TC_OK, TC_EMPTY (nb and busy), TC_TIMEOUT,
  * TC_LOCAL (closed here) or TC_ERR (a signal handler raised). Waits nap with the GIL released,
  * checking signals every slice. */
+static int grab_turn(Topic *o)
+{
+    int mine = (int)tc_fork_gen() + 1, cur = 0;
+    if (atomic_compare_exchange_strong(&o->rbusy, &cur, mine))
+        return 1;
+    /* a turn taken before a fork belongs to a thread that does not exist in this child */
+    return cur != mine && atomic_compare_exchange_strong(&o->rbusy, &cur, mine);
+}
+
 static int take_turn(Topic *o, double deadline, int nb)
 {
-    int zero = 0;
-    if (atomic_compare_exchange_strong(&o->rbusy, &zero, 1))
+    if (grab_turn(o))
         return TC_OK;
     if (nb)
         return TC_EMPTY;
@@ -377,8 +385,7 @@ static int take_turn(Topic *o, double deadline, int nb)
         clock_gettime(CLOCK_MONOTONIC, &now);
         double t0 = (double)now.tv_sec + now.tv_nsec * 1e-9, t = t0;
         while (t < deadline && t - t0 < 0.05) {
-            zero = 0;
-            if (atomic_compare_exchange_weak(&o->rbusy, &zero, 1)) {
+            if (grab_turn(o)) {
                 rc = TC_OK;
                 break;
             }
