@@ -287,7 +287,11 @@ _FUZZ_C = r"""
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 int main(int argc, char **argv) {
     unsigned seed = (unsigned)atoi(argv[1]);
@@ -319,7 +323,10 @@ int main(int argc, char **argv) {
                 const unsigned char *p; uint32_t len;
                 int rc = tc_peek(&sub, &p, &len, now() + 0.002);
                 if (rc == TC_OK) {
-                    if (p < sub.data || p + len > base + size || len > sub.frag_max) { fprintf(stderr, "out of bounds\n"); return 5; }
+                    if (p < sub.data || p + len > base + size || len > sub.frag_max) {
+                        fprintf(stderr, "out of bounds\n");
+                        return 5;
+                    }
                     memcpy(out, p, len);
                     tc_consume(&sub, len, now() + 0.002);
                 } else if (rc == TC_CORRUPT) noticed++;

@@ -730,6 +730,7 @@ PyMODINIT_FUNC PyInit__topic(void)
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Topic", (PyObject *)&TopicType) < 0 ||
+        PyModule_AddObjectRef(m, "TopicView", (PyObject *)&TopicViewType) < 0 ||
         PyModule_AddObject(m, "MAGIC", PyLong_FromUnsignedLongLong(TOPIC_MAGIC)) < 0 ||
         PyModule_AddIntConstant(m, "MAX_SUBSCRIBERS", TC_MAX_SUBS) < 0) {
         Py_DECREF(m);
