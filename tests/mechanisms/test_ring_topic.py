@@ -397,3 +397,16 @@ def test_asyncio_asend_waits_for_space_and_cancelled_sends_nothing(pub: RingTopi
         assert s.recv(timeout=1).startswith(b"later")  # the cancelled message was never published
         with pytest.raises(kipc.WouldBlock):
             s.recv(timeout=0)
+
+
+def test_kipc_gc_removes_a_dead_creators_topic_only(name: str) -> None:
+    from kipc import admin
+
+    pid = fork_child(lambda: (RingTopic(f"ring://{name}", create=True), os._exit(0)))  # dies, never closes
+    assert wait_pid(pid) == 0
+    with RingTopic(f"ring://{name}-live", create=True, subscribe=False):
+        listed = {i.url: i for i in admin.inventory()}
+        assert f"ring://{name}" in listed and f"ring://{name}-live" in listed  # kipc ls sees topics as rings
+        admin.gc(urls=[f"ring://{name}", f"ring://{name}-live"])
+        assert not os.path.exists(shm_path(name))
+        assert os.path.exists(shm_path(f"{name}-live"))  # its creator is alive: kept
