@@ -410,3 +410,46 @@ def test_kipc_gc_removes_a_dead_creators_topic_only(name: str) -> None:
         admin.gc(urls=[f"ring://{name}", f"ring://{name}-live"])
         assert not os.path.exists(shm_path(name))
         assert os.path.exists(shm_path(f"{name}-live"))  # its creator is alive: kept
+
+
+def test_loan_publishes_in_place_and_an_exception_publishes_nothing(pub: RingTopic, name: str) -> None:
+    with RingTopic(f"ring://{name}") as s:
+        with pub.loan(5) as buf:
+            buf[:] = b"hello"
+        assert s.recv(timeout=1) == b"hello"
+        with pytest.raises(RuntimeError, match="user code failed"), pub.loan(3) as buf:
+            buf[:] = b"bad"
+            raise RuntimeError("user code failed")
+        with pytest.raises(kipc.WouldBlock):
+            s.recv(timeout=0)  # the aborted loan published nothing
+        pub.send(b"after", timeout=1)  # and released the publisher lock
+        assert s.recv(timeout=1) == b"after"
+        with pub.loan_array((4, 6), "f4") as a:
+            a[:] = 1.5
+        got = s.recv_array(timeout=1)
+        assert got.dtype == np.float32 and got.shape == (4, 6) and (got == 1.5).all()
+        with pytest.raises(kipc.MessageTooLarge, match="8177 bytes exceeds the limit of 8176"), pub.loan(8177):
+            pass
+
+
+def test_a_publisher_killed_mid_loan_publishes_nothing(pub: RingTopic, name: str) -> None:
+    with RingTopic(f"ring://{name}") as s:
+        rfd, wfd = os.pipe()
+
+        def child() -> None:
+            with RingTopic(f"ring://{name}", subscribe=False) as tx, tx.loan(100) as buf:
+                buf[:50] = b"x" * 50
+                os.write(wfd, b"L")
+                time.sleep(60)  # killed here, holding the publisher lock
+
+        pid = fork_child(child)
+        assert os.read(rfd, 1) == b"L"
+        os.kill(pid, 9)
+        wait_pid(pid)
+        pub.send(b"next", timeout=5)  # the dead holder's lock is taken over
+        assert s.recv(timeout=1) == b"next"
+        with pytest.raises(kipc.WouldBlock):
+            s.recv(timeout=0)
+        assert pub.info()["repairs"] >= 1
+        os.close(rfd)
+        os.close(wfd)

@@ -38,7 +38,15 @@ typedef struct {
     int exports, done;
 } TopicView;
 
-static PyTypeObject TopicType, TopicViewType;
+typedef struct {
+    PyObject_HEAD
+    Topic *owner;
+    unsigned char *ptr;
+    Py_ssize_t len;
+    int exports, done;
+} TopicLoan;
+
+static PyTypeObject TopicType, TopicViewType, TopicLoanType;
 
 /* -- runtime hooks: the GIL and signals ---------------------------------------------------------------- */
 static void *rt_release(void) { return PyEval_SaveThread(); }
@@ -176,6 +184,77 @@ static PyTypeObject TopicViewType = {
     .tp_as_buffer = &view_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "a received message in place; the subscriber's cursor moves when it is released",
+};
+
+/* -- the loan: writable space in the buffer, the publisher lock held until commit/abort ---------------------- */
+static int loan_getbuffer(TopicLoan *l, Py_buffer *view, int flags)
+{
+    if (l->done) {
+        PyErr_SetString(PyExc_BufferError, "topic loan already committed or aborted");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)l, l->ptr, l->len, 0, flags) < 0)
+        return -1;
+    l->exports++;
+    return 0;
+}
+
+static void loan_releasebuffer(TopicLoan *l, Py_buffer *view) { l->exports--; }
+
+static void loan_finish(TopicLoan *l, int commit)
+{
+    if (l->done)
+        return;
+    l->done = 1;
+    tc_loan_end(&l->owner->t, commit);
+    leave(l->owner);
+}
+
+static PyObject *TopicLoan_commit(TopicLoan *l, PyObject *unused)
+{
+    if (l->done) {
+        PyErr_SetString(PyExc_RuntimeError, "topic loan already committed or aborted");
+        return NULL;
+    }
+    if (atomic_load(&l->owner->t.closing)) {
+        loan_finish(l, 0);
+        PyErr_Format(E_Closed, "send on %S: closed by this process while the loan was open (nothing published)",
+                     l->owner->url);
+        return NULL;
+    }
+    loan_finish(l, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *TopicLoan_abort(TopicLoan *l, PyObject *unused)
+{
+    loan_finish(l, 0);
+    Py_RETURN_NONE;
+}
+
+static void loan_dealloc(TopicLoan *l)
+{
+    loan_finish(l, 0); /* never committed: nothing is published */
+    Py_XDECREF(l->owner);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static PyMethodDef TopicLoan_methods[] = {
+    {"commit", (PyCFunction)TopicLoan_commit, METH_NOARGS, "publish the loaned bytes as one message"},
+    {"abort", (PyCFunction)TopicLoan_abort, METH_NOARGS, "publish nothing and release the publisher lock"},
+    {NULL},
+};
+
+static PyBufferProcs loan_as_buffer = {(getbufferproc)loan_getbuffer, (releasebufferproc)loan_releasebuffer};
+
+static PyTypeObject TopicLoanType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kipc._native._topic.TopicLoan",
+    .tp_basicsize = sizeof(TopicLoan),
+    .tp_dealloc = (destructor)loan_dealloc,
+    .tp_as_buffer = &loan_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_methods = TopicLoan_methods,
+    .tp_doc = "writable space for one message in the topic; holds the publisher lock until commit/abort",
 };
 
 /* -- Topic ------------------------------------------------------------------------------------------------- */
@@ -509,6 +588,50 @@ static int want_view(Topic *o, PyObject *knobs, int *view)
     return 0;
 }
 
+/* loan(n, deadline=FOREVER) -> TopicLoan */
+static PyObject *Topic_loan(Topic *o, PyObject *const *args, Py_ssize_t nargs)
+{
+    double deadline;
+    unsigned long long n;
+    if (nargs < 1 || nargs > 2 || (n = PyLong_AsUnsignedLongLong(args[0]), PyErr_Occurred()) ||
+        get_deadline(nargs > 1 ? args[1] : NULL, &deadline) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "loan(n, deadline=FOREVER)");
+        return NULL;
+    }
+    if (n > o->t.frag_max) {
+        PyErr_Format(PyExc_ValueError, "loan of %llu bytes exceeds the limit of %llu bytes", n,
+                     (unsigned long long)o->t.frag_max);
+        return NULL;
+    }
+    if (enter(o, "loan") < 0)
+        return NULL;
+    if (o->t.loan_dst) {
+        leave(o);
+        PyErr_Format(PyExc_RuntimeError, "loan on %S: this handle has a loan open; commit or abort it first",
+                     o->url);
+        return NULL;
+    }
+    TopicLoan *l = PyObject_New(TopicLoan, &TopicLoanType);
+    if (!l) {
+        leave(o);
+        return NULL;
+    }
+    l->owner = (Topic *)Py_NewRef((PyObject *)o);
+    l->exports = 0;
+    l->done = 1; /* nothing to release until the lock is ours */
+    l->len = (Py_ssize_t)n;
+    int rc = tc_publish(&o->t, NULL, -1, n, deadline, 0);
+    if (rc != TC_OK) {
+        Py_DECREF(l);
+        leave(o);
+        return raise_state(o, rc, "loan", nargs > 1 ? args[1] : NULL);
+    }
+    l->ptr = o->t.loan_dst;
+    l->done = 0; /* the loan keeps this call's in-flight count until commit/abort */
+    return (PyObject *)l;
+}
+
 /* recv(deadline=FOREVER, knobs=None) */
 static PyObject *Topic_recv(Topic *o, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -650,6 +773,7 @@ static PyMethodDef Topic_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Topic_send, METH_FASTCALL, NULL},
     {"try_send", (PyCFunction)(void (*)(void))Topic_try_send, METH_FASTCALL, NULL},
     {"sendv", (PyCFunction)(void (*)(void))Topic_sendv, METH_FASTCALL, NULL},
+    {"loan", (PyCFunction)(void (*)(void))Topic_loan, METH_FASTCALL, NULL},
     {"recv", (PyCFunction)(void (*)(void))Topic_recv, METH_FASTCALL, NULL},
     {"try_recv", (PyCFunction)(void (*)(void))Topic_try_recv, METH_FASTCALL, NULL},
     {"wait", (PyCFunction)(void (*)(void))Topic_wait, METH_FASTCALL, NULL},
@@ -724,13 +848,14 @@ PyMODINIT_FUNC PyInit__topic(void)
     E_Bad = Py_NewRef(PyExc_RuntimeError);
     E_Limit = Py_NewRef(PyExc_RuntimeError);
     E_Unsupported = Py_NewRef(PyExc_NotImplementedError);
-    if (PyType_Ready(&TopicType) < 0 || PyType_Ready(&TopicViewType) < 0)
+    if (PyType_Ready(&TopicType) < 0 || PyType_Ready(&TopicViewType) < 0 || PyType_Ready(&TopicLoanType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&topic_module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Topic", (PyObject *)&TopicType) < 0 ||
         PyModule_AddObjectRef(m, "TopicView", (PyObject *)&TopicViewType) < 0 ||
+        PyModule_AddObjectRef(m, "TopicLoan", (PyObject *)&TopicLoanType) < 0 ||
         PyModule_AddObject(m, "MAGIC", PyLong_FromUnsignedLongLong(TOPIC_MAGIC)) < 0 ||
         PyModule_AddIntConstant(m, "MAX_SUBSCRIBERS", TC_MAX_SUBS) < 0) {
         Py_DECREF(m);

@@ -33,9 +33,11 @@ Contract card:
   raises ``BadObject`` (and marks the topic broken for every peer), never a crash or a hang.
 * Zero-copy: ``recv(view=True)`` returns a read-only memoryview into the buffer (overflow=block
   only: the message is pinned, publishers wait for it, until you ``release()`` it; the next
-  ``recv`` on the handle raises until then); ``send_array``/``recv_array`` move numpy arrays
-  (the ring channel's array format). No ``loan`` (left out: publishers are serialized by a
-  shared lock, and a loan would hold it in user code).
+  ``recv`` on the handle raises until then); ``with topic.loan(n) as buf:`` /
+  ``loan_array(shape, dtype)`` fill a message in place (the publisher lock is held meanwhile:
+  other publishers wait; an exception publishes nothing; a process killed mid-loan publishes
+  nothing and its lock is taken over); ``send_array``/``recv_array`` move numpy arrays (the ring
+  channel's array format).
 * Blocking, threads, asyncio, close: the channel template's (``kipc._base``): waits spin ``spin``
   µs, then sleep on a shared futex in 50 ms slices, GIL released, Ctrl-C gets through; ``arecv``
   / ``asend`` wait for readiness in kipc's wait threads and then attempt on the loop thread (a
@@ -51,10 +53,12 @@ Contract card:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .. import _owners
@@ -300,6 +304,58 @@ class RingTopic(Channel):
         d = dict(self._t.info())
         d["overflow"] = OVERFLOW_MODES[d["overflow"]]
         return d
+
+    @contextlib.contextmanager
+    def loan(self, n: int, *, timeout: float | None = None) -> Iterator[memoryview]:
+        """Reserve ``n`` bytes in the buffer; the block's normal exit publishes them as one message.
+
+        An exception publishes nothing. The publisher lock is held while the block runs (other
+        publishers wait; finish it in the thread that took it, before this handle receives).
+        Views made of the buffer must not be used after the block.
+        """
+        deadline = Deadline.of(timeout)
+        self._check_open("loan")
+        n = validate_size(n, what="loan size")
+        limit = self.max_message_size if self.max_message_size is not None else self._frag_max
+        if n > limit:
+            raise self._too_large(n, limit)
+        loan = self._t.loan(n, deadline)
+        try:
+            buf = memoryview(loan)
+        except BaseException:
+            loan.abort()
+            raise
+        try:
+            yield buf
+        except BaseException:
+            loan.abort()  # first: the publisher lock must go whatever else fails
+            raise
+        else:
+            loan.commit()
+        finally:
+            with contextlib.suppress(BufferError):
+                buf.release()  # views made of it keep the memory mapped (see above)
+
+    @contextlib.contextmanager
+    def loan_array(self, shape: int | tuple[int, ...], dtype: Any, *,
+                   timeout: float | None = None) -> Iterator[Any]:
+        """Reserve an array in the buffer and fill it in place; the block's normal exit publishes it
+        (received by :meth:`recv_array`; the elements are 16-byte aligned)."""
+        import numpy as np
+
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError("loan_array: object arrays need pickle; use codec='pickle'")
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in dims):
+            raise InvalidArgument(f"loan_array: shape {shape!r} must be non-negative integers")
+        head = _array_header(dt, dims)
+        count = 1
+        for d in dims:
+            count *= d
+        with self.loan(len(head) + count * dt.itemsize, timeout=timeout) as buf:
+            buf[:len(head)] = head
+            yield np.frombuffer(buf, dtype=dt, count=count, offset=len(head)).reshape(dims)
 
     def send_array(self, array: Any, *, timeout: float | None = None) -> None:
         """Publish a numpy array (dtype and shape travel with it; one copy; ``recv_array`` on the other side)."""

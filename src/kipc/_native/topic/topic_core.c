@@ -430,6 +430,26 @@ static void copy_parts(unsigned char *dst, const tc_part *parts, int nparts, uin
         tc_rt.reacquire(gil);
 }
 
+/* Under the lock, the record complete: commit it through the journal, unlock, wake subscribers. */
+static void commit_locked(tc_topic *t, uint64_t end, uint64_t msg)
+{
+    struct tc_hdr *h = t->hdr;
+    h->j_wpos = end;
+    h->j_wmsg = msg + 1;
+    atomic_store_explicit(&h->j_valid, 1, memory_order_release);
+    atomic_store_explicit(&h->wpos, end, memory_order_release);
+    atomic_store_explicit(&h->wmsg, msg + 1, memory_order_relaxed);
+    atomic_store_explicit(&h->j_valid, 0, memory_order_release);
+    tc_unlock(t);
+    t->want = 0;
+    t->blocked_since = 0;
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&h->data_waiters, memory_order_relaxed))
+        futex_wake_all(lo32(&h->wpos));
+}
+
+/* nparts < 0: a loan — return with the lock held and the record's payload at t->loan_dst
+ * (tc_loan_end publishes or abandons it). */
 int tc_publish(tc_topic *t, const tc_part *parts, int nparts, uint64_t len, double deadline, int nb)
 {
     struct tc_hdr *h = t->hdr;
@@ -518,21 +538,27 @@ int tc_publish(tc_topic *t, const tc_part *parts, int nparts, uint64_t len, doub
         }
         struct tc_rec r = {msg, (uint32_t)len, 0};
         memcpy(dst, &r, sizeof r);
+        if (nparts < 0) { /* a loan: the caller fills the payload, tc_loan_end commits */
+            t->loan_dst = dst + TC_REC;
+            t->loan_end = end;
+            t->loan_msg = msg;
+            return TC_OK;
+        }
         copy_parts(dst + TC_REC, parts, nparts, len);
-        h->j_wpos = end;
-        h->j_wmsg = msg + 1;
-        atomic_store_explicit(&h->j_valid, 1, memory_order_release);
-        atomic_store_explicit(&h->wpos, end, memory_order_release);
-        atomic_store_explicit(&h->wmsg, msg + 1, memory_order_relaxed);
-        atomic_store_explicit(&h->j_valid, 0, memory_order_release);
-        tc_unlock(t);
-        t->want = 0;
-        t->blocked_since = 0;
-        atomic_thread_fence(memory_order_seq_cst);
-        if (atomic_load_explicit(&h->data_waiters, memory_order_relaxed))
-            futex_wake_all(lo32(&h->wpos));
+        commit_locked(t, end, msg);
         return TC_OK;
     }
+}
+
+void tc_loan_end(tc_topic *t, int commit)
+{
+    if (!t->loan_dst)
+        return;
+    t->loan_dst = NULL;
+    if (commit)
+        commit_locked(t, t->loan_end, t->loan_msg);
+    else
+        tc_unlock(t); /* nothing was committed: the next publisher writes over it */
 }
 
 /* -- subscribing ------------------------------------------------------------------------------------------ */

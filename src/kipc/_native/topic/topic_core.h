@@ -47,7 +47,10 @@
  * subscriber has not consumed; it blocks (or times out) until the slowest live subscriber
  * moves. With no subscriber at all the oldest records are overwritten (nobody is owed them;
  * they serve history=). drop_oldest: the publisher never waits for subscribers; laggards skip
- * ahead and count what they missed. A view (recv(view=True)) is offered in block mode only:
+ * ahead and count what they missed. A loan (tc_publish with nparts < 0) returns with the lock
+ * held and the record placed; the caller fills the payload in place and tc_loan_end commits it
+ * or abandons it (nothing published; a holder killed mid-loan is taken over like any dead lock
+ * holder). A view (recv(view=True)) is offered in block mode only:
  * the record stays pinned (the cursor does not move) until the view is released.
  *
  * Waiting. Subscribers wait on the low 32 bits of wpos (data_waiters counts them), publishers
@@ -182,6 +185,8 @@ typedef struct {
     uint64_t want;        /* record bytes the last publish found no room for (the send wait's test) */
     double blocked_since; /* when a publish first found no room (dead-subscriber probes), 0 = not */
     double lock_probe_at; /* next time a send wait checks the lock holder's liveness */
+    unsigned char *loan_dst; /* an open loan's payload (the lock is held), NULL = none */
+    uint64_t loan_end, loan_msg;
     uint64_t min_pos;     /* a lower bound of every live cursor (block mode), valid while joins == min_joins */
     uint32_t min_joins;
     int min_valid;
@@ -204,6 +209,7 @@ typedef struct {
     size_t len;
 } tc_part;
 int tc_publish(tc_topic *t, const tc_part *parts, int nparts, uint64_t len, double deadline, int nb);
+void tc_loan_end(tc_topic *t, int commit); /* after tc_publish(nparts = -1): publish (1) or abandon (0) */
 /* subscriber */
 int tc_join(tc_topic *t, uint64_t history, double deadline);
 void tc_leave(tc_topic *t);
