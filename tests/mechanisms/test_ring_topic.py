@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
 import threading
 import time
@@ -453,3 +454,59 @@ def test_a_publisher_killed_mid_loan_publishes_nothing(pub: RingTopic, name: str
         assert pub.info()["repairs"] >= 1
         os.close(rfd)
         os.close(wfd)
+
+
+def test_ctrl_c_reaches_a_blocked_recv_and_send(pub: RingTopic, name: str) -> None:
+    rfd, wfd = os.pipe()
+
+    def child() -> None:
+        with RingTopic(f"ring://{name}") as s, RingTopic(f"ring://{name}", subscribe=False) as tx:
+            try:
+                os.write(wfd, b"R")
+                s.recv()  # no timeout: only the signal ends it
+            except KeyboardInterrupt:
+                os.write(wfd, b"K")
+            while True:  # fill the buffer: our own subscriber does not read
+                try:
+                    tx.send(b"f" * 1000, timeout=0)
+                except kipc.WouldBlock:
+                    break
+            try:
+                os.write(wfd, b"S")
+                tx.send(b"f" * 1000)
+            except KeyboardInterrupt:
+                os.write(wfd, b"K")
+
+    pid = fork_child(child)
+    for phase in (b"R", b"S"):
+        assert os.read(rfd, 1) == phase
+        time.sleep(0.1)  # let it block
+        os.kill(pid, signal.SIGINT)
+        assert os.read(rfd, 1) == b"K"
+    assert wait_pid(pid) == 0
+    os.close(rfd)
+    os.close(wfd)
+
+
+def test_a_stopped_subscriber_makes_publishers_time_out_not_hang(pub: RingTopic, name: str) -> None:
+    rfd, wfd = os.pipe()
+
+    def child() -> None:
+        with RingTopic(f"ring://{name}"):
+            os.write(wfd, b"R")
+            time.sleep(60)
+
+    pid = fork_child(child)
+    assert os.read(rfd, 1) == b"R"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(kipc.Timeout):
+            for _ in range(100):
+                pub.send(b"s" * 1000, timeout=0.2)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+        wait_pid(pid)
+    pub.send(b"s" * 1000, timeout=5)  # its slot is reclaimed once it is dead
+    os.close(rfd)
+    os.close(wfd)
