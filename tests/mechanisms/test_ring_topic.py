@@ -192,6 +192,8 @@ def test_bad_options_are_clear_errors(name: str) -> None:
         RingTopic(f"ring://{name}?colour=red", create=True)
     with pytest.raises(kipc.InvalidArgument, match="max_subscribers"):
         RingTopic(f"ring://{name}", create=True, max_subscribers=0)
+    with pytest.raises(kipc.InvalidArgument, match="both in the URL and as a keyword"):
+        RingTopic(f"ring://{name}?capacity=8KiB", create=True, capacity=4096)
     with pytest.raises(kipc.NotFound):
         RingTopic(f"ring://{name}")
     assert not os.path.exists(shm_path(name))

@@ -102,6 +102,9 @@ DEFAULT_SPIN_US = 50.0
 OVERFLOW_MODES = ("block", "drop_oldest")
 _PAGE = 4096
 _ATTACH_WAIT = 0.5  # seconds an opener waits for a creator to finish initialising
+_DEFAULTS: dict[str, Any] = {"create": False, "subscribe": True, "capacity": DEFAULT_CAPACITY, "overflow": None,
+                             "history": 0, "max_subscribers": 16, "mode": 0o600, "persist": False,
+                             "spin": DEFAULT_SPIN_US, "max_message_size": None, "codec": None}  # __init__'s
 _JOIN_TIMEOUT = 5.0  # seconds subscribing may wait for the publisher lock (a stopped publisher holds it)
 
 
@@ -125,24 +128,20 @@ class RingTopic(Channel):
             raise InvalidArgument(f"{url}: a RingTopic URL is ring://NAME")
         if parsed.path not in ("", "/"):
             raise InvalidArgument(f"{parsed.url}: a ring URL is ring://NAME (no path)")
-        opts = dict(merge_query(parsed, {}))
-        unknown = set(opts) - {"create", "subscribe", "capacity", "overflow", "history", "max_subscribers", "mode",
-                               "persist", "spin", "max_message_size", "codec"}
+        given = {"create": create, "subscribe": subscribe, "capacity": capacity, "overflow": overflow,
+                 "history": history, "max_subscribers": max_subscribers, "mode": mode, "persist": persist,
+                 "spin": spin, "max_message_size": max_message_size, "codec": codec}
+        unknown = set(parsed.query) - set(given)
         if unknown:
-            raise InvalidArgument(f"{url}: unknown option(s) {sorted(unknown)}; a ring topic takes create, subscribe, "
-                                  "capacity, overflow, history, max_subscribers, mode, persist, spin, "
-                                  "max_message_size, codec")
-        create = opts.get("create", create)
-        subscribe = opts.get("subscribe", subscribe)
-        capacity = opts.get("capacity", capacity)
-        overflow = opts.get("overflow", overflow)
-        history = opts.get("history", history)
-        max_subscribers = opts.get("max_subscribers", max_subscribers)
-        mode = opts.get("mode", mode)
-        persist = opts.get("persist", persist)
-        spin = opts.get("spin", spin)
-        max_message_size = opts.get("max_message_size", max_message_size)
-        codec = opts.get("codec", codec)
+            raise InvalidArgument(f"{url}: unknown option(s) {sorted(unknown)}; a ring topic takes "
+                                  f"{', '.join(given)}")
+        # merge_query's rule (one name given both ways is an error), for the keywords not left at their default
+        opts = merge_query(parsed, {k: v for k, v in given.items() if v != _DEFAULTS[k]})
+        opts = {**_DEFAULTS, **opts}
+        create, subscribe, capacity = opts["create"], opts["subscribe"], opts["capacity"]
+        overflow, history, max_subscribers = opts["overflow"], opts["history"], opts["max_subscribers"]
+        mode, persist, spin = opts["mode"], opts["persist"], opts["spin"]
+        max_message_size, codec = opts["max_message_size"], opts["codec"]
 
         name = validate_name(parsed.netloc, what="ring name")
         url = f"ring://{name}"
