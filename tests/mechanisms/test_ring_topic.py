@@ -512,3 +512,13 @@ def test_a_stopped_subscriber_makes_publishers_time_out_not_hang(pub: RingTopic,
     pub.send(b"s" * 1000, timeout=5)  # its slot is reclaimed once it is dead
     os.close(rfd)
     os.close(wfd)
+
+
+def test_capacity_limits(name: str) -> None:
+    with pytest.raises(kipc.InvalidArgument, match="capacity"):
+        RingTopic(f"ring://{name}", create=True, capacity=(1 << 32) + 1)
+    with pytest.raises(kipc.InvalidArgument, match="capacity"):
+        RingTopic(f"ring://{name}", create=True, capacity=100)
+    with RingTopic(f"ring://{name}?capacity=5000", create=True, subscribe=False) as t:
+        assert t.capacity == 8192  # rounded up to a power of two
+    assert not os.path.exists(shm_path(name))

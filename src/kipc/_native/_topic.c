@@ -276,7 +276,8 @@ static int Topic_init(Topic *o, PyObject *args, PyObject *kw)
     Py_XSETREF(o->url, url);
     size_t size;
     if (create) {
-        if (subs == 0 || subs > TC_MAX_SUBS || overflow > TC_OVERFLOW_DROP || cap < TC_PAGE || (cap & (cap - 1))) {
+        if (subs == 0 || subs > TC_MAX_SUBS || overflow > TC_OVERFLOW_DROP || cap < TC_PAGE || cap > TC_MAX_CAP ||
+            (cap & (cap - 1))) {
             PyErr_SetString(PyExc_ValueError, "bad topic geometry");
             return -1;
         }

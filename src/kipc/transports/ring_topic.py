@@ -5,7 +5,7 @@ Contract card:
 * Object: POSIX shm ``/dev/shm/kipc.ring.NAME``, the namespace of ``ring://`` (so a name is
   either a channel or a topic, never both): a header (identity, publisher lock, commit word,
   ``max_subscribers`` cursor slots; a multiple of 4 KiB) + ``capacity`` data bytes (rounded up
-  to a power of two, at least 4 KiB; default 1 MiB). Its magic ("KKPCTOPC") differs from a
+  to a power of two, 4 KiB .. 4 GiB; default 1 MiB). Its magic ("KKPCTOPC") differs from a
   ring channel's: ``RingChannel`` refuses a topic and ``RingTopic`` a channel with
   ``BadObject``. Theory of operation (memory ordering, crash cases, checks):
   ``kipc/_native/topic/topic_core.h``.
@@ -147,7 +147,7 @@ class RingTopic(Channel):
         url = f"ring://{name}"
         create = parse_create(create)
         subscribe = parse_bool(subscribe, what="subscribe")
-        cap = validate_size(capacity, what="capacity", minimum=_PAGE, maximum=1 << 40)
+        cap = validate_size(capacity, what="capacity", minimum=_PAGE, maximum=1 << 32)  # 32-bit record lengths
         cap = 1 << (cap - 1).bit_length()
         if overflow is not None and overflow not in OVERFLOW_MODES:
             raise InvalidArgument(f"{url}: overflow {overflow!r} must be one of {', '.join(OVERFLOW_MODES)}")

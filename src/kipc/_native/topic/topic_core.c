@@ -160,7 +160,8 @@ const char *tc_header_init(void *base, size_t size, uint64_t capacity, uint32_t 
 {
     if (max_subs == 0 || max_subs > TC_MAX_SUBS)
         return "max_subscribers out of range";
-    if (capacity < TC_PAGE || (capacity & (capacity - 1)) || tc_hdr_size(max_subs) + capacity != size)
+    if (capacity < TC_PAGE || capacity > TC_MAX_CAP || (capacity & (capacity - 1)) ||
+        tc_hdr_size(max_subs) + capacity != size)
         return "size does not match capacity";
     struct tc_hdr *h = base;
     memset(base, 0, tc_hdr_size(max_subs));
@@ -189,7 +190,7 @@ const char *tc_bind(tc_topic *t, void *base, size_t size)
     uint64_t cap = h->capacity;
     if (subs == 0 || subs > TC_MAX_SUBS || h->hdr_size != tc_hdr_size(subs))
         return "corrupt header: max_subscribers / header size";
-    if (cap < TC_PAGE || (cap & (cap - 1)) || h->total_size != size || h->hdr_size + cap != size)
+    if (cap < TC_PAGE || cap > TC_MAX_CAP || (cap & (cap - 1)) || h->total_size != size || h->hdr_size + cap != size)
         return "corrupt header: capacity / size";
     if (h->overflow > TC_OVERFLOW_DROP)
         return "corrupt header: overflow mode";
@@ -198,7 +199,7 @@ const char *tc_bind(tc_topic *t, void *base, size_t size)
     t->data = (unsigned char *)base + h->hdr_size;
     t->map_size = size;
     t->cap = cap;
-    t->frag_max = cap / 2 - TC_REC;
+    t->frag_max = cap / 2 - TC_REC; /* < 2^31: fits a record's 32-bit length, as a pad's does */
     t->max_subs = subs;
     t->overflow = h->overflow;
     t->slot = -1;

@@ -5,9 +5,9 @@
  * THEORY OF OPERATION
  * ===================
  *
- * Layout. One POSIX shm object /kipc.topic.NAME = a header (a multiple of 4096 bytes: identity,
+ * Layout. One POSIX shm object /kipc.ring.NAME (the ring:// namespace) = a header (a multiple of 4096 bytes: identity,
  * the publisher lock, the commit line, the `oldest` line, the space line, then max_subs
- * subscriber slots of 64 bytes) + `capacity` data bytes (a power of two >= 4096, so byte
+ * subscriber slots of 64 bytes) + `capacity` data bytes (a power of two in [4096, 2^32], so byte
  * counters stay continuous across the 2^64 wrap). The magic is "KKPCTOPC", distinct from the
  * ring's "KKPCRING", so neither attaches the other's object.
  *
@@ -111,6 +111,7 @@
 #define TC_SLICE 0.05
 #define TC_PROBE 0.01
 #define TC_MAX_SUBS 1024u
+#define TC_MAX_CAP (1ull << 32) /* record lengths (payloads and pads, < capacity/2) are 32 bits */
 #define TC_PID_LIMIT 4194304u
 #define TC_CLOSED_BROKEN 2u
 #define TC_OVERFLOW_BLOCK 0u
