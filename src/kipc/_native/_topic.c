@@ -517,10 +517,17 @@ static PyObject *take_locked(Topic *o, PyObject *dl, double deadline, int view, 
         PyErr_Format(PyExc_RuntimeError, "recv on %S: a received view is still held; release it first", o->url);
         return NULL;
     }
+    if (nb) { /* an attempt (the event loop's thread): a resync or rejoin waits for the lock 2 ms at most */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        deadline = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + 0.002;
+    }
     for (;;) {
         const unsigned char *ptr;
         uint32_t len;
-        int rc = tc_peek(&o->t, &ptr, &len, nb ? INFINITY : deadline);
+        int rc = tc_peek(&o->t, &ptr, &len, deadline);
+        if (nb && rc == TC_TIMEOUT)
+            rc = TC_EMPTY; /* not now: the caller waits for readiness and tries again */
         if (rc == TC_OK) {
             if (view) {
                 TopicView *v = PyObject_New(TopicView, &TopicViewType);
