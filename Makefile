@@ -38,7 +38,7 @@ reliability: $(VENV)/.installed
 	KIPC_RELIABILITY=full KIPC_RELIABILITY_REPORT=docs/reliability.md $(PY) -m pytest -m "stress or not stress" --timeout 900 \
 		tests/reliability/test_reliability_generic.py tests/reliability/test_reliability_crash.py tests/reliability/test_fuzz.py \
 		tests/reliability/test_ring_crash.py tests/reliability/test_lock_crash.py tests/reliability/test_reliability_objects.py tests/reliability/test_reliability_stress.py tests/reliability/test_reliability_ring.py \
-		tests/reliability/test_hostile.py tests/reliability/test_ring_hostile.py tests/mechanisms/test_ring_zerocopy.py tests/reliability/test_gc_identity.py $(PYTEST_ARGS)
+		tests/reliability/test_hostile.py tests/reliability/test_ring_hostile.py tests/reliability/test_ring_topic_crash.py tests/mechanisms/test_ring_zerocopy.py tests/reliability/test_gc_identity.py $(PYTEST_ARGS)
 
 # C-only unit tests of the ring's core (no Python) and a short deterministic fuzz smoke, under
 # ASan+UBSan with gcc; `make test` runs the same through tests/core_c/test_core_c.py.
