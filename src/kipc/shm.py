@@ -10,7 +10,8 @@ Contract card:
   the size of /dev/shm). On attach, ``size=`` (optional) is a minimum: a
   smaller segment is refused with :class:`BadObject` (never a SIGBUS later).
 * Create is exclusive by default (``create=True``); ``create="if_missing"``
-  attaches when it exists; ``create=False`` attaches only. Mode 0600 whatever
+  attaches when it exists; ``create=False`` attaches only; ``wait=seconds``
+  waits for another process to create it (as ``kipc.open``; then ``Timeout``). Mode 0600 whatever
   the umask. On attach, a segment owned by another uid is refused
   (``allow_foreign=True`` to accept), and so is one whose mode opens more than
   ``mode`` (a seed-style C ``0666`` segment needs ``mode=0o666``).
@@ -45,10 +46,12 @@ from ._objects import (
     check_sysv_creator,
     create_or_attach,
     file_identity,
+    open_waiting,
     parse_create,
     sysv_identity,
     sysv_key,
     sysv_row,
+    validate_wait,
 )
 from .errors import (
     AlreadyExists,
@@ -112,13 +115,15 @@ class SharedMemory(Resource):
         return super().__new__(cls)
 
     def __init__(self, url: str, *, size: int | str | None = None, create: CreateMode = False,
-                 mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False) -> None:
+                 mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False,
+                 wait: float | None = None) -> None:
         parsed = parse_url(url)
         options = dict(parsed.query)
         options.pop("proj", None)
         if options:
             raise InvalidArgument(f"{url}: unknown option(s) {sorted(options)}; pass size=, create=, mode= as keywords")
         create = parse_create(create)
+        validate_wait(url, wait, create)
         mode = validate_mode(mode)
         if size is not None:
             size = validate_size(size, what="size", minimum=1)
@@ -127,11 +132,12 @@ class SharedMemory(Resource):
         self.persist = parse_bool(persist, what="persist")
         self.mode = mode
         if parsed.scheme == "sysv":
-            self._open_sysv(parsed, size, create, mode, allow_foreign)
+            opener = self._open_sysv
         elif parsed.scheme == "posix":
-            self._open_posix(parsed, size, create, mode, allow_foreign)
+            opener = self._open_posix
         else:
             raise InvalidArgument(f"{url}: SharedMemory addresses are sysv://KEY or posix://NAME")
+        open_waiting(url, wait, lambda: opener(parsed, size, create, mode, allow_foreign))
         self._closed = False
 
     # -- SysV ---------------------------------------------------------------------------------------

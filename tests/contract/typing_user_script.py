@@ -38,7 +38,7 @@ def channels() -> None:
     direct: kipc.SysVMessageQueue = kipc.SysVMessageQueue("sysvmq://1235", create=True)
     direct.close()
 
-    fifo = kipc.open("fifo://f", scheme="fifo", create=True, direction="recv", wait=2.0)
+    fifo = kipc.open("fifo://f", scheme="fifo", create=True, direction="recv")
     spool: kipc.SpoolChannel = kipc.open("file://spool", scheme="file", create=True)
     unix: kipc.UnixChannel = kipc.open("unix://chat", scheme="unix", wait=5.0)
     tcp: kipc.TcpChannel = kipc.open("tcp://127.0.0.1:9000", scheme="tcp")
