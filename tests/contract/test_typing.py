@@ -78,8 +78,10 @@ def test_mypy_flags_user_mistakes(tmp_path: Path) -> None:
         "ch.send('text')\n"                                    # str has no buffer protocol
         "n: int = ch.recv()\n"                                 # recv() is bytes
         "kipc.open('sysvmq://1').recv_with_type()\n"           # base Channel: narrow with scheme=
+        "b: bytes = kipc.open('ring://x', scheme='ring').recv(view=True)\n"  # a view is a memoryview
     )
     r = _mypy(bad)
     out = r.stdout
     assert r.returncode == 1, out
     assert "bad.py:2:" in out and "bad.py:3:" in out and "bad.py:4:" in out and "bad.py:5:" in out, out
+    assert "bad.py:6:" in out and "memoryview" in out, out
