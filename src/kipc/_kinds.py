@@ -67,6 +67,7 @@ class ObjectInfo:
     total: int | None = None  # messages ever passed, when known (rates in ``kipc top``)
     identity: dict[str, int] | None = None  # what tells this object from a later one of the same name
     detail: str | None = None  # what is odd about it (e.g. "a regular file, not a FIFO")
+    command: str | None = None  # the command of the process holding it, where that is how it is known (TCP)
     target: Any = field(default=None, repr=False)  # Kind.locate() of its name (not in to_dict)
 
     @property
