@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,80 @@ def test_real_listener_is_found_with_its_holder() -> None:
         assert _procnet.socket_holders([mine[0].inode]) == {mine[0].inode: [os.getpid()]}
         assert _procnet.command_of(os.getpid()).startswith("python")
         assert _procnet.command_of(-1) == ""  # no such process
+
+
+# -- top: bytes/s, sort keys, 80 columns ---------------------------------------------------------------
+def _row(rows: list[dict[str, Any]], url: str) -> dict[str, Any]:
+    return next(r for r in rows if r["url"] == url)
+
+
+def test_top_bytes_per_second_beside_msgs_per_second() -> None:
+    from kipc.cli.top import Sampler
+
+    ring_url, mq_url = f"ring://{testing.unique_name('topb')}", f"sysvmq://{testing.unique_key()}"
+    with kipc.open(ring_url, create=True) as ring, kipc.open(mq_url, create=True) as mq:
+        sampler = Sampler(False)
+        first = sampler.sample()
+        assert _row(first, ring_url)["bytes_per_s"] is None  # a rate needs two samples
+        for _ in range(10):
+            ring.send(b"r" * 1000)
+        for _ in range(3):
+            mq.send(b"q" * 100)
+        rows = sampler.sample()
+        r, q = _row(rows, ring_url), _row(rows, mq_url)
+        # ring: exact counters (bytes include kipc's record framing); queue: change of depth / queued bytes
+        assert isinstance(r["msgs_per_s"], float) and isinstance(r["bytes_per_s"], float)
+        assert r["estimated"] is False and r["queued"] >= 10_000 and r["bytes_total"] >= 10_000
+        assert 1000 <= r["bytes_per_s"] / r["msgs_per_s"] < 1100
+        assert str(r["bytes_rate"]).endswith("/s") and not str(r["rate"]).startswith("~")
+        assert isinstance(q["msgs_per_s"], float) and isinstance(q["bytes_per_s"], float)
+        assert q["estimated"] is True and q["queued"] == 300
+        assert abs(q["bytes_per_s"] / q["msgs_per_s"] - 100) < 1e-6
+        assert str(q["rate"]).startswith("~") and str(q["bytes_rate"]).startswith("~")
+
+
+def test_top_sort_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    from kipc.cli.top import SORT_KEYS
+
+    small, big = f"sysvmq://{testing.unique_key()}", f"sysvmq://{testing.unique_key()}"
+    with kipc.open(small, create=True) as a, kipc.open(big, create=True) as b:
+        a.send(b"x" * 10)
+        for _ in range(3):
+            b.send(b"y" * 500)
+        for key in SORT_KEYS:
+            rc, out, err = run(["top", "--iterations", "1", "--interval", "0.05", "--json", "--sort", key], capsys)
+            assert rc == 0, err
+            urls = [o["url"] for o in json.loads(out)["objects"]]
+            if key in ("queued", "size", "depth"):
+                assert urls.index(big) < urls.index(small), (key, urls)  # largest first
+            if key == "url":
+                assert urls == sorted(urls)
+    assert main(["top", "--sort", "colour", "--iterations", "1"]) == 2  # a usage error
+
+
+def test_top_with_traffic_fits_80_columns(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    url = f"ring://{testing.unique_name('a-long-name-for-top')}"
+    code = ("import kipc, sys, time\nch = kipc.open(sys.argv[1])\nprint('READY', flush=True)\n"
+            "end = time.monotonic() + 30\n"
+            "while time.monotonic() < end:\n    ch.send(b'z' * 4000, timeout=5)\n    ch.recv(timeout=5)\n")
+    with kipc.open(url, create=True, capacity="1MiB"), testing.spawn(code, url):
+        rc, out, _ = run(["top", "--iterations", "2", "--interval", "0.3"], capsys)
+    assert rc == 0
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), "\n".join(line for line in lines if len(line) > 80)
+    last = lines[lines.index(next(line for line in lines if line.startswith("-- kipc top #2"))):]
+    assert "msgs/s" in last[1] and "bytes/s" in last[1]
+    row = next(line for line in last if url in line.split())
+    assert "/s" in row  # KiB/s or MiB/s: the child is sending
+
+
+def test_human_rate() -> None:
+    from kipc.cli.top import human_rate
+
+    assert human_rate(None) == ""
+    assert human_rate(950) == "950"
+    assert human_rate(12_345) == "12.3k"
+    assert human_rate(4_500_000, estimated=True) == "~4.5M"
+    assert human_rate(512, unit="B") == "512 B/s"
+    assert human_rate(3.5 * 2**20, unit="B") == "3.5 MiB/s"

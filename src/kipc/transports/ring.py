@@ -536,8 +536,11 @@ class _RingKind(DevShmKind):
         try:  # depth and messages ever sent: attach for an instant (refused for others' rings: no figures)
             with RingChannel(name) as ring:
                 header = ring.info()
-            info.depth = int(header["msgs_in"]) - int(header["msgs_out"])
-            info.total = int(header["msgs_in"])
+            depth = int(header["msgs_in"]) - int(header["msgs_out"])
+            used = int(header["tail"]) - int(header["head"])
+            if 0 <= depth and 0 <= used <= int(header["capacity"]):  # read from shared memory: shown only if sane
+                info.depth, info.total = depth, int(header["msgs_in"])
+                info.queued, info.bytes_total = used, int(header["tail"])
         except Exception:
             pass
         return info
