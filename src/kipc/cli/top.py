@@ -8,7 +8,8 @@
   bound). ``queued`` is the bytes waiting now (SysV ``cbytes``, POSIX
   ``QSIZE`` when the mqueue fs is mounted, a ring's used bytes). Rates are
   shown from the second refresh on.
-* ``--sort url|kind|depth|rate|bytes|queued|size`` (numbers: largest first).
+* ``--sort url|kind|depth|rate|bytes|queued|size`` (numbers: largest first);
+  ``kipc top PATTERN`` shows only the URLs ``kipc ls PATTERN`` would.
 * Fits the terminal (or ``COLUMNS``) like ``kipc ls``: URLs are never cut,
   columns go by priority (kind, url, msgs/s and bytes/s always stay), rates
   and sizes are short (``1.2k``, ``3.4 MiB/s``), so 80 columns are enough.
@@ -33,6 +34,7 @@ from typing import Any
 
 from .. import admin
 from ._output import Output, fit_columns, human_size, plain_table, terminal_width
+from .ls import matches
 
 __all__ = ["SORT_KEYS", "Sampler", "human_rate", "run"]
 
@@ -76,8 +78,9 @@ _Seen = tuple[float, int | None, int | None, int | None, int | None]  # time, ms
 class Sampler:
     """Successive inventories turned into rows with rates."""
 
-    def __init__(self, all_users: bool) -> None:
+    def __init__(self, all_users: bool, pattern: str | None = None) -> None:
         self.all_users = all_users
+        self.pattern = pattern
         self._prev: dict[tuple[str, str], _Seen] = {}
 
     @staticmethod
@@ -95,6 +98,8 @@ class Sampler:
         rows = []
         seen: dict[tuple[str, str], _Seen] = {}
         for i in admin.inventory(all_users=self.all_users):
+            if not matches(i.url, self.pattern):
+                continue
             key = (i.kind, i.url)
             seen[key] = (now, i.total, i.depth, i.bytes_total, i.queued)
             msgs: float | None = None
@@ -175,7 +180,7 @@ def _render(rows: list[dict[str, Any]], n: int, interval: float, limit: int | No
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    sampler = Sampler(args.all)
+    sampler = Sampler(args.all, getattr(args, "pattern", None))
     interval = max(0.05, args.interval)
     limit = terminal_width(out.out)
     sort = getattr(args, "sort", "url")
