@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, Literal, TypeVar
 
-from ._naming import ParsedURL, parse_bool, parse_int, validate_key, validate_path, validate_timeout
+from ._naming import ParsedURL, format_seconds, parse_bool, parse_int, validate_key, validate_path, validate_timeout
 from .errors import AlreadyExists, InvalidArgument, PermissionDenied, Timeout, from_oserror
 
 __all__ = [
@@ -122,8 +122,6 @@ def open_waiting(url: str, wait: object, attempt: Callable[[], T], *, create: ob
     limit = validate_wait(url, wait, create)
     if limit is None:
         return attempt()
-    from ._base import format_seconds  # _base imports this module
-
     end = time.monotonic() + limit
     pause = _WAIT_FIRST
     while True:
