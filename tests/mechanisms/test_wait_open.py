@@ -1,6 +1,7 @@
-"""``wait=`` on the named objects that are not channels (issue 16): SharedMemory, Semaphore, Lock,
-RLock and Event wait for another process to create them, by the same rule as ``kipc.open``
-(``kipc._objects.open_waiting``): a real child process creates the object a moment later."""
+"""``wait=`` on the named objects that are not channels (issue 16): SharedMemory (and its
+``file://`` mapped files), Semaphore, Lock, RLock and Event wait for another process to create
+them, by the same rule as ``kipc.open`` (``kipc._objects.open_waiting``): a real child process
+creates the object a moment later."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kipc import testing
 _CASES: dict[str, tuple[str, Callable[[], str], str]] = {
     "shm-sysv": ("SharedMemory", lambda: f"sysv://{testing.unique_key()}", '{"size": 4096}'),
     "shm-posix": ("SharedMemory", lambda: f"posix://{testing.unique_name('shm')}", '{"size": 4096}'),
+    "mapped-file": ("SharedMemory", lambda: f"file:///tmp/{testing.unique_name('mapped')}", '{"size": 4096}'),
     "sem-sysv": ("Semaphore", lambda: f"sysv://{testing.unique_key()}", '{"value": 3}'),
     "sem-posix": ("Semaphore", lambda: f"posix://{testing.unique_name('sem')}", '{"value": 3}'),
     "lock": ("Lock", lambda: f"posix://{testing.unique_name('lock')}", "{}"),
