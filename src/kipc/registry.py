@@ -192,10 +192,10 @@ def open(url: str, *, scheme: str | None = None, wait: float | None = None, **op
     """Open (or with ``create=True`` create) the channel named by ``url``.
 
     ``wait=seconds`` waits until the object exists (the consumer started first): ``NotFound`` is
-    retried with a back-off until then, and :class:`~kipc.Timeout` names the URL
-    (:func:`kipc._objects.open_waiting`, shared with the constructors of segments, semaphores, locks
-    and events). ``scheme=`` is
-    for type checkers (the result is typed as that mechanism's class); it must match the URL.
+    retried with a back-off until then, and :class:`~kipc.Timeout` names the URL (one rule,
+    :func:`kipc._objects.open_waiting`, shared with the constructors of segments, semaphores, locks
+    and events; not with a creating ``create=``). ``scheme=`` is for type checkers (the result is
+    typed as that mechanism's class); it must match the URL.
     An unknown option raises an error naming the valid options of the scheme.
     """
     parsed = parse_url(url)

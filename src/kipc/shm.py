@@ -11,8 +11,8 @@ Contract card:
   smaller segment is refused with :class:`BadObject` (never a SIGBUS later).
 * Create is exclusive by default (``create=True``); ``create="if_missing"``
   attaches when it exists; ``create=False`` attaches only; ``wait=seconds``
-  waits for another process to create it (as ``kipc.open``; then ``Timeout``). Mode 0600 whatever
-  the umask. On attach, a segment owned by another uid is refused
+  waits for another process to create it (as ``kipc.open``; then ``Timeout``).
+  Mode 0600 whatever the umask. On attach, a segment owned by another uid is refused
   (``allow_foreign=True`` to accept), and so is one whose mode opens more than
   ``mode`` (a seed-style C ``0666`` segment needs ``mode=0o666``).
 * Cleanup: the creator removes the segment on ``close()`` (``persist=True``

@@ -25,9 +25,9 @@ Contract card:
 * Value limits: SysV ``SEMVMX`` (32767), POSIX ``SEM_VALUE_MAX``.
 * Creation exclusive by default (``value=`` is the initial count, default 1),
   ``create="if_missing"``; ``wait=seconds`` waits for another process to create
-  it (as ``kipc.open``; then ``Timeout``); mode 0600 whatever the umask. Opening refuses a
-  semaphore of another uid (``allow_foreign=True``) or with more mode bits
-  than ``mode``.
+  it (as ``kipc.open``; then ``Timeout``); mode 0600 whatever the umask.
+  Opening refuses a semaphore of another uid (``allow_foreign=True``) or with
+  more mode bits than ``mode``.
 * Cleanup: the creator removes it on ``close()`` unless ``persist=True``;
   openers never remove.
 """

@@ -75,12 +75,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-if TYPE_CHECKING:  # numpy is optional: only type checkers import it here
-    import numpy as np
-
-    #: what recv_array returns and loan_array lends: an array of some dtype and shape
-    Array = np.ndarray[tuple[int, ...], np.dtype[np.generic[object]]]
-
 from .. import _owners
 from .._base import FOREVER, Channel, Deadline
 from .._kinds import RING_PREFIX, DevShmKind, ObjectInfo
@@ -100,6 +94,12 @@ from ..errors import (
     WouldBlock,
     from_oserror,
 )
+
+if TYPE_CHECKING:  # numpy is optional: only type checkers import it here
+    import numpy as np
+
+    #: what recv_array returns and loan_array lends: an array of some dtype and shape
+    Array = np.ndarray[tuple[int, ...], np.dtype[np.generic[object]]]
 
 __all__ = ["DEFAULT_CAPACITY", "KIND", "RingChannel", "shm_path"]
 
