@@ -10,7 +10,8 @@ Contract card:
   for durability against a machine crash; other processes see writes at once).
 * Size: ``size=`` bytes at creation (the file is created with ``O_EXCL`` and ``ftruncate``d).
   On attach ``size=`` is a minimum: a smaller file is refused with :class:`BadObject`, and an
-  empty one too; the mapping covers the file's size at attach. A file truncated later by
+  empty one too (after waiting at most 1 s for a creator between its ``O_EXCL`` create and its
+  ``ftruncate``); the mapping covers the file's size at attach. A file truncated later by
   someone else gives SIGBUS on touching the lost pages (as for any mapped file).
 * Creation exclusive by default (``create=True``), ``create="if_missing"``, ``create=False``;
   ``wait=seconds`` waits for another process to create it (as ``kipc.open``; then ``Timeout``);
@@ -33,7 +34,7 @@ from . import _owners
 from ._base import CreateMode
 from ._kinds import PathKind
 from ._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_path, validate_size
-from ._objects import check_attach, file_identity, open_path, open_waiting, parse_create, validate_wait
+from ._objects import check_attach, file_identity, open_path, open_waiting, parse_create, sized, validate_wait
 from .errors import BadObject, InvalidArgument, KipcError, PermissionDenied, from_oserror
 from .shm import SharedMemory
 
@@ -79,6 +80,7 @@ class MappedFile(SharedMemory):
                 if not _stat.S_ISREG(st.st_mode):
                     raise BadObject(f"open {url}: {path} is not a regular file")
                 check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
+                st = sized(fd, st)  # its creator may be between O_EXCL and ftruncate
                 if size is not None and st.st_size < size:
                     raise BadObject(f"open {url}: file is {st.st_size} bytes, smaller than the {size} asked")
                 if st.st_size == 0:

@@ -60,6 +60,7 @@ __all__ = [
     "open_waiting",
     "parse_create",
     "parse_uids",
+    "sized",
     "sysv_identity",
     "sysv_key",
     "sysv_row",
@@ -133,6 +134,21 @@ def open_waiting(url: str, wait: object, attempt: Callable[[], T], *, create: ob
                 raise Timeout(f"open {url}: it did not appear within {format_seconds(limit)} s ({e})") from e
             time.sleep(min(pause, left))
             pause = min(pause * 2, _WAIT_MOST)
+
+
+#: how long an opener waits for a creator between its exclusive create and its ftruncate
+ATTACH_WAIT = 1.0
+
+
+def sized(fd: int, st: os.stat_result, limit: float = ATTACH_WAIT) -> os.stat_result:
+    """``fstat(fd)`` again until the object has a size, at most ``limit`` seconds: a creator of a
+    file-backed object (shm_open/open with ``O_EXCL``, then ``ftruncate``) is between the two
+    steps, which a waiting opener (``wait=``) is likely to meet. Returns the last stat."""
+    end = time.monotonic() + limit
+    while st.st_size == 0 and time.monotonic() < end:
+        time.sleep(0.002)
+        st = os.fstat(fd)
+    return st
 
 
 def open_path(path: str, url: str, create: bool | str, mode: int, *,

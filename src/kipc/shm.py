@@ -9,6 +9,8 @@ Contract card:
   reports the asked size; limits ``kernel.shmmax`` / ``kernel.shmall``; POSIX:
   the size of /dev/shm). On attach, ``size=`` (optional) is a minimum: a
   smaller segment is refused with :class:`BadObject` (never a SIGBUS later).
+  A POSIX segment still empty (its creator is between ``shm_open`` and
+  ``ftruncate``) is waited for, at most 1 s (``_objects.sized``), then refused.
 * Create is exclusive by default (``create=True``); ``create="if_missing"``
   attaches when it exists; ``create=False`` attaches only; ``wait=seconds``
   waits for another process to create it (as ``kipc.open``; then ``Timeout``).
@@ -40,14 +42,25 @@ import posix_ipc
 from . import _owners
 from ._base import CreateMode, Resource
 from ._kinds import DevShmKind, ObjectInfo, SysvKind
-from ._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
+from ._naming import (
+    DEFAULT_MODE,
+    ParsedURL,
+    format_seconds,
+    parse_bool,
+    parse_url,
+    validate_mode,
+    validate_name,
+    validate_size,
+)
 from ._objects import (
+    ATTACH_WAIT,
     check_attach,
     check_sysv_creator,
     create_or_attach,
     file_identity,
     open_waiting,
     parse_create,
+    sized,
     sysv_identity,
     sysv_key,
     sysv_row,
@@ -242,10 +255,12 @@ class SharedMemory(Resource):
                 os.fchmod(fd, mode)  # shm_open's mode went through the umask
             else:
                 check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
+                st = sized(fd, st)  # its creator may be between shm_open and ftruncate
                 if size is not None and st.st_size < size:
                     raise BadObject(f"open {self.url}: segment is {st.st_size} bytes, smaller than the {size} asked")
                 if st.st_size == 0:
-                    raise BadObject(f"open {self.url}: segment is empty (its creator has not sized it yet)")
+                    raise BadObject(f"open {self.url}: segment is empty (its creator did not size it within "
+                                    f"{format_seconds(ATTACH_WAIT)} s)")
             real = st.st_size
             # Map exactly what exists (never past the end: that would be SIGBUS on touch).
             self._mmap = mmap.mmap(fd, real)

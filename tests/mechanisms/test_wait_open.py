@@ -5,6 +5,8 @@ creates the object a moment later."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -127,3 +129,47 @@ def test_kipc_open_refuses_wait_with_create_too() -> None:
         kipc.open(url + "?create=1", wait=1)
     with pytest.raises(kipc.InvalidArgument, match="wait="):
         kipc.open(url, wait="soon")  # type: ignore[call-overload]
+
+
+# -- a creator between its exclusive create and its ftruncate (what a waiting opener is likely to meet) --
+def _size_later(fd: int, size: int, delay: float) -> threading.Thread:
+    def size_it() -> None:
+        time.sleep(delay)
+        os.ftruncate(fd, size)
+
+    t = threading.Thread(target=size_it)
+    t.start()
+    return t
+
+
+def test_posix_segment_created_but_not_sized_yet() -> None:
+    import posix_ipc
+
+    name = testing.unique_name("shmsz")
+    raw = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, 0o600)  # size 0: as between the two steps
+    try:
+        t = _size_later(raw.fd, 8192, 0.1)
+        with kipc.SharedMemory(f"posix://{name}", wait=5) as seg:
+            assert seg.size == 8192
+        t.join()
+        os.ftruncate(raw.fd, 0)  # and one that is never sized is refused after a bounded wait
+        t0 = time.monotonic()
+        with pytest.raises(kipc.BadObject, match="empty"):
+            kipc.SharedMemory(f"posix://{name}")
+        assert 0.9 < time.monotonic() - t0 < 10
+    finally:
+        raw.close_fd()
+        posix_ipc.unlink_shared_memory("/" + name)
+
+
+def test_mapped_file_created_but_not_sized_yet() -> None:
+    path = f"/tmp/{testing.unique_name('mapsz')}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        t = _size_later(fd, 4096, 0.1)
+        with kipc.SharedMemory(f"file://{path}", wait=5) as seg:
+            assert seg.size == 4096
+        t.join()
+    finally:
+        os.close(fd)
+        os.unlink(path)

@@ -52,7 +52,7 @@ from .. import _owners
 from .._base import CreateMode, Resource, wait_pool
 from .._kinds import DevShmKind, ObjectInfo
 from .._naming import DEFAULT_MODE, lock_deadline, parse_bool, parse_url, validate_mode, validate_name
-from .._objects import check_attach, file_identity, open_path, open_waiting, parse_create, validate_wait
+from .._objects import check_attach, file_identity, open_path, open_waiting, parse_create, sized, validate_wait
 from .._platform import native
 from ..errors import BadObject, ChannelClosed, InvalidArgument, Unsupported, from_oserror
 
@@ -63,7 +63,6 @@ _sync._set_errors(ChannelClosed, BadObject)
 
 #: seconds per worker-thread wait of aacquire / await_set: bounds how late a cancellation lands
 _ASYNC_SLICE = 0.05
-_ATTACH_WAIT = 1.0
 
 
 class _SyncObject(Resource):
@@ -148,10 +147,7 @@ def _check_attach(fd: int, url: str, mode: int, allow_foreign: bool) -> None:
     if not _stat.S_ISREG(st.st_mode):
         raise BadObject(f"open {url}: not a regular shared-memory object")
     check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
-    end = time.monotonic() + _ATTACH_WAIT
-    while st.st_size == 0 and time.monotonic() < end:  # its creator is between O_EXCL and ftruncate
-        time.sleep(0.002)
-        st = os.fstat(fd)
+    st = sized(fd, st)  # its creator may be between O_EXCL and ftruncate
     if st.st_size != _sync.SIZE:
         raise BadObject(f"open {url}: {st.st_size} bytes, not a kipc sync object ({_sync.SIZE} bytes); refused")
 
