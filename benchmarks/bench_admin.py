@@ -5,7 +5,8 @@ Interleaved, best of N, in one process (the shared 2-core machine swings 3x betw
 * ``kipc.listen("tcp://127.0.0.1:0")`` + ``close()`` against a bare socket bind/listen/close
   (the peer), and the owner record that marks a kipc listener (record + forget) alone;
 * one ``admin.inventory()`` (what ``kipc ls`` and each ``kipc top`` refresh do), and its
-  ``--kind tcp`` part (``/proc/net/tcp{,6}`` + the ``/proc/PID/fd`` walk);
+  ``--kind tcp`` part (sock_diag, or ``/proc/net/tcp{,6}`` read in the same run for
+  comparison, + the ``/proc/PID/fd`` walk);
 * ``SharedMemory(url, wait=...)``: how late an opener notices an object created while it waits
   (the back-off is 5 ms doubling to 200 ms).
 
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 
 import kipc
-from kipc import _owners, admin, testing
+from kipc import _owners, _procnet, admin, testing
 
 os.environ.setdefault("KIPC_TEST_NS", f"benchadm{os.getpid()}")
 
@@ -84,13 +85,17 @@ def main() -> None:
             keep("owner record + forget alone", best_us(record_only, 200))
             keep("admin.inventory(), all kinds", best_us(admin.inventory, 5))
             keep("admin.inventory(kinds=['tcp'])", best_us(lambda: admin.inventory(kinds=["tcp"]), 20))
+            keep("listening sockets via sock_diag", best_us(_procnet.tcp_listeners, 20))
+            keep("listening sockets via /proc/net/tcp{,6}", best_us(_procnet._proc, 20))
     late = sorted(wait_lateness(d) for d in (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.3))
     procs = sum(1 for p in os.listdir("/proc") if p.isdigit())
     print(f"bench_admin: best of {reps} interleaved repeats, {procs} processes on this machine")
     for name, us in rows.items():
-        print(f"  {name:36s} {us:10.1f} us")
+        print(f"  {name:40s} {us:10.1f} us")
     peer, mine = rows["listen+close, bare socket (peer)"], rows["listen+close, kipc.listen"]
     print(f"  kipc.listen / bare socket: {mine / peer:.2f}x")
+    text, diag = rows["listening sockets via /proc/net/tcp{,6}"], rows["listening sockets via sock_diag"]
+    print(f"  /proc/net/tcp / sock_diag: {text / diag:.1f}x")
     print(f"  wait= lateness after creation (7 delays 0.05..1.3 s): median {late[3] * 1e3:.0f} ms, "
           f"max {late[-1] * 1e3:.0f} ms")
 

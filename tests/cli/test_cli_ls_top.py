@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -107,6 +108,15 @@ def test_proc_net_parser_trusts_nothing() -> None:
     ]
     got = _procnet._parse(lines)
     assert [(s.host, s.port, s.uid, s.inode) for s in got] == [("127.0.0.1", 8080, 1000, 4242), ("::1", 22, 7, 99)]
+
+
+def test_netlink_and_proc_tables_agree() -> None:
+    with kipc.listen("tcp://127.0.0.1:0") as a, kipc.listen("tcp://[::1]:0") as b:
+        ports = {int(u.rsplit(":", 1)[1]) for u in (a.url, b.url)}
+        fast = {x for x in _procnet._netlink(socket.AF_INET) + _procnet._netlink(socket.AF_INET6) if x.port in ports}
+        slow = {x for x in _procnet._proc() if x.port in ports}
+        assert len(fast) == 2 and fast == slow
+        assert {x.host for x in fast} == {"127.0.0.1", "::1"} and {x.uid for x in fast} == {os.geteuid()}
 
 
 def test_real_listener_is_found_with_its_holder() -> None:

@@ -33,8 +33,8 @@ Contract card:
   it is :class:`ProtocolError` before any allocation, one below it costs
   memory only as its payload arrives (see :mod:`kipc.transports._stream`).
 * Cleanup: nothing named; closing the listener frees the port.
-* ``kipc ls`` lists every listening TCP socket of the user (``/proc/net/tcp``,
-  :mod:`kipc._procnet`) with the pids and command holding it; a listener kipc
+* ``kipc ls`` lists every listening TCP socket of the user (sock_diag or
+  ``/proc/net/tcp``, :mod:`kipc._procnet`) with the pids and command holding it; a listener kipc
   made leaves an owner record (its URL and socket inode, dropped by
   ``close()`` in the listening process), so its row says ``kipc`` and whether
   its creator is alive.
@@ -268,8 +268,8 @@ class TcpListener(SocketListener):
 
 # -- object kind: a port names nothing that outlives its listener -------------------------------------------
 class _ListenerKind(RemoteKind):
-    """Listening sockets, from /proc/net/tcp{,6}: nothing to remove (a port goes with its process),
-    so ``rm`` is Unsupported and ``gc`` only drops the records of dead listeners."""
+    """Listening sockets (kipc._procnet: sock_diag, else /proc/net/tcp{,6}). Nothing to remove (a
+    port goes with its process), so ``rm`` is Unsupported and ``gc`` only drops dead listeners' records."""
 
     lists_all = True
 
@@ -286,4 +286,4 @@ class _ListenerKind(RemoteKind):
         return out
 
 
-KIND = _ListenerKind("tcp", "tcp (listening sockets, from /proc/net/tcp and tcp6)")
+KIND = _ListenerKind("tcp", "tcp (listening sockets, from the kernel's sock_diag or /proc/net/tcp{,6})")
