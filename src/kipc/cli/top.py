@@ -3,7 +3,7 @@
 * Rows: every object ``kipc ls`` shows (this user's; ``--all`` everyone's)
   with depth, messages/s and bytes/s. A rate comes from a counter where the
   object has one (rings: messages and framed bytes ever written, so bytes/s
-  includes kipc's 8-byte record headers and padding); for other queues it is
+  includes the ring's 16-byte record headers and 16-byte padding); for other queues it is
   the change of depth (of queued bytes) per second, marked ``~`` (a lower
   bound). ``queued`` is the bytes waiting now (SysV ``cbytes``, POSIX
   ``QSIZE`` when the mqueue fs is mounted, a ring's used bytes). Rates are
