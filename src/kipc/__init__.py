@@ -67,7 +67,7 @@ _LAZY: dict[str, str] = {
     "SpoolChannel": "kipc.transports.file:SpoolChannel",
     "PipeChannel": "kipc.transports.pipe:PipeChannel",
     "NatsChannel": "kipc.transports.nats:NatsChannel",
-    "Topic": "kipc.transports.nats:Topic",
+    "Topic": "kipc.topics:Topic",
     "KV": "kipc.transports.nats:KV",
     "remove": "kipc.admin:remove",
     "wait": "kipc._waiting:wait",
@@ -121,11 +121,11 @@ if TYPE_CHECKING:
     from .sync.lock import Lock as Lock
     from .sync.lock import RLock as RLock
     from .sync.semaphore import Semaphore as Semaphore
+    from .topics import Topic as Topic
     from .transports.fifo import FifoChannel as FifoChannel
     from .transports.file import SpoolChannel as SpoolChannel
     from .transports.nats import KV as KV
     from .transports.nats import NatsChannel as NatsChannel
-    from .transports.nats import Topic as Topic
     from .transports.pipe import PipeChannel as PipeChannel
     from .transports.pipe import open_fd as open_fd
     from .transports.pipe import pipe as pipe

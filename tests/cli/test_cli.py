@@ -158,9 +158,11 @@ def test_tour_runs_every_scene_and_leaves_nothing(capsys: pytest.CaptureFixture[
     rc, out, err = run(["tour", "--quick", "--json"], capsys)
     assert rc == 0, err
     doc = json.loads(out.strip().splitlines()[-1])
-    scenes = ("pipe", "sysvmq", "shm", "sem", "lock", "signal", "unix", "file", "ring", "nats")
+    scenes = ("pipe", "sysvmq", "shm", "sem", "lock", "signal", "unix", "file", "ring", "nats", "fanout", "reqrep")
     assert doc["status"] == {k: "ok" for k in scenes}, doc["status"]
     lines = [x["line"] for x in doc["lines"]]
+    assert lines.count("received frame 0, frame 1, frame 2") == 2  # fan-out: both subscribers got everything
+    assert "asked [20, 22], got the reply 42" in lines and "asked [40, 2], got the reply 42" in lines
     assert "20 bytes: Hello Child Process!" in lines and "Linux Programming" in lines  # says what 20 is
     assert any("pong from B" in x for x in lines) and any("value 42" in x for x in lines)
     assert any("recovered=True" in x for x in lines)
@@ -173,6 +175,7 @@ def test_tour_in_korean(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, err = run(["tour", "--quick", "--lang", "ko"], capsys)
     assert rc == 0, err
     assert "파이프" in out and "Hello Child Process!" in out and "왕복" in out
+    assert "발행/구독" in out and "요청/응답" in out and "응답 42를 받음" in out
     # fully translated: no English narration of who said what
     for english in ("process B", "child ", "parent", "printed:", "got type", "holding the lock", "counter ="):
         assert english not in out, english

@@ -278,7 +278,7 @@ LAYER = {
     "_naming": 1, "codecs": 1, "_procs": 1, "_nats_server": 1, "_owners": 2, "_framing": 2, "_objects": 2, "_kinds": 2,
     "_base": 3, "_waiting": 3,
     "shm": 4, "_mapped": 4, "sync": 4, "transports": 4,
-    "queues": 5, "registry": 5, "reqrep": 6,
+    "queues": 5, "registry": 5, "topics": 5, "reqrep": 6,
     "admin": 6, "testing": 6,
     "cli": 7, "__init__": 8, "__main__": 8,
 }

@@ -104,3 +104,16 @@ def test_mypy_flags_user_mistakes(tmp_path: Path) -> None:
     out = r.stdout
     assert r.returncode == 1, out
     assert "bad.py:2:" in out and "bad.py:3:" in out and "bad.py:4:" in out and "bad.py:5:" in out, out
+
+
+def test_topic_is_typed_through_the_factory(tmp_path: Path) -> None:
+    # kipc.Topic is a function (kipc.topics); its result is TopicEnd[bytes] without a codec
+    bad = tmp_path / "bad_topic.py"
+    bad.write_text(
+        "import kipc\n"
+        "t = kipc.Topic('unix://cam')\n"
+        "n: int = t.recv()\n"                                  # recv() is bytes
+        "t.send('text')\n"                                     # str has no buffer protocol
+    )
+    out = _mypy(bad).stdout
+    assert "bad_topic.py:3:" in out and "bad_topic.py:4:" in out, out

@@ -140,6 +140,16 @@ def objects() -> None:
     topic = kipc.Topic("nats://127.0.0.1:4222/news")
     topic.send(b"headline")
     print(topic.recv(timeout=1.0))
+    # the same factory on a unix socket; the codec decides recv()'s type
+    with kipc.Topic("unix://cam", create=True, subscribe=False) as cam, kipc.Topic("unix://cam") as frames:
+        cam.send(b"frame")
+        frame: bytes = frames.recv(timeout=1.0)
+        print(len(frame), frames.dropped + 1)
+        for f in frames:
+            print(f.hex())
+    events = kipc.Topic("unix://events", codec="json")
+    event: object = events.recv()
+    print(event)
     kv = kipc.KV("nats://127.0.0.1:4222/config", create=True)
     rev: int = kv.put("k", b"v")
     current: bytes = kv.get("k")

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hex", action="store_true", help="DATA / stdin is hex text (whitespace ignored)")
     p.add_argument("--create", action="store_true",
                    help="create the object if missing; it stays after kipc exits (remove it with `kipc rm`)")
+    p.add_argument("--request", action="store_true",
+                   help="send DATA as a request to a kipc.Server (ring://, unix://, tcp://) or a nats:// responder "
+                        "and print the reply (--timeout, default 10 s)")
     _common(p)
 
     p = sub.add_parser("recv", help="receive messages from a channel URL and print them")
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create", action="store_true",
                    help="create the object if missing (fifo://, unix:// and tcp:// : be the listening side); "
                         "removed when kipc exits")
+    p.add_argument("--subscribe", "-s", action="store_true",
+                   help="subscribe to a topic (kipc.Topic: ring://, unix://, nats://) and print what it publishes")
     _common(p)
 
     p = sub.add_parser("bench", help="measure every mechanism between two real processes")

@@ -11,6 +11,19 @@ wildcards, a substring. Objects kipc created are listed under the URL their
 creator gave (``sysvmq://5301``, not only ``0x14b5``). A note about what cannot
 be listed here (the mqueue filesystem) is printed once per boot, not on every call.
 ``--json`` prints a list of objects.
+
+Topics and services: after the table, a second one names the objects that play a
+pub/sub or request/reply role, with their peers (``--json``: the same objects carry
+``"role"``, ``"peers"`` and ``"peer_pids"``). Found cheaply, without attaching to anything:
+
+* a ``unix://`` topic (its owner record says so): ``peers`` = subscriber connections
+  the kernel lists for its socket (``/proc/net/unix``: accepted, or waiting to be);
+* a ``ring://`` request/reply server: ``peers`` = its clients' reply rings
+  (``NAME.r<pid>x<n>``), ``peer_pids`` = those clients.
+
+``ring://`` topics are listed by their own object kind (subscribers and lag), when the
+ring topic module is installed. ``unix://``/``tcp://`` reqrep servers are plain listeners
+to an outsider and are not told apart.
 """
 
 from __future__ import annotations
@@ -19,12 +32,14 @@ import argparse
 import fnmatch
 import hashlib
 import os
+import re
+from typing import Any
 
-from .. import admin
+from .. import _owners, admin
 from .._naming import runtime_dir
 from ._output import Output, human_size
 
-__all__ = ["matches", "notes_once", "rows", "run", "spellings"]
+__all__ = ["ROLE_COLUMNS", "matches", "notes_once", "roles", "rows", "run", "spellings"]
 
 COLUMNS = ("kind", "url", "owner", "mode", "size", "depth", "attached", "pids", "command", "creator", "alive", "kipc")
 #: the order in which columns go when the table is too wide (kind and url always stay)
@@ -65,6 +80,47 @@ def rows(infos: list[admin.ObjectInfo]) -> list[list[object]]:
     return out
 
 
+ROLE_COLUMNS = ("role", "url", "creator", "alive", "peers", "peer pids")
+_CLIENT_RING = re.compile(r"ring://(.+)\.r(\d+)x\d+\Z")  # reqrep.Client's reply ring: NAME.r<pid>x<n>
+
+
+def _socket_connections() -> dict[str, int]:
+    """socket path -> connections the kernel lists for it, besides the listener (``/proc/net/unix``)."""
+    counts: dict[str, int] = {}
+    try:
+        with open("/proc/net/unix") as f:
+            next(f, None)
+            for line in f:
+                parts = line.split()
+                # Num RefCount Protocol Flags Type St Inode Path; St 01 = listening
+                if len(parts) >= 8 and parts[5] in ("02", "03"):
+                    counts[parts[7]] = counts.get(parts[7], 0) + 1
+    except OSError:
+        pass
+    return counts
+
+
+def roles(infos: list[admin.ObjectInfo]) -> dict[str, dict[str, Any]]:
+    """url -> {"role", "peers", "peer_pids"} for the topics and services among ``infos``."""
+    out: dict[str, dict[str, Any]] = {}
+    conns: dict[str, int] | None = None
+    clients: dict[str, list[int]] = {}
+    for i in infos:
+        if i.kind == "ring" and (m := _CLIENT_RING.match(i.url)):
+            clients.setdefault(f"ring://{m.group(1)}", []).append(int(m.group(2)))
+    for i in infos:
+        if i.kind == "unix" and i.kipc and i.path:
+            rec = _owners.lookup(i.url)
+            if rec is not None and rec.extra.get("topic"):
+                if conns is None:
+                    conns = _socket_connections()
+                out[i.url] = {"role": "unix topic", "peers": conns.get(i.path, 0), "peer_pids": []}
+        elif i.kind == "ring" and i.url in clients:
+            pids = sorted(clients[i.url])
+            out[i.url] = {"role": "reqrep server", "peers": len(pids), "peer_pids": pids}
+    return out
+
+
 def notes_once(notes: list[str]) -> list[str]:
     """The notes not yet shown to this user since boot (a stamp per note in kipc's runtime dir)."""
     try:
@@ -90,11 +146,20 @@ def notes_once(notes: list[str]) -> list[str]:
 def run(args: argparse.Namespace, out: Output) -> int:
     kinds = kinds_arg(args.kind)
     infos = [i for i in admin.inventory(all_users=args.all, kinds=kinds) if matches(i.url, args.pattern)]
+    found = roles(infos)
     if out.json_mode:
-        out.json([i.to_dict() for i in infos])
+        out.json([{**i.to_dict(), **found.get(i.url, {})} for i in infos])
         return 0
     if infos:
         out.table(COLUMNS, rows(infos), right=("size", "depth", "attached", "creator"), drop=DROP)
+    if found:
+        by_url = {i.url: i for i in infos}
+        table = []
+        for url, r in found.items():
+            i = by_url[url]
+            alive = "" if i.alive is None else ("yes" if i.alive else "DEAD")
+            table.append([r["role"], url, i.creator_pid, alive, r["peers"], ",".join(map(str, r["peer_pids"]))])
+        out.table(ROLE_COLUMNS, table, title="topics and services", right=("creator", "peers"), drop=("peer pids",))
     else:
         what = f" matching {args.pattern!r}" if args.pattern else ""
         out.note(f"no IPC objects{what}" + ("" if args.all else " of yours (--all shows everyone's)"))

@@ -11,6 +11,10 @@
 * ``--create``: create the object if missing, and remove it when kipc exits;
   for ``unix://``/``tcp://`` this means listen and accept a sender (with
   ``--follow``, one sender after another). SIGTERM and SIGHUP clean up like Ctrl-C.
+* ``--subscribe``: subscribe to a topic (``kipc.Topic(URL)``, any topic scheme:
+  ``ring://``, ``unix://``, ``nats://``) and print what it publishes from now on;
+  the end of the topic (its publisher closed) ends the output. Not with ``--create``
+  or ``--type`` (the publisher creates a topic; topics have no message types).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 from .. import registry
 from .._base import Deadline
 from .._naming import parse_url
-from ..errors import ChannelClosed, DeadlineExceeded
+from ..errors import ChannelClosed, DeadlineExceeded, InvalidArgument
 from ._output import Output
 from ._signals import exit_cleanly_on_signals
 
@@ -43,11 +47,17 @@ def _recv(ch: Any, timeout: float | None, knobs: dict[str, Any]) -> tuple[Any, d
     return ch.recv(timeout=timeout, **knobs), {}
 
 
-def _channels(url: str, *, create: bool, follow: bool, timeout: float | None, stack: ExitStack) -> Iterator[Any]:
+def _channels(url: str, *, create: bool, follow: bool, timeout: float | None, stack: ExitStack,
+              subscribe: bool = False) -> Iterator[Any]:
     """The channel(s) to read from: one, or for a listener one per accepted sender."""
     import kipc
 
     scheme = parse_url(url).scheme
+    if subscribe:
+        if create:
+            raise InvalidArgument("recv --subscribe --create: a topic is created by its publisher")
+        yield stack.enter_context(kipc.Topic(url))
+        return
     registry.load(scheme)
     if create and scheme in registry.listen_schemes():
         lst = stack.enter_context(kipc.listen(url))
@@ -64,19 +74,23 @@ def _channels(url: str, *, create: bool, follow: bool, timeout: float | None, st
 
 
 def messages(url: str, *, count: int | None, create: bool = False, follow: bool = False,
-             timeout: float | None = None, **knobs: Any) -> Iterator[bytes]:
+             timeout: float | None = None, subscribe: bool = False, **knobs: Any) -> Iterator[bytes]:
     """Yield up to ``count`` messages (None: until the channel closes)."""
-    for data, _ in received(url, count=count, create=create, follow=follow, timeout=timeout, **knobs):
+    for data, _ in received(url, count=count, create=create, follow=follow, timeout=timeout, subscribe=subscribe,
+                            **knobs):
         yield data
 
 
 def received(url: str, *, count: int | None, create: bool = False, follow: bool = False,
-             timeout: float | None = None, **knobs: Any) -> Iterator[tuple[bytes, dict[str, int]]]:
+             timeout: float | None = None, subscribe: bool = False,
+             **knobs: Any) -> Iterator[tuple[bytes, dict[str, int]]]:
     """Yield up to ``count`` ``(message, meta)`` pairs (meta: ``type`` / ``priority`` where the scheme has one)."""
     Deadline.of(timeout)  # validate before opening anything
+    if subscribe and knobs:
+        raise InvalidArgument(f"recv --subscribe: topics take no {', '.join('--' + k for k in knobs)}")
     n = 0
     with ExitStack() as stack:
-        for ch in _channels(url, create=create, follow=follow, timeout=timeout, stack=stack):
+        for ch in _channels(url, create=create, follow=follow, timeout=timeout, stack=stack, subscribe=subscribe):
             while count is None or n < count:
                 try:
                     data, meta = _recv(ch, timeout, knobs)
@@ -106,7 +120,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
 def _print(args: argparse.Namespace, out: Output, count: int | None, knobs: dict[str, Any]) -> int:
     buf = sys.stdout.buffer if out.out is sys.stdout else None
     for data, meta in received(args.url, count=count, create=args.create, follow=args.follow, timeout=args.timeout,
-                               **knobs):
+                               subscribe=args.subscribe, **knobs):
         if out.json_mode:
             try:
                 text: str | None = data.decode()

@@ -27,7 +27,10 @@ from ..errors import InvalidArgument
 from ._output import Output
 from ._signals import exit_cleanly_on_signals
 
-__all__ = ["open_for_send", "read_messages", "run"]
+__all__ = ["REQUEST_TIMEOUT", "open_for_send", "read_messages", "request", "run"]
+
+#: seconds ``--request`` waits for its reply when no ``--timeout`` is given
+REQUEST_TIMEOUT = 10.0
 
 #: Schemes where the other side listens and a sender only connects.
 CONNECT_ONLY = frozenset(registry.listen_schemes())
@@ -70,7 +73,47 @@ def open_for_send(url: str, *, create: bool, timeout: float | None = None) -> An
     return kipc.open(url, **opts)
 
 
+def request(url: str, data: bytes, *, timeout: float) -> bytes:
+    """One request to the service at ``url``; its reply (raw bytes)."""
+    import kipc
+
+    scheme = parse_url(url).scheme
+    if scheme == "nats":
+        with kipc.open(url, scheme="nats") as ch:
+            return bytes(ch.request(data, timeout=timeout))
+    with kipc.Client(url) as client:  # InvalidArgument for a scheme without a Server; NotFound for none there
+        reply = client.request(data, timeout=timeout)
+        assert isinstance(reply, bytes)  # no codec: the reply is bytes
+        return reply
+
+
+def _run_request(args: argparse.Namespace, out: Output) -> int:
+    used = [flag for flag, on in (("--lines", args.lines), ("--create", args.create),
+                                  ("--type", args.type is not None), ("--priority", args.priority is not None)) if on]
+    if used:
+        raise InvalidArgument(f"send --request: not with {', '.join(used)}")
+    (data,) = read_messages(args.data, lines=False, hex_input=args.hex)
+    timeout = REQUEST_TIMEOUT if args.timeout is None else args.timeout
+    with exit_cleanly_on_signals():
+        reply = request(args.url, data, timeout=timeout)
+    if out.json_mode:
+        try:
+            text: str | None = reply.decode()
+        except UnicodeDecodeError:
+            text = None
+        out.json({"url": args.url, "size": len(reply), "text": text, "hex": reply.hex()})
+    elif out.out is sys.stdout:
+        sys.stdout.buffer.write(reply + b"\n")
+        sys.stdout.buffer.flush()
+    else:
+        out.out.write(reply.decode(errors="replace") + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace, out: Output) -> int:
+    if args.request:
+        parse_url(args.url)
+        return _run_request(args, out)
     knobs: dict[str, Any] = {}
     if args.type is not None:
         knobs["type"] = args.type

