@@ -72,7 +72,7 @@ else:
     Buffer = memoryview
 
 from . import _owners
-from ._naming import ParsedURL, merge_query, validate_timeout
+from ._naming import ParsedURL, format_seconds, merge_query, validate_timeout
 from ._objects import CreateMode
 from .codecs import Codec, get_codec
 from .errors import ChannelClosed, MessageTooLarge, PermissionDenied, Timeout, Unsupported, WouldBlock
@@ -146,14 +146,6 @@ class Deadline:
         if self.timeout == 0:
             return WouldBlock(f"{what} would block (timeout=0)")
         return Timeout(f"{what} timed out after {format_seconds(self.timeout)} s")
-
-
-def format_seconds(t: float | None) -> str:
-    """A timeout as the user wrote it: 10 -> "10", 0.25 -> "0.25", 9.99999 -> "9.99999" (no rounding)."""
-    if t is None:
-        return "inf"
-    text = repr(float(t))
-    return text[:-2] if text.endswith(".0") else text
 
 
 #: the deadline of an untimed call (immutable by convention: never assign to it)

@@ -65,8 +65,11 @@ class ObjectInfo:
     ident: int | None = None  # SysV id
     cuid: int | None = None  # SysV creator uid (IPC_SET cannot change it)
     total: int | None = None  # messages ever passed, when known (rates in ``kipc top``)
+    bytes_total: int | None = None  # bytes ever passed, when known (ring: framed bytes written; ``kipc top``)
+    queued: int | None = None  # bytes waiting now, for queues (SysV cbytes, POSIX QSIZE, a ring's used bytes)
     identity: dict[str, int] | None = None  # what tells this object from a later one of the same name
     detail: str | None = None  # what is odd about it (e.g. "a regular file, not a FIFO")
+    command: str | None = None  # the command of the process holding it, where that is how it is known (TCP)
     target: Any = field(default=None, repr=False)  # Kind.locate() of its name (not in to_dict)
 
     @property

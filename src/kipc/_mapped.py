@@ -10,9 +10,11 @@ Contract card:
   for durability against a machine crash; other processes see writes at once).
 * Size: ``size=`` bytes at creation (the file is created with ``O_EXCL`` and ``ftruncate``d).
   On attach ``size=`` is a minimum: a smaller file is refused with :class:`BadObject`, and an
-  empty one too; the mapping covers the file's size at attach. A file truncated later by
+  empty one too (after waiting at most 1 s for a creator between its ``O_EXCL`` create and its
+  ``ftruncate``); the mapping covers the file's size at attach. A file truncated later by
   someone else gives SIGBUS on touching the lost pages (as for any mapped file).
 * Creation exclusive by default (``create=True``), ``create="if_missing"``, ``create=False``;
+  ``wait=seconds`` waits for another process to create it (as ``kipc.open``; then ``Timeout``);
   mode 0600 whatever the umask. Opening refuses a symlink (``O_NOFOLLOW``), anything that is not
   a regular file, a file of another uid (``allow_foreign=True``) or with more mode bits than
   ``mode``.
@@ -32,7 +34,7 @@ from . import _owners
 from ._base import CreateMode
 from ._kinds import PathKind
 from ._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_path, validate_size
-from ._objects import check_attach, file_identity, open_path, parse_create
+from ._objects import check_attach, file_identity, open_path, open_waiting, parse_create, sized, validate_wait
 from .errors import BadObject, InvalidArgument, KipcError, PermissionDenied, from_oserror
 from .shm import SharedMemory
 
@@ -45,7 +47,8 @@ class MappedFile(SharedMemory):
     path: str = ""
 
     def __init__(self, url: str, *, size: int | str | None = None, create: CreateMode = False,
-                 mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False) -> None:
+                 mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False,
+                 wait: float | None = None) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "file" or parsed.netloc:
             raise InvalidArgument(f"{url}: mapped files are file:///absolute/path")
@@ -54,6 +57,7 @@ class MappedFile(SharedMemory):
                                   "as keywords")
         path = validate_path(parsed.path)
         create = parse_create(create)
+        validate_wait(url, wait, create)
         mode = validate_mode(mode)
         if size is not None:
             size = validate_size(size, what="size", minimum=1)
@@ -64,7 +68,7 @@ class MappedFile(SharedMemory):
         self.url = url
         self.path = path
         self._record_url = f"mapped-file://{path}"
-        fd, created = open_path(path, url, create, mode, error=self._error)
+        fd, created = open_waiting(url, wait, lambda: open_path(path, url, create, mode, error=self._error))
         try:
             st = os.fstat(fd)
             if created:
@@ -76,6 +80,7 @@ class MappedFile(SharedMemory):
                 if not _stat.S_ISREG(st.st_mode):
                     raise BadObject(f"open {url}: {path} is not a regular file")
                 check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
+                st = sized(fd, st)  # its creator may be between O_EXCL and ftruncate
                 if size is not None and st.st_size < size:
                     raise BadObject(f"open {url}: file is {st.st_size} bytes, smaller than the {size} asked")
                 if st.st_size == 0:

@@ -220,6 +220,14 @@ def validate_timeout(timeout: object) -> float | None:
     return t
 
 
+def format_seconds(t: float | None) -> str:
+    """A timeout as the user wrote it: 10 -> "10", 0.25 -> "0.25", 9.99999 -> "9.99999" (no rounding)."""
+    if t is None:
+        return "inf"
+    text = repr(float(t))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def lock_deadline(blocking: bool, timeout: float | None) -> float:
     """``threading.Lock.acquire``'s argument rules (``-1``/None = forever; no timeout without
     blocking); returns the absolute monotonic deadline (``inf`` = forever). For the lock types."""

@@ -8,6 +8,14 @@ Contract card (one rule each, used by every mechanism; nothing else re-derives t
   :func:`create_or_attach` is the one implementation of "create exclusively,
   else attach": the mechanism passes two callables and the exclusive create
   must raise :class:`~kipc.AlreadyExists` when the name is taken.
+* ``wait=seconds`` (:func:`open_waiting`, for ``kipc.open`` and every named
+  object's constructor): the consumer started first, so an attach that finds
+  nothing (``NotFound``, or a name removed between two steps of an open) is
+  retried with a back-off (5 ms doubling to 200 ms) until the object exists;
+  then :class:`~kipc.Timeout` names the URL. ``wait=None`` (default) tries once.
+  ``wait`` is a number >= 0 and waits for *another* process to create the
+  object, so it cannot be combined with ``create=True``/``"if_missing"``
+  (:class:`~kipc.InvalidArgument`, before any system call).
 * SysV keys (:func:`sysv_key`): ``//1234``, ``//0x4d2``, ``///path?proj=N``
   (:func:`ftok`, glibc's rule; ``proj`` is required, 1..255: there is no
   default, so ``kipc.open`` and ``kipc ls/rm`` resolve a path to the same key),
@@ -35,11 +43,12 @@ import errno
 import os
 import stat as _stat
 import struct
+import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, Literal, TypeVar
 
-from ._naming import ParsedURL, parse_bool, parse_int, validate_key, validate_path
-from .errors import AlreadyExists, InvalidArgument, PermissionDenied, from_oserror
+from ._naming import ParsedURL, format_seconds, parse_bool, parse_int, validate_key, validate_path, validate_timeout
+from .errors import AlreadyExists, InvalidArgument, PermissionDenied, Timeout, from_oserror
 
 __all__ = [
     "check_attach",
@@ -48,8 +57,10 @@ __all__ = [
     "file_identity",
     "ftok",
     "open_path",
+    "open_waiting",
     "parse_create",
     "parse_uids",
+    "sized",
     "sysv_identity",
     "sysv_key",
     "sysv_row",
@@ -87,6 +98,57 @@ def create_or_attach(create: bool | str, make: Callable[[], T], attach: Callable
             if create != "if_missing":
                 raise
     return attach(), False
+
+
+_WAIT_FIRST, _WAIT_MOST = 0.005, 0.2
+
+
+def validate_wait(url: str, wait: object, create: object = False) -> float | None:
+    """``wait=`` checked (see the module docstring): None, or seconds >= 0; not with a creating ``create``."""
+    if wait is None:
+        return None
+    try:
+        limit = validate_timeout(wait)
+    except (TypeError, InvalidArgument):
+        raise InvalidArgument(f"open {url}: wait= must be None or a number of seconds >= 0, not {wait!r}") from None
+    if parse_create(create) is not False:
+        raise InvalidArgument(f"open {url}: wait= waits for another process to create it; "
+                              f"it cannot be combined with create={create!r}")
+    return limit
+
+
+def open_waiting(url: str, wait: object, attempt: Callable[[], T], *, create: object = False) -> T:
+    """``attempt()``; with ``wait=seconds``, again until it stops raising NotFound or the time is up
+    (:class:`~kipc.Timeout` naming ``url``). ``wait`` and ``create`` are checked before the first attempt."""
+    limit = validate_wait(url, wait, create)
+    if limit is None:
+        return attempt()
+    end = time.monotonic() + limit
+    pause = _WAIT_FIRST
+    while True:
+        try:
+            return attempt()
+        except FileNotFoundError as e:  # NotFound, or a name removed between two steps of an open
+            left = end - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"open {url}: it did not appear within {format_seconds(limit)} s ({e})") from e
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _WAIT_MOST)
+
+
+#: how long an opener waits for a creator between its exclusive create and its ftruncate
+ATTACH_WAIT = 1.0
+
+
+def sized(fd: int, st: os.stat_result, limit: float = ATTACH_WAIT) -> os.stat_result:
+    """``fstat(fd)`` again until the object has a size, at most ``limit`` seconds: a creator of a
+    file-backed object (shm_open/open with ``O_EXCL``, then ``ftruncate``) is between the two
+    steps, which a waiting opener (``wait=``) is likely to meet. Returns the last stat."""
+    end = time.monotonic() + limit
+    while st.st_size == 0 and time.monotonic() < end:
+        time.sleep(0.002)
+        st = os.fstat(fd)
+    return st
 
 
 def open_path(path: str, url: str, create: bool | str, mode: int, *,

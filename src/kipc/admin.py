@@ -9,8 +9,9 @@ Contract card:
   in ``kipc ls / rm / gc`` like the built-in ones.
 * Sources: each kind's scan (``/proc/sysvipc``, ``/dev/shm``, the mqueue fs
   when mounted; else only the POSIX queues kipc's owner records name, see
-  :func:`blind_spots`), plus kipc's owner records for kinds with no
-  machine-wide list (FIFOs, sockets, spools).
+  :func:`blind_spots`; listening TCP sockets from sock_diag / ``/proc/net/tcp{,6}``), plus
+  kipc's owner records for kinds with no machine-wide list (FIFOs, sockets,
+  spools).
 * Every object gets the URL kipc uses for it (``sysvmq://0x4d2``, ``ring://x``,
   ``posix://x``...). SysV objects with key 0 (``IPC_PRIVATE``) get
   ``sysvmq://id:N`` (``sysv://id:N``), which :func:`remove` also accepts.

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import time
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from ._base import Channel, CreateMode, Listener, format_seconds
+from ._base import Channel, CreateMode, Listener
 from ._kinds import Kind
-from ._naming import ParsedURL, parse_url, validate_timeout
+from ._naming import ParsedURL, parse_url
+from ._objects import open_waiting
 from .codecs import Codec
-from .errors import InvalidArgument, Timeout
+from .errors import InvalidArgument
 
 if TYPE_CHECKING:
     from .transports.fifo import FifoChannel
@@ -155,27 +155,6 @@ def check_options(cls: type, parsed: ParsedURL, options: dict[str, Any], *, extr
                             f"valid options: {listing}")
 
 
-_WAIT_FIRST, _WAIT_MOST = 0.005, 0.2
-
-
-def _open_waiting(url: str, wait: object, attempt: Any) -> Any:
-    """``attempt()`` until it stops raising NotFound or ``wait`` seconds pass (Timeout naming url)."""
-    limit = validate_timeout(wait)
-    if limit is None:
-        limit = float("inf")
-    end = time.monotonic() + limit
-    pause = _WAIT_FIRST
-    while True:
-        try:
-            return attempt()
-        except FileNotFoundError as e:  # NotFound, or a name removed between two steps of an open
-            left = end - time.monotonic()
-            if left <= 0:
-                raise Timeout(f"open {url}: it did not appear within {format_seconds(limit)} s ({e})") from e
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, _WAIT_MOST)
-
-
 # Typed ways in (docs/typing.md): ``scheme=`` (the URL's scheme, checked) gives the mechanism's class, so
 # mechanism methods (``recv_with_type``, ``loan``, ``stat`` ...) type-check without a cast; ``codec=`` makes
 # the message type ``object``.
@@ -213,8 +192,10 @@ def open(url: str, *, scheme: str | None = None, wait: float | None = None, **op
     """Open (or with ``create=True`` create) the channel named by ``url``.
 
     ``wait=seconds`` waits until the object exists (the consumer started first): ``NotFound`` is
-    retried with a back-off until then, and :class:`~kipc.Timeout` names the URL. ``scheme=`` is
-    for type checkers (the result is typed as that mechanism's class); it must match the URL.
+    retried with a back-off until then, and :class:`~kipc.Timeout` names the URL (one rule,
+    :func:`kipc._objects.open_waiting`, shared with the constructors of segments, semaphores, locks
+    and events; not with a creating ``create=``). ``scheme=`` is for type checkers (the result is
+    typed as that mechanism's class); it must match the URL.
     An unknown option raises an error naming the valid options of the scheme.
     """
     parsed = parse_url(url)
@@ -222,9 +203,8 @@ def open(url: str, *, scheme: str | None = None, wait: float | None = None, **op
         raise InvalidArgument(f"open({url!r}, scheme={scheme!r}): the URL's scheme is {parsed.scheme!r}")
     cls = load(parsed.scheme)
     check_options(cls, parsed, options)
-    if wait is None:
-        return cls.from_url(parsed, **options)
-    return _open_waiting(url, wait, lambda: cls.from_url(parsed, **options))
+    create = options.get("create", parsed.query.get("create", False))
+    return open_waiting(url, wait, lambda: cls.from_url(parsed, **options), create=create)
 
 
 @overload

@@ -9,9 +9,12 @@ Contract card:
   reports the asked size; limits ``kernel.shmmax`` / ``kernel.shmall``; POSIX:
   the size of /dev/shm). On attach, ``size=`` (optional) is a minimum: a
   smaller segment is refused with :class:`BadObject` (never a SIGBUS later).
+  A POSIX segment still empty (its creator is between ``shm_open`` and
+  ``ftruncate``) is waited for, at most 1 s (``_objects.sized``), then refused.
 * Create is exclusive by default (``create=True``); ``create="if_missing"``
-  attaches when it exists; ``create=False`` attaches only. Mode 0600 whatever
-  the umask. On attach, a segment owned by another uid is refused
+  attaches when it exists; ``create=False`` attaches only; ``wait=seconds``
+  waits for another process to create it (as ``kipc.open``; then ``Timeout``).
+  Mode 0600 whatever the umask. On attach, a segment owned by another uid is refused
   (``allow_foreign=True`` to accept), and so is one whose mode opens more than
   ``mode`` (a seed-style C ``0666`` segment needs ``mode=0o666``).
 * Cleanup: the creator removes the segment on ``close()`` (``persist=True``
@@ -39,16 +42,29 @@ import posix_ipc
 from . import _owners
 from ._base import CreateMode, Resource
 from ._kinds import DevShmKind, ObjectInfo, SysvKind
-from ._naming import DEFAULT_MODE, ParsedURL, parse_bool, parse_url, validate_mode, validate_name, validate_size
+from ._naming import (
+    DEFAULT_MODE,
+    ParsedURL,
+    format_seconds,
+    parse_bool,
+    parse_url,
+    validate_mode,
+    validate_name,
+    validate_size,
+)
 from ._objects import (
+    ATTACH_WAIT,
     check_attach,
     check_sysv_creator,
     create_or_attach,
     file_identity,
+    open_waiting,
     parse_create,
+    sized,
     sysv_identity,
     sysv_key,
     sysv_row,
+    validate_wait,
 )
 from .errors import (
     AlreadyExists,
@@ -112,13 +128,15 @@ class SharedMemory(Resource):
         return super().__new__(cls)
 
     def __init__(self, url: str, *, size: int | str | None = None, create: CreateMode = False,
-                 mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False) -> None:
+                 mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False,
+                 wait: float | None = None) -> None:
         parsed = parse_url(url)
         options = dict(parsed.query)
         options.pop("proj", None)
         if options:
             raise InvalidArgument(f"{url}: unknown option(s) {sorted(options)}; pass size=, create=, mode= as keywords")
         create = parse_create(create)
+        validate_wait(url, wait, create)
         mode = validate_mode(mode)
         if size is not None:
             size = validate_size(size, what="size", minimum=1)
@@ -127,11 +145,12 @@ class SharedMemory(Resource):
         self.persist = parse_bool(persist, what="persist")
         self.mode = mode
         if parsed.scheme == "sysv":
-            self._open_sysv(parsed, size, create, mode, allow_foreign)
+            opener = self._open_sysv
         elif parsed.scheme == "posix":
-            self._open_posix(parsed, size, create, mode, allow_foreign)
+            opener = self._open_posix
         else:
             raise InvalidArgument(f"{url}: SharedMemory addresses are sysv://KEY or posix://NAME")
+        open_waiting(url, wait, lambda: opener(parsed, size, create, mode, allow_foreign))
         self._closed = False
 
     # -- SysV ---------------------------------------------------------------------------------------
@@ -236,10 +255,12 @@ class SharedMemory(Resource):
                 os.fchmod(fd, mode)  # shm_open's mode went through the umask
             else:
                 check_attach(self.url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
+                st = sized(fd, st)  # its creator may be between shm_open and ftruncate
                 if size is not None and st.st_size < size:
                     raise BadObject(f"open {self.url}: segment is {st.st_size} bytes, smaller than the {size} asked")
                 if st.st_size == 0:
-                    raise BadObject(f"open {self.url}: segment is empty (its creator has not sized it yet)")
+                    raise BadObject(f"open {self.url}: segment is empty (its creator did not size it within "
+                                    f"{format_seconds(ATTACH_WAIT)} s)")
             real = st.st_size
             # Map exactly what exists (never past the end: that would be SIGBUS on touch).
             self._mmap = mmap.mmap(fd, real)

@@ -274,6 +274,7 @@ def test_owner_liveness_not_fooled_by_pid_reuse() -> None:
 # A module may import only from its own layer or below (design.md §2).
 LAYER = {
     "errors": 0, "_platform": 0, "_native": 0,
+    "_procnet": 1,
     "_naming": 1, "codecs": 1, "_procs": 1, "_nats_server": 1, "_owners": 2, "_framing": 2, "_objects": 2, "_kinds": 2,
     "_base": 3, "_waiting": 3,
     "shm": 4, "_mapped": 4, "sync": 4, "transports": 4,

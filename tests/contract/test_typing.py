@@ -70,6 +70,27 @@ def test_user_script_passes_mypy_strict_without_any() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_mypy_types_views_arrays_and_kv(tmp_path: Path) -> None:
+    probe = tmp_path / "probe_views.py"
+    probe.write_text(
+        "import kipc\n"
+        "ring = kipc.open('ring://x', scheme='ring')\n"
+        "kv = kipc.KV('nats://h/b')\n"
+        "reveal_type(ring.recv(view=True))\n"
+        "reveal_type(ring.recv(timeout=1.0))\n"
+        "reveal_type(ring.recv_array())\n"
+        "reveal_type(kv.get('k'))\n"
+        "reveal_type(kv.get('k', None))\n"
+        "b: bytes = ring.recv(view=True)\n"                    # a view is not bytes
+    )
+    out = _mypy(probe).stdout
+    revealed = [line.split("Revealed type is ", 1)[1] for line in out.splitlines() if "Revealed type" in line]
+    assert revealed[0].startswith('"memoryview') and revealed[1] == '"bytes"', out
+    assert revealed[2].startswith('"numpy.ndarray['), out
+    assert revealed[3:] == ['"bytes"', '"bytes | None"'], out
+    assert "probe_views.py:9: error" in out, out
+
+
 def test_mypy_flags_user_mistakes(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text(

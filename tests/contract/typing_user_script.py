@@ -24,6 +24,19 @@ def channels() -> None:
             view[:5] = b"hello"
         print(ring.capacity, ring.qsize())
 
+    # zero-copy: recv(view=True) is a memoryview, view=False (the default) bytes
+    with kipc.open("ring://frames3", scheme="ring", create=True) as zc:
+        zview: memoryview = zc.recv(view=True, timeout=1.0)
+        print(zview.nbytes, zview[0])
+        zview.release()
+        copied: bytes = zc.recv(view=False)
+        print(copied.hex())
+        # numpy arrays (numpy.ndarray of some dtype)
+        with zc.loan_array((480, 640), "u1") as frame:
+            frame.fill(0)
+        arr = zc.recv_array(timeout=1.0, copy=False)
+        print(arr.shape[0], arr.nbytes, arr.dtype.name, arr.ndim)
+
     with kipc.open("sysvmq://1234", scheme="sysvmq", create=True) as mq:
         mq.send(b"job", type=2)
         body, mtype = mq.recv_with_type(type=2)
@@ -38,7 +51,7 @@ def channels() -> None:
     direct: kipc.SysVMessageQueue = kipc.SysVMessageQueue("sysvmq://1235", create=True)
     direct.close()
 
-    fifo = kipc.open("fifo://f", scheme="fifo", create=True, direction="recv", wait=2.0)
+    fifo = kipc.open("fifo://f", scheme="fifo", create=True, direction="recv")
     spool: kipc.SpoolChannel = kipc.open("file://spool", scheme="file", create=True)
     unix: kipc.UnixChannel = kipc.open("unix://chat", scheme="unix", wait=5.0)
     tcp: kipc.TcpChannel = kipc.open("tcp://127.0.0.1:9000", scheme="tcp")
@@ -139,6 +152,9 @@ def objects() -> None:
     print(event)
     kv = kipc.KV("nats://127.0.0.1:4222/config", create=True)
     rev: int = kv.put("k", b"v")
+    current: bytes = kv.get("k")
+    maybe: bytes | None = kv.get("absent", None)
+    print(current, maybe)
     entry = kv.entry("k")
     if entry is not None:
         value, revision = entry

@@ -156,11 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("top", help="live table of kipc channels and kernel queues (q or Ctrl-C quits)")
+    p.add_argument("pattern", nargs="?", metavar="PATTERN",
+                   help="only URLs matching this shell pattern, or containing this text (as kipc ls)")
     p.add_argument("--interval", type=_seconds, default=1.0, help="seconds between refreshes (default 1)")
     p.add_argument("--iterations", type=_positive_int, metavar="N", help="stop after N refreshes")
     p.add_argument("--all", "-a", action="store_true", help="every readable object, not only yours")
-    p.add_argument("--sort", choices=("url", "kind", "depth", "rate", "size"), default="url",
-                   help="row order (depth, rate and size: largest first)")
+    p.add_argument("--sort", choices=("url", "kind", "depth", "rate", "bytes", "queued", "size"), default="url",
+                   help="row order (rate: msgs/s, bytes: bytes/s; numbers largest first)")
     _common(p)
     return parser
 

@@ -1,10 +1,11 @@
 """``kipc ls [PATTERN] [--kind K]``: every IPC object visible to this user (``--all``: every readable one).
 
 Columns: kind, URL, owner, mode, size, depth (messages waiting), attached
-processes and the pids the kernel names, creator pid and whether it is alive,
+processes and the pids the kernel names (for TCP listeners: the processes
+holding the socket, and their command), creator pid and whether it is alive,
 and whether kipc created it. Sizes are human (``4.0 MiB``; ``--json`` gives bytes).
 The table fits the terminal (or ``COLUMNS``): columns are dropped by priority
-(kipc, pids, attached, mode, creator, owner, depth, alive go first), URLs are never cut.
+(command, kipc, pids, attached, mode, creator, owner, depth, alive go first), URLs are never cut.
 ``PATTERN`` is a shell pattern on the URL (``'ring://job*'``) or, without
 wildcards, a substring. Objects kipc created are listed under the URL their
 creator gave (``sysvmq://5301``, not only ``0x14b5``). A note about what cannot
@@ -40,9 +41,9 @@ from ._output import Output, human_size
 
 __all__ = ["ROLE_COLUMNS", "matches", "notes_once", "roles", "rows", "run", "spellings"]
 
-COLUMNS = ("kind", "url", "owner", "mode", "size", "depth", "attached", "pids", "creator", "alive", "kipc")
+COLUMNS = ("kind", "url", "owner", "mode", "size", "depth", "attached", "pids", "command", "creator", "alive", "kipc")
 #: the order in which columns go when the table is too wide (kind and url always stay)
-DROP = ("kipc", "pids", "attached", "mode", "creator", "owner", "depth", "alive", "size")
+DROP = ("command", "kipc", "pids", "attached", "mode", "creator", "owner", "depth", "alive", "size")
 
 
 def kinds_arg(values: list[str] | None) -> list[str] | None:
@@ -75,7 +76,7 @@ def rows(infos: list[admin.ObjectInfo]) -> list[list[object]]:
     for i in infos:
         alive = "" if i.alive is None else ("yes" if i.alive else "DEAD")
         out.append([i.kind, i.url, i.owner, "" if i.mode is None else f"{i.mode:04o}", human_size(i.size), i.depth,
-                    i.attached, ",".join(map(str, i.pids)), i.creator_pid, alive, "yes" if i.kipc else ""])
+                    i.attached, ",".join(map(str, i.pids)), i.command, i.creator_pid, alive, "yes" if i.kipc else ""])
     return out
 
 

@@ -1,13 +1,24 @@
 """``kipc top``: a live, refreshing table of kipc channels and kernel queues.
 
 * Rows: every object ``kipc ls`` shows (this user's; ``--all`` everyone's)
-  with depth and messages/s. The rate comes from a message counter where the
-  object has one (rings: messages ever sent); for other queues it is the
-  change of depth per second, marked ``~`` (a lower bound).
+  with depth, messages/s and bytes/s. A rate comes from a counter where the
+  object has one (rings: messages and framed bytes ever written, so bytes/s
+  includes the ring's 16-byte record headers and 16-byte padding); for other queues it is
+  the change of depth (of queued bytes) per second, marked ``~`` (a lower
+  bound). ``queued`` is the bytes waiting now (SysV ``cbytes``, POSIX
+  ``QSIZE`` when the mqueue fs is mounted, a ring's used bytes). Rates are
+  shown from the second refresh on.
+* ``--sort url|kind|depth|rate|bytes|queued|size`` (numbers: largest first);
+  ``kipc top PATTERN`` shows only the URLs ``kipc ls PATTERN`` would.
+* Fits the terminal (or ``COLUMNS``) like ``kipc ls``: URLs are never cut,
+  columns go by priority (kind, url, msgs/s and bytes/s always stay), rates
+  and sizes are short (``1.2k``, ``3.4 MiB/s``), so 80 columns are enough.
 * Quit with ``q`` or Ctrl-C (exit 0). On a terminal the keyboard is read in
   cbreak mode and restored on exit; rich redraws in place. Not on a terminal
   (or ``--json``), each refresh is printed (plain table / one JSON object per
-  line); ``--iterations N`` stops after N refreshes.
+  line: every ``ls --json`` field plus ``msgs_per_s``/``bytes_per_s`` as
+  numbers, ``estimated`` when they are lower bounds, and ``rate``/``bytes_rate``
+  as shown); ``--iterations N`` stops after N refreshes.
 """
 
 from __future__ import annotations
@@ -23,30 +34,37 @@ from typing import Any
 
 from .. import admin
 from ._output import Output, fit_columns, human_size, plain_table, terminal_width
+from .ls import matches
 
-__all__ = ["Sampler", "run"]
+__all__ = ["SORT_KEYS", "Sampler", "human_rate", "run"]
 
-COLUMNS = ("kind", "url", "owner", "depth", "msgs/s", "size", "attached", "creator", "alive")
-#: what goes first when the table is too wide (kind, url and msgs/s always stay)
-DROP = ("attached", "creator", "owner", "alive", "size", "depth")
-RIGHT = ("depth", "msgs/s", "size", "attached", "creator")
+COLUMNS = ("kind", "url", "owner", "depth", "msgs/s", "bytes/s", "queued", "size", "attached", "creator", "alive")
+#: what goes first when the table is too wide (kind, url, msgs/s and bytes/s always stay)
+DROP = ("attached", "creator", "owner", "alive", "size", "queued", "depth")
+RIGHT = ("depth", "msgs/s", "bytes/s", "queued", "size", "attached", "creator")
+#: --sort: key -> the row field it orders by (numbers largest first)
+SORT_KEYS = {"url": "url", "kind": "kind", "depth": "depth", "rate": "msgs_per_s", "bytes": "bytes_per_s",
+             "queued": "queued", "size": "size"}
+
+
+def human_rate(value: float | None, *, unit: str = "", estimated: bool = False) -> str:
+    """A rate in few characters: ``950``, ``12.3k``, ``4.5M`` (msgs/s); ``512 B/s``, ``3.4 MiB/s`` (bytes)."""
+    if value is None:
+        return ""
+    mark = "~" if estimated else ""
+    if unit == "B":
+        return f"{mark}{human_size(round(value))}/s"
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            return f"{mark}{value / limit:.1f}{suffix}"
+    return f"{mark}{value:.0f}"
 
 
 def _sort(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    field = SORT_KEYS[key]
     if key in ("url", "kind"):
-        return sorted(rows, key=lambda r: (str(r[key]), str(r["url"])))
-    field = {"rate": "rate", "depth": "depth", "size": "size"}[key]
-
-    def num(r: dict[str, Any]) -> float:
-        v = r[field]
-        if isinstance(v, str):
-            v = v.lstrip("~").replace(",", "") or "0"
-        try:
-            return -float(v or 0)
-        except ValueError:
-            return 0.0
-
-    return sorted(rows, key=lambda r: (num(r), str(r["url"])))
+        return sorted(rows, key=lambda r: (str(r[field]), str(r["url"])))
+    return sorted(rows, key=lambda r: (-(r[field] or 0), str(r["url"])))
 
 
 def _fit(cells: list[list[str]], limit: int | None, rich: bool) -> tuple[list[str], list[list[str]]]:
@@ -54,30 +72,48 @@ def _fit(cells: list[list[str]], limit: int | None, rich: bool) -> tuple[list[st
     return [COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in cells]
 
 
+_Seen = tuple[float, int | None, int | None, int | None, int | None]  # time, msgs, depth, bytes, queued
+
+
 class Sampler:
     """Successive inventories turned into rows with rates."""
 
-    def __init__(self, all_users: bool) -> None:
+    def __init__(self, all_users: bool, pattern: str | None = None) -> None:
         self.all_users = all_users
-        self._prev: dict[tuple[str, str], tuple[float, int | None, int | None]] = {}
+        self.pattern = pattern
+        self._prev: dict[tuple[str, str], _Seen] = {}
+
+    @staticmethod
+    def _rate(now: int | None, before: int | None, level: int | None, level_before: int | None,
+              dt: float) -> tuple[float | None, bool]:
+        """(per second, estimated): from a counter when there is one, else the change of a level."""
+        if now is not None and before is not None:
+            return max(0, now - before) / dt, False
+        if level is not None and level_before is not None:
+            return abs(level - level_before) / dt, True
+        return None, False
 
     def sample(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         rows = []
-        seen: dict[tuple[str, str], tuple[float, int | None, int | None]] = {}
+        seen: dict[tuple[str, str], _Seen] = {}
         for i in admin.inventory(all_users=self.all_users):
+            if not matches(i.url, self.pattern):
+                continue
             key = (i.kind, i.url)
-            seen[key] = (now, i.total, i.depth)
-            rate: str = ""
+            seen[key] = (now, i.total, i.depth, i.bytes_total, i.queued)
+            msgs: float | None = None
+            nbytes: float | None = None
+            est_m = est_b = False
             prev = self._prev.get(key)
             if prev is not None and now > prev[0]:
                 dt = now - prev[0]
-                if i.total is not None and prev[1] is not None:
-                    rate = f"{(i.total - prev[1]) / dt:,.0f}"
-                elif i.depth is not None and prev[2] is not None:
-                    rate = f"~{abs(i.depth - prev[2]) / dt:,.0f}"
+                msgs, est_m = self._rate(i.total, prev[1], i.depth, prev[2], dt)
+                nbytes, est_b = self._rate(i.bytes_total, prev[3], i.queued, prev[4], dt)
             d = i.to_dict()
-            d["rate"] = rate
+            d["msgs_per_s"], d["bytes_per_s"], d["estimated"] = msgs, nbytes, est_m or est_b
+            d["rate"] = human_rate(msgs, estimated=est_m)
+            d["bytes_rate"] = human_rate(nbytes, unit="B", estimated=est_b)
             rows.append(d)
         self._prev = seen
         return rows
@@ -87,8 +123,9 @@ def _cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     def s(v: Any) -> str:
         return "" if v is None else str(v)
 
-    return [[r["kind"], r["url"], r["owner"], s(r["depth"]), r["rate"], human_size(r["size"]), s(r["attached"]),
-             s(r["creator_pid"]), "" if r["alive"] is None else ("yes" if r["alive"] else "DEAD")] for r in rows]
+    return [[r["kind"], r["url"], r["owner"], s(r["depth"]), r["rate"], r["bytes_rate"], human_size(r["queued"]),
+             human_size(r["size"]), s(r["attached"]), s(r["creator_pid"]),
+             "" if r["alive"] is None else ("yes" if r["alive"] else "DEAD")] for r in rows]
 
 
 @contextlib.contextmanager
@@ -143,7 +180,7 @@ def _render(rows: list[dict[str, Any]], n: int, interval: float, limit: int | No
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    sampler = Sampler(args.all)
+    sampler = Sampler(args.all, getattr(args, "pattern", None))
     interval = max(0.05, args.interval)
     limit = terminal_width(out.out)
     sort = getattr(args, "sort", "url")

@@ -15,7 +15,7 @@ Contract card:
   consumes nothing, so cancelling it changes nothing.
 * The "write, then tell" pattern: write a ``kipc.SharedMemory`` segment, then ``set()``; the
   reader's ``wait()`` returning True happens after the write (the set is a seq_cst atomic).
-* Creation, attach checks and cleanup as for :class:`kipc.Lock` (exclusive create by default,
+* Creation, attach checks, ``wait=`` and cleanup as for :class:`kipc.Lock` (exclusive create by default,
   mode 0600, the creator removes it on ``close()`` unless ``persist=True``).
 """
 
@@ -41,8 +41,8 @@ class Event(_SyncObject):
     _kind_name = "event"
 
     def __init__(self, url: str, *, create: CreateMode = False, mode: int | str = DEFAULT_MODE,
-                 persist: bool = False, allow_foreign: bool = False) -> None:
-        self._open(url, create, mode, persist, allow_foreign)
+                 persist: bool = False, allow_foreign: bool = False, wait: float | None = None) -> None:
+        self._open(url, create, mode, persist, allow_foreign, wait)
         h = self._h
         self.set = h.set  # type: ignore[method-assign]
         self.clear = h.clear  # type: ignore[method-assign]

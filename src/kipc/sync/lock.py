@@ -31,6 +31,7 @@ Contract card:
   ``aacquire`` (every coroutine of a loop runs on one thread, so it would re-enter for any of
   them): use a Lock between coroutines.
 * Creation exclusive by default (``create=True``), ``create="if_missing"`` attaches when it exists;
+  ``wait=seconds`` waits for another process to create it (as ``kipc.open``; then ``Timeout``);
   mode 0600 whatever the umask. Opening checks type, owner uid (``allow_foreign=True``), mode
   bits (no more than ``mode``), size, magic, version and kind before trusting the mapping.
 * Cleanup: the creator removes the object on ``close()`` (``persist=True`` keeps it); openers
@@ -51,7 +52,7 @@ from .. import _owners
 from .._base import CreateMode, Resource, wait_pool
 from .._kinds import DevShmKind, ObjectInfo
 from .._naming import DEFAULT_MODE, lock_deadline, parse_bool, parse_url, validate_mode, validate_name
-from .._objects import check_attach, file_identity, open_path, parse_create
+from .._objects import check_attach, file_identity, open_path, open_waiting, parse_create, sized, validate_wait
 from .._platform import native
 from ..errors import BadObject, ChannelClosed, InvalidArgument, Unsupported, from_oserror
 
@@ -62,7 +63,6 @@ _sync._set_errors(ChannelClosed, BadObject)
 
 #: seconds per worker-thread wait of aacquire / await_set: bounds how late a cancellation lands
 _ASYNC_SLICE = 0.05
-_ATTACH_WAIT = 1.0
 
 
 class _SyncObject(Resource):
@@ -74,7 +74,8 @@ class _SyncObject(Resource):
     _h: Any = None
     path: str = ""
 
-    def _open(self, url: str, create: bool | str, mode: int | str, persist: bool, allow_foreign: bool) -> None:
+    def _open(self, url: str, create: bool | str, mode: int | str, persist: bool, allow_foreign: bool,
+              wait: float | None = None) -> None:
         parsed = parse_url(url)
         what = type(self).__name__
         if parsed.scheme != "posix" or parsed.path not in ("", "/"):
@@ -83,13 +84,14 @@ class _SyncObject(Resource):
             raise InvalidArgument(f"{url}: unknown option(s) {sorted(parsed.query)}; pass create=, mode= as keywords")
         name = validate_name(parsed.netloc, what=f"{what} name")
         create = parse_create(create)
+        validate_wait(url, wait, create)
         mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         self.url = url
         self.name = name
         self.path = path = f"/dev/shm/{self._prefix}{name}"
         self._record_url = f"posix-{self._kind_name}://{name}"  # read back by the object kind (kipc ls/gc)
-        fd, created = open_path(path, url, create, mode)
+        fd, created = open_waiting(url, wait, lambda: open_path(path, url, create, mode))
         try:
             if created:
                 os.fchmod(fd, mode)  # the umask filtered open()'s mode
@@ -145,10 +147,7 @@ def _check_attach(fd: int, url: str, mode: int, allow_foreign: bool) -> None:
     if not _stat.S_ISREG(st.st_mode):
         raise BadObject(f"open {url}: not a regular shared-memory object")
     check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=mode, allow_foreign=allow_foreign)
-    end = time.monotonic() + _ATTACH_WAIT
-    while st.st_size == 0 and time.monotonic() < end:  # its creator is between O_EXCL and ftruncate
-        time.sleep(0.002)
-        st = os.fstat(fd)
+    st = sized(fd, st)  # its creator may be between O_EXCL and ftruncate
     if st.st_size != _sync.SIZE:
         raise BadObject(f"open {url}: {st.st_size} bytes, not a kipc sync object ({_sync.SIZE} bytes); refused")
 
@@ -163,8 +162,8 @@ class Lock(_SyncObject):
     _kind_name = "lock"
 
     def __init__(self, url: str, *, create: CreateMode = False, mode: int | str = DEFAULT_MODE,
-                 persist: bool = False, allow_foreign: bool = False) -> None:
-        self._open(url, create, mode, persist, allow_foreign)
+                 persist: bool = False, allow_foreign: bool = False, wait: float | None = None) -> None:
+        self._open(url, create, mode, persist, allow_foreign, wait)
         h = self._h
         # The hot path goes straight to C (a Python wrapper would double the cost of a lock round).
         self.acquire = h.acquire  # type: ignore[method-assign]

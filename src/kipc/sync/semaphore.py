@@ -24,9 +24,10 @@ Contract card:
   ``sysv://`` when holders may crash.
 * Value limits: SysV ``SEMVMX`` (32767), POSIX ``SEM_VALUE_MAX``.
 * Creation exclusive by default (``value=`` is the initial count, default 1),
-  ``create="if_missing"``; mode 0600 whatever the umask. Opening refuses a
-  semaphore of another uid (``allow_foreign=True``) or with more mode bits
-  than ``mode``.
+  ``create="if_missing"``; ``wait=seconds`` waits for another process to create
+  it (as ``kipc.open``; then ``Timeout``); mode 0600 whatever the umask.
+  Opening refuses a semaphore of another uid (``allow_foreign=True``) or with
+  more mode bits than ``mode``.
 * Cleanup: the creator removes it on ``close()`` unless ``persist=True``;
   openers never remove.
 """
@@ -53,10 +54,12 @@ from .._objects import (
     check_sysv_creator,
     create_or_attach,
     file_identity,
+    open_waiting,
     parse_create,
     sysv_identity,
     sysv_key,
     sysv_row,
+    validate_wait,
 )
 from ..errors import (
     AlreadyExists,
@@ -112,9 +115,10 @@ class Semaphore(Resource):
 
     def __init__(self, url: str, *, value: int | None = None, create: CreateMode = False,
                  mode: int | str = DEFAULT_MODE, persist: bool = False, undo: bool = True,
-                 allow_foreign: bool = False) -> None:
+                 allow_foreign: bool = False, wait: float | None = None) -> None:
         parsed = parse_url(url)
         create = parse_create(create)
+        validate_wait(url, wait, create)
         mode = validate_mode(mode)
         self.persist = parse_bool(persist, what="persist")
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -131,7 +135,7 @@ class Semaphore(Resource):
             if initial > sysv_ipc.SEMAPHORE_VALUE_MAX:
                 raise InvalidArgument(f"{url}: value {initial} is over SEMVMX ({sysv_ipc.SEMAPHORE_VALUE_MAX})")
             self._record_url = f"sysv-sem://{key}"
-            self._open_sysv(key, create, mode, initial, allow_foreign)
+            open_waiting(url, wait, lambda: self._open_sysv(key, create, mode, initial, allow_foreign))
             self._undo = bool(undo)
             self._semid = self._sem.id
         elif parsed.scheme == "posix":
@@ -143,7 +147,7 @@ class Semaphore(Resource):
                 raise InvalidArgument(f"{url}: value {initial} is over SEM_VALUE_MAX ({posix_ipc.SEMAPHORE_VALUE_MAX})")
             self._name = "/" + name
             self._record_url = f"posix-sem://{name}"
-            self._open_posix(name, create, mode, initial, allow_foreign)
+            open_waiting(url, wait, lambda: self._open_posix(name, create, mode, initial, allow_foreign))
         else:
             raise InvalidArgument(f"{url}: Semaphore addresses are sysv://KEY or posix://NAME")
         self._calls = threading.Condition()

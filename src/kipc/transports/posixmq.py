@@ -343,7 +343,7 @@ class _QueueKind(Kind):
             info.path = os.path.join(mount, target)
             try:
                 with open(info.path) as f:  # "QSIZE:5 NOTIFY:0 SIGNO:0 NOTIFY_PID:0"
-                    info.size = int(dict(kv.split(":", 1) for kv in f.read().split()).get("QSIZE", "0"))
+                    info.size = info.queued = int(dict(kv.split(":", 1) for kv in f.read().split()).get("QSIZE", "0"))
             except (OSError, ValueError):
                 pass
         return info

@@ -73,7 +73,7 @@ import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .. import _owners
 from .._base import FOREVER, Channel, Deadline
@@ -94,6 +94,12 @@ from ..errors import (
     WouldBlock,
     from_oserror,
 )
+
+if TYPE_CHECKING:  # numpy is optional: only type checkers import it here
+    import numpy as np
+
+    #: what recv_array returns and loan_array lends: an array of some dtype and shape
+    Array = np.ndarray[tuple[int, ...], np.dtype[np.generic[object]]]
 
 __all__ = ["DEFAULT_CAPACITY", "KIND", "RingChannel", "shm_path"]
 
@@ -226,6 +232,15 @@ class RingChannel(Channel):
         self._wait = ring.wait  # type: ignore[method-assign]  # (op, deadline) -> None
         self._ready = ring.ready  # type: ignore[method-assign]  # (op) -> bool
 
+    if TYPE_CHECKING:  # run time: Channel.recv; the overloads give view=True its type
+        @overload
+        def recv(self, *, timeout: float | None = None, view: Literal[False] = False, **knobs: Any) -> bytes: ...
+        @overload
+        def recv(self, *, timeout: float | None = None, view: Literal[True], **knobs: Any) -> memoryview: ...
+        @overload
+        def recv(self, *, timeout: float | None = None, view: bool, **knobs: Any) -> bytes | memoryview: ...
+        def recv(self, *, timeout: float | None = None, **knobs: Any) -> Any: ...
+
     def _wait_fd(self, op: str) -> int | None:
         return None  # shared memory has no fd: async waits run _wait (a futex) in kipc's threads
 
@@ -356,7 +371,7 @@ class RingChannel(Channel):
 
     @contextlib.contextmanager
     def loan_array(self, shape: int | tuple[int, ...], dtype: Any, *,
-                   timeout: float | None = None) -> Iterator[Any]:
+                   timeout: float | None = None) -> Iterator[Array]:
         """Reserve an array in the ring, fill it in place; the block's normal exit publishes it.
 
         ``with ch.loan_array((480, 640), "u1") as a: a[:] = frame`` — received by
@@ -395,7 +410,7 @@ class RingChannel(Channel):
         self._check_open("send")
         self._ring.sendv((head, arr.reshape(-1).view(np.uint8)), deadline)
 
-    def recv_array(self, *, timeout: float | None = None, copy: bool = True) -> Any:
+    def recv_array(self, *, timeout: float | None = None, copy: bool = True) -> Array:
         """Receive an array sent with :meth:`send_array` or :meth:`loan_array`.
 
         ``copy=False`` returns a read-only array over the ring itself: the message
@@ -521,8 +536,11 @@ class _RingKind(DevShmKind):
         try:  # depth and messages ever sent: attach for an instant (refused for others' rings: no figures)
             with RingChannel(name) as ring:
                 header = ring.info()
-            info.depth = int(header["msgs_in"]) - int(header["msgs_out"])
-            info.total = int(header["msgs_in"])
+            depth = int(header["msgs_in"]) - int(header["msgs_out"])
+            used = int(header["tail"]) - int(header["head"])
+            if 0 <= depth and 0 <= used <= int(header["capacity"]):  # read from shared memory: shown only if sane
+                info.depth, info.total = depth, int(header["msgs_in"])
+                info.queued, info.bytes_total = used, int(header["tail"])
         except Exception:
             pass
         return info

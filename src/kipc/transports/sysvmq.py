@@ -470,6 +470,7 @@ class _QueueKind(SysvKind):
     def describe(self, row: dict[str, int]) -> ObjectInfo:
         info = super().describe(row)
         info.size, info.depth = row["cbytes"], row["qnum"]
+        info.queued = row["cbytes"]
         info.pids = [p for p in (row["lspid"], row["lrpid"]) if p]
         return info
 

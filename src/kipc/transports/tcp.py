@@ -33,6 +33,11 @@ Contract card:
   it is :class:`ProtocolError` before any allocation, one below it costs
   memory only as its payload arrives (see :mod:`kipc.transports._stream`).
 * Cleanup: nothing named; closing the listener frees the port.
+* ``kipc ls`` lists every listening TCP socket of the user (sock_diag or
+  ``/proc/net/tcp``, :mod:`kipc._procnet`) with the pids and command holding it; a listener kipc
+  made leaves an owner record (its URL and socket inode, dropped by
+  ``close()`` in the listening process), so its row says ``kipc`` and whether
+  its creator is alive.
 """
 
 from __future__ import annotations
@@ -40,15 +45,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
 import socket
 import struct
 import time
 from typing import Any, ClassVar
 
+from .. import _owners, _procnet
 from .._base import Deadline
 from .._framing import DEFAULT_MAX_FRAME
-from .._kinds import RemoteKind
+from .._kinds import ObjectInfo, RemoteKind
 from .._naming import ParsedURL, parse_bool, parse_float, parse_int, parse_seconds, parse_url
 from ..codecs import Codec
 from ..errors import DeadlineExceeded, InvalidArgument, PermissionDenied, ProtocolError, from_oserror
@@ -237,6 +244,19 @@ class TcpListener(SocketListener):
             raise from_oserror(e, url, "listen on") from e
         self._sock = sock
         self._init_listener(_format(family, sock.getsockname()))
+        # for kipc ls (see KIND); not Resource.owner: a port is no named object to remove or warn about
+        try:
+            _owners.record(self.url, "tcp", identity={"ino": os.fstat(sock.fileno()).st_ino})
+            self._recorder = os.getpid()
+        except OSError:
+            pass  # only kipc ls's "kipc" mark depends on it (e.g. an unusable runtime dir): listen all the same
+
+    _recorder = 0
+
+    def _close(self) -> None:
+        super()._close()
+        if self._recorder == os.getpid():  # a forked child's copy closes; the parent still listens
+            _owners.forget(self.url)
 
     def _handshake(self, conn: socket.socket) -> Steps | None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -247,5 +267,23 @@ class TcpListener(SocketListener):
 
 
 # -- object kind: a port names nothing that outlives its listener -------------------------------------------
-KIND = RemoteKind("tcp", "tcp (nothing named on this machine: a port, gone with its listener; "
-                         "shown if an owner record exists)")
+class _ListenerKind(RemoteKind):
+    """Listening sockets (kipc._procnet: sock_diag, else /proc/net/tcp{,6}). Nothing to remove (a
+    port goes with its process), so ``rm`` is Unsupported and ``gc`` only drops dead listeners' records."""
+
+    lists_all = True
+
+    def scan(self) -> list[ObjectInfo]:
+        socks = _procnet.tcp_listeners()
+        holders = _procnet.socket_holders({s.inode for s in socks}, {s.uid for s in socks})
+        out = []
+        for s in socks:
+            url = _format(s.family, (s.host, s.port))
+            pids = holders.get(s.inode, [])
+            out.append(ObjectInfo(self.name, url, uid=s.uid, pids=pids, attached=len(pids) or None,
+                                  command=",".join(dict.fromkeys(_procnet.command_of(p) for p in pids)) or None,
+                                  identity={"ino": s.inode}, target=url[len("tcp://"):]))
+        return out
+
+
+KIND = _ListenerKind("tcp", "tcp (listening sockets, from the kernel's sock_diag or /proc/net/tcp{,6})")

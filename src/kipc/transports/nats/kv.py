@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import nats
 import nats.errors
@@ -42,6 +42,7 @@ from ...errors import (
 from ._client import _Client, _common_options, _int_opt, _split_url, _translate
 
 T = TypeVar("T")
+D = TypeVar("D")  # KV.get's default
 
 __all__ = ["KV", "KVEvent", "KVWatch"]
 
@@ -148,6 +149,10 @@ class KV(_Client):
 
         return self._call("get", get())
 
+    @overload
+    def get(self, key: str) -> bytes: ...
+    @overload
+    def get(self, key: str, default: D) -> bytes | D: ...
     def get(self, key: str, default: Any = KeyError) -> Any:
         """The value of ``key``; ``KeyError`` (or ``default``) if absent."""
         found = self.entry(key)
