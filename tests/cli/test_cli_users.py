@@ -184,3 +184,30 @@ def test_shell_send_create_then_recv(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     first = r.stdout.splitlines()[0]
     assert json.loads(first)["text"] == "hi" and json.loads(first)["priority"] == 0
+
+
+def test_ls_one_very_long_url_does_not_widen_every_row(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """an object whose URL alone nearly fills 80 columns overflows its own row only"""
+    monkeypatch.setenv("COLUMNS", "80")
+    ns = os.environ["KIPC_TEST_NS"]
+    short = f"ring://{unique_name('s')}"
+    huge = f"ring://{unique_name('h' * (72 - len(ns)))}"
+    assert len(huge) > 70
+    with kipc.open(short, create=True, capacity="4MiB"), kipc.open(huge, create=True, capacity="4MiB"):
+        rc, out, _ = run(["ls", ns], capsys)
+    assert rc == 0
+    lines = out.splitlines()
+    row = next(line for line in lines if short in line.split())
+    assert len(row) <= 80 and "4.0 MiB" in row  # the size column survived the long neighbour
+    assert any(huge in line.split() for line in lines)
+    assert [line for line in lines if len(line) > 80 and huge not in line] == []
+
+
+def test_ls_says_nothing_found_only_when_nothing_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    ns = os.environ["KIPC_TEST_NS"]
+    with kipc.open(f"ring://{unique_name('here')}", create=True):
+        rc, out, err = run(["ls", ns], capsys)
+    assert rc == 0 and ns in out and "no IPC objects" not in err
+    rc, out, err = run(["ls", ns], capsys)
+    assert rc == 0 and ns not in out and "no IPC objects matching" in err

@@ -57,7 +57,7 @@ def fit_columns(columns: Sequence[str], rows: Sequence[Sequence[str]], limit: in
     keep = list(range(len(columns)))
     if limit is None:
         return keep
-    widths = [max([width(c), *(width(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    widths = column_widths(columns, rows, limit)
 
     def total() -> int:
         return sum(widths[i] for i in keep) + sep * (len(keep) - 1) + edge
@@ -149,7 +149,7 @@ class Output:
             return
         if title:
             self.out.write(title + "\n")
-        self.out.write(plain_table(columns, cells, right=right))
+        self.out.write(plain_table(columns, cells, right=right, limit=limit))
         self.out.flush()
 
     @contextmanager
@@ -176,8 +176,20 @@ def width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
-def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[str] = ()) -> str:
-    widths = [max([width(c), *(width(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+def column_widths(columns: Sequence[str], rows: Sequence[Sequence[str]], limit: int | None) -> list[int]:
+    """Each column's width: its widest cell, except cells that leave no room for any other column.
+
+    Such an outlier (another user's 80-character object name on a shared host) overflows its own
+    row instead of widening every row and pushing every other column off the table.
+    """
+    cap = None if limit is None else max(limit - 16, 1)
+    return [max([width(c), *(w for r in rows if (w := width(r[i])) <= (cap or w))])
+            for i, c in enumerate(columns)]
+
+
+def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[str] = (),
+                limit: int | None = None) -> str:
+    widths = column_widths(columns, rows, limit)
 
     def fmt(row: Sequence[str]) -> str:
         parts = [" " * (w - width(v)) + v if c in right else v + " " * (w - width(v))

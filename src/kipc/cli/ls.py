@@ -160,7 +160,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             alive = "" if i.alive is None else ("yes" if i.alive else "DEAD")
             table.append([r["role"], url, i.creator_pid, alive, r["peers"], ",".join(map(str, r["peer_pids"]))])
         out.table(ROLE_COLUMNS, table, title="topics and services", right=("creator", "peers"), drop=("peer pids",))
-    else:
+    if not infos:
         what = f" matching {args.pattern!r}" if args.pattern else ""
         out.note(f"no IPC objects{what}" + ("" if args.all else " of yours (--all shows everyone's)"))
     notes = admin.blind_spots(kinds)

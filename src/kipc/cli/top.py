@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 else:
                     out.out.write(f"-- kipc top #{n}: {len(rows)} objects --\n")
                     columns, cells = _fit(_cells(rows), limit, False)
-                    out.out.write(plain_table(columns, cells, right=RIGHT))
+                    out.out.write(plain_table(columns, cells, right=RIGHT, limit=limit))
                     out.out.flush()
                 if args.iterations and n >= args.iterations:
                     return 0
