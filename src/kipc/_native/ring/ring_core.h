@@ -314,6 +314,13 @@ typedef struct {
     void *(*release)(void);
     void (*reacquire)(void *token);
     int (*interrupted)(void);
+    /* A message being reassembled is a binding object (Python: bytes): msg_alloc returns it and
+     * sets *bytes to its `total`-byte buffer (NULL: R_ERR, the binding's error set); obj_keep /
+     * obj_drop take and drop a reference (a reassembled message, a half-written try_send's data
+     * object). NULL: malloc/free, and try_send data is not kept (a C caller never resumes). */
+    void *(*msg_alloc)(uint64_t total, unsigned char **bytes);
+    void *(*obj_keep)(void *obj);
+    void (*obj_drop)(void *obj);
 } rc_hooks;
 extern rc_hooks rc_rt;
 
@@ -331,7 +338,36 @@ typedef struct {
     uint64_t start;         /* this process's start time (clock ticks), 0 = unknown */
     uint64_t vtail;         /* tail as validated under prod_lock (place/publish use it, never a re-read) */
     char why[200];          /* what a check found corrupt (R_CORRUPT) */
+    /* the message this handle reassembles (its claim; under cons_lock) */
+    void *partial;          /* rc_hooks object, NULL = none */
+    unsigned char *pbuf;    /* its bytes */
+    uint64_t filled, ptotal;
+    /* the message a try_send left half written (producer claim) */
+    void *pdata;            /* rc_hooks object (identity compared), NULL = none */
+    uint64_t pdone;         /* bytes of it already published */
+    uint64_t fail_head;     /* head seen by the last try_send that found no room */
+    int fail_valid;
+    uint64_t mis_total;     /* R_MISMATCH: size and first bytes of the message left at head */
+    unsigned char mis_head[16];
+    int mis_n;
 } rc_ring;
+
+/* One part of a message to send (rc_produce gathers them in order). */
+typedef struct {
+    const void *buf;
+    uint64_t len;
+} rc_part;
+
+/* What rc_consume found. R_WHOLE: a whole record `len` bytes at `src`, cons_lock held: copy it
+ * and call rc_take_whole(r, m->next), or keep the lock as a view (advance + unlock_ring when it
+ * is released). OK: `msg` (rc_hooks object, `len` bytes at `src`) is a reassembled message, the
+ * caller's reference, lock released. */
+typedef struct {
+    unsigned char *src;
+    uint64_t len, next;
+    void *msg;
+} rc_msg;
+#define R_WHOLE 9
 
 #define RING_SLOTS 1024
 extern _Atomic uintptr_t slot_broken[RING_SLOTS];
@@ -419,6 +455,19 @@ const char *rc_header_init(void *base, size_t size, int create, uint64_t capacit
                            uint64_t owner_start, uint64_t start);
 void rc_bind(rc_ring *r, void *base, size_t size);
 void rc_process_init(void);
+/* The produce / consume loops (THEORY), shared by every binding. */
+void rc_copy(void *dst, const void *src, uint64_t len); /* a big copy releases the runtime lock */
+int rc_reserve(rc_ring *r, uint64_t need, uint64_t max_items, double deadline, int nb, uint64_t *pad);
+int rc_produce(rc_ring *r, const rc_part *parts, int n, uint64_t total, double deadline, uint64_t max_items, int nb,
+               void *obj);
+int rc_consume(rc_ring *r, double deadline, int nb, const void *ex, size_t exn, rc_msg *m);
+int rc_take_whole(rc_ring *r, uint64_t next);
+int rc_wait_recv(rc_ring *r, double deadline);
+int rc_wait_send(rc_ring *r, double deadline);
+int rc_ready(rc_ring *r, int send);
+void rc_drop_partial(rc_ring *r);
+void rc_drop_pdata(rc_ring *r);
+void rc_forget(rc_ring *r);
 const char *rc_check_record(const rc_ring *r, uint64_t off, uint32_t len, uint32_t flags, uint64_t total,
                             uint64_t avail, int has_partial, uint64_t ptotal, uint64_t filled);
 
