@@ -10,6 +10,6 @@ if sys.argv[1:] == ["--include"]:
     print(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "include"))
     raise SystemExit(0)
 
-from kipc.cli.main import main  # noqa: E402  (after the --include fast path: no CLI import for it)
+from kipc.cli.main import main  # after the --include fast path: printing a path imports no CLI
 
 raise SystemExit(main())
