@@ -26,6 +26,7 @@ import pytest
 import kipc
 from kipc import _owners, testing
 from kipc.errors import BadObject, ChannelClosed, PermissionDenied
+from kipc.transports.ring import RingChannel
 
 PEER = pathlib.Path(__file__).parent / "ring_c" / "peer.c"
 _HDR = struct.Struct("<IIII")
@@ -199,7 +200,7 @@ def test_c_creator_python_attacher_owner_record_and_mode(peer: str, procs: list[
     rec = _owners.lookup(url)  # the record Python would write: kipc ls / gc see a C creator
     assert rec is not None and rec.pid == p.p.pid and rec.kind == "ring" and rec.alive
     assert rec.extra["capacity"] == 4096 and rec.extra["path"] == path
-    with kipc.open(url) as tx:
+    with RingChannel(name) as tx:
         assert tx.info()["owner_pid"] == p.p.pid and tx.capacity == 4096
         tx.send(_payload(1, 0, 50), timeout=10)
         assert p.until("ok ")[1] == "ok 1 bad 0"
@@ -260,7 +261,7 @@ def test_c_refuses_a_foreign_object_under_the_name(peer: str, procs: list[CPeer]
 
 def test_c_timeouts_are_honoured(peer: str, procs: list[CPeer]) -> None:
     name = testing.unique_name("cap")
-    with kipc.open(f"ring://{name}", create=True, capacity=4096) as ring:
+    with RingChannel(name, create=True, capacity=4096) as ring:
         p = _start(procs, peer, "timeouts", name)
         assert p.line() == "ready"
         word, took = p.line().split(" ", 1)[1].rsplit(" ", 1)
@@ -297,7 +298,7 @@ def test_c_loan_commit_to_python(peer: str, procs: list[CPeer]) -> None:
 def test_c_producer_sigkilled_mid_message(peer: str, procs: list[CPeer]) -> None:
     """SIGKILL a C producer blocked between fragments: no torn message, the ring stays usable."""
     name = testing.unique_name("cap")
-    with kipc.open(f"ring://{name}", create=True, capacity=4096) as rx:
+    with RingChannel(name, create=True, capacity=4096) as rx:
         for attempt in range(3):
             p = _start(procs, peer, "produce", name, "attach", "1000", "30000", str(10 + attempt))
             assert p.line() == "ready"
