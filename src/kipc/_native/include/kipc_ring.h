@@ -113,6 +113,72 @@ const char *kipc_ring_detail(const kipc_ring *r); /* what the last failed call o
 /* ======================================================================================== */
 #ifndef KIPC_RING_DECLARE_ONLY
 
+/* The core is compiled into this translation unit. Its internal names (generic ones like
+ * publish, advance, OK) are renamed kipc__* here and #undef'd at the end of this section, so a
+ * program's own identifiers never clash with them; only kipc_*, KIPC_*, rc_* and ring_core's
+ * include guard stay visible. */
+#define advance kipc__advance
+#define check_cons kipc__check_cons
+#define check_prod kipc__check_prod
+#define claim_clear kipc__claim_clear
+#define claim_set kipc__claim_set
+#define claimant_alive kipc__claimant_alive
+#define closing kipc__closing
+#define corrupt kipc__corrupt
+#define cpu_relax kipc__cpu_relax
+#define foreign_claim kipc__foreign_claim
+#define frag_abort kipc__frag_abort
+#define futex_wake_all kipc__futex_wake_all
+#define is_broken kipc__is_broken
+#define lock_ring kipc__lock_ring
+#define lock_word_bad kipc__lock_word_bad
+#define mono kipc__mono
+#define mono_ns kipc__mono_ns
+#define pclaim_end kipc__pclaim_end
+#define pclaim_live kipc__pclaim_live
+#define place kipc__place
+#define probe_producer kipc__probe_producer
+#define proc_alive kipc__proc_alive
+#define publish kipc__publish
+#define read_stat kipc__read_stat
+#define repair_cons kipc__repair_cons
+#define repair_prod kipc__repair_prod
+#define room kipc__room
+#define slot_register kipc__slot_register
+#define slot_unregister kipc__slot_unregister
+#define unlock_ring kipc__unlock_ring
+#define wait_word kipc__wait_word
+#define wake_all kipc__wake_all
+#define lo32 kipc__lo32
+#define rec_size kipc__rec_size
+#define mutex_kind kipc__mutex_kind
+#define slot_broken kipc__slot_broken
+#define slot_base kipc__slot_base
+#define slot_size kipc__slot_size
+#define prev_bus kipc__prev_bus
+#define on_sigbus kipc__on_sigbus
+#define install_sigbus kipc__install_sigbus
+#define held kipc__held
+#define nheld kipc__nheld
+#define held_add kipc__held_add
+#define held_has kipc__held_has
+#define held_drop kipc__held_drop
+#define gather kipc__gather
+#define gather_big kipc__gather_big
+#define produce_frag_nb kipc__produce_frag_nb
+#define take_locked kipc__take_locked
+#define ring_hdr kipc__ring_hdr
+#define rec kipc__rec
+#define OK kipc__OK
+#define R_TIMEOUT kipc__R_TIMEOUT
+#define R_CLOSED kipc__R_CLOSED
+#define R_BROKEN kipc__R_BROKEN
+#define R_LOCAL kipc__R_LOCAL
+#define R_EMPTY kipc__R_EMPTY
+#define R_CORRUPT kipc__R_CORRUPT
+#define R_MISMATCH kipc__R_MISMATCH
+#define R_HELD kipc__R_HELD
+#define R_ERR kipc__R_ERR
 #include "../ring/ring_core.c"
 
 #include <errno.h>
@@ -555,7 +621,8 @@ int kipc_ring_close(kipc_ring *r)
     if (r->loan)
         unlock_ring(&r->c, 1); /* nothing published */
     struct ring_hdr *h = r->c.hdr;
-    if (r->owner && !r->persist) { /* the creator ends the channel for everyone */
+    if (r->owner && !r->persist && !is_broken(&r->c)) { /* the creator ends the channel for everyone (a
+                                                          * truncated ring's peers were told: closed = 2) */
         atomic_store(&h->closed, 1);
         wake_all(h);
     }
@@ -719,5 +786,88 @@ int kipc_ring_abort(kipc_ring *r)
     return KIPC_OK;
 }
 
+#undef KIPC__PAGE
+#undef KIPC__ATTACH_WAIT
+#undef advance
+#undef check_cons
+#undef check_prod
+#undef claim_clear
+#undef claim_set
+#undef claimant_alive
+#undef closing
+#undef corrupt
+#undef cpu_relax
+#undef foreign_claim
+#undef frag_abort
+#undef futex_wake_all
+#undef is_broken
+#undef lock_ring
+#undef lock_word_bad
+#undef mono
+#undef mono_ns
+#undef pclaim_end
+#undef pclaim_live
+#undef place
+#undef probe_producer
+#undef proc_alive
+#undef publish
+#undef read_stat
+#undef repair_cons
+#undef repair_prod
+#undef room
+#undef slot_register
+#undef slot_unregister
+#undef unlock_ring
+#undef wait_word
+#undef wake_all
+#undef lo32
+#undef rec_size
+#undef mutex_kind
+#undef slot_broken
+#undef slot_base
+#undef slot_size
+#undef prev_bus
+#undef on_sigbus
+#undef install_sigbus
+#undef held
+#undef nheld
+#undef held_add
+#undef held_has
+#undef held_drop
+#undef gather
+#undef gather_big
+#undef produce_frag_nb
+#undef take_locked
+#undef ring_hdr
+#undef rec
+#undef OK
+#undef R_TIMEOUT
+#undef R_CLOSED
+#undef R_BROKEN
+#undef R_LOCAL
+#undef R_EMPTY
+#undef R_CORRUPT
+#undef R_MISMATCH
+#undef R_HELD
+#undef R_ERR
+#undef RING_MAGIC
+#undef RING_VERSION
+#undef HDR_SIZE
+#undef REC_HDR
+#undef F_FIRST
+#undef F_LAST
+#undef F_PAD
+#undef BIG_COPY
+#undef VIEW_MIN
+#undef SLICE
+#undef PROBE
+#undef PCLAIM_STALE_NS
+#undef CL
+#undef PID_LIMIT
+#undef TOTAL_LIMIT
+#undef CLOSED_BROKEN
+#undef R_WHOLE
+#undef RING_SLOTS
+#undef HELD_MAX
 #endif /* KIPC_RING_DECLARE_ONLY */
 #endif /* KIPC_RING_H */

@@ -1,6 +1,7 @@
 /*
  * ring_core — the shared-memory ring behind ring:// and kipc.Queue, in C11 + POSIX with no Python.
- * kipc._native._ring (../_ring.c) is its Python binding; the C API (kipc_ring.h) its C one.
+ * kipc._native._ring (../_ring.c) is its Python binding; the C API (../include/kipc_ring.h) its C
+ * one. Both run the same loops: rc_produce, rc_consume, rc_wait_send/recv, rc_ready (ring_core.c).
  * Callers that hold a runtime lock (the GIL) or deliver interrupts (signal handlers that raise)
  * plug them in through rc_hooks: release/reacquire around every wait and big copy, and
  * `interrupted` after every sleep slice (THEORY: time).
@@ -158,7 +159,7 @@
  *    mid-message stalls the producers, a stopped claimant the consumers;
  *    their waiters time out per their deadlines. (A stopped producer
  *    *claimant* — try_send, no lock held — is taken over after 1 s.)
- *  - Attach (Python side) verifies type, owner uid, mode bits and size with
+ *  - Attach (ring.py, and kipc_ring.h for C) verifies type, owner uid, mode bits and size with
  *    fstat before mmap, and this module verifies magic, version and sizes in
  *    the header, so a truncated or planted object is refused, not SIGBUSed.
  *  - A same-user peer truncating the object *after* attach (ftruncate on
