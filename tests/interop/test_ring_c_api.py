@@ -323,3 +323,45 @@ def test_c_producer_sigkilled_mid_message(peer: str, procs: list[CPeer]) -> None
         assert p.line() == "sent 5"
         assert p.p.wait(10) == 0
         assert rx.info()["repairs"] >= 1
+
+
+def test_c_consumer_sigkilled_holding_a_view(peer: str, procs: list[CPeer]) -> None:
+    """A C view does not consume until released: its killer loses nothing, the ring stays usable."""
+    name = testing.unique_name("cap")
+    with RingChannel(name, create=True, capacity=8192) as ring:
+        ring.send(_payload(2, 0, 3000), timeout=5)
+        p = _start(procs, peer, "hold", name)
+        assert p.line() == "ready"
+        assert p.line() == "holding ok 3000"
+        with pytest.raises(kipc.Timeout):  # other consumers wait while the view is held
+            ring.recv(timeout=0.3)
+        p.p.send_signal(signal.SIGKILL)
+        p.p.wait(10)
+        assert _parse(ring.recv(timeout=10)) == (2, 0)  # the robust lock was repaired; nothing lost
+        ring.send(_payload(2, 1, 100), timeout=5)
+        assert _parse(ring.recv(timeout=5)) == (2, 1)
+
+
+def test_c_refuses_a_hostile_header(peer: str, procs: list[CPeer]) -> None:
+    """A peer writing garbage into the shared header: the C side reports a corrupt ring, never crashes."""
+    import mmap
+
+    from kipc._native import _ring
+
+    name = testing.unique_name("cap")
+    with RingChannel(name, create=True, capacity=4096) as ring:
+        ring.send(b"hello", timeout=5)
+        off, size = _ring.LAYOUT["tail"]
+        fd = os.open(f"/dev/shm/kipc.ring.{name}", os.O_RDWR)
+        try:
+            with mmap.mmap(fd, 4096) as m:
+                m[off:off + size] = struct.pack("<Q", 1 << 40)  # tail far beyond head + capacity
+        finally:
+            os.close(fd)
+        p = _start(procs, peer, "recv1", name)
+        assert p.line() == "ready"
+        out = p.line()
+        assert out.startswith("rc not a usable kipc ring | corrupt:") and "tail" in out, out
+        assert p.p.wait(10) == 0
+        with pytest.raises(BadObject):  # marked broken for every peer
+            ring.recv(timeout=1)

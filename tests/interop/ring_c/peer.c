@@ -7,7 +7,9 @@
  *   peer loan NAME N SIZE ID                   the same through loan/commit (SIZE <= max loan)
  *   peer consume NAME CREATE N copy|view [CAP] receive N messages, verify, print "ok N" and each id:seq
  *   peer timeouts NAME                         attach an empty ring of 4096: recv/send timeouts
- *   peer open NAME                             attach and report: "rc NAME detail"
+ *   peer open NAME                             attach and report: "rc ERROR"
+ *   peer hold NAME                             take a view of one message and keep it (until killed)
+ *   peer recv1 NAME                            one recv (2 s): "rc ERROR | detail"
  * CREATE: attach | create. After opening it prints "ready"; a creator then waits for a line on
  * stdin before closing. Output is line-buffered on purpose (a pipe would keep it). */
 #include "kipc_ring.h"
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct mhdr {
     uint32_t id, seq, len, check;
@@ -183,6 +186,24 @@ int main(int argc, char **argv)
         rc = kipc_ring_recv(r, big, sizeof big, &len, 1.0); /* the message that did not fit is still first */
         printf("after %s %zu\n", kipc_ring_strerror(rc), len);
         printf("nan %s\n", kipc_ring_strerror(kipc_ring_send(r, big, 1, 0.0 / 0.0)));
+        kipc_ring_close(r);
+        return 0;
+    }
+    if (!strcmp(cmd, "hold")) { /* take a view and keep it until killed */
+        kipc_ring *r = open_or_die(name, "attach", 0);
+        const void *v;
+        size_t len;
+        int rc = kipc_ring_recv_view(r, &v, &len, 30.0);
+        printf("holding %s %zu\n", kipc_ring_strerror(rc), len);
+        for (;;)
+            pause();
+    }
+    if (!strcmp(cmd, "recv1")) { /* one recv, report the outcome */
+        kipc_ring *r = open_or_die(name, "attach", 0);
+        char buf[256];
+        size_t len = 0;
+        int rc = kipc_ring_recv(r, buf, sizeof buf, &len, 2.0);
+        printf("rc %s | %s\n", kipc_ring_strerror(rc), kipc_ring_detail(r));
         kipc_ring_close(r);
         return 0;
     }
