@@ -106,6 +106,19 @@ int main(int argc, char **argv)
     CHECK(kipc_ring_send(rx, buf, 10, 1.0) == KIPC_ECLOSED);
     kipc_ring_close(rx);
     CHECK(kipc_ring_open(name, NULL, &dup) == KIPC_ENOENT);
+    CHECK(strstr(kipc_ring_detail(NULL), "No such file") != NULL);
+    CHECK(kipc_ring_open("../x", NULL, &dup) == KIPC_EINVAL && strstr(kipc_ring_detail(NULL), "ring name ../x"));
+    /* persist: the creator's close keeps the object (and records no owner); attaching works after */
+    kipc_ring_options keep = {KIPC_RING_CREATE, 4096, 0, 1};
+    CHECK(kipc_ring_open(name, &keep, &owner) == KIPC_OK);
+    CHECK(kipc_ring_send(owner, "kept", 4, 1.0) == KIPC_OK);
+    kipc_ring_close(owner);
+    CHECK(kipc_ring_open(name, NULL, &rx) == KIPC_OK);
+    CHECK(kipc_ring_recv(rx, buf, 40000, &len, 1.0) == KIPC_OK && len == 4 && !memcmp(buf, "kept", 4));
+    kipc_ring_close(rx);
+    char path[300];
+    snprintf(path, sizeof path, "/dev/shm/kipc.ring.%s", name);
+    CHECK(unlink(path) == 0);
     free(buf);
     if (fails)
         return 1;

@@ -271,7 +271,7 @@ def test_c_timeouts_are_honoured(peer: str, procs: list[CPeer]) -> None:
         assert p.line() == "fill would block"
         word, took = p.line().split(" ", 1)[1].rsplit(" ", 1)
         assert word == "timed out" and 0.29 <= float(took) < 2.0
-        assert p.line() == "small message larger than the buffer 1500"  # it stays
+        assert p.line() == "small message too large 1500"  # it stays
         assert p.line() == "after ok 1500"
         assert p.line() == "nan invalid argument"
         assert p.p.wait(10) == 0

@@ -211,6 +211,7 @@ int main(int argc, char **argv)
         kipc_ring *r;
         int rc = kipc_ring_open(name, NULL, &r);
         printf("rc %s\n", kipc_ring_strerror(rc));
+        fprintf(stderr, "%s\n", kipc_ring_detail(NULL)); /* why, for a failing test's message */
         if (rc == 0)
             kipc_ring_close(r);
         return 0;

@@ -68,7 +68,7 @@ enum {
     KIPC_ECLOSED = -3,     /* closed by its creator (recv: and empty), or this handle is closed */
     KIPC_EBADOBJECT = -4,  /* not a kipc ring, corrupt, or truncated by another process */
     KIPC_EINVAL = -5,      /* a bad argument (name, size, timeout, state) */
-    KIPC_ETOOBIG = -6,     /* recv: the message is longer than the buffer (it stays) */
+    KIPC_ETOOBIG = -6,     /* recv: the message is longer than the buffer (it stays); send: over 2^46 bytes */
     KIPC_EEXIST = -7,      /* create: the name exists */
     KIPC_ENOENT = -8,      /* attach: no such ring */
     KIPC_EPERM = -9,       /* another uid's ring, group/other mode bits, or the OS said EACCES */
@@ -104,7 +104,8 @@ uint64_t kipc_ring_capacity(const kipc_ring *r);
 size_t kipc_ring_max_loan(const kipc_ring *r); /* the largest loan, view in place, or single record */
 uint64_t kipc_ring_qsize(const kipc_ring *r);   /* committed messages not yet received */
 const char *kipc_ring_strerror(int err);
-const char *kipc_ring_detail(const kipc_ring *r); /* what the last failed call on r found, or "" */
+/* What the last failed call on r found, or ""; r NULL: why this thread's last kipc_ring_open failed. */
+const char *kipc_ring_detail(const kipc_ring *r);
 
 #ifdef __cplusplus
 }
@@ -220,7 +221,7 @@ const char *kipc_ring_strerror(int err)
     case KIPC_ECLOSED: return "channel closed";
     case KIPC_EBADOBJECT: return "not a usable kipc ring";
     case KIPC_EINVAL: return "invalid argument";
-    case KIPC_ETOOBIG: return "message larger than the buffer";
+    case KIPC_ETOOBIG: return "message too large";
     case KIPC_EEXIST: return "already exists";
     case KIPC_ENOENT: return "no such ring";
     case KIPC_EPERM: return "permission denied";
@@ -232,7 +233,9 @@ const char *kipc_ring_strerror(int err)
     }
 }
 
-const char *kipc_ring_detail(const kipc_ring *r) { return r ? r->detail : ""; }
+static _Thread_local char kipc__open_detail[256]; /* kipc_ring_detail(NULL) */
+
+const char *kipc_ring_detail(const kipc_ring *r) { return r ? r->detail : kipc__open_detail; }
 uint64_t kipc_ring_capacity(const kipc_ring *r) { return r->c.cap; }
 size_t kipc_ring_max_loan(const kipc_ring *r) { return (size_t)r->c.frag_max; }
 uint64_t kipc_ring_qsize(const kipc_ring *r)
@@ -527,12 +530,18 @@ int kipc_ring_open(const char *name, const kipc_ring_options *opt, kipc_ring **o
     static const kipc_ring_options defaults = {KIPC_RING_ATTACH, 0, -1.0, 0};
     if (!opt)
         opt = &defaults;
-    if (!name || !out || !kipc__valid_name(name) || opt->create < 0 || opt->create > 2 || isnan(opt->spin_us) ||
-        opt->spin_us > 1e6)
+    kipc__open_detail[0] = 0;
+    if (!name || !out || !kipc__valid_name(name)) {
+        snprintf(kipc__open_detail, sizeof kipc__open_detail, "ring name %.40s%s: use 1 to 200 of A-Za-z0-9_.@+- "
+                 "(not starting with '-' or '.', no '..')", name ? name : "(null)", name && strlen(name) > 40 ? "..." : "");
         return KIPC_EINVAL;
+    }
     uint64_t cap = opt->capacity ? opt->capacity : (1u << 20);
-    if (cap > (1ull << 40))
+    if (opt->create < 0 || opt->create > 2 || isnan(opt->spin_us) || opt->spin_us > 1e6 || cap > (1ull << 40)) {
+        snprintf(kipc__open_detail, sizeof kipc__open_detail, "options: create %d (0, 1 or 2), spin_us %g (<= 1e6), "
+                 "capacity %llu (<= 2^40)", opt->create, opt->spin_us, (unsigned long long)cap);
         return KIPC_EINVAL;
+    }
     if (cap < KIPC__PAGE)
         cap = KIPC__PAGE;
     while (cap & (cap - 1)) /* a power of two (THEORY: counters and wrap) */
@@ -575,7 +584,9 @@ int kipc_ring_open(const char *name, const kipc_ring_options *opt, kipc_ring **o
             }
             if ((rc = kipc__map(r, fd, 1, cap)) != KIPC_OK)
                 goto fail;
-            if (!r->persist && kipc__record(r, fd) != 0) {
+            if (r->persist)
+                kipc__forget(r); /* a stale record of a dead creator must not make gc collect this one */
+            else if (kipc__record(r, fd) != 0) {
                 rc = kipc__fail(r, KIPC_EOS, "create ring://%s: cannot write its owner record: %s", name,
                                 strerror(errno));
                 goto fail;
@@ -608,6 +619,7 @@ fail:
         close(fd);
     if (r->owner)
         unlink(r->path);
+    memcpy(kipc__open_detail, r->detail, sizeof kipc__open_detail);
     free(r);
     return rc;
 }
@@ -651,6 +663,9 @@ int kipc_ring_send(kipc_ring *r, const void *data, size_t len, double timeout_s)
         return rc;
     if (r->loan)
         return kipc__fail(r, KIPC_EBUSY, "send with a loan open on this handle");
+    if ((uint64_t)len > TOTAL_LIMIT) /* consumers refuse a bigger total as corrupt */
+        return kipc__fail(r, KIPC_ETOOBIG, "a %zu-byte message: the limit of a ring message is %llu bytes", len,
+                          (unsigned long long)TOTAL_LIMIT);
     rc_part part = {data, (uint64_t)len};
     return kipc__state(r, rc_produce(&r->c, &part, 1, (uint64_t)len, deadline, 0, 0, NULL), timeout_s);
 }
