@@ -1281,7 +1281,8 @@ static struct PyModuleDef module = {
 static void *gil_release(void) { return PyEval_SaveThread(); }
 static void gil_reacquire(void *ts) { PyEval_RestoreThread((PyThreadState *)ts); }
 static int py_interrupted(void) { return PyErr_CheckSignals() < 0; }
-static void *py_msg_alloc(uint64_t total, unsigned char **bytes)
+/* (The Ring is the handle's container: ((Ring *)((char *)c - offsetof(Ring, c))).) */
+static void *py_msg_alloc(rc_ring *c, uint64_t total, unsigned char **bytes)
 {
     if (total > (uint64_t)PY_SSIZE_T_MAX - 64) {
         PyErr_NoMemory();

@@ -1052,7 +1052,7 @@ static int take_locked(rc_ring *r, double deadline, const void *ex, size_t exn, 
         if (flags & F_FIRST) {
             void *obj;
             if (rc_rt.msg_alloc) {
-                obj = rc_rt.msg_alloc(total, &r->pbuf);
+                obj = rc_rt.msg_alloc(r, total, &r->pbuf);
             } else {
                 obj = total > SIZE_MAX - 64 ? NULL : malloc((size_t)total);
                 r->pbuf = obj;

@@ -311,22 +311,24 @@ enum { OK = 0, R_TIMEOUT = 1, R_CLOSED = 2, R_BROKEN = 3, R_LOCAL = 4, R_EMPTY =
  * token that reacquire() takes back (the GIL: PyEval_SaveThread/RestoreThread); interrupted()
  * runs after a sleep slice that a signal or a timeout ended and returns non-zero to end the
  * call with R_ERR (Python: PyErr_CheckSignals() < 0). All NULL: a plain C program. */
+struct rc_ring;
 typedef struct {
     void *(*release)(void);
     void (*reacquire)(void *token);
     int (*interrupted)(void);
     /* A message being reassembled is a binding object (Python: bytes): msg_alloc returns it and
-     * sets *bytes to its `total`-byte buffer (NULL: R_ERR, the binding's error set); obj_keep /
+     * sets *bytes to its `total`-byte buffer (NULL: R_ERR, the binding's error set); `r` is the
+     * handle receiving it (a binding may embed rc_ring and keep per-call state beside it); obj_keep /
      * obj_drop take and drop a reference (a reassembled message, a half-written try_send's data
      * object). NULL: malloc/free, and try_send data is not kept (a C caller never resumes). */
-    void *(*msg_alloc)(uint64_t total, unsigned char **bytes);
+    void *(*msg_alloc)(struct rc_ring *r, uint64_t total, unsigned char **bytes);
     void *(*obj_keep)(void *obj);
     void (*obj_drop)(void *obj);
 } rc_hooks;
 extern rc_hooks rc_rt;
 
 /* One process's handle on a mapped ring: what the core needs; bindings embed it. */
-typedef struct {
+typedef struct rc_ring {
     struct ring_hdr *hdr;
     unsigned char *data;
     size_t map_size;
