@@ -40,7 +40,7 @@ reliability: $(VENV)/.installed
 		tests/reliability/test_ring_crash.py tests/reliability/test_lock_crash.py tests/reliability/test_reliability_objects.py tests/reliability/test_reliability_stress.py tests/reliability/test_reliability_ring.py \
 		tests/reliability/test_hostile.py tests/reliability/test_ring_hostile.py tests/reliability/test_ring_topic_crash.py tests/mechanisms/test_ring_zerocopy.py tests/reliability/test_gc_identity.py $(PYTEST_ARGS)
 
-# C-only unit tests of the ring's core (no Python) and a short deterministic fuzz smoke, under
+# C-only unit tests of the ring's core (no Python), the C API (kipc_ring.h) and a short deterministic fuzz smoke, under
 # ASan+UBSan with gcc; `make test` runs the same through tests/core_c/test_core_c.py.
 CORE_SRC  := src/kipc/_native/ring/ring_core.c
 CORE_CC   := gcc -std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -Wno-unused-function \
@@ -49,8 +49,10 @@ test-c:
 	mkdir -p build/test-c
 	$(CORE_CC) -o build/test-c/test_ring_core tests/core_c/test_ring_core.c $(CORE_SRC) -lpthread -lm
 	$(CORE_CC) -o build/test-c/fuzz_ring_core tests/core_c/fuzz_ring_core.c $(CORE_SRC) -lpthread -lm
+	$(CORE_CC) -o build/test-c/test_capi tests/core_c/test_capi.c -lpthread -lm
 	build/test-c/test_ring_core
 	build/test-c/fuzz_ring_core 20000
+	KIPC_RUNTIME_DIR=$(CURDIR)/build/test-c/rt build/test-c/test_capi maketestc-capi$$$$
 
 # libFuzzer on the core for FUZZ_SECONDS (installs clang with apt-get when it is missing).
 FUZZ_SECONDS ?= 60

@@ -2,7 +2,7 @@
 
 * ``python`` blocks are executed (``python FILE`` in a temp dir); ``sh`` blocks run with ``sh -e``
   in a temp dir with the venv's ``kipc`` first on PATH; ``c`` blocks are compiled with gcc
-  (``-lrt -pthread``) and run.
+  (``-lrt -pthread``, ``-I`` kipc's include directory for ``kipc_ring.h``) and run.
 * ``<!-- pair: NAME -->`` before two blocks runs them together as two processes (the first
   started first, e.g. a C program and the Python program that talks to it); both must exit 0.
 * ``<!-- no-run: REASON -->`` right before a block: it is not run, and REASON says why.
@@ -117,7 +117,9 @@ def _command(b: Block, tmp: Path, n: int) -> list[str]:
     src.write_text(b.code)
     gcc = shutil.which("gcc")
     assert gcc, "gcc is needed to run the C examples"
-    r = subprocess.run([gcc, "-std=gnu11", "-Wall", "-Werror", "-o", str(exe), str(src), "-lrt", "-pthread"],
+    include = Path(__file__).resolve().parents[2] / "src/kipc/_native/include"  # python -m kipc --include
+    r = subprocess.run([gcc, "-std=gnu11", "-Wall", "-Werror", f"-I{include}", "-o", str(exe), str(src), "-lrt",
+                        "-pthread"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"{b.where}: gcc failed\n{r.stderr}"
     return [str(exe)]

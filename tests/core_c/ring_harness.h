@@ -1,5 +1,5 @@
 /* A minimal producer and consumer of single-record messages built from ring_core's primitives
- * (the same steps as the Python binding's produce()/take_locked(), without Python), shared by
+ * (the same steps as ring_core.c's rc_produce()/rc_consume(), reduced to single records), shared by
  * the C unit tests and the fuzz harness. A ring lives in an anonymous shared mapping. */
 #ifndef RING_HARNESS_H
 #define RING_HARNESS_H

@@ -1,5 +1,6 @@
-"""The ring's pure-C core without Python: its C unit tests and a fuzz smoke, built with gcc
-under ASan+UBSan at test time (the same as ``make test-c``)."""
+"""The ring's pure-C core without Python: its C unit tests, a fuzz smoke and the C API
+(``kipc_ring.h``, header-only), built with gcc under ASan+UBSan at test time (the same as
+``make test-c``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from kipc import testing
+
 from ..helpers import REPO
 
 HERE = Path(__file__).parent
@@ -18,12 +21,12 @@ FLAGS = ["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-pa
          "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 
 
-def _build(tmp_path: Path, src: str) -> Path:
+def _build(tmp_path: Path, src: str, *, core: bool = True) -> Path:
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed")
     exe = tmp_path / src.removesuffix(".c")
-    subprocess.run(["gcc", *FLAGS, "-o", str(exe), str(HERE / src), str(CORE), "-lpthread", "-lm"], check=True,
-                   timeout=120)
+    subprocess.run(["gcc", *FLAGS, "-o", str(exe), str(HERE / src), *([str(CORE)] if core else []), "-lpthread",
+                    "-lm"], check=True, timeout=120)
     return exe
 
 
@@ -45,3 +48,12 @@ def test_core_fuzz_smoke(tmp_path: Path) -> None:
                        timeout=300, env=_env())
     assert p.returncode == 0, p.stdout + p.stderr[-4000:]
     assert "0 findings" in p.stdout
+
+
+def test_c_api_under_sanitizers(tmp_path: Path) -> None:
+    """kipc_ring.h carries ring_core.c itself: built alone, threads, ASan leak check on."""
+    env = {**_env(), "KIPC_RUNTIME_DIR": str(tmp_path / "rt")}  # its owner record lands there
+    p = subprocess.run([str(_build(tmp_path, "test_capi.c", core=False)), testing.unique_name("capi")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr[-4000:]
+    assert "capi: all checks passed" in p.stdout

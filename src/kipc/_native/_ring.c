@@ -40,22 +40,8 @@ typedef struct {
     _Atomic int unmapped;  /* exactly one ring_unmap_now does the munmap */
     Py_ssize_t exports;    /* live views/loans (GIL-protected) */
     unsigned fork_gen;     /* fork generation this handle's per-process state belongs to */
-    PyObject *partial;     /* bytes of the claimed message reassembled so far (under cons_lock) */
-    uint64_t filled, ptotal;
-    PyObject *pdata;       /* the message a try_send left half written (producer claim) */
-    uint64_t pdone;        /* bytes of it already published */
-    uint64_t fail_head;    /* head seen by the last try_send that found no room */
-    int fail_valid;
-    uint64_t mis_total;    /* R_MISMATCH: size and first bytes of the message left at head */
-    unsigned char mis_head[16];
-    int mis_n;
 } Ring;
 
-/* recv(..., expect): the message must start with these bytes, else it stays (R_MISMATCH) */
-typedef struct {
-    const char *p;
-    Py_ssize_t n;
-} expect_t;
 
 /* exceptions, replaced by kipc's classes through _setup() */
 static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad, *E_Mismatch;
@@ -127,11 +113,11 @@ static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
         PyErr_Format(PyExc_RuntimeError, "%s on %S: this thread still holds an unreleased loan or received view; "
                      "release it first", op, r->url);
     } else if (rc == R_MISMATCH) {
-        PyObject *start = PyBytes_FromStringAndSize((const char *)r->mis_head, r->mis_n);
+        PyObject *start = PyBytes_FromStringAndSize((const char *)r->c.mis_head, r->c.mis_n);
         if (start) {
             PyErr_Format(E_Mismatch, "%s on %S: the message at head is a %llu-byte message starting %R, "
                          "not the kind asked for; it stays in the ring (receive it with recv())", op, r->url,
-                         (unsigned long long)r->mis_total, start);
+                         (unsigned long long)r->c.mis_total, start);
             Py_DECREF(start);
         }
     } else if (rc == R_CORRUPT) {
@@ -168,13 +154,14 @@ static void after_fork(Ring *r)
 {
     r->fork_gen = fork_gen;
     atomic_store(&r->calls, 0);
-    Py_CLEAR(r->partial); /* a copy of the parent's claimed partial: the parent's to finish */
-    Py_CLEAR(r->pdata);   /* likewise a half-written message */
-    r->filled = r->ptotal = 0;
+    /* a copy of the parent's claimed partial or half-written message: the parent's to finish */
+    rc_drop_partial(&r->c);
+    rc_drop_pdata(&r->c);
+    r->c.filled = r->c.ptotal = 0;
     r->c.pid = (uint32_t)getpid();
     r->c.start = 0;
     r->c.token = ((uint64_t)r->c.pid << 32) | ++token_serial;
-    r->fail_valid = 0;
+    r->c.fail_valid = 0;
 }
 
 static inline void leave(Ring *r)
@@ -211,629 +198,64 @@ static inline int enter(Ring *r, const char *op)
 
 
 /* ------------------------------------------------------------------------- */
-/* waiting */
-
-
-
-
-
-
-
-/* ------------------------------------------------------------------------- */
-/* producer side */
-
-
-
-
-typedef struct {
-    Py_buffer *parts;
-    int n;
-    PyObject *obj; /* the data object of a single-part message (producer claims), or NULL */
-} gather_t;
-
-/* Copy bytes [from, from+len) of the concatenated parts to dst. */
-static void gather(unsigned char *dst, gather_t *g, uint64_t from, uint64_t len)
-{
-    for (int i = 0; i < g->n && len; i++) {
-        uint64_t plen = (uint64_t)g->parts[i].len;
-        if (from >= plen) {
-            from -= plen;
-            continue;
-        }
-        uint64_t take = plen - from < len ? plen - from : len;
-        memcpy(dst, (char *)g->parts[i].buf + from, take);
-        dst += take;
-        len -= take;
-        from = 0;
-    }
-}
-
-static void gather_gil(unsigned char *dst, gather_t *g, uint64_t from, uint64_t len)
-{
-    if (len >= BIG_COPY) {
-        Py_BEGIN_ALLOW_THREADS
-        gather(dst, g, from, len);
-        Py_END_ALLOW_THREADS
-    } else {
-        gather(dst, g, from, len);
-    }
-}
-
-/* Wait, holding no lock, until a record of `need` bytes fits (and an item slot is free);
- * then take prod_lock and re-check. Returns OK with the lock held and *pad set, or a
- * state (nb: R_EMPTY when there is no room now or the lock is busy). */
-static int reserve_locked(Ring *r, uint64_t need, uint64_t max_items, double deadline, int nb, uint64_t *pad)
-{
-    struct ring_hdr *h = r->c.hdr;
-    for (;;) {
-        if (atomic_load_explicit(&h->closed, memory_order_relaxed))
-            return R_CLOSED;
-        uint64_t pc = atomic_load_explicit(&h->pclaim, memory_order_acquire);
-        if (pc && pc != r->c.token && pclaim_live(h)) {
-            /* another handle's fragmented message is half written: wait for its claim to end */
-            if (nb)
-                return R_EMPTY;
-            double until = mono() + PROBE;
-            int rc = wait_word(&r->c, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters,
-                               until < deadline ? until : deadline);
-            if (rc != OK && !(rc == R_TIMEOUT && until < deadline))
-                return rc;
-            continue;
-        }
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
-        /* tail read before head: tail - head may be negative (consumers moved on), never above
-         * capacity, and both are record edges; otherwise look again under the lock */
-        int odd = ((tail | head) & (REC_HDR - 1)) || (int64_t)(tail - head) > (int64_t)r->c.cap;
-        if (odd || room(&r->c, tail, head, need, max_items, pad)) {
-            int rc = lock_ring(&r->c, 1, deadline, nb);
-            if (rc != OK)
-                return rc;
-            if ((rc = check_prod(&r->c, NULL, NULL)) != OK) {
-                unlock_ring(&r->c, 1);
-                return rc;
-            }
-            if (odd) { /* it was a transient after all: look again */
-                unlock_ring(&r->c, 1);
-                continue;
-            }
-            pc = atomic_load(&h->pclaim);
-            if (pc && (pc == r->c.token || !pclaim_live(h))) {
-                /* our own half-written message (another message now), or a dead or stale
-                 * claimant's: abandoned */
-                if (pc != r->c.token)
-                    atomic_fetch_add(&h->repairs, 1);
-                pclaim_end(h, pc, 1);
-                if (pc == r->c.token)
-                    Py_CLEAR(r->pdata);
-            } else if (pc) {
-                unlock_ring(&r->c, 1); /* claimed meanwhile: wait for it above */
-                continue;
-            }
-            if ((rc = check_prod(&r->c, &tail, &head)) != OK) {
-                unlock_ring(&r->c, 1);
-                return rc;
-            }
-            if (room(&r->c, tail, head, need, max_items, pad) && !atomic_load(&h->closed))
-                return OK;
-            unlock_ring(&r->c, 1); /* another producer took the room meanwhile: look again */
-            continue;
-        }
-        if (nb) {
-            if (!r->fail_valid) { /* _wait("send") waits for head to move past this */
-                r->fail_head = head;
-                r->fail_valid = 1;
-            }
-            return R_EMPTY;
-        }
-        int rc = wait_word(&r->c, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
-        if (rc != OK)
-            return rc;
-    }
-}
-
-/* A non-blocking attempt at a fragmented message (THEORY: producer claims): write the
- * fragments that fit now; if some remain, claim the message for this handle (pclaim),
- * keep the data object and return R_EMPTY; the next try_send of the *same object* on this
- * handle resumes it. g->obj is the data object. */
-static int produce_frag_nb(Ring *r, gather_t *g, uint64_t total, uint64_t max_items)
-{
-    struct ring_hdr *h = r->c.hdr;
-    uint64_t pad;
-    int rc, resume = r->pdata == g->obj && g->obj && atomic_load(&h->pclaim) == r->c.token;
-    if (resume) {
-        rc = lock_ring(&r->c, 1, 0.0, 1);
-        if (rc != OK)
-            return rc; /* busy: R_EMPTY */
-        if (atomic_load(&h->pclaim) != r->c.token) { /* taken over (stale) meanwhile: start again */
-            unlock_ring(&r->c, 1);
-            Py_CLEAR(r->pdata);
-            return R_EMPTY;
-        }
-    } else {
-        rc = reserve_locked(r, rec_size(r->c.frag_max), max_items, 0.0, 1, &pad);
-        if (rc != OK)
-            return rc;
-        Py_CLEAR(r->pdata);
-        r->pdone = 0;
-        atomic_store_explicit(&h->frag_active, 1, memory_order_release);
-    }
-    uint64_t done = r->pdone, head = 0;
-    while (done < total) {
-        uint64_t chunk = total - done < r->c.frag_max ? total - done : r->c.frag_max;
-        int last = done + chunk == total;
-        if (atomic_load_explicit(&h->closed, memory_order_relaxed)) {
-            rc = R_CLOSED;
-            goto abort;
-        }
-        uint64_t tail;
-        if ((rc = check_prod(&r->c, &tail, &head)) != OK)
-            goto abort;
-        if (!room(&r->c, tail, head, rec_size(chunk), 0, &pad))
-            break;
-        unsigned char *dst = place(&r->c, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
-        gather_gil(dst, g, done, chunk);
-        if (is_broken(&r->c)) {
-            rc = R_BROKEN;
-            goto abort;
-        }
-        uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
-        publish(h, tail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
-        done += chunk;
-    }
-    if (done == total) {
-        atomic_store_explicit(&h->frag_active, 0, memory_order_release);
-        pclaim_end(h, r->c.token, 0);
-        Py_CLEAR(r->pdata);
-        r->pdone = 0;
-        unlock_ring(&r->c, 1);
-        return OK;
-    }
-    /* no room for the next fragment now: the message stays claimed by this handle */
-    r->pdone = done;
-    if (!r->pdata)
-        r->pdata = Py_NewRef(g->obj);
-    atomic_store(&h->pclaim_beat, mono_ns());
-    if (!resume) {
-        if (!r->c.start) {
-            char state;
-            if (read_stat(r->c.pid, &state, &r->c.start) != 0)
-                r->c.start = 0;
-        }
-        atomic_store(&h->pclaim_pid, r->c.pid);
-        atomic_store(&h->pclaim_start, r->c.start);
-        atomic_store(&h->pclaim, r->c.token);
-    }
-    r->fail_head = head; /* _wait("send") waits for head to move past this */
-    r->fail_valid = 1;
-    unlock_ring(&r->c, 1);
-    return R_EMPTY;
-abort:
-    if (resume || atomic_load(&h->pclaim) == r->c.token)
-        pclaim_end(h, r->c.token, 1);
-    else
-        frag_abort(h);
-    Py_CLEAR(r->pdata);
-    unlock_ring(&r->c, 1);
-    return rc;
-}
-
-/* One message of `total` bytes from the parts. nb: a non-blocking attempt (R_EMPTY when
- * there is no room now); a fragmented one, once started, waits for the rest (THEORY). */
-static int produce(Ring *r, gather_t *g, uint64_t total, double deadline, uint64_t max_items, int nb)
-{
-    struct ring_hdr *h = r->c.hdr;
-    uint64_t pad;
-    if (total <= r->c.frag_max) {
-        uint64_t need = rec_size(total);
-        int rc = reserve_locked(r, need, max_items, deadline, nb, &pad);
-        if (rc != OK)
-            return rc;
-        unsigned char *dst = place(&r->c, pad, total, F_FIRST | F_LAST, total);
-        gather_gil(dst, g, 0, total);
-        if (is_broken(&r->c)) {
-            unlock_ring(&r->c, 1);
-            return R_BROKEN; /* never publish a record written into vanished pages */
-        }
-        publish(h, r->c.vtail + pad + need, atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
-        unlock_ring(&r->c, 1);
-        return OK;
-    }
-    if (nb)
-        return produce_frag_nb(r, g, total, max_items);
-    /* Fragments: wait (no lock) until the first fits, then hold prod_lock across all of
-     * them, waiting for space under it (the one wait under a lock); abort (frag_active = 0)
-     * on timeout, close or a signal. */
-    int rc = reserve_locked(r, rec_size(r->c.frag_max), max_items, deadline, nb, &pad);
-    if (rc != OK)
-        return rc;
-    if (r->pdata) /* a half-written message of ours was abandoned by reserve_locked */
-        Py_CLEAR(r->pdata);
-    atomic_store_explicit(&h->frag_active, 1, memory_order_release);
-    uint64_t done = 0;
-    int first = 1;
-    while (done < total) {
-        uint64_t chunk = total - done < r->c.frag_max ? total - done : r->c.frag_max;
-        int last = done + chunk == total;
-        while (!first) {
-            if (atomic_load_explicit(&h->closed, memory_order_relaxed)) {
-                rc = R_CLOSED;
-                goto abort;
-            }
-            uint64_t tail, head;
-            if ((rc = check_prod(&r->c, &tail, &head)) != OK)
-                goto abort;
-            if (room(&r->c, tail, head, rec_size(chunk), 0, &pad))
-                break;
-            rc = wait_word(&r->c, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
-            if (rc != OK)
-                goto abort;
-        }
-        first = 0;
-        unsigned char *dst = place(&r->c, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
-        gather_gil(dst, g, done, chunk);
-        if (is_broken(&r->c)) {
-            rc = R_BROKEN;
-            goto abort;
-        }
-        uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
-        publish(h, r->c.vtail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
-        done += chunk;
-    }
-    atomic_store_explicit(&h->frag_active, 0, memory_order_release);
-    unlock_ring(&r->c, 1);
-    return OK;
-abort:
-    frag_abort(h);
-    unlock_ring(&r->c, 1);
-    return rc;
-}
-
-/* ------------------------------------------------------------------------- */
-/* consumer side */
-
-
-
-
-
+/* the binding's side of the core's produce / consume loops (ring_core.c) */
 
 static PyObject *RingView_new(Ring *r, unsigned char *ptr, Py_ssize_t len, uint64_t new_head);
 static void RingView_drop(PyObject *v);
 
-static void copy_out(char *dst, const unsigned char *src, size_t len)
+/* One message from Python buffers (obj: try_send's data object, for a resumed fragmented one). */
+static int produce(Ring *r, Py_buffer *bufs, int n, uint64_t total, double deadline, uint64_t max_items, int nb,
+                   PyObject *obj)
 {
-    if (len >= BIG_COPY) {
-        Py_BEGIN_ALLOW_THREADS
-        memcpy(dst, src, len);
-        Py_END_ALLOW_THREADS
-    } else {
-        memcpy(dst, src, len);
+    rc_part parts[64];
+    for (int i = 0; i < n; i++) {
+        parts[i].buf = bufs[i].buf;
+        parts[i].len = (uint64_t)bufs[i].len;
     }
+    return rc_produce(&r->c, parts, n, total, deadline, max_items, nb, obj);
 }
 
-/* The claimed message is complete: hand it out. */
-static PyObject *finish_partial(Ring *r, int want_view)
+/* Receive one message as bytes, or a view (want_view 1; 2: only for messages >= VIEW_MIN).
+ * NULL with *rcp = R_EMPTY (nb: nothing now), R_ERR (exception set) or a state. */
+static PyObject *consume(Ring *r, double deadline, int want_view, int nb, const char *ex, Py_ssize_t exn, int *rcp)
 {
-    PyObject *p = r->partial;
-    r->partial = NULL;
-    if (r->filled != r->ptotal) {
-        Py_DECREF(p);
-        PyErr_Format(E_Bad, "recv on %S: fragmented message of %llu bytes ended after %llu", r->url,
-                     (unsigned long long)r->ptotal, (unsigned long long)r->filled);
-        return NULL;
+    rc_msg m;
+    int rc = rc_consume(&r->c, deadline, nb, ex, (size_t)exn, &m);
+    if (rc == R_WHOLE) {
+        if (want_view == 1 || (want_view == 2 && m.len >= VIEW_MIN)) {
+            /* a memoryview over a RingView: keeps cons_lock (and the mapping) until released */
+            PyObject *v = RingView_new(r, m.src, (Py_ssize_t)m.len, m.next), *mv = NULL;
+            if (v && !(mv = PyMemoryView_FromObject(v)))
+                RingView_drop(v); /* unclaimed, not consumed */
+            Py_XDECREF(v);
+            *rcp = mv ? OK : R_ERR; /* the lock was released */
+            return mv;
+        }
+        PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)m.len);
+        if (!out) {
+            unlock_ring(&r->c, 0); /* left in place: nothing lost */
+            *rcp = R_ERR;
+            return NULL;
+        }
+        rc_copy(PyBytes_AS_STRING(out), m.src, m.len);
+        if ((*rcp = rc_take_whole(&r->c, m.next)) != OK) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        return out;
     }
+    *rcp = rc;
+    if (rc != OK)
+        return NULL;
+    PyObject *p = m.msg; /* a reassembled message: bytes (msg_alloc) */
     if (want_view) {
         PyObject *mv = PyMemoryView_FromObject(p);
         Py_DECREF(p);
+        if (!mv)
+            *rcp = R_ERR;
         return mv;
     }
     return p;
-}
-
-/* With cons_lock held: take the records at head. Returns a message (cons_lock released, or
- * kept by a RingView), or NULL with *rcp = R_EMPTY (lock released: nothing deliverable now —
- * empty, mid-message, or another live consumer's claim), R_ERR (exception set) or a state. */
-static PyObject *take_locked(Ring *r, int want_view, double deadline, const expect_t *ex, int *rcp)
-{
-    struct ring_hdr *h = r->c.hdr;
-    for (unsigned iter = 1;; iter++) {
-        /* bounded (each turn moves head >= 16 bytes towards a tail <= capacity away), yet
-         * checked like every loop: the deadline and pending signals (GIL held) */
-        if ((iter & 255) == 0) {
-            if (mono() >= deadline) {
-                *rcp = R_TIMEOUT;
-                break;
-            }
-            if (PyErr_CheckSignals() < 0) {
-                *rcp = R_ERR;
-                break;
-            }
-        }
-        uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
-        if (foreign_claim(&r->c, claim)) {
-            if (claimant_alive(h)) {
-                *rcp = R_EMPTY;
-                break;
-            }
-            claim_clear(h, claim); /* its owner died: the rest of its message is skipped below */
-            atomic_fetch_add(&h->repairs, 1);
-        }
-        uint64_t head, tail;
-        if ((*rcp = check_cons(&r->c, &head, &tail)) != OK)
-            break;
-        if (is_broken(&r->c)) {
-            *rcp = R_BROKEN;
-            break;
-        }
-        if (head == tail) {
-            /* Mid-message and the producer aborted (timeout) or died (repaired): drop ours. */
-            if (r->partial && !atomic_load_explicit(&h->frag_active, memory_order_acquire) &&
-                atomic_load_explicit(&h->tail, memory_order_acquire) == tail) {
-                Py_CLEAR(r->partial);
-                claim_clear(h, r->c.token);
-            }
-            *rcp = R_EMPTY;
-            break;
-        }
-        uint64_t off = head % r->c.cap;
-        struct rec *rec = (struct rec *)(r->c.data + off);
-        uint32_t len = rec->len, flags = rec->flags;
-        uint64_t total = rec->total;
-        if (is_broken(&r->c)) { /* the record header was on a vanished page: do not advance */
-            *rcp = R_BROKEN;
-            break;
-        }
-        const char *bad = rc_check_record(&r->c, off, len, flags, total, tail - head, r->partial != NULL,
-                                          r->ptotal, r->filled);
-        if (bad) {
-            *rcp = corrupt(&r->c, "record at offset %llu (len %u, flags 0x%x, total %llu): %s", (unsigned long long)off,
-                           len, flags, (unsigned long long)total, bad);
-            break;
-        }
-        uint64_t next = head + rec_size(len);
-        if (flags & F_PAD) {
-            advance(h, next, 0);
-            continue;
-        }
-        if (flags & F_FIRST) {
-            if (r->partial) { /* an aborted or orphaned message: never delivered */
-                Py_CLEAR(r->partial);
-                claim_clear(h, r->c.token);
-            }
-        } else if (!r->partial) {
-            advance(h, next, (flags & F_LAST) != 0); /* the rest of a message a dead consumer claimed */
-            continue;
-        }
-        unsigned char *src = r->c.data + off + REC_HDR;
-        if (ex && (flags & F_FIRST) && (len < (uint64_t)ex->n || memcmp(src, ex->p, (size_t)ex->n) != 0)) {
-            /* not the kind the caller asked for: leave it at head, say what it is */
-            r->mis_total = total;
-            r->mis_n = len < sizeof r->mis_head ? (int)len : (int)sizeof r->mis_head;
-            memcpy(r->mis_head, src, (size_t)r->mis_n);
-            *rcp = R_MISMATCH;
-            break;
-        }
-        if ((flags & (F_FIRST | F_LAST)) == (F_FIRST | F_LAST)) {
-            if (want_view == 1 || (want_view == 2 && len >= VIEW_MIN)) {
-                /* a memoryview over a RingView: keeps cons_lock (and the mapping) until released */
-                PyObject *v = RingView_new(r, src, len, next), *mv = NULL;
-                if (v && !(mv = PyMemoryView_FromObject(v)))
-                    RingView_drop(v); /* unclaimed, not consumed */
-                Py_XDECREF(v);
-                if (!mv)
-                    *rcp = R_ERR; /* the lock was released */
-                return mv;
-            }
-            PyObject *out = PyBytes_FromStringAndSize(NULL, len);
-            if (!out) {
-                *rcp = R_ERR;
-                break;
-            }
-            copy_out(PyBytes_AS_STRING(out), src, len);
-            if (is_broken(&r->c)) {
-                Py_DECREF(out);
-                *rcp = R_BROKEN;
-                break;
-            }
-            advance(h, next, 1);
-            unlock_ring(&r->c, 0);
-            return out;
-        }
-        if (flags & F_FIRST) {
-            if (total > (uint64_t)PY_SSIZE_T_MAX - 64 ||
-                !(r->partial = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total))) {
-                *rcp = R_ERR; /* message left in place: nothing lost */
-                break;
-            }
-            r->ptotal = total;
-            r->filled = 0;
-            claim_set(&r->c);
-        }
-        copy_out(PyBytes_AS_STRING(r->partial) + r->filled, src, len);
-        if (is_broken(&r->c)) {
-            *rcp = R_BROKEN;
-            break;
-        }
-        r->filled += len;
-        if (flags & F_LAST) {
-            advance(h, next, 1);
-            claim_clear(h, r->c.token);
-            unlock_ring(&r->c, 0);
-            PyObject *out = finish_partial(r, want_view);
-            if (!out)
-                *rcp = R_ERR;
-            return out;
-        }
-        advance(h, next, 0);
-    }
-    unlock_ring(&r->c, 0);
-    return NULL;
-}
-
-/* Receive one message. Waits (nb: never) holding no lock: for data, for another consumer's
- * claim to end, or (mid-message) for the rest; takes cons_lock only to take records.
- * Returns the message, or NULL with *rcp = R_EMPTY (nb: nothing now), R_ERR or a state. */
-static PyObject *consume(Ring *r, double deadline, int want_view, int nb, const expect_t *ex, int *rcp)
-{
-    struct ring_hdr *h = r->c.hdr;
-    for (;;) {
-        if (is_broken(&r->c)) {
-            *rcp = R_BROKEN;
-            return NULL;
-        }
-        uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
-        int rc;
-        if (foreign_claim(&r->c, claim) && claimant_alive(h)) {
-            /* another consumer is mid-message: its fragments are at head */
-            if (nb) {
-                *rcp = R_EMPTY;
-                return NULL;
-            }
-            double until = mono() + PROBE; /* then probe the claimant's liveness again */
-            rc = wait_word(&r->c, lo32(&h->claim), (uint32_t)claim, &h->claim_waiters, until < deadline ? until : deadline);
-            if (rc == R_TIMEOUT && until < deadline)
-                continue;
-            if (rc != OK) {
-                *rcp = rc;
-                return NULL;
-            }
-            continue;
-        }
-        if (head == tail) {
-            if (r->partial) {
-                if (atomic_load_explicit(&h->frag_active, memory_order_acquire)) {
-                    if (nb) {
-                        *rcp = R_EMPTY;
-                        return NULL;
-                    }
-                    double until = mono() + PROBE;
-                    rc = wait_word(&r->c, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters,
-                                   until < deadline ? until : deadline);
-                    if (rc == R_TIMEOUT && until < deadline) {
-                        probe_producer(h); /* EBUSY while the producer lives; repairs a dead one */
-                        continue;
-                    }
-                    if (rc != OK) {
-                        if (rc == R_TIMEOUT) /* a short timeout probes too: a dead producer's message */
-                            probe_producer(h); /* is then dropped by the next call */
-                        *rcp = rc;
-                        return NULL;
-                    }
-                    continue;
-                }
-                /* the producer aborted or died: take_locked drops the partial */
-            } else {
-                if (atomic_load_explicit(&h->closed, memory_order_acquire)) {
-                    *rcp = R_CLOSED;
-                    return NULL;
-                }
-                if (nb) {
-                    *rcp = R_EMPTY;
-                    return NULL;
-                }
-                rc = wait_word(&r->c, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, deadline);
-                if (rc != OK) {
-                    *rcp = rc;
-                    return NULL;
-                }
-                continue;
-            }
-        }
-        rc = lock_ring(&r->c, 0, deadline, nb);
-        if (rc != OK) {
-            *rcp = rc;
-            return NULL;
-        }
-        PyObject *got = take_locked(r, want_view, nb ? INFINITY : deadline, ex, &rc);
-        if (got || rc != R_EMPTY) {
-            *rcp = rc;
-            return got;
-        }
-        /* nothing deliverable after all: look again (waits or, nb, returns R_EMPTY) */
-    }
-}
-
-/* _wait("recv"): block, consuming nothing and holding no lock, until a recv attempt may
- * succeed (data at head that is not another live consumer's claim, and cons_lock free),
- * the deadline passes, or the handle is closed. Returns OK or R_ERR (exception). */
-static int wait_recv(Ring *r, double deadline)
-{
-    struct ring_hdr *h = r->c.hdr;
-    for (;;) {
-        if (is_broken(&r->c) || atomic_load(&h->closed))
-            return OK;
-        uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
-        int rc;
-        double until = mono() + PROBE;
-        if (until > deadline)
-            until = deadline;
-        if (foreign_claim(&r->c, claim) && claimant_alive(h)) {
-            rc = wait_word(&r->c, lo32(&h->claim), (uint32_t)claim, &h->claim_waiters, until);
-        } else if (head == tail && !(r->partial && !atomic_load(&h->frag_active))) {
-            rc = wait_word(&r->c, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, r->partial ? until : deadline);
-            if (rc == R_TIMEOUT && r->partial)
-                probe_producer(h);
-        } else {
-            /* ready: wait until no other consumer holds cons_lock (a view, a copy) */
-            rc = lock_ring(&r->c, 0, deadline, 0);
-            if (rc == OK)
-                unlock_ring(&r->c, 0);
-            return rc == R_ERR ? R_ERR : OK;
-        }
-        if (rc == R_ERR)
-            return R_ERR;
-        if (rc == R_TIMEOUT && mono() >= deadline)
-            return OK;
-        if (rc != OK && rc != R_TIMEOUT)
-            return OK; /* closed here, broken: the caller's attempt reports it */
-    }
-}
-
-/* _wait("send"): until some space was freed since the last failed try_send (or the ring is
- * not full) and prod_lock is free, the deadline passes, or the handle is closed. */
-static int wait_send(Ring *r, double deadline)
-{
-    struct ring_hdr *h = r->c.hdr;
-    for (;;) {
-        if (is_broken(&r->c) || atomic_load(&h->closed))
-            return OK;
-        uint64_t pc = atomic_load_explicit(&h->pclaim, memory_order_acquire);
-        if (pc && pc == r->c.token)
-            atomic_store(&h->pclaim_beat, mono_ns()); /* our half-written message: still wanted */
-        if (pc && pc != r->c.token && pclaim_live(h)) {
-            double until = mono() + PROBE;
-            int rc = wait_word(&r->c, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters,
-                               until < deadline ? until : deadline);
-            if (rc == R_ERR)
-                return R_ERR;
-            if (rc != OK && !(rc == R_TIMEOUT && until < deadline))
-                return OK;
-            continue;
-        }
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
-        uint64_t used = tail - head;
-        int ready = r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->c.cap);
-        if (ready) {
-            r->fail_valid = 0;
-            int rc = lock_ring(&r->c, 1, deadline, 0);
-            if (rc == OK)
-                unlock_ring(&r->c, 1);
-            return rc == R_ERR ? R_ERR : OK;
-        }
-        double until = pc == r->c.token && pc ? mono() + 0.25 : deadline; /* beat a held claim */
-        int rc = wait_word(&r->c, lo32(&h->head), (uint32_t)head, &h->prod_waiters, until < deadline ? until : deadline);
-        if (rc == R_ERR)
-            return R_ERR;
-        if (rc == R_TIMEOUT && until < deadline)
-            continue;
-        if (rc != OK)
-            return OK;
-    }
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1056,15 +478,9 @@ static PyTypeObject RingLoanType = {
 static void ring_unmap_now(Ring *r)
 {
     if (r->c.hdr && !atomic_exchange(&r->unmapped, 1)) {
-        if (r->partial) { /* closed mid-message: drop the claim (the rest is skipped, THEORY) */
-            Py_CLEAR(r->partial);
-            claim_clear(r->c.hdr, r->c.token);
-        }
-        if (r->pdata) { /* a half-written message: make the claim stale, the next peer ends it */
-            Py_CLEAR(r->pdata);
-            if (atomic_load(&r->c.hdr->pclaim) == r->c.token)
-                atomic_store(&r->c.hdr->pclaim_beat, 0);
-        }
+        /* closed mid-message: drop the claim (the rest is skipped, THEORY); a half-written
+         * message: make the claim stale, the next peer ends it */
+        rc_forget(&r->c);
         if (r->c.slot >= 0)
             slot_unregister(r->c.slot); /* before munmap: the handler must not claim a reused range */
         r->c.slot = -1;
@@ -1159,8 +575,8 @@ static void Ring_dealloc(Ring *r)
     if (r->fork_gen != fork_gen)
         after_fork(r);
     ring_unmap_now(r); /* no call can be in flight: each holds a reference */
-    Py_CLEAR(r->partial);
-    Py_CLEAR(r->pdata);
+    rc_drop_partial(&r->c);
+    rc_drop_pdata(&r->c);
     Py_XDECREF(r->url);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -1227,8 +643,7 @@ static PyObject *Ring_send(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         leave(r);
         return NULL;
     }
-    gather_t g = {&b, 1};
-    int rc = produce(r, &g, (uint64_t)b.len, deadline, max_items, 0);
+    int rc = produce(r, &b, 1, (uint64_t)b.len, deadline, max_items, 0, NULL);
     release_part(&b);
     if (rc != OK && rc != R_ERR)
         raise_state(r, rc, "send", dl);
@@ -1255,8 +670,7 @@ static PyObject *Ring_try_send(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         leave(r);
         return NULL;
     }
-    gather_t g = {&b, 1, args[0]};
-    int rc = produce(r, &g, (uint64_t)b.len, 0.0, max_items, 1);
+    int rc = produce(r, &b, 1, (uint64_t)b.len, 0.0, max_items, 1, args[0]);
     release_part(&b);
     if (rc != OK && rc != R_ERR && rc != R_EMPTY)
         raise_state(r, rc, "send", NULL);
@@ -1301,8 +715,7 @@ static PyObject *Ring_sendv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         total += (uint64_t)bufs[got].len;
     }
-    gather_t g = {bufs, (int)n};
-    rc = produce(r, &g, total, deadline, max_items, 0);
+    rc = produce(r, bufs, (int)n, total, deadline, max_items, 0, NULL);
     if (rc != OK && rc != R_ERR)
         raise_state(r, rc, "send", dl);
 done:
@@ -1323,14 +736,15 @@ static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "recv(deadline=FOREVER, knobs=None, view=0, expect=None)");
         return NULL;
     }
-    expect_t ex = {NULL, 0};
+    const char *ex = NULL;
+    Py_ssize_t exn = 0;
     if (nargs > 3 && args[3] != Py_None) {
         if (!PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) > 64) {
             PyErr_SetString(PyExc_TypeError, "recv: expect must be bytes (at most 64) or None");
             return NULL;
         }
-        ex.p = PyBytes_AS_STRING(args[3]); /* args[3] is borrowed for the whole call */
-        ex.n = PyBytes_GET_SIZE(args[3]);
+        ex = PyBytes_AS_STRING(args[3]); /* args[3] is borrowed for the whole call */
+        exn = PyBytes_GET_SIZE(args[3]);
     }
     double deadline = INFINITY;
     PyObject *dl = nargs > 0 ? args[0] : NULL;
@@ -1349,7 +763,7 @@ static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     if (enter(r, "recv") < 0)
         return NULL;
     int rc = OK;
-    PyObject *got = consume(r, deadline, view, 0, ex.p ? &ex : NULL, &rc);
+    PyObject *got = consume(r, deadline, view, 0, ex, exn, &rc);
     if (!got && rc != R_ERR)
         raise_state(r, rc, "recv", dl);
     leave(r);
@@ -1376,7 +790,7 @@ static PyObject *Ring_try_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     if (enter(r, "recv") < 0)
         return NULL;
     int rc = OK;
-    PyObject *got = consume(r, 0.0, view, 1, NULL, &rc);
+    PyObject *got = consume(r, 0.0, view, 1, NULL, 0, &rc);
     if (!got && rc != R_ERR && rc != R_EMPTY)
         raise_state(r, rc, "recv", NULL);
     leave(r);
@@ -1416,8 +830,7 @@ static PyObject *Ring_send_many(Ring *r, PyObject *const *args, Py_ssize_t nargs
             rc = R_ERR;
             break;
         }
-        gather_t g = {&b, 1, NULL};
-        rc = produce(r, &g, (uint64_t)b.len, deadline, max_items, 0);
+        rc = produce(r, &b, 1, (uint64_t)b.len, deadline, max_items, 0, NULL);
         release_part(&b);
         Py_DECREF(item);
         if (rc != OK) {
@@ -1467,7 +880,7 @@ static PyObject *Ring_recv_many(Ring *r, PyObject *const *args, Py_ssize_t nargs
     if (enter(r, "recv") < 0)
         return NULL;
     int rc = OK;
-    PyObject *got = consume(r, deadline, 0, 0, NULL, &rc);
+    PyObject *got = consume(r, deadline, 0, 0, NULL, 0, &rc);
     if (!got) {
         if (rc != R_ERR)
             raise_state(r, rc, "recv", dl);
@@ -1484,7 +897,7 @@ static PyObject *Ring_recv_many(Ring *r, PyObject *const *args, Py_ssize_t nargs
     }
     Py_DECREF(got);
     while (PyList_GET_SIZE(out) < max_n) {
-        got = consume(r, 0.0, 0, 1, NULL, &rc);
+        got = consume(r, 0.0, 0, 1, NULL, 0, &rc);
         if (!got) {
             if (rc == R_ERR && PyErr_Occurred()) {
                 int interrupted = PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
@@ -1537,7 +950,7 @@ static PyObject *Ring_wait(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         leave(r);
         Py_RETURN_NONE; /* the caller's closed check reports it */
     }
-    int rc = op ? wait_send(r, deadline) : wait_recv(r, deadline);
+    int rc = op ? rc_wait_send(&r->c, deadline) : rc_wait_recv(&r->c, deadline);
     leave(r);
     if (rc == R_ERR)
         return NULL;
@@ -1556,22 +969,7 @@ static PyObject *Ring_ready(Ring *r, PyObject *arg)
         PyErr_Clear();
         Py_RETURN_TRUE; /* broken: the attempt raises */
     }
-    struct ring_hdr *h = r->c.hdr;
-    uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
-    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-    uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
-    int ready;
-    if (atomic_load(&h->closed)) {
-        ready = 1;
-    } else if (op) { /* as _wait("send"): space freed since the last failed try_send, or not full */
-        uint64_t used = tail - head, pc = atomic_load(&h->pclaim);
-        ready = r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->c.cap);
-        if (pc && pc != r->c.token && pclaim_live(h))
-            ready = 0;
-    } else {
-        ready = !(foreign_claim(&r->c, claim) && claimant_alive(h)) &&
-                (head != tail || (r->partial && !atomic_load(&h->frag_active)));
-    }
+    int ready = rc_ready(&r->c, op);
     leave(r);
     return PyBool_FromLong(ready);
 }
@@ -1596,7 +994,7 @@ static PyObject *Ring_loan(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     uint64_t pad = 0;
-    int rc = reserve_locked(r, rec_size((uint64_t)n), 0, deadline, 0, &pad);
+    int rc = rc_reserve(&r->c, rec_size((uint64_t)n), 0, deadline, 0, &pad);
     if (rc != OK) {
         if (rc != R_ERR)
             raise_state(r, rc, "loan", dl);
@@ -1883,6 +1281,20 @@ static struct PyModuleDef module = {
 static void *gil_release(void) { return PyEval_SaveThread(); }
 static void gil_reacquire(void *ts) { PyEval_RestoreThread((PyThreadState *)ts); }
 static int py_interrupted(void) { return PyErr_CheckSignals() < 0; }
+/* (The Ring is the handle's container: ((Ring *)((char *)c - offsetof(Ring, c))).) */
+static void *py_msg_alloc(rc_ring *c, uint64_t total, unsigned char **bytes)
+{
+    if (total > (uint64_t)PY_SSIZE_T_MAX - 64) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (b)
+        *bytes = (unsigned char *)PyBytes_AS_STRING(b);
+    return b;
+}
+static void *py_obj_keep(void *o) { return Py_NewRef((PyObject *)o); }
+static void py_obj_drop(void *o) { Py_DECREF((PyObject *)o); }
 
 PyMODINIT_FUNC PyInit__ring(void)
 {
@@ -1901,6 +1313,9 @@ PyMODINIT_FUNC PyInit__ring(void)
     rc_rt.release = gil_release; /* the core's waits and big copies let other threads run */
     rc_rt.reacquire = gil_reacquire;
     rc_rt.interrupted = py_interrupted;
+    rc_rt.msg_alloc = py_msg_alloc; /* reassembled messages are bytes; try_send data is kept */
+    rc_rt.obj_keep = py_obj_keep;
+    rc_rt.obj_drop = py_obj_drop;
     rc_process_init();
     E_Timeout = Py_NewRef(PyExc_TimeoutError);
     E_WouldBlock = Py_NewRef(PyExc_BlockingIOError);

@@ -641,3 +641,614 @@ const char *rc_check_record(const rc_ring *r, uint64_t off, uint32_t len, uint32
         return "a fragment does not continue the message being reassembled";
     return NULL;
 }
+
+/* ========================================================================= */
+/* The produce / consume loops (THEORY): every binding (Python's _ring.c, the C API kipc_ring.h)
+ * calls these; the runtime's part comes in through rc_rt. */
+
+void rc_copy(void *dst, const void *src, uint64_t len)
+{
+    if (len >= BIG_COPY && rc_rt.release) {
+        void *ts = rc_rt.release();
+        memcpy(dst, src, len);
+        rc_rt.reacquire(ts);
+    } else {
+        memcpy(dst, src, len);
+    }
+}
+
+/* Copy bytes [from, from+len) of the concatenated parts to dst. */
+static void gather(unsigned char *dst, const rc_part *parts, int n, uint64_t from, uint64_t len)
+{
+    for (int i = 0; i < n && len; i++) {
+        uint64_t plen = parts[i].len;
+        if (from >= plen) {
+            from -= plen;
+            continue;
+        }
+        uint64_t take = plen - from < len ? plen - from : len;
+        memcpy(dst, (const char *)parts[i].buf + from, take);
+        dst += take;
+        len -= take;
+        from = 0;
+    }
+}
+
+static void gather_big(unsigned char *dst, const rc_part *parts, int n, uint64_t from, uint64_t len)
+{
+    if (len >= BIG_COPY && rc_rt.release) {
+        void *ts = rc_rt.release();
+        gather(dst, parts, n, from, len);
+        rc_rt.reacquire(ts);
+    } else {
+        gather(dst, parts, n, from, len);
+    }
+}
+
+void rc_drop_partial(rc_ring *r)
+{
+    if (r->partial) {
+        if (rc_rt.obj_drop)
+            rc_rt.obj_drop(r->partial);
+        else
+            free(r->partial);
+    }
+    r->partial = NULL;
+    r->pbuf = NULL;
+}
+
+void rc_drop_pdata(rc_ring *r)
+{
+    if (r->pdata && rc_rt.obj_drop)
+        rc_rt.obj_drop(r->pdata);
+    r->pdata = NULL;
+}
+
+/* In a forked child, or before unmapping: this handle's claims end (THEORY: claims). unmapping:
+ * a claimed partial is dropped (its rest is skipped), a half-written message made stale. */
+void rc_forget(rc_ring *r)
+{
+    if (r->hdr && r->partial)
+        claim_clear(r->hdr, r->token);
+    if (r->hdr && r->pdata && atomic_load(&r->hdr->pclaim) == r->token)
+        atomic_store(&r->hdr->pclaim_beat, 0);
+    rc_drop_partial(r);
+    rc_drop_pdata(r);
+    r->filled = r->ptotal = 0;
+}
+
+/* Wait, holding no lock, until a record of `need` bytes fits (and an item slot is free);
+ * then take prod_lock and re-check. Returns OK with the lock held and *pad set, or a
+ * state (nb: R_EMPTY when there is no room now or the lock is busy). */
+int rc_reserve(rc_ring *r, uint64_t need, uint64_t max_items, double deadline, int nb, uint64_t *pad)
+{
+    struct ring_hdr *h = r->hdr;
+    for (;;) {
+        if (atomic_load_explicit(&h->closed, memory_order_relaxed))
+            return R_CLOSED;
+        uint64_t pc = atomic_load_explicit(&h->pclaim, memory_order_acquire);
+        if (pc && pc != r->token && pclaim_live(h)) {
+            /* another handle's fragmented message is half written: wait for its claim to end */
+            if (nb)
+                return R_EMPTY;
+            double until = mono() + PROBE;
+            int rc = wait_word(r, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters, until < deadline ? until : deadline);
+            if (rc != OK && !(rc == R_TIMEOUT && until < deadline))
+                return rc;
+            continue;
+        }
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+        /* tail read before head: tail - head may be negative (consumers moved on), never above
+         * capacity, and both are record edges; otherwise look again under the lock */
+        int odd = ((tail | head) & (REC_HDR - 1)) || (int64_t)(tail - head) > (int64_t)r->cap;
+        if (odd || room(r, tail, head, need, max_items, pad)) {
+            int rc = lock_ring(r, 1, deadline, nb);
+            if (rc != OK)
+                return rc;
+            if ((rc = check_prod(r, NULL, NULL)) != OK) {
+                unlock_ring(r, 1);
+                return rc;
+            }
+            if (odd) { /* it was a transient after all: look again */
+                unlock_ring(r, 1);
+                continue;
+            }
+            pc = atomic_load(&h->pclaim);
+            if (pc && (pc == r->token || !pclaim_live(h))) {
+                /* our own half-written message (another message now), or a dead or stale
+                 * claimant's: abandoned */
+                if (pc != r->token)
+                    atomic_fetch_add(&h->repairs, 1);
+                pclaim_end(h, pc, 1);
+                if (pc == r->token)
+                    rc_drop_pdata(r);
+            } else if (pc) {
+                unlock_ring(r, 1); /* claimed meanwhile: wait for it above */
+                continue;
+            }
+            if ((rc = check_prod(r, &tail, &head)) != OK) {
+                unlock_ring(r, 1);
+                return rc;
+            }
+            if (room(r, tail, head, need, max_items, pad) && !atomic_load(&h->closed))
+                return OK;
+            unlock_ring(r, 1); /* another producer took the room meanwhile: look again */
+            continue;
+        }
+        if (nb) {
+            if (!r->fail_valid) { /* wait("send") waits for head to move past this */
+                r->fail_head = head;
+                r->fail_valid = 1;
+            }
+            return R_EMPTY;
+        }
+        int rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
+        if (rc != OK)
+            return rc;
+    }
+}
+
+/* A non-blocking attempt at a fragmented message (THEORY: producer claims): write the
+ * fragments that fit now; if some remain, claim the message for this handle (pclaim),
+ * keep the data object and return R_EMPTY; the next try_send of the *same object* on this
+ * handle resumes it. */
+static int produce_frag_nb(rc_ring *r, const rc_part *parts, int n, uint64_t total, uint64_t max_items, void *obj)
+{
+    struct ring_hdr *h = r->hdr;
+    uint64_t pad;
+    int rc, resume = r->pdata == obj && obj && atomic_load(&h->pclaim) == r->token;
+    if (resume) {
+        rc = lock_ring(r, 1, 0.0, 1);
+        if (rc != OK)
+            return rc; /* busy: R_EMPTY */
+        if (atomic_load(&h->pclaim) != r->token) { /* taken over (stale) meanwhile: start again */
+            unlock_ring(r, 1);
+            rc_drop_pdata(r);
+            return R_EMPTY;
+        }
+    } else {
+        rc = rc_reserve(r, rec_size(r->frag_max), max_items, 0.0, 1, &pad);
+        if (rc != OK)
+            return rc;
+        rc_drop_pdata(r);
+        r->pdone = 0;
+        atomic_store_explicit(&h->frag_active, 1, memory_order_release);
+    }
+    uint64_t done = r->pdone, head = 0;
+    while (done < total) {
+        uint64_t chunk = total - done < r->frag_max ? total - done : r->frag_max;
+        int last = done + chunk == total;
+        if (atomic_load_explicit(&h->closed, memory_order_relaxed)) {
+            rc = R_CLOSED;
+            goto abort;
+        }
+        uint64_t tail;
+        if ((rc = check_prod(r, &tail, &head)) != OK)
+            goto abort;
+        if (!room(r, tail, head, rec_size(chunk), 0, &pad))
+            break;
+        unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
+        gather_big(dst, parts, n, done, chunk);
+        if (is_broken(r)) {
+            rc = R_BROKEN;
+            goto abort;
+        }
+        uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
+        publish(h, tail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
+        done += chunk;
+    }
+    if (done == total) {
+        atomic_store_explicit(&h->frag_active, 0, memory_order_release);
+        pclaim_end(h, r->token, 0);
+        rc_drop_pdata(r);
+        r->pdone = 0;
+        unlock_ring(r, 1);
+        return OK;
+    }
+    /* no room for the next fragment now: the message stays claimed by this handle */
+    r->pdone = done;
+    if (!r->pdata && obj && rc_rt.obj_keep)
+        r->pdata = rc_rt.obj_keep(obj);
+    atomic_store(&h->pclaim_beat, mono_ns());
+    if (!resume) {
+        if (!r->start) {
+            char state;
+            if (read_stat(r->pid, &state, &r->start) != 0)
+                r->start = 0;
+        }
+        atomic_store(&h->pclaim_pid, r->pid);
+        atomic_store(&h->pclaim_start, r->start);
+        atomic_store(&h->pclaim, r->token);
+    }
+    r->fail_head = head; /* wait("send") waits for head to move past this */
+    r->fail_valid = 1;
+    unlock_ring(r, 1);
+    return R_EMPTY;
+abort:
+    if (resume || atomic_load(&h->pclaim) == r->token)
+        pclaim_end(h, r->token, 1);
+    else
+        frag_abort(h);
+    rc_drop_pdata(r);
+    unlock_ring(r, 1);
+    return rc;
+}
+
+/* One message of `total` bytes from the parts. nb: a non-blocking attempt (R_EMPTY when
+ * there is no room now; `obj` identifies the data for a resumed fragmented message); a
+ * fragmented one, once started, waits for the rest (THEORY). */
+int rc_produce(rc_ring *r, const rc_part *parts, int n, uint64_t total, double deadline, uint64_t max_items, int nb,
+               void *obj)
+{
+    struct ring_hdr *h = r->hdr;
+    uint64_t pad;
+    if (total <= r->frag_max) {
+        uint64_t need = rec_size(total);
+        int rc = rc_reserve(r, need, max_items, deadline, nb, &pad);
+        if (rc != OK)
+            return rc;
+        unsigned char *dst = place(r, pad, total, F_FIRST | F_LAST, total);
+        gather_big(dst, parts, n, 0, total);
+        if (is_broken(r)) {
+            unlock_ring(r, 1);
+            return R_BROKEN; /* never publish a record written into vanished pages */
+        }
+        publish(h, r->vtail + pad + need, atomic_load_explicit(&h->msgs_in, memory_order_relaxed) + 1);
+        unlock_ring(r, 1);
+        return OK;
+    }
+    if (nb)
+        return produce_frag_nb(r, parts, n, total, max_items, obj);
+    /* Fragments: wait (no lock) until the first fits, then hold prod_lock across all of
+     * them, waiting for space under it (the one wait under a lock); abort (frag_active = 0)
+     * on timeout, close or a signal. */
+    int rc = rc_reserve(r, rec_size(r->frag_max), max_items, deadline, nb, &pad);
+    if (rc != OK)
+        return rc;
+    rc_drop_pdata(r); /* a half-written message of ours was abandoned by rc_reserve */
+    atomic_store_explicit(&h->frag_active, 1, memory_order_release);
+    uint64_t done = 0;
+    int first = 1;
+    while (done < total) {
+        uint64_t chunk = total - done < r->frag_max ? total - done : r->frag_max;
+        int last = done + chunk == total;
+        while (!first) {
+            if (atomic_load_explicit(&h->closed, memory_order_relaxed)) {
+                rc = R_CLOSED;
+                goto abort;
+            }
+            uint64_t tail, head;
+            if ((rc = check_prod(r, &tail, &head)) != OK)
+                goto abort;
+            if (room(r, tail, head, rec_size(chunk), 0, &pad))
+                break;
+            rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
+            if (rc != OK)
+                goto abort;
+        }
+        first = 0;
+        unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
+        gather_big(dst, parts, n, done, chunk);
+        if (is_broken(r)) {
+            rc = R_BROKEN;
+            goto abort;
+        }
+        uint64_t msgs = atomic_load_explicit(&h->msgs_in, memory_order_relaxed);
+        publish(h, r->vtail + pad + rec_size(chunk), msgs + (last ? 1 : 0));
+        done += chunk;
+    }
+    atomic_store_explicit(&h->frag_active, 0, memory_order_release);
+    unlock_ring(r, 1);
+    return OK;
+abort:
+    frag_abort(h);
+    unlock_ring(r, 1);
+    return rc;
+}
+
+/* A whole record at head was copied out by the caller (R_WHOLE): consume it, unlock. */
+int rc_take_whole(rc_ring *r, uint64_t next)
+{
+    if (is_broken(r)) { /* the copy may hold zeros from vanished pages: not consumed */
+        unlock_ring(r, 0);
+        return R_BROKEN;
+    }
+    advance(r->hdr, next, 1);
+    unlock_ring(r, 0);
+    return OK;
+}
+
+/* With cons_lock held: take the records at head. Returns R_WHOLE (lock kept), OK (a
+ * reassembled message, lock released), R_EMPTY (lock released: nothing deliverable now —
+ * empty, mid-message, or another live consumer's claim), R_ERR or a state (lock released). */
+static int take_locked(rc_ring *r, double deadline, const void *ex, size_t exn, rc_msg *m)
+{
+    struct ring_hdr *h = r->hdr;
+    int rc;
+    for (unsigned iter = 1;; iter++) {
+        /* bounded (each turn moves head >= 16 bytes towards a tail <= capacity away), yet
+         * checked like every loop: the deadline and pending signals */
+        if ((iter & 255) == 0) {
+            if (mono() >= deadline) {
+                rc = R_TIMEOUT;
+                break;
+            }
+            if (rc_rt.interrupted && rc_rt.interrupted()) {
+                rc = R_ERR;
+                break;
+            }
+        }
+        uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
+        if (foreign_claim(r, claim)) {
+            if (claimant_alive(h)) {
+                rc = R_EMPTY;
+                break;
+            }
+            claim_clear(h, claim); /* its owner died: the rest of its message is skipped below */
+            atomic_fetch_add(&h->repairs, 1);
+        }
+        uint64_t head, tail;
+        if ((rc = check_cons(r, &head, &tail)) != OK)
+            break;
+        if (is_broken(r)) {
+            rc = R_BROKEN;
+            break;
+        }
+        if (head == tail) {
+            /* Mid-message and the producer aborted (timeout) or died (repaired): drop ours. */
+            if (r->partial && !atomic_load_explicit(&h->frag_active, memory_order_acquire) &&
+                atomic_load_explicit(&h->tail, memory_order_acquire) == tail) {
+                rc_drop_partial(r);
+                claim_clear(h, r->token);
+            }
+            rc = R_EMPTY;
+            break;
+        }
+        uint64_t off = head % r->cap;
+        struct rec *rec = (struct rec *)(r->data + off);
+        uint32_t len = rec->len, flags = rec->flags;
+        uint64_t total = rec->total;
+        if (is_broken(r)) { /* the record header was on a vanished page: do not advance */
+            rc = R_BROKEN;
+            break;
+        }
+        const char *bad = rc_check_record(r, off, len, flags, total, tail - head, r->partial != NULL, r->ptotal, r->filled);
+        if (bad) {
+            rc = corrupt(r, "record at offset %llu (len %u, flags 0x%x, total %llu): %s", (unsigned long long)off, len,
+                         flags, (unsigned long long)total, bad);
+            break;
+        }
+        uint64_t next = head + rec_size(len);
+        if (flags & F_PAD) {
+            advance(h, next, 0);
+            continue;
+        }
+        if (flags & F_FIRST) {
+            if (r->partial) { /* an aborted or orphaned message: never delivered */
+                rc_drop_partial(r);
+                claim_clear(h, r->token);
+            }
+        } else if (!r->partial) {
+            advance(h, next, (flags & F_LAST) != 0); /* the rest of a message a dead consumer claimed */
+            continue;
+        }
+        unsigned char *src = r->data + off + REC_HDR;
+        if (ex && (flags & F_FIRST) && (len < exn || memcmp(src, ex, exn) != 0)) {
+            /* not the kind the caller asked for: leave it at head, say what it is */
+            r->mis_total = total;
+            r->mis_n = len < sizeof r->mis_head ? (int)len : (int)sizeof r->mis_head;
+            memcpy(r->mis_head, src, (size_t)r->mis_n);
+            rc = R_MISMATCH;
+            break;
+        }
+        if ((flags & (F_FIRST | F_LAST)) == (F_FIRST | F_LAST)) {
+            m->src = src;
+            m->len = len;
+            m->next = next;
+            m->msg = NULL;
+            return R_WHOLE; /* the caller copies it or keeps it as a view */
+        }
+        if (flags & F_FIRST) {
+            void *obj;
+            if (rc_rt.msg_alloc) {
+                obj = rc_rt.msg_alloc(r, total, &r->pbuf);
+            } else {
+                obj = total > SIZE_MAX - 64 ? NULL : malloc((size_t)total);
+                r->pbuf = obj;
+            }
+            if (!obj) {
+                rc = R_ERR; /* message left in place: nothing lost */
+                break;
+            }
+            r->partial = obj;
+            r->ptotal = total;
+            r->filled = 0;
+            claim_set(r);
+        }
+        rc_copy(r->pbuf + r->filled, src, len);
+        if (is_broken(r)) {
+            rc = R_BROKEN;
+            break;
+        }
+        r->filled += len;
+        if (flags & F_LAST) {
+            advance(h, next, 1);
+            claim_clear(h, r->token);
+            unlock_ring(r, 0);
+            m->msg = r->partial;
+            m->src = r->pbuf;
+            m->len = r->ptotal;
+            r->partial = NULL;
+            r->pbuf = NULL;
+            return OK; /* rc_check_record made filled == ptotal */
+        }
+        advance(h, next, 0);
+    }
+    unlock_ring(r, 0);
+    return rc;
+}
+
+/* Receive one message. Waits (nb: never) holding no lock: for data, for another consumer's
+ * claim to end, or (mid-message) for the rest; takes cons_lock only to take records.
+ * Returns R_WHOLE or OK (see rc_msg), R_EMPTY (nb: nothing now), R_ERR or a state. */
+int rc_consume(rc_ring *r, double deadline, int nb, const void *ex, size_t exn, rc_msg *m)
+{
+    struct ring_hdr *h = r->hdr;
+    for (;;) {
+        if (is_broken(r))
+            return R_BROKEN;
+        uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+        int rc;
+        if (foreign_claim(r, claim) && claimant_alive(h)) {
+            /* another consumer is mid-message: its fragments are at head */
+            if (nb)
+                return R_EMPTY;
+            double until = mono() + PROBE; /* then probe the claimant's liveness again */
+            rc = wait_word(r, lo32(&h->claim), (uint32_t)claim, &h->claim_waiters, until < deadline ? until : deadline);
+            if (rc == R_TIMEOUT && until < deadline)
+                continue;
+            if (rc != OK)
+                return rc;
+            continue;
+        }
+        if (head == tail) {
+            if (r->partial) {
+                if (atomic_load_explicit(&h->frag_active, memory_order_acquire)) {
+                    if (nb)
+                        return R_EMPTY;
+                    double until = mono() + PROBE;
+                    rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, until < deadline ? until : deadline);
+                    if (rc == R_TIMEOUT && until < deadline) {
+                        probe_producer(h); /* EBUSY while the producer lives; repairs a dead one */
+                        continue;
+                    }
+                    if (rc != OK) {
+                        if (rc == R_TIMEOUT) /* a short timeout probes too: a dead producer's message */
+                            probe_producer(h); /* is then dropped by the next call */
+                        return rc;
+                    }
+                    continue;
+                }
+                /* the producer aborted or died: take_locked drops the partial */
+            } else {
+                if (atomic_load_explicit(&h->closed, memory_order_acquire))
+                    return R_CLOSED;
+                if (nb)
+                    return R_EMPTY;
+                rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, deadline);
+                if (rc != OK)
+                    return rc;
+                continue;
+            }
+        }
+        rc = lock_ring(r, 0, deadline, nb);
+        if (rc != OK)
+            return rc;
+        rc = take_locked(r, nb ? INFINITY : deadline, ex, exn, m);
+        if (rc != R_EMPTY)
+            return rc;
+        /* nothing deliverable after all: look again (waits or, nb, returns R_EMPTY) */
+    }
+}
+
+/* wait("recv"): block, consuming nothing and holding no lock, until a recv attempt may
+ * succeed (data at head that is not another live consumer's claim, and cons_lock free),
+ * the deadline passes, or the handle is closed. Returns OK or R_ERR (interrupted). */
+int rc_wait_recv(rc_ring *r, double deadline)
+{
+    struct ring_hdr *h = r->hdr;
+    for (;;) {
+        if (is_broken(r) || atomic_load(&h->closed))
+            return OK;
+        uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+        int rc;
+        double until = mono() + PROBE;
+        if (until > deadline)
+            until = deadline;
+        if (foreign_claim(r, claim) && claimant_alive(h)) {
+            rc = wait_word(r, lo32(&h->claim), (uint32_t)claim, &h->claim_waiters, until);
+        } else if (head == tail && !(r->partial && !atomic_load(&h->frag_active))) {
+            rc = wait_word(r, lo32(&h->tail), (uint32_t)tail, &h->cons_waiters, r->partial ? until : deadline);
+            if (rc == R_TIMEOUT && r->partial)
+                probe_producer(h);
+        } else {
+            /* ready: wait until no other consumer holds cons_lock (a view, a copy) */
+            rc = lock_ring(r, 0, deadline, 0);
+            if (rc == OK)
+                unlock_ring(r, 0);
+            return rc == R_ERR ? R_ERR : OK;
+        }
+        if (rc == R_ERR)
+            return R_ERR;
+        if (rc == R_TIMEOUT && mono() >= deadline)
+            return OK;
+        if (rc != OK && rc != R_TIMEOUT)
+            return OK; /* closed here, broken: the caller's attempt reports it */
+    }
+}
+
+/* wait("send"): until some space was freed since the last failed try_send (or the ring is
+ * not full) and prod_lock is free, the deadline passes, or the handle is closed. */
+int rc_wait_send(rc_ring *r, double deadline)
+{
+    struct ring_hdr *h = r->hdr;
+    for (;;) {
+        if (is_broken(r) || atomic_load(&h->closed))
+            return OK;
+        uint64_t pc = atomic_load_explicit(&h->pclaim, memory_order_acquire);
+        if (pc && pc == r->token)
+            atomic_store(&h->pclaim_beat, mono_ns()); /* our half-written message: still wanted */
+        if (pc && pc != r->token && pclaim_live(h)) {
+            double until = mono() + PROBE;
+            int rc = wait_word(r, lo32(&h->pclaim), (uint32_t)pc, &h->pclaim_waiters, until < deadline ? until : deadline);
+            if (rc == R_ERR)
+                return R_ERR;
+            if (rc != OK && !(rc == R_TIMEOUT && until < deadline))
+                return OK;
+            continue;
+        }
+        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+        uint64_t used = tail - head;
+        int ready = r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->cap);
+        if (ready) {
+            r->fail_valid = 0;
+            int rc = lock_ring(r, 1, deadline, 0);
+            if (rc == OK)
+                unlock_ring(r, 1);
+            return rc == R_ERR ? R_ERR : OK;
+        }
+        double until = pc == r->token && pc ? mono() + 0.25 : deadline; /* beat a held claim */
+        int rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, until < deadline ? until : deadline);
+        if (rc == R_ERR)
+            return R_ERR;
+        if (rc == R_TIMEOUT && until < deadline)
+            continue;
+        if (rc != OK)
+            return OK;
+    }
+}
+
+/* ready(send?): could an attempt in that direction succeed now (or report an error)? */
+int rc_ready(rc_ring *r, int send)
+{
+    struct ring_hdr *h = r->hdr;
+    uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
+    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+    uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+    if (atomic_load(&h->closed))
+        return 1;
+    if (send) { /* as wait("send"): space freed since the last failed try_send, or not full */
+        uint64_t used = tail - head, pc = atomic_load(&h->pclaim);
+        if (pc && pc != r->token && pclaim_live(h))
+            return 0;
+        return r->fail_valid ? head != r->fail_head : ((int64_t)used < 0 || used < r->cap);
+    }
+    return !(foreign_claim(r, claim) && claimant_alive(h)) &&
+           (head != tail || (r->partial && !atomic_load(&h->frag_active)));
+}

@@ -1,6 +1,7 @@
 /*
  * ring_core — the shared-memory ring behind ring:// and kipc.Queue, in C11 + POSIX with no Python.
- * kipc._native._ring (../_ring.c) is its Python binding; the C API (kipc_ring.h) its C one.
+ * kipc._native._ring (../_ring.c) is its Python binding; the C API (../include/kipc_ring.h) its C
+ * one. Both run the same loops: rc_produce, rc_consume, rc_wait_send/recv, rc_ready (ring_core.c).
  * Callers that hold a runtime lock (the GIL) or deliver interrupts (signal handlers that raise)
  * plug them in through rc_hooks: release/reacquire around every wait and big copy, and
  * `interrupted` after every sleep slice (THEORY: time).
@@ -158,7 +159,7 @@
  *    mid-message stalls the producers, a stopped claimant the consumers;
  *    their waiters time out per their deadlines. (A stopped producer
  *    *claimant* — try_send, no lock held — is taken over after 1 s.)
- *  - Attach (Python side) verifies type, owner uid, mode bits and size with
+ *  - Attach (ring.py, and kipc_ring.h for C) verifies type, owner uid, mode bits and size with
  *    fstat before mmap, and this module verifies magic, version and sizes in
  *    the header, so a truncated or planted object is refused, not SIGBUSed.
  *  - A same-user peer truncating the object *after* attach (ftruncate on
@@ -310,15 +311,24 @@ enum { OK = 0, R_TIMEOUT = 1, R_CLOSED = 2, R_BROKEN = 3, R_LOCAL = 4, R_EMPTY =
  * token that reacquire() takes back (the GIL: PyEval_SaveThread/RestoreThread); interrupted()
  * runs after a sleep slice that a signal or a timeout ended and returns non-zero to end the
  * call with R_ERR (Python: PyErr_CheckSignals() < 0). All NULL: a plain C program. */
+struct rc_ring;
 typedef struct {
     void *(*release)(void);
     void (*reacquire)(void *token);
     int (*interrupted)(void);
+    /* A message being reassembled is a binding object (Python: bytes): msg_alloc returns it and
+     * sets *bytes to its `total`-byte buffer (NULL: R_ERR, the binding's error set); `r` is the
+     * handle receiving it (a binding may embed rc_ring and keep per-call state beside it); obj_keep /
+     * obj_drop take and drop a reference (a reassembled message, a half-written try_send's data
+     * object). NULL: malloc/free, and try_send data is not kept (a C caller never resumes). */
+    void *(*msg_alloc)(struct rc_ring *r, uint64_t total, unsigned char **bytes);
+    void *(*obj_keep)(void *obj);
+    void (*obj_drop)(void *obj);
 } rc_hooks;
 extern rc_hooks rc_rt;
 
 /* One process's handle on a mapped ring: what the core needs; bindings embed it. */
-typedef struct {
+typedef struct rc_ring {
     struct ring_hdr *hdr;
     unsigned char *data;
     size_t map_size;
@@ -331,7 +341,36 @@ typedef struct {
     uint64_t start;         /* this process's start time (clock ticks), 0 = unknown */
     uint64_t vtail;         /* tail as validated under prod_lock (place/publish use it, never a re-read) */
     char why[200];          /* what a check found corrupt (R_CORRUPT) */
+    /* the message this handle reassembles (its claim; under cons_lock) */
+    void *partial;          /* rc_hooks object, NULL = none */
+    unsigned char *pbuf;    /* its bytes */
+    uint64_t filled, ptotal;
+    /* the message a try_send left half written (producer claim) */
+    void *pdata;            /* rc_hooks object (identity compared), NULL = none */
+    uint64_t pdone;         /* bytes of it already published */
+    uint64_t fail_head;     /* head seen by the last try_send that found no room */
+    int fail_valid;
+    uint64_t mis_total;     /* R_MISMATCH: size and first bytes of the message left at head */
+    unsigned char mis_head[16];
+    int mis_n;
 } rc_ring;
+
+/* One part of a message to send (rc_produce gathers them in order). */
+typedef struct {
+    const void *buf;
+    uint64_t len;
+} rc_part;
+
+/* What rc_consume found. R_WHOLE: a whole record `len` bytes at `src`, cons_lock held: copy it
+ * and call rc_take_whole(r, m->next), or keep the lock as a view (advance + unlock_ring when it
+ * is released). OK: `msg` (rc_hooks object, `len` bytes at `src`) is a reassembled message, the
+ * caller's reference, lock released. */
+typedef struct {
+    unsigned char *src;
+    uint64_t len, next;
+    void *msg;
+} rc_msg;
+#define R_WHOLE 9
 
 #define RING_SLOTS 1024
 extern _Atomic uintptr_t slot_broken[RING_SLOTS];
@@ -419,6 +458,19 @@ const char *rc_header_init(void *base, size_t size, int create, uint64_t capacit
                            uint64_t owner_start, uint64_t start);
 void rc_bind(rc_ring *r, void *base, size_t size);
 void rc_process_init(void);
+/* The produce / consume loops (THEORY), shared by every binding. */
+void rc_copy(void *dst, const void *src, uint64_t len); /* a big copy releases the runtime lock */
+int rc_reserve(rc_ring *r, uint64_t need, uint64_t max_items, double deadline, int nb, uint64_t *pad);
+int rc_produce(rc_ring *r, const rc_part *parts, int n, uint64_t total, double deadline, uint64_t max_items, int nb,
+               void *obj);
+int rc_consume(rc_ring *r, double deadline, int nb, const void *ex, size_t exn, rc_msg *m);
+int rc_take_whole(rc_ring *r, uint64_t next);
+int rc_wait_recv(rc_ring *r, double deadline);
+int rc_wait_send(rc_ring *r, double deadline);
+int rc_ready(rc_ring *r, int send);
+void rc_drop_partial(rc_ring *r);
+void rc_drop_pdata(rc_ring *r);
+void rc_forget(rc_ring *r);
 const char *rc_check_record(const rc_ring *r, uint64_t off, uint32_t len, uint32_t flags, uint64_t total,
                             uint64_t avail, int has_partial, uint64_t ptotal, uint64_t filled);
 

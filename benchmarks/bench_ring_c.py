@@ -1,0 +1,144 @@
+"""ring:// from C (kipc_ring.h): C↔C and C↔Python 64 B round trips against their baselines, in one run.
+
+Rows, interleaved and repeated (best of ``--repeat``, default 5), each between two real processes:
+
+* ``C↔C ring``: a C client and a C echo over two rings (requests, replies), default spin.
+* ``C spin line``: the floor — two C processes ping-ponging on one shared cache line, busy-spinning
+  (no ring, no locks, no futex). Target: C↔C ring ≤ 3x of it in the same run.
+* ``C↔Python ring``: a Python client (``send``/``recv``) and the C echo.
+* ``Python↔Python ring``: the same Python client and a Python echo child: the peer of the row above.
+
+The machine is shared (2 cores, other jobs): absolute figures swing from run to run; compare rows
+of one run. The C programs are built at start with ``gcc -O2 ... -I"$(python -m kipc --include)"``.
+
+    .venv/bin/python benchmarks/bench_ring_c.py [--repeat N] [--n N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import kipc
+
+HERE = Path(__file__).resolve().parent
+_ns = f"kipcbenchc{os.getpid()}"
+_count = iter(range(1_000_000))
+ECHO_PY = """
+import sys, kipc
+req, rep = kipc.open(f"ring://{sys.argv[1]}"), kipc.open(f"ring://{sys.argv[2]}")
+print("ready", flush=True)
+for _ in range(int(sys.argv[3])):
+    rep.send(req.recv(timeout=60))
+req.close(); rep.close()
+"""
+
+
+def _build(tmp: str) -> str:
+    include = subprocess.run([sys.executable, "-m", "kipc", "--include"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    exe = os.path.join(tmp, "bench_peer")
+    subprocess.run(["gcc", "-O2", "-o", exe, str(HERE / "ring_c" / "bench_peer.c"), f"-I{include}", "-lpthread"],
+                   check=True)
+    return exe
+
+
+@contextmanager
+def _rings() -> Iterator[tuple[str, str]]:
+    names = (f"{_ns}-req{next(_count)}", f"{_ns}-rep{next(_count)}")
+    with kipc.open(f"ring://{names[0]}", create=True, capacity=1 << 16), \
+            kipc.open(f"ring://{names[1]}", create=True, capacity=1 << 16):
+        yield names
+
+
+def _echo(argv: list[str]) -> subprocess.Popen[str]:
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def c_spin(exe: str, n: int) -> float:
+    return float(subprocess.run([exe, "spin", str(n)], capture_output=True, text=True, check=True).stdout)
+
+
+def c_c(exe: str, n: int, warm: int) -> float:
+    with _rings() as (req, rep):
+        echo = _echo([exe, "echo", req, rep, str(n + warm)])
+        out = subprocess.run([exe, "client", req, rep, str(n), str(warm)], capture_output=True, text=True,
+                             check=True).stdout
+        echo.wait(60)
+        return float(out)
+
+
+def _py_client(req: str, rep: str, n: int, warm: int) -> float:
+    msg = b"x" * 64
+    with kipc.open(f"ring://{req}") as tx, kipc.open(f"ring://{rep}") as rx:
+        send, recv = tx.send, rx.recv
+        for _ in range(warm):
+            send(msg)
+            recv()
+        t = time.perf_counter()
+        for _ in range(n):
+            send(msg)
+            recv()
+        return (time.perf_counter() - t) / n * 1e9
+
+
+def py_c(exe: str, n: int, warm: int) -> float:
+    with _rings() as (req, rep):
+        echo = _echo([exe, "echo", req, rep, str(n + warm)])
+        ns = _py_client(req, rep, n, warm)
+        echo.wait(60)
+        return ns
+
+
+def py_py(exe: str, n: int, warm: int) -> float:
+    with _rings() as (req, rep):
+        echo = _echo([sys.executable, "-c", ECHO_PY, req, rep, str(n + warm)])
+        ns = _py_client(req, rep, n, warm)
+        echo.wait(60)
+        return ns
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--n", type=int, default=20000, help="round trips per measurement")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("KIPC_TEST_NS", _ns)
+    with tempfile.TemporaryDirectory(prefix="kipc-bench-c-") as tmp:
+        exe = _build(tmp)
+        rows: dict[str, list[float]] = {k: [] for k in ("C↔C ring", "C spin line", "C↔Python ring",
+                                                        "Python↔Python ring")}
+        warm = max(100, args.n // 10)
+        for _ in range(args.repeat):  # interleaved: every row sees the same machine moments
+            rows["C spin line"].append(c_spin(exe, args.n))
+            rows["C↔C ring"].append(c_c(exe, args.n, warm))
+            rows["C↔Python ring"].append(py_c(exe, args.n, warm))
+            rows["Python↔Python ring"].append(py_py(exe, args.n, warm))
+    best = {k: min(v) for k, v in rows.items()}
+    if args.json:
+        print(json.dumps({"best_ns": best, "all_ns": rows}))
+        return
+    print(f"64 B round trips, best of {args.repeat} x {args.n} (ns per round trip)")
+    print("| row | best | all runs | ratio |")
+    print("|---|---|---|---|")
+    ratio = {"C↔C ring": best["C↔C ring"] / best["C spin line"],
+             "C↔Python ring": best["C↔Python ring"] / best["Python↔Python ring"]}
+    peer = {"C↔C ring": "x C spin line", "C↔Python ring": "x Python↔Python"}
+    for k, v in rows.items():
+        r = f"{ratio[k]:.2f} {peer[k]}" if k in ratio else ""
+        print(f"| {k} | {best[k]:.0f} | {' '.join(f'{x:.0f}' for x in v)} | {r} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+/* C side of benchmarks/bench_ring_c.py (built with the documented line:
+ *     gcc -O2 bench_peer.c -I"$(python -m kipc --include)" -lpthread)
+ *
+ *   bench_peer spin N               64 B round trips on one shared cache line between this
+ *                                   process and a forked child, busy-spinning: prints ns/round trip
+ *   bench_peer echo REQ REP N       attach both rings; N times: recv a message on REQ, send it on REP
+ *   bench_peer client REQ REP N W   attach; W warm-up then N round trips of 64 B: prints ns/round trip
+ */
+#include "kipc_ring.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static kipc_ring *attach(const char *name)
+{
+    kipc_ring *r;
+    int rc = kipc_ring_open(name, NULL, &r);
+    if (rc) {
+        fprintf(stderr, "open %s: %s\n", name, kipc_ring_strerror(rc));
+        exit(2);
+    }
+    return r;
+}
+
+static void check(int rc, kipc_ring *r)
+{
+    if (rc) {
+        fprintf(stderr, "ring: %s %s\n", kipc_ring_strerror(rc), kipc_ring_detail(r));
+        exit(3);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 3 && !strcmp(argv[1], "spin")) {
+        long n = atol(argv[2]);
+        /* a 64-byte message's worth of line: the sequence word plus the payload beside it */
+        volatile uint64_t *line = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        line[0] = 0;
+        pid_t child = fork();
+        if (child == 0) {
+            for (uint64_t i = 1;; i += 2) {
+                while (__atomic_load_n(&line[0], __ATOMIC_ACQUIRE) != i)
+                    __builtin_ia32_pause();
+                line[1] = line[1] + 1; /* touch the payload too */
+                __atomic_store_n(&line[0], i + 1, __ATOMIC_RELEASE);
+                if (i + 1 >= (uint64_t)(2 * n))
+                    _exit(0);
+            }
+        }
+        double t = now();
+        for (uint64_t i = 1; i < (uint64_t)(2 * n); i += 2) {
+            line[1] = i;
+            __atomic_store_n(&line[0], i, __ATOMIC_RELEASE);
+            while (__atomic_load_n(&line[0], __ATOMIC_ACQUIRE) != i + 1)
+                __builtin_ia32_pause();
+        }
+        double dt = now() - t;
+        waitpid(child, NULL, 0);
+        printf("%.1f\n", dt / n * 1e9);
+        return 0;
+    }
+    if (argc >= 5 && !strcmp(argv[1], "echo")) {
+        kipc_ring *req = attach(argv[2]), *rep = attach(argv[3]);
+        long n = atol(argv[4]);
+        char buf[65536];
+        size_t len;
+        printf("ready\n");
+        for (long i = 0; i < n; i++) {
+            check(kipc_ring_recv(req, buf, sizeof buf, &len, 60.0), req);
+            check(kipc_ring_send(rep, buf, len, 60.0), rep);
+        }
+        kipc_ring_close(req);
+        kipc_ring_close(rep);
+        return 0;
+    }
+    if (argc >= 6 && !strcmp(argv[1], "client")) {
+        kipc_ring *req = attach(argv[2]), *rep = attach(argv[3]);
+        long n = atol(argv[4]), w = atol(argv[5]);
+        char msg[64], buf[64];
+        size_t len;
+        memset(msg, 'x', sizeof msg);
+        double t = 0;
+        for (long i = 0; i < w + n; i++) {
+            if (i == w)
+                t = now();
+            check(kipc_ring_send(req, msg, sizeof msg, 60.0), req);
+            check(kipc_ring_recv(rep, buf, sizeof buf, &len, 60.0), rep);
+        }
+        printf("%.1f\n", (now() - t) / n * 1e9);
+        kipc_ring_close(req);
+        kipc_ring_close(rep);
+        return 0;
+    }
+    return 64;
+}
