@@ -33,6 +33,7 @@ from ...errors import (
     PermissionDenied,
     Timeout,
 )
+from . import _runtime
 from ._runtime import _get_runner, _Runner, user_timeout
 
 T = TypeVar("T")
@@ -195,7 +196,7 @@ class _Client(Resource):
         return nc
 
     def _check_pid(self, op: str) -> None:
-        if self._pid != os.getpid():
+        if self._pid != _runtime.pid:
             raise ChannelClosed(f"{op} {self.url}: opened in process {self._pid}; open it again after fork")
 
     _inflight: set[concurrent.futures.Future[Any]] | None = None

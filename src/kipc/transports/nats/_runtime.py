@@ -99,6 +99,9 @@ class _Runner:
 
 _runner: _Runner | None = None
 _runner_lock = threading.Lock()
+#: this process's id, kept current by the fork hook: a global read, not a getpid() system call
+#: on every send and recv
+pid = os.getpid()
 
 
 def _get_runner() -> _Runner:
@@ -113,7 +116,8 @@ def _get_runner() -> _Runner:
 
 
 def _after_fork() -> None:
-    global _runner, _runner_lock
+    global _runner, _runner_lock, pid
+    pid = os.getpid()
     _runner = None
     _runner_lock = threading.Lock()
 
