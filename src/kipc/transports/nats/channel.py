@@ -45,6 +45,10 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
 * Request/reply: ``request(obj, timeout=)`` / ``arequest`` on core NATS subject
   ``kipc.r.<name>`` (not stored, not retried); ``requests()`` makes this
   handle a responder (a queue group: each request reaches one responder).
+  A sync ``request`` is published by the pump with a reply subject on this
+  handle's reply inbox (token ``r<n>``) and waits on its own lock for the
+  answer: one thread crossing each way. A ``close()`` from another thread ends
+  it with ``ChannelClosed``; a reply after its timeout is dropped.
 * Threads: one asyncio loop thread per process drives the connection (started
   lazily, stopped at exit; a forked child starts its own and refuses the
   parent's channels). Callers hand work to it in batches (``_mailbox``) and
