@@ -343,3 +343,56 @@ def test_request_reply_and_errors(nats_url: str) -> None:
             with pytest.raises(kipc.Timeout):
                 ch.request({"x": 0}, timeout=0.3)  # taken, never answered
             assert silent.next(timeout=1).value == {"x": 0}
+
+
+def test_sync_requests_from_many_threads_get_their_own_replies_and_close_wakes_a_waiting_one(
+        nats_url: str) -> None:
+    """request() waits on its own reply token: concurrent callers never get each other's replies;
+    a close() from another thread ends a request still waiting (ChannelClosed, not a hang)."""
+    with NatsChannel(_url(nats_url), create=True, codec="json") as ch, ch.requests() as reqs:
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    req = reqs.next(timeout=0.1)
+                except kipc.Timeout:
+                    continue
+                req.reply({"echo": req.value})
+
+        server = threading.Thread(target=serve)
+        server.start()
+        results: dict[int, list[object]] = {}
+
+        def caller(k: int) -> None:
+            results[k] = [ch.request({"k": k, "i": i}, timeout=10)["echo"] for i in range(50)]
+
+        try:
+            callers = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+            for t in callers:
+                t.start()
+            for t in callers:
+                t.join(30)
+        finally:
+            stop.set()
+            server.join(5)
+        assert results == {k: [{"k": k, "i": i} for i in range(50)] for k in range(4)}
+        # nobody serves now, but the subscription is still there: the request waits
+        with pytest.raises(kipc.WouldBlock):
+            ch.request({"k": -1}, timeout=0)  # one round trip (2 s), no reply
+        errors: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                ch.request({"k": -2}, timeout=30)
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        ch.close()
+        t.join(10)
+        assert not t.is_alive() and time.monotonic() - t0 < 10
+        assert len(errors) == 1 and isinstance(errors[0], kipc.ChannelClosed), errors

@@ -76,8 +76,13 @@ async def _uncancellable_publish(ch: Any, make: Callable[[list[bool]], Coroutine
     if asyncio.get_running_loop() is runner.loop:
         return await make(started)
     tasks: list[asyncio.Task[None]] = []
+    abandoned = [False]  # set by decide(): the caller was told "nothing sent"
 
     async def run() -> None:
+        if abandoned[0]:
+            # decided before this task's first step: cf.cancel() cancels the task only after that
+            # step has run, and one step is enough to put the message on the wire
+            return
         task = asyncio.current_task()
         assert task is not None
         tasks.append(task)
@@ -92,6 +97,7 @@ async def _uncancellable_publish(ch: Any, make: Callable[[list[bool]], Coroutine
 
         def decide() -> None:  # on the loop thread: nothing else moves the publish meanwhile
             if not started[0]:
+                abandoned[0] = True
                 for t in tasks:
                     t.cancel()  # it is suspended before the publish: it never reaches it
                 if not tasks:

@@ -33,9 +33,12 @@ from ...errors import (
     PermissionDenied,
     Timeout,
 )
-from ._runtime import _get_runner, _Runner
+from . import _runtime
+from ._runtime import _get_runner, _Runner, user_timeout
 
 T = TypeVar("T")
+
+_DEAD_LINK = 30.0  # without ping_interval: a connection whose sent data goes unacknowledged this long is dead
 
 # -- names, options, errors ----------------------------------------------------------------
 def _escape(name: str) -> str:
@@ -128,16 +131,21 @@ class _Client(Resource):
         kw: dict[str, Any] = {"user": user, "password": password, "token": token, "nkeys_seed": nkeys_seed,
                               "user_credentials": creds_file, "tls_hostname": tls_hostname, "name": client_name,
                               "tls": _tls_context(tls, tls_ca, tls_cert, tls_key)}
+        # how long sent data may stay unacknowledged before the kernel drops the connection (see
+        # _runtime: without it nats-py hangs in its reconnect after a silent link death)
+        dead_after = _DEAD_LINK
         if ping_interval is not None:
             # how soon a silently dead link (no RST: a cut cable, a partition) is noticed: ~3 pings
             kw["ping_interval"] = _float_opt(ping_interval, "ping_interval")
             kw["max_outstanding_pings"] = 2
+            dead_after = max(1.0, 3 * kw["ping_interval"])
         kw = {k: v for k, v in kw.items() if v is not None}
         self._pid = os.getpid()
         self._runner = _get_runner()
-        self._nc = self._runner.run(self._aconnect(servers, timeout, kw))
+        self._nc = self._runner.run(self._aconnect(servers, timeout, kw, dead_after))
 
-    async def _aconnect(self, servers: list[str], timeout: float, kw: dict[str, Any]) -> Any:
+    async def _aconnect(self, servers: list[str], timeout: float, kw: dict[str, Any], dead_after: float) -> Any:
+        user_timeout.set(int(dead_after * 1000))  # copied into every task nats.connect starts below
         errors: list[BaseException] = []
         refused = asyncio.Event()
         in_a_row = 0
@@ -188,7 +196,7 @@ class _Client(Resource):
         return nc
 
     def _check_pid(self, op: str) -> None:
-        if self._pid != os.getpid():
+        if self._pid != _runtime.pid:
             raise ChannelClosed(f"{op} {self.url}: opened in process {self._pid}; open it again after fork")
 
     _inflight: set[concurrent.futures.Future[Any]] | None = None

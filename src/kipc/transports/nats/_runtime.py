@@ -3,6 +3,18 @@
 One loop per process, started lazily on first use; a forked child gets a fresh one
 (the parent's thread does not exist there); at exit every client is closed and the
 loop stopped, so an interpreter exit never hangs on an open connection.
+
+Dead links: every TCP connection the loop opens gets ``TCP_USER_TIMEOUT`` (the
+connection's :data:`user_timeout`, set by ``_Client`` before it connects; the
+context variable reaches every task nats-py starts for that connection,
+reconnects included). Without it a silently dead link (a cut cable, a
+partition: no RST) wedges nats-py: its ping check notices the stale connection,
+but ``_attempt_reconnect`` then awaits ``wait_closed()``, which asyncio finishes
+only once the unsent publishes in the transport's buffer are written — never,
+until the kernel gives up after ~15 min of retransmissions (nats-io/nats.py#671,
+open). With the option the kernel aborts the socket once sent data has gone
+unacknowledged that long, the close completes and nats-py moves on to the next
+server.
 """
 
 from __future__ import annotations
@@ -11,7 +23,9 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import contextvars
 import os
+import socket
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -23,13 +37,31 @@ from ...errors import (
 
 T = TypeVar("T")
 
+#: TCP_USER_TIMEOUT in ms for the connections opened from this context (0: the kernel's default)
+user_timeout: contextvars.ContextVar[int] = contextvars.ContextVar("kipc_nats_user_timeout", default=0)
+
+
+class _Loop(asyncio.SelectorEventLoop):
+    """The runner's loop: TCP connections get ``user_timeout`` (see the module docstring)."""
+
+    async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await super().create_connection(*args, **kwargs)
+        ms = user_timeout.get()
+        sock = transport.get_extra_info("socket")
+        if ms and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
+            except OSError:
+                pass  # not supported here: dead links are noticed later, as before
+        return transport, protocol
+
 # -- the background loop -----------------------------------------------------------------
 class _Runner:
     """One asyncio loop on a daemon thread, owned by the process that started it."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = _Loop()
         self.clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self.stopped = False
         self.thread = threading.Thread(target=self.loop.run_forever, name="kipc-nats", daemon=True)
@@ -67,6 +99,9 @@ class _Runner:
 
 _runner: _Runner | None = None
 _runner_lock = threading.Lock()
+#: this process's id, kept current by the fork hook: a global read, not a getpid() system call
+#: on every send and recv
+pid = os.getpid()
 
 
 def _get_runner() -> _Runner:
@@ -81,7 +116,8 @@ def _get_runner() -> _Runner:
 
 
 def _after_fork() -> None:
-    global _runner, _runner_lock
+    global _runner, _runner_lock, pid
+    pid = os.getpid()
     _runner = None
     _runner_lock = threading.Lock()
 

@@ -86,7 +86,7 @@ class Topic(_Client, Channel):
 
     async def _subscribe(self, limit: int) -> None:
         self._start_pump()
-        box = self._box = Mailbox(limit)
+        box = self._box = Mailbox(limit, asyncio.get_running_loop())  # one wake per batch
 
         async def on_msg(msg: Any) -> None:
             box.put(msg.data)  # at most once: past pending_limit a subscriber this slow loses messages
