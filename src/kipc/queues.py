@@ -44,12 +44,15 @@ import atexit
 import collections
 import ctypes
 import io
+import itertools
+import operator
 import os
 import pickle
 import queue
 import secrets
 import signal
 import struct
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -72,8 +75,10 @@ _BIG_BYTES = 1 << 20  # bytes objects from this size are not copied into a pickl
 _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its padding
 _ZEROS = bytes(16)
 _SIMPLE = frozenset({bytes, str, int, float, bool, type(None)})  # no reducer can apply to these
-_FLAT = frozenset({tuple, list})  # ... nor to these, holding only the above (a dict's check costs more)
+_FLAT = frozenset({tuple, list})  # ... nor to these, holding only the above (as dict keys and values too)
 _dumps, _loads = pickle.dumps, pickle.loads
+_first = operator.itemgetter(0)
+_PROTO = itertools.repeat(_HIGHEST)  # map(_dumps, objs, _PROTO): pickle.dumps(o, 5) per object, in C
 _NOW = Deadline(0)  # one attempt, no wait
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
@@ -187,6 +192,18 @@ class _Pickler:
 _pickler_main = _Pickler()
 
 
+def _encode_batch(objs: list[Any]) -> list[Any] | None:
+    """``[_encode(o) for o in objs]`` in one C-level pass when ``_encode`` would take its
+    plain-pickle case for every object (the same bytes); None when the types do not allow it."""
+    types = set(map(type, objs))
+    if types <= _SIMPLE:
+        if bytes in types and (types != {bytes} or max(map(len, objs)) >= _BIG_BYTES):
+            return None  # big bytes travel as parts (or a mix to sort out one by one)
+    elif not (types <= _FLAT and _SIMPLE.issuperset(map(type, itertools.chain.from_iterable(objs)))):
+        return None  # containers of anything but flat builtins: a reducer may apply
+    return list(map(_dumps, objs, _PROTO))
+
+
 def _encode(obj: Any) -> Any:
     """The message for ``obj``: pickle bytes, or a list of parts (header, pickle, buffers...)."""
     cls = type(obj)
@@ -195,9 +212,12 @@ def _encode(obj: Any) -> Any:
         n = len(obj)
         return [b"\x80\x05" + (b"B" + struct.pack("<I", n) if n < 1 << 32 else b"\x8e" + struct.pack("<Q", n)),
                 obj, b"\x94."]
-    if cls in _SIMPLE or (cls in _FLAT and len(obj) <= 32 and _SIMPLE.issuperset(map(type, obj))):
-        # byte for byte what ForkingPickler writes: the pickler handles these types itself,
-        # no dispatch table (so no registered reducer) is ever consulted for them
+    if (cls in _SIMPLE or (cls in _FLAT and len(obj) <= 32 and _SIMPLE.issuperset(map(type, obj)))
+            or (cls is dict and len(obj) <= 32 and _SIMPLE.issuperset(map(type, obj))
+            and _SIMPLE.issuperset(map(type, obj.values())))):
+        # byte for byte what ForkingPickler writes: the pickler handles these exact types itself,
+        # no dispatch table (so no registered reducer) is ever consulted for them. put() has
+        # this test inline (a call level is ~10 % of a small put): change both together.
         return _dumps(obj, _HIGHEST)
     p = _pickler_main
     if not p.lock.acquire(False):  # another thread (or a reducer calling put): a fresh one
@@ -218,6 +238,42 @@ def _encode(obj: Any) -> Any:
         if r.nbytes % 16:
             parts.append(_ZEROS[:-r.nbytes % 16])
     return parts
+
+
+# -- receive blocks: a fragmented message is reassembled into a block that is reused ------------
+# A fresh 100 MB block costs a page fault per 4 KiB page on first touch (~1 GB/s here, against
+# ~10 GB/s into memory already faulted in), so blocks the program has dropped are kept and reused.
+_POOL_MIN = 1 << 20  # messages from this size get a pooled block (smaller: a plain bytearray)
+_POOL_MAX = 128 << 20  # a bigger block is never kept (one 1 GiB object must not pin 1 GiB)
+_POOL_KEEP = 2  # blocks kept per process (so at most 2 x _POOL_MAX of idle memory)
+_pool: list[bytearray] = []
+_pool_lock = threading.Lock()
+_FREE_REFS = 3  # a block only the pool holds: the list, the loop variable, getrefcount's argument
+
+
+def _alloc(n: int) -> memoryview:
+    """Ring.recv_into's allocator: ``n`` writable bytes only the caller holds.
+
+    A pooled block is free when nothing but the pool refers to it: every view, slice and
+    array made from it (numpy's base chain) holds a reference to the bytearray."""
+    if n < _POOL_MIN or n > _POOL_MAX:
+        return memoryview(bytearray(n))
+    getref = sys.getrefcount
+    with _pool_lock:
+        for b in _pool:
+            if n <= len(b) <= 2 * n and getref(b) == _FREE_REFS:
+                return memoryview(b)[:n]
+        b = bytearray(n)
+        if len(_pool) >= _POOL_KEEP:  # drop a free block to make room, else do not keep this one
+            for i, old in enumerate(_pool):
+                if getref(old) == _FREE_REFS:
+                    del _pool[i]
+                    break
+            else:
+                return memoryview(b)
+            del old
+        _pool.append(b)
+        return memoryview(b)
 
 
 _BYTES_DATA = bytes.__basicsize__ - 1  # offset of a bytes object's data (CPython layout)
@@ -241,10 +297,11 @@ def _decode(msg: Any) -> Any:
     body = mv[at:at + lens[0]]
     at += lens[0]
     at += -at % 16
-    # a reassembled message (bytes, or the ring's memoryview over those bytes) is ours alone:
-    # the arrays are built over it without a copy; a view into the ring itself is copied out
+    # a reassembled message (a recv_into block, bytes, or the ring's memoryview over those
+    # bytes) is ours alone: the arrays are built over it without a copy; a view into the ring
+    # itself (read-only) is copied out
     owner = msg if msg.__class__ is bytes else mv.obj
-    whole = _writable(owner) if owner.__class__ is bytes else None
+    whole = _writable(owner) if owner.__class__ is bytes else mv if not mv.readonly else None
     buffers: list[Any] = []
     for ln in lens[1:]:
         # from a view into the ring: the one copy out (the ring's space is reused after this get)
@@ -282,7 +339,7 @@ class Queue(Generic[_T]):
         self._ch = ch
         self._ring = ch._ring
         self._frag_max = int(ch._ring.frag_max)
-        self._try_send, self._recv, self._try_recv = ch._ring.try_send, ch._ring.recv, ch._ring.try_recv
+        self._try_send, self._recv_into, self._try_recv = ch._ring.try_send, ch._ring.recv_into, ch._ring.try_recv
         self._dumps, self._loads = dumps, loads
         self._encode = _encode if dumps is None else dumps
         self._decode = _decode if loads is None else loads
@@ -327,13 +384,19 @@ class Queue(Generic[_T]):
     def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         if self._closed:
             self._check_closed()
-        cls: type = type(obj)
-        if cls in _SIMPLE and self._plain and (cls is not bytes or len(obj) < _BIG_BYTES):  # type: ignore[arg-type]
-            data = _dumps(obj, _HIGHEST)  # _encode's first case, without the call
+        cls: Any = type(obj)
+        o: Any = obj
+        if self._plain and ((cls in _SIMPLE and (cls is not bytes or len(o) < _BIG_BYTES))
+                            or (cls in _FLAT and len(o) <= 32 and _SIMPLE.issuperset(map(type, o)))
+                            or (cls is dict and len(o) <= 32 and _SIMPLE.issuperset(map(type, o))
+                            and _SIMPLE.issuperset(map(type, o.values())))):
+            data = _dumps(obj, _HIGHEST)  # _encode's plain-pickle case, inline (see there)
+            if self._fast_put and not self._buffer and self._try_send(data):
+                return  # unbounded, not joinable, one buffer, room now
         else:
             data = self._encode(obj)  # a pickling error raises here, in the caller
-        if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
-            return  # unbounded, not joinable, one buffer, room now
+            if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
+                return
         self._put_data(data, block, timeout)
 
     def _put_data(self, data: Any, block: bool, timeout: float | None) -> None:
@@ -433,22 +496,26 @@ class Queue(Generic[_T]):
         if self._closed:
             self._check_closed()
         encode = self._encode
-        if self._plain:  # put()'s inline case per object: small builtins straight to pickle.dumps
-            simple, big = _SIMPLE, _BIG_BYTES
-            datas = [_dumps(o, _HIGHEST) if type(o) in simple and (type(o) is not bytes or len(o) < big)  # type: ignore[arg-type]
-                     else encode(o) for o in objs]
-        else:
-            datas = [encode(o) for o in objs]
-        if not datas:
+        objs = objs if objs.__class__ is list else list(objs)
+        if not objs:
             return
+        datas = _encode_batch(objs) if self._plain else None
+        if datas is None:
+            datas = list(map(encode, objs))
+            plain = False
+        else:
+            plain = True  # all single bytes objects (pickles)
         if self._fast_put:
             i = 0
             if not self._buffer:
                 # the ring's batch call for the leading single-record messages (one lock, one
                 # wake-up); a message in fragments, or no room now, goes the unbounded way
                 limit, n = self._frag_max, len(datas)
-                while i < n and datas[i].__class__ is bytes and len(datas[i]) <= limit:
-                    i += 1
+                if plain and max(map(len, datas)) <= limit:
+                    i = n
+                else:
+                    while i < n and datas[i].__class__ is bytes and len(datas[i]) <= limit:
+                        i += 1
                 if i:
                     try:
                         i = int(self._ring.send_many(datas[:i] if i < n else datas, _NOW))
@@ -465,9 +532,10 @@ class Queue(Generic[_T]):
         if self._closed:
             self._check_closed()
         try:
-            # view=2: big messages come back as a view into the ring (one copy fewer). A timeout
-            # mid-way through a fragmented message keeps the part received: the next get resumes it.
-            data = self._recv(FOREVER if block and timeout is None else _deadline(block, timeout), None, 2)
+            # view=2: big messages come back as a view into the ring (one copy fewer); fragmented
+            # ones are reassembled into a reused block (_alloc). A timeout mid-way through a
+            # fragmented message keeps the part received: the next get resumes it.
+            data = self._recv_into(_alloc, FOREVER if block and timeout is None else _deadline(block, timeout), 2)
         except DeadlineExceeded:
             raise queue.Empty from None
         if data.__class__ is bytes and self._plain and data[0] != _OOB_MAGIC:
@@ -498,6 +566,8 @@ class Queue(Generic[_T]):
         except DeadlineExceeded:
             raise queue.Empty from None
         if self._plain:
+            if _OOB_MAGIC not in map(_first, got):  # (a C-level scan of the first bytes)
+                return list(map(_loads, got))
             return [_loads(m) if m[0] != _OOB_MAGIC else _decode(m) for m in got]
         decode = self._decode
         return [decode(m) for m in got]

@@ -41,6 +41,8 @@ typedef struct {
     Py_ssize_t exports;    /* live views/loans (GIL-protected) */
     unsigned fork_gen;     /* fork generation this handle's per-process state belongs to */
     PyObject *partial;     /* bytes of the claimed message reassembled so far (under cons_lock) */
+    char *pbuf;            /* where partial's bytes are (PyBytes_AS_STRING, or recv_into's buffer) */
+    PyObject *alloc;       /* recv_into's allocator during its call (borrowed), else NULL */
     uint64_t filled, ptotal;
     PyObject *pdata;       /* the message a try_send left half written (producer claim) */
     uint64_t pdone;        /* bytes of it already published */
@@ -530,6 +532,39 @@ static PyObject *finish_partial(Ring *r, int want_view)
     return p;
 }
 
+/* The buffer a fragmented message of `total` bytes is reassembled into: a new bytes object,
+ * or (recv_into) what the caller's allocator returns — a writable buffer of exactly `total`
+ * bytes that only this handle holds, so its address is stable while r->partial keeps it. */
+static int alloc_partial(Ring *r, uint64_t total)
+{
+    if (!r->alloc) {
+        if (!(r->partial = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total)))
+            return -1;
+        r->pbuf = PyBytes_AS_STRING(r->partial);
+        return 0;
+    }
+    PyObject *buf = PyObject_CallFunction(r->alloc, "K", (unsigned long long)total);
+    if (!buf)
+        return -1;
+    Py_buffer b;
+    if (PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(buf);
+        return -1;
+    }
+    char *p = b.buf;
+    Py_ssize_t n = b.len;
+    PyBuffer_Release(&b);
+    if ((uint64_t)n != total) {
+        Py_DECREF(buf);
+        PyErr_Format(PyExc_ValueError, "recv_into: the allocator gave %zd bytes for a message of %llu", n,
+                     (unsigned long long)total);
+        return -1;
+    }
+    r->partial = buf;
+    r->pbuf = p;
+    return 0;
+}
+
 /* With cons_lock held: take the records at head. Returns a message (cons_lock released, or
  * kept by a RingView), or NULL with *rcp = R_EMPTY (lock released: nothing deliverable now —
  * empty, mid-message, or another live consumer's claim), R_ERR (exception set) or a state. */
@@ -640,8 +675,7 @@ static PyObject *take_locked(Ring *r, int want_view, double deadline, const expe
             return out;
         }
         if (flags & F_FIRST) {
-            if (total > (uint64_t)PY_SSIZE_T_MAX - 64 ||
-                !(r->partial = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total))) {
+            if (total > (uint64_t)PY_SSIZE_T_MAX - 64 || alloc_partial(r, total) < 0) {
                 *rcp = R_ERR; /* message left in place: nothing lost */
                 break;
             }
@@ -649,7 +683,7 @@ static PyObject *take_locked(Ring *r, int want_view, double deadline, const expe
             r->filled = 0;
             claim_set(&r->c);
         }
-        copy_out(PyBytes_AS_STRING(r->partial) + r->filled, src, len);
+        copy_out(r->pbuf + r->filled, src, len);
         if (is_broken(&r->c)) {
             *rcp = R_BROKEN;
             break;
@@ -1356,6 +1390,39 @@ static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     return got;
 }
 
+/* recv_into(alloc, deadline=FOREVER, view=0): recv, but a fragmented message is reassembled
+ * into alloc(total) (a writable buffer of exactly total bytes nobody else holds: a reusable,
+ * already faulted-in block instead of a fresh bytes object) and that object is returned (as a
+ * memoryview when view). A single-record message comes back as recv(view=view) returns it. */
+static PyObject *Ring_recv_into(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3 || !PyCallable_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "recv_into(alloc, deadline=FOREVER, view=0): alloc must be callable");
+        return NULL;
+    }
+    double deadline = INFINITY;
+    PyObject *dl = nargs > 1 ? args[1] : NULL;
+    if (dl && dl != FOREVER && get_deadline(dl, &deadline) < 0)
+        return NULL;
+    int view = 0;
+    if (nargs > 2) {
+        long v = PyLong_AsLong(args[2]);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        view = v == 0 ? 0 : v == 2 ? 2 : 1;
+    }
+    if (enter(r, "recv") < 0)
+        return NULL;
+    int rc = OK;
+    r->alloc = args[0]; /* borrowed for this call; consume only calls it under cons_lock */
+    PyObject *got = consume(r, deadline, view, 0, NULL, &rc);
+    r->alloc = NULL;
+    if (!got && rc != R_ERR)
+        raise_state(r, rc, "recv", dl);
+    leave(r);
+    return got;
+}
+
 /* try_recv(knobs=None, view=0) -> message or None (nothing deliverable now) */
 static PyObject *Ring_try_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1823,6 +1890,8 @@ static PyMethodDef Ring_methods[] = {
     {"recv", FAST(Ring_recv),
      "recv(deadline=FOREVER, knobs=None, view=0, expect=None): view 1 = RingView, 2 = RingView only for messages "
      ">= 16 KiB; expect: bytes the message must start with, else it stays in the ring (ProtocolError)"},
+    {"recv_into", FAST(Ring_recv_into),
+     "recv_into(alloc, deadline=FOREVER, view=0): recv; a fragmented message goes into alloc(total)"},
     {"try_recv", FAST(Ring_try_recv), "try_recv(knobs=None, view=0) -> message or None when nothing now"},
     {"wait", FAST(Ring_wait), "wait(op, deadline): until a send/recv may succeed; consumes nothing, no lock"},
     {"ready", (PyCFunction)Ring_ready, METH_O, "ready(op) -> bool: could a send/recv succeed now"},
