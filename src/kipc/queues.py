@@ -44,7 +44,6 @@ import atexit
 import collections
 import ctypes
 import io
-import itertools
 import operator
 import os
 import pickle
@@ -59,6 +58,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from ._base import FOREVER, Deadline
+from ._platform import native
 from .errors import ChannelClosed, DeadlineExceeded, InvalidArgument
 from .transports.ring import DEFAULT_SPIN_US, RingChannel
 
@@ -71,14 +71,13 @@ _FEED_SLICE = 0.1
 _OOB_MIN = 64 << 10  # PickleBuffers from this size travel out of band (smaller ones stay in the pickle)
 _OOB_MAGIC = 0x42  # first byte of an out-of-band message (a pickle starts with 0x80, PROTO)
 _OOB_HEAD = struct.Struct("<BxxxI")  # magic, number of buffers; then (n + 1) u64 lengths
-_BIG_BYTES = 1 << 20  # bytes objects from this size are not copied into a pickle first
+_qp = native("_qpickle")
+_plain_dumps, _plain_dumps_many = _qp.plain_dumps, _qp.plain_dumps_many  # what "plain" means: _qpickle.c
+_BIG_BYTES = _qp.BIG_BYTES  # bytes objects from this size are not copied into a pickle first
 _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its padding
 _ZEROS = bytes(16)
-_SIMPLE = frozenset({bytes, str, int, float, bool, type(None)})  # no reducer can apply to these
-_FLAT = frozenset({tuple, list})  # ... nor to these, holding only the above (as dict keys and values too)
-_dumps, _loads = pickle.dumps, pickle.loads
+_loads = pickle.loads
 _first = operator.itemgetter(0)
-_PROTO = itertools.repeat(_HIGHEST)  # map(_dumps, objs, _PROTO): pickle.dumps(o, 5) per object, in C
 _NOW = Deadline(0)  # one attempt, no wait
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
@@ -192,18 +191,6 @@ class _Pickler:
 _pickler_main = _Pickler()
 
 
-def _encode_batch(objs: list[Any]) -> list[Any] | None:
-    """``[_encode(o) for o in objs]`` in one C-level pass when ``_encode`` would take its
-    plain-pickle case for every object (the same bytes); None when the types do not allow it."""
-    types = set(map(type, objs))
-    if types <= _SIMPLE:
-        if bytes in types and (types != {bytes} or max(map(len, objs)) >= _BIG_BYTES):
-            return None  # big bytes travel as parts (or a mix to sort out one by one)
-    elif not (types <= _FLAT and _SIMPLE.issuperset(map(type, itertools.chain.from_iterable(objs)))):
-        return None  # containers of anything but flat builtins: a reducer may apply
-    return list(map(_dumps, objs, _PROTO))
-
-
 def _encode(obj: Any) -> Any:
     """The message for ``obj``: pickle bytes, or a list of parts (header, pickle, buffers...)."""
     cls = type(obj)
@@ -212,13 +199,9 @@ def _encode(obj: Any) -> Any:
         n = len(obj)
         return [b"\x80\x05" + (b"B" + struct.pack("<I", n) if n < 1 << 32 else b"\x8e" + struct.pack("<Q", n)),
                 obj, b"\x94."]
-    if (cls in _SIMPLE or (cls in _FLAT and len(obj) <= 32 and _SIMPLE.issuperset(map(type, obj)))
-            or (cls is dict and len(obj) <= 32 and _SIMPLE.issuperset(map(type, obj))
-            and _SIMPLE.issuperset(map(type, obj.values())))):
-        # byte for byte what ForkingPickler writes: the pickler handles these exact types itself,
-        # no dispatch table (so no registered reducer) is ever consulted for them. put() has
-        # this test inline (a call level is ~10 % of a small put): change both together.
-        return _dumps(obj, _HIGHEST)
+    data = _plain_dumps(obj)  # plain builtins: byte for byte what ForkingPickler writes
+    if data is not None:
+        return data
     p = _pickler_main
     if not p.lock.acquire(False):  # another thread (or a reducer calling put): a fresh one
         p = _Pickler()
@@ -384,19 +367,11 @@ class Queue(Generic[_T]):
     def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         if self._closed:
             self._check_closed()
-        cls: Any = type(obj)
-        o: Any = obj
-        if self._plain and ((cls in _SIMPLE and (cls is not bytes or len(o) < _BIG_BYTES))
-                            or (cls in _FLAT and len(o) <= 32 and _SIMPLE.issuperset(map(type, o)))
-                            or (cls is dict and len(o) <= 32 and _SIMPLE.issuperset(map(type, o))
-                            and _SIMPLE.issuperset(map(type, o.values())))):
-            data = _dumps(obj, _HIGHEST)  # _encode's plain-pickle case, inline (see there)
-            if self._fast_put and not self._buffer and self._try_send(data):
-                return  # unbounded, not joinable, one buffer, room now
-        else:
+        data = _plain_dumps(obj) if self._plain else None  # _encode's first case, without the call
+        if data is None:
             data = self._encode(obj)  # a pickling error raises here, in the caller
-            if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
-                return
+        if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
+            return  # unbounded, not joinable, one buffer, room now
         self._put_data(data, block, timeout)
 
     def _put_data(self, data: Any, block: bool, timeout: float | None) -> None:
@@ -499,7 +474,7 @@ class Queue(Generic[_T]):
         objs = objs if objs.__class__ is list else list(objs)
         if not objs:
             return
-        datas = _encode_batch(objs) if self._plain else None
+        datas = _plain_dumps_many(objs) if self._plain else None  # the batch in one C call
         if datas is None:
             datas = list(map(encode, objs))
             plain = False

@@ -198,15 +198,15 @@ def test_registered_reducer_applies() -> None:
 @pytest.mark.parametrize("batch", [[b"x" * 64] * 64, [(1, "a", 2.0)] * 64, [1, "s", None, 2.5, True],
                                    [[1, 2], (3,)], [{"k": 1}], [b"a", 1], [(Registered(1),)], [b"big" * 500_000]])
 def test_batch_bytes_are_forkingpicklers(batch: list[Any]) -> None:
-    from kipc.queues import _encode, _encode_batch
+    from kipc.queues import _encode, _plain_dumps_many
 
-    datas = _encode_batch(batch)
+    datas = _plain_dumps_many(batch)
     if datas is None:  # the one-pass case does not apply: put_many encodes one by one
         datas = [_encode(o) for o in batch]
     assert [b"".join(d) if isinstance(d, list) else d for d in datas] == [bytes(ForkingPickler.dumps(o, 5))
                                                                         for o in batch]
     if any(isinstance(o, tuple) and isinstance(o[0], Registered) for o in batch):
-        assert _encode_batch(batch) is None  # a reducer may apply: never the one-pass case
+        assert _plain_dumps_many(batch) is None  # a reducer may apply: never the one-pass case
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -569,3 +569,33 @@ def test_big_and_small_objects_interleaved_in_order() -> None:
             assert np.array_equal(got, want)
         else:
             assert got == want
+
+
+def _block_of(a: Any) -> Any:
+    base = a
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    return base.obj  # the bytearray a big message was reassembled into
+
+
+def test_reassembly_blocks_are_reused_only_when_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    np = pytest.importorskip("numpy")
+    from kipc import queues
+
+    monkeypatch.setattr(queues, "_pool", [])  # this process's blocks: none from earlier tests
+    q = kipc.Queue(capacity="256K")
+    n = (4 << 20) // 8  # 4 MiB arrays: fragmented, pooled
+    q.put(np.full(n, 1.0))
+    a1 = q.get(timeout=30)
+    first = id(_block_of(a1))
+    q.put(np.full(n, 2.0))
+    a2 = q.get(timeout=30)  # a1 still held: its block must not be reused
+    assert id(_block_of(a2)) != first and not np.shares_memory(a1, a2)
+    assert (a1 == 1.0).all() and (a2 == 2.0).all() and a1.flags.writeable
+    del a1
+    q.put(np.full(n, 3.0))
+    a3 = q.get(timeout=30)  # a1's block is free again: reused (already faulted in)
+    assert id(_block_of(a3)) == first and (a3 == 3.0).all() and (a2 == 2.0).all()
+    q.put(b"b" * (3 << 20))  # a big bytes object: unpickled out of a block (a copy), block freed
+    got = q.get(timeout=30)
+    assert type(got) is bytes and got == b"b" * (3 << 20)
