@@ -9,7 +9,8 @@ Contract card:
   ``queue.Empty``; generic aliases (``Queue[int]``). Objects are pickled as
   multiprocessing pickles them (``ForkingPickler``, protocol 5, its reducers);
   out-of-band buffers of 64 KiB or more (numpy) go into the ring without a pickle
-  copy. ``maxsize`` counts items. Any size: objects over half the ring stream
+  copy and come out with one copy, into a block this process reuses once nothing
+  refers to it (``_alloc``). ``maxsize`` counts items. Any size: objects over half the ring stream
   through it in fragments; a timed ``get`` keeps a partial object and the next
   ``get`` resumes it.
 * Sharing: works with ``multiprocessing.Process`` under fork, spawn and
@@ -242,7 +243,9 @@ def _alloc(n: int) -> memoryview:
     if n < _POOL_MIN or n > _POOL_MAX:
         return memoryview(bytearray(n))
     getref = sys.getrefcount
-    with _pool_lock:
+    if not _pool_lock.acquire(False):  # another thread (or a signal handler's get) is here: a fresh one
+        return memoryview(bytearray(n))
+    try:
         for b in _pool:
             if n <= len(b) <= 2 * n and getref(b) == _FREE_REFS:
                 return memoryview(b)[:n]
@@ -257,6 +260,8 @@ def _alloc(n: int) -> memoryview:
             del old
         _pool.append(b)
         return memoryview(b)
+    finally:
+        _pool_lock.release()
 
 
 _BYTES_DATA = bytes.__basicsize__ - 1  # offset of a bytes object's data (CPython layout)
