@@ -86,6 +86,15 @@ def _put_in_child(q: Any) -> None:
     q.put("from a child of a closer")
 
 
+def _put_arrays(q: Any, n: int, count: int) -> None:
+    import numpy as np
+
+    for i in range(count):
+        q.put(np.full(n, float(i)))
+    q.close()
+    q.join_thread()
+
+
 # -- 1. any size ---------------------------------------------------------------------------------
 
 def test_one_gib_bytes_between_processes() -> None:
@@ -599,3 +608,24 @@ def test_reassembly_blocks_are_reused_only_when_free(monkeypatch: pytest.MonkeyP
     q.put(b"b" * (3 << 20))  # a big bytes object: unpickled out of a block (a copy), block freed
     got = q.get(timeout=30)
     assert type(got) is bytes and got == b"b" * (3 << 20)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_big_arrays_from_another_process_stay_intact_while_held(method: str) -> None:
+    np = pytest.importorskip("numpy")
+    q = kipc.Queue()  # 256 KiB ring: every 8 MB array arrives in fragments, into a pooled block
+    n, count = (8 << 20) // 8, 6
+    p = mp.get_context(method).Process(target=_put_arrays, args=(q, n, count))
+    p.start()
+    held = [q.get(timeout=60) for _ in range(3)]  # held at once: three different blocks
+    for i, a in enumerate(held):
+        assert a.shape == (n,) and a.flags.writeable and (a == float(i)).all()
+    assert not any(np.shares_memory(x, y) for i, x in enumerate(held) for y in held[i + 1:])
+    held[0][:] = -1.0  # ours to write
+    del held[1:]  # two blocks free again: the next arrays may reuse them, never held[0]'s
+    later = [q.get(timeout=60) for _ in range(count - 3)]
+    assert (held[0] == -1.0).all()
+    for i, a in enumerate(later, start=3):
+        assert (a == float(i)).all() and not np.shares_memory(a, held[0])
+    p.join(30)
+    assert p.exitcode == 0
