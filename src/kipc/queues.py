@@ -73,7 +73,7 @@ _OOB_MIN = 64 << 10  # PickleBuffers from this size travel out of band (smaller 
 _OOB_MAGIC = 0x42  # first byte of an out-of-band message (a pickle starts with 0x80, PROTO)
 _OOB_HEAD = struct.Struct("<BxxxI")  # magic, number of buffers; then (n + 1) u64 lengths
 _qp = native("_qpickle")
-_plain_dumps, _plain_dumps_many = _qp.plain_dumps, _qp.plain_dumps_many  # what "plain" means: _qpickle.c
+_plain_dumps, _plain_dumps_many, _plain_send = _qp.plain_dumps, _qp.plain_dumps_many, _qp.plain_send  # see _qpickle.c
 _BIG_BYTES = _qp.BIG_BYTES  # bytes objects from this size are not copied into a pickle first
 _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its padding
 _ZEROS = bytes(16)
@@ -333,6 +333,7 @@ class Queue(Generic[_T]):
         self._decode = _decode if loads is None else loads
         self._plain = loads is None  # messages are kipc's: a pickle, or out-of-band parts
         self._fast_put = maxsize == 0 and not self._joinable
+        self._fast = self._fast_put and self._plain
         self._maxsize = maxsize
         self._closed = False
         self._lock = threading.Lock()  # guards the overflow buffer and the feeder
@@ -372,11 +373,16 @@ class Queue(Generic[_T]):
     def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         if self._closed:
             self._check_closed()
-        data = _plain_dumps(obj) if self._plain else None  # _encode's first case, without the call
+        if self._fast and not self._buffer:  # unbounded, not joinable, kipc's pickles, none buffered
+            data = _plain_send(self._try_send, obj)  # a plain builtin: pickled and sent in one C call
+            if data is True:
+                return
+        else:
+            data = _plain_dumps(obj) if self._plain else None  # _encode's first case, without the call
         if data is None:
             data = self._encode(obj)  # a pickling error raises here, in the caller
-        if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
-            return  # unbounded, not joinable, one buffer, room now
+            if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
+                return  # room now
         self._put_data(data, block, timeout)
 
     def _put_data(self, data: Any, block: bool, timeout: float | None) -> None:

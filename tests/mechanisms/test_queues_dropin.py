@@ -629,3 +629,16 @@ def test_big_arrays_from_another_process_stay_intact_while_held(method: str) -> 
         assert (a == float(i)).all() and not np.shares_memory(a, held[0])
     p.join(30)
     assert p.exitcode == 0
+
+
+def test_plain_send_pickles_sends_or_hands_back() -> None:
+    from kipc.queues import _plain_send
+
+    sent: list[bytes] = []
+    assert _plain_send(lambda d: sent.append(d) or True, (1, "a")) is True
+    assert sent == [bytes(ForkingPickler.dumps((1, "a"), 5))]
+    back = _plain_send(lambda d: False, {"k": 2.5})  # no room: the pickle comes back to be buffered
+    assert back == bytes(ForkingPickler.dumps({"k": 2.5}, 5))
+    assert _plain_send(sent.append, [Registered(1)]) is None and len(sent) == 1  # not plain: not called
+    with pytest.raises(ZeroDivisionError):
+        _plain_send(lambda d: 1 / 0, b"x")  # the send's error propagates

@@ -11,6 +11,10 @@
  *   plain_dumps_many(objs: list) -> list[bytes] | None
  *       [plain_dumps(o) for o in objs] when every object is plain, else None (nothing lost:
  *       the caller then pickles one by one as it would without this).
+ *   plain_send(send, obj) -> True | bytes | None
+ *       put()'s fast path: for a plain obj, pickle it and call send(pickle) (the ring's
+ *       try_send); True when send said it was sent, else the pickle (no room now: the caller
+ *       buffers it); None when obj is not plain (nothing called).
  *
  * Why C: in Python the type test (set(map(type, ...)) and friends) costs as much as the
  * pickling itself (~250 ns each for a 3-tuple on the project's box); here it is a few loads.
@@ -100,7 +104,32 @@ static PyObject *plain_dumps_many(PyObject *self, PyObject *objs)
     return out;
 }
 
+static PyObject *plain_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "plain_send(send, obj)");
+        return NULL;
+    }
+    if (!plain(args[1]))
+        Py_RETURN_NONE;
+    PyObject *d = dumps(args[1]);
+    if (!d)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(args[0], &d, 1, NULL);
+    int sent = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (sent != 0) {
+        Py_DECREF(d);
+        if (sent < 0)
+            return NULL;
+        Py_RETURN_TRUE;
+    }
+    return d;
+}
+
 static PyMethodDef methods[] = {
+    {"plain_send", (PyCFunction)(void (*)(void))plain_send, METH_FASTCALL,
+     "plain_send(send, obj) -> True (sent), the pickle (send refused it) or None (obj not plain)"},
     {"plain_dumps", plain_dumps, METH_O, "plain_dumps(obj) -> pickle.dumps(obj, 5) for a plain builtin, else None"},
     {"plain_dumps_many", plain_dumps_many, METH_O,
      "plain_dumps_many(objs) -> [pickle.dumps(o, 5) ...] when every object is plain, else None"},
