@@ -10,7 +10,7 @@ Contract card:
   multiprocessing pickles them (``ForkingPickler``, protocol 5, its reducers);
   out-of-band buffers of 64 KiB or more (numpy) go into the ring without a pickle
   copy and come out with one copy, into a block this process reuses once nothing
-  refers to it (``_alloc``). ``maxsize`` counts items. Any size: objects over half the ring stream
+  refers to it (``_qpickle.alloc``). ``maxsize`` counts items. Any size: objects over half the ring stream
   through it in fragments; a timed ``get`` keeps a partial object and the next
   ``get`` resumes it.
 * Sharing: works with ``multiprocessing.Process`` under fork, spawn and
@@ -52,7 +52,6 @@ import queue
 import secrets
 import signal
 import struct
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -224,44 +223,9 @@ def _encode(obj: Any) -> Any:
     return parts
 
 
-# -- receive blocks: a fragmented message is reassembled into a block that is reused ------------
-# A fresh 100 MB block costs a page fault per 4 KiB page on first touch (~1 GB/s here, against
-# ~10 GB/s into memory already faulted in), so blocks the program has dropped are kept and reused.
-_POOL_MIN = 1 << 20  # messages from this size get a pooled block (smaller: a plain bytearray)
-_POOL_MAX = 128 << 20  # a bigger block is never kept (one 1 GiB object must not pin 1 GiB)
-_POOL_KEEP = 2  # blocks kept per process (so at most 2 x _POOL_MAX of idle memory)
-_pool: list[bytearray] = []
-_pool_lock = threading.Lock()
-_FREE_REFS = 3  # a block only the pool holds: the list, the loop variable, getrefcount's argument
-
-
-def _alloc(n: int) -> memoryview:
-    """Ring.recv_into's allocator: ``n`` writable bytes only the caller holds.
-
-    A pooled block is free when nothing but the pool refers to it: every view, slice and
-    array made from it (numpy's base chain) holds a reference to the bytearray."""
-    if n < _POOL_MIN or n > _POOL_MAX:
-        return memoryview(bytearray(n))
-    getref = sys.getrefcount
-    if not _pool_lock.acquire(False):  # another thread (or a signal handler's get) is here: a fresh one
-        return memoryview(bytearray(n))
-    try:
-        for b in _pool:
-            if n <= len(b) <= 2 * n and getref(b) == _FREE_REFS:
-                return memoryview(b)[:n]
-        b = bytearray(n)
-        if len(_pool) >= _POOL_KEEP:  # drop a free block to make room, else do not keep this one
-            for i, old in enumerate(_pool):
-                if getref(old) == _FREE_REFS:
-                    del _pool[i]
-                    break
-            else:
-                return memoryview(b)
-            del old
-        _pool.append(b)
-        return memoryview(b)
-    finally:
-        _pool_lock.release()
+# Ring.recv_into's allocator: a fragmented message is reassembled into a block this process
+# reuses once nothing refers to it (why and how: _qpickle.c, alloc)
+_alloc = _qp.alloc
 
 
 _BYTES_DATA = bytes.__basicsize__ - 1  # offset of a bytes object's data (CPython layout)

@@ -587,11 +587,11 @@ def _block_of(a: Any) -> Any:
     return base.obj  # the bytearray a big message was reassembled into
 
 
-def test_reassembly_blocks_are_reused_only_when_free(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reassembly_blocks_are_reused_only_when_free() -> None:
     np = pytest.importorskip("numpy")
     from kipc import queues
 
-    monkeypatch.setattr(queues, "_pool", [])  # this process's blocks: none from earlier tests
+    queues._qp.pool_clear()  # this process's blocks: none from earlier tests
     q = kipc.Queue(capacity="256K")
     n = (4 << 20) // 8  # 4 MiB arrays: fragmented, pooled
     q.put(np.full(n, 1.0))
@@ -642,3 +642,29 @@ def test_plain_send_pickles_sends_or_hands_back() -> None:
     assert _plain_send(sent.append, [Registered(1)]) is None and len(sent) == 1  # not plain: not called
     with pytest.raises(ZeroDivisionError):
         _plain_send(lambda d: 1 / 0, b"x")  # the send's error propagates
+
+
+def test_block_pool_reuses_free_blocks_within_their_allocation() -> None:
+    from kipc.queues import _qp
+
+    _qp.pool_clear()
+    small = _qp.alloc(1000)
+    assert type(small) is bytearray and len(small) == 1000 and _qp.alloc(1000) is not small  # not pooled
+    a = _qp.alloc(4 << 20)
+    a_id = id(a)
+    view = memoryview(a)
+    del a
+    b = _qp.alloc(4 << 20)
+    b_id = id(b)
+    assert b_id != a_id  # a view of the first block is alive: never handed out again
+    view.release()
+    del view, b  # both free now (the pool keeps them)
+    c = _qp.alloc(3 << 20)  # smaller, within a free block's allocation: that block, resized
+    d = _qp.alloc(3 << 20)
+    assert len(c) == len(d) == 3 << 20 and (id(c), id(d)) == (a_id, b_id)
+    big = _qp.alloc((128 << 20) + 1)  # bigger than the pool keeps
+    assert len(big) == (128 << 20) + 1
+    del big, c, d
+    _qp.pool_clear()
+    with pytest.raises(ValueError):
+        _qp.alloc(-1)
