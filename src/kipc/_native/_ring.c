@@ -543,7 +543,13 @@ static int alloc_partial(Ring *r, uint64_t total)
         r->pbuf = PyBytes_AS_STRING(r->partial);
         return 0;
     }
-    PyObject *buf = PyObject_CallFunction(r->alloc, "K", (unsigned long long)total);
+    /* vectorcall, no argument tuple: a C allocator (kipc's) then allocates nothing GC-tracked
+     * here, so no collection (no finalizer, no Python code) runs under cons_lock */
+    PyObject *size = PyLong_FromUnsignedLongLong((unsigned long long)total);
+    if (!size)
+        return -1;
+    PyObject *buf = PyObject_Vectorcall(r->alloc, &size, 1, NULL);
+    Py_DECREF(size);
     if (!buf)
         return -1;
     Py_buffer b;

@@ -46,7 +46,9 @@ class Ring:
         """recv; a fragmented message is reassembled into ``alloc(total)`` (a writable buffer of
         exactly ``total`` bytes only the caller holds) and that object is returned (a memoryview
         of it when ``view``); a single-record message comes back as ``recv(view=view)`` gives it.
-        A timeout mid-message keeps the partial: the next recv/recv_into resumes it."""
+        A timeout mid-message keeps the partial: the next recv/recv_into resumes it. ``alloc``
+        runs under the consumer lock: it must not touch this ring (kipc.Queue's is C and runs no
+        Python code there)."""
     def try_recv(self, knobs: dict[str, Any] | None = None, view: int = 0, /) -> bytes | memoryview | None: ...
     def wait(self, op: str, deadline: Any, /) -> None: ...
     def ready(self, op: str, /) -> bool: ...
