@@ -668,3 +668,34 @@ def test_block_pool_reuses_free_blocks_within_their_allocation() -> None:
     _qp.pool_clear()
     with pytest.raises(ValueError):
         _qp.alloc(-1)
+
+
+def test_plain_bytes_pickles_written_in_c_match_forkingpicklers() -> None:
+    from kipc.queues import _qp
+
+    # every size class of the C writer: short / long, framed / unframed, and their edges
+    for n in [*range(0, 300), 65_530, 65_535, 65_536, 65_537, 100_000, (1 << 20) - 1]:
+        b = bytes(range(256)) * (n // 256) + bytes(n % 256)
+        assert _qp.plain_dumps(b) == bytes(ForkingPickler.dumps(b, 5)), n
+        assert pickle.loads(_qp.plain_dumps(b)) == b
+    assert _qp.plain_dumps(b"x" * (1 << 20)) is None  # big bytes travel as parts, not plain
+
+
+def test_loads_cuts_out_bytes_pickles_and_trusts_no_length() -> None:
+    from kipc.queues import _qp
+
+    for n in (0, 1, 255, 256, 65_535, 65_536, 200_000):
+        d = bytes(ForkingPickler.dumps(b"\x09" * n, 5))
+        assert _qp.loads(d) == b"\x09" * n
+        for cut in (1, 2, 3):  # truncated: pickle's own error, never bytes of the wrong length
+            with pytest.raises((pickle.UnpicklingError, EOFError, ValueError)):
+                _qp.loads(d[:-cut])
+    good = bytes(ForkingPickler.dumps(b"abc", 5))
+    forged = [good[:3] + b"\x09" + good[4:],  # frame length 9 for 7 bytes
+              good[:12] + b"\xff" + good[13:],  # payload length 255 for 3
+              good[:11] + b"B" + good[12:]]  # BINBYTES with a short length field
+    for f in forged:
+        with pytest.raises((pickle.UnpicklingError, EOFError, ValueError)):
+            _qp.loads(f)
+    for obj in [(1, "a"), {"k": b"v"}, None, 3.5, "str"]:  # everything else: pickle.loads
+        assert _qp.loads(bytes(ForkingPickler.dumps(obj, 5))) == obj

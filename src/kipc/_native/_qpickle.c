@@ -16,6 +16,9 @@
  *       try_send); True when send said it was sent, else the pickle (no room now: the caller
  *       buffers it); None when obj is not plain (nothing called).
  *
+ *   loads(data) -> object
+ *       pickle.loads(data); a pickle of exactly dumps_bytes' shape (checked byte for byte
+ *       against its own length: the data comes from shared memory) is cut out directly.
  *   alloc(n) -> bytearray
  *       Ring.recv_into's allocator: a bytearray of n bytes only the caller holds. From 1 MiB
  *       to 128 MiB it comes from a pool of at most POOL_KEEP blocks this process reuses once
@@ -33,6 +36,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <string.h>
 
 #define BIG_BYTES ((Py_ssize_t)1 << 20) /* bytes from this size travel as parts (queues.py) */
 #define MAX_ITEMS 32                    /* a bigger container is left to the general path */
@@ -78,8 +83,86 @@ static int plain(PyObject *o)
     return 0;
 }
 
+/* pickle.dumps(b, 5) of an exact bytes object under BIG_BYTES, written out directly (a
+ * Pickler per call is most of the cost of a small one). The C pickler writes: PROTO 5; then,
+ * under 64 KiB (its frame target), one FRAME holding SHORT_BINBYTES (< 256) or BINBYTES, the
+ * data, MEMOIZE and STOP; from 64 KiB no frame: BINBYTES, data, MEMOIZE, STOP. A test
+ * compares these bytes with ForkingPickler's for every size class. */
+static PyObject *dumps_bytes(PyObject *o)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(o);
+    int framed = n < 65536, lenlen = n < 256 ? 1 : 4;
+    Py_ssize_t head = 2 + (framed ? 9 : 0) + 1 + lenlen;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, head + n + 2);
+    if (!out)
+        return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    *p++ = 0x80;
+    *p++ = 5;
+    if (framed) {
+        uint64_t frame = (uint64_t)(1 + lenlen + n + 2);
+        *p++ = 0x95;
+        for (int i = 0; i < 8; i++)
+            *p++ = (unsigned char)(frame >> (8 * i));
+    }
+    *p++ = lenlen == 1 ? 'C' : 'B';
+    for (int i = 0; i < lenlen; i++)
+        *p++ = (unsigned char)((uint64_t)n >> (8 * i));
+    memcpy(p, PyBytes_AS_STRING(o), (size_t)n);
+    p += n;
+    *p++ = 0x94;
+    *p = '.';
+    return out;
+}
+
+static PyObject *pickle_loads; /* _pickle.loads */
+
+/* The payload of a pickle of exactly dumps_bytes' shape (every length checked against the
+ * data's own size), or NULL without an exception when it is anything else. */
+static PyObject *loads_bytes(const unsigned char *p, Py_ssize_t len)
+{
+    if (len < 2 + 1 + 1 + 2 || p[0] != 0x80 || p[1] != 5 || p[len - 2] != 0x94 || p[len - 1] != '.')
+        return NULL;
+    Py_ssize_t at = 2;
+    if (p[2] == 0x95) {
+        if (len < 11 + 4)
+            return NULL;
+        uint64_t frame = 0;
+        for (int i = 7; i >= 0; i--)
+            frame = (frame << 8) | p[3 + i];
+        if (frame != (uint64_t)(len - 11))
+            return NULL;
+        at = 11;
+    }
+    uint64_t n;
+    if (p[at] == 'C' && len - at >= 4) {
+        n = p[at + 1];
+        at += 2;
+    } else if (p[at] == 'B' && len - at >= 7) {
+        n = (uint64_t)p[at + 1] | (uint64_t)p[at + 2] << 8 | (uint64_t)p[at + 3] << 16 | (uint64_t)p[at + 4] << 24;
+        at += 5;
+    } else {
+        return NULL;
+    }
+    if (n != (uint64_t)(len - at - 2))
+        return NULL;
+    return PyBytes_FromStringAndSize((const char *)p + at, (Py_ssize_t)n);
+}
+
+static PyObject *loads(PyObject *self, PyObject *data)
+{
+    if (PyBytes_CheckExact(data)) {
+        PyObject *b = loads_bytes((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+        if (b || PyErr_Occurred())
+            return b;
+    }
+    return PyObject_Vectorcall(pickle_loads, &data, 1, NULL);
+}
+
 static inline PyObject *dumps(PyObject *o)
 {
+    if (Py_TYPE(o) == &PyBytes_Type) /* plain: under BIG_BYTES */
+        return dumps_bytes(o);
     PyObject *args[2] = {o, protocol};
     return PyObject_Vectorcall(pickle_dumps, args, 2, NULL);
 }
@@ -195,6 +278,7 @@ static PyObject *pool_clear(PyObject *self, PyObject *unused)
 static PyMethodDef methods[] = {
     {"alloc", alloc, METH_O, "alloc(n) -> bytearray of n bytes only the caller holds (reused when 1-128 MiB)"},
     {"pool_clear", pool_clear, METH_NOARGS, "pool_clear(): drop the kept blocks"},
+    {"loads", loads, METH_O, "loads(data) -> pickle.loads(data) (a small bytes pickle cut out directly)"},
     {"plain_send", (PyCFunction)(void (*)(void))plain_send, METH_FASTCALL,
      "plain_send(send, obj) -> True (sent), the pickle (send refused it) or None (obj not plain)"},
     {"plain_dumps", plain_dumps, METH_O, "plain_dumps(obj) -> pickle.dumps(obj, 5) for a plain builtin, else None"},
@@ -212,9 +296,10 @@ PyMODINIT_FUNC PyInit__qpickle(void)
     if (!m || !mod)
         goto fail;
     pickle_dumps = PyObject_GetAttrString(mod, "dumps");
+    pickle_loads = PyObject_GetAttrString(mod, "loads");
     Py_DECREF(mod);
     protocol = PyLong_FromLong(5);
-    if (!pickle_dumps || !protocol || PyModule_AddIntConstant(m, "BIG_BYTES", (long)BIG_BYTES) < 0 ||
+    if (!pickle_dumps || !pickle_loads || !protocol || PyModule_AddIntConstant(m, "BIG_BYTES", (long)BIG_BYTES) < 0 ||
         PyModule_AddIntConstant(m, "MAX_ITEMS", MAX_ITEMS) < 0)
         goto fail;
     return m;
