@@ -9,7 +9,8 @@ Contract card:
   ``queue.Empty``; generic aliases (``Queue[int]``). Objects are pickled as
   multiprocessing pickles them (``ForkingPickler``, protocol 5, its reducers);
   out-of-band buffers of 64 KiB or more (numpy) go into the ring without a pickle
-  copy. ``maxsize`` counts items. Any size: objects over half the ring stream
+  copy and come out with one copy, into a block this process reuses once nothing
+  refers to it (``_qpickle.alloc``). ``maxsize`` counts items. Any size: objects over half the ring stream
   through it in fragments; a timed ``get`` keeps a partial object and the next
   ``get`` resumes it.
 * Sharing: works with ``multiprocessing.Process`` under fork, spawn and
@@ -44,6 +45,7 @@ import atexit
 import collections
 import ctypes
 import io
+import operator
 import os
 import pickle
 import queue
@@ -56,6 +58,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from ._base import FOREVER, Deadline
+from ._platform import native
 from .errors import ChannelClosed, DeadlineExceeded, InvalidArgument
 from .transports.ring import DEFAULT_SPIN_US, RingChannel
 
@@ -68,12 +71,13 @@ _FEED_SLICE = 0.1
 _OOB_MIN = 64 << 10  # PickleBuffers from this size travel out of band (smaller ones stay in the pickle)
 _OOB_MAGIC = 0x42  # first byte of an out-of-band message (a pickle starts with 0x80, PROTO)
 _OOB_HEAD = struct.Struct("<BxxxI")  # magic, number of buffers; then (n + 1) u64 lengths
-_BIG_BYTES = 1 << 20  # bytes objects from this size are not copied into a pickle first
+_qp = native("_qpickle")
+_plain_dumps, _plain_dumps_many, _plain_send = _qp.plain_dumps, _qp.plain_dumps_many, _qp.plain_send  # see _qpickle.c
+_BIG_BYTES = _qp.BIG_BYTES  # bytes objects from this size are not copied into a pickle first
 _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its padding
 _ZEROS = bytes(16)
-_SIMPLE = frozenset({bytes, str, int, float, bool, type(None)})  # no reducer can apply to these
-_FLAT = frozenset({tuple, list})  # ... nor to these, holding only the above (a dict's check costs more)
-_dumps, _loads = pickle.dumps, pickle.loads
+_loads = _qp.loads  # pickle.loads (a small bytes pickle cut out directly: _qpickle.c)
+_first = operator.itemgetter(0)
 _NOW = Deadline(0)  # one attempt, no wait
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
@@ -195,10 +199,9 @@ def _encode(obj: Any) -> Any:
         n = len(obj)
         return [b"\x80\x05" + (b"B" + struct.pack("<I", n) if n < 1 << 32 else b"\x8e" + struct.pack("<Q", n)),
                 obj, b"\x94."]
-    if cls in _SIMPLE or (cls in _FLAT and len(obj) <= 32 and _SIMPLE.issuperset(map(type, obj))):
-        # byte for byte what ForkingPickler writes: the pickler handles these types itself,
-        # no dispatch table (so no registered reducer) is ever consulted for them
-        return _dumps(obj, _HIGHEST)
+    data = _plain_dumps(obj)  # plain builtins: byte for byte what ForkingPickler writes
+    if data is not None:
+        return data
     p = _pickler_main
     if not p.lock.acquire(False):  # another thread (or a reducer calling put): a fresh one
         p = _Pickler()
@@ -218,6 +221,11 @@ def _encode(obj: Any) -> Any:
         if r.nbytes % 16:
             parts.append(_ZEROS[:-r.nbytes % 16])
     return parts
+
+
+# Ring.recv_into's allocator: a fragmented message is reassembled into a block this process
+# reuses once nothing refers to it (why and how: _qpickle.c, alloc)
+_alloc = _qp.alloc
 
 
 _BYTES_DATA = bytes.__basicsize__ - 1  # offset of a bytes object's data (CPython layout)
@@ -241,10 +249,11 @@ def _decode(msg: Any) -> Any:
     body = mv[at:at + lens[0]]
     at += lens[0]
     at += -at % 16
-    # a reassembled message (bytes, or the ring's memoryview over those bytes) is ours alone:
-    # the arrays are built over it without a copy; a view into the ring itself is copied out
+    # a reassembled message (a recv_into block, bytes, or the ring's memoryview over those
+    # bytes) is ours alone: the arrays are built over it without a copy; a view into the ring
+    # itself (read-only) is copied out
     owner = msg if msg.__class__ is bytes else mv.obj
-    whole = _writable(owner) if owner.__class__ is bytes else None
+    whole = _writable(owner) if owner.__class__ is bytes else mv if not mv.readonly else None
     buffers: list[Any] = []
     for ln in lens[1:]:
         # from a view into the ring: the one copy out (the ring's space is reused after this get)
@@ -282,12 +291,13 @@ class Queue(Generic[_T]):
         self._ch = ch
         self._ring = ch._ring
         self._frag_max = int(ch._ring.frag_max)
-        self._try_send, self._recv, self._try_recv = ch._ring.try_send, ch._ring.recv, ch._ring.try_recv
+        self._try_send, self._recv_into, self._try_recv = ch._ring.try_send, ch._ring.recv_into, ch._ring.try_recv
         self._dumps, self._loads = dumps, loads
         self._encode = _encode if dumps is None else dumps
         self._decode = _decode if loads is None else loads
         self._plain = loads is None  # messages are kipc's: a pickle, or out-of-band parts
         self._fast_put = maxsize == 0 and not self._joinable
+        self._fast = self._fast_put and self._plain
         self._maxsize = maxsize
         self._closed = False
         self._lock = threading.Lock()  # guards the overflow buffer and the feeder
@@ -327,13 +337,16 @@ class Queue(Generic[_T]):
     def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         if self._closed:
             self._check_closed()
-        cls: type = type(obj)
-        if cls in _SIMPLE and self._plain and (cls is not bytes or len(obj) < _BIG_BYTES):  # type: ignore[arg-type]
-            data = _dumps(obj, _HIGHEST)  # _encode's first case, without the call
+        if self._fast and not self._buffer:  # unbounded, not joinable, kipc's pickles, none buffered
+            data = _plain_send(self._try_send, obj)  # a plain builtin: pickled and sent in one C call
+            if data is True:
+                return
         else:
+            data = _plain_dumps(obj) if self._plain else None  # _encode's first case, without the call
+        if data is None:
             data = self._encode(obj)  # a pickling error raises here, in the caller
-        if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
-            return  # unbounded, not joinable, one buffer, room now
+            if self._fast_put and data.__class__ is bytes and not self._buffer and self._try_send(data):
+                return  # room now
         self._put_data(data, block, timeout)
 
     def _put_data(self, data: Any, block: bool, timeout: float | None) -> None:
@@ -433,22 +446,26 @@ class Queue(Generic[_T]):
         if self._closed:
             self._check_closed()
         encode = self._encode
-        if self._plain:  # put()'s inline case per object: small builtins straight to pickle.dumps
-            simple, big = _SIMPLE, _BIG_BYTES
-            datas = [_dumps(o, _HIGHEST) if type(o) in simple and (type(o) is not bytes or len(o) < big)  # type: ignore[arg-type]
-                     else encode(o) for o in objs]
-        else:
-            datas = [encode(o) for o in objs]
-        if not datas:
+        objs = objs if objs.__class__ is list else list(objs)
+        if not objs:
             return
+        datas = _plain_dumps_many(objs) if self._plain else None  # the batch in one C call
+        if datas is None:
+            datas = list(map(encode, objs))
+            plain = False
+        else:
+            plain = True  # all single bytes objects (pickles)
         if self._fast_put:
             i = 0
             if not self._buffer:
                 # the ring's batch call for the leading single-record messages (one lock, one
                 # wake-up); a message in fragments, or no room now, goes the unbounded way
                 limit, n = self._frag_max, len(datas)
-                while i < n and datas[i].__class__ is bytes and len(datas[i]) <= limit:
-                    i += 1
+                if plain and max(map(len, datas)) <= limit:
+                    i = n
+                else:
+                    while i < n and datas[i].__class__ is bytes and len(datas[i]) <= limit:
+                        i += 1
                 if i:
                     try:
                         i = int(self._ring.send_many(datas[:i] if i < n else datas, _NOW))
@@ -465,9 +482,10 @@ class Queue(Generic[_T]):
         if self._closed:
             self._check_closed()
         try:
-            # view=2: big messages come back as a view into the ring (one copy fewer). A timeout
-            # mid-way through a fragmented message keeps the part received: the next get resumes it.
-            data = self._recv(FOREVER if block and timeout is None else _deadline(block, timeout), None, 2)
+            # view=2: big messages come back as a view into the ring (one copy fewer); fragmented
+            # ones are reassembled into a reused block (_alloc). A timeout mid-way through a
+            # fragmented message keeps the part received: the next get resumes it.
+            data = self._recv_into(_alloc, FOREVER if block and timeout is None else _deadline(block, timeout), 2)
         except DeadlineExceeded:
             raise queue.Empty from None
         if data.__class__ is bytes and self._plain and data[0] != _OOB_MAGIC:
@@ -498,6 +516,8 @@ class Queue(Generic[_T]):
         except DeadlineExceeded:
             raise queue.Empty from None
         if self._plain:
+            if _OOB_MAGIC not in map(_first, got):  # (a C-level scan of the first bytes)
+                return list(map(_loads, got))
             return [_loads(m) if m[0] != _OOB_MAGIC else _decode(m) for m in got]
         decode = self._decode
         return [decode(m) for m in got]

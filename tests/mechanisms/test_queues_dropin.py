@@ -86,6 +86,15 @@ def _put_in_child(q: Any) -> None:
     q.put("from a child of a closer")
 
 
+def _put_arrays(q: Any, n: int, count: int) -> None:
+    import numpy as np
+
+    for i in range(count):
+        q.put(np.full(n, float(i)))
+    q.close()
+    q.join_thread()
+
+
 # -- 1. any size ---------------------------------------------------------------------------------
 
 def test_one_gib_bytes_between_processes() -> None:
@@ -174,7 +183,9 @@ ForkingPickler.register(Registered, lambda r: (_rebuild_registered, (r.v,)))
 
 
 @pytest.mark.parametrize("obj", [b"x", "s", 1, 1.5, None, True, (1, "a"), {"k": [1, 2]}, list(range(50)),
-                                 Registered(3), {"nested": (Registered(1), b"y" * 100)}, b"big" * 500_000])
+                                 Registered(3), {"nested": (Registered(1), b"y" * 100)}, b"big" * 500_000,
+                                 {"k": 1, "v": "x"}, {"r": Registered(4)}, {1: (Registered(6),)},
+                                 (b"z", [Registered(7)])])
 def test_bytes_are_forkingpicklers(obj: Any) -> None:
     from kipc.queues import _encode
 
@@ -186,6 +197,25 @@ def test_registered_reducer_applies() -> None:
     q = kipc.Queue()
     q.put(Registered(2))
     assert q.get(timeout=5).v == 200
+    q.put({"r": Registered(3)})  # inside a dict: put()'s plain-pickle shortcut must not take it
+    assert q.get(timeout=5)["r"].v == 300
+    q.put_many([(1, "a"), (Registered(4),), {"k": Registered(5)}])  # a batch of mixed kinds
+    got = q.get_many(3, timeout=5)
+    assert got[0] == (1, "a") and got[1][0].v == 400 and got[2]["k"].v == 500
+
+
+@pytest.mark.parametrize("batch", [[b"x" * 64] * 64, [(1, "a", 2.0)] * 64, [1, "s", None, 2.5, True],
+                                   [[1, 2], (3,)], [{"k": 1}], [b"a", 1], [(Registered(1),)], [b"big" * 500_000]])
+def test_batch_bytes_are_forkingpicklers(batch: list[Any]) -> None:
+    from kipc.queues import _encode, _plain_dumps_many
+
+    datas = _plain_dumps_many(batch)
+    if datas is None:  # the one-pass case does not apply: put_many encodes one by one
+        datas = [_encode(o) for o in batch]
+    assert [b"".join(d) if isinstance(d, list) else d for d in datas] == [bytes(ForkingPickler.dumps(o, 5))
+                                                                        for o in batch]
+    if any(isinstance(o, tuple) and isinstance(o[0], Registered) for o in batch):
+        assert _plain_dumps_many(batch) is None  # a reducer may apply: never the one-pass case
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -478,7 +508,8 @@ def test_numpy_round_trip(n: int) -> None:
         base = got["a"]
         while getattr(base, "base", None) is not None:
             base = base.base
-        assert not isinstance(getattr(base, "obj", None), bytearray)
+        # ... the whole message's block (header, pickle, both buffers), not a copy of this buffer
+        assert isinstance(base, memoryview) and base.nbytes == a.nbytes and len(base.obj) > a.nbytes
 
 
 def test_pickle_buffer_out_of_band() -> None:
@@ -547,3 +578,124 @@ def test_big_and_small_objects_interleaved_in_order() -> None:
             assert np.array_equal(got, want)
         else:
             assert got == want
+
+
+def _block_of(a: Any) -> Any:
+    base = a
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    return base.obj  # the bytearray a big message was reassembled into
+
+
+def test_reassembly_blocks_are_reused_only_when_free() -> None:
+    np = pytest.importorskip("numpy")
+    from kipc import queues
+
+    queues._qp.pool_clear()  # this process's blocks: none from earlier tests
+    q = kipc.Queue(capacity="256K")
+    n = (4 << 20) // 8  # 4 MiB arrays: fragmented, pooled
+    q.put(np.full(n, 1.0))
+    a1 = q.get(timeout=30)
+    first = id(_block_of(a1))
+    q.put(np.full(n, 2.0))
+    a2 = q.get(timeout=30)  # a1 still held: its block must not be reused
+    assert id(_block_of(a2)) != first and not np.shares_memory(a1, a2)
+    assert (a1 == 1.0).all() and (a2 == 2.0).all() and a1.flags.writeable
+    del a1
+    q.put(np.full(n, 3.0))
+    a3 = q.get(timeout=30)  # a1's block is free again: reused (already faulted in)
+    assert id(_block_of(a3)) == first and (a3 == 3.0).all() and (a2 == 2.0).all()
+    q.put(b"b" * (3 << 20))  # a big bytes object: unpickled out of a block (a copy), block freed
+    got = q.get(timeout=30)
+    assert type(got) is bytes and got == b"b" * (3 << 20)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_big_arrays_from_another_process_stay_intact_while_held(method: str) -> None:
+    np = pytest.importorskip("numpy")
+    q = kipc.Queue()  # 256 KiB ring: every 8 MB array arrives in fragments, into a pooled block
+    n, count = (8 << 20) // 8, 6
+    p = mp.get_context(method).Process(target=_put_arrays, args=(q, n, count))
+    p.start()
+    held = [q.get(timeout=60) for _ in range(3)]  # held at once: three different blocks
+    for i, a in enumerate(held):
+        assert a.shape == (n,) and a.flags.writeable and (a == float(i)).all()
+    assert not any(np.shares_memory(x, y) for i, x in enumerate(held) for y in held[i + 1:])
+    held[0][:] = -1.0  # ours to write
+    del held[1:]  # two blocks free again: the next arrays may reuse them, never held[0]'s
+    later = [q.get(timeout=60) for _ in range(count - 3)]
+    assert (held[0] == -1.0).all()
+    for i, a in enumerate(later, start=3):
+        assert (a == float(i)).all() and not np.shares_memory(a, held[0])
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_plain_send_pickles_sends_or_hands_back() -> None:
+    from kipc.queues import _plain_send
+
+    sent: list[bytes] = []
+    assert _plain_send(lambda d: sent.append(d) or True, (1, "a")) is True
+    assert sent == [bytes(ForkingPickler.dumps((1, "a"), 5))]
+    back = _plain_send(lambda d: False, {"k": 2.5})  # no room: the pickle comes back to be buffered
+    assert back == bytes(ForkingPickler.dumps({"k": 2.5}, 5))
+    assert _plain_send(sent.append, [Registered(1)]) is None and len(sent) == 1  # not plain: not called
+    with pytest.raises(ZeroDivisionError):
+        _plain_send(lambda d: 1 / 0, b"x")  # the send's error propagates
+
+
+def test_block_pool_reuses_free_blocks_within_their_allocation() -> None:
+    from kipc.queues import _qp
+
+    _qp.pool_clear()
+    small = _qp.alloc(1000)
+    assert type(small) is bytearray and len(small) == 1000 and _qp.alloc(1000) is not small  # not pooled
+    a = _qp.alloc(4 << 20)
+    a_id = id(a)
+    view = memoryview(a)
+    del a
+    b = _qp.alloc(4 << 20)
+    b_id = id(b)
+    assert b_id != a_id  # a view of the first block is alive: never handed out again
+    view.release()
+    del view, b  # both free now (the pool keeps them)
+    c = _qp.alloc(3 << 20)  # smaller, within a free block's allocation: that block, resized
+    d = _qp.alloc(3 << 20)
+    assert len(c) == len(d) == 3 << 20 and (id(c), id(d)) == (a_id, b_id)
+    big = _qp.alloc((128 << 20) + 1)  # bigger than the pool keeps
+    assert len(big) == (128 << 20) + 1
+    del big, c, d
+    _qp.pool_clear()
+    with pytest.raises(ValueError):
+        _qp.alloc(-1)
+
+
+def test_plain_bytes_pickles_written_in_c_match_forkingpicklers() -> None:
+    from kipc.queues import _qp
+
+    # every size class of the C writer: short / long, framed / unframed, and their edges
+    for n in [*range(0, 300), 65_530, 65_535, 65_536, 65_537, 100_000, (1 << 20) - 1]:
+        b = bytes(range(256)) * (n // 256) + bytes(n % 256)
+        assert _qp.plain_dumps(b) == bytes(ForkingPickler.dumps(b, 5)), n
+        assert pickle.loads(_qp.plain_dumps(b)) == b
+    assert _qp.plain_dumps(b"x" * (1 << 20)) is None  # big bytes travel as parts, not plain
+
+
+def test_loads_cuts_out_bytes_pickles_and_trusts_no_length() -> None:
+    from kipc.queues import _qp
+
+    for n in (0, 1, 255, 256, 65_535, 65_536, 200_000):
+        d = bytes(ForkingPickler.dumps(b"\x09" * n, 5))
+        assert _qp.loads(d) == b"\x09" * n
+        for cut in (1, 2, 3):  # truncated: pickle's own error, never bytes of the wrong length
+            with pytest.raises((pickle.UnpicklingError, EOFError, ValueError)):
+                _qp.loads(d[:-cut])
+    good = bytes(ForkingPickler.dumps(b"abc", 5))
+    forged = [good[:3] + b"\x09" + good[4:],  # frame length 9 for 7 bytes
+              good[:12] + b"\xff" + good[13:],  # payload length 255 for 3
+              good[:11] + b"B" + good[12:]]  # BINBYTES with a short length field
+    for f in forged:
+        with pytest.raises((pickle.UnpicklingError, EOFError, ValueError)):
+            _qp.loads(f)
+    for obj in [(1, "a"), {"k": b"v"}, None, 3.5, "str"]:  # everything else: pickle.loads
+        assert _qp.loads(bytes(ForkingPickler.dumps(obj, 5))) == obj

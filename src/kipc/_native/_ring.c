@@ -40,6 +40,7 @@ typedef struct {
     _Atomic int unmapped;  /* exactly one ring_unmap_now does the munmap */
     Py_ssize_t exports;    /* live views/loans (GIL-protected) */
     unsigned fork_gen;     /* fork generation this handle's per-process state belongs to */
+    PyObject *alloc;       /* recv_into's allocator during its call (borrowed), else NULL */
 } Ring;
 
 
@@ -770,6 +771,39 @@ static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     return got;
 }
 
+/* recv_into(alloc, deadline=FOREVER, view=0): recv, but a fragmented message is reassembled
+ * into alloc(total) (a writable buffer of exactly total bytes nobody else holds: a reusable,
+ * already faulted-in block instead of a fresh bytes object) and that object is returned (as a
+ * memoryview when view). A single-record message comes back as recv(view=view) returns it. */
+static PyObject *Ring_recv_into(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3 || !PyCallable_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "recv_into(alloc, deadline=FOREVER, view=0): alloc must be callable");
+        return NULL;
+    }
+    double deadline = INFINITY;
+    PyObject *dl = nargs > 1 ? args[1] : NULL;
+    if (dl && dl != FOREVER && get_deadline(dl, &deadline) < 0)
+        return NULL;
+    int view = 0;
+    if (nargs > 2) {
+        long v = PyLong_AsLong(args[2]);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        view = v == 0 ? 0 : v == 2 ? 2 : 1;
+    }
+    if (enter(r, "recv") < 0)
+        return NULL;
+    int rc = OK;
+    r->alloc = args[0]; /* borrowed for this call; consume only calls it under cons_lock */
+    PyObject *got = consume(r, deadline, view, 0, NULL, 0, &rc);
+    r->alloc = NULL;
+    if (!got && rc != R_ERR)
+        raise_state(r, rc, "recv", dl);
+    leave(r);
+    return got;
+}
+
 /* try_recv(knobs=None, view=0) -> message or None (nothing deliverable now) */
 static PyObject *Ring_try_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1221,6 +1255,8 @@ static PyMethodDef Ring_methods[] = {
     {"recv", FAST(Ring_recv),
      "recv(deadline=FOREVER, knobs=None, view=0, expect=None): view 1 = RingView, 2 = RingView only for messages "
      ">= 16 KiB; expect: bytes the message must start with, else it stays in the ring (ProtocolError)"},
+    {"recv_into", FAST(Ring_recv_into),
+     "recv_into(alloc, deadline=FOREVER, view=0): recv; a fragmented message goes into alloc(total)"},
     {"try_recv", FAST(Ring_try_recv), "try_recv(knobs=None, view=0) -> message or None when nothing now"},
     {"wait", FAST(Ring_wait), "wait(op, deadline): until a send/recv may succeed; consumes nothing, no lock"},
     {"ready", (PyCFunction)Ring_ready, METH_O, "ready(op) -> bool: could a send/recv succeed now"},
@@ -1282,16 +1318,47 @@ static void *gil_release(void) { return PyEval_SaveThread(); }
 static void gil_reacquire(void *ts) { PyEval_RestoreThread((PyThreadState *)ts); }
 static int py_interrupted(void) { return PyErr_CheckSignals() < 0; }
 /* (The Ring is the handle's container: ((Ring *)((char *)c - offsetof(Ring, c))).) */
+/* A fragmented message of `total` bytes is reassembled into a new bytes object or (recv_into)
+ * what the caller's allocator returns: a writable buffer of exactly `total` bytes that only this
+ * handle holds, so its address is stable while the core keeps the object. */
 static void *py_msg_alloc(rc_ring *c, uint64_t total, unsigned char **bytes)
 {
     if (total > (uint64_t)PY_SSIZE_T_MAX - 64) {
         PyErr_NoMemory();
         return NULL;
     }
-    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (b)
-        *bytes = (unsigned char *)PyBytes_AS_STRING(b);
-    return b;
+    Ring *r = (Ring *)((char *)c - offsetof(Ring, c));
+    if (!r->alloc) {
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+        if (b)
+            *bytes = (unsigned char *)PyBytes_AS_STRING(b);
+        return b;
+    }
+    /* vectorcall, no argument tuple: a C allocator (kipc's) then allocates nothing GC-tracked
+     * here, so no collection (no finalizer, no Python code) runs under cons_lock */
+    PyObject *size = PyLong_FromUnsignedLongLong((unsigned long long)total);
+    if (!size)
+        return NULL;
+    PyObject *buf = PyObject_Vectorcall(r->alloc, &size, 1, NULL);
+    Py_DECREF(size);
+    if (!buf)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(buf);
+        return NULL;
+    }
+    unsigned char *p = b.buf;
+    Py_ssize_t n = b.len;
+    PyBuffer_Release(&b);
+    if ((uint64_t)n != total) {
+        Py_DECREF(buf);
+        PyErr_Format(PyExc_ValueError, "recv_into: the allocator gave %zd bytes for a message of %llu", n,
+                     (unsigned long long)total);
+        return NULL;
+    }
+    *bytes = p;
+    return buf;
 }
 static void *py_obj_keep(void *o) { return Py_NewRef((PyObject *)o); }
 static void py_obj_drop(void *o) { Py_DECREF((PyObject *)o); }
