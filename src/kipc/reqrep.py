@@ -116,6 +116,9 @@ class Server(Resource):
         self.reply_timeout = Deadline.of(reply_timeout).timeout or _REPLY_TIMEOUT
         self._lock = threading.Lock()
         self._conns: list[Channel] = []
+        # connections the last wait() reported readable and not read yet: served before waiting
+        # again (one wait per round of ready clients, not per request; and round-robin, fair)
+        self._pending: list[Channel] = []
         self._listener: Listener | None = None
         self._requests: Channel | None = None
         self._replies: OrderedDict[bytes, Channel] = OrderedDict()  # return address -> its open reply ring
@@ -154,17 +157,21 @@ class Server(Resource):
     def _poll_connections(self, deadline: Deadline) -> Request | None:
         assert self._listener is not None
         with self._lock:
-            objs: list[Any] = [self._listener, *(c for c in self._conns if not c.closed)]
-        try:
-            ready = wait(objs, timeout=deadline.slice(1.0).remaining())
-        except ChannelClosed:
-            self._check_open("recv")
-            return None  # a connection another thread dropped meanwhile: wait again without it
+            ready: list[Any] = self._pending
+            self._pending = []
         if not ready:
-            if deadline.expired() or deadline.nonblocking:
-                raise deadline.error(f"recv on {self.url}")
-            return None  # a slice passed (new connections join the next wait)
-        for obj in ready:
+            with self._lock:
+                objs: list[Any] = [self._listener, *(c for c in self._conns if not c.closed)]
+            try:
+                ready = wait(objs, timeout=deadline.slice(1.0).remaining())
+            except ChannelClosed:
+                self._check_open("recv")
+                return None  # a connection another thread dropped meanwhile: wait again without it
+            if not ready:
+                if deadline.expired() or deadline.nonblocking:
+                    raise deadline.error(f"recv on {self.url}")
+                return None  # a slice passed (new connections join the next wait)
+        for i, obj in enumerate(ready):
             if obj is self._listener:
                 try:
                     conn = self._listener.accept(timeout=0)
@@ -182,6 +189,10 @@ class Server(Resource):
                 continue
             got = self._parse(data, obj)
             if got is not None:
+                rest = [c for c in ready[i + 1:] if c is not self._listener]
+                if rest:
+                    with self._lock:
+                        self._pending.extend(rest)
                 return got
         return None
 
@@ -239,7 +250,7 @@ class Server(Resource):
         for fd in fds:
             loop.add_reader(fd, wake)
         try:
-            if not any(c._ready("recv") for c in self._conns):
+            if not self._pending and not any(c._ready("recv") for c in self._conns):
                 await asyncio.wait_for(fut, deadline.slice(1.0).remaining())
         except TimeoutError:
             if deadline.expired():
@@ -324,6 +335,7 @@ class Server(Resource):
     def _close(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
+            self._pending = []
             replies, self._replies = list(self._replies.values()), OrderedDict()
         for ch in [*conns, *replies]:
             ch.close()
