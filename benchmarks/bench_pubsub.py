@@ -1,4 +1,4 @@
-"""ring:// topics (RingTopic) against the pub/sub a Python user would pick instead, between real processes.
+"""kipc topics (ring:// and unix://) against the pub/sub a Python user would pick instead, between real processes.
 
 Patterns (the publisher is this process; each subscriber a forked child, lossless delivery):
 
@@ -8,11 +8,15 @@ Patterns (the publisher is this process; each subscriber a forked child, lossles
 * ``frames``: numpy 1920x1080x3 uint8 frames -> 4 subscribers; kipc subscribers take them
   zero-copy (``recv_array(copy=False)``); frames/s per subscriber (the slowest).
 
-Contenders: ``kipc`` (RingTopic, overflow=block), ``pyzmq`` PUB/SUB over ipc:// (HWM 0: no
-drops), ``iceoryx2`` pub/sub (Python binding, Slice[c_uint8], blocking backpressure,
+Contenders: ``ring`` (kipc.Topic on ring://, overflow=block), ``unix`` (kipc.Topic on unix://,
+overflow=block: a publisher writing to each subscriber's socket; 64 B rows only — a frame is one
+6 MiB socket write per subscriber, measured by bench_queue's stream rows), ``pyzmq`` PUB/SUB over
+ipc:// (HWM 0: no drops), ``iceoryx2`` pub/sub (Python binding, Slice[c_uint8], blocking backpressure,
 subscribers polling ``receive()``). A peer that is not importable is skipped with a printed
 note. Each measurement runs ``--repeat`` times (default 3), kipc and the peers interleaved in
-every repeat; rows carry the best of the repeats and ratios against each peer of the same run.
+every repeat; rows carry the best of the repeats, and each row the ratios ``ring/it`` and
+``unix/it`` (> 1: that kipc topic receives more per subscriber) against the rows of the same run.
+Per-subscriber throughput from 1 to 8 subscribers is the 64 B rows read down a column.
 The machine may have fewer cores than subscribers: the figures are then CPU-bound.
 
     .venv/bin/python benchmarks/bench_pubsub.py [--quick] [--repeat N] [--json]
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+import kipc
 from kipc.transports.ring_topic import RingTopic
 
 MiB = 1 << 20
@@ -149,6 +154,35 @@ def kipc_frames(subs: int, n: int) -> list[float]:
         return _run(subs, sub, publish)
 
 
+def unix_fanout(subs: int, n: int, size: int) -> list[float]:
+    url = f"unix://{_name()}"
+    msg = b"x" * size
+    pub: Any
+    with kipc.Topic(url, create=True, subscribe=False) as pub:  # a UnixTopic: subscribers, flush
+        def sub(ready: int) -> tuple[float, int]:
+            with kipc.Topic(url, timeout=10) as s:
+                os.write(ready, b"R")
+                recv = s.recv
+                recv(timeout=30)
+                t0 = time.perf_counter()
+                for _ in range(n - 1):
+                    recv()
+                return time.perf_counter() - t0, n - 1
+
+        def publish() -> None:
+            end = time.monotonic() + 10
+            while pub.subscribers < subs:  # accepted at a send or flush: every one before the first message
+                if time.monotonic() > end:
+                    raise RuntimeError("unix subscribers were not accepted")
+                pub.flush(timeout=1)
+                time.sleep(0.001)
+            send = pub.send
+            for _ in range(n):
+                send(msg)
+
+        return _run(subs, sub, publish)
+
+
 # -- pyzmq --------------------------------------------------------------------------------------------------
 def zmq_run(subs: int, n: int, payload: bytes) -> list[float]:
     import zmq
@@ -195,7 +229,7 @@ def zmq_run(subs: int, n: int, payload: bytes) -> list[float]:
             pub.send(b"go")
             send = pub.send
             for _ in range(n):
-                send(payload, copy=len(payload) < 65536)
+                send(payload, 0, copy=len(payload) < 65536)
 
         th = threading.Thread(target=hello)
         th.start()
@@ -291,9 +325,10 @@ def main() -> None:
         return min(top), sum(top) / len(top)
 
     for subs in (1, 2, 4, 8):
-        res: dict[str, list[list[float]]] = {"kipc": [], **{p: [] for p in peers}}
+        res: dict[str, list[list[float]]] = {"ring": [], "unix": [], **{p: [] for p in peers}}
         for _ in range(args.repeat):  # interleaved: kipc and every peer in each repeat
-            res["kipc"].append(kipc_fanout(subs, n64, 64))
+            res["ring"].append(kipc_fanout(subs, n64, 64))
+            res["unix"].append(unix_fanout(subs, n64, 64))
             if "zmq" in peers:
                 res["zmq"].append(zmq_run(subs, n64, b"x" * 64))
             if "iceoryx2" in peers:
@@ -306,10 +341,10 @@ def main() -> None:
                 slow, mean = best(r)
                 rows.append({"pattern": "64 B fan-out", "subscribers": subs, "who": who, "slowest_msg_s": slow,
                              "mean_msg_s": mean})
-    res2: dict[str, list[list[float]]] = {"kipc": [], "zmq": []}
+    res2: dict[str, list[list[float]]] = {"ring": [], "zmq": []}
     frame_bytes = np.zeros(FRAME_SHAPE, np.uint8).tobytes()
     for _ in range(args.repeat):
-        res2["kipc"].append(kipc_frames(4, nframes))
+        res2["ring"].append(kipc_frames(4, nframes))
         if "zmq" in peers:
             res2["zmq"].append(zmq_run(4, nframes, frame_bytes))
     for who, r in res2.items():
@@ -320,13 +355,16 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"{'pattern':<20} {'subs':>4} {'who':<9} {'slowest/s':>12} {'mean/s':>12}  kipc/peer")
+    print("per-subscriber messages/s received (slowest subscriber of the best repeat, and the mean)")
+    print(f"{'pattern':<20} {'subs':>4} {'who':<9} {'slowest/s':>12} {'mean/s':>12} {'ring/it':>8} {'unix/it':>8}")
     for row in rows:
-        kipc_row = next(r for r in rows if r["pattern"] == row["pattern"] and r["subscribers"] == row["subscribers"]
-                        and r["who"] == "kipc")
-        ratio = "" if row["who"] == "kipc" else f"{kipc_row['slowest_msg_s'] / row['slowest_msg_s']:.1f}x"
+        ratios = []
+        for kipc_who in ("ring", "unix"):
+            k = next((r for r in rows if r["pattern"] == row["pattern"] and r["subscribers"] == row["subscribers"]
+                      and r["who"] == kipc_who), None)
+            ratios.append("" if k is None or k is row else f"{k['slowest_msg_s'] / row['slowest_msg_s']:.2f}x")
         print(f"{row['pattern']:<20} {row['subscribers']:>4} {row['who']:<9} {row['slowest_msg_s']:>12,.0f} "
-              f"{row['mean_msg_s']:>12,.0f}  {ratio}")
+              f"{row['mean_msg_s']:>12,.0f} {ratios[0]:>8} {ratios[1]:>8}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from .registry import open as open_channel
 
 __all__ = ["Client", "Request", "Server"]
 
+_BYTES = get_codec(None)
 _REQ = struct.Struct("<4sQH")
 _REP = struct.Struct("<4sQ")
 _REQ_MAGIC, _REP_MAGIC = b"KRQ1", b"KRP1"
@@ -111,12 +112,16 @@ class Server(Resource):
                  reply_timeout: float = _REPLY_TIMEOUT, **options: Any) -> None:
         self.scheme = _scheme(url)
         self.codec = get_codec(codec)
+        self._plain = self.codec is _BYTES  # bytes in, bytes out: no codec call per message
         self.reply_timeout = Deadline.of(reply_timeout).timeout or _REPLY_TIMEOUT
         self._lock = threading.Lock()
         self._conns: list[Channel] = []
+        # connections the last wait() reported readable and not read yet: served before waiting
+        # again (one wait per round of ready clients, not per request; and round-robin, fair)
+        self._pending: list[Channel] = []
         self._listener: Listener | None = None
         self._requests: Channel | None = None
-        self._replies: OrderedDict[str, Channel] = OrderedDict()
+        self._replies: OrderedDict[bytes, Channel] = OrderedDict()  # return address -> its open reply ring
         if self.scheme == "ring":
             self._requests = open_channel(url, create=create, **options)
             self.url = self._requests.url
@@ -130,11 +135,18 @@ class Server(Resource):
     # -- receiving ----------------------------------------------------------------------------------
     def recv(self, *, timeout: float | None = None) -> Request:
         """The next request (``Timeout`` when ``timeout`` runs out)."""
+        requests = self._requests
+        if timeout is None and requests is not None:  # the common server loop: the channel's untimed fast path
+            while True:
+                self._check_open("recv")
+                got = self._parse(requests.recv(), None)
+                if got is not None:
+                    return got
         deadline = Deadline.of(timeout)
         while True:
             self._check_open("recv")
-            if self._requests is not None:
-                got = self._parse(self._requests.recv(timeout=deadline.remaining()), None)
+            if requests is not None:
+                got = self._parse(requests.recv(timeout=deadline.remaining()), None)
                 if got is not None:
                     return got
                 continue
@@ -145,17 +157,21 @@ class Server(Resource):
     def _poll_connections(self, deadline: Deadline) -> Request | None:
         assert self._listener is not None
         with self._lock:
-            objs: list[Any] = [self._listener, *(c for c in self._conns if not c.closed)]
-        try:
-            ready = wait(objs, timeout=deadline.slice(1.0).remaining())
-        except ChannelClosed:
-            self._check_open("recv")
-            return None  # a connection another thread dropped meanwhile: wait again without it
+            ready: list[Any] = self._pending
+            self._pending = []
         if not ready:
-            if deadline.expired() or deadline.nonblocking:
-                raise deadline.error(f"recv on {self.url}")
-            return None  # a slice passed (new connections join the next wait)
-        for obj in ready:
+            with self._lock:
+                objs: list[Any] = [self._listener, *(c for c in self._conns if not c.closed)]
+            try:
+                ready = wait(objs, timeout=deadline.slice(1.0).remaining())
+            except ChannelClosed:
+                self._check_open("recv")
+                return None  # a connection another thread dropped meanwhile: wait again without it
+            if not ready:
+                if deadline.expired() or deadline.nonblocking:
+                    raise deadline.error(f"recv on {self.url}")
+                return None  # a slice passed (new connections join the next wait)
+        for i, obj in enumerate(ready):
             if obj is self._listener:
                 try:
                     conn = self._listener.accept(timeout=0)
@@ -173,6 +189,10 @@ class Server(Resource):
                 continue
             got = self._parse(data, obj)
             if got is not None:
+                rest = [c for c in ready[i + 1:] if c is not self._listener]
+                if rest:
+                    with self._lock:
+                        self._pending.extend(rest)
                 return got
         return None
 
@@ -187,12 +207,18 @@ class Server(Resource):
             self.malformed += 1
             return None
         magic, rid, n = _REQ.unpack_from(msg)
-        if magic != _REQ_MAGIC or len(msg) < _REQ.size + n:
+        end = _REQ.size + n
+        if magic != _REQ_MAGIC or len(msg) < end:
+            self.malformed += 1
+            return None
+        # a ring client's return address stays bytes: the key of the reply-ring cache, checked and
+        # decoded once per client (in _reply_channel), not once per request
+        to: Any = conn if conn is not None else msg[_REQ.size:end]
+        if conn is None and not to.isascii():
             self.malformed += 1
             return None
         try:
-            to: Any = conn if conn is not None else msg[_REQ.size:_REQ.size + n].decode("ascii")
-            data = self.codec.decode(msg[_REQ.size + n:])
+            data = msg[end:] if self._plain else self.codec.decode(msg[end:])
         except Exception:
             self.malformed += 1
             return None
@@ -224,7 +250,7 @@ class Server(Resource):
         for fd in fds:
             loop.add_reader(fd, wake)
         try:
-            if not any(c._ready("recv") for c in self._conns):
+            if not self._pending and not any(c._ready("recv") for c in self._conns):
                 await asyncio.wait_for(fut, deadline.slice(1.0).remaining())
         except TimeoutError:
             if deadline.expired():
@@ -254,7 +280,9 @@ class Server(Resource):
 
     # -- replying -----------------------------------------------------------------------------------
     def _frame(self, rid: int, data: Any) -> bytes:
-        return _REP.pack(_REP_MAGIC, rid) + bytes(self.codec.encode(data))
+        if self._plain and data.__class__ is bytes:
+            return _REP.pack(_REP_MAGIC, rid) + data
+        return b"".join((_REP.pack(_REP_MAGIC, rid), self.codec.encode(data)))  # one copy of the payload
 
     def _reply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
         self._check_open("reply")
@@ -263,9 +291,9 @@ class Server(Resource):
         try:
             self._reply_channel(to).send(frame, timeout=t)
             return True
-        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone):
+        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone, InvalidArgument):
             self._forget(to)
-            return False  # the client has gone (or stopped reading): its reply is dropped
+            return False  # the client has gone (or stopped reading), or gave an unusable address: dropped
 
     async def _areply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
         self._check_open("reply")
@@ -274,19 +302,19 @@ class Server(Resource):
         try:
             await self._reply_channel(to).asend(frame, timeout=t)
             return True
-        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone):
+        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone, InvalidArgument):
             self._forget(to)
             return False
 
     def _reply_channel(self, to: Any) -> Channel:
-        if not isinstance(to, str):
+        if not isinstance(to, bytes):
             return to  # a connection: reply on it
         with self._lock:
             ch = self._replies.get(to)
             if ch is not None:
                 self._replies.move_to_end(to)
                 return ch
-        ch = open_channel(f"ring://{to}")
+        ch = open_channel(f"ring://{to.decode('ascii')}")  # ASCII: checked in _parse
         with self._lock:
             self._replies[to] = ch
             while len(self._replies) > _CACHE:
@@ -295,7 +323,7 @@ class Server(Resource):
         return ch
 
     def _forget(self, to: Any) -> None:
-        if isinstance(to, str):
+        if isinstance(to, bytes):
             with self._lock:
                 ch = self._replies.pop(to, None)
             if ch is not None:
@@ -307,6 +335,7 @@ class Server(Resource):
     def _close(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
+            self._pending = []
             replies, self._replies = list(self._replies.values()), OrderedDict()
         for ch in [*conns, *replies]:
             ch.close()
@@ -332,6 +361,7 @@ class Client(Resource):
                  **options: Any) -> None:
         self.scheme = _scheme(url)
         self.codec = get_codec(codec)
+        self._plain = self.codec is _BYTES
         self._lock = threading.Lock()
         self._ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 20)
         self._reply_ring: Channel | None = None
@@ -358,7 +388,9 @@ class Client(Resource):
         self._closed = False
 
     def _frame(self, rid: int, data: Any) -> bytes:
-        return _REQ.pack(_REQ_MAGIC, rid, len(self._return)) + self._return + bytes(self.codec.encode(data))
+        if self._plain and data.__class__ is bytes:
+            return _REQ.pack(_REQ_MAGIC, rid, len(self._return)) + self._return + data
+        return b"".join((_REQ.pack(_REQ_MAGIC, rid, len(self._return)), self._return, self.codec.encode(data)))
 
     def _match(self, msg: bytes, rid: int) -> tuple[bool, Any]:
         if len(msg) < _REP.size:
@@ -370,7 +402,7 @@ class Client(Resource):
             return False, None
         if got != rid:
             return False, None  # a late reply to an earlier request that timed out
-        return True, self.codec.decode(msg[_REP.size:])
+        return True, (msg[_REP.size:] if self._plain else self.codec.decode(msg[_REP.size:]))
 
     def _server_gone(self) -> bool:
         own = self._server_owner
@@ -378,7 +410,10 @@ class Client(Resource):
 
     def _slice(self, deadline: Deadline) -> float | None:
         """How long one reply wait may last: in slices on a ring, so a dead creating server is noticed."""
-        return (deadline.slice(_LIVENESS) if self._reply_ring is not None else deadline).remaining()
+        left = deadline.remaining()
+        if self._reply_ring is None:
+            return left
+        return _LIVENESS if left is None or left > _LIVENESS else left
 
     def _no_reply(self, e: KipcError, deadline: Deadline) -> None:
         """A reply wait ended without a message: raise what it means, or return to wait again."""

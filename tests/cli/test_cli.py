@@ -125,11 +125,12 @@ def test_bench_quick_json_has_a_row_per_mechanism_and_plot(tmp_path: os.PathLike
     assert rc == 0, err
     doc = json.loads(out)
     rows = {r["mechanism"]: r for r in doc["results"]}
-    assert set(rows) == {"pipe", *registry.schemes(), "queue"}
+    assert set(rows) == {"pipe", *registry.schemes(), "queue", *_benchlib.PATTERNS}
     for name, r in rows.items():
         assert r["available"], f"{name}: {r['error']}"
         assert r["rtt_us"] > 0 and r["rtt_iters"] > 0
-        assert {s["size"] for s in r["stream"]} == {64, 4096}
+        # request/reply has a round trip only; everything else (topics too) a stream per size
+        assert {s["size"] for s in r["stream"]} == (set() if name.endswith("-reqrep") else {64, 4096})
         assert all(s["mb_s"] > 0 for s in r["stream"]), r["stream"]
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -133,3 +133,51 @@ def test_ls_shows_topics_and_services_with_their_peers(capsys: pytest.CaptureFix
         assert rows[topic]["role"] == "unix topic" and rows[topic]["peers"] == 2
         assert rows[svc]["role"] == "reqrep server" and rows[svc]["peers"] == 1
         assert rows[svc]["peer_pids"] == [os.getpid()]
+
+
+SUBSCRIBER = """
+import sys
+import kipc
+with kipc.Topic(sys.argv[1]) as sub:
+    print("READY", flush=True)
+    n = int(sys.stdin.readline())      # receive this many, then report and wait for the word to leave
+    got = [sub.recv(timeout=10) for _ in range(n)]
+    print("GOT", len(got), flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_ls_shows_ring_topic_subscribers_with_lag_without_joining(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"ring://{testing.unique_name('cam')}"
+    with kipc.Topic(url, create=True, subscribe=False) as pub, kipc.Topic(url) as near, \
+            testing.spawn(SUBSCRIBER, url, stdin=True) as child:
+        for i in range(5):
+            pub.send(b"m%d" % i, timeout=10)
+        assert near.recv(timeout=10) == b"m0"       # this one is 4 behind ...
+        child.write("1\n")                          # ... the child's 4 after taking 1, so receive 3 here
+        assert child.expect("GOT", 10) == "GOT 1"
+        assert [near.recv(timeout=10) for _ in range(3)] == [b"m1", b"m2", b"m3"]  # near: lag 1, far: lag 4
+        before = pub.info()
+
+        rc, out, err = run(["ls", url], capsys)
+        assert rc == 0, err
+        section = out.split("topics and services", 1)[1]
+        (row,) = [line.split() for line in section.splitlines() if url in line and "topic" in line]
+        assert row[:3] == ["ring", "topic", url] and row[-2:] == ["2", ",".join(sorted({str(os.getpid()),
+                                                                                         str(child.pid)}))]
+        subs = section.split("subscribers", 1)[1].splitlines()
+        got = {(int(r[1]), r[2], int(r[3]), int(r[4])) for r in (line.split() for line in subs) if r and r[0] == url}
+        assert got == {(os.getpid(), "yes", 1, 0), (child.pid, "yes", 4, 0)}
+
+        rc, out, _ = run(["ls", "--json", url], capsys)
+        (obj,) = [r for r in json.loads(out) if r["url"] == url]
+        assert obj["role"] == "ring topic" and obj["peers"] == 2
+        assert sorted(obj["peer_pids"]) == sorted([os.getpid(), child.pid])
+        assert sorted((s["pid"], s["lag"], s["dropped"], s["alive"]) for s in obj["subscribers"]) == sorted(
+            [(os.getpid(), 1, 0, True), (child.pid, 4, 0, True)])
+
+        # looking took no slot and moved nothing: same header, and the subscribers carry on from where they were
+        assert pub.info() == before and len(before["slots"]) == 2
+        assert near.recv(timeout=10) == b"m4"
+        child.write("\n")
+        child.check(10)

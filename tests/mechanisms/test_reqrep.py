@@ -181,12 +181,28 @@ def test_bad_scheme_and_malformed_requests() -> None:
         with kipc.open(url) as raw:
             raw.send(b"garbage")
             raw.send(b"KRQ1" + b"\0" * 8 + b"\xff\xff")  # a return address longer than the message
+            raw.send(b"KRQ1" + b"\0" * 8 + b"\x02\x00" + b"\xc3\xa9" + b"data")  # a return address not ASCII
         t = threading.Thread(target=lambda: s.recv(timeout=5).reply(b"ok"), daemon=True)
         t.start()
         with kipc.Client(url) as c:
             assert c.request(b"real", timeout=10) == b"ok"
         t.join(10)
-        assert s.malformed == 2
+        assert s.malformed == 3
+
+
+def test_a_reply_to_an_unusable_return_address_is_dropped() -> None:
+    url = f"ring://{testing.unique_name('rr')}"
+    with kipc.Server(url, create=True) as s:
+        with kipc.open(url) as raw:
+            raw.send(b"KRQ1" + b"\0" * 8 + b"\x04\x00" + b"a/b!" + b"data")  # ASCII, but no ring name
+        req = s.recv(timeout=5)
+        assert req.data == b"data"
+        assert req.reply(b"x") is False  # dropped, the server unharmed
+        t = threading.Thread(target=lambda: s.recv(timeout=5).reply(b"ok"), daemon=True)
+        t.start()
+        with kipc.Client(url) as c:
+            assert c.request(b"real", timeout=10) == b"ok"
+        t.join(10)
 
 
 def test_ring_servers_share_the_load() -> None:

@@ -17,6 +17,15 @@ anonymous pipes passed by fd; every other scheme uses two named channels
 the end. Peers (``multiprocessing.Queue``/``Pipe``, faster-fifo, pyzmq when
 importable) run the same protocol in a ``multiprocessing`` spawn child.
 
+Patterns beside the queues (:data:`PATTERNS`, in :func:`mechanisms` so the default run has them):
+
+* ``ring-topic`` / ``unix-topic``: a ``kipc.Topic`` published here, one child subscriber; the
+  round trip is a publish and the subscriber's answer on a ``ring://`` channel, the stream is
+  published messages the subscriber has all received (its acknowledgement on that channel).
+  Fan-out to 1..8 subscribers is ``benchmarks/bench_pubsub.py``'s.
+* ``ring-reqrep`` / ``unix-reqrep``: ``kipc.Client.request`` to a ``kipc.Server`` in the child
+  echoing the data; round trip only (a request/reply has no one-way stream).
+
 Steal time (``/proc/stat``) is recorded around each run; above
 :data:`NOISY_STEAL` the result carries a warning.
 """
@@ -35,13 +44,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_SIZES", "NOISY_STEAL", "QUICK_SIZES", "Result", "measure", "mechanisms", "peers", "steal_sample"]
+__all__ = ["DEFAULT_SIZES", "NOISY_STEAL", "PATTERNS", "QUICK_SIZES", "Result", "measure", "measure_pattern",
+           "mechanisms", "peers", "steal_sample"]
 
 DEFAULT_SIZES = [64, 1024, 16384, 262144, 1048576]
 QUICK_SIZES = [64, 4096, 65536]
 RTT_SIZE = 64
 NOISY_STEAL = 0.05  # more than 5 % of CPU time stolen by the hypervisor: figures are unreliable
 _WAIT = 30.0  # seconds any single step may take before the mechanism is declared broken
+PATTERNS = ("ring-topic", "unix-topic", "ring-reqrep", "unix-reqrep")  # pub/sub and request/reply rows
 
 
 @dataclass
@@ -91,6 +102,17 @@ spec = json.loads(sys.argv[1])
 kind = spec["kind"]
 if kind == "fd":
     a = kipc.open_fd(spec["rfd"], "r"); b = kipc.open_fd(spec["wfd"], "w")
+elif kind == "topic":
+    a = kipc.Topic(spec["a"], **spec.get("a_opts", {})); b = kipc.open(spec["b"])
+elif kind == "server":
+    with kipc.Server(spec["url"], create=True) as server:
+        print("READY", flush=True)
+        for req in server:
+            req.reply(req.data)
+            if req.data[:1] == b"Q":
+                break
+    print("DONE", flush=True)
+    sys.exit(0)
 elif kind == "connect":
     a = b = kipc.open(spec["url"], **spec.get("opts", {}))
 else:
@@ -172,11 +194,70 @@ def _name() -> str:
     return unique_name("bench")
 
 
+class _Requester:
+    """A client as the protocol's (a, b): ``send`` makes the request, ``recv`` returns its reply."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self._reply = client, None
+
+    def send(self, m: bytes, timeout: float | None = None) -> None:
+        self._reply = self._client.request(m, timeout=_WAIT if timeout is None else timeout)
+
+    def recv(self, timeout: float | None = None) -> Any:
+        return self._reply
+
+
+def measure_pattern(pattern: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int) -> Result:
+    """Figures for one of :data:`PATTERNS` (see the module docstring)."""
+    import kipc
+
+    from .._procs import spawn
+
+    res = Result(pattern)
+    t0, s0 = time.monotonic(), steal_sample()
+    scheme, _, what = pattern.partition("-")
+    name = _name()
+    a: Any
+    b: Any
+    try:
+        with contextlib.ExitStack() as stack:
+            if what == "topic":
+                url = f"{scheme}://{name}-t"
+                a = stack.enter_context(kipc.Topic(url, create=True, subscribe=False))
+                b = stack.enter_context(kipc.open(f"ring://{name}-b", create=True))
+                spec: dict[str, Any] = {"kind": "topic", "a": url, "b": f"ring://{name}-b",
+                                        "a_opts": {"timeout": _WAIT} if scheme == "unix" else {}}
+                child = stack.enter_context(spawn(_CHILD, json.dumps(spec), timeout=_WAIT))
+                end = time.monotonic() + _WAIT
+                while getattr(a, "subscribers", 1) < 1:  # unix://: accepted at a send or flush
+                    if time.monotonic() > end:
+                        raise TimeoutError(f"{url}: the subscriber was not accepted")
+                    a.flush(timeout=1)
+                    time.sleep(0.001)
+                _run_protocol(a, b, res, sizes, rtt_iters, stream_bytes)
+            else:
+                url = f"{scheme}://{name}-s"
+                child = stack.enter_context(spawn(_CHILD, json.dumps({"kind": "server", "url": url}),
+                                                  timeout=_WAIT))
+                a = b = _Requester(stack.enter_context(kipc.Client(url)))
+                _run_protocol(a, b, res, [], rtt_iters, stream_bytes)
+            a.send(b"Q", timeout=_WAIT)
+            child.expect("DONE", _WAIT)
+    except Exception as e:  # as measure(): a failure is the row's error
+        res.available = False
+        res.error = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    res.steal = steal_between(s0, steal_sample())
+    res.seconds = time.monotonic() - t0
+    return res
+
+
 def measure(scheme: str, *, sizes: list[int], rtt_iters: int, stream_bytes: int,
             nats_url: str | None = None) -> Result:
-    """Round trip and stream figures for one registered scheme (or ``pipe``, or ``queue``)."""
+    """Round trip and stream figures for one registered scheme (or ``pipe``, ``queue``, one of PATTERNS)."""
     if scheme == "queue":
         return measure_peer("kipc.Queue", sizes=sizes, rtt_iters=rtt_iters, stream_bytes=stream_bytes)
+    if scheme in PATTERNS:
+        return measure_pattern(scheme, sizes=sizes, rtt_iters=rtt_iters, stream_bytes=stream_bytes)
     from .._procs import spawn
 
     res = Result(scheme)
@@ -398,7 +479,7 @@ def measure_peer(kind: str, *, sizes: list[int], rtt_iters: int, stream_bytes: i
 
 
 def mechanisms() -> list[str]:
-    """Every registered channel scheme, plus the anonymous pipe and kipc.Queue ("queue")."""
+    """Every registered channel scheme, plus the anonymous pipe, kipc.Queue ("queue") and the PATTERNS."""
     from .. import registry
 
-    return ["pipe", *registry.schemes(), "queue"]
+    return ["pipe", *registry.schemes(), "queue", *PATTERNS]

@@ -1,6 +1,8 @@
 """``kipc bench``: every mechanism between two real processes, round trip and stream.
 
-* Default: every registered scheme plus the anonymous pipe; ``--mechanisms``
+* Default: every registered scheme plus the anonymous pipe, kipc.Queue, and the pub/sub and
+  request/reply rows (``ring-topic``, ``unix-topic``, ``ring-reqrep``, ``unix-reqrep``: see
+  :mod:`kipc.cli._benchlib`); ``--mechanisms``
   picks some; ``--peers`` adds multiprocessing.Queue/Pipe (and faster-fifo,
   pyzmq when importable). Every requested mechanism gets a row: one that
   cannot run here is reported ``available: false`` with the reason.
@@ -89,6 +91,8 @@ def table_rows(results: list[lib.Result]) -> list[list[str]]:
         ratio = f"{r.rtt_us / fastest:.1f}x" if fastest and r.rtt_us else "-"
         bratio = f"{best / r.best_mb_s:.1f}x" if best and r.best_mb_s else "-"
         errs = [f"{s['size']}B: {s['error']}" for s in r.stream if "error" in s]
+        if r.mechanism.endswith("-reqrep"):
+            errs.append("request/reply: round trip only")
         rows.append([r.mechanism, r.kind, _fmt(r.rtt_us), _fmt(r.rtt_p99_us), ratio, _fmt(r.best_mb_s), bratio,
                      "; ".join(errs)])
     return rows

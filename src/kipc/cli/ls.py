@@ -19,11 +19,15 @@ pub/sub or request/reply role, with their peers (``--json``: the same objects ca
 * a ``unix://`` topic (its owner record says so): ``peers`` = subscriber connections
   the kernel lists for its socket (``/proc/net/unix``: accepted, or waiting to be);
 * a ``ring://`` request/reply server: ``peers`` = its clients' reply rings
-  (``NAME.r<pid>x<n>``), ``peer_pids`` = those clients.
+  (``NAME.r<pid>x<n>``), ``peer_pids`` = those clients;
+* a ``ring://`` topic (its header's magic says so): ``peers`` = occupied subscriber slots,
+  ``peer_pids`` = their pids, and ``"subscribers"``: [{pid, lag, dropped, alive}] (lag =
+  messages published that it has not received; dropped = what ``drop_oldest`` made it skip),
+  shown as a third table, ``subscribers``. Read by attaching for an instant *without*
+  subscribing (``subscribe=False`` takes no slot and writes nothing to the header), so
+  looking never changes the topic; the figures are as read, without locks.
 
-``ring://`` topics are listed by their own object kind (subscribers and lag), when the
-ring topic module is installed. ``unix://``/``tcp://`` reqrep servers are plain listeners
-to an outsider and are not told apart.
+``unix://``/``tcp://`` reqrep servers are plain listeners to an outsider and are not told apart.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ import fnmatch
 import hashlib
 import os
 import re
+import struct
 from typing import Any
 
 from .. import _owners, admin
 from .._naming import runtime_dir
+from .._platform import native
 from ._output import Output, human_size
 
-__all__ = ["ROLE_COLUMNS", "matches", "notes_once", "roles", "rows", "run", "spellings"]
+__all__ = ["ROLE_COLUMNS", "SUBSCRIBER_COLUMNS", "matches", "notes_once", "roles", "rows", "run", "spellings"]
 
 COLUMNS = ("kind", "url", "owner", "mode", "size", "depth", "attached", "pids", "command", "creator", "alive", "kipc")
 #: the order in which columns go when the table is too wide (kind and url always stay)
@@ -81,6 +87,7 @@ def rows(infos: list[admin.ObjectInfo]) -> list[list[object]]:
 
 
 ROLE_COLUMNS = ("role", "url", "creator", "alive", "peers", "peer pids")
+SUBSCRIBER_COLUMNS = ("topic", "pid", "alive", "lag", "dropped")
 _CLIENT_RING = re.compile(r"ring://(.+)\.r(\d+)x\d+\Z")  # reqrep.Client's reply ring: NAME.r<pid>x<n>
 
 
@@ -98,6 +105,35 @@ def _socket_connections() -> dict[str, int]:
     except OSError:
         pass
     return counts
+
+
+def _ring_topic(info: admin.ObjectInfo) -> dict[str, Any] | None:
+    """The role entry of a ``ring://`` object if it is a topic (else None): read without subscribing."""
+    if not info.path:
+        return None
+    try:  # the magic first: a channel (or anything else) is not attached at all
+        fd = os.open(info.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            magic = os.pread(fd, 8, 0)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    try:
+        from ..transports import ring_topic
+    except ImportError:  # the native topic module not built: nothing to say
+        return None
+    if magic != struct.pack("<Q", native("_topic").MAGIC):
+        return None
+    try:
+        with ring_topic.RingTopic(info.url, subscribe=False) as topic:
+            header = topic.info()
+    except Exception:  # another user's, mid-creation, corrupt, just removed: no figures
+        return {"role": "ring topic", "peers": None, "peer_pids": [], "subscribers": []}
+    subs = [{"pid": int(s["pid"]), "lag": int(s["lag"]), "dropped": int(s["dropped"]), "alive": bool(s["alive"])}
+            for s in header.get("slots", [])]
+    return {"role": "ring topic", "peers": len(subs), "peer_pids": sorted(s["pid"] for s in subs),
+            "subscribers": subs}
 
 
 def roles(infos: list[admin.ObjectInfo]) -> dict[str, dict[str, Any]]:
@@ -118,6 +154,8 @@ def roles(infos: list[admin.ObjectInfo]) -> dict[str, dict[str, Any]]:
         elif i.kind == "ring" and i.url in clients:
             pids = sorted(clients[i.url])
             out[i.url] = {"role": "reqrep server", "peers": len(pids), "peer_pids": pids}
+        elif i.kind == "ring" and (topic := _ring_topic(i)) is not None:
+            out[i.url] = topic
     return out
 
 
@@ -158,8 +196,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
         for url, r in found.items():
             i = by_url[url]
             alive = "" if i.alive is None else ("yes" if i.alive else "DEAD")
-            table.append([r["role"], url, i.creator_pid, alive, r["peers"], ",".join(map(str, r["peer_pids"]))])
+            peers = "?" if r["peers"] is None else r["peers"]
+            table.append([r["role"], url, i.creator_pid, alive, peers, ",".join(map(str, r["peer_pids"]))])
         out.table(ROLE_COLUMNS, table, title="topics and services", right=("creator", "peers"), drop=("peer pids",))
+        subs = [[url, s["pid"], "yes" if s["alive"] else "DEAD", s["lag"], s["dropped"]]
+                for url, r in found.items() for s in r.get("subscribers", [])]
+        if subs:
+            out.table(SUBSCRIBER_COLUMNS, subs, title="subscribers", right=("pid", "lag", "dropped"))
     if not infos:
         what = f" matching {args.pattern!r}" if args.pattern else ""
         out.note(f"no IPC objects{what}" + ("" if args.all else " of yours (--all shows everyone's)"))
