@@ -151,6 +151,10 @@ class Deadline:
 #: the deadline of an untimed call (immutable by convention: never assign to it)
 FOREVER = Deadline(None)
 
+#: send/recv accept a float or int timeout in (0, _TIMEOUT_MAX] without validate_timeout (the timed
+#: hot path); 0, bools, NaN, negatives and absurd values take the validating path and its errors.
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
+
 
 def lock_within(lock: Any, deadline: Deadline) -> bool:
     """Acquire a threading lock no later than ``deadline``."""
@@ -493,7 +497,7 @@ class Channel(_Waitable, Generic[T]):
     duplex: ClassVar[bool] = True
 
     max_message_size: int | None = None
-    codec: Codec = get_codec(None)
+    _codec: Codec = _BYTES
     readable: bool = True
     writable: bool = True
     # The hot path (untimed, plain bytes, default codec) skips the general checks;
@@ -506,13 +510,22 @@ class Channel(_Waitable, Generic[T]):
     def _init_channel(self, url: str, *, codec: str | Codec | None = None) -> None:
         """Subclasses call this once their handles are open."""
         self.url = url
-        self.codec = get_codec(codec)
         self._init_waitable("send", "recv")
         self._send_lock, self._recv_lock = self._locks["send"], self._locks["recv"]
-        plain = self.codec is _BYTES
+        self._closed = False
+        self.codec = get_codec(codec)
+
+    @property
+    def codec(self) -> Codec:
+        """How messages are encoded; assignable (the hot path follows: it is for the default codec)."""
+        return self._codec
+
+    @codec.setter
+    def codec(self, codec: Codec) -> None:
+        self._codec = codec
+        plain = codec is _BYTES and not self._closed
         self._plain_send = plain and self.writable
         self._plain_recv = plain and self.readable
-        self._closed = False
 
     def _interrupt(self) -> None:
         self._plain_send = self._plain_recv = False
@@ -551,18 +564,25 @@ class Channel(_Waitable, Generic[T]):
     # -- public API ----------------------------------------------------------------
     def send(self, obj: T | Buffer, *, timeout: float | None = None, **knobs: Any) -> None:
         """Send one message (blocks while the channel is full, up to ``timeout``)."""
-        if timeout is None and obj.__class__ is bytes and self._plain_send and (
-                not knobs or knobs.keys() <= self.send_knobs):
+        if obj.__class__ is bytes and self._plain_send and (not knobs or knobs.keys() <= self.send_knobs):
             limit = self.max_message_size
             if limit is None or len(obj) <= limit:
-                return self._send_blocking(obj, FOREVER, knobs)
+                if timeout is None:
+                    return self._send_blocking(obj, FOREVER, knobs)
+                cls = timeout.__class__  # a plain positive timeout is validated here, not by Deadline.of
+                if (cls is float or cls is int) and 0 < timeout <= _TIMEOUT_MAX:
+                    return self._send_blocking(obj, Deadline(float(timeout)), knobs)
         deadline = Deadline.of(timeout)
         self._send_blocking(self._prepare_send(obj, knobs), deadline, knobs)
 
     def recv(self, *, timeout: float | None = None, **knobs: Any) -> T:
         """Receive one message (blocks while the channel is empty, up to ``timeout``)."""
-        if timeout is None and self._plain_recv and (not knobs or knobs.keys() <= self.recv_knobs):
-            return self._recv_blocking(FOREVER, knobs)
+        if self._plain_recv and (not knobs or knobs.keys() <= self.recv_knobs):
+            if timeout is None:
+                return self._recv_blocking(FOREVER, knobs)
+            cls = timeout.__class__
+            if (cls is float or cls is int) and 0 < timeout <= _TIMEOUT_MAX:
+                return self._recv_blocking(Deadline(float(timeout)), knobs)
         deadline = Deadline.of(timeout)
         self._prepare_recv(knobs)
         return self.codec.decode(self._recv_blocking(deadline, knobs))

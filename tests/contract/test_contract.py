@@ -296,6 +296,19 @@ def test_unsupported_knob(pair: tuple[Channel, Channel]) -> None:
         rx.recv(timeout=0)
 
 
+def test_codec_assigned_after_open_applies_to_every_call(pair: tuple[Channel, Channel]) -> None:
+    """the untimed and timed hot paths (default codec) follow a codec assigned later"""
+    tx, rx = pair
+    tx.codec = rx.codec = kipc.get_codec("json")
+    tx.send({"n": 1})
+    tx.send({"n": 2}, timeout=5)
+    assert rx.recv() == {"n": 1}
+    assert rx.recv(timeout=5) == {"n": 2}
+    tx.codec = rx.codec = kipc.get_codec(None)
+    tx.send(b"raw", timeout=5)
+    assert rx.recv() == b"raw"
+
+
 def test_codecs(pair: tuple[Channel, Channel]) -> None:
     tx, rx = pair
     tx.codec = rx.codec = kipc.get_codec("msgpack")
