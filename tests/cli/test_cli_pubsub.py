@@ -121,14 +121,14 @@ def test_ls_shows_topics_and_services_with_their_peers(capsys: pytest.CaptureFix
     with kipc.Topic(topic, create=True, subscribe=False) as pub, kipc.Topic(topic), kipc.Topic(topic), \
             kipc.Server(svc, create=True), kipc.Client(svc):
         pub.send(b"x")  # accepts both subscribers
-        rc, out, _ = run(["ls", testing.unique_name("")[:-2]], capsys)  # this test's namespace
+        rc, out, _ = run(["ls", os.environ["KIPC_TEST_NS"]], capsys)  # this test's namespace
         assert rc == 0 and "topics and services" in out
         section = out.split("topics and services", 1)[1].splitlines()
         (row,) = [line.split() for line in section if topic in line]
         assert row[:3] == ["unix", "topic", topic] and row[-1] == "2"  # role, url, ..., peers
         (row,) = [line.split() for line in section if svc in line]
         assert row[:3] == ["reqrep", "server", svc]
-        rc, out, _ = run(["ls", "--json", testing.unique_name("")[:-2]], capsys)
+        rc, out, _ = run(["ls", "--json", os.environ["KIPC_TEST_NS"]], capsys)
         rows = {r["url"]: r for r in json.loads(out)}
         assert rows[topic]["role"] == "unix topic" and rows[topic]["peers"] == 2
         assert rows[svc]["role"] == "reqrep server" and rows[svc]["peers"] == 1

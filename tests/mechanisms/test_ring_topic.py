@@ -223,7 +223,7 @@ def test_overflow_mismatch_on_open(name: str) -> None:
 
 def test_ring_and_topic_refuse_each_other(name: str) -> None:
     with RingTopic(f"ring://{name}", create=True, subscribe=False):
-        with pytest.raises(kipc.BadObject, match="ring header"):
+        with pytest.raises(kipc.BadObject, match="this is a ring topic, not a channel"):
             RingChannel(name)
     other = testing.unique_name("chan")
     with RingChannel(other, create=True):

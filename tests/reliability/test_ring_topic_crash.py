@@ -231,7 +231,7 @@ def test_garbage_identity_refused_at_attach(name: str) -> None:
         with pytest.raises(kipc.BadObject, match="max_subscribers"):
             RingTopic(f"ring://{name}")
         _poke(name, 0, "<Q", 0x1234)
-        with pytest.raises(kipc.BadObject, match="without a kipc topic header"):
+        with pytest.raises(kipc.BadObject, match="without a kipc ring topic header"):
             RingTopic(f"ring://{name}")
 
 

@@ -507,26 +507,36 @@ def _reserve(fd: int, url: str, size: int) -> None:
 
 
 def _check_attach(fd: int, url: str) -> None:
-    """Refuse what is not a ring of ours: type, owner, mode, size, then wait for the magic."""
+    check_shm_attach(fd, url, what="ring", magic=_ring.MAGIC, others={
+        native("_topic").MAGIC: "this is a ring topic, not a channel (open it with kipc.Topic)"})
+
+
+def check_shm_attach(fd: int, url: str, *, what: str, magic: int, others: dict[int, str]) -> None:
+    """Refuse what is not a /dev/shm object of ours (a ring or a ring topic, told apart by ``magic``):
+    type, owner, mode, size, then wait for the magic; ``others`` names kipc objects opened as the
+    wrong kind."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise BadObject(f"open {url}: not a regular shared-memory object")
-    # a ring has no allow_foreign/mode= knobs: only this uid's 0600 rings are attached
+    # no allow_foreign/mode= knobs: only this uid's 0600 objects are attached
     check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=0o600,
-                 foreign_hint="a ring is attached only by its owner's uid",
-                 mode_hint="a ring is attached only with mode 0600")
+                 foreign_hint=f"a {what} is attached only by its owner's uid",
+                 mode_hint=f"a {what} is attached only with mode 0600")
+    want = struct.pack("<Q", magic)
+    wrong = {struct.pack("<Q", m): hint for m, hint in others.items()}
     end = time.monotonic() + _ATTACH_WAIT
     while True:  # a creator between O_EXCL and publishing its header: give it a moment
         size = os.fstat(fd).st_size
-        magic = os.pread(fd, 8, 0) if size >= 8 else b""
-        if size >= 2 * _PAGE and magic == struct.pack("<Q", _ring.MAGIC):
+        found = os.pread(fd, 8, 0) if size >= 8 else b""
+        if size >= 2 * _PAGE and found == want:
             return
-        initialising = size < 2 * _PAGE or magic == bytes(8)  # the creator publishes the magic last
+        if found in wrong:
+            raise BadObject(f"open {url}: {wrong[found]}")
+        initialising = size < 2 * _PAGE or found == bytes(8)  # the creator publishes the magic last
         if not initialising or time.monotonic() >= end:
-            raise BadObject(f"open {url}: {size} bytes without a kipc ring header (truncated, foreign, "
+            raise BadObject(f"open {url}: {size} bytes without a kipc {what} header (truncated, foreign, "
                             "or its creator died while initialising)")
         time.sleep(0.005)
-
 
 
 # -- object kind: how kipc ls / rm / gc see rings -----------------------------------------------------------

@@ -55,9 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
-import struct
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,7 +70,7 @@ from .._naming import (
     validate_name,
     validate_size,
 )
-from .._objects import check_attach, file_identity, open_path, parse_create
+from .._objects import file_identity, open_path, parse_create
 from .._platform import native
 from ..codecs import Codec
 from ..errors import (
@@ -89,19 +86,17 @@ from ..errors import (
     WouldBlock,
     from_oserror,
 )
-from .ring import _array_header, _check_room, _parse_array_header, _reserve, shm_path
+from .ring import _array_header, _check_room, _parse_array_header, _reserve, check_shm_attach, shm_path
 
 __all__ = ["OVERFLOW_MODES", "RingTopic"]
 
 _topic = native("_topic")
 _topic._setup(Timeout, WouldBlock, ChannelClosed, BadObject, LimitExceeded, Unsupported, FOREVER)
-_ring_magic = struct.pack("<Q", native("_ring").MAGIC)
 
 DEFAULT_CAPACITY = 1 << 20
 DEFAULT_SPIN_US = 50.0
 OVERFLOW_MODES = ("block", "drop_oldest")
 _PAGE = 4096
-_ATTACH_WAIT = 0.5  # seconds an opener waits for a creator to finish initialising
 _DEFAULTS: dict[str, Any] = {"create": False, "subscribe": True, "capacity": DEFAULT_CAPACITY, "overflow": None,
                              "history": 0, "max_subscribers": 16, "mode": 0o600, "persist": False,
                              "spin": DEFAULT_SPIN_US, "max_message_size": None, "codec": None}  # __init__'s
@@ -422,25 +417,5 @@ class RingTopic(Channel):
 
 
 def _check_attach(fd: int, url: str) -> None:
-    """Refuse what is not a topic of ours: type, owner, mode, size, then wait for the magic."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise BadObject(f"open {url}: not a regular shared-memory object")
-    check_attach(url, uid=st.st_uid, mode=st.st_mode, allowed_mode=0o600,
-                 foreign_hint="a ring topic is attached only by its owner's uid",
-                 mode_hint="a ring topic is attached only with mode 0600")
-    want = struct.pack("<Q", _topic.MAGIC)
-    end = time.monotonic() + _ATTACH_WAIT
-    while True:  # a creator between O_EXCL and publishing its header: give it a moment
-        size = os.fstat(fd).st_size
-        magic = os.pread(fd, 8, 0) if size >= 8 else b""
-        if size >= 2 * _PAGE and magic == want:
-            return
-        if magic == _ring_magic:
-            raise BadObject(f"open {url}: this is a ring:// channel, not a topic (open it with kipc.open / "
-                            "RingChannel)")
-        initialising = size < 2 * _PAGE or magic == bytes(8)
-        if not initialising or time.monotonic() >= end:
-            raise BadObject(f"open {url}: {size} bytes without a kipc topic header (truncated, foreign, "
-                            "or its creator died while initialising)")
-        time.sleep(0.005)
+    check_shm_attach(fd, url, what="ring topic", magic=_topic.MAGIC, others={
+        native("_ring").MAGIC: "this is a ring:// channel, not a topic (open it with kipc.open / RingChannel)"})
