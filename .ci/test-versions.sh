@@ -115,7 +115,8 @@ umount -l /.oldroot; cd /
 # that on, and Python then installs no KeyboardInterrupt handler: the Ctrl-C tests would fail.
 # TERM as the caller has it (rich draws no live display on TERM=dumb: the kipc top test needs one).
 /usr/bin/env --default-signal -i HOME=/root LANG=C.UTF-8 ${TERM:+TERM=$TERM} PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    CI="${CI:-}" PYTEST_MARK="$PYTEST_MARK" PYTEST_ARGS="$PYTEST_ARGS" V="$V" CMD="${CMD:-}" /bin/bash -c "$1"
+    CI="${CI:-}" PYTEST_MARK="$PYTEST_MARK" PYTEST_ARGS="$PYTEST_ARGS" V="$V" CMD="${CMD:-}" /bin/bash -c "$1" ||
+    exit  # not the last command: bash would exec it, and pytest become PID 1
 '
 
 # in_image net|lo COMMAND: run COMMAND (bash) in the image; net = the host's network, lo = loopback only.
