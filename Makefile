@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NATIVE := $(wildcard src/kipc/_native/*.c src/kipc/_native/*.h src/kipc/_native/*/*.c src/kipc/_native/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: demo test build venv lint bench stress sanitize reliability clean test-c fuzz
+.PHONY: demo test build venv lint bench stress sanitize reliability clean test-c fuzz test-versions
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The same suite on newer CPythons, each in its own venv inside a Debian image built once with
+# debootstrap into build/versions/rootfs (root; installs debootstrap when missing). See the script.
+VERSIONS ?= 3.13 3.14 3.15
+test-versions:
+	VERSIONS="$(VERSIONS)" PYTEST_ARGS="$(PYTEST_ARGS)" .ci/test-versions.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -20,22 +20,26 @@ FACTORY = """
 import os, sys, time
 import kipc
 url = sys.argv[1]
-print('READY', flush=True)
+
+def say(*words):  # one write(2) per line: the factory and its children share the pipe, and an
+    os.write(1, (' '.join(map(str, words)) + '\\n').encode())  # unbuffered print writes word by word
+
+say('READY')
 for line in sys.stdin:
     cmd, _, arg = line.strip().partition(' ')
     if cmd == 'fork':
         pid = os.fork()
         if pid == 0:
             lk = kipc.Lock(url)
-            print('WAITING', os.getpid(), flush=True)
+            say('WAITING', os.getpid())
             ok = lk.acquire(timeout=20)
-            print('HELD', os.getpid(), ok, lk.recovered, lk.dead_pid, time.monotonic(), flush=True)
+            say('HELD', os.getpid(), ok, lk.recovered, lk.dead_pid, time.monotonic())
             time.sleep(120)
             os._exit(0)
-        print('FORKED', pid, flush=True)
+        say('FORKED', pid)
     elif cmd == 'reap':
         _, status = os.waitpid(int(arg), 0)
-        print('REAPED', arg, status, flush=True)
+        say('REAPED', arg, status)
     elif cmd == 'quit':
         break
 """
