@@ -125,6 +125,7 @@ _ACK_RETRY = 1.0  # an ack unconfirmed this long is sent again (acks are idempot
 _CLOSE_FLUSH = 10.0  # close() waits this long for the window's confirmations
 _CLOSE_ACKS = 5.0  # ... and this long for the acks of messages already handed out
 _INF = float("inf")
+_DELETE_WAIT = 20.0  # a creator's close() retries removing its stream this long (leader elections)
 _GONE_CONFIRM = 3.0  # "stream not found" for this long (not a leader election): it was removed
 _REQUEST_FOREVER = 365 * 86400.0  # request(timeout=None): nats-py wants a number
 
@@ -1003,12 +1004,22 @@ class NatsChannel(_Client, Channel):
         self._disconnect()
 
     async def _delete(self) -> None:
-        try:
-            await asyncio.wait_for(self._js.delete_stream(self.stream), 5.0)
-        except nats.js.errors.NotFoundError:
-            pass
-        except Exception as e:
-            raise _translate(e, self.url, "remove") from e
+        # Retried: right after a node failure the meta leader may be re-elected and the API
+        # unanswered for seconds. A delete that succeeded unanswered makes the retry NotFound.
+        loop = asyncio.get_running_loop()
+        end = loop.time() + _DELETE_WAIT
+        while True:
+            try:
+                await asyncio.wait_for(self._js.delete_stream(self.stream), 5.0)
+                return
+            except nats.js.errors.NotFoundError:
+                return
+            except (TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as e:
+                if loop.time() >= end:
+                    raise _translate(e, self.url, "remove") from e
+                await asyncio.sleep(0.25)
+            except Exception as e:
+                raise _translate(e, self.url, "remove") from e
 
 
 class Delivery:
