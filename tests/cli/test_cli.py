@@ -190,7 +190,7 @@ def test_top_refreshes_under_a_pty_and_quits_on_q() -> None:
         pid, fd = pty.fork()
         if pid == 0:  # child: the real kipc command on the pty
             os.execve(sys.executable, [sys.executable, "-m", "kipc", "top", "--interval", "0.2"],
-                      dict(os.environ, COLUMNS="250", LINES="50"))
+                      dict(os.environ, COLUMNS="250", LINES="50", TERM="xterm-256color"))
         seen = b""
         try:
             end = time.monotonic() + 30
