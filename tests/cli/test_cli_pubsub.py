@@ -163,8 +163,8 @@ def test_ls_shows_ring_topic_subscribers_with_lag_without_joining(capsys: pytest
         assert rc == 0, err
         section = out.split("topics and services", 1)[1]
         (row,) = [line.split() for line in section.splitlines() if url in line and "topic" in line]
-        assert row[:3] == ["ring", "topic", url] and row[-2:] == ["2", ",".join(sorted({str(os.getpid()),
-                                                                                         str(child.pid)}))]
+        assert row[:3] == ["ring", "topic", url] and row[-2:] == ["2", ",".join(map(str, sorted({os.getpid(),
+                                                                                                  child.pid})))]
         subs = section.split("subscribers", 1)[1].splitlines()
         got = {(int(r[1]), r[2], int(r[3]), int(r[4])) for r in (line.split() for line in subs) if r and r[0] == url}
         assert got == {(os.getpid(), "yes", 1, 0), (child.pid, "yes", 4, 0)}

@@ -247,10 +247,12 @@ static PyObject *alloc(PyObject *self, PyObject *arg)
         }
         if (Py_REFCNT(b) != 1)
             continue; /* in use: something made from it is alive */
-        PyByteArrayObject *ba = (PyByteArrayObject *)b;
-        if (n + 1 <= ba->ob_alloc && n >= ba->ob_alloc / 2) {
-            /* within its allocation (bytearray_resize keeps the memory then: no realloc) */
-            if (PyByteArray_Resize(b, n) < 0)
+        /* Only ever shrunk, by at most half (bytearray keeps its memory then: no realloc, and
+         * the pages stay faulted in). Its public size, not ob_alloc: CPython 3.15 reimplemented
+         * bytearray over a bytes object, and the private allocation field no longer says this. */
+        Py_ssize_t size = PyByteArray_GET_SIZE(b);
+        if (n <= size && n >= size / 2) {
+            if (n != size && PyByteArray_Resize(b, n) < 0)
                 return NULL;
             Py_INCREF(b);
             return b;

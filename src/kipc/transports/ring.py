@@ -94,12 +94,7 @@ from ..errors import (
     WouldBlock,
     from_oserror,
 )
-
-if TYPE_CHECKING:  # numpy is optional: only type checkers import it here
-    import numpy as np
-
-    #: what recv_array returns and loan_array lends: an array of some dtype and shape
-    Array = np.ndarray[tuple[int, ...], np.dtype[np.generic[object]]]
+from ._arrays import ARRAY_PREFIX, ArrayMethods
 
 __all__ = ["DEFAULT_CAPACITY", "KIND", "RingChannel", "shm_path"]
 
@@ -111,46 +106,12 @@ DEFAULT_SPIN_US = 50.0
 _PAGE = 4096
 _BYTES = get_codec(None)
 _ATTACH_WAIT = 0.5  # seconds an opener waits for a creator to finish initialising
-# An array message: magic, dtype-str length, dtype str, ndim; then ndim * u64 (the shape). "KND2"
-# pads the header to a multiple of 16 so the elements are aligned in the ring (loan_array fills
-# them in place); "KNDA" (unpadded) is still received.
-_ARRAY_MAGIC = b"KND2"
-_ARRAY_MAGIC_V1 = b"KNDA"
-_ARRAY_PREFIX = b"KND"  # what recv_array asks the C side to check before taking a message
-_ARRAY_HDR = struct.Struct("<4sB15sB")
-
-
-def _array_header(dtype: Any, shape: tuple[int, ...]) -> bytes:
-    dt = dtype.str.encode()
-    if len(dt) > 15:
-        raise InvalidArgument(f"array dtype {dtype} cannot be described in 15 bytes")
-    if len(shape) > 32:
-        raise InvalidArgument(f"array of {len(shape)} dimensions (limit 32)")
-    head = _ARRAY_HDR.pack(_ARRAY_MAGIC, len(dt), dt, len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
-    return head + bytes(-len(head) % 16)
-
-
-def _parse_array_header(mv: memoryview) -> tuple[str, tuple[int, ...], int] | str:
-    """(dtype str, shape, data offset), or why the message is not an array."""
-    if mv.nbytes < _ARRAY_HDR.size:
-        return f"a {mv.nbytes}-byte message, shorter than an array header"
-    magic, dlen, dt, ndim = _ARRAY_HDR.unpack_from(mv)
-    if magic not in (_ARRAY_MAGIC, _ARRAY_MAGIC_V1) or dlen > 15 or ndim > 32:
-        return f"a {mv.nbytes}-byte message starting {bytes(mv[:8])!r}, not an array header"
-    end = _ARRAY_HDR.size + 8 * ndim
-    offset = end + (-end % 16 if magic == _ARRAY_MAGIC else 0)
-    if mv.nbytes < offset:
-        return f"a {mv.nbytes}-byte message, shorter than its {ndim}-dimension array header"
-    shape = struct.unpack_from(f"<{ndim}Q", mv, _ARRAY_HDR.size)
-    return dt[:dlen].decode("ascii", "replace"), tuple(shape), offset
-
-
 def shm_path(name: str) -> str:
     """Where ``ring://NAME`` lives: ``/dev/shm/kipc.ring.NAME``."""
     return f"/dev/shm/kipc.ring.{name}"
 
 
-class RingChannel(Channel):
+class RingChannel(ArrayMethods, Channel):
     """One process's handle on a ``ring://`` channel (see the module docstring)."""
 
     scheme = "ring"
@@ -369,89 +330,18 @@ class RingChannel(Channel):
         finally:
             _release(buf)
 
-    @contextlib.contextmanager
-    def loan_array(self, shape: int | tuple[int, ...], dtype: Any, *,
-                   timeout: float | None = None) -> Iterator[Array]:
-        """Reserve an array in the ring, fill it in place; the block's normal exit publishes it.
-
-        ``with ch.loan_array((480, 640), "u1") as a: a[:] = frame`` — received by
-        :meth:`recv_array`. The elements are 16-byte aligned. As with :meth:`loan`, an
-        exception publishes nothing, and the array must not be used after the block.
-        """
-        import numpy as np
-
-        dt = np.dtype(dtype)
-        if dt.hasobject:
-            raise TypeError("loan_array: object arrays need pickle; use codec='pickle'")
-        dims = (shape,) if isinstance(shape, int) else tuple(shape)
-        if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in dims):
-            raise InvalidArgument(f"loan_array: shape {shape!r} must be non-negative integers")
-        head = _array_header(dt, dims)
-        count = 1
-        for d in dims:
-            count *= d
-        with self.loan(len(head) + count * dt.itemsize, timeout=timeout) as buf:
-            buf[:len(head)] = head
-            yield np.frombuffer(buf, dtype=dt, count=count, offset=len(head)).reshape(dims)
-
-    def send_array(self, array: Any, *, timeout: float | None = None) -> None:
-        """Send a numpy array (dtype and shape travel with it; no pickle; one copy)."""
-        import numpy as np
-
-        arr = np.asarray(array)
-        if arr.dtype.hasobject:
-            raise TypeError("send_array: object arrays need pickle; use codec='pickle'")
-        if arr.ndim > 32:
-            raise InvalidArgument(f"send_array: {arr.ndim} dimensions (limit 32)")
-        if not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)
-        head = _array_header(arr.dtype, arr.shape)
-        deadline = Deadline.of(timeout)
+    # -- the array methods' hooks (kipc.transports._arrays) ---------------------------------------
+    def _send_parts(self, parts: tuple[bytes, Any], size: int, deadline: Deadline) -> None:
         self._check_open("send")
-        self._ring.sendv((head, arr.reshape(-1).view(np.uint8)), deadline)
+        self._ring.sendv(parts, deadline)
 
-    def recv_array(self, *, timeout: float | None = None, copy: bool = True) -> Array:
-        """Receive an array sent with :meth:`send_array` or :meth:`loan_array`.
-
-        ``copy=False`` returns a read-only array over the ring itself: the message
-        stays claimed (other consumers wait) until the array is garbage collected.
-        A message that is not an array stays in the ring (``recv()`` gets it) and
-        ``ProtocolError`` says what arrived.
-        """
-        import numpy as np
-
-        deadline = Deadline.of(timeout)
+    def _recv_array_view(self, deadline: Deadline, copy: bool) -> memoryview:
         self._check_open("recv")
         try:
-            got = self._ring.recv(deadline, None, 1, _ARRAY_PREFIX)
+            got = self._ring.recv(deadline, None, 1, ARRAY_PREFIX)
         except ProtocolError as e:
             raise ProtocolError(f"recv_array: {e}") from None
-        mv = got if type(got) is memoryview else memoryview(got)  # one export to release
-        try:
-            parsed = _parse_array_header(mv)
-            if isinstance(parsed, str):
-                raise self._not_an_array(mv, parsed)
-            dt, shape, offset = parsed
-            try:
-                dtype = np.dtype(dt)
-                count = 1
-                for d in shape:
-                    count *= d
-                if offset + count * dtype.itemsize != mv.nbytes:
-                    raise ValueError(f"{mv.nbytes} bytes do not hold {shape} of {dtype}")
-            except (TypeError, ValueError) as e:
-                raise self._not_an_array(mv, f"an array header that does not describe the message ({e})") from None
-            arr = np.frombuffer(mv, dtype=dtype, count=count, offset=offset)
-            arr = arr.reshape(shape)
-            if not copy:
-                return arr
-            out = arr.copy()
-            del arr
-        except BaseException:
-            mv.release()
-            raise
-        mv.release()
-        return out
+        return got if type(got) is memoryview else memoryview(got)  # one export to release
 
     def _not_an_array(self, mv: memoryview, what: str) -> ProtocolError:
         """The message in view `mv` is not an array: give it back to the ring if it is still there."""

@@ -86,7 +86,8 @@ from ..errors import (
     WouldBlock,
     from_oserror,
 )
-from .ring import _array_header, _check_room, _parse_array_header, _reserve, check_shm_attach, shm_path
+from ._arrays import ArrayMethods
+from .ring import _check_room, _reserve, check_shm_attach, shm_path
 
 __all__ = ["OVERFLOW_MODES", "RingTopic"]
 
@@ -103,7 +104,7 @@ _DEFAULTS: dict[str, Any] = {"create": False, "subscribe": True, "capacity": DEF
 _JOIN_TIMEOUT = 5.0  # seconds subscribing may wait for the publisher lock (a stopped publisher holds it)
 
 
-class RingTopic(Channel):
+class RingTopic(ArrayMethods, Channel):
     """One process's handle on a ``ring://`` topic (see the module docstring)."""
 
     scheme = "ring"
@@ -330,85 +331,23 @@ class RingTopic(Channel):
             with contextlib.suppress(BufferError):
                 buf.release()  # views made of it keep the memory mapped (see above)
 
-    @contextlib.contextmanager
-    def loan_array(self, shape: int | tuple[int, ...], dtype: Any, *,
-                   timeout: float | None = None) -> Iterator[Any]:
-        """Reserve an array in the buffer and fill it in place; the block's normal exit publishes it
-        (received by :meth:`recv_array`; the elements are 16-byte aligned)."""
-        import numpy as np
-
-        dt = np.dtype(dtype)
-        if dt.hasobject:
-            raise TypeError("loan_array: object arrays need pickle; use codec='pickle'")
-        dims = (shape,) if isinstance(shape, int) else tuple(shape)
-        if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in dims):
-            raise InvalidArgument(f"loan_array: shape {shape!r} must be non-negative integers")
-        head = _array_header(dt, dims)
-        count = 1
-        for d in dims:
-            count *= d
-        with self.loan(len(head) + count * dt.itemsize, timeout=timeout) as buf:
-            buf[:len(head)] = head
-            yield np.frombuffer(buf, dtype=dt, count=count, offset=len(head)).reshape(dims)
-
-    def send_array(self, array: Any, *, timeout: float | None = None) -> None:
-        """Publish a numpy array (dtype and shape travel with it; one copy; ``recv_array`` on the other side)."""
-        import numpy as np
-
-        arr = np.asarray(array)
-        if arr.dtype.hasobject:
-            raise TypeError("send_array: object arrays need pickle; use codec='pickle'")
-        if not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)
-        head = _array_header(arr.dtype, arr.shape)
-        deadline = Deadline.of(timeout)
+    # -- the array methods' hooks (kipc.transports._arrays) ---------------------------------------
+    def _send_parts(self, parts: tuple[bytes, Any], size: int, deadline: Deadline) -> None:
         self._check_open("send")
-        size = len(head) + arr.nbytes
         if self.max_message_size is not None and size > self.max_message_size:
             raise self._too_large(size, self.max_message_size)
-        self._t.sendv((head, arr.reshape(-1).view(np.uint8)), deadline)
+        self._t.sendv(parts, deadline)
 
-    def recv_array(self, *, timeout: float | None = None, copy: bool = True) -> Any:
-        """Receive an array sent with :meth:`send_array` (or a ring's ``loan_array`` format).
-
-        ``copy=False`` (overflow=block only) returns a read-only array over the buffer: the
-        message stays pinned (publishers wait for it) until the array is garbage collected.
-        A message that is not an array is consumed and raises ``ProtocolError``.
-        """
-        import numpy as np
-
-        deadline = Deadline.of(timeout)
+    def _recv_array_view(self, deadline: Deadline, copy: bool) -> memoryview:
         view = self._t.overflow == 0
         if not copy and not view:
             raise Unsupported(f"recv_array(copy=False) on {self.url}: views need overflow='block'")
         self._prepare_recv({})
         got = self._recv_blocking(deadline, {"view": True} if view else {})
-        mv = got if type(got) is memoryview else memoryview(got)
-        try:
-            parsed = _parse_array_header(mv)
-            if isinstance(parsed, str):
-                raise ProtocolError(f"recv_array on {self.url}: {parsed} (it was consumed)")
-            dt, shape, offset = parsed
-            try:
-                dtype = np.dtype(dt)
-                count = 1
-                for d in shape:
-                    count *= d
-                if offset + count * dtype.itemsize != mv.nbytes:
-                    raise ValueError(f"{mv.nbytes} bytes do not hold {shape} of {dtype}")
-            except (TypeError, ValueError) as e:
-                raise ProtocolError(f"recv_array on {self.url}: an array header that does not describe the "
-                                    f"message ({e}); it was consumed") from None
-            arr = np.frombuffer(mv, dtype=dtype, count=count, offset=offset).reshape(shape)
-            if not copy:
-                return arr
-            out = arr.copy()
-            del arr
-        except BaseException:
-            mv.release()
-            raise
-        mv.release()
-        return out
+        return got if type(got) is memoryview else memoryview(got)
+
+    def _not_an_array(self, mv: memoryview, what: str) -> ProtocolError:
+        return ProtocolError(f"recv_array on {self.url}: {what}; it was consumed")
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
