@@ -183,12 +183,13 @@ def test_top_sort_keys(capsys: pytest.CaptureFixture[str]) -> None:
 def test_top_with_traffic_fits_80_columns(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     url = f"ring://{testing.unique_name('a-long-name-for-top')}"
-    code = ("import kipc, sys, time\nch = kipc.open(sys.argv[1])\nprint('READY', flush=True)\n"
-            "end = time.monotonic() + 30\n"
+    # READY after the first round trip: traffic is flowing before top takes its first sample
+    code = ("import kipc, sys, time\nch = kipc.open(sys.argv[1])\nch.send(b'z' * 4000, timeout=5)\n"
+            "ch.recv(timeout=5)\nprint('READY', flush=True)\nend = time.monotonic() + 30\n"
             "while time.monotonic() < end:\n    ch.send(b'z' * 4000, timeout=5)\n    ch.recv(timeout=5)\n")
     with kipc.open(url, create=True, capacity="1MiB"), testing.spawn(code, url):
         # PATTERN: other users of this machine may have objects whose URLs alone exceed 80 columns
-        rc, out, _ = run(["top", testing.namespace(), "--iterations", "2", "--interval", "0.3"], capsys)
+        rc, out, _ = run(["top", testing.namespace(), "--iterations", "2", "--interval", "0.6"], capsys)
     assert rc == 0
     lines = out.splitlines()
     assert all(len(line) <= 80 for line in lines), "\n".join(line for line in lines if len(line) > 80)
