@@ -11,7 +11,7 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import nats
@@ -289,6 +289,29 @@ class _Client(Resource):
     @property
     def max_payload(self) -> int:
         return int(self._nc.max_payload) if self._nc is not None else 0
+
+
+_DELETE_WAIT = 20.0  # a creator's close() retries removing its server object this long (leader elections)
+
+
+async def _remove_retrying(remove: Callable[[], Awaitable[Any]], gone: type[BaseException], url: str) -> None:
+    """Remove a stream or bucket, retried while the JetStream API goes unanswered: right after a node
+    failure the meta leader may be re-elected for seconds. A removal that succeeded unanswered makes
+    the retry ``gone`` (not found), which is success."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + _DELETE_WAIT
+    while True:
+        try:
+            await asyncio.wait_for(remove(), 5.0)
+            return
+        except gone:
+            return
+        except (TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as e:
+            if loop.time() >= end:
+                raise _translate(e, url, "remove") from e
+            await asyncio.sleep(0.25)
+        except Exception as e:
+            raise _translate(e, url, "remove") from e
 
 
 def _common_options(options: dict[str, Any]) -> dict[str, Any]:

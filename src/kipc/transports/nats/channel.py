@@ -107,7 +107,7 @@ from ...errors import (
     WouldBlock,
 )
 from ._cancel import _uncancellable_publish
-from ._client import _Client, _common_options, _escape, _float_opt, _int_opt, _split_url, _translate
+from ._client import _Client, _common_options, _escape, _float_opt, _int_opt, _remove_retrying, _split_url, _translate
 from ._mailbox import Mailbox, Pump
 
 T = TypeVar("T")
@@ -125,7 +125,6 @@ _ACK_RETRY = 1.0  # an ack unconfirmed this long is sent again (acks are idempot
 _CLOSE_FLUSH = 10.0  # close() waits this long for the window's confirmations
 _CLOSE_ACKS = 5.0  # ... and this long for the acks of messages already handed out
 _INF = float("inf")
-_DELETE_WAIT = 20.0  # a creator's close() retries removing its stream this long (leader elections)
 _GONE_CONFIRM = 3.0  # "stream not found" for this long (not a leader election): it was removed
 _REQUEST_FOREVER = 365 * 86400.0  # request(timeout=None): nats-py wants a number
 
@@ -1004,22 +1003,7 @@ class NatsChannel(_Client, Channel):
         self._disconnect()
 
     async def _delete(self) -> None:
-        # Retried: right after a node failure the meta leader may be re-elected and the API
-        # unanswered for seconds. A delete that succeeded unanswered makes the retry NotFound.
-        loop = asyncio.get_running_loop()
-        end = loop.time() + _DELETE_WAIT
-        while True:
-            try:
-                await asyncio.wait_for(self._js.delete_stream(self.stream), 5.0)
-                return
-            except nats.js.errors.NotFoundError:
-                return
-            except (TimeoutError, nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as e:
-                if loop.time() >= end:
-                    raise _translate(e, self.url, "remove") from e
-                await asyncio.sleep(0.25)
-            except Exception as e:
-                raise _translate(e, self.url, "remove") from e
+        await _remove_retrying(lambda: self._js.delete_stream(self.stream), nats.js.errors.NotFoundError, self.url)
 
 
 class Delivery:

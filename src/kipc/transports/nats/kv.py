@@ -39,7 +39,7 @@ from ...errors import (
     Timeout,
     WouldBlock,
 )
-from ._client import _Client, _common_options, _int_opt, _split_url, _translate
+from ._client import _Client, _common_options, _int_opt, _remove_retrying, _split_url, _translate
 
 T = TypeVar("T")
 D = TypeVar("D")  # KV.get's default
@@ -206,12 +206,8 @@ class KV(_Client):
         return KVWatch(self, watcher)
 
     async def _delete(self) -> None:
-        try:
-            await asyncio.wait_for(self._js.delete_key_value(self.bucket), 5.0)
-        except nats.js.errors.BucketNotFoundError:
-            pass
-        except Exception as e:
-            raise _translate(e, self.url, "remove") from e
+        await _remove_retrying(lambda: self._js.delete_key_value(self.bucket), nats.js.errors.BucketNotFoundError,
+                               self.url)
 
     def _close(self) -> None:
         self._disconnect()
