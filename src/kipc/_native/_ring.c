@@ -1203,7 +1203,8 @@ static PyObject *Ring_info(Ring *r, PyObject *unused)
         put_u64(d, "frag_max", r->c.frag_max) || put_u64(d, "owner_uid", h->owner_uid) ||
         put_u64(d, "owner_pid", h->owner_pid) || put_u64(d, "owner_start", h->owner_start) ||
         put_u64(d, "head", atomic_load(&h->head)) || put_u64(d, "tail", atomic_load(&h->tail)) ||
-        put_u64(d, "msgs_in", atomic_load(&h->msgs_in)) || put_u64(d, "msgs_out", atomic_load(&h->msgs_out)) ||
+        /* msgs_out before msgs_in: a consumer between the two loads cannot make the depth negative */
+        put_u64(d, "msgs_out", atomic_load(&h->msgs_out)) || put_u64(d, "msgs_in", atomic_load(&h->msgs_in)) ||
         put_u64(d, "closed", atomic_load(&h->closed)) || put_u64(d, "unfinished", atomic_load(&h->unfinished)) ||
         put_u64(d, "attach_pending", atomic_load(&h->attach_pending)) ||
         put_u64(d, "frag_active", atomic_load(&h->frag_active)) ||

@@ -435,12 +435,17 @@ class _RingKind(DevShmKind):
         info = super().describe(name, path, st)
         try:  # depth and messages ever sent: attach for an instant (refused for others' rings: no figures)
             with RingChannel(name) as ring:
-                header = ring.info()
-            depth = int(header["msgs_in"]) - int(header["msgs_out"])
-            used = int(header["tail"]) - int(header["head"])
-            if 0 <= depth and 0 <= used <= int(header["capacity"]):  # read from shared memory: shown only if sane
-                info.depth, info.total = depth, int(header["msgs_in"])
-                info.queued, info.bytes_total = used, int(header["tail"])
+                for _ in range(5):
+                    # the fields are loaded one by one while peers move them (head before tail, so
+                    # a fast consumer can make ``used`` exceed the capacity for one read): retry
+                    header = ring.info()
+                    depth = int(header["msgs_in"]) - int(header["msgs_out"])
+                    used = int(header["tail"]) - int(header["head"])
+                    if 0 <= depth and 0 <= used <= int(header["capacity"]):  # from shared memory: only if sane
+                        info.depth, info.queued = depth, used
+                        break
+            # the counters only grow: kipc top's rates need them even when no read gave a sane depth
+            info.total, info.bytes_total = int(header["msgs_in"]), int(header["tail"])
         except Exception:
             pass
         return info
