@@ -35,7 +35,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
-bench: $(VENV)/.installed
+# The peers (pyzmq, faster-fifo, iceoryx2) go into the same venv only here: the tests never need them.
+$(VENV)/.bench-peers: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[all,bench]'
+	@touch $@
+
+bench: $(VENV)/.bench-peers
 	$(PY) benchmarks/run_all.py
 
 # The reliability campaign: the long versions of the crash / stress / limits / abuse tests
