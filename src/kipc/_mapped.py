@@ -33,8 +33,15 @@ import stat as _stat
 from . import _owners
 from ._base import CreateMode
 from ._kinds import PathKind
-from ._naming import DEFAULT_MODE, parse_bool, parse_url, validate_mode, validate_path, validate_size
-from ._objects import check_attach, file_identity, open_path, open_waiting, parse_create, sized, validate_wait
+from ._naming import DEFAULT_MODE, parse_url, validate_path
+from ._objects import (
+    check_attach,
+    file_identity,
+    open_path,
+    open_waiting,
+    remove_path,
+    sized,
+)
 from .errors import BadObject, InvalidArgument, KipcError, PermissionDenied, from_oserror
 from .shm import SharedMemory
 
@@ -52,19 +59,10 @@ class MappedFile(SharedMemory):
         parsed = parse_url(url)
         if parsed.scheme != "file" or parsed.netloc:
             raise InvalidArgument(f"{url}: mapped files are file:///absolute/path")
-        if parsed.query:
-            raise InvalidArgument(f"{url}: unknown option(s) {sorted(parsed.query)}; pass size=, create=, mode= "
-                                  "as keywords")
+        create, size = self._check_options(url, dict(parsed.query), create, wait, mode, size, persist,
+                                           "a mapped file")
         path = validate_path(parsed.path)
-        create = parse_create(create)
-        validate_wait(url, wait, create)
-        mode = validate_mode(mode)
-        if size is not None:
-            size = validate_size(size, what="size", minimum=1)
-        if create and size is None:
-            raise InvalidArgument(f"create {url}: size= is required to create a mapped file")
-        self.persist = parse_bool(persist, what="persist")
-        self.mode = mode
+        mode = self.mode
         self.url = url
         self.path = path
         self._record_url = f"mapped-file://{path}"
@@ -125,12 +123,7 @@ class MappedFile(SharedMemory):
             pass  # views still exist; the mmap unmaps itself when they are gone
 
     def _unlink(self) -> None:
-        try:  # only ever called in the creating process (Resource's ownership rule)
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        finally:
-            _owners.forget(self._record_url)
+        remove_path(self.path, self._record_url)
 
     def __repr__(self) -> str:
         return f"<SharedMemory {self.url} (mapped file) {getattr(self, 'size', '?')} B " \

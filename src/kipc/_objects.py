@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, Literal, TypeVar
 
+from . import _owners
 from ._naming import ParsedURL, format_seconds, parse_bool, parse_int, validate_key, validate_path, validate_timeout
 from .errors import AlreadyExists, InvalidArgument, PermissionDenied, Timeout, from_oserror
 
@@ -177,6 +178,17 @@ def open_path(path: str, url: str, create: bool | str, mode: int, *,
             raise fail(e, "open") from e
 
     return create_or_attach(create, make, attach)
+
+
+def remove_path(path: str, record_url: str) -> None:
+    """Unlink a path-named object and forget its owner record (the ``_unlink`` of every such object;
+    only ever called in the creating process, Resource's ownership rule). Gone already is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    finally:
+        _owners.forget(record_url)
 
 
 # -- SysV keys ---------------------------------------------------------------------------------------

@@ -127,23 +127,29 @@ class SharedMemory(Resource):
             return super().__new__(MappedFile)
         return super().__new__(cls)
 
+    def _check_options(self, url: str, unknown: dict[str, str], create: object, wait: object, mode: object,
+                       size: int | str | None, persist: object, what: str) -> tuple[CreateMode, int | None]:
+        """What every shared-memory open checks before any system call (segments and mapped files):
+        sets ``mode`` and ``persist``, returns ``(create, size)``."""
+        if unknown:
+            raise InvalidArgument(f"{url}: unknown option(s) {sorted(unknown)}; pass size=, create=, mode= as keywords")
+        created = parse_create(create)
+        validate_wait(url, wait, created)
+        self.mode = validate_mode(mode)
+        nbytes = None if size is None else validate_size(size, what="size", minimum=1)
+        if created and nbytes is None:
+            raise InvalidArgument(f"create {url}: size= is required to create {what}")
+        self.persist = parse_bool(persist, what="persist")
+        return created, nbytes
+
     def __init__(self, url: str, *, size: int | str | None = None, create: CreateMode = False,
                  mode: int | str = DEFAULT_MODE, persist: bool = False, allow_foreign: bool = False,
                  wait: float | None = None) -> None:
         parsed = parse_url(url)
         options = dict(parsed.query)
         options.pop("proj", None)
-        if options:
-            raise InvalidArgument(f"{url}: unknown option(s) {sorted(options)}; pass size=, create=, mode= as keywords")
-        create = parse_create(create)
-        validate_wait(url, wait, create)
-        mode = validate_mode(mode)
-        if size is not None:
-            size = validate_size(size, what="size", minimum=1)
-        if create and size is None:
-            raise InvalidArgument(f"create {url}: size= is required to create a segment")
-        self.persist = parse_bool(persist, what="persist")
-        self.mode = mode
+        create, size = self._check_options(url, options, create, wait, mode, size, persist, "a segment")
+        mode = self.mode
         if parsed.scheme == "sysv":
             opener = self._open_sysv
         elif parsed.scheme == "posix":

@@ -52,7 +52,16 @@ from .. import _owners
 from .._base import CreateMode, Resource, wait_pool
 from .._kinds import DevShmKind, ObjectInfo
 from .._naming import DEFAULT_MODE, lock_deadline, parse_bool, parse_url, validate_mode, validate_name
-from .._objects import check_attach, file_identity, open_path, open_waiting, parse_create, sized, validate_wait
+from .._objects import (
+    check_attach,
+    file_identity,
+    open_path,
+    open_waiting,
+    parse_create,
+    remove_path,
+    sized,
+    validate_wait,
+)
 from .._platform import native
 from ..errors import BadObject, ChannelClosed, InvalidArgument, Unsupported, from_oserror
 
@@ -131,12 +140,7 @@ class _SyncObject(Resource):
             self._h.close()
 
     def _unlink(self) -> None:
-        try:  # only ever called in the creating process (Resource's ownership rule)
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        finally:
-            _owners.forget(self._record_url)
+        remove_path(self.path, self._record_url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url} {'closed' if self._closed else 'open'}>"
