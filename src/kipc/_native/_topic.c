@@ -303,6 +303,16 @@ static int Topic_init(Topic *o, PyObject *args, PyObject *kw)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels say EINVAL, which is harmless */
+#endif
+    /* Fill this process's page tables now (the creator's posix_fallocate already allocated
+     * the pages): otherwise the first lap of the buffer takes a minor fault per 4 KiB page in
+     * every process, ~3x the cost of the copy itself for camera frames. Only an optimisation:
+     * a failure (an old kernel, a signal) leaves the pages to fault in as before. */
+    Py_BEGIN_ALLOW_THREADS
+    (void)madvise(base, size, MADV_POPULATE_WRITE);
+    Py_END_ALLOW_THREADS
     const char *err = NULL;
     if (create)
         err = tc_header_init(base, size, cap, subs, overflow, (uint32_t)pid, start);
