@@ -10,7 +10,8 @@ Patterns (the publisher is this process; each subscriber a forked child, lossles
 
 Contenders: ``ring`` (kipc.Topic on ring://, overflow=block), ``unix`` (kipc.Topic on unix://,
 overflow=block: a publisher writing to each subscriber's socket; 64 B rows only — a frame is one
-6 MiB socket write per subscriber, measured by bench_queue's stream rows), ``pyzmq`` PUB/SUB over
+6 MiB socket write per subscriber, measured by bench_queue's stream rows), ``unix-batch`` (the same
+with ``batch=True``: a subscriber's queue of ``queue=`` messages goes out in one sendmsg), ``pyzmq`` PUB/SUB over
 ipc:// (HWM 0: no drops), ``iceoryx2`` pub/sub (Python binding, Slice[c_uint8], blocking backpressure,
 subscribers polling ``receive()`` and yielding the core when it finds nothing — its Python API has no
 blocking receive, and pure busy polling was ~8x slower at 4 subscribers on 2 cores). Fairness: every
@@ -159,11 +160,11 @@ def kipc_frames(subs: int, n: int) -> list[float]:
         return _run(subs, sub, publish)
 
 
-def unix_fanout(subs: int, n: int, size: int) -> list[float]:
+def unix_fanout(subs: int, n: int, size: int, batch: bool = False) -> list[float]:
     url = f"unix://{_name()}"
     msg = b"x" * size
     pub: Any
-    with kipc.Topic(url, create=True, subscribe=False) as pub:  # a UnixTopic: subscribers, flush
+    with kipc.Topic(url, create=True, subscribe=False, batch=batch) as pub:  # a UnixTopic: subscribers, flush
         def sub(ready: int) -> tuple[float, int]:
             with kipc.Topic(url, timeout=10) as s:
                 os.write(ready, b"R")
@@ -184,6 +185,7 @@ def unix_fanout(subs: int, n: int, size: int) -> list[float]:
             send = pub.send
             for _ in range(n):
                 send(msg)
+            pub.flush(timeout=60)  # batch=True: the last queue-full goes out here
 
         return _run(subs, sub, publish)
 
@@ -333,10 +335,11 @@ def main() -> None:
         return min(top), sum(top) / len(top)
 
     for subs in (1, 2, 4, 8):
-        res: dict[str, list[list[float]]] = {"ring": [], "unix": [], **{p: [] for p in peers}}
+        res: dict[str, list[list[float]]] = {"ring": [], "unix": [], "unix-batch": [], **{p: [] for p in peers}}
         for _ in range(args.repeat):  # interleaved: kipc and every peer in each repeat
             res["ring"].append(kipc_fanout(subs, n64, 64))
             res["unix"].append(unix_fanout(subs, n64, 64))
+            res["unix-batch"].append(unix_fanout(subs, n64, 64, batch=True))
             if "zmq" in peers:
                 res["zmq"].append(zmq_run(subs, n64, b"x" * 64))
             if "iceoryx2" in peers:
@@ -364,14 +367,14 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     print("per-subscriber messages/s received (slowest subscriber of the best repeat, and the mean)")
-    print(f"{'pattern':<20} {'subs':>4} {'who':<9} {'slowest/s':>12} {'mean/s':>12} {'ring/it':>8} {'unix/it':>8}")
+    print(f"{'pattern':<20} {'subs':>4} {'who':<10} {'slowest/s':>12} {'mean/s':>12} {'ring/it':>8} {'unix/it':>8}")
     for row in rows:
         ratios = []
         for kipc_who in ("ring", "unix"):
             k = next((r for r in rows if r["pattern"] == row["pattern"] and r["subscribers"] == row["subscribers"]
                       and r["who"] == kipc_who), None)
             ratios.append("" if k is None or k is row else f"{k['slowest_msg_s'] / row['slowest_msg_s']:.2f}x")
-        print(f"{row['pattern']:<20} {row['subscribers']:>4} {row['who']:<9} {row['slowest_msg_s']:>12,.0f} "
+        print(f"{row['pattern']:<20} {row['subscribers']:>4} {row['who']:<10} {row['slowest_msg_s']:>12,.0f} "
               f"{row['mean_msg_s']:>12,.0f} {ratios[0]:>8} {ratios[1]:>8}")
 
 
