@@ -6,7 +6,9 @@ Patterns (the publisher is this process; each subscriber a forked child, lossles
   subscriber's messages / its own time from first to last message; the row reports the
   slowest subscriber and the mean).
 * ``frames``: numpy 1920x1080x3 uint8 frames -> 4 subscribers; kipc subscribers take them
-  zero-copy (``recv_array(copy=False)``); frames/s per subscriber (the slowest).
+  zero-copy (``recv_array(copy=False)``), iceoryx2's take each sample in place (zero-copy too),
+  pyzmq's receive a copy; every publisher copies each frame once (kipc's ``send_array``,
+  iceoryx2's loan + memmove); frames/s per subscriber (the slowest).
 
 Contenders: ``ring`` (kipc.Topic on ring://, overflow=block), ``unix`` (kipc.Topic on unix://,
 overflow=block: a publisher writing to each subscriber's socket; 64 B rows only — a frame is one
@@ -255,16 +257,19 @@ def zmq_run(subs: int, n: int, payload: bytes) -> list[float]:
 
 
 # -- iceoryx2 -----------------------------------------------------------------------------------------------
-def iox_run(subs: int, n: int, size: int) -> list[float]:
+def iox_run(subs: int, n: int, size: int, *, buffer: int = 256, frames: bool = False) -> list[float]:
+    """iceoryx2 pub/sub; ``frames``: subscribers take each sample in place and touch nothing (zero-copy,
+    as kipc's frame subscribers), with a ``buffer`` of samples per subscriber small enough to fit memory."""
     import iceoryx2 as iox2
 
     iox2.set_log_level(iox2.LogLevel.Error)
     service_name = _name()
+    max_subs = max(subs, 4) if frames else 16  # the data segment holds max_subs x buffer samples
 
     def service(node: Any) -> Any:
         return (node.service_builder(iox2.ServiceName.new(service_name))
-                .publish_subscribe(iox2.Slice[ctypes.c_uint8]).max_subscribers(16).max_publishers(2)
-                .subscriber_max_buffer_size(256).enable_safe_overflow(False).open_or_create())
+                .publish_subscribe(iox2.Slice[ctypes.c_uint8]).max_subscribers(max_subs).max_publishers(2)
+                .subscriber_max_buffer_size(buffer).enable_safe_overflow(False).open_or_create())
 
     node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
     svc = service(node)
@@ -274,7 +279,7 @@ def iox_run(subs: int, n: int, size: int) -> list[float]:
 
     def sub(ready: int) -> tuple[float, int]:
         cnode = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
-        s = service(cnode).subscriber_builder().buffer_size(256).create()
+        s = service(cnode).subscriber_builder().buffer_size(buffer).create()
         os.write(ready, b"R")
         got = 0
         t0 = 0.0
@@ -287,7 +292,8 @@ def iox_run(subs: int, n: int, size: int) -> list[float]:
             if got == 0:
                 t0 = time.perf_counter()
             got += 1
-            string_at(sample.payload_ptr, size)  # bytes of the payload, as kipc's and pyzmq's recv() return
+            if not frames:
+                string_at(sample.payload_ptr, size)  # bytes of the payload, as kipc's and pyzmq's recv() return
             sample.delete()
         return time.perf_counter() - t0, n - 1
 
@@ -352,12 +358,17 @@ def main() -> None:
                 slow, mean = best(r)
                 rows.append({"pattern": "64 B fan-out", "subscribers": subs, "who": who, "slowest_msg_s": slow,
                              "mean_msg_s": mean})
-    res2: dict[str, list[list[float]]] = {"ring": [], "zmq": []}
+    res2: dict[str, list[list[float]]] = {"ring": [], **{p: [] for p in peers}}
     frame_bytes = np.zeros(FRAME_SHAPE, np.uint8).tobytes()
     for _ in range(args.repeat):
         res2["ring"].append(kipc_frames(4, nframes))
         if "zmq" in peers:
             res2["zmq"].append(zmq_run(4, nframes, frame_bytes))
+        if "iceoryx2" in peers:
+            try:  # 8 samples per subscriber: about the 10 frames kipc's 64 MiB buffer holds
+                res2["iceoryx2"].append(iox_run(4, nframes, len(frame_bytes), buffer=8, frames=True))
+            except Exception as e:
+                print(f"note: iceoryx2 frame run failed ({e!r}); skipped", file=sys.stderr)
     for who, r in res2.items():
         if r:
             slow, mean = best(r)
