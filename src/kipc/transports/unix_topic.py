@@ -27,6 +27,19 @@ Contract card:
   sequence number, so each subscriber's ``.dropped`` is the exact count it
   missed. What is still queued goes out on the next ``send``, ``flush()`` or
   ``close()`` (which spends at most ``linger=`` seconds, default 2, on it).
+* Writes: a subscriber with nothing queued gets each message at once, in one
+  write; one that is behind gets its queued frames in one ``sendmsg`` (up to
+  256 frames, no copy) as soon as its socket takes more. ``batch=True``
+  (publisher only) trades latency for throughput: ``send`` returns once the
+  message is in every subscriber's queue, and a queue goes out in one
+  ``sendmsg`` when it holds ``queue=`` messages or 256 KiB, or at ``flush()``
+  / ``close()`` — a message may wait in the publisher until then, so call
+  ``flush()`` when you pause publishing (no background thread writes for you).
+  The overflow policies are unchanged: ``block`` waits only while a queue is
+  full *and* its socket takes nothing more; ``drop_oldest`` writes a full queue
+  before it drops from it. Order, exactly-once and ``.dropped`` are as above;
+  what a batching publisher still holds when it is killed is lost (without
+  ``batch``, an untimed ``send`` has reached every subscriber's kernel buffer).
 * Dead peers: a subscriber that dies or closes is dropped by the publisher at
   its next write (``EPIPE``), harming no one else. When the publisher closes or
   dies, subscribers read what was delivered and then get :class:`ChannelClosed`
