@@ -129,6 +129,7 @@ class UnixTopic(Channel):
     overflow: str = "block"
     queue: int = 64
     batch: bool = False
+    _maybe_full = False  # batch: some queue may be full (set when a push left one full)
     linger: float = LINGER
     _listener: UnixListener | None = None
     _lpoll: Any = None
@@ -355,7 +356,10 @@ class UnixTopic(Channel):
 
     def _full(self) -> bool:
         limit = self.queue
-        return any(len(s.q) >= limit for s in self._subs)
+        for s in self._subs:
+            if len(s.q) >= limit:
+                return True
+        return False
 
     def _check_process(self, op: str) -> None:
         if _forks != self._fork_gen:  # (no getpid() syscall per message)
@@ -370,10 +374,13 @@ class UnixTopic(Channel):
         block = self.overflow == "block"
         if not batch:
             self._push_all()
-        elif self._full():
-            self._push_all()  # batch: a full queue goes out now, whatever its size
-        if block and self._full():
-            return False  # unchanged: nobody got it
+            if block and self._full():
+                return False  # unchanged: nobody got it
+        elif self._maybe_full:  # (queues only grow here, so a False flag is never stale)
+            self._push_all()  # a full queue goes out now, whatever its size
+            self._maybe_full = full = self._full()
+            if block and full:
+                return False
         frame = _WIRE.pack(len(data) + _SEQ_SIZE, self._seq) + data
         size = len(frame)
         self._seq += 1
@@ -402,6 +409,8 @@ class UnixTopic(Channel):
             s.qbytes += size
             if (not batch or len(q) >= limit or s.qbytes >= _BATCH) and not self._push(s):
                 gone = True
+            elif batch and len(q) >= limit:
+                self._maybe_full = True  # its socket took nothing more
         if gone:
             self._subs = [s for s in subs if not s.ch.closed]
         return True
