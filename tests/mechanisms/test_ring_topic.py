@@ -542,3 +542,27 @@ def test_open_fills_the_page_tables_so_the_first_lap_does_not_fault(name: str) -
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert same
     assert faults < 64, f"{faults} minor faults writing and reading 512 fresh pages"
+
+
+def _mapped_kib(path: str) -> list[int]:
+    """Rss of each of this process's mappings of ``path`` (pages in its page tables), from /proc/self/smaps."""
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    rss = []
+    for i, line in enumerate(lines):
+        if line.endswith(" " + path):
+            rss.append(next(int(f.split()[1]) for f in lines[i + 1:] if f.startswith("Rss:")))
+    return rss
+
+
+def test_a_handle_that_only_reads_the_header_does_not_populate(name: str) -> None:
+    # kipc ls opens topics with subscribe=False to read their header: it must not map 64 MiB for
+    # that; the same handle populates at its first publish
+    url = f"ring://{name}?capacity=8MiB"
+    with RingTopic(url, create=True, subscribe=False) as creator:
+        with RingTopic(f"ring://{name}", subscribe=False) as peek:
+            assert peek.info()["capacity"] == 8 << 20
+            big, small = sorted(_mapped_kib(creator.path), reverse=True)
+            assert big >= 8 << 10 and small < 1024  # the creator's mapping is full, the peek's header only
+            peek.send(b"x")
+            assert min(_mapped_kib(creator.path)) >= 8 << 10  # the whole buffer, at the first publish
