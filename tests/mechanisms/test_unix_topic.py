@@ -521,3 +521,18 @@ def test_batch_dead_subscriber_is_dropped_without_harm() -> None:
                 for j in range(i - 7, i + 1):
                     check(live.recv(timeout=10), 1, j)
         assert pub.subscribers == 1
+
+
+def test_batch_asend_and_kipc_wait() -> None:
+    url = _url()
+    with kipc.Topic(url, create=True, subscribe=False, batch=True, queue=3) as pub, kipc.Topic(url) as sub:
+        async def main() -> list[bytes]:
+            for i in range(5):
+                await pub.asend(b"a%d" % i, timeout=5)  # returns once queued
+            got = [await sub.arecv(timeout=5) for _ in range(3)]  # the first queue-full went out
+            assert kipc.wait([sub], timeout=0.1) == []  # two still held by the publisher
+            pub.flush(timeout=5)
+            assert kipc.wait([sub], timeout=5) == [sub]
+            return got + [await sub.arecv(timeout=5) for _ in range(2)]
+
+        assert asyncio.run(main()) == [b"a%d" % i for i in range(5)]
