@@ -6,16 +6,24 @@ Patterns (the publisher is this process; each subscriber a forked child, lossles
   subscriber's messages / its own time from first to last message; the row reports the
   slowest subscriber and the mean).
 * ``frames``: numpy 1920x1080x3 uint8 frames -> 4 subscribers; kipc subscribers take them
-  zero-copy (``recv_array(copy=False)``); frames/s per subscriber (the slowest).
+  zero-copy (``recv_array(copy=False)``), iceoryx2's take each sample in place (zero-copy too),
+  pyzmq's receive a copy; every publisher copies each frame once (kipc's ``send_array``,
+  iceoryx2's loan + memmove); frames/s per subscriber (the slowest).
 
 Contenders: ``ring`` (kipc.Topic on ring://, overflow=block), ``unix`` (kipc.Topic on unix://,
 overflow=block: a publisher writing to each subscriber's socket; 64 B rows only — a frame is one
-6 MiB socket write per subscriber, measured by bench_queue's stream rows), ``pyzmq`` PUB/SUB over
+6 MiB socket write per subscriber, measured by bench_queue's stream rows), ``unix-batch`` (the same
+with ``batch=True``: a subscriber's queue of ``queue=`` messages goes out in one sendmsg), ``pyzmq`` PUB/SUB over
 ipc:// (HWM 0: no drops), ``iceoryx2`` pub/sub (Python binding, Slice[c_uint8], blocking backpressure,
-subscribers polling ``receive()``). A peer that is not importable is skipped with a printed
-note. Each measurement runs ``--repeat`` times (default 3), kipc and the peers interleaved in
-every repeat; rows carry the best of the repeats, and each row the ratios ``ring/it`` and
-``unix/it`` (> 1: that kipc topic receives more per subscriber) against the rows of the same run.
+subscribers polling ``receive()`` and yielding the core when it finds nothing — its Python API has no
+blocking receive, and pure busy polling was ~8x slower at 4 subscribers on 2 cores). Fairness: every
+contender gets the same payload, subscriber count and message count (64 B rows), and every subscriber
+turns each 64 B message into a ``bytes`` (kipc's and pyzmq's ``recv()``, ``ctypes.string_at`` of
+iceoryx2's sample); the frame rows' kipc subscribers touch nothing (zero-copy views).
+A peer that is not importable is skipped with a printed note. Each measurement runs ``--repeat``
+times (default 3), kipc and the peers interleaved in every repeat; rows carry the best of the
+repeats, and each row the ratios ``ring/it`` and ``unix/it`` (> 1: that kipc topic receives more
+per subscriber) against the rows of the same run.
 Per-subscriber throughput from 1 to 8 subscribers is the 64 B rows read down a column.
 The machine may have fewer cores than subscribers: the figures are then CPU-bound.
 
@@ -154,11 +162,11 @@ def kipc_frames(subs: int, n: int) -> list[float]:
         return _run(subs, sub, publish)
 
 
-def unix_fanout(subs: int, n: int, size: int) -> list[float]:
+def unix_fanout(subs: int, n: int, size: int, batch: bool = False) -> list[float]:
     url = f"unix://{_name()}"
     msg = b"x" * size
     pub: Any
-    with kipc.Topic(url, create=True, subscribe=False) as pub:  # a UnixTopic: subscribers, flush
+    with kipc.Topic(url, create=True, subscribe=False, batch=batch) as pub:  # a UnixTopic: subscribers, flush
         def sub(ready: int) -> tuple[float, int]:
             with kipc.Topic(url, timeout=10) as s:
                 os.write(ready, b"R")
@@ -179,6 +187,7 @@ def unix_fanout(subs: int, n: int, size: int) -> list[float]:
             send = pub.send
             for _ in range(n):
                 send(msg)
+            pub.flush(timeout=60)  # batch=True: the last queue-full goes out here
 
         return _run(subs, sub, publish)
 
@@ -248,16 +257,19 @@ def zmq_run(subs: int, n: int, payload: bytes) -> list[float]:
 
 
 # -- iceoryx2 -----------------------------------------------------------------------------------------------
-def iox_run(subs: int, n: int, size: int) -> list[float]:
+def iox_run(subs: int, n: int, size: int, *, buffer: int = 256, frames: bool = False) -> list[float]:
+    """iceoryx2 pub/sub; ``frames``: subscribers take each sample in place and touch nothing (zero-copy,
+    as kipc's frame subscribers), with a ``buffer`` of samples per subscriber small enough to fit memory."""
     import iceoryx2 as iox2
 
     iox2.set_log_level(iox2.LogLevel.Error)
     service_name = _name()
+    max_subs = max(subs, 4) if frames else 16  # the data segment holds max_subs x buffer samples
 
     def service(node: Any) -> Any:
         return (node.service_builder(iox2.ServiceName.new(service_name))
-                .publish_subscribe(iox2.Slice[ctypes.c_uint8]).max_subscribers(16).max_publishers(2)
-                .subscriber_max_buffer_size(256).enable_safe_overflow(False).open_or_create())
+                .publish_subscribe(iox2.Slice[ctypes.c_uint8]).max_subscribers(max_subs).max_publishers(2)
+                .subscriber_max_buffer_size(buffer).enable_safe_overflow(False).open_or_create())
 
     node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
     svc = service(node)
@@ -267,27 +279,31 @@ def iox_run(subs: int, n: int, size: int) -> list[float]:
 
     def sub(ready: int) -> tuple[float, int]:
         cnode = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
-        s = service(cnode).subscriber_builder().buffer_size(256).create()
+        s = service(cnode).subscriber_builder().buffer_size(buffer).create()
         os.write(ready, b"R")
         got = 0
         t0 = 0.0
-        receive = s.receive
+        receive, string_at, idle = s.receive, ctypes.string_at, os.sched_yield
         while got < n:
             sample = receive()
             if sample is None:
+                idle()  # no blocking receive: yield the core (busy polling starved the publisher ~8x at 4 subs)
                 continue
             if got == 0:
                 t0 = time.perf_counter()
             got += 1
+            if not frames:
+                string_at(sample.payload_ptr, size)  # bytes of the payload, as kipc's and pyzmq's recv() return
             sample.delete()
         return time.perf_counter() - t0, n - 1
 
     def publish() -> None:
         time.sleep(0.2)  # iceoryx2 connects subscribers on update_connections
         pub.update_connections()
+        loan, memmove = pub.loan_slice_uninit, ctypes.memmove
         for _ in range(n):
-            sample = pub.loan_slice_uninit(size)
-            ctypes.memmove(sample.payload().data_ptr, src, size)
+            sample = loan(size)
+            memmove(sample.payload_ptr, src, size)  # the native pointer: no Python Slice object per message
             sample.assume_init().send()
 
     try:
@@ -325,15 +341,16 @@ def main() -> None:
         return min(top), sum(top) / len(top)
 
     for subs in (1, 2, 4, 8):
-        res: dict[str, list[list[float]]] = {"ring": [], "unix": [], **{p: [] for p in peers}}
+        res: dict[str, list[list[float]]] = {"ring": [], "unix": [], "unix-batch": [], **{p: [] for p in peers}}
         for _ in range(args.repeat):  # interleaved: kipc and every peer in each repeat
             res["ring"].append(kipc_fanout(subs, n64, 64))
             res["unix"].append(unix_fanout(subs, n64, 64))
+            res["unix-batch"].append(unix_fanout(subs, n64, 64, batch=True))
             if "zmq" in peers:
                 res["zmq"].append(zmq_run(subs, n64, b"x" * 64))
             if "iceoryx2" in peers:
                 try:
-                    res["iceoryx2"].append(iox_run(subs, max(10_000, n64 // 4), 64))
+                    res["iceoryx2"].append(iox_run(subs, n64, 64))
                 except Exception as e:
                     print(f"note: iceoryx2 run failed ({e!r}); skipped", file=sys.stderr)
         for who, r in res.items():
@@ -341,12 +358,17 @@ def main() -> None:
                 slow, mean = best(r)
                 rows.append({"pattern": "64 B fan-out", "subscribers": subs, "who": who, "slowest_msg_s": slow,
                              "mean_msg_s": mean})
-    res2: dict[str, list[list[float]]] = {"ring": [], "zmq": []}
+    res2: dict[str, list[list[float]]] = {"ring": [], **{p: [] for p in peers}}
     frame_bytes = np.zeros(FRAME_SHAPE, np.uint8).tobytes()
     for _ in range(args.repeat):
         res2["ring"].append(kipc_frames(4, nframes))
         if "zmq" in peers:
             res2["zmq"].append(zmq_run(4, nframes, frame_bytes))
+        if "iceoryx2" in peers:
+            try:  # 8 samples per subscriber: about the 10 frames kipc's 64 MiB buffer holds
+                res2["iceoryx2"].append(iox_run(4, nframes, len(frame_bytes), buffer=8, frames=True))
+            except Exception as e:
+                print(f"note: iceoryx2 frame run failed ({e!r}); skipped", file=sys.stderr)
     for who, r in res2.items():
         if r:
             slow, mean = best(r)
@@ -356,14 +378,14 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     print("per-subscriber messages/s received (slowest subscriber of the best repeat, and the mean)")
-    print(f"{'pattern':<20} {'subs':>4} {'who':<9} {'slowest/s':>12} {'mean/s':>12} {'ring/it':>8} {'unix/it':>8}")
+    print(f"{'pattern':<20} {'subs':>4} {'who':<10} {'slowest/s':>12} {'mean/s':>12} {'ring/it':>8} {'unix/it':>8}")
     for row in rows:
         ratios = []
         for kipc_who in ("ring", "unix"):
             k = next((r for r in rows if r["pattern"] == row["pattern"] and r["subscribers"] == row["subscribers"]
                       and r["who"] == kipc_who), None)
             ratios.append("" if k is None or k is row else f"{k['slowest_msg_s'] / row['slowest_msg_s']:.2f}x")
-        print(f"{row['pattern']:<20} {row['subscribers']:>4} {row['who']:<9} {row['slowest_msg_s']:>12,.0f} "
+        print(f"{row['pattern']:<20} {row['subscribers']:>4} {row['who']:<10} {row['slowest_msg_s']:>12,.0f} "
               f"{row['mean_msg_s']:>12,.0f} {ratios[0]:>8} {ratios[1]:>8}")
 
 

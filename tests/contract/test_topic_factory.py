@@ -56,7 +56,7 @@ def test_ring_dispatch_follows_the_ring_topic_module(monkeypatch: pytest.MonkeyP
 def test_unknown_scheme_and_options_name_the_valid_ones(nats_url: str) -> None:
     with pytest.raises(kipc.InvalidArgument, match=r"nats://, unix://, ring://"):
         kipc.Topic("tcp://127.0.0.1:9/x")
-    with pytest.raises(kipc.InvalidArgument, match=r"'colour'.*valid options: allow_uids, codec, create"):
+    with pytest.raises(kipc.InvalidArgument, match=r"'colour'.*valid options: allow_uids, batch, codec, create"):
         kipc.Topic("unix://x", colour="red")
     with pytest.raises(kipc.InvalidArgument, match=r"'colour'.*valid options:.*pending_limit.*servers"):
         kipc.Topic(f"{nats_url}/x", colour="red")  # refused before connecting

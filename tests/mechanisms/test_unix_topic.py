@@ -409,3 +409,130 @@ def test_a_hostile_publisher_is_a_protocol_error(frames: list[bytes], needle: st
     finally:
         raw.close()
         os.unlink(path)
+
+
+# -- batch=True: a subscriber's queue goes out in one sendmsg once it holds queue= messages ------------------
+def test_batch_fan_out_to_three_subscriber_processes_in_order() -> None:
+    url = _url()
+    with kipc.Topic(url, create=True, subscribe=False, batch=True, queue=16) as pub:
+        children = [testing.spawn(SUBSCRIBER, url, str(REPO)) for _ in range(3)]
+        try:
+            _wait_subscribers(pub, 3)
+            for i in range(1000):  # mixed sizes: some batches end in a partly written frame
+                pub.send(payload(1, i, 20 + (i * 997) % 100_000), timeout=10)
+        finally:
+            pub.close()  # pushes out the last partial batch, then subscribers see the end
+            for c in children:
+                try:
+                    assert c.expect("DONE", 30).split()[1:] == ["1000", "0"]
+                    c.check(10)
+                finally:
+                    c.close()
+
+
+def test_batch_holds_messages_until_the_queue_fills_or_flush() -> None:
+    url = _url()
+    with kipc.Topic(url, create=True, subscribe=False, batch=True, queue=4) as pub, kipc.Topic(url) as sub:
+        for i in range(3):
+            pub.send(b"m%d" % i, timeout=0)  # queued, not written: send returns at once
+        with pytest.raises(kipc.Timeout):
+            sub.recv(timeout=0.2)
+        pub.send(b"m3", timeout=0)  # the fourth fills the queue: all four go out in one write
+        assert [sub.recv(timeout=5) for _ in range(4)] == [b"m0", b"m1", b"m2", b"m3"]
+        pub.send(b"m4")
+        with pytest.raises(kipc.WouldBlock):
+            sub.recv(timeout=0)
+        pub.flush(timeout=5)
+        assert sub.recv(timeout=5) == b"m4"
+        assert sub.dropped == 0
+    with pytest.raises(kipc.InvalidArgument, match="publisher option"):
+        kipc.Topic(url, batch=True)
+    with pytest.raises(kipc.InvalidArgument, match="True or False"):
+        kipc.Topic(url, create=True, subscribe=False, batch="yes")
+
+
+def test_batch_block_slow_subscriber_times_out_unchanged_and_loses_nothing() -> None:
+    url = _url()
+    big = 64 * 1024
+    with kipc.Topic(url, create=True, subscribe=False, batch=True, queue=4) as pub, kipc.Topic(url) as slow:
+        sent = 0
+        with pytest.raises(kipc.Timeout):
+            for sent in range(10_000):
+                pub.send(payload(1, sent, big), timeout=0.2)
+        assert 0 < sent < 10_000  # the socket buffer plus a queue of 4, then the send waited and timed out
+        got: list[bytes] = []
+
+        def read() -> None:
+            for _ in range(sent + 1):
+                got.append(slow.recv(timeout=10))
+
+        t = threading.Thread(target=read)
+        t.start()
+        pub.send(payload(1, sent, big), timeout=10)  # the timed-out message again
+        pub.flush(timeout=10)
+        t.join(20)
+        assert len(got) == sent + 1
+        for i, msg in enumerate(got):
+            check(msg, 1, i)
+        assert slow.dropped == 0
+
+
+def test_batch_drop_oldest_slow_subscriber_does_not_hold_back_a_fast_one() -> None:
+    url = _url()
+    n, size = 400, 50_000
+    with kipc.Topic(url, create=True, subscribe=False, overflow="drop_oldest", batch=True, queue=8) as pub, \
+            kipc.Topic(url) as slow, kipc.Topic(url) as fast:
+        got: dict[str, list[int]] = {"slow": [], "fast": []}
+
+        def read(name: str, sub: UnixTopic) -> None:
+            seqs = got[name]
+            while not seqs or seqs[-1] != n - 1:
+                seqs.append(check(sub.recv(timeout=10), 1)[1])
+
+        fast_reader = threading.Thread(target=read, args=("fast", fast))
+        fast_reader.start()
+        for i in range(n):
+            pub.send(payload(1, i, size), timeout=0)  # never blocks
+            if i % 8 == 7:
+                time.sleep(0.002)  # a publisher slower than the fast reader: it must get (nearly) all
+        slow_reader = threading.Thread(target=read, args=("slow", slow))  # starts reading only now
+        slow_reader.start()
+        pub.flush(timeout=20)
+        for t in (fast_reader, slow_reader):
+            t.join(20)
+            assert not t.is_alive()
+        for name, sub in (("slow", slow), ("fast", fast)):
+            seqs = got[name]
+            assert seqs == sorted(set(seqs))  # order kept, nothing twice
+            assert sub.dropped == n - len(seqs)  # exact
+        assert slow.dropped > 0
+        assert fast.dropped < slow.dropped
+
+
+def test_batch_dead_subscriber_is_dropped_without_harm() -> None:
+    url = _url()
+    with kipc.Topic(url, create=True, subscribe=False, batch=True, queue=8) as pub, kipc.Topic(url) as live:
+        with testing.spawn(SUBSCRIBER, url, str(REPO)) as child:
+            _wait_subscribers(pub, 2)
+            child.kill(signal.SIGKILL)
+        for i in range(2000):  # enough to fill a dead socket's buffer if it were kept
+            pub.send(payload(1, i, 1000), timeout=10)
+            if i % 8 == 7:
+                for j in range(i - 7, i + 1):
+                    check(live.recv(timeout=10), 1, j)
+        assert pub.subscribers == 1
+
+
+def test_batch_asend_and_kipc_wait() -> None:
+    url = _url()
+    with kipc.Topic(url, create=True, subscribe=False, batch=True, queue=3) as pub, kipc.Topic(url) as sub:
+        async def main() -> list[bytes]:
+            for i in range(5):
+                await pub.asend(b"a%d" % i, timeout=5)  # returns once queued
+            got = [await sub.arecv(timeout=5) for _ in range(3)]  # the first queue-full went out
+            assert kipc.wait([sub], timeout=0.1) == []  # two still held by the publisher
+            pub.flush(timeout=5)
+            assert kipc.wait([sub], timeout=5) == [sub]
+            return got + [await sub.arecv(timeout=5) for _ in range(2)]
+
+        assert asyncio.run(main()) == [b"a%d" % i for i in range(5)]

@@ -27,6 +27,19 @@ Contract card:
   sequence number, so each subscriber's ``.dropped`` is the exact count it
   missed. What is still queued goes out on the next ``send``, ``flush()`` or
   ``close()`` (which spends at most ``linger=`` seconds, default 2, on it).
+* Writes: a subscriber with nothing queued gets each message at once, in one
+  write; one that is behind gets its queued frames in one ``sendmsg`` (up to
+  256 frames, no copy) as soon as its socket takes more. ``batch=True``
+  (publisher only) trades latency for throughput: ``send`` returns once the
+  message is in every subscriber's queue, and a queue goes out in one
+  ``sendmsg`` when it holds ``queue=`` messages or 256 KiB, or at ``flush()``
+  / ``close()`` — a message may wait in the publisher until then, so call
+  ``flush()`` when you pause publishing (no background thread writes for you).
+  The overflow policies are unchanged: ``block`` waits only while a queue is
+  full *and* its socket takes nothing more; ``drop_oldest`` writes a full queue
+  before it drops from it. Order, exactly-once and ``.dropped`` are as above;
+  what a batching publisher still holds when it is killed is lost (without
+  ``batch``, an untimed ``send`` has reached every subscriber's kernel buffer).
 * Dead peers: a subscriber that dies or closes is dropped by the publisher at
   its next write (``EPIPE``), harming no one else. When the publisher closes or
   dies, subscribers read what was delivered and then get :class:`ChannelClosed`
@@ -72,8 +85,8 @@ _SEQ = struct.Struct("<Q")
 _SEQ_SIZE = _SEQ.size
 _WIRE = struct.Struct(HEADER.format + "Q")  # the socket framing's length prefix, then our sequence number
 _NOSIGNAL = socket.MSG_NOSIGNAL
-_BATCH = 256 * 1024  # most bytes of small frames joined into one write for a subscriber that is behind
-_BATCH_FRAMES = 256
+_BATCH = 256 * 1024  # batch=True: a subscriber's queue goes out once it holds this many bytes (or queue= frames)
+_BATCH_FRAMES = 256  # most frames in one sendmsg (iovecs; IOV_MAX is 1024)
 _POLLOUT = select.POLLOUT
 _POLLIN = select.POLLIN
 
@@ -94,12 +107,13 @@ class _Sub:
     (whole wire frames: length prefix, sequence number, payload) and the unwritten tail of
     the frames being written."""
 
-    __slots__ = ("ch", "fd", "q", "send", "tail")
+    __slots__ = ("ch", "fd", "q", "qbytes", "send", "sendmsg", "tail")
 
     def __init__(self, ch: UnixChannel) -> None:
         assert ch._sock is not None
-        self.ch, self.fd, self.send = ch, ch._sock.fileno(), ch._sock.send
+        self.ch, self.fd, self.send, self.sendmsg = ch, ch._sock.fileno(), ch._sock.send, ch._sock.sendmsg
         self.q: deque[bytes] = deque()
+        self.qbytes = 0  # bytes in q
         self.tail: memoryview | None = None
 
     @property
@@ -114,6 +128,8 @@ class UnixTopic(Channel):
     duplex: ClassVar[bool] = False
     overflow: str = "block"
     queue: int = 64
+    batch: bool = False
+    _maybe_full = False  # batch: some queue may be full (set when a push left one full)
     linger: float = LINGER
     _listener: UnixListener | None = None
     _lpoll: Any = None
@@ -128,7 +144,7 @@ class UnixTopic(Channel):
     def __init__(self, url: str, *, create: bool = False, subscribe: bool = True, codec: str | Codec | None = None,
                  overflow: str = "block", queue: int | str = 64, allow_uids: Any = None, mode: int = 0o600,
                  timeout: float | str | None = 10.0, max_message_size: int | str = DEFAULT_MAX_FRAME,
-                 linger: float | str = LINGER) -> None:
+                 linger: float | str = LINGER, batch: bool = False) -> None:
         parsed = parse_url(url)
         if parsed.scheme != "unix":
             raise InvalidArgument(f"{url}: not a unix:// URL")
@@ -144,6 +160,11 @@ class UnixTopic(Channel):
         if not create and not subscribe:
             raise Unsupported(f"{url}: a unix:// topic has one publisher, the process that created it "
                               "(create=True); others subscribe")
+        if batch not in (True, False):
+            raise InvalidArgument(f"{url}: batch= is True or False")
+        if batch and not create:
+            raise InvalidArgument(f"{url}: batch= is a publisher option (create=True)")
+        self.batch = batch
         self.overflow = overflow
         self.queue = parse_int(queue, what="queue", hex=False, minimum=1)
         self.linger = check_linger(linger, url)
@@ -276,44 +297,54 @@ class UnixTopic(Channel):
     def _push(self, s: _Sub) -> bool:
         """Write what fits of ``s``'s queue; False if the subscriber has gone (it is then closed).
 
-        A subscriber that is behind gets several small frames in one write (at most _BATCH bytes):
-        frames in a write have started, so drop_oldest no longer drops them."""
-        send, q = s.send, s.q
+        Several queued frames go out in one ``sendmsg`` (at most _BATCH_FRAMES of them, no copy):
+        frames in a write have started (a partly written one becomes ``s.tail``), so drop_oldest
+        no longer drops them."""
+        q = s.q
         try:
             tail = s.tail
             if tail is not None:
-                n = send(tail, _NOSIGNAL)
+                n = s.send(tail, _NOSIGNAL)
                 if n < len(tail):
                     s.tail = tail[n:]
                     return True
                 s.tail = None
             while q:
-                buf = q[0]
-                k = 1
-                if len(q) > 1 and len(buf) < _BATCH:
-                    size = len(buf)
-                    for f in itertools.islice(q, 1, _BATCH_FRAMES):
-                        if size + len(f) > _BATCH:
-                            break
-                        size += len(f)
-                        k += 1
-                    if k > 1:
-                        buf = b"".join(itertools.islice(q, 0, k))
-                n = send(buf, _NOSIGNAL)
-                for _ in range(k):
+                if len(q) == 1:
+                    buf = q[0]
+                    n = s.send(buf, _NOSIGNAL)
                     q.popleft()
-                if n < len(buf):
-                    s.tail = memoryview(buf)[n:]
+                    s.qbytes -= len(buf)
+                    if n < len(buf):
+                        s.tail = memoryview(buf)[n:]
                     return True
+                frames = list(itertools.islice(q, 0, _BATCH_FRAMES))
+                n = s.sendmsg(frames, (), _NOSIGNAL)
+                for f in frames:
+                    size = len(f)
+                    if n < size:  # the socket is full: the rest waits (a started frame as the tail)
+                        if n:
+                            q.popleft()
+                            s.qbytes -= size
+                            s.tail = memoryview(f)[n:]
+                        return True
+                    n -= size
+                    q.popleft()
+                    s.qbytes -= size
         except BlockingIOError:
             return True
         except OSError:  # EPIPE, ECONNRESET: the subscriber has gone
-            s.ch.linger = 0
-            s.ch.close()
-            s.tail = None
-            q.clear()
+            self._gone(s)
             return False
         return True
+
+    @staticmethod
+    def _gone(s: _Sub) -> None:
+        s.ch.linger = 0
+        s.ch.close()
+        s.tail = None
+        s.q.clear()
+        s.qbytes = 0
 
     def _push_all(self) -> None:
         gone = False
@@ -325,7 +356,10 @@ class UnixTopic(Channel):
 
     def _full(self) -> bool:
         limit = self.queue
-        return any(len(s.q) >= limit for s in self._subs)
+        for s in self._subs:
+            if len(s.q) >= limit:
+                return True
+        return False
 
     def _check_process(self, op: str) -> None:
         if _forks != self._fork_gen:  # (no getpid() syscall per message)
@@ -336,24 +370,55 @@ class UnixTopic(Channel):
     def _try_send(self, data: bytes | memoryview, knobs: dict[str, Any]) -> bool:
         self._check_process("send")
         self._accept_new()
-        self._push_all()
-        limit = self.queue
+        subs, limit, batch = self._subs, self.queue, self.batch
         block = self.overflow == "block"
-        if block and self._full():
-            return False  # unchanged: nobody got it
+        if not batch:
+            self._push_all()
+            if block and self._full():
+                return False  # unchanged: nobody got it
+        elif self._maybe_full:  # (queues only grow here, so a False flag is never stale)
+            self._push_all()  # a full queue goes out now, whatever its size
+            self._maybe_full = full = self._full()
+            if block and full:
+                return False
         frame = _WIRE.pack(len(data) + _SEQ_SIZE, self._seq) + data
+        size = len(frame)
         self._seq += 1
-        for s in self._subs:
+        gone = False
+        for s in subs:
             q = s.q
+            if not batch and not q and s.tail is None:
+                # nothing queued ahead of it (the usual case): straight to its socket
+                try:
+                    n = s.send(frame, _NOSIGNAL)
+                except BlockingIOError:
+                    n = 0
+                except OSError:  # EPIPE, ECONNRESET: the subscriber has gone
+                    self._gone(s)
+                    gone = True
+                    continue
+                if n == 0:
+                    q.append(frame)
+                    s.qbytes += size
+                elif n < size:
+                    s.tail = memoryview(frame)[n:]
+                continue
             if not block and len(q) >= limit:
-                q.popleft()  # the oldest not started (a partly written one is in s.tail, not here)
+                s.qbytes -= len(q.popleft())  # the oldest not started (a partly written one is s.tail)
             q.append(frame)
-        self._push_all()
+            s.qbytes += size
+            if (not batch or len(q) >= limit or s.qbytes >= _BATCH) and not self._push(s):
+                gone = True
+            elif batch and len(q) >= limit:
+                self._maybe_full = True  # its socket took nothing more
+        if gone:
+            self._subs = [s for s in subs if not s.ch.closed]
         return True
 
     def _pending_out(self) -> bool:
         # block: an untimed send returns once every subscriber's kernel buffer holds the message
-        return self.overflow == "block" and any(s.busy for s in self._subs)
+        # (batch=True: once it is queued for every subscriber)
+        return self.overflow == "block" and not self.batch and any(s.busy for s in self._subs)
 
     def _flush_pending(self) -> None:
         self._push_all()

@@ -15,6 +15,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <emmintrin.h> /* SSE2: baseline on x86-64 */
+#endif
 
 tc_hooks tc_rt = {NULL, NULL, NULL};
 
@@ -420,9 +423,51 @@ static void reclaim_dead(tc_topic *t, uint64_t floor, int all)
     }
 }
 
+#if defined(__x86_64__)
+/* A copy of a large message (a camera frame) with non-temporal stores: the destination lines
+ * are not read into the cache first (a plain store's read-for-ownership doubles the memory
+ * traffic) and the copy does not evict what the cache holds. glibc's memcpy switches to them
+ * only above ~3/4 of the L3 (24 MiB on the development VM); for a 6 MiB frame they halve the
+ * copy (0.4 vs 0.8-1.0 ms measured), and writing then reading every line is still faster. The
+ * caller fences (sfence) before it commits: these stores are not ordered by a release store. */
+#define TC_NT_MIN (1u << 20)
+static void copy_nt(unsigned char *dst, const unsigned char *src, size_t n)
+{
+    size_t head = (16u - ((uintptr_t)dst & 15u)) & 15u;
+    if (head > n)
+        head = n;
+    memcpy(dst, src, head);
+    dst += head;
+    src += head;
+    n -= head;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(src + i)), b = _mm_loadu_si128((const __m128i *)(src + i + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(src + i + 32)), d = _mm_loadu_si128((const __m128i *)(src + i + 48));
+        _mm_stream_si128((__m128i *)(dst + i), a);
+        _mm_stream_si128((__m128i *)(dst + i + 16), b);
+        _mm_stream_si128((__m128i *)(dst + i + 32), c);
+        _mm_stream_si128((__m128i *)(dst + i + 48), d);
+    }
+    memcpy(dst + i, src + i, n - i);
+}
+#endif
+
 static void copy_parts(unsigned char *dst, const tc_part *parts, int nparts, uint64_t len)
 {
     void *gil = len >= (256u << 10) && tc_rt.release ? tc_rt.release() : NULL;
+#if defined(__x86_64__)
+    if (len >= TC_NT_MIN) {
+        for (int i = 0; i < nparts; i++) {
+            copy_nt(dst, parts[i].buf, parts[i].len);
+            dst += parts[i].len;
+        }
+        _mm_sfence(); /* the payload is visible before commit_locked's release store of wpos */
+        if (gil)
+            tc_rt.reacquire(gil);
+        return;
+    }
+#endif
     for (int i = 0; i < nparts; i++) {
         memcpy(dst, parts[i].buf, parts[i].len);
         dst += parts[i].len;

@@ -26,7 +26,8 @@
  * stays below the minimum cursor the handle last computed: cursors only grow, and every join
  * (the one way a cursor can appear below it) bumps `joins`, which invalidates that minimum. Then it moves `oldest` past every
  * record its write will overwrite (stored, then a seq_cst fence, before any byte is written),
- * writes the PAD and the record, commits through a journal {j_wpos, j_wmsg, j_valid} (so a
+ * writes the PAD and the record (a payload of 1 MiB or more with non-temporal stores on x86-64,
+ * then an sfence: a release store does not order those), commits through a journal {j_wpos, j_wmsg, j_valid} (so a
  * publisher killed between the wpos and wmsg stores is rolled forward by the next holder),
  * stores wpos with RELEASE, unlocks, and wakes subscribers only if one waits.
  *
