@@ -108,7 +108,7 @@ from ...errors import (
 )
 from ._cancel import _uncancellable_publish
 from ._client import _Client, _common_options, _escape, _float_opt, _int_opt, _remove_retrying, _split_url, _translate
-from ._mailbox import Mailbox, Pump
+from ._mailbox import Express, Mailbox, Pump
 
 T = TypeVar("T")
 
@@ -142,7 +142,12 @@ class _Pub:
 
 
 class _ReplyWait:
-    """A sync request() waiting for its reply: the loop thread fills it and releases ``lock``."""
+    """A sync request() waiting for its reply: the loop thread fills it and releases ``lock``.
+
+    Whoever pops it from ``_reply_waits`` (the loop thread with the reply, the caller on its
+    timeout, ``close()``) is the only one to finish it: the pop is atomic, so a late reply
+    never reaches a caller that already gave up.
+    """
 
     __slots__ = ("data", "error", "lock")
 
@@ -158,6 +163,33 @@ class _ReplyWait:
             self.lock.release()
 
 
+_TIMED_OUT = object()  # an arequest's timer fired before its reply
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if not fut.done():  # done: cancelled or timed out first
+        if error is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(error)
+
+
+class _AsyncReplyWait:
+    """An arequest() waiting for its reply on the caller's loop (any loop, any thread)."""
+
+    __slots__ = ("fut", "here", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], here: bool) -> None:
+        self.loop, self.fut, self.here = loop, fut, here  # here: the caller's loop is the client's
+
+    def done(self, data: bytes, error: KipcError | None = None) -> None:
+        if self.here:
+            _settle(self.fut, data, error)
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                self.loop.call_soon_threadsafe(_settle, self.fut, data, error)
+
+
 class NatsChannel(_Client, Channel):
     """A JetStream work-queue channel (see the module docstring)."""
 
@@ -165,6 +197,7 @@ class NatsChannel(_Client, Channel):
     _sub: Any = None
     _reply_sub: Any = None
     _pump: Pump | None = None
+    _express: Express | None = None
     _ticker: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
     _gone_since = 0.0  # when the stream was first reported missing (0: it is there)
@@ -204,7 +237,7 @@ class NatsChannel(_Client, Channel):
         self._replyq: deque[tuple[str, bytes]] = deque()  # responders' replies, published by the pump
         # sync request(): (token, data) published by the pump; the reply comes to our reply inbox
         self._reqq: deque[tuple[str, bytes]] = deque()
-        self._reply_waits: dict[str, _ReplyWait] = {}
+        self._reply_waits: dict[str, _ReplyWait | _AsyncReplyWait] = {}
         conn_options = _common_options(conn)
         if conn:
             raise TypeError(f"nats channel got unexpected options {sorted(conn)}")
@@ -284,9 +317,11 @@ class NatsChannel(_Client, Channel):
             self._deliver = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(self._deliver, cb=self._on_pulled)
             self._reply_prefix = self._nc.new_inbox()
+            self._reply_dot = self._reply_prefix + "."
             self._reply_sub = await self._nc.subscribe(self._reply_prefix + ".*", cb=self._on_reply)
             self._pump = Pump(asyncio.get_running_loop(), self._drain)
             self._pump.start()
+            self._express = Express(asyncio.get_running_loop(), self._send_now)
             self._ticker = asyncio.ensure_future(self._tick())
         except BaseException as e:
             if created:
@@ -296,18 +331,29 @@ class NatsChannel(_Client, Channel):
         return created
 
     # -- the loop side: one drain for everything callers queued --------------------------------
-    async def _drain(self) -> None:
+    async def _send_now(self) -> None:
+        """Requests and replies someone waits for (the Express runs this eagerly; drains too)."""
         nc = self._nc
         if nc is None:
             return
         while self._reqq:
             token, data = self._reqq.popleft()
             try:
-                await nc.publish(self.request_subject, data, reply=f"{self._reply_prefix}.{token}")
+                await nc.publish(self.request_subject, data, reply=self._reply_dot + token)
             except nats.errors.Error as e:
                 w = self._reply_waits.pop(token, None)
                 if w is not None:
                     w.done(b"", _translate(e, self.url, "request on"))
+        while self._replyq:
+            subject, data = self._replyq.popleft()
+            with contextlib.suppress(nats.errors.Error):  # at most once, like any core NATS reply
+                await nc.publish(subject, data)
+
+    async def _drain(self) -> None:
+        nc = self._nc
+        if nc is None:
+            return
+        await self._send_now()
         while self._ackq:
             subject = self._ackq.popleft()
             token = f"a{next(self._tokens)}"
@@ -316,10 +362,6 @@ class NatsChannel(_Client, Channel):
             await nc.publish(subject, b"+ACK", reply=f"{self._reply_prefix}.{token}")
         while self._nakq:
             await nc.publish(self._nakq.popleft(), b"-NAK")
-        while self._replyq:
-            subject, data = self._replyq.popleft()
-            with contextlib.suppress(nats.errors.Error):  # at most once, like any core NATS reply
-                await nc.publish(subject, data)
         await self._maybe_pull()
         if self._retry:
             if not self._pubs and (self._resender is None or self._resender.done()):
@@ -393,6 +435,10 @@ class NatsChannel(_Client, Channel):
     def _pump_kick(self) -> None:
         if self._pump is not None:
             self._pump.kick()
+
+    def _express_kick(self) -> None:
+        if self._express is not None:
+            self._express.kick()
 
     def _release(self, n: int) -> None:
         with self._room:
@@ -859,14 +905,15 @@ class NatsChannel(_Client, Channel):
         runner = self._runner
         if runner is None or threading.current_thread() is runner.thread or runner.stopped:
             return self.codec.decode(self._run(self._request(bytes(data), deadline)))  # raises the right error
-        # The pump publishes it with a reply subject on our reply inbox, and _on_reply hands the answer
-        # to this thread through a lock: one thread hop each way and no task, future or timer per call
-        # (run_coroutine_threadsafe + nc.request cost ~1.5x raw nats-py's round trip).
+        # The Express publishes it in the loop iteration that wakes up, with a reply subject on our
+        # reply inbox, and _on_reply hands the answer to this thread through a lock: one thread hop
+        # each way and no task, future or timer per call (run_coroutine_threadsafe + nc.request cost
+        # ~1.5x raw nats-py's round trip; the pump's event and task another loop iteration).
         token = f"r{next(self._tokens)}"
         w = _ReplyWait()
         self._reply_waits[token] = w
         self._reqq.append((token, bytes(data)))
-        self._pump_kick()
+        self._express_kick()
         try:
             if deadline.nonblocking:
                 got = w.lock.acquire(timeout=_NONBLOCK_RTT)
@@ -895,7 +942,33 @@ class NatsChannel(_Client, Channel):
         data = self._prepare_send(obj, {})
         deadline = Deadline.of(timeout)
         self._check_pid("request on")
-        return self.codec.decode(await self._on_loop(self._request(bytes(data), deadline)))
+        runner = self._runner
+        if runner is None or runner.stopped:
+            raise ChannelClosed(f"request on {self.url}: closed by this process")
+        # Like request(): the Express publishes it, _on_reply settles a future of the caller's own
+        # loop (one call_soon_threadsafe back, none when that loop is the client's), and the timeout
+        # is a timer on that loop -- no task, no run_coroutine_threadsafe, no wait_for per call.
+        # Every way out (reply, error, timer, cancellation at the await) pops the token, so a late
+        # reply finds nothing and nothing is left pending.
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        token = f"r{next(self._tokens)}"
+        self._reply_waits[token] = _AsyncReplyWait(loop, fut, loop is runner.loop)
+        try:
+            self._reqq.append((token, bytes(data)))
+            self._express_kick()
+            rem = _NONBLOCK_RTT if deadline.nonblocking else deadline.remaining()
+            timer = loop.call_later(max(rem, 0.0), _settle, fut, _TIMED_OUT, None) if rem is not None else None
+            try:
+                got = await fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        finally:
+            self._reply_waits.pop(token, None)
+        if got is _TIMED_OUT:
+            raise self._no_reply(deadline)
+        return self.codec.decode(got)
 
     async def _request(self, data: bytes, deadline: Deadline) -> bytes:
         rem = deadline.remaining()
@@ -932,7 +1005,7 @@ class NatsChannel(_Client, Channel):
 
     def _reply(self, subject: str, data: bytes) -> None:
         self._replyq.append((subject, data))
-        self._pump_kick()
+        self._express_kick()  # the requester waits for it: out in the next loop iteration
 
     # -- close -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -985,6 +1058,8 @@ class NatsChannel(_Client, Channel):
     async def _stop_tasks(self) -> None:
         if self._pump is not None:
             await self._pump.stop()
+        if self._express is not None:
+            await self._express.stop()
         for task in (self._ticker, self._resender):
             if task is not None and not task.done():
                 task.cancel()
