@@ -45,10 +45,17 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
 * Request/reply: ``request(obj, timeout=)`` / ``arequest`` on core NATS subject
   ``kipc.r.<name>`` (not stored, not retried); ``requests()`` makes this
   handle a responder (a queue group: each request reaches one responder).
-  A sync ``request`` is published by the pump with a reply subject on this
-  handle's reply inbox (token ``r<n>``) and waits on its own lock for the
-  answer: one thread crossing each way. A ``close()`` from another thread ends
-  it with ``ChannelClosed``; a reply after its timeout is dropped.
+  A ``request`` is published with a reply subject on this handle's reply
+  inbox (token ``r<n>``) in the loop iteration the caller's kick wakes
+  (``_mailbox.Express``: no task, event or future on the way out), and waits
+  on its own lock for the answer: one thread crossing each way. An
+  ``arequest`` waits the same way on a future of the caller's loop, its
+  timeout a timer there; cancelled at its one await, it leaves nothing
+  pending (the request may still reach a responder). A ``close()`` from
+  another thread ends either with ``ChannelClosed``; a reply after its
+  timeout is dropped. A responder's ``reply`` goes out through the same
+  Express. Those crossings (four per round trip when both ends are kipc)
+  are what separates a kipc round trip from raw nats-py's, all on one loop.
 * Threads: one asyncio loop thread per process drives the connection (started
   lazily, stopped at exit; a forked child starts its own and refuses the
   parent's channels). Callers hand work to it in batches (``_mailbox``) and
