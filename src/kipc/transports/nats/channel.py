@@ -113,6 +113,7 @@ from ...errors import (
     Timeout,
     WouldBlock,
 )
+from . import _direct
 from ._cancel import _uncancellable_publish
 from ._client import _Client, _common_options, _escape, _float_opt, _int_opt, _remove_retrying, _split_url, _translate
 from ._mailbox import Express, Mailbox, Pump
@@ -134,6 +135,9 @@ _CLOSE_ACKS = 5.0  # ... and this long for the acks of messages already handed o
 _INF = float("inf")
 _GONE_CONFIRM = 3.0  # "stream not found" for this long (not a leader election): it was removed
 _REQUEST_FOREVER = 365 * 86400.0  # request(timeout=None): nats-py wants a number
+_CONN_RETRY = 5.0  # a thread that could not get its own connection asks again after this long
+_MAX_THREAD_CONNS = 16  # more requesting threads than this share the loop thread's connection
+_SHARED = object()  # _thread_request: take the shared path
 
 
 # -- the work-queue channel ------------------------------------------------------------------
@@ -219,7 +223,7 @@ class NatsChannel(_Client, Channel):
                  ack_wait: float | str = 30.0, max_msgs: int | str | None = None,
                  max_bytes: int | str | None = None, max_deliver: int | str | None = None,
                  replicas: int | str = 1, storage: str = "file", window: int | str = 256,
-                 prefetch: int | str = 256, **conn: Any) -> None:
+                 prefetch: int | str = 256, request_conn: str = "thread", **conn: Any) -> None:
         parsed = parse_url(url)
         server, name, creds = _split_url(parsed, ("nats",))
         create = parse_create(create)
@@ -232,6 +236,12 @@ class NatsChannel(_Client, Channel):
         self._max_deliver = _int_opt(max_deliver, "max_deliver") if max_deliver is not None else -1
         self._replicas = _int_opt(replicas, "replicas")
         self._storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
+        if request_conn not in ("thread", "shared"):
+            raise InvalidArgument(f"{url}: request_conn must be 'thread' or 'shared', not {request_conn!r}")
+        self._thread_requests = request_conn == "thread"
+        self._conns: list[_direct.ThreadConn] = []  # the requesting threads' own connections
+        self._conns_lock = threading.Lock()
+        self._my_conn = threading.local()  # .conn: this thread's
         self._window = _int_opt(window, "window")
         self._prefetch = _int_opt(prefetch, "prefetch")
         self.url = f"{server}/{name}"
@@ -912,7 +922,11 @@ class NatsChannel(_Client, Channel):
         runner = self._runner
         if runner is None or threading.current_thread() is runner.thread or runner.stopped:
             return self.codec.decode(self._run(self._request(bytes(data), deadline)))  # raises the right error
-        # The Express publishes it in the loop iteration that wakes up, with a reply subject on our
+        if self._thread_requests:
+            got = self._thread_request(bytes(data), deadline)
+            if got is not _SHARED:
+                return self.codec.decode(got)
+        # The shared path. The Express publishes it in the loop iteration that wakes up, with a reply subject on our
         # reply inbox, and _on_reply hands the answer to this thread through a lock: one thread hop
         # each way and no task, future or timer per call (run_coroutine_threadsafe + nc.request cost
         # ~1.5x raw nats-py's round trip; the pump's event and task another loop iteration).
@@ -934,6 +948,71 @@ class NatsChannel(_Client, Channel):
         if w.error is not None:
             raise w.error
         return self.codec.decode(w.data)
+
+    def _thread_request(self, data: bytes, deadline: Deadline) -> Any:
+        """request() on this thread's own connection (``_direct``): the reply bytes, or _SHARED."""
+        if asyncio._get_running_loop() is not None:
+            return _SHARED  # this thread runs an event loop: it cannot run another
+        conn: _direct.ThreadConn | None = getattr(self._my_conn, "conn", None)
+        if conn is None:
+            conn = self._new_thread_conn()
+            if conn is None:
+                return _SHARED
+        if not conn.lock.acquire(blocking=False):
+            return _SHARED  # close() is closing it: the shared path reports that
+        unusable = False
+        try:
+            if conn.doomed:
+                raise ChannelClosed(f"request on {self.url}: closed by this process")
+            try:
+                return conn.run(self._conn_request(conn, data, deadline))
+            except _Unusable:
+                unusable = True
+            except asyncio.CancelledError:
+                raise ChannelClosed(f"request on {self.url}: closed by this process") from None
+        finally:
+            conn.lock.release()
+            if unusable or conn.doomed:
+                self._drop_thread_conn(conn)
+        return _SHARED
+
+    def _new_thread_conn(self) -> _direct.ThreadConn | None:
+        now = time.monotonic()
+        with self._conns_lock:
+            dead = [c for c in self._conns if not c.thread_alive()]
+            for c in dead:
+                self._conns.remove(c)
+            full = len(self._conns) >= _MAX_THREAD_CONNS
+        for c in dead:  # threads that ended since: their connections go now
+            c.close()
+        if full or now < getattr(self._my_conn, "retry_at", 0.0):
+            return None
+        self._my_conn.retry_at = now + _CONN_RETRY  # until it works: no connect attempt per request
+        try:
+            conn = _direct.connect(lambda: self._aconnect(*self._conn_args, shared=False))
+        except Exception:
+            return None  # the shared connection still works: use it
+        with self._conns_lock:
+            if not self._closed and len(self._conns) < _MAX_THREAD_CONNS:  # others may have raced us here
+                self._conns.append(conn)
+                self._my_conn.conn = conn
+                self._my_conn.retry_at = 0.0
+                return conn
+        conn.close()
+        return None
+
+    def _drop_thread_conn(self, conn: _direct.ThreadConn) -> None:
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        if getattr(self._my_conn, "conn", None) is conn:
+            del self._my_conn.conn
+        conn.close()
+
+    async def _conn_request(self, conn: _direct.ThreadConn, data: bytes, deadline: Deadline) -> bytes:
+        if not await conn.settle():
+            raise _Unusable  # dropped while idle (or reconnecting): never publish on it
+        return await self._request_on(conn.nc, data, deadline)
 
     def _no_responder(self) -> NotFound:
         return NotFound(f"request on {self.url}: no responder listens (open one with requests())")
@@ -978,10 +1057,14 @@ class NatsChannel(_Client, Channel):
         return self.codec.decode(got)
 
     async def _request(self, data: bytes, deadline: Deadline) -> bytes:
+        return await self._request_on(self._nc, data, deadline)
+
+    async def _request_on(self, nc: Any, data: bytes, deadline: Deadline) -> bytes:
+        """nats-py's own request (a thread's connection, or the loop thread's own sync call)."""
         rem = deadline.remaining()
         t = _NONBLOCK_RTT if deadline.nonblocking else (rem if rem is not None else _REQUEST_FOREVER)
         try:
-            msg = await self._nc.request(self.request_subject, data, timeout=max(t, 0.001))
+            msg = await nc.request(self.request_subject, data, timeout=max(t, 0.001))
         except nats.errors.NoRespondersError:
             raise self._no_responder() from None
         except nats.errors.TimeoutError:
@@ -1037,6 +1120,8 @@ class NatsChannel(_Client, Channel):
 
     def _interrupt(self) -> None:
         super()._interrupt()
+        for conn in self._thread_conns():
+            conn.interrupt()
         for token in list(self._reply_waits):
             w = self._reply_waits.pop(token, None)
             if w is not None:
@@ -1073,7 +1158,19 @@ class NatsChannel(_Client, Channel):
                 with contextlib.suppress(BaseException):
                     await task
 
+    def _thread_conns(self, take: bool = False) -> list[_direct.ThreadConn]:
+        lock = self.__dict__.get("_conns_lock")  # None: __init__ failed before making it
+        if lock is None:
+            return []
+        with lock:
+            conns = list(self._conns)
+            if take:
+                self._conns = []
+        return conns
+
     def _close(self) -> None:
+        for conn in self._thread_conns(take=True):
+            conn.close()
         if self._nc is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):
                 self._run(self._stop_tasks())
@@ -1086,6 +1183,10 @@ class NatsChannel(_Client, Channel):
 
     async def _delete(self) -> None:
         await _remove_retrying(lambda: self._js.delete_stream(self.stream), nats.js.errors.NotFoundError, self.url)
+
+
+class _Unusable(Exception):
+    """A thread's connection was found disconnected before its request was published."""
 
 
 class Delivery:
