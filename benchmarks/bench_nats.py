@@ -23,8 +23,12 @@ What is measured (64-byte payloads):
   connections. Raw and kipc rounds alternate, best of ``TOPIC_ROUNDS`` each.
 * ``rtt``: core request/reply to an echo responder in a child process: kipc
   ``ch.request()`` against a kipc responder (``ch.requests()``), raw ``nc.request``
-  against a raw nats-py responder, in alternating blocks (10 rounds after a warm-up);
-  median and p99 over all samples, and the best round's median, in microseconds.
+  (on an asyncio loop in this thread) against a raw nats-py responder, in alternating
+  blocks (10 rounds after a warm-up); median and p99 over all samples, and the best
+  round's median, in microseconds. In the same blocks: ``arequest`` awaited on this
+  thread's own loop (the async API against the same raw), and the mixed pairs (kipc
+  request -> raw responder, raw request -> kipc responder) that split the gap
+  between the requesting and the responding side.
 * ``kv put``: KV writes/s (each waits for the stored revision).
 """
 

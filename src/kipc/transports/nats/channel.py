@@ -41,21 +41,29 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   unreachable server keeps it full; the client reconnects); ``recv`` while the
   stream is empty. ``timeout=`` on both; ``timeout=0`` makes one round trip and
   raises ``WouldBlock`` instead of waiting.
-* Knobs: none (``type=``/``priority=`` raise ``Unsupported``).
+* Knobs: none (``type=``/``priority=`` raise ``Unsupported``). Options:
+  ``window``, ``prefetch``, ``request_conn="thread"|"shared"`` (above).
 * Request/reply: ``request(obj, timeout=)`` / ``arequest`` on core NATS subject
   ``kipc.r.<name>`` (not stored, not retried); ``requests()`` makes this
   handle a responder (a queue group: each request reaches one responder).
-  A ``request`` is published with a reply subject on this handle's reply
-  inbox (token ``r<n>``) in the loop iteration the caller's kick wakes
-  (``_mailbox.Express``: no task, event or future on the way out), and waits
-  on its own lock for the answer: one thread crossing each way. An
-  ``arequest`` waits the same way on a future of the caller's loop, its
-  timeout a timer there; cancelled at its one await, it leaves nothing
-  pending (the request may still reach a responder). A ``close()`` from
-  another thread ends either with ``ChannelClosed``; a reply after its
-  timeout is dropped. A responder's ``reply`` goes out through the same
-  Express. Those crossings (four per round trip when both ends are kipc)
-  are what separates a kipc round trip from raw nats-py's, all on one loop.
+  With ``request_conn="thread"`` (the default) a sync ``request`` runs on the
+  calling thread's own connection and private event loop (``_direct``: one
+  per thread, at most 16 per handle, made on its first request, closed with
+  the handle, or once its thread has ended and another thread opens one): the thread publishes and reads
+  its reply itself, as raw nats-py does, with no thread crossing. A thread
+  that runs an event loop, a thread past the cap, or a connection found
+  dropped after sitting idle (checked before anything is published on it)
+  takes the shared path, as does everything with ``request_conn="shared"``:
+  the request is published with a reply subject on this handle's reply inbox
+  (token ``r<n>``) in the loop iteration the caller's kick wakes
+  (``_mailbox.Express``: no task, event or future on the way out), and the
+  caller waits on its own lock for the answer: one crossing each way. An
+  ``arequest`` takes the shared path, waiting on a future of the caller's
+  loop with its timeout a timer there; cancelled at its one await, it leaves
+  nothing pending (the request may still reach a responder). A ``close()``
+  from another thread ends any of them with ``ChannelClosed``; a reply after
+  its timeout is dropped. A responder's ``reply`` goes out through the
+  Express (a crossing each way on the responder's side remains).
 * Threads: one asyncio loop thread per process drives the connection (started
   lazily, stopped at exit; a forked child starts its own and refuses the
   parent's channels). Callers hand work to it in batches (``_mailbox``) and
