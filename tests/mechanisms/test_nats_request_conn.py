@@ -65,6 +65,8 @@ def echo_url(nats_url: str) -> Iterator[str]:
 def test_each_requesting_thread_gets_its_own_connection_and_close_closes_them(echo_url: str) -> None:
     ch = NatsChannel(echo_url, codec="json")
     try:
+        assert ch.request(0, timeout=5) == {"echo": 0}
+        assert ch._conns == []  # a thread's first request takes the shared path (one-off requests)
         assert ch.request(1, timeout=5) == {"echo": 1}
         mine = ch._my_conn.conn
         assert mine.nc.is_connected and ch._conns == [mine]
@@ -98,12 +100,12 @@ def test_threads_that_ended_give_their_connections_back_and_the_cap_holds(
         done: list[object] = []
         first: list[_direct.ThreadConn] = []
         for i in range(6):  # one after another: each new one closes the connections of ended threads
-            t = threading.Thread(target=lambda i=i: done.append(ch.request(i, timeout=5)))
+            t = threading.Thread(target=lambda i=i: done.extend(ch.request(i, timeout=5) for _ in range(2)))
             t.start()
             t.join(10)
             if i == 0:
                 first = list(ch._conns)
-        assert done == [{"echo": i} for i in range(6)]
+        assert done == [{"echo": i} for i in range(6) for _ in range(2)]
         assert len(ch._conns) == 1 and first[0].loop.is_closed()
         # more threads at once than the cap: the rest share the loop thread's connection, correctly
         gate = threading.Barrier(6)
@@ -111,7 +113,7 @@ def test_threads_that_ended_give_their_connections_back_and_the_cap_holds(
 
         def hold(k: int) -> None:
             gate.wait(10)
-            results[k] = ch.request(k, timeout=5)
+            results[k] = [ch.request(k, timeout=5) for _ in range(2)]
             gate.wait(10)
 
         threads = [threading.Thread(target=hold, args=(k,)) for k in range(6)]
@@ -119,7 +121,7 @@ def test_threads_that_ended_give_their_connections_back_and_the_cap_holds(
             t.start()
         for t in threads:
             t.join(20)
-        assert results == {k: {"echo": k} for k in range(6)}
+        assert results == {k: [{"echo": k}] * 2 for k in range(6)}
         assert len(ch._conns) <= 3
 
 
@@ -141,6 +143,7 @@ def test_a_connection_the_server_dropped_while_idle_is_never_used(nats_url: str)
         with NatsChannel(url, create=True, codec="json") as ch:
             echo = _Echo(url)
             try:
+                assert ch.request(0, timeout=5) == {"echo": 0}
                 assert ch.request(1, timeout=5) == {"echo": 1}
                 old = ch._my_conn.conn
                 server.stop(kill=True)
@@ -159,6 +162,8 @@ def test_timeouts_and_no_responder_on_both_paths(nats_url: str, mode: str) -> No
     with NatsChannel(_url(nats_url), create=True, codec="json", request_conn=mode) as ch:
         with pytest.raises(kipc.NotFound, match="no responder"):
             ch.request(0, timeout=5)
+        with pytest.raises(kipc.NotFound, match="no responder"):
+            ch.request(0, timeout=5)  # the second: on the thread's own connection (thread mode)
         with ch.requests() as silent:
             t0 = time.monotonic()
             with pytest.raises(kipc.Timeout):

@@ -48,7 +48,7 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   handle a responder (a queue group: each request reaches one responder).
   With ``request_conn="thread"`` (the default) a sync ``request`` runs on the
   calling thread's own connection and private event loop (``_direct``: one
-  per thread, at most 16 per handle, made on its first request, closed with
+  per thread, at most 16 per handle, made on its second request, closed with
   the handle, or once its thread has ended and another thread opens one): the thread publishes and reads
   its reply itself, as raw nats-py does, with no thread crossing. A thread
   that runs an event loop, a thread past the cap, or a connection found
@@ -963,6 +963,9 @@ class NatsChannel(_Client, Channel):
             return _SHARED  # this thread runs an event loop: it cannot run another
         conn: _direct.ThreadConn | None = getattr(self._my_conn, "conn", None)
         if conn is None:
+            if not getattr(self._my_conn, "asked", False):
+                self._my_conn.asked = True  # a thread's first request goes the shared way: one-off
+                return _SHARED  # requests (the CLI's) never pay for a second connection
             conn = self._new_thread_conn()
             if conn is None:
                 return _SHARED
