@@ -9,6 +9,8 @@ cap. A real nats-server; the responders are kipc ``requests()`` on other handles
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -176,3 +178,36 @@ def test_timeouts_and_no_responder_on_both_paths(nats_url: str, mode: str) -> No
 def test_request_conn_is_checked(nats_url: str) -> None:
     with pytest.raises(kipc.InvalidArgument, match="request_conn"):
         NatsChannel(_url(nats_url), create=True, request_conn="both")
+
+
+CTRL_C = """
+import sys, time, kipc
+from kipc.transports.nats import NatsChannel
+with NatsChannel(sys.argv[1], create=True) as ch, ch.requests() as silent:
+    for _ in range(2):  # the second one on the thread's own connection
+        try:
+            ch.request(b"warm", timeout=0.2)
+        except kipc.Timeout:
+            pass
+    assert ch._conns, "no thread connection"
+    print("READY", flush=True)
+    t0 = time.monotonic()
+    try:
+        ch.request(b"wait", timeout=30)
+    except KeyboardInterrupt:
+        print("INTERRUPTED", round(time.monotonic() - t0, 1), flush=True)
+    try:
+        ch.request(b"again", timeout=0.3)  # the connection still works after the interrupt
+    except kipc.Timeout:
+        print("TIMEOUT", flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_request_on_the_thread_connection(nats_url: str) -> None:
+    with testing.spawn(CTRL_C, _url(nats_url)) as child:  # returns once the child printed READY
+        time.sleep(0.3)
+        os.kill(child.pid, signal.SIGINT)
+        line = child.readline(timeout=10)
+        assert line.startswith("INTERRUPTED") and float(line.split()[1]) < 5, line
+        assert child.readline(timeout=10) == "TIMEOUT"
+        assert child.wait(20) == 0, child.stderr_now()
