@@ -150,7 +150,7 @@ def test_a_connection_the_server_dropped_while_idle_is_never_used(nats_url: str)
                 old = ch._my_conn.conn
                 server.stop(kill=True)
                 server.start()
-                time.sleep(_direct.IDLE + 0.5)
+                time.sleep(_direct.IDLE + 0.5)  # the shared connection reconnects meanwhile
                 assert ch.request(2, timeout=20) == {"echo": 2}
                 assert old.loop.is_closed() and old not in ch._conns
                 assert ch.request(3, timeout=20) == {"echo": 3}

@@ -13,11 +13,12 @@ The contract that makes this safe:
   the channel's servers, credentials and TLS); only that thread runs its loop, under
   ``lock``. A thread that already runs an event loop uses the shared path instead.
 * Between calls nobody reads the socket: the server's PINGs wait. A call after
-  ``IDLE`` seconds first lets the client read what arrived (it answers the PINGs, or
-  sees that the server closed the connection); a connection that is not connected
-  then is closed and the call takes the shared path, so a request is never sent on
-  a connection the server has dropped (the server drops a client after ~2 missed
-  PINGs: minutes with its default 2 min interval).
+  ``IDLE`` seconds (50 ms: back-to-back calls skip it) first lets the client read
+  what arrived (it answers the PINGs, or sees that the server closed the
+  connection, ~10 µs); a connection that is not connected then is closed and the
+  call takes the shared path, so a request is not sent on a connection the server
+  dropped more than ``IDLE`` ago (the server drops a client after ~2 missed PINGs:
+  minutes with its default 2 min interval; a restart drops it at once).
 * ``interrupt()`` (a ``close()`` from another thread) cancels the running call;
   ``close()`` waits (bounded) for it, then closes the connection and the loop from
   the closing thread. At exit, connections still open in this process are closed if
@@ -42,7 +43,7 @@ T = TypeVar("T")
 
 __all__ = ["IDLE", "ThreadConn"]
 
-IDLE = 1.0  # a connection unused this long first reads what the server sent meanwhile
+IDLE = 0.05  # a connection unused this long first reads what the server sent meanwhile
 _CLOSE_WAIT = 2.0  # close() waits this long for a running call to end
 _open: weakref.WeakSet[ThreadConn] = weakref.WeakSet()
 

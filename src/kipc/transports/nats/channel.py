@@ -49,8 +49,9 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   With ``request_conn="thread"`` (the default) a sync ``request`` runs on the
   calling thread's own connection and private event loop (``_direct``: one
   per thread, at most 16 per handle, made on its second request, closed with
-  the handle, or once its thread has ended and another thread opens one): the thread publishes and reads
-  its reply itself, as raw nats-py does, with no thread crossing. A thread
+  the handle, or once its thread has ended and another thread opens one):
+  the thread publishes and reads its reply itself, as raw nats-py does, with
+  no thread crossing; a failure there is reported, never retried. A thread
   that runs an event loop, a thread past the cap, or a connection found
   dropped after sitting idle (checked before anything is published on it)
   takes the shared path, as does everything with ``request_conn="shared"``:
@@ -934,13 +935,17 @@ class NatsChannel(_Client, Channel):
             got = self._thread_request(bytes(data), deadline)
             if got is not _SHARED:
                 return self.codec.decode(got)
-        # The shared path. The Express publishes it in the loop iteration that wakes up, with a reply subject on our
-        # reply inbox, and _on_reply hands the answer to this thread through a lock: one thread hop
-        # each way and no task, future or timer per call (run_coroutine_threadsafe + nc.request cost
-        # ~1.5x raw nats-py's round trip; the pump's event and task another loop iteration).
+        # The shared path. The Express publishes it in the loop iteration that wakes up, with a
+        # reply subject on our reply inbox, and _on_reply hands the answer to this thread through a
+        # lock: one thread hop each way and no task, future or timer per call (run_coroutine_threadsafe
+        # + nc.request cost ~1.5x raw nats-py's round trip; the pump's event and task another loop
+        # iteration).
         token = f"r{next(self._tokens)}"
         w = _ReplyWait()
         self._reply_waits[token] = w
+        if self._closed:  # close() ran _interrupt before we registered: nobody would wake us
+            self._reply_waits.pop(token, None)
+            raise ChannelClosed(f"request on {self.url}: closed by this process")
         self._reqq.append((token, bytes(data)))
         self._express_kick()
         try:
@@ -969,21 +974,26 @@ class NatsChannel(_Client, Channel):
             conn = self._new_thread_conn()
             if conn is None:
                 return _SHARED
-        if not conn.lock.acquire(blocking=False):
-            return _SHARED  # close() is closing it: the shared path reports that
-        unusable = False
+        if not conn.lock.acquire(blocking=False):  # close() is closing it
+            raise ChannelClosed(f"request on {self.url}: closed by this process")
+        drop = False
         try:
             if conn.doomed:
                 raise ChannelClosed(f"request on {self.url}: closed by this process")
             try:
                 return conn.run(self._conn_request(conn, data, deadline))
             except _Unusable:
-                unusable = True
+                drop = True  # nothing was published: the shared path may send it
             except asyncio.CancelledError:
                 raise ChannelClosed(f"request on {self.url}: closed by this process") from None
+            except KipcError:
+                raise
+            except Exception as e:  # the connection failed under it: reported (maybe sent), never resent
+                drop = True
+                raise _translate(e, self.url, "request on") from e
         finally:
             conn.lock.release()
-            if unusable or conn.doomed:
+            if drop or conn.doomed:
                 self._drop_thread_conn(conn)
         return _SHARED
 
@@ -1052,6 +1062,8 @@ class NatsChannel(_Client, Channel):
         token = f"r{next(self._tokens)}"
         self._reply_waits[token] = _AsyncReplyWait(loop, fut, loop is runner.loop)
         try:
+            if self._closed:  # close() ran _interrupt before we registered: nobody would wake us
+                raise ChannelClosed(f"request on {self.url}: closed by this process")
             self._reqq.append((token, bytes(data)))
             self._express_kick()
             rem = _NONBLOCK_RTT if deadline.nonblocking else deadline.remaining()
