@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -211,3 +212,27 @@ def test_ctrl_c_interrupts_a_request_on_the_thread_connection(nats_url: str) -> 
         assert line.startswith("INTERRUPTED") and float(line.split()[1]) < 5, line
         assert child.readline(timeout=10) == "TIMEOUT"
         assert child.wait(20) == 0, child.stderr_now()
+
+
+def test_making_the_thread_connection_keeps_to_the_request_timeout(nats_url: str) -> None:
+    """The connect for a thread's own connection gets at most half the request's time (a
+    server that accepts but never answers must not stretch a request past its timeout)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does), never speaks NATS
+    try:
+        with NatsChannel(_url(nats_url), create=True, codec="json") as ch, ch.requests():
+            with pytest.raises(kipc.Timeout):
+                ch.request(0, timeout=0.2)  # the first: shared path
+            ch._conn_args = ([f"nats://127.0.0.1:{silent.getsockname()[1]}"], *ch._conn_args[1:])
+            t0 = time.monotonic()
+            with pytest.raises(kipc.Timeout):
+                ch.request(1, timeout=1.0)  # the connect gives up after 0.5 s; the shared path waits
+            assert time.monotonic() - t0 < 1.6
+            assert ch._conns == []
+            t0 = time.monotonic()
+            with pytest.raises(kipc.Timeout):
+                ch.request(2, timeout=1.0)  # no new connect attempt for a while: straight to shared
+            assert time.monotonic() - t0 < 1.3
+    finally:
+        silent.close()

@@ -971,7 +971,7 @@ class NatsChannel(_Client, Channel):
             if not getattr(self._my_conn, "asked", False):
                 self._my_conn.asked = True  # a thread's first request goes the shared way: one-off
                 return _SHARED  # requests (the CLI's) never pay for a second connection
-            conn = self._new_thread_conn()
+            conn = self._new_thread_conn(deadline)
             if conn is None:
                 return _SHARED
         if not conn.lock.acquire(blocking=False):  # close() is closing it
@@ -997,7 +997,7 @@ class NatsChannel(_Client, Channel):
                 self._drop_thread_conn(conn)
         return _SHARED
 
-    def _new_thread_conn(self) -> _direct.ThreadConn | None:
+    def _new_thread_conn(self, deadline: Deadline) -> _direct.ThreadConn | None:
         now = time.monotonic()
         with self._conns_lock:
             dead = [c for c in self._conns if not c.thread_alive()]
@@ -1006,11 +1006,16 @@ class NatsChannel(_Client, Channel):
             full = len(self._conns) >= _MAX_THREAD_CONNS
         for c in dead:  # threads that ended since: their connections go now
             c.close()
-        if full or now < getattr(self._my_conn, "retry_at", 0.0):
+        rem = deadline.remaining()
+        hurried = deadline.nonblocking or (rem is not None and rem < 0.1)  # no time for a connect
+        if full or hurried or now < getattr(self._my_conn, "retry_at", 0.0):
             return None
         self._my_conn.retry_at = now + _CONN_RETRY  # until it works: no connect attempt per request
+        servers, timeout, kw, dead_after = self._conn_args
+        if rem is not None:
+            timeout = min(timeout, rem / 2)  # the request keeps half its time for the shared path
         try:
-            conn = _direct.connect(lambda: self._aconnect(*self._conn_args, shared=False))
+            conn = _direct.connect(lambda: self._aconnect(servers, timeout, kw, dead_after, shared=False))
         except Exception:
             return None  # the shared connection still works: use it
         with self._conns_lock:
