@@ -107,15 +107,20 @@ class ThreadConn:
             if self.loop.is_closed():
                 return
             nc, self.nc = self.nc, None
-            if nc is not None:
+            if asyncio._get_running_loop() is None:  # else (a finalizer on some loop): the OS closes it
+                if nc is not None:
+                    with contextlib.suppress(Exception):
+                        self.loop.run_until_complete(self._close_nc(nc))
                 with contextlib.suppress(Exception):
-                    self.loop.run_until_complete(asyncio.wait_for(nc.close(), 2.0))
-            with contextlib.suppress(Exception):
-                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+                    self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             with contextlib.suppress(Exception):
                 self.loop.close()
         finally:
             self.lock.release()
+
+    @staticmethod
+    async def _close_nc(nc: Any) -> None:
+        await asyncio.wait_for(nc.close(), 2.0)
 
 
 def connect(make: Callable[[], Coroutine[Any, Any, Any]]) -> ThreadConn:
