@@ -23,8 +23,12 @@ What is measured (64-byte payloads):
   connections. Raw and kipc rounds alternate, best of ``TOPIC_ROUNDS`` each.
 * ``rtt``: core request/reply to an echo responder in a child process: kipc
   ``ch.request()`` against a kipc responder (``ch.requests()``), raw ``nc.request``
-  against a raw nats-py responder, in alternating blocks (10 rounds after a warm-up);
-  median and p99 over all samples, and the best round's median, in microseconds.
+  (on an asyncio loop in this thread) against a raw nats-py responder, in alternating
+  blocks (10 rounds after a warm-up); median and p99 over all samples, and the best
+  round's median, in microseconds. In the same blocks: ``arequest`` awaited on this
+  thread's own loop (the async API against the same raw), and the mixed pairs (kipc
+  request -> raw responder, raw request -> kipc responder) that split the gap
+  between the requesting and the responding side.
 * ``kv put``: KV writes/s (each waits for the stored revision).
 """
 
@@ -177,6 +181,63 @@ async def _raw_rtt_block(nc: Any, subject: str, n: int) -> list[float]:
     return samples
 
 
+async def _kipc_artt_block(ch: NatsChannel, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await ch.arequest(PAYLOAD, timeout=5)
+        samples.append((time.perf_counter() - t0) * 1e6)
+    return samples
+
+
+def _kipc_rtt_block(ch: NatsChannel, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ch.request(PAYLOAD, timeout=5)
+        samples.append((time.perf_counter() - t0) * 1e6)
+    return samples
+
+
+def _rtt(url: str, base: str, rtt_n: int) -> list[dict[str, Any]]:
+    """Round trips, every combination of requester and responder, in interleaved blocks.
+
+    The headline pair is kipc->kipc against raw->raw (what a user of either gets); the mixed
+    pairs split the cost between the requesting and the responding side, and ``arequest``
+    (awaited on the caller's own loop, this thread's) is the async API against the same raw.
+    """
+    import nats
+
+    out: list[dict[str, Any]] = []
+    # ch: a kipc responder listens on its request subject; raw_ch: a raw nats-py responder does
+    with _nats_open(base + "-rr", create=True) as ch, _nats_open(base + "-rraw", create=True) as raw_ch, \
+            testing.spawn(RAW_ECHO, url, raw_ch.request_subject, stdin=True) as raw_child, \
+            testing.spawn(KIPC_ECHO, ch.url, stdin=True) as kipc_child:
+        loop = asyncio.new_event_loop()
+        nc = loop.run_until_complete(nats.connect(url))
+        names = {"raw": "raw nc.request rtt", "kipc": "kipc request rtt",
+                 "kipc_a": "kipc arequest rtt (caller's loop)",
+                 "kipc_to_raw": "kipc request -> raw responder rtt",
+                 "raw_to_kipc": "raw nc.request -> kipc responder rtt"}
+        rounds: dict[str, list[list[float]]] = {k: [] for k in names}
+        block = max(10, rtt_n // 10)
+        for rnd in range(11):
+            got = {"raw": loop.run_until_complete(_raw_rtt_block(nc, raw_ch.request_subject, block)),
+                   "kipc": _kipc_rtt_block(ch, block),
+                   "kipc_a": loop.run_until_complete(_kipc_artt_block(ch, block)),
+                   "kipc_to_raw": _kipc_rtt_block(raw_ch, block),
+                   "raw_to_kipc": loop.run_until_complete(_raw_rtt_block(nc, ch.request_subject, block))}
+            if rnd:  # the first round warms everything up
+                for k, v in got.items():
+                    rounds[k].append(v)
+        loop.run_until_complete(nc.close())
+        loop.close()
+        out.extend(_stats(names[k], v) for k, v in rounds.items())
+        raw_child.close()
+        kipc_child.close()
+    return out
+
+
 # -- the run ------------------------------------------------------------------------------
 def run(quick: bool = False, only: set[str] | None = None) -> list[dict[str, Any]]:
     n = 2000 if quick else 20000
@@ -244,33 +305,7 @@ def run(quick: bool = False, only: set[str] | None = None) -> list[dict[str, Any
             out.append(_rate("kipc Topic publish+deliver (pub, sub, recv_many)", n, best["many"], best_of=TOPIC_ROUNDS))
 
         if "rtt" in want:
-            # interleaved blocks (raw, kipc, raw, ...) so that load from other processes hits both alike
-            with _nats_open(base + "-rr", create=True) as ch, \
-                    testing.spawn(RAW_ECHO, url, "raw." + ch.request_subject, stdin=True) as raw_child, \
-                    testing.spawn(KIPC_ECHO, ch.url, stdin=True) as kipc_child:
-                loop = asyncio.new_event_loop()
-                import nats
-
-                nc = loop.run_until_complete(nats.connect(url))
-                raw_rounds: list[list[float]] = []
-                kipc_rounds: list[list[float]] = []
-                block = max(10, rtt_n // 10)
-                for rnd in range(11):
-                    raw = loop.run_until_complete(_raw_rtt_block(nc, "raw." + ch.request_subject, block))
-                    mine = []
-                    for _ in range(block):
-                        t0 = time.perf_counter()
-                        ch.request(PAYLOAD, timeout=5)
-                        mine.append((time.perf_counter() - t0) * 1e6)
-                    if rnd:  # the first round warms both up
-                        raw_rounds.append(raw)
-                        kipc_rounds.append(mine)
-                loop.run_until_complete(nc.close())
-                loop.close()
-                out.append(_stats("raw nc.request rtt", raw_rounds))
-                out.append(_stats("kipc request rtt", kipc_rounds))
-                raw_child.close()
-                kipc_child.close()
+            out.extend(_rtt(url, base, rtt_n))
 
         if "kv" in want:
             bucket = testing.unique_name("benchkv").replace(".", "_")
@@ -292,7 +327,10 @@ def _ratios(rows: list[dict[str, Any]]) -> list[str]:
              ("topic2", "kipc Topic publish+deliver (pub, sub)", "raw core pub/sub (2 connections)", "msgs_s",
               ">= 0.8"),
              ("rtt", "kipc request rtt", "raw nc.request rtt", "median_us", "<= 1.25"),
-             ("rtt best", "kipc request rtt", "raw nc.request rtt", "best_round_median_us", "<= 1.25")]
+             ("rtt best", "kipc request rtt", "raw nc.request rtt", "best_round_median_us", "<= 1.25"),
+             ("artt", "kipc arequest rtt (caller's loop)", "raw nc.request rtt", "median_us", "<= 1.25"),
+             ("rtt k>r", "kipc request -> raw responder rtt", "raw nc.request rtt", "median_us", "(requester)"),
+             ("rtt r>k", "raw nc.request -> kipc responder rtt", "raw nc.request rtt", "median_us", "(responder)")]
     lines = [f"{'figure':8} {'kipc':>12} {'raw':>12} {'kipc/raw':>9}  target"]
     for label, k, r, field, target in pairs:
         if k in by and r in by:

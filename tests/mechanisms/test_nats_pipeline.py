@@ -396,3 +396,79 @@ def test_sync_requests_from_many_threads_get_their_own_replies_and_close_wakes_a
         t.join(10)
         assert not t.is_alive() and time.monotonic() - t0 < 10
         assert len(errors) == 1 and isinstance(errors[0], kipc.ChannelClosed), errors
+
+
+def test_arequest_timeout_cancel_and_close_leave_nothing_pending(nats_url: str) -> None:
+    """arequest waits on a future of the caller's own loop: every way out (reply, timeout,
+    cancellation at the await, close from another thread) removes its reply token, and a reply
+    that comes after its caller gave up reaches nobody else."""
+    with NatsChannel(_url(nats_url), create=True, codec="json") as ch:
+        async def no_responder() -> None:
+            with pytest.raises(kipc.NotFound):
+                await ch.arequest({"x": 1}, timeout=2)
+
+        asyncio.run(no_responder())
+        with ch.requests() as reqs:
+            async def unanswered() -> None:
+                t0 = time.monotonic()
+                with pytest.raises(kipc.Timeout):
+                    await ch.arequest({"x": 0}, timeout=0.2)
+                assert 0.15 < time.monotonic() - t0 < 2
+                task = asyncio.ensure_future(ch.arequest({"x": -1}, timeout=30))
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+            asyncio.run(unanswered())
+            assert ch._reply_waits == {}
+            # both were delivered; answering them now must not confuse the next callers
+            late = [reqs.next(timeout=2) for _ in range(2)]
+            assert sorted(r.value["x"] for r in late) == [-1, 0]
+            for r in late:
+                r.reply({"late": r.value["x"]})
+            stop = threading.Event()
+
+            def serve() -> None:
+                while not stop.is_set():
+                    try:
+                        req = reqs.next(timeout=0.1)
+                    except kipc.Timeout:
+                        continue
+                    req.reply({"echo": req.value})
+
+            server = threading.Thread(target=serve)
+            server.start()
+            try:
+                async def fresh() -> list[object]:
+                    return list(await asyncio.gather(*(ch.arequest({"i": i}, timeout=5) for i in range(20))))
+
+                # a loop on another thread too: the reply crosses to whichever loop asked
+                box: list[object] = []
+                other = threading.Thread(target=lambda: box.extend(asyncio.run(fresh())))
+                other.start()
+                assert asyncio.run(fresh()) == [{"echo": {"i": i}} for i in range(20)]
+                other.join(10)
+                assert box == [{"echo": {"i": i}} for i in range(20)]
+            finally:
+                stop.set()
+                server.join(5)
+            assert ch._reply_waits == {}
+        with ch.requests():  # listening, never answering: the arequest waits until close()
+            errors: list[BaseException] = []
+
+            async def blocked() -> None:
+                try:
+                    await ch.arequest({"x": 2}, timeout=30)
+                except BaseException as e:
+                    errors.append(e)
+
+            t = threading.Thread(target=lambda: asyncio.run(blocked()))
+            t.start()
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            ch.close()
+            t.join(10)
+            assert not t.is_alive() and time.monotonic() - t0 < 10
+            assert len(errors) == 1 and isinstance(errors[0], kipc.ChannelClosed), errors
+            assert ch._reply_waits == {}

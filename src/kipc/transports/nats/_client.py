@@ -114,6 +114,7 @@ class _Client(Resource):
     _nc: Any = None
     _pid: int = 0
     _runner: _Runner | None = None
+    _conn_args: tuple[list[str], float, dict[str, Any], float]
 
     def _connect(self, servers: Any, url: str, creds: str | None, *, connect_timeout: Any = 5.0,
                  user: str | None = None, password: str | None = None, token: str | None = None,
@@ -142,9 +143,12 @@ class _Client(Resource):
         kw = {k: v for k, v in kw.items() if v is not None}
         self._pid = os.getpid()
         self._runner = _get_runner()
+        self._conn_args = (servers, timeout, kw, dead_after)  # for more connections like this one (_direct)
         self._nc = self._runner.run(self._aconnect(servers, timeout, kw, dead_after))
 
-    async def _aconnect(self, servers: list[str], timeout: float, kw: dict[str, Any], dead_after: float) -> Any:
+    async def _aconnect(self, servers: list[str], timeout: float, kw: dict[str, Any], dead_after: float,
+                        shared: bool = True) -> Any:
+        """Connect on the running loop; ``shared``: the process's loop thread (closed at exit by it)."""
         user_timeout.set(int(dead_after * 1000))  # copied into every task nats.connect starts below
         errors: list[BaseException] = []
         refused = asyncio.Event()
@@ -191,8 +195,9 @@ class _Client(Resource):
                                ) from None
             raise Timeout(f"connect {self.url}: no NATS server answered at {shown} within {timeout:g} s "
                           f"({type(last).__name__}: {last})") from None
-        assert self._runner is not None
-        self._runner.clients.add(nc)
+        if shared:
+            assert self._runner is not None
+            self._runner.clients.add(nc)
         return nc
 
     def _check_pid(self, op: str) -> None:

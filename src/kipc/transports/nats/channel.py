@@ -41,14 +41,30 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   unreachable server keeps it full; the client reconnects); ``recv`` while the
   stream is empty. ``timeout=`` on both; ``timeout=0`` makes one round trip and
   raises ``WouldBlock`` instead of waiting.
-* Knobs: none (``type=``/``priority=`` raise ``Unsupported``).
+* Knobs: none (``type=``/``priority=`` raise ``Unsupported``). Options:
+  ``window``, ``prefetch``, ``request_conn="thread"|"shared"`` (above).
 * Request/reply: ``request(obj, timeout=)`` / ``arequest`` on core NATS subject
   ``kipc.r.<name>`` (not stored, not retried); ``requests()`` makes this
   handle a responder (a queue group: each request reaches one responder).
-  A sync ``request`` is published by the pump with a reply subject on this
-  handle's reply inbox (token ``r<n>``) and waits on its own lock for the
-  answer: one thread crossing each way. A ``close()`` from another thread ends
-  it with ``ChannelClosed``; a reply after its timeout is dropped.
+  With ``request_conn="thread"`` (the default) a sync ``request`` runs on the
+  calling thread's own connection and private event loop (``_direct``: one
+  per thread, at most 16 per handle, made on its second request, closed with
+  the handle, or once its thread has ended and another thread opens one):
+  the thread publishes and reads its reply itself, as raw nats-py does, with
+  no thread crossing; a failure there is reported, never retried. A thread
+  that runs an event loop, a thread past the cap, or a connection found
+  dropped after sitting idle (checked before anything is published on it)
+  takes the shared path, as does everything with ``request_conn="shared"``:
+  the request is published with a reply subject on this handle's reply inbox
+  (token ``r<n>``) in the loop iteration the caller's kick wakes
+  (``_mailbox.Express``: no task, event or future on the way out), and the
+  caller waits on its own lock for the answer: one crossing each way. An
+  ``arequest`` takes the shared path, waiting on a future of the caller's
+  loop with its timeout a timer there; cancelled at its one await, it leaves
+  nothing pending (the request may still reach a responder). A ``close()``
+  from another thread ends any of them with ``ChannelClosed``; a reply after
+  its timeout is dropped. A responder's ``reply`` goes out through the
+  Express (a crossing each way on the responder's side remains).
 * Threads: one asyncio loop thread per process drives the connection (started
   lazily, stopped at exit; a forked child starts its own and refuses the
   parent's channels). Callers hand work to it in batches (``_mailbox``) and
@@ -106,9 +122,10 @@ from ...errors import (
     Timeout,
     WouldBlock,
 )
+from . import _direct
 from ._cancel import _uncancellable_publish
 from ._client import _Client, _common_options, _escape, _float_opt, _int_opt, _remove_retrying, _split_url, _translate
-from ._mailbox import Mailbox, Pump
+from ._mailbox import Express, Mailbox, Pump
 
 T = TypeVar("T")
 
@@ -127,6 +144,9 @@ _CLOSE_ACKS = 5.0  # ... and this long for the acks of messages already handed o
 _INF = float("inf")
 _GONE_CONFIRM = 3.0  # "stream not found" for this long (not a leader election): it was removed
 _REQUEST_FOREVER = 365 * 86400.0  # request(timeout=None): nats-py wants a number
+_CONN_RETRY = 5.0  # a thread that could not get its own connection asks again after this long
+_MAX_THREAD_CONNS = 16  # more requesting threads than this share the loop thread's connection
+_SHARED = object()  # _thread_request: take the shared path
 
 
 # -- the work-queue channel ------------------------------------------------------------------
@@ -142,7 +162,12 @@ class _Pub:
 
 
 class _ReplyWait:
-    """A sync request() waiting for its reply: the loop thread fills it and releases ``lock``."""
+    """A sync request() waiting for its reply: the loop thread fills it and releases ``lock``.
+
+    Whoever pops it from ``_reply_waits`` (the loop thread with the reply, the caller on its
+    timeout, ``close()``) is the only one to finish it: the pop is atomic, so a late reply
+    never reaches a caller that already gave up.
+    """
 
     __slots__ = ("data", "error", "lock")
 
@@ -158,6 +183,33 @@ class _ReplyWait:
             self.lock.release()
 
 
+_TIMED_OUT = object()  # an arequest's timer fired before its reply
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if not fut.done():  # done: cancelled or timed out first
+        if error is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(error)
+
+
+class _AsyncReplyWait:
+    """An arequest() waiting for its reply on the caller's loop (any loop, any thread)."""
+
+    __slots__ = ("fut", "here", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], here: bool) -> None:
+        self.loop, self.fut, self.here = loop, fut, here  # here: the caller's loop is the client's
+
+    def done(self, data: bytes, error: KipcError | None = None) -> None:
+        if self.here:
+            _settle(self.fut, data, error)
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                self.loop.call_soon_threadsafe(_settle, self.fut, data, error)
+
+
 class NatsChannel(_Client, Channel):
     """A JetStream work-queue channel (see the module docstring)."""
 
@@ -165,6 +217,7 @@ class NatsChannel(_Client, Channel):
     _sub: Any = None
     _reply_sub: Any = None
     _pump: Pump | None = None
+    _express: Express | None = None
     _ticker: asyncio.Task[None] | None = None
     _checker: asyncio.Task[None] | None = None
     _gone_since = 0.0  # when the stream was first reported missing (0: it is there)
@@ -179,7 +232,7 @@ class NatsChannel(_Client, Channel):
                  ack_wait: float | str = 30.0, max_msgs: int | str | None = None,
                  max_bytes: int | str | None = None, max_deliver: int | str | None = None,
                  replicas: int | str = 1, storage: str = "file", window: int | str = 256,
-                 prefetch: int | str = 256, **conn: Any) -> None:
+                 prefetch: int | str = 256, request_conn: str = "thread", **conn: Any) -> None:
         parsed = parse_url(url)
         server, name, creds = _split_url(parsed, ("nats",))
         create = parse_create(create)
@@ -192,6 +245,12 @@ class NatsChannel(_Client, Channel):
         self._max_deliver = _int_opt(max_deliver, "max_deliver") if max_deliver is not None else -1
         self._replicas = _int_opt(replicas, "replicas")
         self._storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
+        if request_conn not in ("thread", "shared"):
+            raise InvalidArgument(f"{url}: request_conn must be 'thread' or 'shared', not {request_conn!r}")
+        self._thread_requests = request_conn == "thread"
+        self._conns: list[_direct.ThreadConn] = []  # the requesting threads' own connections
+        self._conns_lock = threading.Lock()
+        self._my_conn = threading.local()  # .conn: this thread's
         self._window = _int_opt(window, "window")
         self._prefetch = _int_opt(prefetch, "prefetch")
         self.url = f"{server}/{name}"
@@ -204,7 +263,7 @@ class NatsChannel(_Client, Channel):
         self._replyq: deque[tuple[str, bytes]] = deque()  # responders' replies, published by the pump
         # sync request(): (token, data) published by the pump; the reply comes to our reply inbox
         self._reqq: deque[tuple[str, bytes]] = deque()
-        self._reply_waits: dict[str, _ReplyWait] = {}
+        self._reply_waits: dict[str, _ReplyWait | _AsyncReplyWait] = {}
         conn_options = _common_options(conn)
         if conn:
             raise TypeError(f"nats channel got unexpected options {sorted(conn)}")
@@ -284,9 +343,11 @@ class NatsChannel(_Client, Channel):
             self._deliver = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(self._deliver, cb=self._on_pulled)
             self._reply_prefix = self._nc.new_inbox()
+            self._reply_dot = self._reply_prefix + "."
             self._reply_sub = await self._nc.subscribe(self._reply_prefix + ".*", cb=self._on_reply)
             self._pump = Pump(asyncio.get_running_loop(), self._drain)
             self._pump.start()
+            self._express = Express(asyncio.get_running_loop(), self._send_now)
             self._ticker = asyncio.ensure_future(self._tick())
         except BaseException as e:
             if created:
@@ -296,18 +357,29 @@ class NatsChannel(_Client, Channel):
         return created
 
     # -- the loop side: one drain for everything callers queued --------------------------------
-    async def _drain(self) -> None:
+    async def _send_now(self) -> None:
+        """Requests and replies someone waits for (the Express runs this eagerly; drains too)."""
         nc = self._nc
         if nc is None:
             return
         while self._reqq:
             token, data = self._reqq.popleft()
             try:
-                await nc.publish(self.request_subject, data, reply=f"{self._reply_prefix}.{token}")
+                await nc.publish(self.request_subject, data, reply=self._reply_dot + token)
             except nats.errors.Error as e:
                 w = self._reply_waits.pop(token, None)
                 if w is not None:
                     w.done(b"", _translate(e, self.url, "request on"))
+        while self._replyq:
+            subject, data = self._replyq.popleft()
+            with contextlib.suppress(nats.errors.Error):  # at most once, like any core NATS reply
+                await nc.publish(subject, data)
+
+    async def _drain(self) -> None:
+        nc = self._nc
+        if nc is None:
+            return
+        await self._send_now()
         while self._ackq:
             subject = self._ackq.popleft()
             token = f"a{next(self._tokens)}"
@@ -316,10 +388,6 @@ class NatsChannel(_Client, Channel):
             await nc.publish(subject, b"+ACK", reply=f"{self._reply_prefix}.{token}")
         while self._nakq:
             await nc.publish(self._nakq.popleft(), b"-NAK")
-        while self._replyq:
-            subject, data = self._replyq.popleft()
-            with contextlib.suppress(nats.errors.Error):  # at most once, like any core NATS reply
-                await nc.publish(subject, data)
         await self._maybe_pull()
         if self._retry:
             if not self._pubs and (self._resender is None or self._resender.done()):
@@ -393,6 +461,10 @@ class NatsChannel(_Client, Channel):
     def _pump_kick(self) -> None:
         if self._pump is not None:
             self._pump.kick()
+
+    def _express_kick(self) -> None:
+        if self._express is not None:
+            self._express.kick()
 
     def _release(self, n: int) -> None:
         with self._room:
@@ -859,14 +931,23 @@ class NatsChannel(_Client, Channel):
         runner = self._runner
         if runner is None or threading.current_thread() is runner.thread or runner.stopped:
             return self.codec.decode(self._run(self._request(bytes(data), deadline)))  # raises the right error
-        # The pump publishes it with a reply subject on our reply inbox, and _on_reply hands the answer
-        # to this thread through a lock: one thread hop each way and no task, future or timer per call
-        # (run_coroutine_threadsafe + nc.request cost ~1.5x raw nats-py's round trip).
+        if self._thread_requests:
+            got = self._thread_request(bytes(data), deadline)
+            if got is not _SHARED:
+                return self.codec.decode(got)
+        # The shared path. The Express publishes it in the loop iteration that wakes up, with a
+        # reply subject on our reply inbox, and _on_reply hands the answer to this thread through a
+        # lock: one thread hop each way and no task, future or timer per call (run_coroutine_threadsafe
+        # + nc.request cost ~1.5x raw nats-py's round trip; the pump's event and task another loop
+        # iteration).
         token = f"r{next(self._tokens)}"
         w = _ReplyWait()
         self._reply_waits[token] = w
+        if self._closed:  # close() ran _interrupt before we registered: nobody would wake us
+            self._reply_waits.pop(token, None)
+            raise ChannelClosed(f"request on {self.url}: closed by this process")
         self._reqq.append((token, bytes(data)))
-        self._pump_kick()
+        self._express_kick()
         try:
             if deadline.nonblocking:
                 got = w.lock.acquire(timeout=_NONBLOCK_RTT)
@@ -880,6 +961,84 @@ class NatsChannel(_Client, Channel):
         if w.error is not None:
             raise w.error
         return self.codec.decode(w.data)
+
+    def _thread_request(self, data: bytes, deadline: Deadline) -> Any:
+        """request() on this thread's own connection (``_direct``): the reply bytes, or _SHARED."""
+        if asyncio._get_running_loop() is not None:
+            return _SHARED  # this thread runs an event loop: it cannot run another
+        conn: _direct.ThreadConn | None = getattr(self._my_conn, "conn", None)
+        if conn is None:
+            if not getattr(self._my_conn, "asked", False):
+                self._my_conn.asked = True  # a thread's first request goes the shared way: one-off
+                return _SHARED  # requests (the CLI's) never pay for a second connection
+            conn = self._new_thread_conn(deadline)
+            if conn is None:
+                return _SHARED
+        if not conn.lock.acquire(blocking=False):  # close() is closing it
+            raise ChannelClosed(f"request on {self.url}: closed by this process")
+        drop = False
+        try:
+            if conn.doomed:
+                raise ChannelClosed(f"request on {self.url}: closed by this process")
+            try:
+                return conn.run(self._conn_request(conn, data, deadline))
+            except _Unusable:
+                drop = True  # nothing was published: the shared path may send it
+            except asyncio.CancelledError:
+                raise ChannelClosed(f"request on {self.url}: closed by this process") from None
+            except KipcError:
+                raise
+            except Exception as e:  # the connection failed under it: reported (maybe sent), never resent
+                drop = True
+                raise _translate(e, self.url, "request on") from e
+        finally:
+            conn.lock.release()
+            if drop or conn.doomed:
+                self._drop_thread_conn(conn)
+        return _SHARED
+
+    def _new_thread_conn(self, deadline: Deadline) -> _direct.ThreadConn | None:
+        now = time.monotonic()
+        with self._conns_lock:
+            dead = [c for c in self._conns if not c.thread_alive()]
+            for c in dead:
+                self._conns.remove(c)
+            full = len(self._conns) >= _MAX_THREAD_CONNS
+        for c in dead:  # threads that ended since: their connections go now
+            c.close()
+        rem = deadline.remaining()
+        hurried = deadline.nonblocking or (rem is not None and rem < 0.1)  # no time for a connect
+        if full or hurried or now < getattr(self._my_conn, "retry_at", 0.0):
+            return None
+        self._my_conn.retry_at = now + _CONN_RETRY  # until it works: no connect attempt per request
+        servers, timeout, kw, dead_after = self._conn_args
+        if rem is not None:
+            timeout = min(timeout, rem / 2)  # the request keeps half its time for the shared path
+        try:
+            conn = _direct.connect(lambda: self._aconnect(servers, timeout, kw, dead_after, shared=False))
+        except Exception:
+            return None  # the shared connection still works: use it
+        with self._conns_lock:
+            if not self._closed and len(self._conns) < _MAX_THREAD_CONNS:  # others may have raced us here
+                self._conns.append(conn)
+                self._my_conn.conn = conn
+                self._my_conn.retry_at = 0.0
+                return conn
+        conn.close()
+        return None
+
+    def _drop_thread_conn(self, conn: _direct.ThreadConn) -> None:
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        if getattr(self._my_conn, "conn", None) is conn:
+            del self._my_conn.conn
+        conn.close()
+
+    async def _conn_request(self, conn: _direct.ThreadConn, data: bytes, deadline: Deadline) -> bytes:
+        if not await conn.settle():
+            raise _Unusable  # dropped while idle (or reconnecting): never publish on it
+        return await self._request_on(conn.nc, data, deadline)
 
     def _no_responder(self) -> NotFound:
         return NotFound(f"request on {self.url}: no responder listens (open one with requests())")
@@ -895,13 +1054,45 @@ class NatsChannel(_Client, Channel):
         data = self._prepare_send(obj, {})
         deadline = Deadline.of(timeout)
         self._check_pid("request on")
-        return self.codec.decode(await self._on_loop(self._request(bytes(data), deadline)))
+        runner = self._runner
+        if runner is None or runner.stopped:
+            raise ChannelClosed(f"request on {self.url}: closed by this process")
+        # Like request(): the Express publishes it, _on_reply settles a future of the caller's own
+        # loop (one call_soon_threadsafe back, none when that loop is the client's), and the timeout
+        # is a timer on that loop -- no task, no run_coroutine_threadsafe, no wait_for per call.
+        # Every way out (reply, error, timer, cancellation at the await) pops the token, so a late
+        # reply finds nothing and nothing is left pending.
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        token = f"r{next(self._tokens)}"
+        self._reply_waits[token] = _AsyncReplyWait(loop, fut, loop is runner.loop)
+        try:
+            if self._closed:  # close() ran _interrupt before we registered: nobody would wake us
+                raise ChannelClosed(f"request on {self.url}: closed by this process")
+            self._reqq.append((token, bytes(data)))
+            self._express_kick()
+            rem = _NONBLOCK_RTT if deadline.nonblocking else deadline.remaining()
+            timer = loop.call_later(max(rem, 0.0), _settle, fut, _TIMED_OUT, None) if rem is not None else None
+            try:
+                got = await fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        finally:
+            self._reply_waits.pop(token, None)
+        if got is _TIMED_OUT:
+            raise self._no_reply(deadline)
+        return self.codec.decode(got)
 
     async def _request(self, data: bytes, deadline: Deadline) -> bytes:
+        return await self._request_on(self._nc, data, deadline)
+
+    async def _request_on(self, nc: Any, data: bytes, deadline: Deadline) -> bytes:
+        """nats-py's own request (a thread's connection, or the loop thread's own sync call)."""
         rem = deadline.remaining()
         t = _NONBLOCK_RTT if deadline.nonblocking else (rem if rem is not None else _REQUEST_FOREVER)
         try:
-            msg = await self._nc.request(self.request_subject, data, timeout=max(t, 0.001))
+            msg = await nc.request(self.request_subject, data, timeout=max(t, 0.001))
         except nats.errors.NoRespondersError:
             raise self._no_responder() from None
         except nats.errors.TimeoutError:
@@ -932,7 +1123,7 @@ class NatsChannel(_Client, Channel):
 
     def _reply(self, subject: str, data: bytes) -> None:
         self._replyq.append((subject, data))
-        self._pump_kick()
+        self._express_kick()  # the requester waits for it: out in the next loop iteration
 
     # -- close -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -957,6 +1148,8 @@ class NatsChannel(_Client, Channel):
 
     def _interrupt(self) -> None:
         super()._interrupt()
+        for conn in self._thread_conns():
+            conn.interrupt()
         for token in list(self._reply_waits):
             w = self._reply_waits.pop(token, None)
             if w is not None:
@@ -985,13 +1178,27 @@ class NatsChannel(_Client, Channel):
     async def _stop_tasks(self) -> None:
         if self._pump is not None:
             await self._pump.stop()
+        if self._express is not None:
+            await self._express.stop()
         for task in (self._ticker, self._resender):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
 
+    def _thread_conns(self, take: bool = False) -> list[_direct.ThreadConn]:
+        lock = self.__dict__.get("_conns_lock")  # None: __init__ failed before making it
+        if lock is None:
+            return []
+        with lock:
+            conns = list(self._conns)
+            if take:
+                self._conns = []
+        return conns
+
     def _close(self) -> None:
+        for conn in self._thread_conns(take=True):
+            conn.close()
         if self._nc is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):
                 self._run(self._stop_tasks())
@@ -1004,6 +1211,10 @@ class NatsChannel(_Client, Channel):
 
     async def _delete(self) -> None:
         await _remove_retrying(lambda: self._js.delete_stream(self.stream), nats.js.errors.NotFoundError, self.url)
+
+
+class _Unusable(Exception):
+    """A thread's connection was found disconnected before its request was published."""
 
 
 class Delivery:
