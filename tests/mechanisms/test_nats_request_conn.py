@@ -66,7 +66,7 @@ def echo_url(nats_url: str) -> Iterator[str]:
 
 
 def test_each_requesting_thread_gets_its_own_connection_and_close_closes_them(echo_url: str) -> None:
-    ch = NatsChannel(echo_url, codec="json")
+    ch = NatsChannel(echo_url, codec="json", request_conn="thread")
     try:
         assert ch.request(0, timeout=5) == {"echo": 0}
         assert ch._conns == []  # a thread's first request takes the shared path (one-off requests)
@@ -99,7 +99,7 @@ def test_each_requesting_thread_gets_its_own_connection_and_close_closes_them(ec
 def test_threads_that_ended_give_their_connections_back_and_the_cap_holds(
         echo_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nats_channel, "_MAX_THREAD_CONNS", 3)
-    with NatsChannel(echo_url, codec="json") as ch:
+    with NatsChannel(echo_url, codec="json", request_conn="thread") as ch:
         done: list[object] = []
         first: list[_direct.ThreadConn] = []
         for i in range(6):  # one after another: each new one closes the connections of ended threads
@@ -129,7 +129,7 @@ def test_threads_that_ended_give_their_connections_back_and_the_cap_holds(
 
 
 def test_a_thread_running_an_event_loop_takes_the_shared_path(echo_url: str) -> None:
-    with NatsChannel(echo_url, codec="json") as ch:
+    with NatsChannel(echo_url, codec="json", request_conn="thread") as ch:
         async def inside() -> object:
             return ch.request("from a coroutine", timeout=5)  # blocking call inside a loop: still works
 
@@ -143,7 +143,7 @@ def test_a_connection_the_server_dropped_while_idle_is_never_used(nats_url: str)
     fresh thread connection."""
     with testing.nats_server() as server:
         url = f"{server.url}/{testing.unique_name('rc')}"
-        with NatsChannel(url, create=True, codec="json") as ch:
+        with NatsChannel(url, create=True, codec="json", request_conn="thread") as ch:
             echo = _Echo(url)
             try:
                 assert ch.request(0, timeout=5) == {"echo": 0}
@@ -184,7 +184,7 @@ def test_request_conn_is_checked(nats_url: str) -> None:
 CTRL_C = """
 import sys, time, kipc
 from kipc.transports.nats import NatsChannel
-with NatsChannel(sys.argv[1], create=True) as ch, ch.requests() as silent:
+with NatsChannel(sys.argv[1], create=True, request_conn="thread") as ch, ch.requests() as silent:
     for _ in range(2):  # the second one on the thread's own connection
         try:
             ch.request(b"warm", timeout=0.2)
@@ -221,7 +221,7 @@ def test_making_the_thread_connection_keeps_to_the_request_timeout(nats_url: str
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # accepts (the kernel does), never speaks NATS
     try:
-        with NatsChannel(_url(nats_url), create=True, codec="json") as ch, ch.requests():
+        with NatsChannel(_url(nats_url), create=True, codec="json", request_conn="thread") as ch, ch.requests():
             with pytest.raises(kipc.Timeout):
                 ch.request(0, timeout=0.2)  # the first: shared path
             ch._conn_args = ([f"nats://127.0.0.1:{silent.getsockname()[1]}"], *ch._conn_args[1:])
@@ -236,3 +236,12 @@ def test_making_the_thread_connection_keeps_to_the_request_timeout(nats_url: str
             assert time.monotonic() - t0 < 1.3
     finally:
         silent.close()
+
+
+def test_the_default_opens_no_connection_beyond_the_handles(echo_url: str) -> None:
+    """request_conn="shared" is the default: a thread's repeated requests use the handle's one
+    connection (operators' limits, auth callouts and monitoring see only it)."""
+    with NatsChannel(echo_url, codec="json") as ch:
+        for i in range(3):
+            assert ch.request(i, timeout=5) == {"echo": i}
+        assert ch._conns == []
