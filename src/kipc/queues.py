@@ -45,7 +45,6 @@ import atexit
 import collections
 import ctypes
 import io
-import operator
 import os
 import pickle
 import queue
@@ -76,8 +75,7 @@ _plain_dumps, _plain_dumps_many, _plain_send = _qp.plain_dumps, _qp.plain_dumps_
 _BIG_BYTES = _qp.BIG_BYTES  # bytes objects from this size are not copied into a pickle first
 _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its padding
 _ZEROS = bytes(16)
-_loads = _qp.loads  # pickle.loads (a small bytes pickle cut out directly: _qpickle.c)
-_first = operator.itemgetter(0)
+_loads, _loads_many = _qp.loads, _qp.loads_many  # pickle.loads (small plain pickles read in C: _qpickle.c)
 _NOW = Deadline(0)  # one attempt, no wait
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
@@ -516,8 +514,9 @@ class Queue(Generic[_T]):
         except DeadlineExceeded:
             raise queue.Empty from None
         if self._plain:
-            if _OOB_MAGIC not in map(_first, got):  # (a C-level scan of the first bytes)
-                return list(map(_loads, got))
+            objs = _loads_many(got)  # all pickles (no out-of-band message): read in one C loop
+            if objs is not None:
+                return objs
             return [_loads(m) if m[0] != _OOB_MAGIC else _decode(m) for m in got]
         decode = self._decode
         return [decode(m) for m in got]

@@ -697,5 +697,5 @@ def test_loads_cuts_out_bytes_pickles_and_trusts_no_length() -> None:
     for f in forged:
         with pytest.raises((pickle.UnpicklingError, EOFError, ValueError)):
             _qp.loads(f)
-    for obj in [(1, "a"), {"k": b"v"}, None, 3.5, "str"]:  # everything else: pickle.loads
+    for obj in [(1, "a"), {"k": b"v"}, None, 3.5, "str"]:  # the other shapes: test_queues_pickle.py
         assert _qp.loads(bytes(ForkingPickler.dumps(obj, 5))) == obj
