@@ -44,6 +44,7 @@ from __future__ import annotations
 import atexit
 import collections
 import ctypes
+import functools
 import io
 import os
 import pickle
@@ -107,7 +108,7 @@ def _finalize(ch: RingChannel) -> None:
 def _deadline(block: bool, timeout: float | None) -> Deadline:
     """multiprocessing's (block, timeout) as the ring's deadline (FOREVER, or timeout 0 = one try)."""
     if not block:
-        return Deadline(0)
+        return _NOW  # expired: one attempt (a fresh Deadline(0) costs more than the attempt)
     if timeout is None:
         return FOREVER
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -260,6 +261,16 @@ def _decode(msg: Any) -> Any:
     return pickle.loads(body, buffers=buffers)
 
 
+def _unpack(data: Any, qsize: Callable[[], int], decode: Callable[[Any], Any]) -> Any:
+    """get()'s uncommon messages (``_qpickle.getter``): out-of-band, a view, a user's ``loads=``."""
+    if data.__class__ is bytes:
+        return decode(data)
+    with data:  # a memoryview into the ring: released (consumed) after unpickling
+        obj = decode(data)
+    qsize()  # raises BadObject if the ring was truncated under the view (it read zeros)
+    return obj
+
+
 #: the item type (like typeshed's multiprocessing.Queue[T]): ``q: kipc.Queue[int] = kipc.Queue()``;
 #: ``Queue[int]`` works at run time too (Generic's alias, as the stdlib's SimpleQueue[int])
 _T = TypeVar("_T")
@@ -289,8 +300,11 @@ class Queue(Generic[_T]):
         self._ch = ch
         self._ring = ch._ring
         self._frag_max = int(ch._ring.frag_max)
-        self._try_send, self._recv_into, self._try_recv = ch._ring.try_send, ch._ring.recv_into, ch._ring.try_recv
+        self._try_send = ch._ring.try_send
         self._dumps, self._loads = dumps, loads
+        # get()'s C part; unpack (the uncommon messages) refers to the ring, not to this queue
+        self._get = _qp.getter(ch._ring.recv_into, _alloc, functools.partial(
+            _unpack, qsize=ch._ring.qsize, decode=_decode if loads is None else loads), loads is None)
         self._encode = _encode if dumps is None else dumps
         self._decode = _decode if loads is None else loads
         self._plain = loads is None  # messages are kipc's: a pickle, or out-of-band parts
@@ -480,23 +494,13 @@ class Queue(Generic[_T]):
         if self._closed:
             self._check_closed()
         try:
-            # view=2: big messages come back as a view into the ring (one copy fewer); fragmented
-            # ones are reassembled into a reused block (_alloc). A timeout mid-way through a
-            # fragmented message keeps the part received: the next get resumes it.
-            data = self._recv_into(_alloc, FOREVER if block and timeout is None else _deadline(block, timeout), 2)
+            # the ring's recv_into(_alloc, deadline, view=2) and the unpickling, in C (_qpickle.getter):
+            # big messages come back as a view into the ring (one copy fewer); fragmented ones are
+            # reassembled into a reused block (_alloc). A timeout mid-way through a fragmented
+            # message keeps the part received: the next get resumes it.
+            return self._get(FOREVER if block and timeout is None else _deadline(block, timeout))
         except DeadlineExceeded:
             raise queue.Empty from None
-        if data.__class__ is bytes and self._plain and data[0] != _OOB_MAGIC:
-            return _loads(data)  # the common case, without a call more
-        return self._unpack(data)
-
-    def _unpack(self, data: Any) -> Any:
-        if data.__class__ is bytes:
-            return self._decode(data)
-        with data:  # a memoryview into the ring: released (consumed) after unpickling
-            obj = self._decode(data)
-        self._ring.qsize()  # raises BadObject if the ring was truncated under the view (it read zeros)
-        return obj
 
     def get_nowait(self) -> _T:
         return self.get(False)
@@ -517,7 +521,7 @@ class Queue(Generic[_T]):
             objs = _loads_many(got)  # all pickles (no out-of-band message): read in one C loop
             if objs is not None:
                 return objs
-            return [_loads(m) if m[0] != _OOB_MAGIC else _decode(m) for m in got]
+            return [_decode(m) if not m or m[0] == _OOB_MAGIC else _loads(m) for m in got]
         decode = self._decode
         return [decode(m) for m in got]
 

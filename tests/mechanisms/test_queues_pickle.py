@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import queue
 import random
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -140,3 +141,47 @@ def test_plain_objects_round_trip_through_a_queue() -> None:
 def test_plain_pickle_read_by_the_stdlib_queue_format(obj: Any) -> None:
     # what the writer puts in the ring is what multiprocessing's own receiver would read
     assert ForkingPickler.loads(_qp.plain_dumps(obj)) == obj
+
+
+def test_a_dropped_queue_is_freed_at_once() -> None:
+    # get()'s C part (_qpickle.getter) refers to the ring, not to the queue: no cycle, so the
+    # creator's ring is removed when its last reference goes, without waiting for a collection
+    import gc
+    import os
+
+    gc.disable()
+    try:
+        q: kipc.Queue[Any] = kipc.Queue()
+        q.put((1, "a"))
+        assert q.get(timeout=5) == (1, "a")
+        path = "/dev/shm/kipc.ring." + q._ch.name
+        assert os.path.exists(path)
+        del q
+        assert not os.path.exists(path)
+    finally:
+        gc.enable()
+
+
+def test_get_hands_what_is_not_a_plain_pickle_to_the_general_path() -> None:
+    import numpy as np
+
+    q: kipc.Queue[Any] = kipc.Queue()
+    raw: kipc.Queue[Any] = kipc.Queue(dumps=bytes, loads=bytes)  # its own loads=: every message is its
+    try:
+        a = np.arange(100_000, dtype=np.float64)  # out of band (first byte 0x42)
+        q.put(a)
+        q.put(b"\x42" * 10)  # a pickle that happens to hold 0x42 bytes: still a pickle (first byte 0x80)
+        assert np.array_equal(q.get(timeout=5), a) and q.get(timeout=5) == b"\x42" * 10
+        raw.put(b"\x80\x05N.")  # a pickle's bytes, but this queue's loads is bytes: not unpickled
+        raw.put(b"")
+        assert raw.get(timeout=5) == b"\x80\x05N." and raw.get(timeout=5) == b""
+        q._ring.send(b"")  # a forged empty message: pickle's error, not an IndexError of ours
+        with pytest.raises(EOFError):
+            q.get(timeout=5)
+        with pytest.raises(queue.Empty):
+            q.get_nowait()
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.01)
+    finally:
+        q.close()
+        raw.close()
