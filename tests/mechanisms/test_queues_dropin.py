@@ -47,6 +47,11 @@ def _echo_len(q: Any, out: Any) -> None:
     out.put((len(obj), obj[:4], obj[-4:]))
 
 
+def _put_plain(q: Any, out: Any) -> None:
+    q.put((7, "x"))  # a queue its parent closed is open again here, as the stdlib's
+    out.put(q.get(timeout=5))
+
+
 def _np_summary(q: Any, out: Any) -> None:
     import numpy as np
 
@@ -642,6 +647,23 @@ def test_plain_send_pickles_sends_or_hands_back() -> None:
     assert _plain_send(sent.append, [Registered(1)]) is None and len(sent) == 1  # not plain: not called
     with pytest.raises(ZeroDivisionError):
         _plain_send(lambda d: 1 / 0, b"x")  # the send's error propagates
+
+
+def test_closed_queue_refuses_put_and_reopens_in_a_child() -> None:
+    q: kipc.Queue[Any] = kipc.Queue()
+    q.close()
+    with pytest.raises(ValueError, match="is closed"):
+        q.put((1, "a"))
+    with pytest.raises(ValueError, match="is closed"):
+        q.put_many([(1, "a")])
+    with pytest.raises(ValueError, match="is closed"):
+        q.get_nowait()
+    out: kipc.Queue[Any] = kipc.Queue()
+    p = mp.get_context("fork").Process(target=_put_plain, args=(q, out))
+    p.start()
+    assert out.get(timeout=30) == (7, "x")
+    p.join(30)
+    assert p.exitcode == 0
 
 
 def test_block_pool_reuses_free_blocks_within_their_allocation() -> None:
