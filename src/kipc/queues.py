@@ -46,6 +46,7 @@ import collections
 import ctypes
 import functools
 import io
+import itertools
 import os
 import pickle
 import queue
@@ -78,6 +79,7 @@ _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its paddin
 _ZEROS = bytes(16)
 _loads, _loads_many = _qp.loads, _qp.loads_many  # pickle.loads (small plain pickles read in C: _qpickle.c)
 _NOW = Deadline(0)  # one attempt, no wait
+_DRAIN_RUN = 256  # buffered messages moved per send_many (a bound on the time the buffer's lock is held)
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
 _deferred: set[RingChannel] = set()
@@ -398,25 +400,58 @@ class Queue(Generic[_T]):
             return
         with self._lock:  # the ring is full: keep order through the buffer, never block
             self._buffer.append(data)
-            if self._drain():  # the putting thread moves what fits itself (no GIL hand-off)
-                return
-            if self._feeder is None:
-                self._feeder = threading.Thread(target=self._feed, name="kipc.Queue feeder", daemon=True)
-                self._feeder.start()
-                _feeders.add(self)
+            self._drain_or_feed()
+
+    def _put_unbounded_many(self, datas: list[Any]) -> None:
+        """put_many's messages the ring had no room for: into the buffer in one go, in order."""
+        with self._lock:
+            self._buffer.extend(datas)
+            self._drain_or_feed()
+
+    def _drain_or_feed(self) -> None:
+        """Under ``self._lock``: the putting thread moves what fits itself (no GIL hand-off);
+        the feeder thread moves the rest."""
+        if self._drain():
+            return
+        if self._feeder is None:
+            self._feeder = threading.Thread(target=self._feed, name="kipc.Queue feeder", daemon=True)
+            self._feeder.start()
+            _feeders.add(self)
 
     def _drain(self) -> bool:
         """Under ``self._lock``: move buffered messages into the ring while there is room.
 
-        True when the buffer is empty. A fragmented single buffer is written as far as
-        it fits and resumed by the next attempt (on the same object: the same claim,
-        whichever thread makes it); a multi-part message the feeder is streaming is
-        left to it.
+        True when the buffer is empty. Leading single-record messages go in with one
+        ``send_many`` (up to _DRAIN_RUN of them: one lock, one wake-up, instead of a call
+        each). A fragmented single buffer is written as far as it fits and resumed by the
+        next attempt (on the same object: the same claim, whichever thread makes it); a
+        multi-part message the feeder is streaming is left to it.
         """
         buf = self._buffer
+        limit = self._frag_max
         while buf:
             if self._streaming:
                 return False
+            if len(buf) > 1:
+                run = []
+                for d in itertools.islice(buf, _DRAIN_RUN):
+                    if d.__class__ is not bytes or len(d) > limit:
+                        break
+                    run.append(d)
+                if len(run) > 1:
+                    try:
+                        sent = int(self._ring.send_many(run, _NOW))
+                    except DeadlineExceeded as e:
+                        sent = int(getattr(e, "sent", 0))
+                    except BaseException as e:  # those before the error were sent: never twice
+                        for _ in range(int(getattr(e, "sent", 0))):
+                            buf.popleft()
+                        raise
+                    for _ in range(sent):
+                        buf.popleft()
+                    if sent < len(run):
+                        return False
+                    continue
             if not self._put_now(buf[0]):
                 return False
             buf.popleft()
@@ -483,8 +518,8 @@ class Queue(Generic[_T]):
                         i = int(self._ring.send_many(datas[:i] if i < n else datas, _NOW))
                     except DeadlineExceeded as e:
                         i = int(getattr(e, "sent", 0))
-            for d in datas[i:]:
-                self._put_unbounded(d)
+            if i < len(datas):
+                self._put_unbounded_many(datas[i:] if i else datas)
             return
         deadline = _deadline(block, timeout)
         for d in datas:

@@ -445,6 +445,41 @@ def test_put_many_beyond_the_ring_keeps_order() -> None:
     assert got == [b"%05d" % i * 50 for i in range(2000)]
 
 
+def _consume_n(q: Any, out: Any, n: int) -> None:
+    got = []
+    while len(got) < n:
+        got.extend(q.get_many(64, timeout=30))
+    out.put(got == _mixed_stream(), True, 60)
+
+
+def _mixed_stream() -> list[Any]:
+    objs: list[Any] = []
+    for r in range(40):
+        objs.extend((r, i, "s" * (i % 7)) for i in range(150))  # put_many's batches
+        objs.append(b"%d" % r * 30_000)  # bigger than half the ring: fragments, in order between them
+        objs.append({"single": r})
+    return objs
+
+
+def test_batches_singles_and_fragments_through_a_full_ring_keep_order() -> None:
+    # put_many into a full ring: the rest is buffered in one go, and the putting thread and the
+    # feeder move runs of it with send_many while a consumer in another process reads
+    q = kipc.Queue(capacity=16 << 10)
+    out = kipc.Queue()
+    objs = _mixed_stream()
+    p = mp.get_context("fork").Process(target=_consume_n, args=(q, out, len(objs)))
+    p.start()
+    at = 0
+    for _ in range(40):
+        q.put_many(objs[at:at + 150])
+        q.put(objs[at + 150])
+        q.put(objs[at + 151])
+        at += 152
+    assert out.get(timeout=60) is True  # every object once, in order
+    p.join(30)
+    assert p.exitcode == 0
+
+
 def test_put_many_bounded_and_joinable() -> None:
     q = kipc.Queue(maxsize=3)
     q.put_many([1, 2, 3])
