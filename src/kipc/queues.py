@@ -421,17 +421,21 @@ class Queue(Generic[_T]):
     def _drain(self) -> bool:
         """Under ``self._lock``: move buffered messages into the ring while there is room.
 
-        True when the buffer is empty. Leading single-record messages go in with one
-        ``send_many`` (up to _DRAIN_RUN of them: one lock, one wake-up, instead of a call
-        each). A fragmented single buffer is written as far as it fits and resumed by the
-        next attempt (on the same object: the same claim, whichever thread makes it); a
-        multi-part message the feeder is streaming is left to it.
+        True when the buffer is empty. After the first message, the single-record ones
+        that follow go in with one ``send_many`` (up to _DRAIN_RUN of them: one lock, one
+        wake-up, instead of a call each). A fragmented single buffer is written as far as
+        it fits and resumed by the next attempt (on the same object: the same claim,
+        whichever thread makes it); a multi-part message the feeder is streaming is left
+        to it.
         """
         buf = self._buffer
         limit = self._frag_max
         while buf:
             if self._streaming:
                 return False
+            if not self._put_now(buf[0]):  # (a full ring costs one failed try, not a run built)
+                return False
+            buf.popleft()
             if len(buf) > 1:
                 run = []
                 for d in itertools.islice(buf, _DRAIN_RUN):
@@ -451,10 +455,6 @@ class Queue(Generic[_T]):
                         buf.popleft()
                     if sent < len(run):
                         return False
-                    continue
-            if not self._put_now(buf[0]):
-                return False
-            buf.popleft()
         return True
 
     def _feed(self) -> None:
