@@ -13,10 +13,16 @@ of ``--repeat`` runs, default 3):
 * ``1GiB``: one 1 GiB bytes object, seconds.
 * ``percall-bytes64|tuple|dict``: in one process, ns per put + get (1,000 puts, then 1,000 gets,
   best of 50): the per-call cost, stable to a few % where two-process rates swing 3x.
+* ``percall-batch``: the same per object for ``put_many`` + ``get_many`` of 64 small tuples
+  (mp.Queue: put + get).
 
     .venv/bin/python benchmarks/bench_queue.py [--quick] [--repeat N] [--only PATTERN...] [--json]
+                                               [--baseline SRC]
 
 Each repeat runs every mechanism once (interleaved), so a load swing hits them alike.
+``--baseline SRC`` adds a row "kipc.Queue@baseline": the same patterns, in the same repeats, run
+in a child process importing kipc from SRC (another checkout's ``src`` with its extensions built
+in place: ``python setup.py build_ext --inplace`` there), to compare a change before and after.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import json
 import multiprocessing as mp
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -182,6 +190,28 @@ def one_gib(mech: str) -> float:
     return _run(mech, producer, consumer, big=True)
 
 
+def percall_batch(mech: str, size: int = 64, rounds: int = 16) -> float:
+    """In one process: ns per object of put_many + get_many of ``size`` small tuples."""
+    q = make(mech, big=True)
+    items = [(1, "a", 2.0)] * size
+    best = float("inf")
+    for _ in range(50):
+        t = time.perf_counter()
+        for _ in range(rounds):
+            if mech == "mp.Queue":
+                for o in items:
+                    q.put(o)
+                for _ in items:
+                    q.get()
+            else:
+                q.put_many(items)
+                got = 0
+                while got < size:
+                    got += len(_get_batch(q, size - got))
+        best = min(best, time.perf_counter() - t)
+    return best / (rounds * size) * 1e9
+
+
 def percall(mech: str, obj: Any, n: int = 1000) -> float:
     """In one process: ns per put + get of ``obj`` (n puts, then n gets; the stable figure on a
     shared machine, where the two-process rates swing with the scheduler; n fits the ring)."""
@@ -198,11 +228,13 @@ def percall(mech: str, obj: Any, n: int = 1000) -> float:
 
 
 PATTERNS = ["bytes64", "tuple", "dict", "rtt", "batch", "numpy", "numpy-4M", "1GiB",
-            "percall-bytes64", "percall-tuple", "percall-dict"]
+            "percall-bytes64", "percall-tuple", "percall-dict", "percall-batch"]
 
 
 def measure(pattern: str, mech: str, n: int, quick: bool) -> tuple[str, float]:
     """(column, value) of one run of ``pattern`` on ``mech``."""
+    if pattern == "percall-batch":
+        return "percall-batch64 ns/obj", percall_batch(mech)
     if pattern.startswith("percall-"):
         return f"{pattern} ns", percall(mech, SMALL[pattern[8:]])
     if pattern in SMALL:
@@ -224,21 +256,29 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", nargs="+", choices=PATTERNS, default=None, help="patterns to run (default: all)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--baseline", metavar="SRC", help="also run kipc.Queue from SRC (a row kipc.Queue@baseline)")
+    ap.add_argument("--mech", nargs="+", help=argparse.SUPPRESS)  # --baseline's child: these mechanisms only
     args = ap.parse_args()
     n = 20_000 if args.quick else 100_000
     patterns = args.only or [p for p in PATTERNS if not (args.quick and p == "1GiB") and not p.startswith("percall")]
-    mechs = mechanisms()
-    rows: dict[str, dict[str, Any]] = {m: {"mechanism": m} for m in mechs}
+    mechs = args.mech or mechanisms()
+    base = "kipc.Queue@baseline"
+    rows: dict[str, dict[str, Any]] = {m: {"mechanism": m} for m in [*mechs, *([base] if args.baseline else [])]}
     for pattern in patterns:
         # interleaved: each repeat runs every mechanism once, so load swings hit all of them alike
-        vals: dict[str, list[float]] = {m: [] for m in mechs}
+        vals: dict[str, list[float]] = {m: [] for m in rows}
         col = ""
         for _ in range(args.repeat):
+            if args.baseline:
+                child = [sys.executable, __file__, "--only", pattern, "--repeat", "1", "--json", "--mech", "kipc.Queue"]
+                res = subprocess.run(child, check=True, capture_output=True, text=True,
+                                     env={**os.environ, "PYTHONPATH": args.baseline}).stdout
+                vals[base].append(next(v for k, v in json.loads(res)[0].items() if k != "mechanism"))
             for m in mechs:
                 col, v = measure(pattern, m, n, args.quick)
                 vals[m].append(v)
-        for m in mechs:  # best of N: the fastest time (lowest µs/s), the highest rate
-            rows[m][col] = min(vals[m]) if col.endswith(("µs", " s", " ns")) else max(vals[m])
+        for m in rows:  # best of N: the fastest time (lowest µs/s/ns), the highest rate
+            rows[m][col] = min(vals[m]) if col.endswith(("µs", " s", " ns", "ns/obj")) else max(vals[m])
     out = list(rows.values())
     if args.json:
         print(json.dumps(out, indent=1))
@@ -247,9 +287,11 @@ def main() -> None:
     print(" | ".join(f"{k:>16}" for k in keys))
     for r in out:
         print(" | ".join(f"{r[k]:>16,.2f}" if isinstance(r[k], float) else f"{r[k]:>16}" for k in keys))
-    mpq, kq = rows["mp.Queue"], rows["kipc.Queue"]
-    print("kipc.Queue / mp.Queue:", ", ".join(
-        f"{k} {kq[k] / mpq[k]:.2f}x" for k in keys[1:] if isinstance(kq[k], float) and mpq[k] == mpq[k]))
+    mpq = rows["mp.Queue"]
+    for name in ["kipc.Queue", *([base] if args.baseline else [])]:
+        kq = rows[name]  # (for a time, a fraction: rtt's target is <= 1/50)
+        print(f"{name} / mp.Queue:", ", ".join(
+            f"{k} {kq[k] / mpq[k]:.3g}x" for k in keys[1:] if isinstance(kq[k], float) and mpq[k] == mpq[k]))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ from __future__ import annotations
 import atexit
 import collections
 import ctypes
+import functools
 import io
-import operator
+import itertools
 import os
 import pickle
 import queue
@@ -76,9 +77,9 @@ _plain_dumps, _plain_dumps_many, _plain_send = _qp.plain_dumps, _qp.plain_dumps_
 _BIG_BYTES = _qp.BIG_BYTES  # bytes objects from this size are not copied into a pickle first
 _MAX_BUFFERS = 31  # sendv takes 64 parts: head, then each buffer and its padding
 _ZEROS = bytes(16)
-_loads = _qp.loads  # pickle.loads (a small bytes pickle cut out directly: _qpickle.c)
-_first = operator.itemgetter(0)
+_loads, _loads_many = _qp.loads, _qp.loads_many  # pickle.loads (small plain pickles read in C: _qpickle.c)
 _NOW = Deadline(0)  # one attempt, no wait
+_DRAIN_RUN = 256  # buffered messages moved per send_many (a bound on the time the buffer's lock is held)
 
 # Rings whose creator object is gone but a pickled copy may still attach: removed at exit.
 _deferred: set[RingChannel] = set()
@@ -109,7 +110,7 @@ def _finalize(ch: RingChannel) -> None:
 def _deadline(block: bool, timeout: float | None) -> Deadline:
     """multiprocessing's (block, timeout) as the ring's deadline (FOREVER, or timeout 0 = one try)."""
     if not block:
-        return Deadline(0)
+        return _NOW  # expired: one attempt (a fresh Deadline(0) costs more than the attempt)
     if timeout is None:
         return FOREVER
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -262,6 +263,16 @@ def _decode(msg: Any) -> Any:
     return pickle.loads(body, buffers=buffers)
 
 
+def _unpack(data: Any, qsize: Callable[[], int], decode: Callable[[Any], Any]) -> Any:
+    """get()'s uncommon messages (``_qpickle.getter``): out-of-band, a view, a user's ``loads=``."""
+    if data.__class__ is bytes:
+        return decode(data)
+    with data:  # a memoryview into the ring: released (consumed) after unpickling
+        obj = decode(data)
+    qsize()  # raises BadObject if the ring was truncated under the view (it read zeros)
+    return obj
+
+
 #: the item type (like typeshed's multiprocessing.Queue[T]): ``q: kipc.Queue[int] = kipc.Queue()``;
 #: ``Queue[int]`` works at run time too (Generic's alias, as the stdlib's SimpleQueue[int])
 _T = TypeVar("_T")
@@ -291,8 +302,11 @@ class Queue(Generic[_T]):
         self._ch = ch
         self._ring = ch._ring
         self._frag_max = int(ch._ring.frag_max)
-        self._try_send, self._recv_into, self._try_recv = ch._ring.try_send, ch._ring.recv_into, ch._ring.try_recv
+        self._try_send = ch._ring.try_send
         self._dumps, self._loads = dumps, loads
+        # get()'s C part; unpack (the uncommon messages) refers to the ring, not to this queue
+        self._get = _qp.getter(ch._ring.recv_into, _alloc, functools.partial(
+            _unpack, qsize=ch._ring.qsize, decode=_decode if loads is None else loads), loads is None)
         self._encode = _encode if dumps is None else dumps
         self._decode = _decode if loads is None else loads
         self._plain = loads is None  # messages are kipc's: a pickle, or out-of-band parts
@@ -386,28 +400,61 @@ class Queue(Generic[_T]):
             return
         with self._lock:  # the ring is full: keep order through the buffer, never block
             self._buffer.append(data)
-            if self._drain():  # the putting thread moves what fits itself (no GIL hand-off)
-                return
-            if self._feeder is None:
-                self._feeder = threading.Thread(target=self._feed, name="kipc.Queue feeder", daemon=True)
-                self._feeder.start()
-                _feeders.add(self)
+            self._drain_or_feed()
+
+    def _put_unbounded_many(self, datas: list[Any]) -> None:
+        """put_many's messages the ring had no room for: into the buffer in one go, in order."""
+        with self._lock:
+            self._buffer.extend(datas)
+            self._drain_or_feed()
+
+    def _drain_or_feed(self) -> None:
+        """Under ``self._lock``: the putting thread moves what fits itself (no GIL hand-off);
+        the feeder thread moves the rest."""
+        if self._drain():
+            return
+        if self._feeder is None:
+            self._feeder = threading.Thread(target=self._feed, name="kipc.Queue feeder", daemon=True)
+            self._feeder.start()
+            _feeders.add(self)
 
     def _drain(self) -> bool:
         """Under ``self._lock``: move buffered messages into the ring while there is room.
 
-        True when the buffer is empty. A fragmented single buffer is written as far as
+        True when the buffer is empty. After the first message, the single-record ones
+        that follow go in with one ``send_many`` (up to _DRAIN_RUN of them: one lock, one
+        wake-up, instead of a call each). A fragmented single buffer is written as far as
         it fits and resumed by the next attempt (on the same object: the same claim,
-        whichever thread makes it); a multi-part message the feeder is streaming is
-        left to it.
+        whichever thread makes it); a multi-part message the feeder is streaming is left
+        to it.
         """
         buf = self._buffer
+        limit = self._frag_max
         while buf:
             if self._streaming:
                 return False
-            if not self._put_now(buf[0]):
+            if not self._put_now(buf[0]):  # (a full ring costs one failed try, not a run built)
                 return False
             buf.popleft()
+            if len(buf) > 1:
+                run = []
+                for d in itertools.islice(buf, _DRAIN_RUN):
+                    if d.__class__ is not bytes or len(d) > limit:
+                        break
+                    run.append(d)
+                if len(run) > 1:
+                    try:
+                        sent = int(self._ring.send_many(run, _NOW))
+                    except DeadlineExceeded as e:
+                        sent = int(getattr(e, "sent", 0))
+                    except BaseException as e:  # those before the error were sent: never twice
+                        for _ in range(int(getattr(e, "sent", 0))):
+                            buf.popleft()
+                        raise
+                    for _ in range(sent):
+                        buf.popleft()
+                    if sent < len(run):
+                        return False
         return True
 
     def _feed(self) -> None:
@@ -471,8 +518,8 @@ class Queue(Generic[_T]):
                         i = int(self._ring.send_many(datas[:i] if i < n else datas, _NOW))
                     except DeadlineExceeded as e:
                         i = int(getattr(e, "sent", 0))
-            for d in datas[i:]:
-                self._put_unbounded(d)
+            if i < len(datas):
+                self._put_unbounded_many(datas[i:] if i else datas)
             return
         deadline = _deadline(block, timeout)
         for d in datas:
@@ -482,23 +529,13 @@ class Queue(Generic[_T]):
         if self._closed:
             self._check_closed()
         try:
-            # view=2: big messages come back as a view into the ring (one copy fewer); fragmented
-            # ones are reassembled into a reused block (_alloc). A timeout mid-way through a
-            # fragmented message keeps the part received: the next get resumes it.
-            data = self._recv_into(_alloc, FOREVER if block and timeout is None else _deadline(block, timeout), 2)
+            # the ring's recv_into(_alloc, deadline, view=2) and the unpickling, in C (_qpickle.getter):
+            # big messages come back as a view into the ring (one copy fewer); fragmented ones are
+            # reassembled into a reused block (_alloc). A timeout mid-way through a fragmented
+            # message keeps the part received: the next get resumes it.
+            return self._get(FOREVER if block and timeout is None else _deadline(block, timeout))
         except DeadlineExceeded:
             raise queue.Empty from None
-        if data.__class__ is bytes and self._plain and data[0] != _OOB_MAGIC:
-            return _loads(data)  # the common case, without a call more
-        return self._unpack(data)
-
-    def _unpack(self, data: Any) -> Any:
-        if data.__class__ is bytes:
-            return self._decode(data)
-        with data:  # a memoryview into the ring: released (consumed) after unpickling
-            obj = self._decode(data)
-        self._ring.qsize()  # raises BadObject if the ring was truncated under the view (it read zeros)
-        return obj
 
     def get_nowait(self) -> _T:
         return self.get(False)
@@ -516,9 +553,10 @@ class Queue(Generic[_T]):
         except DeadlineExceeded:
             raise queue.Empty from None
         if self._plain:
-            if _OOB_MAGIC not in map(_first, got):  # (a C-level scan of the first bytes)
-                return list(map(_loads, got))
-            return [_loads(m) if m[0] != _OOB_MAGIC else _decode(m) for m in got]
+            objs = _loads_many(got)  # all pickles (no out-of-band message): read in one C loop
+            if objs is not None:
+                return objs
+            return [_decode(m) if not m or m[0] == _OOB_MAGIC else _loads(m) for m in got]
         decode = self._decode
         return [decode(m) for m in got]
 

@@ -47,6 +47,11 @@ def _echo_len(q: Any, out: Any) -> None:
     out.put((len(obj), obj[:4], obj[-4:]))
 
 
+def _put_plain(q: Any, out: Any) -> None:
+    q.put((7, "x"))  # a queue its parent closed is open again here, as the stdlib's
+    out.put(q.get(timeout=5))
+
+
 def _np_summary(q: Any, out: Any) -> None:
     import numpy as np
 
@@ -440,6 +445,41 @@ def test_put_many_beyond_the_ring_keeps_order() -> None:
     assert got == [b"%05d" % i * 50 for i in range(2000)]
 
 
+def _consume_n(q: Any, out: Any, n: int) -> None:
+    got = []
+    while len(got) < n:
+        got.extend(q.get_many(64, timeout=30))
+    out.put(got == _mixed_stream(), True, 60)
+
+
+def _mixed_stream() -> list[Any]:
+    objs: list[Any] = []
+    for r in range(40):
+        objs.extend((r, i, "s" * (i % 7)) for i in range(150))  # put_many's batches
+        objs.append(b"%d" % r * 30_000)  # bigger than half the ring: fragments, in order between them
+        objs.append({"single": r})
+    return objs
+
+
+def test_batches_singles_and_fragments_through_a_full_ring_keep_order() -> None:
+    # put_many into a full ring: the rest is buffered in one go, and the putting thread and the
+    # feeder move runs of it with send_many while a consumer in another process reads
+    q = kipc.Queue(capacity=16 << 10)
+    out = kipc.Queue()
+    objs = _mixed_stream()
+    p = mp.get_context("fork").Process(target=_consume_n, args=(q, out, len(objs)))
+    p.start()
+    at = 0
+    for _ in range(40):
+        q.put_many(objs[at:at + 150])
+        q.put(objs[at + 150])
+        q.put(objs[at + 151])
+        at += 152
+    assert out.get(timeout=60) is True  # every object once, in order
+    p.join(30)
+    assert p.exitcode == 0
+
+
 def test_put_many_bounded_and_joinable() -> None:
     q = kipc.Queue(maxsize=3)
     q.put_many([1, 2, 3])
@@ -644,6 +684,23 @@ def test_plain_send_pickles_sends_or_hands_back() -> None:
         _plain_send(lambda d: 1 / 0, b"x")  # the send's error propagates
 
 
+def test_closed_queue_refuses_put_and_reopens_in_a_child() -> None:
+    q: kipc.Queue[Any] = kipc.Queue()
+    q.close()
+    with pytest.raises(ValueError, match="is closed"):
+        q.put((1, "a"))
+    with pytest.raises(ValueError, match="is closed"):
+        q.put_many([(1, "a")])
+    with pytest.raises(ValueError, match="is closed"):
+        q.get_nowait()
+    out: kipc.Queue[Any] = kipc.Queue()
+    p = mp.get_context("fork").Process(target=_put_plain, args=(q, out))
+    p.start()
+    assert out.get(timeout=30) == (7, "x")
+    p.join(30)
+    assert p.exitcode == 0
+
+
 def test_block_pool_reuses_free_blocks_within_their_allocation() -> None:
     from kipc.queues import _qp
 
@@ -697,5 +754,5 @@ def test_loads_cuts_out_bytes_pickles_and_trusts_no_length() -> None:
     for f in forged:
         with pytest.raises((pickle.UnpicklingError, EOFError, ValueError)):
             _qp.loads(f)
-    for obj in [(1, "a"), {"k": b"v"}, None, 3.5, "str"]:  # everything else: pickle.loads
+    for obj in [(1, "a"), {"k": b"v"}, None, 3.5, "str"]:  # the other shapes: test_queues_pickle.py
         assert _qp.loads(bytes(ForkingPickler.dumps(obj, 5))) == obj
