@@ -43,6 +43,7 @@ import itertools
 import os
 import struct
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -62,6 +63,9 @@ _BYTES = get_codec(None)
 _REQ = struct.Struct("<4sQH")
 _REP = struct.Struct("<4sQ")
 _REQ_MAGIC, _REP_MAGIC = b"KRQ1", b"KRP1"
+_HDR = _REQ.size  # where a request's return address starts
+_monotonic = time.monotonic
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
 _SCHEMES = ("ring", "unix", "tcp")
 _REPLY_TIMEOUT = 1.0
 _CACHE = 64  # reply rings a ring server keeps open
@@ -76,37 +80,63 @@ def _scheme(url: str) -> str:
     return scheme
 
 
+def _end(timeout: object) -> float | None:
+    """``timeout`` validated and made absolute (monotonic seconds; None = never; 0 = now: one attempt).
+
+    The ring fast paths hand this float to the ring's C hooks, which take an absolute deadline
+    (``_native/_ring.c``): no :class:`Deadline` object per call on the hot path.
+    """
+    if timeout is None:
+        return None
+    cls = timeout.__class__
+    if (cls is float or cls is int) and 0 < timeout <= _TIMEOUT_MAX:  # type: ignore[operator]
+        return _monotonic() + timeout  # type: ignore[operator]
+    return Deadline.of(timeout).end
+
+
+def _expired(timeout: object, what: str) -> DeadlineExceeded:
+    """The error of a call whose (validated) ``timeout`` ran out: WouldBlock for 0, else Timeout."""
+    return Deadline(timeout).error(what)  # type: ignore[arg-type]
+
+
 class Request:
     """One request: ``data`` (decoded), ``reply(data)``; each request is answered at most once."""
 
-    __slots__ = ("_id", "_replied", "_to", "data", "server")
+    __slots__ = ("_replied", "_rid", "_to", "data", "server")
     data: object  # bytes with the default codec, the decoded value with codec= (narrow it)
 
-    def __init__(self, server: Server, rid: int, to: Any, data: Any) -> None:
-        self.server, self._id, self._to, self.data = server, rid, to, data
+    def __init__(self, server: Server, rid: bytes, to: Any, data: Any) -> None:
+        # rid: the id's 8 wire bytes, copied back into the reply as they came (never unpacked)
+        self.server, self._rid, self._to, self.data = server, rid, to, data
         self._replied = False
+
+    @property
+    def id(self) -> int:
+        """The 64-bit id its client gave this request."""
+        return int.from_bytes(self._rid, "little")
 
     def reply(self, data: Any, *, timeout: float | None = None) -> bool:
         """Send the reply; False if the client has gone (the reply is dropped)."""
         if self._replied:
             raise InvalidArgument("this request was already answered")
         self._replied = True
-        return self.server._reply(self._to, self._id, data, timeout)
+        return self.server._reply(self._to, self._rid, data, timeout)
 
     async def areply(self, data: Any, *, timeout: float | None = None) -> bool:
         if self._replied:
             raise InvalidArgument("this request was already answered")
         self._replied = True
-        return await self.server._areply(self._to, self._id, data, timeout)
+        return await self.server._areply(self._to, self._rid, data, timeout)
 
     def __repr__(self) -> str:
-        return f"<Request {self._id} on {self.server.url}>"
+        return f"<Request {self.id} on {self.server.url}>"
 
 
 class Server(Resource):
     """Answers requests on ``url``; see the module docstring."""
 
     malformed = 0
+    _recv_raw: Any = None
 
     def __init__(self, url: str, *, create: bool | str = False, codec: str | Codec | None = None,
                  reply_timeout: float = _REPLY_TIMEOUT, **options: Any) -> None:
@@ -125,6 +155,9 @@ class Server(Resource):
         if self.scheme == "ring":
             self._requests = open_channel(url, create=create, **options)
             self.url = self._requests.url
+            if self._requests._plain_recv:
+                # the ring's C recv itself, given an absolute deadline (see _end): one C call per request
+                self._recv_raw = self._requests._recv_blocking
         else:
             if create not in (True, False):
                 raise InvalidArgument(f"{url}: a {self.scheme} server always listens (create=True or omit it)")
@@ -135,22 +168,28 @@ class Server(Resource):
     # -- receiving ----------------------------------------------------------------------------------
     def recv(self, *, timeout: float | None = None) -> Request:
         """The next request (``Timeout`` when ``timeout`` runs out)."""
-        requests = self._requests
-        if timeout is None and requests is not None:  # the common server loop: the channel's untimed fast path
-            while True:
+        raw = self._recv_raw
+        if raw is None:
+            return self._recv_connections(Deadline.of(timeout))
+        end = _end(timeout)
+        while True:
+            if self._closed:
                 self._check_open("recv")
-                got = self._parse(requests.recv(), None)
-                if got is not None:
-                    return got
-        deadline = Deadline.of(timeout)
+            try:
+                msg = raw(end)
+            except DeadlineExceeded:
+                raise _expired(timeout, f"recv on {self.url}") from None
+            got = self._parse(msg, None)
+            if got is not None:
+                return got
+
+    def _recv_connections(self, deadline: Deadline) -> Request:
         while True:
             self._check_open("recv")
-            if requests is not None:
-                got = self._parse(requests.recv(timeout=deadline.remaining()), None)
-                if got is not None:
-                    return got
-                continue
-            got = self._poll_connections(deadline)
+            if self._requests is not None:  # a ring with a codec on the ring itself: the Channel API
+                got = self._parse(self._requests.recv(timeout=deadline.remaining()), None)
+            else:
+                got = self._poll_connections(deadline)
             if got is not None:
                 return got
 
@@ -203,26 +242,26 @@ class Server(Resource):
         conn.close()
 
     def _parse(self, msg: bytes, conn: Channel | None) -> Request | None:
-        if len(msg) < _REQ.size:
-            self.malformed += 1
-            return None
-        magic, rid, n = _REQ.unpack_from(msg)
-        end = _REQ.size + n
-        if magic != _REQ_MAGIC or len(msg) < end:
-            self.malformed += 1
-            return None
-        # a ring client's return address stays bytes: the key of the reply-ring cache, checked and
-        # decoded once per client (in _reply_channel), not once per request
-        to: Any = conn if conn is not None else msg[_REQ.size:end]
-        if conn is None and not to.isascii():
-            self.malformed += 1
-            return None
-        try:
-            data = msg[end:] if self._plain else self.codec.decode(msg[end:])
-        except Exception:
-            self.malformed += 1
-            return None
-        return Request(self, rid, to, data)
+        """A request from `msg` (untrusted bytes), or None (counted in ``malformed``)."""
+        if msg[:4] == _REQ_MAGIC and len(msg) >= _HDR:
+            end = _HDR + (msg[12] | msg[13] << 8)  # the u16 length of the return address
+            if len(msg) >= end:
+                # a ring client's return address stays bytes: the key of the reply-ring cache, checked
+                # and decoded once per client (in _reply_ring), not once per request
+                to: Any = conn
+                if conn is None:
+                    to = msg[_HDR:end]
+                    if not to.isascii():
+                        self.malformed += 1
+                        return None
+                if self._plain:
+                    return Request(self, msg[4:12], to, msg[end:])
+                try:
+                    return Request(self, msg[4:12], to, self.codec.decode(msg[end:]))
+                except Exception:
+                    pass
+        self.malformed += 1
+        return None
 
     async def arecv(self, *, timeout: float | None = None) -> Request:
         deadline = Deadline.of(timeout)
@@ -279,47 +318,79 @@ class Server(Resource):
                 return
 
     # -- replying -----------------------------------------------------------------------------------
-    def _frame(self, rid: int, data: Any) -> bytes:
+    def _frame(self, rid: bytes, data: Any) -> bytes:
         if self._plain and data.__class__ is bytes:
-            return _REP.pack(_REP_MAGIC, rid) + data
-        return b"".join((_REP.pack(_REP_MAGIC, rid), self.codec.encode(data)))  # one copy of the payload
+            return _REP_MAGIC + rid + data
+        return b"".join((_REP_MAGIC, rid, self.codec.encode(data)))  # one copy of the payload
 
-    def _reply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
+    def _reply(self, to: Any, rid: bytes, data: Any, timeout: float | None) -> bool:
+        if self._closed:
+            self._check_open("reply")
+        frame = self._frame(rid, data)
+        if not isinstance(to, bytes):  # a connection: reply on it
+            try:
+                to.send(frame, timeout=self.reply_timeout if timeout is None else timeout)
+                return True
+            except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone, InvalidArgument):
+                self._drop(to)
+                return False  # the client has gone (or stopped reading): dropped
+        end = _monotonic() + self.reply_timeout if timeout is None else _end(timeout)
+        ch: Any = None
+        for _ in range(2):
+            try:
+                ch = self._replies.get(to)
+                if ch is None:
+                    ch = self._reply_ring(to)
+                else:
+                    self._touch(to)
+                # the reply ring's C send itself, with the absolute deadline (see _end)
+                ch._send_blocking(frame, end, None)
+                return True
+            except ChannelClosed:
+                if self._closed or ch is None or not ch.closed:
+                    break  # the client closed its ring (or this server closed): dropped
+                # another thread's cache eviction closed our handle under this reply: open it again
+            except (NotFound, DeadlineExceeded, InvalidArgument):
+                break  # the client has gone, stopped reading, or gave an unusable address: dropped
+        self._forget(to)
+        return False
+
+    async def _areply(self, to: Any, rid: bytes, data: Any, timeout: float | None) -> bool:
         self._check_open("reply")
         frame = self._frame(rid, data)
         t = self.reply_timeout if timeout is None else timeout
         try:
-            self._reply_channel(to).send(frame, timeout=t)
-            return True
-        except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone, InvalidArgument):
-            self._forget(to)
-            return False  # the client has gone (or stopped reading), or gave an unusable address: dropped
-
-    async def _areply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
-        self._check_open("reply")
-        frame = self._frame(rid, data)
-        t = self.reply_timeout if timeout is None else timeout
-        try:
-            await self._reply_channel(to).asend(frame, timeout=t)
+            ch = to if not isinstance(to, bytes) else (self._replies.get(to) or self._reply_ring(to))
+            await ch.asend(frame, timeout=t)
             return True
         except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone, InvalidArgument):
             self._forget(to)
             return False
 
-    def _reply_channel(self, to: Any) -> Channel:
-        if not isinstance(to, bytes):
-            return to  # a connection: reply on it
+    def _touch(self, to: bytes) -> None:
+        try:
+            self._replies.move_to_end(to)  # LRU order; atomic under the GIL (no lock on the hit path)
+        except KeyError:
+            pass  # another thread evicted it meanwhile
+
+    def _reply_ring(self, to: bytes) -> Channel:
+        """Open (and cache) the reply ring named by a return address."""
         with self._lock:
             ch = self._replies.get(to)
             if ch is not None:
-                self._replies.move_to_end(to)
                 return ch
         ch = open_channel(f"ring://{to.decode('ascii')}")  # ASCII: checked in _parse
         with self._lock:
+            other = self._replies.get(to)
+            if other is not None:  # another thread opened it meanwhile: keep one handle
+                ch.close()
+                return other
             self._replies[to] = ch
+            evicted = []
             while len(self._replies) > _CACHE:
-                _, old = self._replies.popitem(last=False)
-                old.close()
+                evicted.append(self._replies.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
         return ch
 
     def _forget(self, to: Any) -> None:
@@ -356,6 +427,8 @@ class Client(Resource):
     """
 
     malformed = 0
+    _send_raw: Any = None
+    _recv_raw: Any = None
 
     def __init__(self, url: str, *, codec: str | Codec | None = None, capacity: int | str = 1 << 16,
                  **options: Any) -> None:
@@ -382,6 +455,9 @@ class Client(Resource):
             if rec is not None:
                 self._server_owner = (rec.pid, rec.start_time)
             self._in = self._reply_ring
+            if self._out._plain_send and self._out.max_message_size is None:
+                # the rings' C send/recv themselves, given absolute deadlines (see _end)
+                self._send_raw, self._recv_raw = self._out._send_blocking, self._in._recv_blocking
         else:
             self._out = self._in = open_channel(url, **options)
             self._return = b""
@@ -392,17 +468,13 @@ class Client(Resource):
             return _REQ.pack(_REQ_MAGIC, rid, len(self._return)) + self._return + data
         return b"".join((_REQ.pack(_REQ_MAGIC, rid, len(self._return)), self._return, self.codec.encode(data)))
 
-    def _match(self, msg: bytes, rid: int) -> tuple[bool, Any]:
-        if len(msg) < _REP.size:
+    def _match(self, msg: bytes, want: bytes) -> tuple[bool, Any]:
+        """(True, the decoded reply) if `msg` answers the request whose reply header is `want`."""
+        if msg[:12] == want:
+            return True, (msg[12:] if self._plain else self.codec.decode(msg[12:]))
+        if len(msg) < _REP.size or msg[:4] != _REP_MAGIC:
             self.malformed += 1
-            return False, None
-        magic, got = _REP.unpack_from(msg)
-        if magic != _REP_MAGIC:
-            self.malformed += 1
-            return False, None
-        if got != rid:
-            return False, None  # a late reply to an earlier request that timed out
-        return True, (msg[_REP.size:] if self._plain else self.codec.decode(msg[_REP.size:]))
+        return False, None  # else a late reply to an earlier request that timed out: dropped
 
     def _server_gone(self) -> bool:
         own = self._server_owner
@@ -426,10 +498,53 @@ class Client(Resource):
 
     def request(self, data: Any, *, timeout: float | None = None) -> object:
         """Send ``data`` and return the decoded reply (``Timeout``; ``PeerGone`` if the server died)."""
-        deadline = Deadline.of(timeout)
-        self._check_open("request")
+        if self._closed:
+            self._check_open("request")
+        send = self._send_raw
+        if send is None:
+            return self._request(data, Deadline.of(timeout))
+        # ring://: the rings' C calls with absolute deadlines, no Channel layer, no Deadline object
+        end = _end(timeout)
+        lock = self._lock
+        if not lock.acquire(False) and not lock.acquire(True, -1 if end is None else max(0.0, end - _monotonic())):
+            raise _expired(timeout, f"request on {self.url}")  # another thread's request took the time
+        try:
+            rid = next(self._ids)
+            want = _REP.pack(_REP_MAGIC, rid)
+            try:
+                send(self._frame(rid, data), end)
+            except DeadlineExceeded:
+                raise _expired(timeout, f"request on {self.url} (the request ring stayed full)") from None
+            except ChannelClosed as e:
+                if self._closed:
+                    raise
+                raise PeerGone(f"request on {self.url}: the server closed its ring") from e
+            recv = self._recv_raw
+            while True:
+                until = _monotonic() + _LIVENESS  # a slice: a dead creating server is noticed
+                if end is not None and end < until:
+                    until = end
+                try:
+                    msg = recv(until)
+                except DeadlineExceeded:
+                    if end is not None and _monotonic() >= end:
+                        raise _expired(timeout, f"request on {self.url}") from None
+                    if self._server_gone():
+                        raise PeerGone(f"request on {self.url}: the server died") from None
+                    continue
+                if msg[:12] == want:
+                    return msg[12:] if self._plain else self.codec.decode(msg[12:])
+                if len(msg) < _REP.size or msg[:4] != _REP_MAGIC:
+                    self.malformed += 1
+                # else a late reply to an earlier request that timed out: dropped
+        finally:
+            lock.release()
+
+    def _request(self, data: Any, deadline: Deadline) -> object:
+        """``request`` over the Channel API (unix://, tcp://, a ring with checks of its own)."""
         with self._lock:
             rid = next(self._ids)
+            want = _REP.pack(_REP_MAGIC, rid)
             self._out.send(self._frame(rid, data), timeout=deadline.remaining())
             while True:
                 try:
@@ -437,7 +552,7 @@ class Client(Resource):
                 except (ChannelClosed, DeadlineExceeded) as e:
                     self._no_reply(e, deadline)
                     continue
-                ok, reply = self._match(msg, rid)
+                ok, reply = self._match(msg, want)
                 if ok:
                     return reply
 
@@ -446,6 +561,7 @@ class Client(Resource):
         deadline = Deadline.of(timeout)
         self._check_open("request")
         rid = next(self._ids)
+        want = _REP.pack(_REP_MAGIC, rid)
         await self._out.asend(self._frame(rid, data), timeout=deadline.remaining())
         while True:
             try:
@@ -453,7 +569,7 @@ class Client(Resource):
             except (ChannelClosed, DeadlineExceeded) as e:
                 self._no_reply(e, deadline)
                 continue
-            ok, reply = self._match(msg, rid)
+            ok, reply = self._match(msg, want)
             if ok:
                 return reply
 
