@@ -1,6 +1,7 @@
 """Request/reply round trip (kipc.Server/Client) against the transport's own ping-pong and pyzmq REQ/REP, same run.
 
     .venv/bin/python benchmarks/bench_reqrep.py [--n N] [--rounds R] [--schemes ring unix tcp] [--clients C]
+        [--before FILE]
 
 For each scheme (after a warm-up of as many round trips: on this 2-core machine the
 first few thousand round trips of a new process pair take ~40 µs until the scheduler puts
@@ -12,17 +13,23 @@ is not installed) — the peer a Python user would otherwise pick; ``zmq/it`` is
 faster each kipc request/reply is than it (targets on ring://: request/reply <= 2x ping-pong,
 >= 10x faster than pyzmq). ``--clients C`` (default 8, 0 = skip) adds, per scheme, the requests
 per second one server thread answers for C client processes at once (every reply checked).
+``--before FILE`` adds, in the same rounds, the request/reply of another version of
+``kipc/reqrep.py`` (e.g. ``git show REV:src/kipc/reqrep.py > /tmp/reqrep_before.py``), loaded
+as a module of this kipc: the before/after ratio of a change, measured side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from types import ModuleType
+from typing import Any
 
 import kipc
 from kipc import testing
@@ -30,9 +37,19 @@ from kipc import testing
 MSG = b"x" * 64
 
 
-def _reqrep(scheme: str, n: int) -> float:
+def _load(path: str) -> ModuleType:
+    """Another version of kipc/reqrep.py, as a module of this kipc package (its relative imports work)."""
+    spec = importlib.util.spec_from_file_location("kipc._reqrep_before", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--before {path}: not a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _reqrep(scheme: str, n: int, impl: Any = kipc) -> float:
     url = "tcp://127.0.0.1:0" if scheme == "tcp" else f"{scheme}://{testing.unique_name('bq')}"
-    server = kipc.Server(url, create=True)
+    server = impl.Server(url, create=True)
     pid = os.fork()
     if pid == 0:
         try:
@@ -41,7 +58,7 @@ def _reqrep(scheme: str, n: int) -> float:
         finally:
             os._exit(0)
     try:
-        with kipc.Client(server.url) as c:
+        with impl.Client(server.url) as c:
             times = []
             for _ in range(2 * n):
                 t = time.perf_counter_ns()
@@ -182,15 +199,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--schemes", nargs="*", default=["ring", "unix", "tcp"])
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--before", metavar="FILE", help="another kipc/reqrep.py to measure side by side")
     args = ap.parse_args()
     os.environ.setdefault("KIPC_TEST_NS", f"benchrr{os.getpid()}")
     zmq_ok = _have_zmq()
+    before = _load(args.before) if args.before else None
+    old: dict[str, list[float]] = {s: [] for s in args.schemes}
     rr: dict[str, list[float]] = {s: [] for s in args.schemes}
     pp: dict[str, list[float]] = {s: [] for s in args.schemes}
     zq: list[float] = []
     many: dict[str, list[float]] = {s: [] for s in args.schemes}
     for _ in range(args.rounds):  # every contender in every round: a noisy spell hits them all
         for scheme in args.schemes:
+            if before is not None:
+                old[scheme].append(_reqrep(scheme, args.n, before))
             rr[scheme].append(_reqrep(scheme, args.n))
             pp[scheme].append(_pingpong(scheme, args.n))
             if args.clients:
@@ -199,10 +221,14 @@ def main() -> None:
             zq.append(_zmq_reqrep(args.n))
     z = min(zq) if zq else None
     print(f"median round trip, 64 B, best of {args.rounds} rounds of {args.n} (after as many warm-up)")
-    print(f"{'scheme':8s} {'request/reply µs':>18s} {'ping-pong µs':>14s} {'rr/pp':>7s} {'zmq/it':>8s}")
+    extra = f" {'before µs':>10s} {'before/rr':>10s}" if before is not None else ""
+    print(f"{'scheme':8s} {'request/reply µs':>18s} {'ping-pong µs':>14s} {'rr/pp':>7s} {'zmq/it':>8s}{extra}")
     for scheme in args.schemes:
         a, b = min(rr[scheme]), min(pp[scheme])
         vs = f"{z / a:7.1f}x" if z else f"{'-':>8s}"
+        if before is not None:
+            o = min(old[scheme])
+            vs += f" {o:10.2f} {o / a:9.2f}x"
         print(f"{scheme:8s} {a:18.2f} {b:14.2f} {a / b:7.2f} {vs}")
     if z is not None:
         print(f"{'pyzmq':8s} {z:18.2f} {'(REQ/REP ipc://)':>14s}")

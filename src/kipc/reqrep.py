@@ -46,11 +46,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _owners
 from ._base import Channel, Deadline, Listener, Resource
 from ._naming import parse_url
+from ._platform import native
 from ._waiting import wait
 from .codecs import Codec, get_codec
 from .errors import ChannelClosed, DeadlineExceeded, InvalidArgument, KipcError, NotFound, PeerGone
@@ -62,8 +63,11 @@ __all__ = ["Client", "Request", "Server"]
 _BYTES = get_codec(None)
 _REQ = struct.Struct("<4sQH")
 _REP = struct.Struct("<4sQ")
+_LEN = struct.Struct("<H")
 _REQ_MAGIC, _REP_MAGIC = b"KRQ1", b"KRP1"
 _HDR = _REQ.size  # where a request's return address starts
+_rr = native("_reqrep")  # the ring:// hot path in C (see _native/_reqrep.c)
+_take, _call, _wait = _rr.take, _rr.call, _rr.wait
 _monotonic = time.monotonic
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
 _SCHEMES = ("ring", "unix", "tcp")
@@ -99,28 +103,26 @@ def _expired(timeout: object, what: str) -> DeadlineExceeded:
     return Deadline(timeout).error(what)  # type: ignore[arg-type]
 
 
-class Request:
-    """One request: ``data`` (decoded), ``reply(data)``; each request is answered at most once."""
+_RequestBase: Any = _rr.Request  # a C type: see _native/_reqrep.c
 
-    __slots__ = ("_replied", "_rid", "_to", "data", "server")
+
+class Request(_RequestBase):
+    """One request: ``data`` (decoded), ``id``, ``reply(data)``; each request is answered at most once.
+
+    ``reply(data, *, timeout=None) -> bool`` sends the reply; False if the client has gone
+    (the reply is dropped). It is C (``_native/_reqrep.c``): on ring:// with the default codec
+    it sends there, else it calls :meth:`Server._reply`.
+    """
+
+    if not TYPE_CHECKING:
+        __slots__ = ()  # no __dict__: the C type's fields are all there is
+    # the C type's fields (_native/_reqrep.c), for type checkers
     data: object  # bytes with the default codec, the decoded value with codec= (narrow it)
-
-    def __init__(self, server: Server, rid: bytes, to: Any, data: Any) -> None:
-        # rid: the id's 8 wire bytes, copied back into the reply as they came (never unpacked)
-        self.server, self._rid, self._to, self.data = server, rid, to, data
-        self._replied = False
-
-    @property
-    def id(self) -> int:
-        """The 64-bit id its client gave this request."""
-        return int.from_bytes(self._rid, "little")
-
-    def reply(self, data: Any, *, timeout: float | None = None) -> bool:
-        """Send the reply; False if the client has gone (the reply is dropped)."""
-        if self._replied:
-            raise InvalidArgument("this request was already answered")
-        self._replied = True
-        return self.server._reply(self._to, self._rid, data, timeout)
+    server: Server
+    id: int  # read-only: the 64-bit id the client gave this request
+    _rid: int
+    _to: Any
+    _replied: bool
 
     async def areply(self, data: Any, *, timeout: float | None = None) -> bool:
         if self._replied:
@@ -130,6 +132,9 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.id} on {self.server.url}>"
+
+
+_rr._setup(InvalidArgument, DeadlineExceeded, ChannelClosed, NotFound, Request)
 
 
 class Server(Resource):
@@ -152,6 +157,7 @@ class Server(Resource):
         self._listener: Listener | None = None
         self._requests: Channel | None = None
         self._replies: OrderedDict[bytes, Channel] = OrderedDict()  # return address -> its open reply ring
+        self._senders: dict[bytes, Any] = {}  # the same -> its C send, for the reply in C (_native/_reqrep.c)
         if self.scheme == "ring":
             self._requests = open_channel(url, create=create, **options)
             self.url = self._requests.url
@@ -175,13 +181,17 @@ class Server(Resource):
         while True:
             if self._closed:
                 self._check_open("recv")
-            try:
-                msg = raw(end)
+            try:  # the next well-formed request, parsed in C (malformed ones counted there)
+                req: Request = _take(self, raw, end, self._senders, self.reply_timeout, self._plain)
             except DeadlineExceeded:
                 raise _expired(timeout, f"recv on {self.url}") from None
-            got = self._parse(msg, None)
-            if got is not None:
-                return got
+            if self._plain:
+                return req
+            try:
+                req.data = self.codec.decode(req.data)  # type: ignore[arg-type]  # bytes from C
+                return req
+            except Exception:
+                self.malformed += 1
 
     def _recv_connections(self, deadline: Deadline) -> Request:
         while True:
@@ -254,10 +264,11 @@ class Server(Resource):
                     if not to.isascii():
                         self.malformed += 1
                         return None
+                rid = int.from_bytes(msg[4:12], "little")
                 if self._plain:
-                    return Request(self, msg[4:12], to, msg[end:])
+                    return Request(self, rid, to, msg[end:])
                 try:
-                    return Request(self, msg[4:12], to, self.codec.decode(msg[end:]))
+                    return Request(self, rid, to, self.codec.decode(msg[end:]))
                 except Exception:
                     pass
         self.malformed += 1
@@ -318,14 +329,14 @@ class Server(Resource):
                 return
 
     # -- replying -----------------------------------------------------------------------------------
-    def _frame(self, rid: bytes, data: Any) -> bytes:
+    def _frame(self, rid: int, data: Any) -> bytes:
         if self._plain and data.__class__ is bytes:
-            return _REP_MAGIC + rid + data
-        return b"".join((_REP_MAGIC, rid, self.codec.encode(data)))  # one copy of the payload
+            return _REP.pack(_REP_MAGIC, rid) + data
+        return b"".join((_REP.pack(_REP_MAGIC, rid), self.codec.encode(data)))  # one copy of the payload
 
-    def _reply(self, to: Any, rid: bytes, data: Any, timeout: float | None) -> bool:
-        if self._closed:
-            self._check_open("reply")
+    def _reply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
+        """``Request.reply`` when C does not send it itself (a codec, a connection, a first reply, timeout=)."""
+        self._check_open("reply")
         frame = self._frame(rid, data)
         if not isinstance(to, bytes):  # a connection: reply on it
             try:
@@ -334,15 +345,25 @@ class Server(Resource):
             except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone, InvalidArgument):
                 self._drop(to)
                 return False  # the client has gone (or stopped reading): dropped
-        end = _monotonic() + self.reply_timeout if timeout is None else _end(timeout)
+        return self._send_reply(to, frame, _monotonic() + self.reply_timeout if timeout is None else _end(timeout))
+
+    def _reply_failed(self, to: bytes, frame: bytes, end: float, exc: KipcError) -> bool:
+        """C's send of a reply failed with `exc` (ChannelClosed, DeadlineExceeded, NotFound, InvalidArgument)."""
+        self._check_open("reply")
+        if isinstance(exc, ChannelClosed):
+            ch = self._replies.get(to)
+            if ch is None or ch.closed:  # another thread evicted (closed) the handle C used: open it again
+                return self._send_reply(to, frame, end)
+        self._forget(to)
+        return False  # the client has gone (closed its ring, stopped reading): dropped
+
+    def _send_reply(self, to: bytes, frame: bytes, end: float | None) -> bool:
         ch: Any = None
         for _ in range(2):
             try:
                 ch = self._replies.get(to)
                 if ch is None:
                     ch = self._reply_ring(to)
-                else:
-                    self._touch(to)
                 # the reply ring's C send itself, with the absolute deadline (see _end)
                 ch._send_blocking(frame, end, None)
                 return True
@@ -355,7 +376,7 @@ class Server(Resource):
         self._forget(to)
         return False
 
-    async def _areply(self, to: Any, rid: bytes, data: Any, timeout: float | None) -> bool:
+    async def _areply(self, to: Any, rid: int, data: Any, timeout: float | None) -> bool:
         self._check_open("reply")
         frame = self._frame(rid, data)
         t = self.reply_timeout if timeout is None else timeout
@@ -366,12 +387,6 @@ class Server(Resource):
         except (NotFound, ChannelClosed, DeadlineExceeded, PeerGone, InvalidArgument):
             self._forget(to)
             return False
-
-    def _touch(self, to: bytes) -> None:
-        try:
-            self._replies.move_to_end(to)  # LRU order; atomic under the GIL (no lock on the hit path)
-        except KeyError:
-            pass  # another thread evicted it meanwhile
 
     def _reply_ring(self, to: bytes) -> Channel:
         """Open (and cache) the reply ring named by a return address."""
@@ -386,9 +401,12 @@ class Server(Resource):
                 ch.close()
                 return other
             self._replies[to] = ch
+            self._senders[to] = ch._send_blocking
             evicted = []
-            while len(self._replies) > _CACHE:
-                evicted.append(self._replies.popitem(last=False)[1])
+            while len(self._replies) > _CACHE:  # the oldest opened goes (hits do not reorder: they are C's)
+                old_to, old = self._replies.popitem(last=False)
+                self._senders.pop(old_to, None)
+                evicted.append(old)
         for old in evicted:
             old.close()
         return ch
@@ -396,6 +414,7 @@ class Server(Resource):
     def _forget(self, to: Any) -> None:
         if isinstance(to, bytes):
             with self._lock:
+                self._senders.pop(to, None)
                 ch = self._replies.pop(to, None)
             if ch is not None:
                 ch.close()
@@ -408,6 +427,7 @@ class Server(Resource):
             conns, self._conns = self._conns, []
             self._pending = []
             replies, self._replies = list(self._replies.values()), OrderedDict()
+            self._senders = {}
         for ch in [*conns, *replies]:
             ch.close()
         if self._listener is not None:
@@ -451,6 +471,7 @@ class Client(Resource):
                 self._out.close()
                 raise
             self._return = me.encode("ascii")
+            self._head = _LEN.pack(len(self._return)) + self._return  # what follows a request's id
             rec = _owners.lookup(self.url)
             if rec is not None:
                 self._server_owner = (rec.pid, rec.start_time)
@@ -503,42 +524,38 @@ class Client(Resource):
         send = self._send_raw
         if send is None:
             return self._request(data, Deadline.of(timeout))
-        # ring://: the rings' C calls with absolute deadlines, no Channel layer, no Deadline object
+        # ring://: one C call sends the request and waits for its reply (_native/_reqrep.c), on the
+        # rings' own C send/recv with absolute deadlines: no Channel layer, no Deadline object
         end = _end(timeout)
+        payload = data if self._plain and data.__class__ is bytes else self.codec.encode(data)
         lock = self._lock
         if not lock.acquire(False) and not lock.acquire(True, -1 if end is None else max(0.0, end - _monotonic())):
             raise _expired(timeout, f"request on {self.url}")  # another thread's request took the time
         try:
             rid = next(self._ids)
-            want = _REP.pack(_REP_MAGIC, rid)
+            recv = self._recv_raw
+            until = _monotonic() + _LIVENESS  # the reply is awaited in slices: a dead creating server is noticed
+            if end is not None and end < until:
+                until = end
             try:
-                send(self._frame(rid, data), end)
+                got = _call(self, send, recv, self._head, rid, payload, end, until)
             except DeadlineExceeded:
                 raise _expired(timeout, f"request on {self.url} (the request ring stayed full)") from None
             except ChannelClosed as e:
                 if self._closed:
-                    raise
+                    raise  # this client was closed (from another thread)
                 raise PeerGone(f"request on {self.url}: the server closed its ring") from e
-            recv = self._recv_raw
-            while True:
-                until = _monotonic() + _LIVENESS  # a slice: a dead creating server is noticed
-                if end is not None and end < until:
-                    until = end
-                try:
-                    msg = recv(until)
-                except DeadlineExceeded:
-                    if end is not None and _monotonic() >= end:
-                        raise _expired(timeout, f"request on {self.url}") from None
-                    if self._server_gone():
-                        raise PeerGone(f"request on {self.url}: the server died") from None
-                    continue
-                if msg[:12] == want:
-                    return msg[12:] if self._plain else self.codec.decode(msg[12:])
-                if len(msg) < _REP.size or msg[:4] != _REP_MAGIC:
-                    self.malformed += 1
-                # else a late reply to an earlier request that timed out: dropped
+            while got is None:  # a slice passed without the reply
+                now = _monotonic()
+                if end is not None and now >= end:
+                    raise _expired(timeout, f"request on {self.url}")
+                if self._server_gone():
+                    raise PeerGone(f"request on {self.url}: the server died")
+                until = now + _LIVENESS if end is None or end > now + _LIVENESS else end
+                got = _wait(self, recv, rid, until)
         finally:
             lock.release()
+        return got if self._plain else self.codec.decode(got)
 
     def _request(self, data: Any, deadline: Deadline) -> object:
         """``request`` over the Channel API (unix://, tcp://, a ring with checks of its own)."""
