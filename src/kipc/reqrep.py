@@ -19,12 +19,14 @@ Contract card:
   as usual); threads of it may call ``recv`` concurrently.
 * Timeouts on both sides. A client whose server dies mid-request gets
   :class:`PeerGone` (the connection ended; on ``ring://``: the ring's creating
-  server is gone) or :class:`Timeout` — never a hang with a timeout. On
-  ``ring://`` with several servers, a non-creating server dying mid-request is
-  noticed only by the client's timeout: give one.
+  server is gone, or closed the ring) or :class:`Timeout` — never a hang with a
+  timeout. On ``ring://`` with several servers, a non-creating server dying
+  mid-request is noticed only by the client's timeout: give one.
 * A reply to a client that died is dropped without harming the server
   (``reply`` returns False). A reply waits at most ``reply_timeout`` (1 s)
-  for room in a client's ring, then is dropped.
+  for room in a client's ring, then is dropped. A ring server keeps the reply
+  rings of the 64 clients it opened last (``_CACHE``); an older client's ring is
+  opened again on its next request.
 * Wire format (the codec applies to payloads only): request =
   ``b"KRQ1" u64 id u16 len return-address payload``; reply =
   ``b"KRP1" u64 id payload``. A message that is not one of these is dropped
@@ -32,6 +34,14 @@ Contract card:
 * Cleanup: a ring server created with ``create=True`` removes the request
   ring on close; a client removes its reply ring on close (``kipc gc`` after
   SIGKILL, as for every ring).
+
+Speed (``ring://``): the per-message steps — the server's parse and ``Request``,
+``Request.reply``'s frame and send, the client's send and wait for its own reply —
+are C (``_native/_reqrep.c``), calling the rings' own C send/recv with absolute
+deadlines; Python runs once per call around them (timeouts, the client lock, the
+liveness check between 0.25 s slices). ``unix://``/``tcp://`` (and a ring opened with
+options that need the Channel checks, e.g. ``max_message_size``) go through the
+Channel API.
 
 NATS has its own request/reply (``nats://``, core NATS subjects) in the NATS
 transport; this module covers one host.
@@ -67,7 +77,7 @@ _LEN = struct.Struct("<H")
 _REQ_MAGIC, _REP_MAGIC = b"KRQ1", b"KRP1"
 _HDR = _REQ.size  # where a request's return address starts
 _rr = native("_reqrep")  # the ring:// hot path in C (see _native/_reqrep.c)
-_take, _call, _wait = _rr.take, _rr.call, _rr.wait
+_take, _call = _rr.take, _rr.call
 _monotonic = time.monotonic
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
 _SCHEMES = ("ring", "unix", "tcp")
@@ -134,7 +144,7 @@ class Request(_RequestBase):
         return f"<Request {self.id} on {self.server.url}>"
 
 
-_rr._setup(InvalidArgument, DeadlineExceeded, ChannelClosed, NotFound, Request)
+_rr._setup(InvalidArgument, DeadlineExceeded, ChannelClosed, NotFound, Request, _end, _TIMEOUT_MAX, _LIVENESS)
 
 
 class Server(Resource):
@@ -519,43 +529,51 @@ class Client(Resource):
 
     def request(self, data: Any, *, timeout: float | None = None) -> object:
         """Send ``data`` and return the decoded reply (``Timeout``; ``PeerGone`` if the server died)."""
-        if self._closed:
-            self._check_open("request")
         send = self._send_raw
-        if send is None:
+        if send is None or self._closed:
+            self._check_open("request")
             return self._request(data, Deadline.of(timeout))
-        # ring://: one C call sends the request and waits for its reply (_native/_reqrep.c), on the
-        # rings' own C send/recv with absolute deadlines: no Channel layer, no Deadline object
-        end = _end(timeout)
+        # ring://: one C call frames and sends the request and waits for its own reply
+        # (_native/_reqrep.c), on the rings' C send/recv with absolute deadlines
         payload = data if self._plain and data.__class__ is bytes else self.codec.encode(data)
         lock = self._lock
-        if not lock.acquire(False) and not lock.acquire(True, -1 if end is None else max(0.0, end - _monotonic())):
-            raise _expired(timeout, f"request on {self.url}")  # another thread's request took the time
+        if not lock.acquire(False):
+            return self._request_contended(payload, timeout)
         try:
-            rid = next(self._ids)
-            recv = self._recv_raw
-            until = _monotonic() + _LIVENESS  # the reply is awaited in slices: a dead creating server is noticed
-            if end is not None and end < until:
-                until = end
-            try:
-                got = _call(self, send, recv, self._head, rid, payload, end, until)
-            except DeadlineExceeded:
-                raise _expired(timeout, f"request on {self.url} (the request ring stayed full)") from None
-            except ChannelClosed as e:
-                if self._closed:
-                    raise  # this client was closed (from another thread)
-                raise PeerGone(f"request on {self.url}: the server closed its ring") from e
-            while got is None:  # a slice passed without the reply
-                now = _monotonic()
-                if end is not None and now >= end:
-                    raise _expired(timeout, f"request on {self.url}")
-                if self._server_gone():
-                    raise PeerGone(f"request on {self.url}: the server died")
-                until = now + _LIVENESS if end is None or end > now + _LIVENESS else end
-                got = _wait(self, recv, rid, until)
+            got = _call(self, send, self._recv_raw, self._head, next(self._ids), payload, timeout)
         finally:
             lock.release()
         return got if self._plain else self.codec.decode(got)
+
+    def _request_contended(self, payload: Any, timeout: float | None) -> object:
+        """``request`` while another thread's request holds this client: wait for it within ``timeout``."""
+        end = _end(timeout)
+        if not self._lock.acquire(True, -1 if end is None else max(0.0, end - _monotonic())):
+            raise _expired(timeout, f"request on {self.url}")
+        try:
+            left = None if end is None else max(0.0, end - _monotonic())
+            if left == 0.0 and timeout != 0:
+                raise _expired(timeout, f"request on {self.url}")
+            got = _call(self, self._send_raw, self._recv_raw, self._head, next(self._ids), payload, left)
+        finally:
+            self._lock.release()
+        return got if self._plain else self.codec.decode(got)
+
+    # called by _call (C) on the rare paths
+    def _send_failed(self, exc: KipcError, timeout: float | None) -> None:
+        """The request could not be sent: the ring stayed full, or it (or this client) was closed."""
+        if isinstance(exc, DeadlineExceeded):
+            raise _expired(timeout, f"request on {self.url} (the request ring stayed full)") from None
+        if self._closed:
+            raise exc  # this client was closed (from another thread)
+        raise PeerGone(f"request on {self.url}: the server closed its ring") from exc
+
+    def _no_reply_yet(self, timeout: float | None, end: float | None) -> None:
+        """A 0.25 s slice passed without the reply: raise Timeout at the deadline, PeerGone if the server died."""
+        if end is not None and _monotonic() >= end:
+            raise _expired(timeout, f"request on {self.url}")
+        if self._server_gone():
+            raise PeerGone(f"request on {self.url}: the server died")
 
     def _request(self, data: Any, deadline: Deadline) -> object:
         """``request`` over the Channel API (unix://, tcp://, a ring with checks of its own)."""

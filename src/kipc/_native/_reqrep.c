@@ -13,15 +13,17 @@
  * Wire format (reqrep.py): request = "KRQ1" u64 id u16 n return-address[n] payload;
  * reply = "KRP1" u64 id payload (little-endian).
  *
- *   _setup(InvalidArgument, DeadlineExceeded, ChannelClosed, NotFound, RequestType)
+ *   _setup(InvalidArgument, DeadlineExceeded, ChannelClosed, NotFound, RequestType, end, TIMEOUT_MAX, LIVENESS)
  *   take(server, recv, end, senders, reply_timeout, plain) -> RequestType
  *       the next well-formed request from recv(end) (its errors propagate); the reply ring's
  *       bound send is looked up in `senders` (return address -> send) once, here
- *   call(client, send, recv, head, rid, payload, end, until) -> bytes | None
- *       send "KRQ1" rid head payload with send(frame, end), then wait(...)
- *   wait(client, recv, rid, until) -> bytes | None
- *       the payload of the reply to `rid`, or None when `until` passed first (late replies
- *       to earlier ids are dropped, malformed ones counted)
+ *   call(client, send, recv, head, rid, payload, timeout) -> bytes
+ *       send "KRQ1" rid head payload with send(frame, end), then wait for the reply to `rid`
+ *       in LIVENESS slices (late replies to earlier ids dropped, malformed ones counted);
+ *       between slices client._no_reply_yet(timeout, end) raises Timeout or PeerGone or
+ *       returns; a failed send goes to client._send_failed(exc, timeout), which raises.
+ *       A timeout other than None or a float/int in (0, TIMEOUT_MAX] is left to end(timeout)
+ *       (reqrep._end: validation and its errors, 0 = one attempt).
  *   Request(server, rid, to, data): what take() makes; .reply(data, *, timeout=None) -> bool
  *       sends in C when take() found the sender, the payload is bytes and the codec is plain;
  *       otherwise, and on a failed send, it calls back into server._reply / _reply_failed.
@@ -29,6 +31,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -42,7 +45,9 @@
 
 static PyObject *E_Invalid, *E_Deadline, *E_Closed, *E_NotFound;
 static PyTypeObject *RequestType; /* reqrep.Request (a subclass of _reqrep.Request) */
-static PyObject *S_malformed, *S_reply, *S_reply_failed;
+static PyObject *S_malformed, *S_reply, *S_reply_failed, *S_no_reply_yet, *S_send_failed;
+static PyObject *END;               /* reqrep._end: the validating path of a timeout */
+static double TIMEOUT_MAX = 0.0, LIVENESS = 0.25;
 
 static double mono(void)
 {
@@ -329,40 +334,50 @@ static int get_rid(PyObject *o, unsigned long long *rid)
     return *rid == (unsigned long long)-1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* wait(client, recv, rid, until) -> bytes | None */
-static PyObject *wait_fn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    unsigned long long rid;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "wait(client, recv, rid, until)");
-        return NULL;
-    }
-    if (get_rid(args[2], &rid) < 0)
-        return NULL;
-    return wait_reply(args[0], args[1], rid, args[3]);
-}
-
-/* call(client, send, recv, head, rid, payload, end, until) -> bytes | None */
+/* call(client, send, recv, head, rid, payload, timeout) -> bytes */
 static PyObject *call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned long long rid;
-    if (nargs != 8 || !PyBytes_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "call(client, send, recv, head: bytes, rid, payload, end, until)");
+    if (nargs != 7 || !PyBytes_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "call(client, send, recv, head: bytes, rid, payload, timeout)");
         return NULL;
     }
+    PyObject *client = args[0], *send = args[1], *recv = args[2], *timeout = args[6];
     if (get_rid(args[4], &rid) < 0)
         return NULL;
-    Py_buffer b;
-    if (PyObject_GetBuffer(args[5], &b, PyBUF_SIMPLE) < 0)
-        return NULL;
-    Py_ssize_t hn = PyBytes_GET_SIZE(args[3]);
-    if (b.len > PY_SSIZE_T_MAX - 12 - hn) {
-        PyBuffer_Release(&b);
-        return PyErr_NoMemory();
+    double end = INFINITY, t = -1.0;
+    if (timeout != Py_None) {
+        if (PyFloat_CheckExact(timeout))
+            t = PyFloat_AS_DOUBLE(timeout);
+        else if (PyLong_CheckExact(timeout)) /* not bool: PyLong_CheckExact */
+            t = PyLong_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred())
+            PyErr_Clear(); /* a huge int: the validating path says what is wrong */
+        if (t > 0 && t <= TIMEOUT_MAX) {
+            end = mono() + t;
+        } else {
+            PyObject *e = PyObject_CallOneArg(END, timeout); /* raises for a bad timeout */
+            if (!e)
+                return NULL;
+            end = e == Py_None ? INFINITY : PyFloat_AsDouble(e);
+            Py_DECREF(e);
+            if (end == -1.0 && PyErr_Occurred())
+                return NULL;
+        }
     }
-    PyObject *frame = PyBytes_FromStringAndSize(NULL, 12 + hn + b.len);
+    PyObject *endobj = end == INFINITY ? Py_NewRef(Py_None) : PyFloat_FromDouble(end);
+    if (!endobj)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[5], &b, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(endobj);
+        return NULL;
+    }
+    Py_ssize_t hn = PyBytes_GET_SIZE(args[3]);
+    PyObject *frame = b.len > PY_SSIZE_T_MAX - 12 - hn ? PyErr_NoMemory() : PyBytes_FromStringAndSize(NULL, 12 + hn + b.len);
     if (!frame) {
         PyBuffer_Release(&b);
+        Py_DECREF(endobj);
         return NULL;
     }
     char *p = PyBytes_AS_STRING(frame);
@@ -371,21 +386,67 @@ static PyObject *call(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     memcpy(p + 12, PyBytes_AS_STRING(args[3]), (size_t)hn);
     memcpy(p + 12 + hn, b.buf, (size_t)b.len);
     PyBuffer_Release(&b);
-    PyObject *sa[2] = {frame, args[6]};
-    PyObject *r = PyObject_Vectorcall(args[1], sa, 2, NULL);
+    PyObject *sa[2] = {frame, endobj};
+    PyObject *r = PyObject_Vectorcall(send, sa, 2, NULL);
     Py_DECREF(frame);
-    if (!r)
+    if (!r) {
+        if (PyErr_ExceptionMatches(E_Deadline) || PyErr_ExceptionMatches(E_Closed)) {
+            PyObject *et, *exc, *tb;
+            PyErr_Fetch(&et, &exc, &tb);
+            PyErr_NormalizeException(&et, &exc, &tb);
+            if (tb && exc)
+                PyException_SetTraceback(exc, tb);
+            Py_XDECREF(et);
+            Py_XDECREF(tb);
+            if (exc) { /* client._send_failed(exc, timeout) raises what it means */
+                PyObject *a[3] = {client, exc, timeout};
+                PyObject *x = PyObject_VectorcallMethod(S_send_failed, a, 3, NULL);
+                Py_DECREF(exc);
+                if (x) {
+                    Py_DECREF(x);
+                    PyErr_SetString(PyExc_RuntimeError, "reqrep: _send_failed returned instead of raising");
+                }
+            } else if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_RuntimeError, "reqrep: a send failed without an exception");
+            }
+        }
+        Py_DECREF(endobj);
         return NULL;
+    }
     Py_DECREF(r);
-    return wait_reply(args[0], args[2], rid, args[7]);
+    for (;;) {
+        double until = mono() + LIVENESS; /* in slices: a dead creating server is noticed */
+        if (end < until)
+            until = end;
+        PyObject *u = PyFloat_FromDouble(until);
+        if (!u) {
+            Py_DECREF(endobj);
+            return NULL;
+        }
+        PyObject *got = wait_reply(client, recv, rid, u);
+        Py_DECREF(u);
+        if (got != Py_None) {
+            Py_DECREF(endobj);
+            return got; /* the reply, or NULL */
+        }
+        Py_DECREF(got);
+        PyObject *a[3] = {client, timeout, endobj}; /* raises Timeout / PeerGone, or returns */
+        PyObject *x = PyObject_VectorcallMethod(S_no_reply_yet, a, 3, NULL);
+        if (!x) {
+            Py_DECREF(endobj);
+            return NULL;
+        }
+        Py_DECREF(x);
+    }
 }
 
 /* ------------------------------------------------------------------------- */
 
 static PyObject *setup(PyObject *mod, PyObject *args)
 {
-    PyObject *inv, *dl, *cl, *nf, *rt;
-    if (!PyArg_ParseTuple(args, "OOOOO!:_setup", &inv, &dl, &cl, &nf, &PyType_Type, &rt))
+    PyObject *inv, *dl, *cl, *nf, *rt, *end;
+    double tmax, live;
+    if (!PyArg_ParseTuple(args, "OOOOO!Odd:_setup", &inv, &dl, &cl, &nf, &PyType_Type, &rt, &end, &tmax, &live))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)rt, &RequestBase)) {
         PyErr_SetString(PyExc_TypeError, "_setup: the request type must subclass _reqrep.Request");
@@ -396,18 +457,19 @@ static PyObject *setup(PyObject *mod, PyObject *args)
     Py_XSETREF(E_Closed, Py_NewRef(cl));
     Py_XSETREF(E_NotFound, Py_NewRef(nf));
     Py_XSETREF(RequestType, (PyTypeObject *)Py_NewRef(rt));
+    Py_XSETREF(END, Py_NewRef(end));
+    TIMEOUT_MAX = tmax;
+    LIVENESS = live;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"_setup", setup, METH_VARARGS,
-     "_setup(InvalidArgument, DeadlineExceeded, ChannelClosed, NotFound, RequestType): kipc's classes"},
+     "_setup(InvalidArgument, DeadlineExceeded, ChannelClosed, NotFound, RequestType, end, TIMEOUT_MAX, LIVENESS)"},
     {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
      "take(server, recv, end, senders, reply_timeout, plain) -> Request: the next well-formed request"},
     {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL,
-     "call(client, send, recv, head, rid, payload, end, until) -> bytes | None: send a request, wait for its reply"},
-    {"wait", (PyCFunction)(void (*)(void))wait_fn, METH_FASTCALL,
-     "wait(client, recv, rid, until) -> bytes | None: the reply to rid, or None when until passed"},
+     "call(client, send, recv, head, rid, payload, timeout) -> bytes: send a request, wait for its reply"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -422,13 +484,16 @@ PyMODINIT_FUNC PyInit__reqrep(void)
     S_malformed = PyUnicode_InternFromString("malformed");
     S_reply = PyUnicode_InternFromString("_reply");
     S_reply_failed = PyUnicode_InternFromString("_reply_failed");
-    if (!S_malformed || !S_reply || !S_reply_failed)
+    S_no_reply_yet = PyUnicode_InternFromString("_no_reply_yet");
+    S_send_failed = PyUnicode_InternFromString("_send_failed");
+    if (!S_malformed || !S_reply || !S_reply_failed || !S_no_reply_yet || !S_send_failed)
         return NULL;
     /* until _setup: the builtin classes, so nothing here is ever NULL */
     E_Invalid = Py_NewRef(PyExc_ValueError);
     E_Deadline = Py_NewRef(PyExc_TimeoutError);
     E_Closed = Py_NewRef(PyExc_EOFError);
     E_NotFound = Py_NewRef(PyExc_FileNotFoundError);
+    END = Py_NewRef(Py_None);
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
