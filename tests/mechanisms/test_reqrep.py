@@ -518,3 +518,54 @@ def test_c_path_reply_after_the_client_closed_is_dropped() -> None:
         req = s.recv(timeout=5)
         assert req.reply(b"to nobody") is False  # the client closed (and removed) its ring: dropped
         assert c._return not in s._senders
+
+
+def test_c_path_request_ring_full_times_out_then_server_close_is_peergone() -> None:
+    s = kipc.Server(_ring_url(), create=True, capacity=4096)
+    try:
+        with kipc.Client(s.url) as c:
+            messages = []
+            for _ in range(10):  # nobody serves: each request waits 0.05 s, until the ring has no room
+                with pytest.raises(kipc.Timeout) as ei:
+                    c.request(b"z" * 1000, timeout=0.05)
+                messages.append(str(ei.value))
+                if "stayed full" in messages[-1]:
+                    break
+            assert "timed out after 0.05 s" in messages[0] and "stayed full" not in messages[0]
+            assert "stayed full" in messages[-1], messages
+            for bad, err in (("1", TypeError), (-1, kipc.InvalidArgument),
+                             (float("nan"), kipc.InvalidArgument), (1e30, kipc.InvalidArgument)):
+                with pytest.raises(err):
+                    c.request(b"x", timeout=bad)  # type: ignore[arg-type]
+            s.close()  # the creating server closes its ring: the client is told, not left waiting
+            t0 = time.monotonic()
+            with pytest.raises(kipc.PeerGone, match="closed its ring"):
+                c.request(b"anyone?", timeout=5)
+            assert time.monotonic() - t0 < 1
+    finally:
+        s.close()
+
+
+def test_c_path_a_busy_shared_client_times_out_waiting_for_its_turn() -> None:
+    with kipc.Server(_ring_url(), create=True) as s, kipc.Client(s.url) as c:
+        out: list[BaseException] = []
+
+        def slow() -> None:
+            try:
+                c.request(b"slow", timeout=1.5)
+            except BaseException as e:
+                out.append(e)
+
+        first = threading.Thread(target=slow)
+        first.start()
+        time.sleep(0.2)  # the first request holds the client
+        t0 = time.monotonic()
+        with pytest.raises(kipc.Timeout):
+            c.request(b"second", timeout=0.3)
+        assert time.monotonic() - t0 < 1.2
+        first.join(5)
+        assert len(out) == 1 and isinstance(out[0], kipc.Timeout), out
+        req = s.recv(timeout=1)
+        assert req.data == b"slow"  # only the first request was sent
+        with pytest.raises(kipc.WouldBlock):
+            s.recv(timeout=0)
