@@ -88,12 +88,29 @@ typedef struct {
     int plain;
 } Request;
 
+/* GC: `data` is the user's (a decoded value may hold anything, even this request) */
+static int Request_traverse(Request *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->server);
+    Py_VISIT(self->to);
+    Py_VISIT(self->data);
+    Py_VISIT(self->sender);
+    return 0;
+}
+
+static int Request_clear(Request *self)
+{
+    Py_CLEAR(self->server);
+    Py_CLEAR(self->to);
+    Py_CLEAR(self->data);
+    Py_CLEAR(self->sender);
+    return 0;
+}
+
 static void Request_dealloc(Request *self)
 {
-    Py_XDECREF(self->server);
-    Py_XDECREF(self->to);
-    Py_XDECREF(self->data);
-    Py_XDECREF(self->sender);
+    PyObject_GC_UnTrack(self);
+    Request_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self); /* a Python subclass's type: subtype_dealloc decrefs it */
 }
 
@@ -126,7 +143,7 @@ static PyObject *Request_reply(Request *self, PyObject *const *args, Py_ssize_t 
     if (nkw)
         timeout = args[1];
     PyObject *data = args[0];
-    if (self->replied) {
+    if (self->replied || !self->server || !self->to) { /* (cleared by the GC: a finalizer's call) */
         PyErr_SetString(E_Invalid, "this request was already answered");
         return NULL;
     }
@@ -215,8 +232,10 @@ static PyTypeObject RequestBase = {
     .tp_name = "kipc._native._reqrep.Request",
     .tp_basicsize = sizeof(Request),
     .tp_dealloc = (destructor)Request_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Request(server, rid, to, data): one request (see kipc.reqrep)",
+    .tp_traverse = (traverseproc)Request_traverse,
+    .tp_clear = (inquiry)Request_clear,
     .tp_methods = Request_methods,
     .tp_members = Request_members,
     .tp_getset = Request_getset,
