@@ -187,7 +187,7 @@ class Server(Resource):
         raw = self._recv_raw
         if raw is None:
             return self._recv_connections(Deadline.of(timeout))
-        end = _end(timeout)
+        end = None if timeout is None else _end(timeout)
         while True:
             if self._closed:
                 self._check_open("recv")
