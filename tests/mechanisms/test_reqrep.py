@@ -569,3 +569,36 @@ def test_c_path_a_busy_shared_client_times_out_waiting_for_its_turn() -> None:
         assert req.data == b"slow"  # only the first request was sent
         with pytest.raises(kipc.WouldBlock):
             s.recv(timeout=0)
+
+
+def test_c_path_random_bytes_in_both_rings() -> None:
+    """Untrusted input: 300 random messages (many with the right magic) into the request ring and
+    into a client's reply ring: each is parsed or counted as malformed, nothing crashes."""
+    import random
+
+    rnd = random.Random(14)
+
+    def junk(magic: bytes) -> bytes:
+        body = bytes(rnd.randrange(256) for _ in range(rnd.randrange(40)))
+        return (magic + body) if rnd.random() < 0.7 else body
+
+    with kipc.Server(_ring_url(), create=True, capacity=1 << 16) as s, kipc.Client(s.url) as c:
+        with kipc.open(s.url) as raw:
+            for _ in range(300):
+                raw.send(junk(b"KRQ1"))
+        parsed = 0
+        while True:
+            try:
+                req = s.recv(timeout=0)
+            except kipc.WouldBlock:
+                break
+            parsed += 1
+            assert isinstance(req.data, bytes) and 0 <= req.id < 1 << 64
+        assert parsed + s.malformed == 300 and s.malformed > 0
+        with kipc.open(f"ring://{c._return.decode()}") as into_reply:
+            for _ in range(300):
+                into_reply.send(junk(b"KRP1"))
+        t = _serve_bytes(s, 1)
+        assert c.request(b"still fine", timeout=10) == b"still fine"  # after the junk: dropped or counted
+        t.join(10)
+        assert 0 < c.malformed <= 300
