@@ -133,6 +133,8 @@ class Request(_RequestBase):
     _rid: int
     _to: Any
     _replied: bool
+    if TYPE_CHECKING:
+        def reply(self, data: Any, *, timeout: float | None = None) -> bool: ...
 
     async def areply(self, data: Any, *, timeout: float | None = None) -> bool:
         if self._replied:
