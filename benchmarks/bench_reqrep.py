@@ -1,6 +1,7 @@
 """Request/reply round trip (kipc.Server/Client) against the transport's own ping-pong and pyzmq REQ/REP, same run.
 
     .venv/bin/python benchmarks/bench_reqrep.py [--n N] [--rounds R] [--schemes ring unix tcp] [--clients C]
+        [--before FILE] [--cpu]
 
 For each scheme (after a warm-up of as many round trips: on this 2-core machine the
 first few thousand round trips of a new process pair take ~40 µs until the scheduler puts
@@ -12,17 +13,27 @@ is not installed) — the peer a Python user would otherwise pick; ``zmq/it`` is
 faster each kipc request/reply is than it (targets on ring://: request/reply <= 2x ping-pong,
 >= 10x faster than pyzmq). ``--clients C`` (default 8, 0 = skip) adds, per scheme, the requests
 per second one server thread answers for C client processes at once (every reply checked).
+``--before FILE`` adds, in the same rounds, the request/reply of another version of
+``kipc/reqrep.py`` (e.g. ``git show REV:src/kipc/reqrep.py > /tmp/reqrep_before.py``), loaded
+as a module of this kipc: the before/after ratio of a change, measured side by side.
+``--cpu`` prints instead the CPU cost of each side of a ring:// round trip in one process
+(no cross-core hand-off, so a loaded machine disturbs it far less): ``client.request`` with
+its reply already in the client's ring, ``server.recv().reply`` with its request already in
+the request ring, and the two sides of a ring ping-pong (recv + send each); best of 60 x 300.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from types import ModuleType
+from typing import Any
 
 import kipc
 from kipc import testing
@@ -30,9 +41,19 @@ from kipc import testing
 MSG = b"x" * 64
 
 
-def _reqrep(scheme: str, n: int) -> float:
+def _load(path: str) -> ModuleType:
+    """Another version of kipc/reqrep.py, as a module of this kipc package (its relative imports work)."""
+    spec = importlib.util.spec_from_file_location("kipc._reqrep_before", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--before {path}: not a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _reqrep(scheme: str, n: int, impl: Any = kipc) -> float:
     url = "tcp://127.0.0.1:0" if scheme == "tcp" else f"{scheme}://{testing.unique_name('bq')}"
-    server = kipc.Server(url, create=True)
+    server = impl.Server(url, create=True)
     pid = os.fork()
     if pid == 0:
         try:
@@ -41,7 +62,7 @@ def _reqrep(scheme: str, n: int) -> float:
         finally:
             os._exit(0)
     try:
-        with kipc.Client(server.url) as c:
+        with impl.Client(server.url) as c:
             times = []
             for _ in range(2 * n):
                 t = time.perf_counter_ns()
@@ -167,6 +188,69 @@ def _zmq_reqrep(n: int) -> float:
     return statistics.median(times[n:]) / 1000
 
 
+def _cpu(impl: Any, n: int = 300, best_of: int = 60) -> tuple[float, float]:
+    """ns of CPU per round trip: (client.request, server.recv().reply), each with its input staged."""
+    import itertools
+    import struct
+
+    with impl.Server(f"ring://{testing.unique_name('bc')}", create=True) as s, impl.Client(s.url) as c:
+        # staging a reply needs the id the next request will carry: the client's id counter is
+        # replaced by a known one (a benchmark's liberty with a private attribute)
+        ret = c._return
+        with kipc.open(f"ring://{ret.decode()}") as into_reply, kipc.open(s.url) as into_req:
+            req_frame = struct.pack("<4sQH", b"KRQ1", 1, len(ret)) + ret + MSG
+
+            def client() -> float:
+                rid0 = next(c._ids) + 1
+                c._ids = itertools.count(rid0)
+                tot = 0
+                for i in range(n):
+                    into_reply.send(b"KRP1" + struct.pack("<Q", rid0 + i) + MSG)
+                    t = time.perf_counter_ns()
+                    c.request(MSG, timeout=10)
+                    tot += time.perf_counter_ns() - t
+                    into_req.recv()
+                return tot / n
+
+            def server() -> float:
+                tot = 0
+                for _ in range(n):
+                    into_req.send(req_frame)
+                    t = time.perf_counter_ns()
+                    s.recv().reply(MSG)
+                    tot += time.perf_counter_ns() - t
+                    into_reply.recv()
+                return tot / n
+
+            return min(client() for _ in range(best_of)), min(server() for _ in range(best_of))
+
+
+def _cpu_pingpong(n: int = 300, best_of: int = 60) -> float:
+    """ns of CPU for one side of a ring ping-pong (recv one, send one), untimed channel calls."""
+    with testing.channel_pair("ring") as (tx, rx):
+        def side() -> float:
+            tot = 0
+            for _ in range(n):
+                tx.send(MSG)
+                t = time.perf_counter_ns()
+                tx.send(rx.recv())
+                tot += time.perf_counter_ns() - t
+                rx.recv()
+            return tot / n
+
+        return min(side() for _ in range(best_of))
+
+
+def _cpu_main(before: ModuleType | None) -> None:
+    rows = [("after", kipc)] + ([("before", before)] if before is not None else [])
+    pp = _cpu_pingpong()
+    print(f"CPU per ring:// round trip, 64 B, one process (ns; best of 60 x 300); ping-pong side {pp:.0f}")
+    print(f"{'version':8s} {'client':>8s} {'server':>8s} {'total':>8s} {'total/pp':>9s}")
+    for name, impl in rows:
+        cl, sv = _cpu(impl)
+        print(f"{name:8s} {cl:8.0f} {sv:8.0f} {cl + sv:8.0f} {(cl + sv) / (2 * pp):8.2f}x")
+
+
 def _have_zmq() -> bool:
     try:
         import zmq  # noqa: F401
@@ -182,15 +266,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--schemes", nargs="*", default=["ring", "unix", "tcp"])
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--before", metavar="FILE", help="another kipc/reqrep.py to measure side by side")
+    ap.add_argument("--cpu", action="store_true", help="CPU per side of a ring round trip, one process")
     args = ap.parse_args()
     os.environ.setdefault("KIPC_TEST_NS", f"benchrr{os.getpid()}")
+    before = _load(args.before) if args.before else None
+    if args.cpu:
+        _cpu_main(before)
+        return
     zmq_ok = _have_zmq()
+    old: dict[str, list[float]] = {s: [] for s in args.schemes}
     rr: dict[str, list[float]] = {s: [] for s in args.schemes}
     pp: dict[str, list[float]] = {s: [] for s in args.schemes}
     zq: list[float] = []
     many: dict[str, list[float]] = {s: [] for s in args.schemes}
     for _ in range(args.rounds):  # every contender in every round: a noisy spell hits them all
         for scheme in args.schemes:
+            if before is not None:
+                old[scheme].append(_reqrep(scheme, args.n, before))
             rr[scheme].append(_reqrep(scheme, args.n))
             pp[scheme].append(_pingpong(scheme, args.n))
             if args.clients:
@@ -199,10 +292,14 @@ def main() -> None:
             zq.append(_zmq_reqrep(args.n))
     z = min(zq) if zq else None
     print(f"median round trip, 64 B, best of {args.rounds} rounds of {args.n} (after as many warm-up)")
-    print(f"{'scheme':8s} {'request/reply µs':>18s} {'ping-pong µs':>14s} {'rr/pp':>7s} {'zmq/it':>8s}")
+    extra = f" {'before µs':>10s} {'before/rr':>10s}" if before is not None else ""
+    print(f"{'scheme':8s} {'request/reply µs':>18s} {'ping-pong µs':>14s} {'rr/pp':>7s} {'zmq/it':>8s}{extra}")
     for scheme in args.schemes:
         a, b = min(rr[scheme]), min(pp[scheme])
         vs = f"{z / a:7.1f}x" if z else f"{'-':>8s}"
+        if before is not None:
+            o = min(old[scheme])
+            vs += f" {o:10.2f} {o / a:9.2f}x"
         print(f"{scheme:8s} {a:18.2f} {b:14.2f} {a / b:7.2f} {vs}")
     if z is not None:
         print(f"{'pyzmq':8s} {z:18.2f} {'(REQ/REP ipc://)':>14s}")
