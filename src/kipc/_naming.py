@@ -212,7 +212,11 @@ def validate_timeout(timeout: object) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be None or a number of seconds, not {type(timeout).__name__}")
-    t = float(timeout)
+    try:
+        t = float(timeout)
+    except OverflowError:  # an int beyond a float (10**400)
+        raise InvalidArgument(f"timeout of {len(str(abs(timeout)))} digits is absurd (> "
+                              f"{threading.TIMEOUT_MAX:.0f} s); use None to block") from None
     if math.isnan(t) or t < 0:
         raise InvalidArgument(f"timeout {timeout!r} must be None or >= 0")
     if t > threading.TIMEOUT_MAX:
