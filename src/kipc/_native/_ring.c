@@ -1090,6 +1090,10 @@ static PyObject *Ring_mark_closed(Ring *r, PyObject *unused)
     }
     if (is_broken(&r->c))
         Py_RETURN_NONE; /* closing a truncated ring must work: its peers were told (closed = 2) */
+    /* Only close() calls this, and interrupt() follows: mark this handle closing *first*, so a
+     * call of ours woken by the closed word below reports "closed by this process" even when it
+     * gets the GIL before interrupt() has run (a test hit that window under load) */
+    atomic_store(&r->c.closing, 1);
     atomic_store(&r->c.hdr->closed, 1);
     wake_all(r->c.hdr);
     Py_RETURN_NONE;

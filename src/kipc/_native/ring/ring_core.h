@@ -56,7 +56,10 @@
  * producer that finds no room, waits right there; only then does it take
  * the lock, re-check, act and unlock (another peer may have been first: it
  * looks again). A waiter spins for `spin` seconds watching the 32-bit low half
- * of the other side's counter, then increments the waiter count (seq_cst),
+ * of the other side's counter (the first HELD_SPINS pauses, about 2 us, with the
+ * runtime lock still held when it has one: most waits of a round trip end
+ * sooner, and dropping and retaking the GIL costs as much as such a wait; the
+ * rest with it released), then increments the waiter count (seq_cst),
  * re-checks, and sleeps in FUTEX_WAIT (shared, not FUTEX_PRIVATE: the futex is
  * keyed on the shm page) with the observed value checked by the kernel. The
  * other side stores its counter with a seq_cst exchange (the store and the
@@ -64,7 +67,7 @@
  * FUTEX_WAKE only if it is non-zero (the Dekker pair of seq_cst operations on
  * both sides means one of them always sees the other). Sleeps are sliced
  * (SLICE, 50 ms) and EINTR ends a slice, so Ctrl-C is checked with the GIL held
- * (PyErr_CheckSignals); the GIL is released while spinning, sleeping, waiting
+ * (PyErr_CheckSignals); the GIL is released while spinning (after the held pauses), sleeping, waiting
  * for a lock and copying payloads of 256 KiB or more. Locks are taken with
  * pthread_mutex_trylock, then pthread_mutex_clocklock in SLICE steps up to the
  * deadline (a SIGSTOPped holder delays nobody past its deadline); EOWNERDEAD
@@ -261,6 +264,7 @@
 #define F_PAD 4u
 #define BIG_COPY (256u * 1024u)
 #define VIEW_MIN (16u * 1024u) /* recv(view=2): a view only for messages this big */
+#define HELD_SPINS 64u /* pauses a waiter spins before it releases the runtime lock (THEORY: waiting) */
 #define SLICE 0.05 /* seconds between signal / local-close checks while blocked */
 #define PROBE 0.01 /* seconds between peer-liveness probes (producer mid-message, claimant) */
 #define PCLAIM_STALE_NS 1000000000ull /* a producer claim without an attempt for 1 s is taken over */
