@@ -806,14 +806,13 @@ int rc_reserve(rc_ring *r, uint64_t need, uint64_t max_items, double deadline, i
             int rc = lock_ring(r, 1, deadline, nb);
             if (rc != OK)
                 return rc;
-            /* odd: the live pair looked impossible; under the lock it is checked live (the
-             * cached head may be fine while the shared word is garbage) */
-            if ((rc = odd ? check_prod_fresh(r, NULL, NULL) : check_prod(r, NULL, NULL)) != OK) {
+            if (odd) {
+                /* the live pair looked impossible: check it live under the lock (the cached
+                 * head may be fine while the shared word is garbage); else a transient */
+                rc = check_prod_fresh(r, NULL, NULL);
                 unlock_ring(r, 1);
-                return rc;
-            }
-            if (odd) { /* it was a transient after all: look again */
-                unlock_ring(r, 1);
+                if (rc != OK)
+                    return rc;
                 continue;
             }
             pc = atomic_load(&h->pclaim);
