@@ -183,9 +183,9 @@ int wait_word(rc_ring *r, uint32_t *word, uint32_t expect, _Atomic uint32_t *wai
         return R_BROKEN;
     if (closing(r))
         return R_LOCAL;
-    if (deadline != INFINITY && mono() >= deadline)
-        return R_TIMEOUT;
     if (r->spin > 0 && rc_rt.release) {
+        if (deadline != INFINITY && mono() >= deadline)
+            return R_TIMEOUT;
         /* THEORY: waiting. A short spin with the runtime lock held first: the other side of a
          * round trip usually answers within a microsecond, and releasing and retaking the GIL
          * costs about as much; HELD_SPINS pauses (~2 us) bound what other threads wait. */
