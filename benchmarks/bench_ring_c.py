@@ -10,8 +10,10 @@ Rows, interleaved and repeated (best of ``--repeat``, default 5), each between t
 
 The machine is shared (2 cores, other jobs): absolute figures swing from run to run; compare rows
 of one run. The C programs are built at start with ``gcc -O2 ... -I"$(python -m kipc --include)"``.
+Each figure is the mean over ``--n`` round trips; with ``--median`` it is the median over batches of
+16 round trips instead (ns per round trip), which a preempted batch on a loaded machine hardly moves.
 
-    .venv/bin/python benchmarks/bench_ring_c.py [--repeat N] [--n N] [--json]
+    .venv/bin/python benchmarks/bench_ring_c.py [--repeat N] [--n N] [--median] [--json]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,8 @@ import kipc
 HERE = Path(__file__).resolve().parent
 _ns = f"kipcbenchc{os.getpid()}"
 _count = iter(range(1_000_000))
+BATCH = 16  # --median: round trips per timed batch
+_batch = 0  # 0: the mean over all round trips (the default); BATCH with --median
 ECHO_PY = """
 import sys, kipc
 req, rep = kipc.open(f"ring://{sys.argv[1]}"), kipc.open(f"ring://{sys.argv[2]}")
@@ -65,15 +70,19 @@ def _echo(argv: list[str]) -> subprocess.Popen[str]:
     return p
 
 
+def _b() -> list[str]:
+    return [str(_batch)] if _batch else []
+
+
 def c_spin(exe: str, n: int) -> float:
-    return float(subprocess.run([exe, "spin", str(n)], capture_output=True, text=True, check=True).stdout)
+    return float(subprocess.run([exe, "spin", str(n), *_b()], capture_output=True, text=True, check=True).stdout)
 
 
 def c_c(exe: str, n: int, warm: int) -> float:
     with _rings() as (req, rep):
         echo = _echo([exe, "echo", req, rep, str(n + warm)])
-        out = subprocess.run([exe, "client", req, rep, str(n), str(warm)], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run([exe, "client", req, rep, str(n), str(warm), *_b()], capture_output=True,
+                             text=True, check=True).stdout
         echo.wait(60)
         return float(out)
 
@@ -85,6 +94,15 @@ def _py_client(req: str, rep: str, n: int, warm: int) -> float:
         for _ in range(warm):
             send(msg)
             recv()
+        if _batch:
+            clock, times = time.perf_counter, []
+            for _ in range(n // _batch):
+                t = clock()
+                for _ in range(_batch):
+                    send(msg)
+                    recv()
+                times.append(clock() - t)
+            return statistics.median(times) / _batch * 1e9
         t = time.perf_counter()
         for _ in range(n):
             send(msg)
@@ -112,8 +130,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--n", type=int, default=20000, help="round trips per measurement")
+    ap.add_argument("--median", action="store_true", help=f"median over batches of {BATCH} round trips")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    global _batch
+    _batch = BATCH if args.median else 0
+    if _batch:
+        args.n = -(-args.n // BATCH) * BATCH  # whole batches: the echo answers exactly n + warm-up
     os.environ.setdefault("KIPC_TEST_NS", _ns)
     with tempfile.TemporaryDirectory(prefix="kipc-bench-c-") as tmp:
         exe = _build(tmp)
@@ -129,7 +152,8 @@ def main() -> None:
     if args.json:
         print(json.dumps({"best_ns": best, "all_ns": rows}))
         return
-    print(f"64 B round trips, best of {args.repeat} x {args.n} (ns per round trip)")
+    stat = f"median of {BATCH}-round-trip batches" if _batch else "mean"
+    print(f"64 B round trips, best of {args.repeat} x {args.n}, {stat} (ns per round trip)")
     print("| row | best | all runs | ratio |")
     print("|---|---|---|---|")
     ratio = {"C↔C ring": best["C↔C ring"] / best["C spin line"],

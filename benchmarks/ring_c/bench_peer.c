@@ -1,10 +1,14 @@
 /* C side of benchmarks/bench_ring_c.py (built with the documented line:
  *     gcc -O2 bench_peer.c -I"$(python -m kipc --include)" -lpthread)
  *
- *   bench_peer spin N               64 B round trips on one shared cache line between this
+ *   bench_peer spin N [B]           64 B round trips on one shared cache line between this
  *                                   process and a forked child, busy-spinning: prints ns/round trip
  *   bench_peer echo REQ REP N       attach both rings; N times: recv a message on REQ, send it on REP
- *   bench_peer client REQ REP N W   attach; W warm-up then N round trips of 64 B: prints ns/round trip
+ *   bench_peer client REQ REP N W [B]  attach; W warm-up then N round trips of 64 B: prints ns/round trip
+ *
+ * With B (a batch size), the N round trips are timed in batches of B and what is printed is the
+ * median over the batches of ns per round trip: on a loaded machine a preempted batch moves the
+ * mean by orders of magnitude but the median hardly (bench_ring_c.py --median).
  */
 #include "kipc_ring.h"
 
@@ -21,6 +25,19 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The median of n batch times (seconds) as ns per round trip of a batch of b. */
+static double median_ns(double *t, long n, long b)
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return t[n / 2] / (double)b * 1e9;
 }
 
 static kipc_ring *attach(const char *name)
@@ -46,7 +63,10 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc >= 3 && !strcmp(argv[1], "spin")) {
-        long n = atol(argv[2]);
+        long n = atol(argv[2]), b = argc >= 4 ? atol(argv[3]) : 0;
+        double *bt = b > 0 ? malloc(sizeof(double) * (size_t)(n / b + 1)) : NULL;
+        long nb = 0;
+        double t0 = 0;
         /* a 64-byte message's worth of line: the sequence word plus the payload beside it */
         volatile uint64_t *line = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         line[0] = 0;
@@ -63,6 +83,12 @@ int main(int argc, char **argv)
         }
         double t = now();
         for (uint64_t i = 1; i < (uint64_t)(2 * n); i += 2) {
+            if (bt && (i / 2) % (uint64_t)b == 0) {
+                double tn = now();
+                if (i > 1)
+                    bt[nb++] = tn - t0;
+                t0 = tn;
+            }
             line[1] = i;
             __atomic_store_n(&line[0], i, __ATOMIC_RELEASE);
             while (__atomic_load_n(&line[0], __ATOMIC_ACQUIRE) != i + 1)
@@ -70,7 +96,7 @@ int main(int argc, char **argv)
         }
         double dt = now() - t;
         waitpid(child, NULL, 0);
-        printf("%.1f\n", dt / n * 1e9);
+        printf("%.1f\n", bt && nb ? median_ns(bt, nb, b) : dt / n * 1e9);
         return 0;
     }
     if (argc >= 5 && !strcmp(argv[1], "echo")) {
@@ -89,18 +115,25 @@ int main(int argc, char **argv)
     }
     if (argc >= 6 && !strcmp(argv[1], "client")) {
         kipc_ring *req = attach(argv[2]), *rep = attach(argv[3]);
-        long n = atol(argv[4]), w = atol(argv[5]);
+        long n = atol(argv[4]), w = atol(argv[5]), b = argc >= 7 ? atol(argv[6]) : 0;
+        double *bt = b > 0 ? malloc(sizeof(double) * (size_t)(n / b + 1)) : NULL;
+        long nb = 0;
         char msg[64], buf[64];
         size_t len;
         memset(msg, 'x', sizeof msg);
-        double t = 0;
+        double t = 0, t0 = 0;
         for (long i = 0; i < w + n; i++) {
             if (i == w)
-                t = now();
+                t = t0 = now();
+            else if (bt && i > w && (i - w) % b == 0) {
+                double tn = now();
+                bt[nb++] = tn - t0;
+                t0 = tn;
+            }
             check(kipc_ring_send(req, msg, sizeof msg, 60.0), req);
             check(kipc_ring_recv(rep, buf, sizeof buf, &len, 60.0), rep);
         }
-        printf("%.1f\n", (now() - t) / n * 1e9);
+        printf("%.1f\n", bt && nb ? median_ns(bt, nb, b) : (now() - t) / n * 1e9);
         kipc_ring_close(req);
         kipc_ring_close(rep);
         return 0;

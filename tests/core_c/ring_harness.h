@@ -47,14 +47,11 @@ static int h_send(rc_ring *r, const void *buf, uint64_t len, double deadline)
     int rc = lock_ring(r, 1, deadline, 0);
     if (rc != OK)
         return rc;
-    uint64_t tail, head, pad;
-    if ((rc = check_prod(r, &tail, &head)) != OK) {
+    uint64_t pad;
+    int fits = prod_room(r, rec_size(len), 0, &pad, NULL); /* validated; cached head, else the live one */
+    if (fits <= 0) {
         unlock_ring(r, 1);
-        return rc;
-    }
-    if (!room(r, tail, head, rec_size(len), 0, &pad)) {
-        unlock_ring(r, 1);
-        return R_EMPTY;
+        return fits < 0 ? -fits : R_EMPTY;
     }
     unsigned char *dst = place(r, pad, len, F_FIRST | F_LAST, len);
     memcpy(dst, buf, len);

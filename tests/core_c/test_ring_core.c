@@ -146,6 +146,86 @@ static void test_liveness(void)
     CHECK(!proc_alive(PID_LIMIT + 1, 0));
 }
 
+/* THEORY: cached counters. Two producer and two consumer handles on one ring (the real
+ * rc_produce / rc_consume loops), taking turns so each one's cached head or tail goes stale
+ * behind the others' traffic, across the 2^64 wrap: a stale producer still fills the ring to
+ * the last record that fits (it reads the live head when its cache says full), never
+ * overwrites an unconsumed record, and a stale consumer neither misses nor re-reads one. */
+static int c_send(rc_ring *p, uint32_t seq, uint64_t len)
+{
+    unsigned char msg[256];
+    memset(msg, (int)(seq & 0xff), sizeof msg);
+    memcpy(msg, &seq, sizeof seq);
+    rc_part part = {msg, len};
+    return rc_produce(p, &part, 1, len, 0.0, 0, 1, NULL);
+}
+
+static int c_recv(rc_ring *c, uint32_t *seq, uint64_t *len)
+{
+    rc_msg m;
+    int rc = rc_consume(c, 0.0, 1, NULL, 0, &m);
+    if (rc != R_WHOLE)
+        return rc;
+    unsigned char got[256];
+    *len = m.len;
+    memcpy(got, m.src, m.len < sizeof got ? m.len : sizeof got);
+    memcpy(seq, got, sizeof *seq);
+    for (uint64_t i = sizeof *seq; i < m.len; i++)
+        if (got[i] != (*seq & 0xff))
+            return R_ERR; /* torn or overwritten */
+    return rc_take_whole(c, m.next);
+}
+
+static void test_stale_cached_head_and_tail_lose_nothing(void)
+{
+    rc_ring *base = h_new(4096, UINT64_MAX - 1500);
+    rc_ring *hs[4];
+    for (int i = 0; i < 4; i++) {
+        hs[i] = calloc(1, sizeof *hs[i]);
+        rc_bind(hs[i], base->hdr, base->map_size);
+        hs[i]->pid = (uint32_t)getpid();
+        hs[i]->token = ((uint64_t)hs[i]->pid << 32) | (uint64_t)(10 + i);
+    }
+    rc_ring *prod[2] = {hs[0], hs[1]}, *cons[2] = {hs[2], hs[3]};
+    uint32_t sent = 0, next = 0;
+    const uint64_t len = 100; /* a 128-byte record: 32 fit 4096 bytes */
+    for (int round = 0; round < 200; round++) {
+        rc_ring *p = prod[round % 2];
+        int n = 0, rc;
+        while ((rc = c_send(p, sent, len)) == OK) { /* fill: the last one in decides "full" */
+            sent++;
+            n++;
+        }
+        CHECK(rc == R_EMPTY);
+        uint64_t tail = atomic_load(&base->hdr->tail), head = atomic_load(&base->hdr->head);
+        uint64_t off = tail % 4096, pad = off + rec_size(len) > 4096 ? 4096 - off : 0;
+        CHECK(tail - head <= 4096 && 4096 - (tail - head) < pad + rec_size(len)); /* really no room */
+        /* drain part of it with one consumer, the rest with the other */
+        int take = 1 + round % 7;
+        for (int k = 0; (uint32_t)next < sent; k++) {
+            rc_ring *c = cons[k < take ? (round & 1) : !(round & 1)];
+            uint32_t seq = 0;
+            uint64_t got = 0;
+            rc = c_recv(c, &seq, &got);
+            CHECK(rc == OK && seq == next && got == len);
+            if (rc != OK)
+                break;
+            next++;
+        }
+        uint32_t seq;
+        uint64_t got;
+        CHECK(c_recv(cons[0], &seq, &got) == R_EMPTY && c_recv(cons[1], &seq, &got) == R_EMPTY);
+        CHECK(n > 0);
+    }
+    CHECK(sent == next && sent > 200 * 20);
+    CHECK(atomic_load(&base->hdr->msgs_in) - atomic_load(&base->hdr->msgs_out) == 0);
+    for (int i = 0; i < 4; i++) {
+        slot_unregister(hs[i]->slot);
+        free(hs[i]);
+    }
+    h_free(base);
+}
+
 int main(void)
 {
     test_header_init_and_verify();
@@ -155,6 +235,7 @@ int main(void)
     test_dead_lock_owner_is_repaired_from_the_journal();
     test_waits_honour_their_deadline();
     test_liveness();
+    test_stale_cached_head_and_tail_lose_nothing();
     if (failures) {
         fprintf(stderr, "ring_core: %d check(s) failed\n", failures);
         return 1;

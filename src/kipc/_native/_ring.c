@@ -165,9 +165,18 @@ static void after_fork(Ring *r)
     r->c.fail_valid = 0;
 }
 
+/* `calls` changes only with the GIL held (enter/leave, wait, unmap, the views' finish), so a
+ * plain load and store suffice: the GIL's hand-over orders them between threads, and a lock-
+ * prefixed add per call would cost more than the rest of enter(). */
+static inline void calls_add(Ring *r, long d)
+{
+    atomic_store_explicit(&r->calls, atomic_load_explicit(&r->calls, memory_order_relaxed) + d, memory_order_relaxed);
+}
+
 static inline void leave(Ring *r)
 {
-    if (atomic_fetch_sub(&r->calls, 1) == 1 && r->unmap_pending && r->exports == 0)
+    calls_add(r, -1);
+    if (atomic_load_explicit(&r->calls, memory_order_relaxed) == 0 && r->unmap_pending && r->exports == 0)
         ring_unmap_now(r); /* the last one out unmaps */
 }
 
@@ -176,7 +185,7 @@ static inline int enter(Ring *r, const char *op)
 {
     if (r->fork_gen != fork_gen)
         after_fork(r);
-    atomic_fetch_add(&r->calls, 1); /* seq_cst: before the closing load (pairs with unmap()) */
+    calls_add(r, 1); /* before the closing load; unmap() runs under the GIL too */
     if (atomic_load_explicit(&r->c.closing, memory_order_relaxed) || r->c.hdr == NULL) {
         leave(r);
         closed_here(r, op);
@@ -979,7 +988,7 @@ static PyObject *Ring_wait(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (r->fork_gen != fork_gen)
         after_fork(r);
-    atomic_fetch_add(&r->calls, 1);
+    calls_add(r, 1);
     if (closing(&r->c) || r->c.hdr == NULL) {
         leave(r);
         Py_RETURN_NONE; /* the caller's closed check reports it */
@@ -1081,6 +1090,10 @@ static PyObject *Ring_mark_closed(Ring *r, PyObject *unused)
     }
     if (is_broken(&r->c))
         Py_RETURN_NONE; /* closing a truncated ring must work: its peers were told (closed = 2) */
+    /* Only close() calls this, and interrupt() follows: mark this handle closing *first*, so a
+     * call of ours woken by the closed word below reports "closed by this process" even when it
+     * gets the GIL before interrupt() has run (a test hit that window under load) */
+    atomic_store(&r->c.closing, 1);
     atomic_store(&r->c.hdr->closed, 1);
     wake_all(r->c.hdr);
     Py_RETURN_NONE;

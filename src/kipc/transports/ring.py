@@ -23,7 +23,7 @@ Contract card:
   ``timeout=None|0|t``, honoured even while a SIGSTOPped peer holds a lock
   (locks are taken with a deadline; nobody waits for data or space holding
   one). Waits spin ``spin`` µs (default 50, ``spin=0`` pure futex sleep), then
-  sleep on a shared futex; GIL released; Ctrl-C gets through.
+  sleep on a shared futex; GIL released (after the first ~2 µs of the spin); Ctrl-C gets through.
 * Threads: any number of threads may send and receive on one handle. ``close()``
   from any thread wakes this process's calls blocked on the handle within
   100 ms with ``ChannelClosed`` ("closed by this process"); the mapping stays

@@ -183,6 +183,19 @@ int wait_word(rc_ring *r, uint32_t *word, uint32_t expect, _Atomic uint32_t *wai
         return R_BROKEN;
     if (closing(r))
         return R_LOCAL;
+    if (r->spin > 0 && rc_rt.release) {
+        if (deadline != INFINITY && mono() >= deadline)
+            return R_TIMEOUT;
+        /* THEORY: waiting. A short spin with the runtime lock held first: the other side of a
+         * round trip usually answers within a microsecond, and releasing and retaking the GIL
+         * costs about as much; HELD_SPINS pauses (~2 us) bound what other threads wait. */
+        for (unsigned i = 0; i < HELD_SPINS; i++) {
+            if (atomic_load_explicit(w, memory_order_acquire) != expect ||
+                atomic_load_explicit(&h->closed, memory_order_relaxed) || closing(r))
+                return is_broken(r) ? R_BROKEN : closing(r) ? R_LOCAL : OK;
+            cpu_relax();
+        }
+    }
     double now = mono();
     if (now >= deadline)
         return R_TIMEOUT;
@@ -361,8 +374,10 @@ void unlock_ring(rc_ring *r, int prod)
 }
 
 /* Under prod_lock: tail is ours (stable), head only moves towards it. Both are record edges
- * (multiples of 16) and 0 <= tail - head <= capacity. Sets r->vtail; OK or R_CORRUPT. */
-int check_prod(rc_ring *r, uint64_t *tailp, uint64_t *headp)
+ * (multiples of 16) and 0 <= tail - head <= capacity. check_prod_fresh reads the live head;
+ * check_prod uses the cached one (THEORY: cached counters) when it passes the same rule, else
+ * reads the live one. Sets r->vtail (and r->chead when read); OK or R_CORRUPT. */
+int check_prod_fresh(rc_ring *r, uint64_t *tailp, uint64_t *headp)
 {
     struct ring_hdr *h = r->hdr;
     uint64_t tail = atomic_load_explicit(&h->tail, memory_order_relaxed);
@@ -371,6 +386,7 @@ int check_prod(rc_ring *r, uint64_t *tailp, uint64_t *headp)
         return corrupt(r, "tail %llu and head %llu (record edges 16-aligned, at most %llu apart expected)",
                        (unsigned long long)tail, (unsigned long long)head, (unsigned long long)r->cap);
     r->vtail = tail;
+    r->chead = head;
     if (tailp)
         *tailp = tail;
     if (headp)
@@ -378,15 +394,49 @@ int check_prod(rc_ring *r, uint64_t *tailp, uint64_t *headp)
     return OK;
 }
 
-/* Under cons_lock: head is ours, tail only moves away from it: the same rule. */
+int check_prod(rc_ring *r, uint64_t *tailp, uint64_t *headp)
+{
+    uint64_t tail = atomic_load_explicit(&r->hdr->tail, memory_order_relaxed), head = r->chead;
+    if ((tail | head) & (REC_HDR - 1) || tail - head > r->cap)
+        return check_prod_fresh(r, tailp, headp);
+    r->vtail = tail;
+    if (tailp)
+        *tailp = tail;
+    if (headp)
+        *headp = head;
+    return OK;
+}
+
+/* Under prod_lock: validate (check_prod) and say whether a record of `need` bytes fits at tail
+ * (room, *pad set): 1 yes, 0 no (then *headp is the live head, for a wait on it), or -R_CORRUPT.
+ * The live head is read only when the cached one says no. */
+int prod_room(rc_ring *r, uint64_t need, uint64_t max_items, uint64_t *pad, uint64_t *headp)
+{
+    uint64_t tail, head;
+    int rc = check_prod(r, &tail, &head);
+    if (rc == OK && room(r, tail, head, need, max_items, pad))
+        return 1;
+    if (rc != OK || (rc = check_prod_fresh(r, &tail, &head)) != OK)
+        return -rc;
+    if (headp)
+        *headp = head;
+    return room(r, tail, head, need, max_items, pad);
+}
+
+/* Under cons_lock: head is ours, tail only moves away from it: the same rule. The cached tail
+ * (THEORY: cached counters) is used when it shows data beyond head and passes the rule; else
+ * the live tail is read (and cached). */
 int check_cons(rc_ring *r, uint64_t *headp, uint64_t *tailp)
 {
     struct ring_hdr *h = r->hdr;
-    uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
-    uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-    if ((tail | head) & (REC_HDR - 1) || tail - head > r->cap)
-        return corrupt(r, "head %llu and tail %llu (record edges 16-aligned, at most %llu apart expected)",
-                       (unsigned long long)head, (unsigned long long)tail, (unsigned long long)r->cap);
+    uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed), tail = r->ctail;
+    if (tail == head || (tail | head) & (REC_HDR - 1) || tail - head > r->cap) {
+        tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+        if ((tail | head) & (REC_HDR - 1) || tail - head > r->cap)
+            return corrupt(r, "head %llu and tail %llu (record edges 16-aligned, at most %llu apart expected)",
+                           (unsigned long long)head, (unsigned long long)tail, (unsigned long long)r->cap);
+        r->ctail = tail;
+    }
     *headp = head;
     *tailp = tail;
     return OK;
@@ -452,10 +502,12 @@ void publish(struct ring_hdr *h, uint64_t new_tail, uint64_t new_msgs)
     h->pj_msgs = new_msgs;
     atomic_store_explicit(&h->pj_valid, 1, memory_order_release);
     atomic_store_explicit(&h->msgs_in, new_msgs, memory_order_relaxed);
-    atomic_store_explicit(&h->tail, new_tail, memory_order_release);
+    /* The commit. A seq_cst exchange is the store and the Dekker fence in one locked
+     * instruction: with the seq_cst waiter-count load below it pairs with wait_word's seq_cst
+     * increment and re-check (one of the two sides always sees the other). */
+    atomic_exchange_explicit(&h->tail, new_tail, memory_order_seq_cst);
     atomic_store_explicit(&h->pj_valid, 0, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&h->cons_waiters, memory_order_relaxed))
+    if (atomic_load_explicit(&h->cons_waiters, memory_order_seq_cst))
         futex_wake_all(lo32(&h->tail));
 }
 
@@ -488,13 +540,12 @@ void advance(struct ring_hdr *h, uint64_t new_head, int count)
         h->cj_msgs = msgs;
         atomic_store_explicit(&h->cj_valid, 1, memory_order_release);
         atomic_store_explicit(&h->msgs_out, msgs, memory_order_relaxed);
-        atomic_store_explicit(&h->head, new_head, memory_order_release);
+        atomic_exchange_explicit(&h->head, new_head, memory_order_seq_cst); /* store + fence: see publish */
         atomic_store_explicit(&h->cj_valid, 0, memory_order_relaxed);
     } else {
-        atomic_store_explicit(&h->head, new_head, memory_order_release);
+        atomic_exchange_explicit(&h->head, new_head, memory_order_seq_cst);
     }
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&h->prod_waiters, memory_order_relaxed))
+    if (atomic_load_explicit(&h->prod_waiters, memory_order_seq_cst))
         futex_wake_all(lo32(&h->head));
 }
 
@@ -598,6 +649,9 @@ void rc_bind(rc_ring *r, void *base, size_t size)
     r->cap = r->hdr->capacity; /* verified by rc_header_init; never re-read */
     r->frag_max = (r->cap / 2 - REC_HDR) & ~(uint64_t)15u;
     r->slot = slot_register(base, size);
+    /* THEORY: cached counters. head is a value both words have had (head <= tail always); a
+     * hint, range-checked against the live word on each use */
+    r->chead = r->ctail = atomic_load_explicit(&r->hdr->head, memory_order_acquire);
 }
 
 /* The process-wide setup: the mutex kind every ring lock word must carry (lock_word_bad). */
@@ -738,20 +792,27 @@ int rc_reserve(rc_ring *r, uint64_t need, uint64_t max_items, double deadline, i
             continue;
         }
         uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-        uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+        uint64_t head = r->chead; /* THEORY: cached counters; the live head only if it says no */
         /* tail read before head: tail - head may be negative (consumers moved on), never above
          * capacity, and both are record edges; otherwise look again under the lock */
         int odd = ((tail | head) & (REC_HDR - 1)) || (int64_t)(tail - head) > (int64_t)r->cap;
+        if (odd || !room(r, tail, head, need, max_items, pad)) {
+            head = atomic_load_explicit(&h->head, memory_order_acquire);
+            odd = ((tail | head) & (REC_HDR - 1)) || (int64_t)(tail - head) > (int64_t)r->cap;
+            if (!odd)
+                r->chead = head;
+        }
         if (odd || room(r, tail, head, need, max_items, pad)) {
             int rc = lock_ring(r, 1, deadline, nb);
             if (rc != OK)
                 return rc;
-            if ((rc = check_prod(r, NULL, NULL)) != OK) {
+            if (odd) {
+                /* the live pair looked impossible: check it live under the lock (the cached
+                 * head may be fine while the shared word is garbage); else a transient */
+                rc = check_prod_fresh(r, NULL, NULL);
                 unlock_ring(r, 1);
-                return rc;
-            }
-            if (odd) { /* it was a transient after all: look again */
-                unlock_ring(r, 1);
+                if (rc != OK)
+                    return rc;
                 continue;
             }
             pc = atomic_load(&h->pclaim);
@@ -767,11 +828,12 @@ int rc_reserve(rc_ring *r, uint64_t need, uint64_t max_items, double deadline, i
                 unlock_ring(r, 1); /* claimed meanwhile: wait for it above */
                 continue;
             }
-            if ((rc = check_prod(r, &tail, &head)) != OK) {
+            int fits = prod_room(r, need, max_items, pad, NULL);
+            if (fits < 0) {
                 unlock_ring(r, 1);
-                return rc;
+                return -fits;
             }
-            if (room(r, tail, head, need, max_items, pad) && !atomic_load(&h->closed))
+            if (fits && !atomic_load_explicit(&h->closed, memory_order_relaxed))
                 return OK;
             unlock_ring(r, 1); /* another producer took the room meanwhile: look again */
             continue;
@@ -823,11 +885,14 @@ static int produce_frag_nb(rc_ring *r, const rc_part *parts, int n, uint64_t tot
             rc = R_CLOSED;
             goto abort;
         }
-        uint64_t tail;
-        if ((rc = check_prod(r, &tail, &head)) != OK)
+        int fits = prod_room(r, rec_size(chunk), 0, &pad, &head);
+        if (fits < 0) {
+            rc = -fits;
             goto abort;
-        if (!room(r, tail, head, rec_size(chunk), 0, &pad))
-            break;
+        }
+        if (!fits)
+            break; /* head: the live one */
+        uint64_t tail = r->vtail;
         unsigned char *dst = place(r, pad, chunk, (done == 0 ? F_FIRST : 0) | (last ? F_LAST : 0), total);
         gather_big(dst, parts, n, done, chunk);
         if (is_broken(r)) {
@@ -918,10 +983,13 @@ int rc_produce(rc_ring *r, const rc_part *parts, int n, uint64_t total, double d
                 rc = R_CLOSED;
                 goto abort;
             }
-            uint64_t tail, head;
-            if ((rc = check_prod(r, &tail, &head)) != OK)
+            uint64_t head = 0;
+            int fits = prod_room(r, rec_size(chunk), 0, &pad, &head);
+            if (fits < 0) {
+                rc = -fits;
                 goto abort;
-            if (room(r, tail, head, rec_size(chunk), 0, &pad))
+            }
+            if (fits)
                 break;
             rc = wait_word(r, lo32(&h->head), (uint32_t)head, &h->prod_waiters, deadline);
             if (rc != OK)
@@ -1099,8 +1167,12 @@ int rc_consume(rc_ring *r, double deadline, int nb, const void *ex, size_t exn, 
         if (is_broken(r))
             return R_BROKEN;
         uint64_t claim = atomic_load_explicit(&h->claim, memory_order_acquire);
-        uint64_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
         uint64_t head = atomic_load_explicit(&h->head, memory_order_acquire);
+        uint64_t tail = r->ctail; /* THEORY: cached counters; the live tail unless it shows data */
+        if (tail == head || (tail | head) & (REC_HDR - 1) || tail - head > r->cap) {
+            tail = atomic_load_explicit(&h->tail, memory_order_acquire);
+            r->ctail = tail;
+        }
         int rc;
         if (foreign_claim(r, claim) && claimant_alive(h)) {
             /* another consumer is mid-message: its fragments are at head */

@@ -56,14 +56,18 @@
  * producer that finds no room, waits right there; only then does it take
  * the lock, re-check, act and unlock (another peer may have been first: it
  * looks again). A waiter spins for `spin` seconds watching the 32-bit low half
- * of the other side's counter, then increments the waiter count (seq_cst),
+ * of the other side's counter (the first HELD_SPINS pauses, about 2 us, with the
+ * runtime lock still held when it has one: most waits of a round trip end
+ * sooner, and dropping and retaking the GIL costs as much as such a wait; the
+ * rest with it released), then increments the waiter count (seq_cst),
  * re-checks, and sleeps in FUTEX_WAIT (shared, not FUTEX_PRIVATE: the futex is
  * keyed on the shm page) with the observed value checked by the kernel. The
- * other side stores its counter, issues a seq_cst fence and calls FUTEX_WAKE
- * only if the waiter count is non-zero (the Dekker pair store/fence/load on
+ * other side stores its counter with a seq_cst exchange (the store and the
+ * fence in one locked instruction), loads the waiter count (seq_cst) and calls
+ * FUTEX_WAKE only if it is non-zero (the Dekker pair of seq_cst operations on
  * both sides means one of them always sees the other). Sleeps are sliced
  * (SLICE, 50 ms) and EINTR ends a slice, so Ctrl-C is checked with the GIL held
- * (PyErr_CheckSignals); the GIL is released while spinning, sleeping, waiting
+ * (PyErr_CheckSignals); the GIL is released while spinning (after the held pauses), sleeping, waiting
  * for a lock and copying payloads of 256 KiB or more. Locks are taken with
  * pthread_mutex_trylock, then pthread_mutex_clocklock in SLICE steps up to the
  * deadline (a SIGSTOPped holder delays nobody past its deadline); EOWNERDEAD
@@ -207,6 +211,22 @@
  * unlock write through them (a pthread robust mutex trusts its own word): nothing checks
  * that. These rules are exercised by tests/reliability/test_ring_hostile.py.
  *
+ * Cached counters (cache-line traffic). The producer line (tail, msgs_in, its journal,
+ * cons_waiters) is written only by producers, the consumer line (head, msgs_out, its journal,
+ * prod_waiters) only by consumers, so each side's own writes stay in its cache; what moves
+ * between cores per message is the tail line and the record's lines. To keep it so, a producer
+ * does not read head on every send: it keeps the head it last read (rc_ring.chead) and decides
+ * room with it, reading the live head only when the cached one says "no room" (or fails the
+ * range check against tail, e.g. another producer moved tail far on). A consumer likewise keeps
+ * the tail it last read (ctail) and re-reads tail only when the cached one shows nothing beyond
+ * head. Both hints are values the word really had, read with ACQUIRE, and head and tail only
+ * grow, so a stale hint understates the room or the data (never overstates them: nothing is
+ * overwritten before it is consumed, nothing read before it is committed); each is
+ * range-checked against the live word of its own side before use, like any shared value.
+ * The waiter words sit on the line their *reader* owns (cons_waiters is read by the producer
+ * after it stores tail, prod_waiters by the consumer after it stores head), so the Dekker load
+ * of a waker touches no foreign line while nobody sleeps.
+ *
  * Counters and wrap. head, tail, msgs_in and msgs_out wrap modulo 2^64 and
  * every comparison is a modular difference (tail - head, in - out); the futex
  * words are their low 32 bits, compared only for inequality, so the 2^32 wrap
@@ -244,6 +264,7 @@
 #define F_PAD 4u
 #define BIG_COPY (256u * 1024u)
 #define VIEW_MIN (16u * 1024u) /* recv(view=2): a view only for messages this big */
+#define HELD_SPINS 64u /* pauses a waiter spins before it releases the runtime lock (THEORY: waiting) */
 #define SLICE 0.05 /* seconds between signal / local-close checks while blocked */
 #define PROBE 0.01 /* seconds between peer-liveness probes (producer mid-message, claimant) */
 #define PCLAIM_STALE_NS 1000000000ull /* a producer claim without an attempt for 1 s is taken over */
@@ -340,6 +361,11 @@ typedef struct rc_ring {
     uint32_t pid;
     uint64_t start;         /* this process's start time (clock ticks), 0 = unknown */
     uint64_t vtail;         /* tail as validated under prod_lock (place/publish use it, never a re-read) */
+    /* Hints that keep each side off the other's cache line (THEORY: cached counters): the head
+     * this handle last read as a producer and the tail it last read as a consumer. Always a value
+     * the shared word really had (head and tail only grow), so a stale one only understates the
+     * room or the data; re-validated against the live word on every use. */
+    uint64_t chead, ctail;
     char why[200];          /* what a check found corrupt (R_CORRUPT) */
     /* the message this handle reassembles (its claim; under cons_lock) */
     void *partial;          /* rc_hooks object, NULL = none */
@@ -441,6 +467,8 @@ void repair_cons(struct ring_hdr *h);
 int lock_ring(rc_ring *r, int prod, double deadline, int nb);
 void unlock_ring(rc_ring *r, int prod);
 int check_prod(rc_ring *r, uint64_t *tailp, uint64_t *headp);
+int check_prod_fresh(rc_ring *r, uint64_t *tailp, uint64_t *headp);
+int prod_room(rc_ring *r, uint64_t need, uint64_t max_items, uint64_t *pad, uint64_t *headp);
 int check_cons(rc_ring *r, uint64_t *headp, uint64_t *tailp);
 void frag_abort(struct ring_hdr *h);
 int pclaim_live(struct ring_hdr *h);
