@@ -266,6 +266,18 @@ def test_asyncio_roundtrip(pair: tuple[Channel, Channel]) -> None:
     assert asyncio.run(main()) == [b"async-1", b"async-2"]
 
 
+def test_a_timed_out_call_names_the_channel_and_its_timeout(pair: tuple[Channel, Channel]) -> None:
+    """The timed hot path (plain bytes, default codec: no Deadline object where the transport takes a
+    float deadline) still says what timed out and after how long, for float and int timeouts."""
+    _tx, rx = pair
+    for timeout, shown in ((0.05, "0.05"), (1, "1")):
+        t0 = time.monotonic()
+        with pytest.raises(kipc.Timeout) as e:
+            rx.recv(timeout=timeout)
+        assert time.monotonic() - t0 >= timeout * 0.9
+        assert str(e.value).endswith(f"timed out after {shown} s") and rx.url in str(e.value), str(e.value)
+
+
 def test_bad_arguments(pair: tuple[Channel, Channel]) -> None:
     tx, rx = pair
     with pytest.raises(TypeError):

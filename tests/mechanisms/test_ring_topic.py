@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import threading
@@ -65,7 +66,7 @@ def test_history_starts_at_the_last_n_messages(pub: RingTopic, name: str) -> Non
 def test_block_mode_publisher_times_out_and_loses_nothing(pub: RingTopic, name: str) -> None:
     with RingTopic(f"ring://{name}") as s:
         sent = 0
-        with pytest.raises(kipc.Timeout):
+        with pytest.raises(kipc.Timeout, match=re.escape(f"send on {pub.url} timed out after 0.05 s")):
             while True:
                 pub.send(payload(0, sent, 1000), timeout=0.05)
                 sent += 1
@@ -74,7 +75,7 @@ def test_block_mode_publisher_times_out_and_loses_nothing(pub: RingTopic, name: 
             pub.send(b"x" * 1000, timeout=0)
         for i in range(sent):
             check(s.recv(timeout=1), 0, i)
-        with pytest.raises(kipc.Timeout):
+        with pytest.raises(kipc.Timeout, match=r"timed out after 0\.05 s"):
             s.recv(timeout=0.05)
         pub.send(b"after", timeout=1)
         assert s.recv(timeout=1) == b"after"

@@ -188,6 +188,7 @@ class RingChannel(ArrayMethods, Channel):
         ring = self._ring
         self._send_blocking = ring.send  # type: ignore[method-assign]  # (data, deadline, knobs)
         self._recv_blocking = ring.recv  # type: ignore[method-assign]  # (deadline, knobs)
+        self._send_until, self._recv_until = ring.send, ring.recv  # they take a float deadline too
         self._try_send = ring.try_send  # type: ignore[method-assign]  # (data, knobs) -> bool
         self._try_recv = ring.try_recv  # type: ignore[method-assign]  # (knobs) -> message | None
         self._wait = ring.wait  # type: ignore[method-assign]  # (op, deadline) -> None

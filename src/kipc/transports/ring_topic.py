@@ -217,6 +217,7 @@ class RingTopic(ArrayMethods, Channel):
         # side gives one thread at a time the subscriber's cursor (a receive turn, by the deadline)
         self._send_blocking = self._t.send  # type: ignore[method-assign]  # (data, deadline, knobs)
         self._recv_blocking = self._t.recv  # type: ignore[method-assign]  # (deadline, knobs)
+        self._send_until, self._recv_until = self._t.send, self._t.recv  # they take a float deadline too
         self._try_send = self._t.try_send  # type: ignore[method-assign]  # (data, knobs) -> bool
         self._try_recv = self._t.try_recv  # type: ignore[method-assign]  # (knobs) -> message | None
         self._wait = self._t.wait  # type: ignore[method-assign]  # (op, deadline) -> None
