@@ -72,14 +72,14 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .. import _owners
 from .._base import FOREVER, Channel, Deadline
 from .._kinds import RING_PREFIX, DevShmKind, ObjectInfo
 from .._naming import parse_bool, parse_float, validate_mode, validate_name, validate_size
-from .._objects import check_attach, file_identity, open_path, parse_create
+from .._objects import check_attach, file_identity, open_path, parse_create, remove_path
 from .._platform import native
 from ..codecs import Codec, get_codec
 from ..errors import (
@@ -229,11 +229,7 @@ class RingChannel(ArrayMethods, Channel):
         super()._close()
 
     def _unlink(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        _owners.forget(self.url)
+        remove_path(self.path, self.url)
 
     def fileno(self) -> int:
         self._check_open("fileno")
@@ -316,20 +312,8 @@ class RingChannel(ArrayMethods, Channel):
             raise MessageTooLarge(f"loan on {self.url}: {n} bytes exceeds the in-place limit of {limit} bytes "
                                   "(capacity/2 - 16; use send() for bigger messages)", size=n, limit=limit)
         loan = self._ring.loan(n, deadline)
-        try:
-            buf = memoryview(loan)
-        except BaseException:
-            loan.abort()
-            raise
-        try:
+        with lent(loan, lambda: loan.commit(n)) as buf:
             yield buf
-        except BaseException:
-            loan.abort()  # first: the producer lock must go whatever else fails
-            raise
-        else:
-            loan.commit(n)
-        finally:
-            _release(buf)
 
     # -- the array methods' hooks (kipc.transports._arrays) ---------------------------------------
     def _send_parts(self, parts: tuple[bytes, Any], size: int, deadline: Deadline) -> None:
@@ -353,12 +337,27 @@ class RingChannel(ArrayMethods, Channel):
         return ProtocolError(f"recv_array on {self.url}: {what} (a fragmented message: it was consumed)")
 
 
-def _release(buf: memoryview) -> None:
-    """Release a loan's memoryview unless views made of it are alive (they keep the mapping)."""
+@contextlib.contextmanager
+def lent(loan: Any, commit: Callable[[], object]) -> Iterator[memoryview]:
+    """The ``with`` block of a ring's or a ring topic's ``loan()``: the loaned space as a memoryview;
+    the block's normal exit commits, an exception aborts (first of all: the producer lock must go
+    whatever else fails). The view is released unless views made of it are alive (they keep the
+    mapping)."""
     try:
-        buf.release()
-    except BufferError:
-        pass
+        buf = memoryview(loan)
+    except BaseException:
+        loan.abort()
+        raise
+    try:
+        yield buf
+    except BaseException:
+        loan.abort()
+        raise
+    else:
+        commit()
+    finally:
+        with contextlib.suppress(BufferError):
+            buf.release()
 
 
 def _check_room(url: str, cap: int) -> None:

@@ -74,7 +74,7 @@ from .._naming import (
     validate_name,
     validate_size,
 )
-from .._objects import file_identity, open_path, parse_create
+from .._objects import file_identity, open_path, parse_create, remove_path
 from .._platform import native
 from ..codecs import Codec
 from ..errors import (
@@ -91,7 +91,7 @@ from ..errors import (
     from_oserror,
 )
 from ._arrays import ArrayMethods
-from .ring import _check_room, _reserve, check_shm_attach, shm_path
+from .ring import _check_room, _reserve, check_shm_attach, lent, shm_path
 
 __all__ = ["OVERFLOW_MODES", "RingTopic"]
 
@@ -268,11 +268,7 @@ class RingTopic(ArrayMethods, Channel):
         super()._close()
 
     def _unlink(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        _owners.forget(f"ring://{self.name}")
+        remove_path(self.path, f"ring://{self.name}")
 
     def _too_large(self, size: int, limit: int) -> MessageTooLarge:
         where = " (capacity/2 - 16)" if limit == self._frag_max else ""
@@ -320,21 +316,8 @@ class RingTopic(ArrayMethods, Channel):
         if n > limit:
             raise self._too_large(n, limit)
         loan = self._t.loan(n, deadline)
-        try:
-            buf = memoryview(loan)
-        except BaseException:
-            loan.abort()
-            raise
-        try:
+        with lent(loan, loan.commit) as buf:
             yield buf
-        except BaseException:
-            loan.abort()  # first: the publisher lock must go whatever else fails
-            raise
-        else:
-            loan.commit()
-        finally:
-            with contextlib.suppress(BufferError):
-                buf.release()  # views made of it keep the memory mapped (see above)
 
     # -- the array methods' hooks (kipc.transports._arrays) ---------------------------------------
     def _send_parts(self, parts: tuple[bytes, Any], size: int, deadline: Deadline) -> None:
