@@ -586,3 +586,26 @@ def test_large_messages_arrive_intact_in_every_alignment(name: str) -> None:
             got = s.recv_array(timeout=5, copy=False)
             assert np.array_equal(got, sl)
             del got
+
+
+def test_info_lag_never_wraps_while_subscribers_keep_up(name: str) -> None:
+    """kipc ls reads a subscriber's cursor while it moves: a lag is published - received with both
+    read in that order, never a wrapped 1.8e19 (the cursor may pass a published count read earlier,
+    when a publisher process and the subscriber run while info() reads)."""
+    sub = ("import sys\nfrom kipc.transports.ring_topic import RingTopic\n"
+           "with RingTopic(sys.argv[1]) as s:\n    print('READY', flush=True)\n"
+           "    while s.recv(timeout=10) != b'end':\n        pass\n")
+    pub_code = ("import sys, time\nfrom kipc.transports.ring_topic import RingTopic\n"
+                "with RingTopic(sys.argv[1], subscribe=False) as p:\n    print('READY', flush=True)\n"
+                "    end = time.monotonic() + 2\n    while time.monotonic() < end:\n"
+                "        p.send(b'm' * 64, timeout=10)\n    p.send(b'end', timeout=10)\n")
+    url = f"ring://{name}?capacity=1MiB"
+    with RingTopic(url, create=True, subscribe=False) as peek, testing.spawn(sub, f"ring://{name}") as child, \
+            testing.spawn(pub_code, f"ring://{name}") as publisher:
+        worst = 0
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            worst = max([worst, *(s["lag"] for s in peek.info()["slots"])])
+        publisher.check(timeout=20)
+        child.check(timeout=20)
+    assert worst < 1 << 20, worst

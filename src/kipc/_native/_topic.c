@@ -771,6 +771,9 @@ static PyObject *Topic_info(Topic *o, PyObject *unused)
         if (!tok)
             continue;
         uint64_t msgno = atomic_load(&h->slots[i].msgno);
+        /* the published count again, after the cursor: the subscriber may have received messages
+         * published since the first load, and its lag must not wrap below zero */
+        published = atomic_load(&h->wmsg);
         PyObject *d = Py_BuildValue("{s:I,s:K,s:K,s:O}", "pid", (unsigned)(tok >> 32), "lag",
                                     (unsigned long long)(published - msgno), "dropped",
                                     (unsigned long long)atomic_load(&h->slots[i].dropped), "alive",
