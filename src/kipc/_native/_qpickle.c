@@ -333,23 +333,30 @@ static PyObject *enc(PyObject *o)
 
 static PyObject *pickle_loads; /* _pickle.loads */
 
+/* Where a protocol-5 pickle's opcodes start: after PROTO (2), or after a FRAME (11) that must
+ * cover exactly the rest of the data; -1 for a FRAME that does not, or data shorter than
+ * `min_framed` with one. The caller has checked that p[0..2] exist. */
+static Py_ssize_t body_start(const unsigned char *p, Py_ssize_t len, Py_ssize_t min_framed)
+{
+    if (p[2] != 0x95)
+        return 2;
+    if (len < min_framed)
+        return -1;
+    uint64_t frame = 0;
+    for (int i = 7; i >= 0; i--)
+        frame = (frame << 8) | p[3 + i];
+    return frame == (uint64_t)(len - 11) ? 11 : -1;
+}
+
 /* The payload of a pickle of exactly dumps_bytes' shape (every length checked against the
  * data's own size), or NULL without an exception when it is anything else. */
 static PyObject *loads_bytes(const unsigned char *p, Py_ssize_t len)
 {
     if (len < 2 + 1 + 1 + 2 || p[0] != 0x80 || p[1] != 5 || p[len - 2] != 0x94 || p[len - 1] != '.')
         return NULL;
-    Py_ssize_t at = 2;
-    if (p[2] == 0x95) {
-        if (len < 11 + 4)
-            return NULL;
-        uint64_t frame = 0;
-        for (int i = 7; i >= 0; i--)
-            frame = (frame << 8) | p[3 + i];
-        if (frame != (uint64_t)(len - 11))
-            return NULL;
-        at = 11;
-    }
+    Py_ssize_t at = body_start(p, len, 11 + 4);
+    if (at < 0)
+        return NULL;
     uint64_t n;
     if (p[at] == 'C' && len - at >= 4) {
         n = p[at + 1];
@@ -380,20 +387,12 @@ static PyObject *dec(const unsigned char *p, Py_ssize_t len)
 {
     PyObject *stack[DSTACK], *memo[MEMO_MAX];
     int sp = 0, nm = 0, mark = -1;
-    Py_ssize_t at = 2, end = len - 1; /* the STOP byte */
+    Py_ssize_t at, end = len - 1; /* the STOP byte */
     PyObject *out = NULL;
     if (len < 4 || p[0] != 0x80 || p[1] != 5 || p[end] != '.')
         return NULL;
-    if (p[2] == 0x95) {
-        if (len < 11 + 2)
-            return NULL;
-        uint64_t frame = 0;
-        for (int i = 7; i >= 0; i--)
-            frame = (frame << 8) | p[3 + i];
-        if (frame != (uint64_t)(len - 11))
-            return NULL;
-        at = 11;
-    }
+    if ((at = body_start(p, len, 11 + 2)) < 0)
+        return NULL;
 #define AVAIL(k) (end - at >= (k)) /* k bytes of arguments before STOP */
 #define PUSH(x)                      \
     do {                             \
