@@ -16,6 +16,11 @@ are written once, here. A transport implements small hooks:
 * optionally exactly one blocking path per direction,
   ``_send_blocking(data, deadline, knobs)`` / ``_recv_blocking(deadline, knobs)``
   (the default loops over the hooks above under a per-direction lock);
+* optionally ``_fast_calls() -> (send, recv)``: C callables that do the whole
+  untimed-or-plainly-timed call for plain bytes and hand any other call to
+  ``Channel.send``/``Channel.recv`` unchanged; the template installs them on the
+  instance while the hot path holds (default codec, open, methods not
+  overridden) and removes them when it stops (the ring: no Python frame per call).
 * ``_close()`` (release this process's handles), ``_unlink()`` (remove the
   object; called for the creator only), ``_interrupt()`` (wake this process's
   threads blocked on this handle; the default wakes fd waits).
@@ -531,10 +536,34 @@ class Channel(_Waitable, Generic[T]):
         plain = codec is _BYTES and not self._closed
         self._plain_send = plain and self.writable
         self._plain_recv = plain and self.readable
+        self._refresh_fast()
 
     def _interrupt(self) -> None:
         self._plain_send = self._plain_recv = False
+        self._refresh_fast()
         super()._interrupt()
+
+    def _fast_calls(self) -> tuple[Callable[..., None] | None, Callable[..., Any] | None]:
+        """The transport's C ``send``/``recv`` for the hot path (see the module docstring), or None."""
+        return None, None
+
+    def _refresh_fast(self) -> None:
+        """Install the fast calls as instance attributes while the hot path holds, else remove them.
+
+        Call it again whenever something the fast calls captured changes (the ring's
+        ``max_message_size``)."""
+        cls, d = type(self), self.__dict__
+        send = recv = None
+        if self._plain_send or self._plain_recv:
+            send, recv = self._fast_calls()
+        if send is not None and self._plain_send and cls.send is Channel.send:
+            d["send"] = send
+        else:
+            d.pop("send", None)
+        if recv is not None and self._plain_recv and cls.recv is Channel.recv:
+            d["recv"] = recv
+        else:
+            d.pop("recv", None)
 
     # -- checks (once, here) -----------------------------------------------------
     def _check_knobs(self, op: str, knobs: dict[str, Any], allowed: frozenset[str]) -> None:

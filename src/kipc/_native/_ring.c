@@ -47,7 +47,7 @@ typedef struct {
 /* exceptions, replaced by kipc's classes through _setup() */
 static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad, *E_Mismatch;
 static PyObject *FOREVER;           /* kipc._base's Deadline(None): the hot path compares identity */
-static PyObject *S_end, *S_timeout; /* interned attribute names of a Deadline */
+static PyObject *S_end, *S_error; /* interned attribute names of a Deadline */
 static unsigned fork_gen;           /* bumped in a forked child (pthread_atfork) */
 static uint32_t token_serial;
 
@@ -83,31 +83,31 @@ static int get_deadline(PyObject *d, double *end)
 }
 
 
-/* Raise the exception for state `rc` of operation `op`; `dl` is the caller's deadline
- * argument (its .timeout names the timeout; 0 means WouldBlock). */
-static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
+/* Raise the exception for state `rc` of operation `op`. A timeout is worded by kipc's
+ * Deadline.error (one wording for every transport; WouldBlock for timeout=0): of `dl` when the
+ * caller's deadline argument is a Deadline, or of Deadline(secs) when the caller knows its
+ * timeout in seconds (secs > 0: the instance fast path); a bare float deadline names none. */
+static int raise_state_t(Ring *r, int rc, const char *op, PyObject *dl, double secs)
 {
     if (rc == R_TIMEOUT) {
-        double timeout = -1.0; /* unknown (a bare float deadline) */
-        if (dl && dl != FOREVER && dl != Py_None && !PyFloat_Check(dl)) {
-            PyObject *t = PyObject_GetAttr(dl, S_timeout);
-            if (t && t != Py_None)
-                timeout = PyFloat_AsDouble(t);
+        PyObject *d = NULL;
+        if (secs > 0) {
+            PyObject *t = PyFloat_FromDouble(secs);
+            d = t ? PyObject_CallOneArg((PyObject *)Py_TYPE(FOREVER), t) : NULL;
             Py_XDECREF(t);
-            if (PyErr_Occurred()) {
-                PyErr_Clear();
-                timeout = -1.0;
-            }
+        } else if (dl && dl != FOREVER && dl != Py_None && Py_TYPE(dl) == Py_TYPE(FOREVER)) {
+            d = Py_NewRef(dl);
         }
-        if (timeout == 0.0) {
-            PyErr_Format(E_WouldBlock, "%s on %S would block (timeout=0)", op, r->url);
-        } else if (timeout > 0) {
-            char secs[32]; /* PyErr_Format has no %g */
-            snprintf(secs, sizeof secs, "%g", timeout);
-            PyErr_Format(E_Timeout, "%s on %S timed out after %s s", op, r->url, secs);
-        } else {
+        PyObject *what = d ? PyUnicode_FromFormat("%s on %S", op, r->url) : NULL;
+        PyObject *exc = what ? PyObject_CallMethodOneArg(d, S_error, what) : NULL;
+        Py_XDECREF(what);
+        Py_XDECREF(d);
+        if (exc && PyExceptionInstance_Check(exc)) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        } else if (!PyErr_Occurred()) {
             PyErr_Format(E_Timeout, "%s on %S timed out", op, r->url);
         }
+        Py_XDECREF(exc);
     } else if (rc == R_LOCAL) {
         closed_here(r, op);
     } else if (rc == R_HELD) {
@@ -143,6 +143,11 @@ static int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
         PyErr_Format(E_Closed, "%s on %S: the channel was closed by its creator", op, r->url);
     }
     return -1;
+}
+
+static inline int raise_state(Ring *r, int rc, const char *op, PyObject *dl)
+{
+    return raise_state_t(r, rc, op, dl, 0.0);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -633,6 +638,39 @@ static inline void release_part(Py_buffer *b)
         PyBuffer_Release(b);
 }
 
+/* One blocking send of `obj` (a buffer) by `deadline`; dl/secs word a timeout (raise_state_t). */
+static PyObject *send_one(Ring *r, PyObject *obj, double deadline, PyObject *dl, double secs, uint64_t max_items)
+{
+    if (enter(r, "send") < 0)
+        return NULL;
+    Py_buffer b;
+    if (get_part(obj, &b) < 0) {
+        leave(r);
+        return NULL;
+    }
+    int rc = produce(r, &b, 1, (uint64_t)b.len, deadline, max_items, 0, NULL);
+    release_part(&b);
+    if (rc != OK && rc != R_ERR)
+        raise_state_t(r, rc, "send", dl, secs);
+    leave(r);
+    if (rc != OK)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* One blocking recv by `deadline` (view, expect: as Ring_recv's); dl/secs word a timeout. */
+static PyObject *recv_one(Ring *r, double deadline, PyObject *dl, double secs, int view, const char *ex, Py_ssize_t exn)
+{
+    if (enter(r, "recv") < 0)
+        return NULL;
+    int rc = OK;
+    PyObject *got = consume(r, deadline, view, 0, ex, exn, &rc);
+    if (!got && rc != R_ERR)
+        raise_state_t(r, rc, "recv", dl, secs);
+    leave(r);
+    return got;
+}
+
 /* send(data, deadline=FOREVER, knobs=None, max_items=0): the blocking send (the base's
  * _send_blocking). deadline: FOREVER/None, a Deadline (its .end) or absolute seconds. */
 static PyObject *Ring_send(Ring *r, PyObject *const *args, Py_ssize_t nargs)
@@ -646,21 +684,7 @@ static PyObject *Ring_send(Ring *r, PyObject *const *args, Py_ssize_t nargs)
     uint64_t max_items = 0;
     if ((dl && dl != FOREVER && get_deadline(dl, &deadline) < 0) || (nargs > 3 && get_u64(args[3], &max_items) < 0))
         return NULL;
-    if (enter(r, "send") < 0)
-        return NULL;
-    Py_buffer b;
-    if (get_part(args[0], &b) < 0) {
-        leave(r);
-        return NULL;
-    }
-    int rc = produce(r, &b, 1, (uint64_t)b.len, deadline, max_items, 0, NULL);
-    release_part(&b);
-    if (rc != OK && rc != R_ERR)
-        raise_state(r, rc, "send", dl);
-    leave(r);
-    if (rc != OK)
-        return NULL;
-    Py_RETURN_NONE;
+    return send_one(r, args[0], deadline, dl, 0.0, max_items);
 }
 
 /* try_send(data, knobs=None, max_items=0) -> bool: False when there is no room now. */
@@ -770,14 +794,7 @@ static PyObject *Ring_recv(Ring *r, PyObject *const *args, Py_ssize_t nargs)
         if (v)
             view = v == 2 ? 2 : 1;
     }
-    if (enter(r, "recv") < 0)
-        return NULL;
-    int rc = OK;
-    PyObject *got = consume(r, deadline, view, 0, ex, exn, &rc);
-    if (!got && rc != R_ERR)
-        raise_state(r, rc, "recv", dl);
-    leave(r);
-    return got;
+    return recv_one(r, deadline, dl, 0.0, view, ex, exn);
 }
 
 /* recv_into(alloc, deadline=FOREVER, view=0): recv, but a fragmented message is reassembled
@@ -1256,6 +1273,153 @@ static PyGetSetDef Ring_getset[] = {
     {NULL},
 };
 
+/* ------------------------------------------------------------------------- */
+/* Fast: a channel's send or recv for its hot path, installed on the channel instance while that
+ * path holds (Channel._fast_calls: the default codec, open). It does the whole call here, with
+ * no Python frame: send(bytes) or recv(), no keyword but timeout=, which is None or a plain
+ * positive float/int up to threading.TIMEOUT_MAX. Any other call goes unchanged to the class's
+ * function (Channel.send / Channel.recv), which checks and words everything else: what the fast
+ * path accepts, it does exactly as that function would. The channel is held weakly (it holds
+ * this object: no cycle, so a dropped channel is still freed at once). */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Ring *ring;
+    PyObject *channel; /* weak reference */
+    PyObject *slow;    /* Channel.send or Channel.recv */
+    uint64_t limit;    /* send: longer messages take the slow path (its MessageTooLarge) */
+    double tmax;       /* the largest timeout the fast path takes */
+    int is_send;
+} Fast;
+
+static PyObject *S_timeout_kw;
+
+static PyObject *Fast_slow(Fast *f, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *ch = PyWeakref_GetObject(f->channel); /* borrowed */
+    if (ch == Py_None) { /* its finalizer closed it */
+        closed_here(f->ring, f->is_send ? "send" : "recv");
+        return NULL;
+    }
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8], **stack = n + 1 <= 8 ? small : PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+    if (!stack)
+        return PyErr_NoMemory();
+    Py_INCREF(ch);
+    stack[0] = ch;
+    memcpy(stack + 1, args, (size_t)n * sizeof(PyObject *));
+    PyObject *out = PyObject_Vectorcall(f->slow, stack, (size_t)nargs + 1, kwnames);
+    Py_DECREF(ch);
+    if (stack != small)
+        PyMem_Free(stack);
+    return out;
+}
+
+static PyObject *Fast_call(Fast *f, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *timeout = NULL;
+    if (kwnames) {
+        if (PyTuple_GET_SIZE(kwnames) != 1)
+            goto slow;
+        PyObject *k = PyTuple_GET_ITEM(kwnames, 0);
+        if (k != S_timeout_kw && PyUnicode_Compare(k, S_timeout_kw) != 0)
+            goto slow;
+        timeout = args[nargs];
+    }
+    if (f->is_send ? nargs != 1 || !PyBytes_CheckExact(args[0]) || (uint64_t)PyBytes_GET_SIZE(args[0]) > f->limit
+                   : nargs != 0)
+        goto slow;
+    double deadline = INFINITY, secs = 0.0;
+    if (timeout && timeout != Py_None) {
+        if (PyFloat_CheckExact(timeout)) {
+            secs = PyFloat_AS_DOUBLE(timeout);
+        } else if (PyLong_CheckExact(timeout)) {
+            int overflow;
+            long v = PyLong_AsLongAndOverflow(timeout, &overflow);
+            if (overflow || (v == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                goto slow;
+            }
+            secs = (double)v;
+        } else {
+            goto slow;
+        }
+        if (!(secs > 0 && secs <= f->tmax)) /* 0, negatives, NaN, absurd values: the slow path's errors */
+            goto slow;
+        deadline = mono() + secs;
+    }
+    Ring *r = f->ring;
+    return f->is_send ? send_one(r, args[0], deadline, NULL, secs, 0) : recv_one(r, deadline, NULL, secs, 0, NULL, 0);
+slow:
+    return Fast_slow(f, args, nargsf, kwnames);
+}
+
+static void Fast_dealloc(Fast *f)
+{
+    Py_XDECREF(f->ring);
+    Py_XDECREF(f->channel);
+    Py_XDECREF(f->slow);
+    PyObject_Free(f);
+}
+
+static PyTypeObject FastType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kipc._native._ring.Fast",
+    .tp_basicsize = sizeof(Fast),
+    .tp_dealloc = (destructor)Fast_dealloc,
+    .tp_vectorcall_offset = offsetof(Fast, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "a ring channel's send or recv on its hot path (see Channel._fast_calls); "
+              "other calls go to Channel.send / Channel.recv",
+};
+
+static Fast *fast_new(Ring *r, PyObject *wr, PyObject *slow, uint64_t limit, double tmax, int is_send)
+{
+    Fast *f = PyObject_New(Fast, &FastType);
+    if (!f)
+        return NULL;
+    f->vectorcall = (vectorcallfunc)Fast_call;
+    f->ring = (Ring *)Py_NewRef(r);
+    f->channel = Py_NewRef(wr);
+    f->slow = Py_NewRef(slow);
+    f->limit = limit;
+    f->tmax = tmax;
+    f->is_send = is_send;
+    return f;
+}
+
+/* fast(channel, send, recv, limit, tmax) -> (send, recv): Fast objects for the channel's hot
+ * path; send/recv are the class's functions they hand other calls to; limit None = no limit. */
+static PyObject *Ring_fast(Ring *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyCallable_Check(args[1]) || !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "fast(channel, send, recv, limit, tmax)");
+        return NULL;
+    }
+    uint64_t limit = UINT64_MAX;
+    if (args[3] != Py_None && get_u64(args[3], &limit) < 0)
+        return NULL;
+    double tmax = PyFloat_AsDouble(args[4]);
+    if (tmax == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *wr = PyWeakref_NewRef(args[0], NULL);
+    if (!wr)
+        return NULL;
+    Fast *s = fast_new(r, wr, args[1], limit, tmax, 1), *v = s ? fast_new(r, wr, args[2], limit, tmax, 0) : NULL;
+    Py_DECREF(wr);
+    if (!v) {
+        Py_XDECREF(s);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(2, (PyObject *)s, (PyObject *)v);
+    Py_DECREF(s);
+    Py_DECREF(v);
+    return out;
+}
+
 #define FAST(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL
 
 static PyMethodDef Ring_methods[] = {
@@ -1286,6 +1450,7 @@ static PyMethodDef Ring_methods[] = {
     {"task_done", (PyCFunction)Ring_task_done, METH_NOARGS, "unfinished -= 1 (ValueError at 0)"},
     {"join", FAST(Ring_join), "join(deadline=FOREVER) -> bool: wait for unfinished == 0"},
     {"info", (PyCFunction)Ring_info, METH_NOARGS, "header fields as a dict"},
+    {"fast", FAST(Ring_fast), "fast(channel, send, recv, limit, tmax) -> (send, recv): the channel's hot path"},
     {NULL},
 };
 
@@ -1379,11 +1544,13 @@ static void py_obj_drop(void *o) { Py_DECREF((PyObject *)o); }
 
 PyMODINIT_FUNC PyInit__ring(void)
 {
-    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&RingViewType) < 0 || PyType_Ready(&RingLoanType) < 0)
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&RingViewType) < 0 || PyType_Ready(&RingLoanType) < 0 ||
+        PyType_Ready(&FastType) < 0)
         return NULL;
     S_end = PyUnicode_InternFromString("end");
-    S_timeout = PyUnicode_InternFromString("timeout");
-    if (!S_end || !S_timeout)
+    S_error = PyUnicode_InternFromString("error");
+    S_timeout_kw = PyUnicode_InternFromString("timeout");
+    if (!S_end || !S_error || !S_timeout_kw)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

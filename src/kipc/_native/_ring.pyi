@@ -2,6 +2,7 @@
 # A `deadline` is kipc._base.Deadline (its .end, CLOCK_MONOTONIC seconds, math.inf = forever, and
 # its .timeout for the error: 0 -> WouldBlock, t -> Timeout "timed out after t s"), the FOREVER
 # given to _setup, None (forever), or a float (an absolute end).
+from collections.abc import Callable
 from typing import Any
 
 MAGIC: int
@@ -63,3 +64,5 @@ class Ring:
     def task_done(self) -> None: ...
     def join(self, deadline: Any = ..., /) -> bool: ...
     def info(self) -> dict[str, int]: ...
+    def fast(self, channel: Any, send: Callable[..., None], recv: Callable[..., Any], limit: int | None, tmax: float, /
+             ) -> tuple[Callable[..., None], Callable[..., Any]]: ...
