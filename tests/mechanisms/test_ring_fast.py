@@ -18,6 +18,7 @@ unchanged. What these tests hold them to:
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import threading
 import time
@@ -69,6 +70,16 @@ def test_installed_while_the_hot_path_holds(ring: Callable[..., RingChannel]) ->
     assert _fast(ch) == (False, False)
     with pytest.raises(kipc.ChannelClosed, match="closed by this process"):
         ch.send(b"x")
+
+
+def test_introspects_as_the_bound_method(ring: Callable[..., RingChannel]) -> None:
+    ch = ring()
+    for name, method in (("send", Channel.send), ("recv", Channel.recv)):
+        fast, bound = getattr(ch, name), method.__get__(ch)
+        assert type(fast) is not type(bound)
+        assert inspect.signature(fast) == inspect.signature(bound)
+        assert fast.__doc__ == method.__doc__ and fast.__name__ == name and fast.__self__ is ch
+        assert fast.__wrapped__ == bound
 
 
 def test_an_overriding_subclass_keeps_its_methods(ring: Callable[..., RingChannel]) -> None:

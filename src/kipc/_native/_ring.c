@@ -1365,6 +1365,24 @@ static void Fast_dealloc(Fast *f)
     PyObject_Free(f);
 }
 
+/* Introspection as a bound method of the channel: help(), inspect.signature (via __wrapped__). */
+static PyObject *Fast_wrapped(Fast *f, void *c)
+{
+    PyObject *ch = PyWeakref_GetObject(f->channel);
+    return ch == Py_None ? Py_NewRef(f->slow) : PyMethod_New(f->slow, ch);
+}
+static PyObject *Fast_self(Fast *f, void *c) { return Py_NewRef(PyWeakref_GetObject(f->channel)); }
+static PyObject *Fast_attr(Fast *f, void *name) { return PyObject_GetAttrString(f->slow, (const char *)name); }
+
+static PyGetSetDef Fast_getset[] = {
+    {"__wrapped__", (getter)Fast_wrapped, NULL, "the method this call stands for", NULL},
+    {"__self__", (getter)Fast_self, NULL, "the channel (None once it is gone)", NULL},
+    {"__doc__", (getter)Fast_attr, NULL, NULL, "__doc__"},
+    {"__name__", (getter)Fast_attr, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)Fast_attr, NULL, NULL, "__qualname__"},
+    {NULL},
+};
+
 static PyTypeObject FastType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kipc._native._ring.Fast",
     .tp_basicsize = sizeof(Fast),
@@ -1372,8 +1390,7 @@ static PyTypeObject FastType = {
     .tp_vectorcall_offset = offsetof(Fast, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "a ring channel's send or recv on its hot path (see Channel._fast_calls); "
-              "other calls go to Channel.send / Channel.recv",
+    .tp_getset = Fast_getset,
 };
 
 static Fast *fast_new(Ring *r, PyObject *wr, PyObject *slow, uint64_t limit, double tmax, int is_send)
