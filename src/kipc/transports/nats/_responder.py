@@ -231,7 +231,7 @@ class Responder:
             return
         try:
             task = start_now(self._publish(nc, subject, data))
-        except Exception:  # noqa: S110 - at most once, like any core NATS reply
+        except Exception:  # at most once, like any core NATS reply
             return
         if task is not None:
             self._rest.add(task)
@@ -315,7 +315,7 @@ class Responder:
                 return
             try:
                 self.loop.run_forever()
-            except Exception:  # noqa: S112 - the loop's own handler reports callback errors; keep watching
+            except Exception:  # the loop's own handler reports callback errors; keep watching
                 pass
             finally:
                 self._release()
