@@ -29,10 +29,11 @@ loop is run by whoever needs it, one runner at a time:
 * ``close()`` (any thread) stops whoever runs the loop; the watchdog, once it owns the
   loop, unsubscribes, closes the connection and the loop, and exits; ``close()`` waits
   for that (bounded). A blocked ``next()`` raises ``ChannelClosed``.
-* The private loop polls with ``poll(2)``, not epoll: an epoll interest list is shared
-  with a forked child, so a child that closed (or garbage-collected) its copy of the
-  loop would unregister the parent's sockets. A forked child refuses the parent's
-  responder (``ChannelClosed``) and never runs its loop.
+* A forked child refuses the parent's responder (``ChannelClosed``), never runs its
+  loop and never closes it. Belt and braces, the private loop polls with ``poll(2)``,
+  not epoll: an epoll interest list is kernel state shared with a child, so a child
+  closing its copy of a loop would unregister the parent's sockets; with poll nothing
+  is shared but the file descriptors.
 
 The price: one more server connection per responder object (the conventional shape
 of a NATS service: each instance connects once and joins the queue group), and one
@@ -92,8 +93,8 @@ class Responder:
         self._stop_on_put = False  # a next() runs the loop: a request ends its run
         self._rest: set[asyncio.Task[Any]] = set()  # publishes that had to wait (buffer full)
         try:
-            self.nc = self.loop.run_until_complete(connect())
-            self.sub = self.loop.run_until_complete(self._subscribe(subject, queue, limit))
+            self.nc = self._complete(connect())
+            self.sub = self._complete(self._subscribe(subject, queue, limit))
         except BaseException:
             self._owner = None
             self._shutdown()
@@ -282,6 +283,23 @@ class Responder:
                     return
             self._spin()
 
+    def _complete(self, aw: Any) -> Any:
+        """``run_until_complete`` that a stale ``loop.stop()`` (a close() or a hand-back request
+        that reached the loop after its run had ended) cannot cut short."""
+        loop = self.loop
+        task = asyncio.ensure_future(aw, loop=loop)
+        task.add_done_callback(lambda _: loop.stop())
+        while not task.done():
+            try:
+                loop.run_forever()
+            except BaseException:  # Ctrl-C: never leave it running
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        self._complete(task)
+                raise
+        return task.result()
+
     def _spin(self) -> None:
         """Run one loop iteration on this thread (the caller owns the loop)."""
         self.loop.call_soon(self.loop.stop)
@@ -351,12 +369,17 @@ class Responder:
             return
         nc, self.nc = self.nc, None
         with contextlib.suppress(Exception):
-            loop.run_until_complete(self._close_nc(nc, self.sub))
+            self._complete(self._close_nc(nc, self.sub))
         self.sub = None
-        for task in list(self._rest):
+        # nc.close() cancels its tasks without waiting for them: let every task left finish here,
+        # or closing the loop destroys them pending ("Task was destroyed but it is pending!")
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in tasks:
             task.cancel()
+        with contextlib.suppress(BaseException):
+            self._complete(asyncio.gather(*tasks, return_exceptions=True))
         with contextlib.suppress(Exception):
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            self._complete(loop.shutdown_asyncgens())
         with contextlib.suppress(Exception):
             loop.close()
 
