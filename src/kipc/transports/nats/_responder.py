@@ -17,7 +17,8 @@ loop is run by whoever needs it, one runner at a time:
   ``call_soon_threadsafe``; a runner that is about to give the loop up first runs
   what was posted (``_posted``), so nothing is left unsent.
 * A **watchdog** thread takes the loop over once nobody has run it for ``GRACE``
-  (5 ms: a handler at work), so server PINGs are answered, reconnects happen and
+  (5 ms: a handler at work; it looks at least every 50 ms, more often after a
+  hand-over), so server PINGs are answered, reconnects happen and
   buffered publishes are flushed while a slow handler runs. ``next()`` takes it
   back: it asks the watchdog's run to stop (``call_soon_threadsafe(loop.stop)``) and
   waits for the hand-over. The watchdog never takes the loop while a caller waits
@@ -37,7 +38,7 @@ loop is run by whoever needs it, one runner at a time:
 
 The price: one more server connection per responder object (the conventional shape
 of a NATS service: each instance connects once and joins the queue group), and one
-watchdog thread that wakes every ``GRACE`` while it is not running the loop.
+watchdog thread per responder that wakes every 5-50 ms while it is not running the loop.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from ._runtime import _Loop
 __all__ = ["GRACE", "Responder"]
 
 GRACE = 0.005  # a loop nobody has run for this long is taken over by the watchdog
+_NAP_MAX = 0.05  # the watchdog looks at least this often (a handler's loop waits GRACE..GRACE+this)
 _CLOSE_WAIT = 5.0  # close() waits this long for the watchdog to close the connection
 _DOG = object()  # _owner: the watchdog runs the loop
 _open: weakref.WeakSet[Responder] = weakref.WeakSet()
@@ -315,11 +317,13 @@ class Responder:
         lock = self._lock
         while True:
             with lock:
+                nap = GRACE
                 while True:
                     if self._owner is None and self.closed:
                         self._owner = _DOG
                         break
                     if self._owner is None and not self._waiting:
+                        nap = GRACE
                         idle = time.monotonic() - self._idle_since
                         if self._dog_now or idle >= GRACE:
                             self._owner = _DOG
@@ -327,7 +331,10 @@ class Responder:
                             break
                         self._dog_cv.wait(GRACE - idle)
                     else:
-                        self._dog_cv.wait(GRACE)
+                        # a caller runs the loop (a next() waiting for requests): look less and less
+                        # often, so an idle responder costs ~20 wake-ups a second, not 200
+                        self._dog_cv.wait(nap)
+                        nap = min(nap * 2, _NAP_MAX)
             if self.closed:
                 self._shutdown()
                 return
