@@ -21,14 +21,16 @@ What is measured (64-byte payloads):
   ``nc.publish`` to a subscription callback on one connection. ``topic2``: a
   publisher Topic and a subscriber Topic (two connections) against two raw
   connections. Raw and kipc rounds alternate, best of ``TOPIC_ROUNDS`` each.
-* ``rtt``: core request/reply to an echo responder in a child process: kipc
-  ``ch.request()`` against a kipc responder (``ch.requests()``), raw ``nc.request``
-  (on an asyncio loop in this thread) against a raw nats-py responder, in alternating
-  blocks (10 rounds after a warm-up); median and p99 over all samples, and the best
-  round's median, in microseconds. In the same blocks: ``arequest`` awaited on this
-  thread's own loop (the async API against the same raw), and the mixed pairs (kipc
-  request -> raw responder, raw request -> kipc responder) that split the gap
-  between the requesting and the responding side.
+* ``rtt``: core request/reply to echo responders in child processes, every pair in
+  alternating blocks (10 rounds after a warm-up); median and p99 over all samples,
+  and the best round's median, in microseconds. Requesters: kipc ``ch.request()``
+  with the default ``request_conn="shared"`` and with ``request_conn="thread"``, raw
+  ``nc.request`` (on an asyncio loop in this thread), ``arequest`` awaited on this
+  thread's own loop. Responders: kipc ``ch.requests()`` (its own connection, the
+  default), kipc ``requests(conn="shared")`` (the handle's connection through the
+  loop thread: the old default, the "before" rows), raw nats-py. The mixed pairs
+  (kipc -> raw, raw -> kipc) split the gap between the requesting and the
+  responding side.
 * ``kv put``: KV writes/s (each waits for the stored revision).
 """
 

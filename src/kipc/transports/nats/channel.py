@@ -65,8 +65,10 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   loop with its timeout a timer there; cancelled at its one await, it leaves
   nothing pending (the request may still reach a responder). A ``close()``
   from another thread ends any of them with ``ChannelClosed``; a reply after
-  its timeout is dropped. A responder's ``reply`` goes out through the
-  Express (a crossing each way on the responder's side remains).
+  its timeout is dropped. A responder (``requests()``) has its own connection
+  and private loop, run by the thread in ``next()`` (``_responder``: no thread
+  crossing; a watchdog runs it while a handler works); ``requests(conn="shared")``
+  uses this handle's connection, its replies going out through the Express.
 * Threads: one asyncio loop thread per process drives the connection (started
   lazily, stopped at exit; a forked child starts its own and refuses the
   parent's channels). Callers hand work to it in batches (``_mailbox``) and
