@@ -126,7 +126,7 @@ class Responder:
             if msg is not None:
                 return msg
             self._check()
-            if deadline.expired():
+            if deadline.expired():  # timeout=0: what has arrived (the watchdog reads while nobody waits)
                 raise deadline.error(self.what)
             if asyncio._get_running_loop() is not None:  # this thread runs a loop: it cannot run ours
                 self._wake_dog()
@@ -135,15 +135,9 @@ class Responder:
             if not self._acquire(deadline):
                 continue  # closed, timed out, or another runner brought requests: look again
             try:
-                if deadline.nonblocking:
-                    self._spin()  # read what the socket has, once
-                else:
-                    self._run_until_request(deadline.remaining())
+                self._run_until_request(deadline.remaining())
             finally:
                 self._release()
-            if deadline.nonblocking and not box:
-                self._check()
-                raise deadline.error(self.what)
 
     async def anext(self, deadline: Deadline) -> Any:
         box = self.box
@@ -261,10 +255,8 @@ class Responder:
                         self._stop_asked = True
                         self.loop.call_soon_threadsafe(self.loop.stop)
                     rem = deadline.slice().remaining()
-                    if deadline.nonblocking:
-                        rem = 0.05  # timeout=0 still gets the loop back for one look
                     if not rem or not self._free.wait(rem):
-                        if deadline.expired() or deadline.nonblocking:
+                        if deadline.expired():
                             return False
                 self._owner = threading.get_ident()
                 return True
