@@ -168,6 +168,51 @@ def test_replies_from_other_threads_while_next_runs_the_loop(nats_url: str) -> N
                 w.join(5)
 
 
+def test_two_threads_in_next_on_one_responder_share_it_one_runner_at_a_time(nats_url: str) -> None:
+    """Two serving threads on one responder, four requesting threads: every request answered
+    once, by one of the two, with its own reply (one loop runner at a time, hand-overs included)."""
+    with NatsChannel(_url(nats_url), create=True, codec="json") as ch, ch.requests() as reqs:
+        served: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def handle(req: Any) -> None:
+            with lock:
+                name = threading.current_thread().name
+                served[name] = served.get(name, 0) + 1
+            if req.value[1] % 7 == 0:
+                time.sleep(_responder.GRACE * 2)  # now and then the watchdog takes the loop meanwhile
+            req.reply(req.value)
+
+        def serve() -> None:
+            for req in reqs:
+                handle(req)
+
+        servers = [threading.Thread(target=serve, name=f"s{i}") for i in range(2)]
+        for t in servers:
+            t.start()
+        bad: list[Any] = []
+
+        def client(c: int) -> None:
+            for i in range(50):
+                got = ch.request([c, i], timeout=10)
+                if got != [c, i]:
+                    bad.append((c, i, got))
+
+        try:
+            clients = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+            for t in clients:
+                t.start()
+            for t in clients:
+                t.join(60)
+            assert not any(t.is_alive() for t in clients)
+        finally:
+            reqs.close()
+            for t in servers:
+                t.join(10)
+        assert bad == []
+        assert sum(served.values()) == 200 and set(served) <= {"s0", "s1"}
+
+
 def test_anext_and_async_replies(nats_url: str) -> None:
     with NatsChannel(_url(nats_url), create=True, codec="json") as ch, ch.requests() as reqs:
 
