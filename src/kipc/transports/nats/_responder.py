@@ -340,6 +340,11 @@ class Responder:
     # -- closing ---------------------------------------------------------------------------
     def close(self, wait: float = _CLOSE_WAIT) -> None:
         """Stop serving: a blocked next() raises ChannelClosed; the connection is closed (any thread)."""
+        if self.pid != os.getpid():
+            # a forked child: never touch the parent's loop or connection, nor its locks (a parent
+            # thread may have held one at the fork: the child's copy would never be released)
+            self.closed = True
+            return
         with self._lock:
             if self.closed:
                 first = False
@@ -352,13 +357,11 @@ class Responder:
         if first:
             _open.discard(self)
             self.box.wake()
-            if self.pid != os.getpid():
-                return  # a forked child: never touch the parent's loop or connection
             if running:
                 with contextlib.suppress(RuntimeError):
                     self.loop.call_soon_threadsafe(self.loop.stop)
         dog = self.__dict__.get("_dog")
-        if dog is not None and dog is not threading.current_thread() and self.pid == os.getpid():
+        if dog is not None and dog is not threading.current_thread():
             dog.join(wait)
 
     def _shutdown(self) -> None:
