@@ -235,6 +235,24 @@ def test_anext_and_async_replies(nats_url: str) -> None:
         asyncio.run(timed_out())
 
 
+def test_sync_next_on_a_thread_running_an_event_loop_lets_the_watchdog_read(nats_url: str) -> None:
+    """A thread inside an event loop cannot run the responder's loop: its sync next() waits while
+    the watchdog reads, and its reply is posted (still answered, and in order)."""
+    with NatsChannel(_url(nats_url), create=True, codec="json") as ch, ch.requests() as reqs:
+        got: list[Any] = []
+        t = threading.Thread(target=lambda: got.extend(ch.request(i, timeout=5) for i in range(5)))
+        t.start()
+
+        async def serve() -> None:
+            for _ in range(5):
+                req = reqs.next(timeout=5)
+                req.reply(-req.value)
+
+        asyncio.run(serve())
+        t.join(5)
+        assert got == [0, -1, -2, -3, -4]
+
+
 def test_slow_handler_keeps_the_connection_alive(tmp_path: Path) -> None:
     """The server pings every 100 ms and drops a client after 2 unanswered: a handler working for
     1.2 s would lose the connection if nobody ran the loop. The watchdog answers the pings."""
