@@ -21,14 +21,16 @@ What is measured (64-byte payloads):
   ``nc.publish`` to a subscription callback on one connection. ``topic2``: a
   publisher Topic and a subscriber Topic (two connections) against two raw
   connections. Raw and kipc rounds alternate, best of ``TOPIC_ROUNDS`` each.
-* ``rtt``: core request/reply to an echo responder in a child process: kipc
-  ``ch.request()`` against a kipc responder (``ch.requests()``), raw ``nc.request``
-  (on an asyncio loop in this thread) against a raw nats-py responder, in alternating
-  blocks (10 rounds after a warm-up); median and p99 over all samples, and the best
-  round's median, in microseconds. In the same blocks: ``arequest`` awaited on this
-  thread's own loop (the async API against the same raw), and the mixed pairs (kipc
-  request -> raw responder, raw request -> kipc responder) that split the gap
-  between the requesting and the responding side.
+* ``rtt``: core request/reply to echo responders in child processes, every pair in
+  alternating blocks (10 rounds after a warm-up); median and p99 over all samples,
+  and the best round's median, in microseconds. Requesters: kipc ``ch.request()``
+  with the default ``request_conn="shared"`` and with ``request_conn="thread"``, raw
+  ``nc.request`` (on an asyncio loop in this thread), ``arequest`` awaited on this
+  thread's own loop. Responders: kipc ``ch.requests()`` (its own connection, the
+  default), kipc ``requests(conn="shared")`` (the handle's connection through the
+  loop thread: the old default, the "before" rows), raw nats-py. The mixed pairs
+  (kipc -> raw, raw -> kipc) split the gap between the requesting and the
+  responding side.
 * ``kv put``: KV writes/s (each waits for the stored revision).
 """
 
@@ -69,7 +71,7 @@ asyncio.run(main())
 KIPC_ECHO = """
 import sys, threading, kipc
 with kipc.open(sys.argv[1]) as ch:
-    reqs = ch.requests()
+    reqs = ch.requests(conn=sys.argv[2])
     print("READY", flush=True)
     threading.Thread(target=lambda: (sys.stdin.read(), reqs.close()), daemon=True).start()
     for req in reqs:
@@ -202,39 +204,60 @@ def _kipc_rtt_block(ch: NatsChannel, n: int) -> list[float]:
 def _rtt(url: str, base: str, rtt_n: int) -> list[dict[str, Any]]:
     """Round trips, every combination of requester and responder, in interleaved blocks.
 
-    The headline pair is kipc->kipc against raw->raw (what a user of either gets); the mixed
-    pairs split the cost between the requesting and the responding side, and ``arequest``
-    (awaited on the caller's own loop, this thread's) is the async API against the same raw.
+    The headline pair is kipc->kipc with the defaults (a shared-connection requester, an
+    own-connection responder) against raw->raw (what a user of either gets); the other rows
+    split the cost between the requesting and the responding side: the requester with its
+    thread's own connection (``request_conn="thread"``), the responder on the handle's shared
+    connection (``requests(conn="shared")``, the old default), each against raw nats-py on the
+    other side; ``arequest`` (awaited on the caller's own loop, this thread's) is the async API.
     """
     import nats
 
     out: list[dict[str, Any]] = []
-    # ch: a kipc responder listens on its request subject; raw_ch: a raw nats-py responder does
-    with _nats_open(base + "-rr", create=True) as ch, _nats_open(base + "-rraw", create=True) as raw_ch, \
+    # one name per responder: a kipc one on its own connection (the default), a kipc one on the
+    # handle's shared connection, a raw nats-py one; a shared- and a thread-connection requester each
+    with _nats_open(base + "-rr", create=True) as own, _nats_open(base + "-rrs", create=True) as shared, \
+            _nats_open(base + "-rraw", create=True) as raw_ch, \
+            _nats_open(base + "-rr", request_conn="thread") as own_t, \
+            _nats_open(base + "-rrs", request_conn="thread") as shared_t, \
+            _nats_open(base + "-rraw", request_conn="thread") as raw_t, \
             testing.spawn(RAW_ECHO, url, raw_ch.request_subject, stdin=True) as raw_child, \
-            testing.spawn(KIPC_ECHO, ch.url, stdin=True) as kipc_child:
+            testing.spawn(KIPC_ECHO, own.url, "own", stdin=True) as own_child, \
+            testing.spawn(KIPC_ECHO, shared.url, "shared", stdin=True) as shared_child:
         loop = asyncio.new_event_loop()
         nc = loop.run_until_complete(nats.connect(url))
         names = {"raw": "raw nc.request rtt", "kipc": "kipc request rtt",
+                 "kipc_t": "kipc request (request_conn=thread) rtt",
+                 "kipc_old": "kipc request -> kipc responder (conn=shared) rtt",
+                 "kipc_t_old": "kipc request (request_conn=thread) -> kipc responder (conn=shared) rtt",
                  "kipc_a": "kipc arequest rtt (caller's loop)",
                  "kipc_to_raw": "kipc request -> raw responder rtt",
-                 "raw_to_kipc": "raw nc.request -> kipc responder rtt"}
+                 "kipc_t_to_raw": "kipc request (request_conn=thread) -> raw responder rtt",
+                 "raw_to_kipc": "raw nc.request -> kipc responder rtt",
+                 "raw_to_kipc_old": "raw nc.request -> kipc responder (conn=shared) rtt"}
+        blocks = {"raw": lambda n: loop.run_until_complete(_raw_rtt_block(nc, raw_ch.request_subject, n)),
+                  "kipc": lambda n: _kipc_rtt_block(own, n),
+                  "kipc_t": lambda n: _kipc_rtt_block(own_t, n),
+                  "kipc_old": lambda n: _kipc_rtt_block(shared, n),
+                  "kipc_t_old": lambda n: _kipc_rtt_block(shared_t, n),
+                  "kipc_a": lambda n: loop.run_until_complete(_kipc_artt_block(own, n)),
+                  "kipc_to_raw": lambda n: _kipc_rtt_block(raw_ch, n),
+                  "kipc_t_to_raw": lambda n: _kipc_rtt_block(raw_t, n),
+                  "raw_to_kipc": lambda n: loop.run_until_complete(_raw_rtt_block(nc, own.request_subject, n)),
+                  "raw_to_kipc_old": lambda n: loop.run_until_complete(
+                      _raw_rtt_block(nc, shared.request_subject, n))}
         rounds: dict[str, list[list[float]]] = {k: [] for k in names}
         block = max(10, rtt_n // 10)
         for rnd in range(11):
-            got = {"raw": loop.run_until_complete(_raw_rtt_block(nc, raw_ch.request_subject, block)),
-                   "kipc": _kipc_rtt_block(ch, block),
-                   "kipc_a": loop.run_until_complete(_kipc_artt_block(ch, block)),
-                   "kipc_to_raw": _kipc_rtt_block(raw_ch, block),
-                   "raw_to_kipc": loop.run_until_complete(_raw_rtt_block(nc, ch.request_subject, block))}
-            if rnd:  # the first round warms everything up
+            got = {k: run_block(block) for k, run_block in blocks.items()}
+            if rnd:  # the first round warms everything up (and makes the thread connections)
                 for k, v in got.items():
                     rounds[k].append(v)
         loop.run_until_complete(nc.close())
         loop.close()
         out.extend(_stats(names[k], v) for k, v in rounds.items())
-        raw_child.close()
-        kipc_child.close()
+        for child in (raw_child, own_child, shared_child):
+            child.close()
     return out
 
 
@@ -329,14 +352,25 @@ def _ratios(rows: list[dict[str, Any]]) -> list[str]:
              ("rtt", "kipc request rtt", "raw nc.request rtt", "median_us", "<= 1.25"),
              ("rtt best", "kipc request rtt", "raw nc.request rtt", "best_round_median_us", "<= 1.25"),
              ("artt", "kipc arequest rtt (caller's loop)", "raw nc.request rtt", "median_us", "<= 1.25"),
+             ("rtt t", "kipc request (request_conn=thread) rtt", "raw nc.request rtt", "median_us", "<= 1.25"),
+             ("rtt t bst", "kipc request (request_conn=thread) rtt", "raw nc.request rtt", "best_round_median_us",
+              "<= 1.25"),
+             ("rtt old", "kipc request -> kipc responder (conn=shared) rtt", "raw nc.request rtt", "median_us",
+              "(before)"),
+             ("rtt t old", "kipc request (request_conn=thread) -> kipc responder (conn=shared) rtt",
+              "raw nc.request rtt", "median_us", "(before)"),
              ("rtt k>r", "kipc request -> raw responder rtt", "raw nc.request rtt", "median_us", "(requester)"),
-             ("rtt r>k", "raw nc.request -> kipc responder rtt", "raw nc.request rtt", "median_us", "(responder)")]
-    lines = [f"{'figure':8} {'kipc':>12} {'raw':>12} {'kipc/raw':>9}  target"]
+             ("rtt kt>r", "kipc request (request_conn=thread) -> raw responder rtt", "raw nc.request rtt",
+              "median_us", "(requester)"),
+             ("rtt r>k", "raw nc.request -> kipc responder rtt", "raw nc.request rtt", "median_us", "(responder)"),
+             ("rtt r>ko", "raw nc.request -> kipc responder (conn=shared) rtt", "raw nc.request rtt", "median_us",
+              "(responder, before)")]
+    lines = [f"{'figure':9} {'kipc':>12} {'raw':>12} {'kipc/raw':>9}  target"]
     for label, k, r, field, target in pairs:
         if k in by and r in by:
             a, b = by[k][field], by[r][field]
             unit = " us" if field.endswith("_us") else " msg/s"
-            lines.append(f"{label:8} {f'{a:,.0f}{unit}':>12} {f'{b:,.0f}{unit}':>12} {a / b:>9.2f}  {target}")
+            lines.append(f"{label:9} {f'{a:,.0f}{unit}':>12} {f'{b:,.0f}{unit}':>12} {a / b:>9.2f}  {target}")
     return lines
 
 

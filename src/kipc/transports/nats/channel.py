@@ -65,8 +65,10 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   loop with its timeout a timer there; cancelled at its one await, it leaves
   nothing pending (the request may still reach a responder). A ``close()``
   from another thread ends any of them with ``ChannelClosed``; a reply after
-  its timeout is dropped. A responder's ``reply`` goes out through the
-  Express (a crossing each way on the responder's side remains).
+  its timeout is dropped. A responder (``requests()``) has its own connection
+  and private loop, run by the thread in ``next()`` (``_responder``: no thread
+  crossing; a watchdog runs it while a handler works); ``requests(conn="shared")``
+  uses this handle's connection, its replies going out through the Express.
 * Threads: one asyncio loop thread per process drives the connection (started
   lazily, stopped at exit; a forked child starts its own and refuses the
   parent's channels). Callers hand work to it in batches (``_mailbox``) and
@@ -93,6 +95,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -128,6 +131,7 @@ from . import _direct
 from ._cancel import _uncancellable_publish
 from ._client import _Client, _common_options, _escape, _float_opt, _int_opt, _remove_retrying, _split_url, _translate
 from ._mailbox import Express, Mailbox, Pump
+from ._responder import Responder
 
 T = TypeVar("T")
 
@@ -253,6 +257,7 @@ class NatsChannel(_Client, Channel):
         self._conns: list[_direct.ThreadConn] = []  # the requesting threads' own connections
         self._conns_lock = threading.Lock()
         self._my_conn = threading.local()  # .conn: this thread's
+        self._responders: weakref.WeakSet[Responder] = weakref.WeakSet()  # requests(conn="own")
         self._window = _int_opt(window, "window")
         self._prefetch = _int_opt(prefetch, "prefetch")
         self.url = f"{server}/{name}"
@@ -1101,15 +1106,32 @@ class NatsChannel(_Client, Channel):
             raise self._no_reply(deadline) from None
         return msg.data if type(msg.data) is bytes else bytes(msg.data)
 
-    def requests(self, *, pending_limit: int = 65536) -> Requests:
+    def requests(self, *, pending_limit: int = 65536, conn: str = "own") -> Requests:
         """Become a responder: the requests sent to this name, each answered with ``req.reply(obj)``.
 
         Responders of one name share the load (a NATS queue group): each request goes
         to one of them. Close the returned object (or this channel) to stop.
+        ``conn="own"`` (the default): a connection of its own, driven by the thread in
+        ``next()`` (``_responder``: no thread crossing); ``conn="shared"``: this
+        handle's connection, through the process's loop thread.
         """
         self._check_open("requests")
         self._check_pid("requests on")
         limit = _int_opt(pending_limit, "pending_limit")
+        if conn not in ("own", "shared"):
+            raise InvalidArgument(f"requests on {self.url}: conn must be 'own' or 'shared', not {conn!r}")
+        if conn == "own":
+            servers, timeout, kw, dead_after = self._conn_args
+            own = Responder(f"requests on {self.url}", self.request_subject, _CONSUMER, limit,
+                            lambda: self._aconnect(servers, timeout, kw, dead_after, shared=False))
+            with self._conns_lock:
+                closed = self._closed
+                if not closed:
+                    self._responders.add(own)
+            if closed:  # close() ran meanwhile: it never saw this one
+                own.close()
+                raise ChannelClosed(f"requests on {self.url}: closed by this process")
+            return Requests(self, own.box, None, own)
         box = Mailbox(limit)
 
         async def on_request(msg: Any) -> None:
@@ -1152,6 +1174,8 @@ class NatsChannel(_Client, Channel):
         super()._interrupt()
         for conn in self._thread_conns():
             conn.interrupt()
+        for own in self._own_responders():
+            own.close(wait=0.0)  # a next() blocked in another thread raises ChannelClosed now
         for token in list(self._reply_waits):
             w = self._reply_waits.pop(token, None)
             if w is not None:
@@ -1198,9 +1222,18 @@ class NatsChannel(_Client, Channel):
                 self._conns = []
         return conns
 
+    def _own_responders(self) -> list[Responder]:
+        lock = self.__dict__.get("_conns_lock")
+        if lock is None:
+            return []
+        with lock:
+            return list(self._responders)
+
     def _close(self) -> None:
         for conn in self._thread_conns(take=True):
             conn.close()
+        for own in self._own_responders():
+            own.close()  # waits (bounded) until its connection is closed
         if self._nc is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):
                 self._run(self._stop_tasks())
@@ -1284,23 +1317,32 @@ class Delivery:
 class Request:
     """One request received by :meth:`NatsChannel.requests`: ``.data`` (bytes), ``.value`` (decoded)."""
 
-    __slots__ = ("_channel", "_subject", "data", "replied", "value")
+    __slots__ = ("_channel", "_own", "_subject", "data", "replied", "value")
 
-    def __init__(self, channel: NatsChannel, msg: Any) -> None:
+    def __init__(self, channel: NatsChannel, msg: Any, own: Responder | None = None) -> None:
         self._channel = channel
+        self._own = own
         self._subject: str = msg.reply
-        self.data: bytes = bytes(msg.data)
+        self.data: bytes = msg.data if type(msg.data) is bytes else bytes(msg.data)
         self.value: Any = channel.codec.decode(self.data)
         self.replied = False
 
     def reply(self, obj: Any) -> None:
-        """Answer (once; queued for the loop thread, so it never blocks)."""
+        """Answer (once). Never waits for the requester: at most once, like any core NATS reply.
+
+        On an own-connection responder (the default) the bytes are written before this
+        returns, unless another thread runs its loop (then that thread sends them).
+        """
         if self.replied:
             raise InvalidArgument("this request was already answered")
         if not self._subject:
             raise InvalidArgument("this message was published without a reply subject")
         ch = self._channel
         data = ch._prepare_send(obj, {})
+        if self._own is not None:
+            self._own.reply(self._subject, bytes(data))  # ChannelClosed once the responder is closed
+            self.replied = True
+            return
         self.replied = True
         ch._reply(self._subject, bytes(data))
 
@@ -1308,14 +1350,18 @@ class Request:
 class Requests:
     """The requests of one responder (``ch.requests()``): ``next(timeout=)``, ``anext()``, iteration, ``close()``."""
 
-    def __init__(self, channel: NatsChannel, box: Mailbox, sub: Any) -> None:
+    def __init__(self, channel: NatsChannel, box: Mailbox, sub: Any, own: Responder | None = None) -> None:
         self._channel = channel
         self._box = box
         self._sub = sub
+        self._own = own
         self._closed = False
 
     def next(self, timeout: float | None = None) -> Request:
         deadline = Deadline.of(timeout)
+        own = self._own
+        if own is not None:
+            return Request(self._channel, own.next(deadline), own)
         while True:
             msg = self._box.take()
             if msg is not None:
@@ -1327,6 +1373,9 @@ class Requests:
 
     async def anext(self, timeout: float | None = None) -> Request:
         deadline = Deadline.of(timeout)
+        own = self._own
+        if own is not None:
+            return Request(self._channel, await own.anext(deadline), own)
         while True:
             msg = self._box.take()
             if msg is not None:
@@ -1360,8 +1409,13 @@ class Requests:
         if self._closed:
             return
         self._closed = True
-        self._box.wake()
         ch = self._channel
+        if self._own is not None:
+            self._own.close()
+            with ch._conns_lock:
+                ch._responders.discard(self._own)
+            return
+        self._box.wake()
         if ch._nc is not None and ch._pid == os.getpid() and not ch.closed:
             with contextlib.suppress(Exception):
                 ch._run(_unsubscribe(self._sub))
