@@ -5,6 +5,11 @@ Rows, interleaved and repeated (best of ``--repeat``, default 5), each between t
 * ``C↔C ring``: a C client and a C echo over two rings (requests, replies), default spin.
 * ``C spin line``: the floor — two C processes ping-ponging on one shared cache line, busy-spinning
   (no ring, no locks, no futex). Target: C↔C ring ≤ 3x of it in the same run.
+* ``C SPSC floor`` / ``C SPSC floor, commit in record``: the floor of ring://'s record shape
+  (``ring_c/spsc_floor.c``): two minimal lock-free SPSC rings of 16 B header + 64 B payload records,
+  busy-spinning, no locks, checks, counters or futex; the commit a tail word on its own line, or a
+  sequence word in the record header. C↔C ring / floor is the ring's software cost, floor / spin
+  line what the record shape costs on this machine.
 * ``C↔Python ring``: a Python client (``send``/``recv``) and the C echo.
 * ``Python↔Python ring``: the same Python client and a Python echo child: the peer of the row above.
 
@@ -47,13 +52,15 @@ req.close(); rep.close()
 """
 
 
-def _build(tmp: str) -> str:
+def _build(tmp: str) -> tuple[str, str]:
     include = subprocess.run([sys.executable, "-m", "kipc", "--include"], capture_output=True, text=True,
                              check=True).stdout.strip()
     exe = os.path.join(tmp, "bench_peer")
     subprocess.run(["gcc", "-O2", "-o", exe, str(HERE / "ring_c" / "bench_peer.c"), f"-I{include}", "-lpthread"],
                    check=True)
-    return exe
+    floor = os.path.join(tmp, "spsc_floor")
+    subprocess.run(["gcc", "-O2", "-o", floor, str(HERE / "ring_c" / "spsc_floor.c")], check=True)
+    return exe, floor
 
 
 @contextmanager
@@ -76,6 +83,10 @@ def _b() -> list[str]:
 
 def c_spin(exe: str, n: int) -> float:
     return float(subprocess.run([exe, "spin", str(n), *_b()], capture_output=True, text=True, check=True).stdout)
+
+
+def c_floor(floor: str, mode: str, n: int) -> float:
+    return float(subprocess.run([floor, mode, str(n), *_b()], capture_output=True, text=True, check=True).stdout)
 
 
 def c_c(exe: str, n: int, warm: int) -> float:
@@ -139,12 +150,15 @@ def main() -> None:
         args.n = -(-args.n // BATCH) * BATCH  # whole batches: the echo answers exactly n + warm-up
     os.environ.setdefault("KIPC_TEST_NS", _ns)
     with tempfile.TemporaryDirectory(prefix="kipc-bench-c-") as tmp:
-        exe = _build(tmp)
-        rows: dict[str, list[float]] = {k: [] for k in ("C↔C ring", "C spin line", "C↔Python ring",
+        exe, floor = _build(tmp)
+        rows: dict[str, list[float]] = {k: [] for k in ("C↔C ring", "C spin line", "C SPSC floor",
+                                                        "C SPSC floor, commit in record", "C↔Python ring",
                                                         "Python↔Python ring")}
         warm = max(100, args.n // 10)
         for _ in range(args.repeat):  # interleaved: every row sees the same machine moments
             rows["C spin line"].append(c_spin(exe, args.n))
+            rows["C SPSC floor"].append(c_floor(floor, "tail", args.n))
+            rows["C SPSC floor, commit in record"].append(c_floor(floor, "rec", args.n))
             rows["C↔C ring"].append(c_c(exe, args.n, warm))
             rows["C↔Python ring"].append(py_c(exe, args.n, warm))
             rows["Python↔Python ring"].append(py_py(exe, args.n, warm))
@@ -156,9 +170,13 @@ def main() -> None:
     print(f"64 B round trips, best of {args.repeat} x {args.n}, {stat} (ns per round trip)")
     print("| row | best | all runs | ratio |")
     print("|---|---|---|---|")
-    ratio = {"C↔C ring": best["C↔C ring"] / best["C spin line"],
+    spin = best["C spin line"]
+    ratio = {"C↔C ring": best["C↔C ring"] / spin, "C SPSC floor": best["C SPSC floor"] / spin,
+             "C SPSC floor, commit in record": best["C SPSC floor, commit in record"] / spin,
              "C↔Python ring": best["C↔Python ring"] / best["Python↔Python ring"]}
-    peer = {"C↔C ring": "x C spin line", "C↔Python ring": "x Python↔Python"}
+    peer = {"C↔C ring": f"x C spin line, {best['C↔C ring'] / best['C SPSC floor']:.2f} x C SPSC floor",
+            "C SPSC floor": "x C spin line", "C SPSC floor, commit in record": "x C spin line",
+            "C↔Python ring": "x Python↔Python"}
     for k, v in rows.items():
         r = f"{ratio[k]:.2f} {peer[k]}" if k in ratio else ""
         print(f"| {k} | {best[k]:.0f} | {' '.join(f'{x:.0f}' for x in v)} | {r} |")
