@@ -8,6 +8,11 @@
  * and (this) / (C spin line) what the record shape costs on this machine.
  *
  *   spsc_floor tail N [B]   the commit is a separate tail word on its own line (ring://'s layout)
+ *   spsc_floor tailj N [B]  "tail" with ring://'s publish: a journal and a message count stored
+ *                           before the commit (a seq_cst exchange) and the journal cleared after it,
+ *                           on the tail line as in ring layout v2 (four more stores to the line the
+ *                           consumer spins on, one after the commit) ...
+ *   spsc_floor tailjs N [B] ... or on a line of their own as in v3 (neither is a bench_ring_c.py row)
  *   spsc_floor rec N [B]    the commit is in the record header (a sequence word: the record's own
  *                           byte position, so a record of an earlier lap never looks committed);
  *                           the consumer spins on the record line, head is read only when full
@@ -36,6 +41,10 @@ struct rec {
 
 struct ring {
     _Alignas(64) uint64_t tail; /* "tail" mode: the commit */
+    struct journal {
+        uint64_t msgs, jvalid, jtail, jmsgs;
+    } j;                    /* "tailj" mode: on the tail line */
+    _Alignas(64) struct journal js; /* "tailjs" mode: a line of its own */
     _Alignas(64) uint64_t head;
     _Alignas(64) unsigned char data[CAP];
 };
@@ -45,7 +54,7 @@ struct side { /* one process's private view of one ring */
     uint64_t pos, other; /* producer: tail, cached head; consumer: head, cached tail */
 };
 
-static int rec_mode;
+static int rec_mode, journal;
 
 static double now(void)
 {
@@ -86,7 +95,17 @@ static void send(struct side *s, const unsigned char *msg)
         __atomic_store_n(&rc->total, s->pos - NEED + 1, __ATOMIC_RELEASE);
     else {
         rc->total = PAYLOAD;
-        __atomic_store_n(&s->r->tail, s->pos, __ATOMIC_RELEASE);
+        if (journal) {
+            struct journal *j = journal == 1 ? &s->r->j : &s->r->js;
+            j->jtail = s->pos;
+            j->jmsgs = j->msgs + 1;
+            __atomic_store_n(&j->jvalid, 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&j->msgs, j->jmsgs, __ATOMIC_RELAXED);
+            __atomic_exchange_n(&s->r->tail, s->pos, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&j->jvalid, 0, __ATOMIC_RELAXED);
+        } else {
+            __atomic_store_n(&s->r->tail, s->pos, __ATOMIC_RELEASE);
+        }
     }
 }
 
@@ -120,9 +139,11 @@ static void recv(struct side *s, unsigned char *buf)
 
 int main(int argc, char **argv)
 {
-    if (argc < 3 || (strcmp(argv[1], "tail") && strcmp(argv[1], "rec")))
+    if (argc < 3 || (strcmp(argv[1], "tail") && strcmp(argv[1], "tailj") && strcmp(argv[1], "tailjs") &&
+                     strcmp(argv[1], "rec")))
         return 64;
     rec_mode = !strcmp(argv[1], "rec");
+    journal = !strcmp(argv[1], "tailj") ? 1 : !strcmp(argv[1], "tailjs") ? 2 : 0;
     long n = atol(argv[2]), b = argc >= 4 ? atol(argv[3]) : 0;
     struct ring *rings = mmap(NULL, 2 * sizeof(struct ring), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (rings == MAP_FAILED)
