@@ -9,7 +9,9 @@ Rows, interleaved and repeated (best of ``--repeat``, default 5), each between t
   (``ring_c/spsc_floor.c``): two minimal lock-free SPSC rings of 16 B header + 64 B payload records,
   busy-spinning, no locks, checks, counters or futex; the commit a tail word on its own line, or a
   sequence word in the record header. C↔C ring / floor is the ring's software cost, floor / spin
-  line what the record shape costs on this machine.
+  line what the record shape costs on this machine. ``C SPSC floor, commit in line-aligned record``:
+  the same with every record starting on a cache line of its own (80 -> 128 bytes; not ring://'s
+  shape): what a line-aligned layout with the commit in the record would buy.
 * ``C↔Python ring``: a Python client (``send``/``recv``) and the C echo.
 * ``Python↔Python ring``: the same Python client and a Python echo child: the peer of the row above.
 
@@ -97,8 +99,9 @@ def c_spin(exe: str, n: int) -> float:
     return float(subprocess.run([exe, "spin", str(n), *_b()], capture_output=True, text=True, check=True).stdout)
 
 
-def c_floor(floor: str, mode: str, n: int) -> float:
-    return float(subprocess.run([floor, mode, str(n), *_b()], capture_output=True, text=True, check=True).stdout)
+def c_floor(floor: str, mode: str, n: int, align: int = 16) -> float:
+    return float(subprocess.run([floor, mode, str(n), str(_batch), str(align)], capture_output=True, text=True,
+                                check=True).stdout)
 
 
 def c_pair(exe: str, n: int, warm: int) -> float:
@@ -172,7 +175,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kipc-bench-c-") as tmp:
         exe, floor = _build(tmp)
         rows: dict[str, list[float]] = {k: [] for k in ("C↔C ring", "C spin line", "C SPSC floor",
-                                                        "C SPSC floor, commit in record", "C↔Python ring",
+                                                        "C SPSC floor, commit in record",
+                                                        "C SPSC floor, commit in line-aligned record", "C↔Python ring",
                                                         "Python↔Python ring")}
         base = _build_peer(tmp, args.baseline_include, "bench_peer_base") if args.baseline_include else ""
         if base:
@@ -183,6 +187,7 @@ def main() -> None:
             rows["C spin line"].append(c_spin(exe, args.n))
             rows["C SPSC floor"].append(c_floor(floor, "tail", args.n))
             rows["C SPSC floor, commit in record"].append(c_floor(floor, "rec", args.n))
+            rows["C SPSC floor, commit in line-aligned record"].append(c_floor(floor, "rec", args.n, 64))
             rows["C↔C ring"].append(c_c(exe, args.n, warm))
             if base:
                 rows["C↔C ring (pair, baseline)"].append(c_pair(base, args.n, warm))
@@ -200,9 +205,11 @@ def main() -> None:
     spin = best["C spin line"]
     ratio = {"C↔C ring": best["C↔C ring"] / spin, "C SPSC floor": best["C SPSC floor"] / spin,
              "C SPSC floor, commit in record": best["C SPSC floor, commit in record"] / spin,
+             "C SPSC floor, commit in line-aligned record": best["C SPSC floor, commit in line-aligned record"] / spin,
              "C↔Python ring": best["C↔Python ring"] / best["Python↔Python ring"]}
     peer = {"C↔C ring": f"x C spin line, {best['C↔C ring'] / best['C SPSC floor']:.2f} x C SPSC floor",
             "C SPSC floor": "x C spin line", "C SPSC floor, commit in record": "x C spin line",
+            "C SPSC floor, commit in line-aligned record": "x C spin line",
             "C↔Python ring": "x Python↔Python"}
     if base:
         ratio["C↔C ring (pair)"] = best["C↔C ring (pair)"] / best["C↔C ring (pair, baseline)"]
