@@ -517,7 +517,7 @@ void publish(struct ring_hdr *h, uint64_t new_tail, uint64_t new_msgs)
  * the payload pointer. */
 unsigned char *place(rc_ring *r, uint64_t pad, uint64_t len, uint32_t flags, uint64_t total)
 {
-    uint64_t off = r->vtail & (r->cap - 1); /* cap: a power of two (rc_header_init), so % is a mask, not a division */
+    uint64_t off = r->vtail & (r->cap - 1); /* cap: a power of two (rc_header_init): a mask */
     if (pad) {
         struct rec *p = (struct rec *)(r->data + off);
         p->len = (uint32_t)(pad - REC_HDR);
