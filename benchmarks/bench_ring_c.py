@@ -16,7 +16,7 @@ Rows, interleaved and repeated (best of ``--repeat``, default 5), each between t
 * ``Python↔Python ring``: the same Python client and a Python echo child: the peer of the row above.
 
 With ``--baseline-include DIR`` (another tree's ``src/kipc/_native/include``, e.g. from
-``git archive main src/kipc/_native | tar -x -C /tmp/base``), two more rows: ``C↔C ring (pair)`` and
+``git archive 814e3ce src/kipc/_native | tar -x -C /tmp/base``: ring layout v2), two more rows: ``C↔C ring (pair)`` and
 ``C↔C ring (pair, baseline)``, the same C↔C round trip on rings the C program creates itself
 (``bench_peer pair``), built from this tree and from DIR: a before/after of the ring's C code in one
 run, which works across ring layout versions (Python here speaks this tree's layout only).
