@@ -5,6 +5,10 @@
  *                                   process and a forked child, busy-spinning: prints ns/round trip
  *   bench_peer echo REQ REP N       attach both rings; N times: recv a message on REQ, send it on REP
  *   bench_peer client REQ REP N W [B]  attach; W warm-up then N round trips of 64 B: prints ns/round trip
+ *   bench_peer pair NAME N W [B]    create rings NAME-req and NAME-rep here (C API), fork an echo that
+ *                                   attaches them, then run the client: the C↔C row with no Python in
+ *                                   it, so a bench_peer built from another tree's kipc_ring.h (another
+ *                                   ring layout version) measures that tree (bench_ring_c.py --baseline)
  *
  * With B (a batch size), the N round trips are timed in batches of B and what is printed is the
  * median over the batches of ns per round trip: on a loaded machine a preempted batch moves the
@@ -59,6 +63,41 @@ static void check(int rc, kipc_ring *r)
     }
 }
 
+static void echo(kipc_ring *req, kipc_ring *rep, long n)
+{
+    char buf[65536];
+    size_t len;
+    for (long i = 0; i < n; i++) {
+        check(kipc_ring_recv(req, buf, sizeof buf, &len, 60.0), req);
+        check(kipc_ring_send(rep, buf, len, 60.0), rep);
+    }
+}
+
+/* W warm-up then N round trips of 64 B; ns per round trip (the median of batches of B if B > 0) */
+static double client(kipc_ring *req, kipc_ring *rep, long n, long w, long b)
+{
+    double *bt = b > 0 ? malloc(sizeof(double) * (size_t)(n / b + 1)) : NULL;
+    long nb = 0;
+    char msg[64], buf[64];
+    size_t len;
+    memset(msg, 'x', sizeof msg);
+    double t = 0, t0 = 0;
+    for (long i = 0; i < w + n; i++) {
+        if (i == w)
+            t = t0 = now();
+        else if (bt && i > w && (i - w) % b == 0) {
+            double tn = now();
+            bt[nb++] = tn - t0;
+            t0 = tn;
+        }
+        check(kipc_ring_send(req, msg, sizeof msg, 60.0), req);
+        check(kipc_ring_recv(rep, buf, sizeof buf, &len, 60.0), rep);
+    }
+    double ns = bt && nb ? median_ns(bt, nb, b) : (now() - t) / n * 1e9;
+    free(bt);
+    return ns;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -101,41 +140,50 @@ int main(int argc, char **argv)
     }
     if (argc >= 5 && !strcmp(argv[1], "echo")) {
         kipc_ring *req = attach(argv[2]), *rep = attach(argv[3]);
-        long n = atol(argv[4]);
-        char buf[65536];
-        size_t len;
         printf("ready\n");
-        for (long i = 0; i < n; i++) {
-            check(kipc_ring_recv(req, buf, sizeof buf, &len, 60.0), req);
-            check(kipc_ring_send(rep, buf, len, 60.0), rep);
-        }
+        echo(req, rep, atol(argv[4]));
         kipc_ring_close(req);
         kipc_ring_close(rep);
         return 0;
     }
     if (argc >= 6 && !strcmp(argv[1], "client")) {
         kipc_ring *req = attach(argv[2]), *rep = attach(argv[3]);
-        long n = atol(argv[4]), w = atol(argv[5]), b = argc >= 7 ? atol(argv[6]) : 0;
-        double *bt = b > 0 ? malloc(sizeof(double) * (size_t)(n / b + 1)) : NULL;
-        long nb = 0;
-        char msg[64], buf[64];
-        size_t len;
-        memset(msg, 'x', sizeof msg);
-        double t = 0, t0 = 0;
-        for (long i = 0; i < w + n; i++) {
-            if (i == w)
-                t = t0 = now();
-            else if (bt && i > w && (i - w) % b == 0) {
-                double tn = now();
-                bt[nb++] = tn - t0;
-                t0 = tn;
-            }
-            check(kipc_ring_send(req, msg, sizeof msg, 60.0), req);
-            check(kipc_ring_recv(rep, buf, sizeof buf, &len, 60.0), rep);
-        }
-        printf("%.1f\n", bt && nb ? median_ns(bt, nb, b) : (now() - t) / n * 1e9);
+        printf("%.1f\n", client(req, rep, atol(argv[4]), atol(argv[5]), argc >= 7 ? atol(argv[6]) : 0));
         kipc_ring_close(req);
         kipc_ring_close(rep);
+        return 0;
+    }
+    if (argc >= 5 && !strcmp(argv[1], "pair")) {
+        long n = atol(argv[3]), w = atol(argv[4]), b = argc >= 6 ? atol(argv[5]) : 0;
+        char names[2][200];
+        kipc_ring *ring[2];
+        kipc_ring_options o = {KIPC_RING_CREATE, 1 << 16, -1.0, 0};
+        for (int i = 0; i < 2; i++) {
+            snprintf(names[i], sizeof names[i], "%s-%s", argv[2], i ? "rep" : "req");
+            int rc = kipc_ring_open(names[i], &o, &ring[i]);
+            if (rc) {
+                fprintf(stderr, "create %s: %s %s\n", names[i], kipc_ring_strerror(rc), kipc_ring_detail(NULL));
+                return 2;
+            }
+        }
+        pid_t child = fork();
+        if (child < 0)
+            return 2;
+        if (child == 0) { /* own handles, attached by name; the creator's are left alone (no close) */
+            kipc_ring *req = attach(names[0]), *rep = attach(names[1]);
+            echo(req, rep, n + w);
+            kipc_ring_close(req);
+            kipc_ring_close(rep);
+            _exit(0);
+        }
+        double ns = client(ring[0], ring[1], n, w, b);
+        int st = 0;
+        waitpid(child, &st, 0);
+        kipc_ring_close(ring[0]);
+        kipc_ring_close(ring[1]);
+        if (!WIFEXITED(st) || WEXITSTATUS(st))
+            return 3;
+        printf("%.1f\n", ns);
         return 0;
     }
     return 64;

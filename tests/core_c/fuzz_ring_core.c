@@ -54,7 +54,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             uint32_t width = arg % 9, where = (uint32_t)data[i] | (uint32_t)data[i + 1] << 8;
             i += 2;
             unsigned char *base = (unsigned char *)ring->hdr;
-            size_t at = op == 5 ? where % 512 : HDR_SIZE + where % 4096; /* header fields, or data */
+            /* any byte of the header struct (whatever the layout version), or of the data area */
+            size_t at = op == 5 ? where % sizeof(struct ring_hdr) : HDR_SIZE + where % 4096;
             for (uint32_t k = 0; k < width && i < size && at + k < ring->map_size; k++)
                 base[at + k] = data[i++];
         }

@@ -152,6 +152,7 @@ const char *kipc_ring_detail(const kipc_ring *r);
 #define wake_all kipc__wake_all
 #define lo32 kipc__lo32
 #define rec_size kipc__rec_size
+#define rec_prefetch kipc__rec_prefetch
 #define mutex_kind kipc__mutex_kind
 #define slot_broken kipc__slot_broken
 #define slot_base kipc__slot_base
@@ -852,6 +853,7 @@ int kipc_ring_abort(kipc_ring *r)
 #undef wake_all
 #undef lo32
 #undef rec_size
+#undef rec_prefetch
 #undef mutex_kind
 #undef slot_broken
 #undef slot_base

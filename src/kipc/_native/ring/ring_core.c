@@ -517,7 +517,7 @@ void publish(struct ring_hdr *h, uint64_t new_tail, uint64_t new_msgs)
  * the payload pointer. */
 unsigned char *place(rc_ring *r, uint64_t pad, uint64_t len, uint32_t flags, uint64_t total)
 {
-    uint64_t off = r->vtail % r->cap;
+    uint64_t off = r->vtail & (r->cap - 1); /* cap: a power of two (rc_header_init): a mask */
     if (pad) {
         struct rec *p = (struct rec *)(r->data + off);
         p->len = (uint32_t)(pad - REC_HDR);
@@ -1073,7 +1073,7 @@ static int take_locked(rc_ring *r, double deadline, const void *ex, size_t exn, 
             rc = R_EMPTY;
             break;
         }
-        uint64_t off = head % r->cap;
+        uint64_t off = head & (r->cap - 1);
         struct rec *rec = (struct rec *)(r->data + off);
         uint32_t len = rec->len, flags = rec->flags;
         uint64_t total = rec->total;
@@ -1173,6 +1173,8 @@ int rc_consume(rc_ring *r, double deadline, int nb, const void *ex, size_t exn, 
             tail = atomic_load_explicit(&h->tail, memory_order_acquire);
             r->ctail = tail;
         }
+        if (tail != head) /* the record's lines come in while cons_lock is taken (THEORY: cached counters) */
+            rec_prefetch(r->data, r->cap, head);
         int rc;
         if (foreign_claim(r, claim) && claimant_alive(h)) {
             /* another consumer is mid-message: its fragments are at head */

@@ -13,12 +13,14 @@
  * (a multiple of 4096). The header keeps each writer's words on its own cache
  * line: identity (magic, version, sizes, owner uid/pid/start time: immutable
  * after init), the producers' robust mutex, the consumers' robust mutex, the
- * producer line (tail, msgs_in, consumer-waiter count, producer journal), the
- * consumer line (head, msgs_out, producer-waiter count, consumer journal), the
- * claim line (which consumer reassembles the message at head, see Claims), the
- * producer-claim line (a half-written fragmented message, see Producer claims) and
- * the task line (JoinableQueue's unfinished count). Header version 2 (v1 had
- * no claim lines; a v1 peer is refused at attach by the version check).
+ * tail line (tail, consumer-waiter count), the producer line (msgs_in, producer
+ * journal), the head line (head, producer-waiter count), the consumer line
+ * (msgs_out, consumer journal), the claim line (which consumer reassembles the
+ * message at head, see Claims), the producer-claim line (a half-written
+ * fragmented message, see Producer claims) and the task line (JoinableQueue's
+ * unfinished count). Header version 3 (v1 had no claim lines; v2 kept msgs_in
+ * and the journal on the tail line, msgs_out and its journal on the head line);
+ * an older or newer peer is refused at attach by the version check (BadObject).
  *
  * Records. head and tail are 64-bit byte counters that only grow; a record
  * starts at counter % capacity and never wraps: when it would not fit before
@@ -211,10 +213,16 @@
  * unlock write through them (a pthread robust mutex trusts its own word): nothing checks
  * that. These rules are exercised by tests/reliability/test_ring_hostile.py.
  *
- * Cached counters (cache-line traffic). The producer line (tail, msgs_in, its journal,
- * cons_waiters) is written only by producers, the consumer line (head, msgs_out, its journal,
- * prod_waiters) only by consumers, so each side's own writes stay in its cache; what moves
- * between cores per message is the tail line and the record's lines. To keep it so, a producer
+ * Cached counters (cache-line traffic). The tail and producer lines (tail, msgs_in, the
+ * journal) are written only by producers (cons_waiters aside: a consumer going to sleep), the
+ * head and consumer lines only by consumers, so each side's own writes stay in its cache; what moves
+ * between cores per message is the tail line and the record's lines. The tail line holds only
+ * tail and cons_waiters, so a publish writes it once (the exchange): with the journal and msgs_in
+ * on it (v2), a consumer spinning on tail pulled the line back between the producer's stores and
+ * again after the exchange (pj_valid = 0), a transfer on the critical path of every message. Head
+ * likewise. The consumer prefetches the record at head as soon as it sees data (before it takes
+ * cons_lock), so the record's cache misses overlap the lock instead of following it (a write
+ * prefetch by the producer before prod_lock measured no better: not done). To keep it so, a producer
  * does not read head on every send: it keeps the head it last read (rc_ring.chead) and decides
  * room with it, reading the live head only when the cached one says "no room" (or fails the
  * range check against tail, e.g. another producer moved tail far on). A consumer likewise keeps
@@ -256,7 +264,7 @@
 #pragma GCC visibility push(hidden)
 
 #define RING_MAGIC 0x474e495243504b4bULL /* "KKPCRING" */
-#define RING_VERSION 2u
+#define RING_VERSION 3u
 #define HDR_SIZE 4096u
 #define REC_HDR 16u
 #define F_FIRST 1u
@@ -286,15 +294,22 @@ struct ring_hdr {
     CL pthread_mutex_t prod_lock;
     CL pthread_mutex_t cons_lock;
 
+    /* The line consumers spin on: producers write it once per record (the commit exchange), so a
+     * spinning consumer's copy is invalidated once, not once per journal word (THEORY: cached
+     * counters). cons_waiters is read by the producer right after its exchange (the line is its own
+     * then) and written only by a consumer going to sleep. */
     CL _Atomic uint64_t tail; /* commit word */
-    _Atomic uint64_t msgs_in;
     _Atomic uint32_t cons_waiters;
+    /* producers only (qsize reads msgs_in): the message count and the journal */
+    CL _Atomic uint64_t msgs_in;
     _Atomic uint32_t pj_valid;
     uint64_t pj_tail, pj_msgs;
 
+    /* the line producers read when their cached head says "no room": written once per advance */
     CL _Atomic uint64_t head;
-    _Atomic uint64_t msgs_out;
     _Atomic uint32_t prod_waiters;
+    /* consumers only (qsize and a bounded Queue's producers read msgs_out) */
+    CL _Atomic uint64_t msgs_out;
     _Atomic uint32_t cj_valid;
     uint64_t cj_head, cj_msgs;
 
@@ -317,6 +332,17 @@ struct ring_hdr {
 };
 
 _Static_assert(sizeof(struct ring_hdr) <= HDR_SIZE, "header must fit its page");
+/* THEORY: cached counters. The line a consumer spins on carries nothing a producer writes per
+ * record but tail; the head line nothing a consumer writes per record but head. */
+#define RC_LINE(f) (offsetof(struct ring_hdr, f) / 64)
+_Static_assert(RC_LINE(cons_waiters) == RC_LINE(tail) && RC_LINE(msgs_in) != RC_LINE(tail) &&
+                   RC_LINE(pj_valid) != RC_LINE(tail) && RC_LINE(pj_msgs) != RC_LINE(tail),
+               "the tail line holds tail and cons_waiters only");
+_Static_assert(RC_LINE(prod_waiters) == RC_LINE(head) && RC_LINE(msgs_out) != RC_LINE(head) &&
+                   RC_LINE(cj_valid) != RC_LINE(head) && RC_LINE(cj_msgs) != RC_LINE(head) &&
+                   RC_LINE(head) != RC_LINE(pj_msgs),
+               "the head line holds head and prod_waiters only");
+#undef RC_LINE
 
 struct rec {
     uint32_t len, flags;
@@ -422,6 +448,17 @@ static inline void cpu_relax(void)
 
 static inline uint32_t *lo32(_Atomic uint64_t *p) { return (uint32_t *)p; }
 
+/* A hint (THEORY: cached counters): bring the first two cache lines of the record at byte
+ * counter `at` towards this core. `at` may be any value read from shared memory: the address is
+ * reduced into the data area, and a prefetch never faults or changes what a load returns. */
+static inline void rec_prefetch(const unsigned char *data, uint64_t cap, uint64_t at)
+{
+    uint64_t off = at & (cap - 1); /* cap: a power of two */
+    __builtin_prefetch(data + off, 0, 3);
+    if (off + 64 < cap)
+        __builtin_prefetch(data + off + 64, 0, 3);
+}
+
 static inline uint64_t rec_size(uint64_t len) { return REC_HDR + ((len + 15u) & ~(uint64_t)15u); }
 
 static inline int closing(rc_ring *r) { return atomic_load_explicit(&r->closing, memory_order_relaxed); }
@@ -448,7 +485,7 @@ static inline int room(rc_ring *r, uint64_t tail, uint64_t head, uint64_t need, 
     uint64_t used = tail - head;
     if ((int64_t)used < 0)
         used = 0; /* head read after a newer publish and consume than tail: no less room than that */
-    uint64_t off = tail % r->cap;
+    uint64_t off = tail & (r->cap - 1); /* cap: a power of two: a mask, not a division */
     *pad = off + need > r->cap ? r->cap - off : 0;
     return used <= r->cap && r->cap - used >= *pad + need;
 }
