@@ -322,3 +322,27 @@ def test_exit_is_clean_no_warnings(nats_url: str, how: str) -> None:
         err = child.stderr_now()
         assert rc == 0, err
         assert "Warning" not in err and "never awaited" not in err and "Traceback" not in err, err
+
+
+def test_making_the_request_connection_keeps_to_the_request_timeout(nats_url: str) -> None:
+    """The connect gets at most half the request's time; while it cannot be made, requests go
+    the shared way (a server that accepts but never answers must not stretch a request)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does), never speaks NATS
+    try:
+        with NatsChannel(_url(nats_url), create=True, codec="json") as ch, ch.requests() as reqs:
+            ch._conn_args = ([f"nats://127.0.0.1:{silent.getsockname()[1]}"], *ch._conn_args[1:])
+            t0 = time.monotonic()
+            with pytest.raises(kipc.Timeout):
+                ch.request(0, timeout=1.0)  # the connect gives up after 0.5 s; the shared path waits
+            assert time.monotonic() - t0 < 1.6 and ch._requester is None
+            assert reqs.next(timeout=2).value == 0  # sent the shared way
+            t0 = time.monotonic()
+            with pytest.raises(kipc.Timeout):
+                ch.request(1, timeout=1.0)  # no new connect attempt for a while: straight to shared
+            assert time.monotonic() - t0 < 1.3 and ch._requester is None
+    finally:
+        silent.close()

@@ -136,6 +136,8 @@ class Driven:
                 return True
             finally:
                 self._queue.remove(cv)
+                if self._owner is None and self._queue:
+                    self._queue[0].notify()  # leaving a free loop (timed out, answered): hand it on
 
     def try_own(self) -> bool:
         """Become the runner if nobody runs the loop and this thread may (it runs no loop of its own)."""
