@@ -42,21 +42,29 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   stream is empty. ``timeout=`` on both; ``timeout=0`` makes one round trip and
   raises ``WouldBlock`` instead of waiting.
 * Knobs: none (``type=``/``priority=`` raise ``Unsupported``). Options:
-  ``window``, ``prefetch``, ``request_conn="thread"|"shared"`` (above).
+  ``window``, ``prefetch``, ``request_conn="own"|"thread"|"shared"`` (below).
 * Request/reply: ``request(obj, timeout=)`` / ``arequest`` on core NATS subject
   ``kipc.r.<name>`` (not stored, not retried); ``requests()`` makes this
   handle a responder (a queue group: each request reaches one responder).
-  With ``request_conn="thread"`` (opt-in; the default is ``"shared"``, because
-  it opens server connections the operator did not plan for: limits, auth
-  callouts and monitoring count them; it saves ~7% of a round trip) a sync ``request`` runs on the
-  calling thread's own connection and private event loop (``_direct``: one
-  per thread, at most 16 per handle, made on its second request, closed with
-  the handle, or once its thread has ended and another thread opens one):
-  the thread publishes and reads its reply itself, as raw nats-py does, with
-  no thread crossing; a failure there is reported, never retried. A thread
-  that runs an event loop, a thread past the cap, or a connection found
-  dropped after sitting idle (checked before anything is published on it)
-  takes the shared path, as does everything with ``request_conn="shared"``:
+  Which connection a sync ``request`` uses is ``request_conn=`` (round trip
+  vs. raw nats-py ``nc.request``, loopback, loaded 2-core box, see docs/nats.md):
+  ``"own"`` (the default, 0.98-1.04x): one request connection per handle
+  (``_requester``), made at the first sync request, on a private event loop
+  run by the requesting threads themselves (no thread crossing; several at
+  once: one runs it, the others' requests are posted to it and they wait for
+  their own replies; a watchdog runs it while nobody requests); a request
+  with under 0.1 s left, one made while another thread connects, or one
+  after a failed connect (retried after 5 s) goes the shared way.
+  ``"thread"`` (1.04-1.16x): the calling thread's own connection and private
+  event loop (``_direct``: one per thread, at most 16 per handle, made on its
+  second request, closed with the handle, or once its thread has ended and
+  another thread opens one); a connection found dropped after sitting idle
+  (checked before anything is published on it) takes the shared path.
+  On both the caller publishes and reads its reply itself, as raw nats-py
+  does; a failure there is reported, never retried. ``"shared"`` (1.25-1.32x;
+  no connection beyond the handle's, for servers whose limits, auth callouts
+  or monitoring count connections), a thread that runs an event loop and a
+  thread past the cap take the shared path:
   the request is published with a reply subject on this handle's reply inbox
   (token ``r<n>``) in the loop iteration the caller's kick wakes
   (``_mailbox.Express``: no task, event or future on the way out), and the
