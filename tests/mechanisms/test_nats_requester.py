@@ -123,6 +123,11 @@ def test_timeout_with_a_silent_responder_and_the_late_reply_is_dropped(nats_url:
         t.join(5)
         assert got == [["fresh", 2]]
         assert ch._requester._waits == {}
+        t0 = time.monotonic()
+        with pytest.raises(kipc.WouldBlock, match="one round trip"):
+            ch.request(3, timeout=0)  # as on the shared path: one round trip's worth (2 s) for a reply
+        assert 1.5 < time.monotonic() - t0 < 4
+        assert silent.next(timeout=2).value == 3
 
 
 @pytest.mark.parametrize("who", ["runner", "waiter"])
@@ -211,7 +216,11 @@ def test_one_connection_per_handle_and_nothing_left_after_close(tmp_path: Path) 
         dogs = _dogs()
         url = _url(server.url)
         with NatsChannel(url, create=True, codec="json") as owner, owner.requests() as reqs:
-            t = threading.Thread(target=lambda: [r.reply(r.value) for r in reqs])
+            def serve() -> None:
+                for r in reqs:
+                    r.reply(r.value)
+
+            t = threading.Thread(target=serve)
             t.start()
             assert _conns(port, 2) == 2  # the owner's handle and its responder
             ch = NatsChannel(url, codec="json")
