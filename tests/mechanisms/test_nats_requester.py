@@ -355,3 +355,48 @@ def test_making_the_request_connection_keeps_to_the_request_timeout(nats_url: st
             assert time.monotonic() - t0 < 1.3 and ch._requester is None
     finally:
         silent.close()
+
+
+def test_threads_timing_out_among_answered_ones_hand_the_loop_on(nats_url: str) -> None:
+    """Six threads; the responder ignores every 5th request. Each call is answered with its own
+    reply or times out on time -- runners that give up hand the loop to the threads still waiting."""
+    with NatsChannel(_url(nats_url), create=True, codec="json") as ch, NatsChannel(ch.url, codec="json") as rch:
+        reqs = rch.requests()
+        ignored: list[Any] = []
+
+        def serve() -> None:
+            for n, req in enumerate(reqs, 1):
+                if n % 5 == 0:
+                    ignored.append(req.value)
+                else:
+                    req.reply(req.value)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        bad: list[Any] = []
+        timed_out: list[Any] = []
+
+        def caller(k: int) -> None:
+            for i in range(25):
+                t0 = time.monotonic()
+                try:
+                    got = ch.request([k, i], timeout=0.3)
+                    if got != [k, i]:
+                        bad.append(("wrong", k, i, got))
+                except kipc.Timeout:
+                    timed_out.append([k, i])
+                if time.monotonic() - t0 > 1.3:
+                    bad.append(("slow", k, i, time.monotonic() - t0))
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not any(t.is_alive() for t in threads)
+        finally:
+            reqs.close()
+            server.join(10)
+        assert bad == []
+        assert sorted(timed_out) == sorted(ignored) and len(ignored) == 150 // 5
