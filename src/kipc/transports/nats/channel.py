@@ -48,7 +48,7 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   handle a responder (a queue group: each request reaches one responder).
   Which connection a sync ``request`` uses is ``request_conn=`` (round trip
   vs. raw nats-py ``nc.request``, loopback, loaded 2-core box, see docs/nats.md):
-  ``"own"`` (the default, 0.98-1.04x): one request connection per handle
+  ``"own"`` (the default, 0.97-1.11x): one request connection per handle
   (``_requester``), made at the first sync request, on a private event loop
   run by the requesting threads themselves (no thread crossing; several at
   once: one runs it, the others' requests are posted to it and they wait for
@@ -61,7 +61,7 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   another thread opens one); a connection found dropped after sitting idle
   (checked before anything is published on it) takes the shared path.
   On both the caller publishes and reads its reply itself, as raw nats-py
-  does; a failure there is reported, never retried. ``"shared"`` (1.25-1.32x;
+  does; a failure there is reported, never retried. ``"shared"`` (1.22-1.32x;
   no connection beyond the handle's, for servers whose limits, auth callouts
   or monitoring count connections), a thread that runs an event loop and a
   thread past the cap take the shared path:
