@@ -24,12 +24,11 @@ What is measured (64-byte payloads):
 * ``rtt``: core request/reply to echo responders in child processes, every pair in
   alternating blocks (10 rounds after a warm-up); median and p99 over all samples,
   and the best round's median, in microseconds. Requesters: kipc ``ch.request()``
-  with the default ``request_conn="shared"`` and with ``request_conn="thread"``, raw
-  ``nc.request`` (on an asyncio loop in this thread), ``arequest`` awaited on this
-  thread's own loop. Responders: kipc ``ch.requests()`` (its own connection, the
-  default), kipc ``requests(conn="shared")`` (the handle's connection through the
-  loop thread: the old default, the "before" rows), raw nats-py. The mixed pairs
-  (kipc -> raw, raw -> kipc) split the gap between the requesting and the
+  with the default ``request_conn="own"`` (the handle's own request connection),
+  ``"thread"`` and ``"shared"``, raw ``nc.request`` (on an asyncio loop in this
+  thread), ``arequest`` awaited on this thread's own loop. Responders: kipc
+  ``ch.requests()`` (the default, its own connection) and raw nats-py. The mixed
+  pairs (kipc -> raw, raw -> kipc) split the gap between the requesting and the
   responding side.
 * ``kv put``: KV writes/s (each waits for the stored revision).
 """
@@ -202,61 +201,49 @@ def _kipc_rtt_block(ch: NatsChannel, n: int) -> list[float]:
 
 
 def _rtt(url: str, base: str, rtt_n: int) -> list[dict[str, Any]]:
-    """Round trips, every combination of requester and responder, in interleaved blocks.
+    """Round trips, requesters and responders paired in interleaved blocks.
 
-    The headline pair is kipc->kipc with the defaults (a shared-connection requester, an
-    own-connection responder) against raw->raw (what a user of either gets); the other rows
-    split the cost between the requesting and the responding side: the requester with its
-    thread's own connection (``request_conn="thread"``), the responder on the handle's shared
-    connection (``requests(conn="shared")``, the old default), each against raw nats-py on the
-    other side; ``arequest`` (awaited on the caller's own loop, this thread's) is the async API.
+    The headline pair is kipc->kipc with the defaults (a requester on the handle's own request
+    connection, ``request_conn="own"``; a responder on its own connection) against raw->raw
+    (what a user of either gets). The same responder serves the other requesters: a thread's
+    own connection (``request_conn="thread"``), the handle's shared connection through the loop
+    thread (``request_conn="shared"``), ``arequest`` awaited on the caller's own loop (this
+    thread's). The mixed pairs (kipc -> raw, raw -> kipc) split the cost between the sides.
     """
     import nats
 
     out: list[dict[str, Any]] = []
-    # one name per responder: a kipc one on its own connection (the default), a kipc one on the
-    # handle's shared connection, a raw nats-py one; a shared- and a thread-connection requester each
-    with _nats_open(base + "-rr", create=True) as own, _nats_open(base + "-rrs", create=True) as shared, \
-            _nats_open(base + "-rraw", create=True) as raw_ch, \
+    with _nats_open(base + "-rr", create=True) as own, _nats_open(base + "-rraw", create=True) as raw_ch, \
             _nats_open(base + "-rr", request_conn="thread") as own_t, \
-            _nats_open(base + "-rrs", request_conn="thread") as shared_t, \
-            _nats_open(base + "-rraw", request_conn="thread") as raw_t, \
+            _nats_open(base + "-rr", request_conn="shared") as own_s, \
             testing.spawn(RAW_ECHO, url, raw_ch.request_subject, stdin=True) as raw_child, \
-            testing.spawn(KIPC_ECHO, own.url, "own", stdin=True) as own_child, \
-            testing.spawn(KIPC_ECHO, shared.url, "shared", stdin=True) as shared_child:
+            testing.spawn(KIPC_ECHO, own.url, "own", stdin=True) as own_child:
         loop = asyncio.new_event_loop()
         nc = loop.run_until_complete(nats.connect(url))
         names = {"raw": "raw nc.request rtt", "kipc": "kipc request rtt",
                  "kipc_t": "kipc request (request_conn=thread) rtt",
-                 "kipc_old": "kipc request -> kipc responder (conn=shared) rtt",
-                 "kipc_t_old": "kipc request (request_conn=thread) -> kipc responder (conn=shared) rtt",
+                 "kipc_s": "kipc request (request_conn=shared) rtt",
                  "kipc_a": "kipc arequest rtt (caller's loop)",
                  "kipc_to_raw": "kipc request -> raw responder rtt",
-                 "kipc_t_to_raw": "kipc request (request_conn=thread) -> raw responder rtt",
-                 "raw_to_kipc": "raw nc.request -> kipc responder rtt",
-                 "raw_to_kipc_old": "raw nc.request -> kipc responder (conn=shared) rtt"}
+                 "raw_to_kipc": "raw nc.request -> kipc responder rtt"}
         blocks = {"raw": lambda n: loop.run_until_complete(_raw_rtt_block(nc, raw_ch.request_subject, n)),
                   "kipc": lambda n: _kipc_rtt_block(own, n),
                   "kipc_t": lambda n: _kipc_rtt_block(own_t, n),
-                  "kipc_old": lambda n: _kipc_rtt_block(shared, n),
-                  "kipc_t_old": lambda n: _kipc_rtt_block(shared_t, n),
+                  "kipc_s": lambda n: _kipc_rtt_block(own_s, n),
                   "kipc_a": lambda n: loop.run_until_complete(_kipc_artt_block(own, n)),
                   "kipc_to_raw": lambda n: _kipc_rtt_block(raw_ch, n),
-                  "kipc_t_to_raw": lambda n: _kipc_rtt_block(raw_t, n),
-                  "raw_to_kipc": lambda n: loop.run_until_complete(_raw_rtt_block(nc, own.request_subject, n)),
-                  "raw_to_kipc_old": lambda n: loop.run_until_complete(
-                      _raw_rtt_block(nc, shared.request_subject, n))}
+                  "raw_to_kipc": lambda n: loop.run_until_complete(_raw_rtt_block(nc, own.request_subject, n))}
         rounds: dict[str, list[list[float]]] = {k: [] for k in names}
         block = max(10, rtt_n // 10)
         for rnd in range(11):
             got = {k: run_block(block) for k, run_block in blocks.items()}
-            if rnd:  # the first round warms everything up (and makes the thread connections)
+            if rnd:  # the first round warms everything up (and makes the request connections)
                 for k, v in got.items():
                     rounds[k].append(v)
         loop.run_until_complete(nc.close())
         loop.close()
         out.extend(_stats(names[k], v) for k, v in rounds.items())
-        for child in (raw_child, own_child, shared_child):
+        for child in (raw_child, own_child):
             child.close()
     return out
 
@@ -352,19 +339,12 @@ def _ratios(rows: list[dict[str, Any]]) -> list[str]:
              ("rtt", "kipc request rtt", "raw nc.request rtt", "median_us", "<= 1.25"),
              ("rtt best", "kipc request rtt", "raw nc.request rtt", "best_round_median_us", "<= 1.25"),
              ("artt", "kipc arequest rtt (caller's loop)", "raw nc.request rtt", "median_us", "<= 1.25"),
-             ("rtt t", "kipc request (request_conn=thread) rtt", "raw nc.request rtt", "median_us", "<= 1.25"),
+             ("rtt t", "kipc request (request_conn=thread) rtt", "raw nc.request rtt", "median_us", "(opt-in)"),
              ("rtt t bst", "kipc request (request_conn=thread) rtt", "raw nc.request rtt", "best_round_median_us",
-              "<= 1.25"),
-             ("rtt old", "kipc request -> kipc responder (conn=shared) rtt", "raw nc.request rtt", "median_us",
-              "(before)"),
-             ("rtt t old", "kipc request (request_conn=thread) -> kipc responder (conn=shared) rtt",
-              "raw nc.request rtt", "median_us", "(before)"),
+              "(opt-in)"),
+             ("rtt s", "kipc request (request_conn=shared) rtt", "raw nc.request rtt", "median_us", "(opt-in)"),
              ("rtt k>r", "kipc request -> raw responder rtt", "raw nc.request rtt", "median_us", "(requester)"),
-             ("rtt kt>r", "kipc request (request_conn=thread) -> raw responder rtt", "raw nc.request rtt",
-              "median_us", "(requester)"),
-             ("rtt r>k", "raw nc.request -> kipc responder rtt", "raw nc.request rtt", "median_us", "(responder)"),
-             ("rtt r>ko", "raw nc.request -> kipc responder (conn=shared) rtt", "raw nc.request rtt", "median_us",
-              "(responder, before)")]
+             ("rtt r>k", "raw nc.request -> kipc responder rtt", "raw nc.request rtt", "median_us", "(responder)")]
     lines = [f"{'figure':9} {'kipc':>12} {'raw':>12} {'kipc/raw':>9}  target"]
     for label, k, r, field, target in pairs:
         if k in by and r in by:

@@ -160,8 +160,8 @@ def test_a_connection_the_server_dropped_while_idle_is_never_used(nats_url: str)
                 echo.close()
 
 
-@pytest.mark.parametrize("mode", ["thread", "shared"])
-def test_timeouts_and_no_responder_on_both_paths(nats_url: str, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["own", "thread", "shared"])
+def test_timeouts_and_no_responder_on_every_path(nats_url: str, mode: str) -> None:
     with NatsChannel(_url(nats_url), create=True, codec="json", request_conn=mode) as ch:
         with pytest.raises(kipc.NotFound, match="no responder"):
             ch.request(0, timeout=5)
@@ -174,6 +174,7 @@ def test_timeouts_and_no_responder_on_both_paths(nats_url: str, mode: str) -> No
             assert 0.25 < time.monotonic() - t0 < 3
             assert silent.next(timeout=2).value == 1
         assert (ch._conns != []) == (mode == "thread")
+        assert (ch._requester is not None) == (mode == "own")
 
 
 def test_request_conn_is_checked(nats_url: str) -> None:
@@ -238,10 +239,10 @@ def test_making_the_thread_connection_keeps_to_the_request_timeout(nats_url: str
         silent.close()
 
 
-def test_the_default_opens_no_connection_beyond_the_handles(echo_url: str) -> None:
-    """request_conn="shared" is the default: a thread's repeated requests use the handle's one
-    connection (operators' limits, auth callouts and monitoring see only it)."""
-    with NatsChannel(echo_url, codec="json") as ch:
+def test_shared_opens_no_connection_beyond_the_handles(echo_url: str) -> None:
+    """request_conn="shared": a thread's repeated requests use the handle's one connection
+    (operators' limits, auth callouts and monitoring see only it)."""
+    with NatsChannel(echo_url, codec="json", request_conn="shared") as ch:
         for i in range(3):
             assert ch.request(i, timeout=5) == {"echo": i}
-        assert ch._conns == []
+        assert ch._conns == [] and ch._requester is None

@@ -326,9 +326,10 @@ def test_no_connection_or_thread_left_after_close(tmp_path: Path) -> None:
             assert _conns(port, 4) == 4 and _dogs() == dogs + 3
             with _serving(reqs[0]), _serving(reqs[1]), _serving(reqs[2]):
                 assert [ch.request(i, timeout=5) for i in range(9)] == [{"echo": i} for i in range(9)]
-            assert _conns(port, 1) == 1 and _dogs() == dogs
+            # + the handle's own request connection (request_conn="own", made by the first request)
+            assert _conns(port, 2) == 2 and _dogs() == dogs
             left = [ch.requests() for _ in range(2)]  # never closed: the channel's close closes them
-            assert _conns(port, 3) == 3 and _dogs() == dogs + 2
+            assert _conns(port, 4) == 4 and _dogs() == dogs + 2
         assert all(r._own is not None and r._own.loop.is_closed() for r in left)
         assert _conns(port, 0) == 0
         assert _dogs() == dogs

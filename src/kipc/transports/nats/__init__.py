@@ -13,6 +13,10 @@ One module per concern (each opens with its contract card):
 * :mod:`._runtime` -- the process's background asyncio loop thread (fork, atexit).
 * :mod:`._mailbox` -- batched hand-off between that loop and callers (no thread hop per message).
 * :mod:`._cancel` -- the contract's cancellation rules for I/O on that loop (timed sends).
+* :mod:`._driven` -- a private loop run by the threads that need it, with a watchdog
+  (no thread crossing), under :mod:`._responder` (``requests()``) and :mod:`._requester`
+  (sync ``request()``, ``request_conn="own"``, the default); :mod:`._direct` is the
+  per-thread connection of ``request_conn="thread"``.
 
 Only ``nats://`` is a registered scheme (``kipc.open`` gives a channel); Topic
 and KV are opened by class (``kipc.Topic(url)``, ``kipc.KV(url)``).

@@ -42,21 +42,29 @@ Contract card — ``nats://host:port/name`` (:class:`NatsChannel`):
   stream is empty. ``timeout=`` on both; ``timeout=0`` makes one round trip and
   raises ``WouldBlock`` instead of waiting.
 * Knobs: none (``type=``/``priority=`` raise ``Unsupported``). Options:
-  ``window``, ``prefetch``, ``request_conn="thread"|"shared"`` (above).
+  ``window``, ``prefetch``, ``request_conn="own"|"thread"|"shared"`` (below).
 * Request/reply: ``request(obj, timeout=)`` / ``arequest`` on core NATS subject
   ``kipc.r.<name>`` (not stored, not retried); ``requests()`` makes this
   handle a responder (a queue group: each request reaches one responder).
-  With ``request_conn="thread"`` (opt-in; the default is ``"shared"``, because
-  it opens server connections the operator did not plan for: limits, auth
-  callouts and monitoring count them; it saves ~7% of a round trip) a sync ``request`` runs on the
-  calling thread's own connection and private event loop (``_direct``: one
-  per thread, at most 16 per handle, made on its second request, closed with
-  the handle, or once its thread has ended and another thread opens one):
-  the thread publishes and reads its reply itself, as raw nats-py does, with
-  no thread crossing; a failure there is reported, never retried. A thread
-  that runs an event loop, a thread past the cap, or a connection found
-  dropped after sitting idle (checked before anything is published on it)
-  takes the shared path, as does everything with ``request_conn="shared"``:
+  Which connection a sync ``request`` uses is ``request_conn=`` (round trip
+  vs. raw nats-py ``nc.request``, loopback, loaded 2-core box, see docs/nats.md):
+  ``"own"`` (the default, 0.97-1.11x): one request connection per handle
+  (``_requester``), made at the first sync request, on a private event loop
+  run by the requesting threads themselves (no thread crossing; several at
+  once: one runs it, the others' requests are posted to it and they wait for
+  their own replies; a watchdog runs it while nobody requests); a request
+  with under 0.1 s left, one made while another thread connects, or one
+  after a failed connect (retried after 5 s) goes the shared way.
+  ``"thread"`` (1.04-1.16x): the calling thread's own connection and private
+  event loop (``_direct``: one per thread, at most 16 per handle, made on its
+  second request, closed with the handle, or once its thread has ended and
+  another thread opens one); a connection found dropped after sitting idle
+  (checked before anything is published on it) takes the shared path.
+  On both the caller publishes and reads its reply itself, as raw nats-py
+  does; a failure there is reported, never retried. ``"shared"`` (1.22-1.32x;
+  no connection beyond the handle's, for servers whose limits, auth callouts
+  or monitoring count connections), a thread that runs an event loop and a
+  thread past the cap take the shared path:
   the request is published with a reply subject on this handle's reply inbox
   (token ``r<n>``) in the loop iteration the caller's kick wakes
   (``_mailbox.Express``: no task, event or future on the way out), and the
@@ -131,6 +139,7 @@ from . import _direct
 from ._cancel import _uncancellable_publish
 from ._client import _Client, _common_options, _escape, _float_opt, _int_opt, _remove_retrying, _split_url, _translate
 from ._mailbox import Express, Mailbox, Pump
+from ._requester import Requester
 from ._responder import Responder
 
 T = TypeVar("T")
@@ -238,7 +247,7 @@ class NatsChannel(_Client, Channel):
                  ack_wait: float | str = 30.0, max_msgs: int | str | None = None,
                  max_bytes: int | str | None = None, max_deliver: int | str | None = None,
                  replicas: int | str = 1, storage: str = "file", window: int | str = 256,
-                 prefetch: int | str = 256, request_conn: str = "shared", **conn: Any) -> None:
+                 prefetch: int | str = 256, request_conn: str = "own", **conn: Any) -> None:
         parsed = parse_url(url)
         server, name, creds = _split_url(parsed, ("nats",))
         create = parse_create(create)
@@ -251,9 +260,13 @@ class NatsChannel(_Client, Channel):
         self._max_deliver = _int_opt(max_deliver, "max_deliver") if max_deliver is not None else -1
         self._replicas = _int_opt(replicas, "replicas")
         self._storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
-        if request_conn not in ("thread", "shared"):
-            raise InvalidArgument(f"{url}: request_conn must be 'thread' or 'shared', not {request_conn!r}")
+        if request_conn not in ("own", "thread", "shared"):
+            raise InvalidArgument(f"{url}: request_conn must be 'own', 'thread' or 'shared', not {request_conn!r}")
         self._thread_requests = request_conn == "thread"
+        self._own_requests = request_conn == "own"
+        self._requester: Requester | None = None  # request_conn="own": made at the first sync request
+        self._requester_lock = threading.Lock()  # held while it is being made
+        self._requester_retry = 0.0  # it could not be made: no new attempt before this (monotonic)
         self._conns: list[_direct.ThreadConn] = []  # the requesting threads' own connections
         self._conns_lock = threading.Lock()
         self._my_conn = threading.local()  # .conn: this thread's
@@ -938,7 +951,11 @@ class NatsChannel(_Client, Channel):
         runner = self._runner
         if runner is None or threading.current_thread() is runner.thread or runner.stopped:
             return self.codec.decode(self._run(self._request(bytes(data), deadline)))  # raises the right error
-        if self._thread_requests:
+        if self._own_requests:
+            got = self._own_request(bytes(data), deadline)
+            if got is not _SHARED:
+                return self.codec.decode(got)
+        elif self._thread_requests:
             got = self._thread_request(bytes(data), deadline)
             if got is not _SHARED:
                 return self.codec.decode(got)
@@ -968,6 +985,53 @@ class NatsChannel(_Client, Channel):
         if w.error is not None:
             raise w.error
         return self.codec.decode(w.data)
+
+    def _own_request(self, data: bytes, deadline: Deadline) -> Any:
+        """request() on this handle's own request connection (``_requester``): the reply bytes, or _SHARED."""
+        if asyncio._get_running_loop() is not None:
+            return _SHARED  # this thread runs an event loop: it cannot run another
+        req = self._requester
+        if req is None:
+            req = self._new_requester(deadline)
+            if req is None:
+                return _SHARED
+        got = req.request(data, Deadline(_NONBLOCK_RTT) if deadline.nonblocking else deadline)
+        if got is None:
+            raise self._no_reply(deadline)
+        return got
+
+    def _new_requester(self, deadline: Deadline) -> Requester | None:
+        """Make this handle's request connection; None (take the shared path) if that fails,
+        another thread is making it, or the request has no time for a connect."""
+        rem = deadline.remaining()
+        if deadline.nonblocking or (rem is not None and rem < 0.1) or time.monotonic() < self._requester_retry:
+            return None
+        if not self._requester_lock.acquire(blocking=False):
+            return None  # another thread is connecting: this request goes the shared way meanwhile
+        try:
+            if self._requester is not None:
+                return self._requester
+            self._requester_retry = time.monotonic() + _CONN_RETRY  # until it works: one attempt per while
+            servers, timeout, kw, dead_after = self._conn_args
+            if rem is not None:
+                timeout = min(timeout, rem / 2)  # the request keeps half its time for the shared path
+            try:
+                req = Requester(f"request on {self.url}", self.request_subject,
+                                lambda: self._aconnect(servers, timeout, kw, dead_after, shared=False),
+                                self._no_responder, lambda e: _translate(e, self.url, "request on"))
+            except Exception:
+                return None  # the shared connection still works: use it
+            with self._conns_lock:
+                closed = self._closed
+                if not closed:
+                    self._requester = req
+                    self._requester_retry = 0.0
+            if closed:  # close() ran meanwhile: it never saw this one
+                req.close()
+                return None
+            return req
+        finally:
+            self._requester_lock.release()
 
     def _thread_request(self, data: bytes, deadline: Deadline) -> Any:
         """request() on this thread's own connection (``_direct``): the reply bytes, or _SHARED."""
@@ -1176,6 +1240,9 @@ class NatsChannel(_Client, Channel):
             conn.interrupt()
         for own in self._own_responders():
             own.close(wait=0.0)  # a next() blocked in another thread raises ChannelClosed now
+        req = self.__dict__.get("_requester")
+        if req is not None:
+            req.close(wait=0.0)  # a request() waiting in another thread raises ChannelClosed now
         for token in list(self._reply_waits):
             w = self._reply_waits.pop(token, None)
             if w is not None:
@@ -1232,6 +1299,9 @@ class NatsChannel(_Client, Channel):
     def _close(self) -> None:
         for conn in self._thread_conns(take=True):
             conn.close()
+        req = self.__dict__.get("_requester")
+        if req is not None:
+            req.close()  # waits (bounded) until its connection is closed
         for own in self._own_responders():
             own.close()  # waits (bounded) until its connection is closed
         if self._nc is not None and self._pid == os.getpid():
