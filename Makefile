@@ -84,7 +84,7 @@ sanitize:
 	rm -f build/sanitize/kipc/_native/*.so
 	KIPC_SANITIZE=address $(PY) setup.py -q build_ext -b build/sanitize -t build/sanitize/tmp
 	$(SANITIZE_ENV) $(PY) -c "import kipc._native._ring as r; assert r.__file__.startswith('$(CURDIR)/build/sanitize/'), r.__file__; print('sanitized:', r.__file__)"
-	$(SANITIZE_ENV) $(PY) -m pytest -p no:cacheprovider tests/mechanisms/test_ring.py tests/mechanisms/test_ring_v2.py tests/reliability/test_ring_crash.py tests/mechanisms/test_queues.py tests/reliability/test_ring_hostile.py tests/mechanisms/test_ring_zerocopy.py
+	$(SANITIZE_ENV) $(PY) -m pytest -p no:cacheprovider tests/mechanisms/test_ring.py tests/mechanisms/test_ring_v2.py tests/reliability/test_ring_crash.py tests/mechanisms/test_queues.py tests/reliability/test_ring_hostile.py tests/mechanisms/test_ring_zerocopy.py tests/mechanisms/test_ring_fast.py
 
 SANITIZE_ENV = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=$(CURDIR)/build/sanitize
