@@ -89,6 +89,13 @@ class _Runner:
             for nc in list(self.clients):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(nc.close(), 2.0)
+            # what handles left unclosed still run (a Topic's delivery pump, a channel's pumps):
+            # ended here, or the dying loop destroys them pending ("Task was destroyed ...")
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
 
         with contextlib.suppress(Exception):
             self.submit(close_all()).result(5.0)
