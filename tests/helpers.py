@@ -144,3 +144,13 @@ def build_c(directory: str, source: str, name: str = "prog", *libs: str) -> str:
         f.write(source)
     subprocess.run(["gcc", "-O1", "-Wall", "-o", exe, src, *libs], check=True, timeout=60)
     return exe
+
+
+def assert_quiet_exit(err: str, unclosed_creators: int = 0) -> None:
+    """A child's stderr at exit: nothing but the designed ResourceWarning of each creator it left
+    unclosed ("the object stays until kipc gc or kipc rm"), which must be there, once each."""
+    stays = [ln for ln in err.splitlines() if "ResourceWarning: unclosed <" in ln and "the object stays" in ln]
+    assert len(stays) == unclosed_creators, err
+    rest = "\n".join(ln for ln in err.splitlines() if ln not in stays)
+    for bad in ("Warning", "never awaited", "Traceback", "Task was destroyed"):
+        assert bad not in rest, err

@@ -32,6 +32,8 @@ from kipc import testing
 from kipc.testing._nats import free_port
 from kipc.transports.nats import NatsChannel, _responder
 
+from ..helpers import assert_quiet_exit
+
 _THREAD = "kipc-nats-responder"
 
 
@@ -430,4 +432,4 @@ def test_exit_is_clean_no_warnings(nats_url: str, how: str) -> None:
         rc = child.wait(20)
         err = child.stderr_now()
         assert rc == 0, err
-        assert "Warning" not in err and "never awaited" not in err and "Traceback" not in err, err
+        assert_quiet_exit(err, unclosed_creators=0 if how == "close" else 1)  # the channel's creator end
