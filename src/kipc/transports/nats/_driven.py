@@ -26,8 +26,8 @@ nats-py connection on a private asyncio loop that has no thread of its own. A
   it take over at once (an async caller, or a thread inside an event loop of its
   own, cannot run this loop and waits on something else instead).
 * :meth:`close` (any thread) stops whoever runs the loop and wakes every waiter; the
-  watchdog, once it owns the loop, runs :meth:`_aclose` (the subclass closes its
-  subscription and connection), closes the loop and exits; ``close()`` waits for
+  watchdog, once it owns the loop, runs :meth:`_aclose` (unsubscribes ``sub``, closes ``nc``),
+  closes the loop and exits; ``close()`` waits for
   that (bounded). At exit every Driven of this process is closed.
 * A forked child refuses the parent's (:meth:`check` raises ``ChannelClosed``), never
   runs its loop and never closes it, nor takes its locks. Belt and braces, the loop
@@ -88,6 +88,8 @@ class Driven:
         self._idle_since = time.monotonic()
         self._posted = 0  # work posted to the loop, not yet run and flushed
         self._rest: set[asyncio.Task[Any]] = set()  # started coroutines that had to wait
+        self.nc: Any = None  # the connection (the subclass connects it while it owns the loop)
+        self.sub: Any = None  # its one subscription (requests, or replies)
 
     def _started(self) -> None:
         """Setup is done: give the loop up and start the watchdog."""
@@ -286,7 +288,15 @@ class Driven:
         """Hook: wake whoever waits on something other than the loop (close() from any thread)."""
 
     async def _aclose(self) -> None:
-        """Hook: unsubscribe and close the connection (on the loop, at the end)."""
+        """Unsubscribe and close the connection (on the loop, at the end)."""
+        nc, self.nc = self.nc, None
+        sub, self.sub = self.sub, None
+        if nc is None:
+            return
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), 2.0)
+        await asyncio.wait_for(nc.close(), 2.0)
 
     def _shutdown(self) -> None:
         """Close the connection and the loop (the caller owns the loop)."""

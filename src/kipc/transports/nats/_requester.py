@@ -33,8 +33,6 @@ the watchdog, ``close()`` from any thread, the fork refusal):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Coroutine
@@ -71,8 +69,6 @@ class Requester(Driven):
                  no_responder: Callable[[], KipcError], failed: Callable[[BaseException], KipcError]) -> None:
         super().__init__(what)
         self.subject = subject
-        self.nc: Any = None
-        self.sub: Any = None
         self._no_responder = no_responder
         self._translate = failed
         self._waits: dict[str, _Wait] = {}
@@ -177,12 +173,3 @@ class Requester(Driven):
             w.done = True
             w.cv.notify_all()  # that thread waits in acquire(); its condition is its own
 
-    async def _aclose(self) -> None:
-        nc, self.nc = self.nc, None
-        sub, self.sub = self.sub, None
-        if nc is None:
-            return
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), 2.0)
-        await asyncio.wait_for(nc.close(), 2.0)

@@ -58,8 +58,6 @@ class Responder(Driven):
                  connect: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         super().__init__(what)
         self.box = Mailbox(limit)
-        self.nc: Any = None
-        self.sub: Any = None
         self._stop_on_put = False  # a next() runs the loop: a request ends its run
         try:
             self.nc = self.complete(connect())
@@ -172,12 +170,3 @@ class Responder(Driven):
     def _closing(self) -> None:
         self.box.wake()
 
-    async def _aclose(self) -> None:
-        nc, self.nc = self.nc, None
-        sub, self.sub = self.sub, None
-        if nc is None:
-            return
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), 2.0)
-        await asyncio.wait_for(nc.close(), 2.0)
