@@ -755,6 +755,19 @@ static PyObject *Topic_unmap(Topic *o, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The published count as the next lock holder will see it: a publisher killed between its wpos
+ * and wmsg stores leaves wmsg one short of a record subscribers already receive, until a later
+ * holder rolls the journal forward; a lock-free reader applies that roll-forward itself (only the
+ * one step a commit takes: anything else in the journal is ignored, as read). */
+static uint64_t published_now(struct tc_hdr *h)
+{
+    uint64_t msg = atomic_load(&h->wmsg);
+    if (atomic_load_explicit(&h->j_valid, memory_order_acquire) && h->j_wmsg == msg + 1 &&
+        h->j_wpos == atomic_load_explicit(&h->wpos, memory_order_acquire))
+        return msg + 1;
+    return msg;
+}
+
 static PyObject *Topic_info(Topic *o, PyObject *unused)
 {
     if (!o->mapped) {
@@ -762,7 +775,7 @@ static PyObject *Topic_info(Topic *o, PyObject *unused)
         return NULL;
     }
     struct tc_hdr *h = o->t.hdr;
-    uint64_t published = atomic_load(&h->wmsg);
+    uint64_t published = published_now(h);
     PyObject *slots = PyList_New(0);
     if (!slots)
         return NULL;
@@ -773,7 +786,7 @@ static PyObject *Topic_info(Topic *o, PyObject *unused)
         uint64_t msgno = atomic_load(&h->slots[i].msgno);
         /* the published count again, after the cursor: the subscriber may have received messages
          * published since the first load, and its lag must not wrap below zero */
-        published = atomic_load(&h->wmsg);
+        published = published_now(h);
         PyObject *d = Py_BuildValue("{s:I,s:K,s:K,s:O}", "pid", (unsigned)(tok >> 32), "lag",
                                     (unsigned long long)(published - msgno), "dropped",
                                     (unsigned long long)atomic_load(&h->slots[i].dropped), "alive",
@@ -904,7 +917,9 @@ PyMODINIT_FUNC PyInit__topic(void)
         Py_DECREF(m);
         return NULL;
     }
-    PyObject *layout = Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "lock", offsetof(struct tc_hdr, lock),
+    PyObject *layout = Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "lock", offsetof(struct tc_hdr, lock),
+                                     "j_valid", offsetof(struct tc_hdr, j_valid), "j_wpos", offsetof(struct tc_hdr, j_wpos),
+                                     "j_wmsg", offsetof(struct tc_hdr, j_wmsg),
                                      "wpos", offsetof(struct tc_hdr, wpos), "wmsg", offsetof(struct tc_hdr, wmsg),
                                      "oldest", offsetof(struct tc_hdr, oldest), "closed",
                                      offsetof(struct tc_hdr, closed), "max_subs", offsetof(struct tc_hdr, max_subs),
