@@ -1295,19 +1295,31 @@ typedef struct {
 
 static PyObject *S_timeout_kw;
 
+#if PY_VERSION_HEX < 0x030D0000 /* PyWeakref_GetRef is 3.13's; PyWeakref_GetObject is gone in 3.15 */
+static int PyWeakref_GetRef(PyObject *ref, PyObject **pobj)
+{
+    PyObject *o = PyWeakref_GetObject(ref); /* borrowed */
+    *pobj = o && o != Py_None ? Py_NewRef(o) : NULL;
+    return o ? (*pobj != NULL) : -1;
+}
+#endif
+
 static PyObject *Fast_slow(Fast *f, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    PyObject *ch = PyWeakref_GetObject(f->channel); /* borrowed */
-    if (ch == Py_None) { /* its finalizer closed it */
+    PyObject *ch;
+    if (PyWeakref_GetRef(f->channel, &ch) < 0)
+        return NULL;
+    if (ch == NULL) { /* its finalizer closed it */
         closed_here(f->ring, f->is_send ? "send" : "recv");
         return NULL;
     }
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
     PyObject *small[8], **stack = n + 1 <= 8 ? small : PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
-    if (!stack)
+    if (!stack) {
+        Py_DECREF(ch);
         return PyErr_NoMemory();
-    Py_INCREF(ch);
+    }
     stack[0] = ch;
     memcpy(stack + 1, args, (size_t)n * sizeof(PyObject *));
     PyObject *out = PyObject_Vectorcall(f->slow, stack, (size_t)nargs + 1, kwnames);
@@ -1368,10 +1380,23 @@ static void Fast_dealloc(Fast *f)
 /* Introspection as a bound method of the channel: help(), inspect.signature (via __wrapped__). */
 static PyObject *Fast_wrapped(Fast *f, void *c)
 {
-    PyObject *ch = PyWeakref_GetObject(f->channel);
-    return ch == Py_None ? Py_NewRef(f->slow) : PyMethod_New(f->slow, ch);
+    PyObject *ch;
+    if (PyWeakref_GetRef(f->channel, &ch) < 0)
+        return NULL;
+    if (ch == NULL)
+        return Py_NewRef(f->slow);
+    PyObject *m = PyMethod_New(f->slow, ch);
+    Py_DECREF(ch);
+    return m;
 }
-static PyObject *Fast_self(Fast *f, void *c) { return Py_NewRef(PyWeakref_GetObject(f->channel)); }
+
+static PyObject *Fast_self(Fast *f, void *c)
+{
+    PyObject *ch;
+    if (PyWeakref_GetRef(f->channel, &ch) < 0)
+        return NULL;
+    return ch ? ch : Py_NewRef(Py_None);
+}
 static PyObject *Fast_attr(Fast *f, void *name) { return PyObject_GetAttrString(f->slow, (const char *)name); }
 
 static PyGetSetDef Fast_getset[] = {
