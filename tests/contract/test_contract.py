@@ -276,6 +276,15 @@ def test_a_timed_out_call_names_the_channel_and_its_timeout(pair: tuple[Channel,
             rx.recv(timeout=timeout)
         assert time.monotonic() - t0 >= timeout * 0.9
         assert str(e.value).endswith(f"timed out after {shown} s") and rx.url in str(e.value), str(e.value)
+    # the general path (a codec: a Deadline reaches the transport, C included) words it the same,
+    # without rounding the timeout the user wrote
+    codec, rx.codec = rx.codec, kipc.get_codec("json")
+    try:
+        with pytest.raises(kipc.Timeout) as e:
+            rx.recv(timeout=0.05123456)
+        assert str(e.value) == f"recv on {rx.url} timed out after 0.05123456 s", str(e.value)
+    finally:
+        rx.codec = codec
 
 
 def test_bad_arguments(pair: tuple[Channel, Channel]) -> None:

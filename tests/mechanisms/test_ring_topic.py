@@ -79,6 +79,11 @@ def test_block_mode_publisher_times_out_and_loses_nothing(pub: RingTopic, name: 
             s.recv(timeout=0.05)
         pub.send(b"after", timeout=1)
         assert s.recv(timeout=1) == b"after"
+        # the general path (a codec: a Deadline reaches the C call) words it the same, unrounded
+        s.codec = kipc.get_codec("json")
+        with pytest.raises(kipc.Timeout) as e:
+            s.recv(timeout=0.05123456)
+        assert str(e.value) == f"recv on {s.url} timed out after 0.05123456 s"
 
 
 def test_no_subscriber_never_blocks(pub: RingTopic) -> None:

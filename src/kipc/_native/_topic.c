@@ -17,7 +17,7 @@
 
 static PyObject *E_Timeout, *E_WouldBlock, *E_Closed, *E_Bad, *E_Limit, *E_Unsupported;
 static PyObject *FOREVER;
-static PyObject *S_end, *S_timeout, *S_view;
+static PyObject *S_end, *S_error, *S_view;
 
 typedef struct {
     PyObject_HEAD
@@ -127,25 +127,19 @@ static PyObject *raise_state(Topic *o, int rc, const char *op, PyObject *dl)
     if (rc == TC_ERR) /* the interrupted hook left an exception set */
         return NULL;
     if (rc == TC_TIMEOUT) {
-        double timeout = -1.0;
-        if (dl && dl != FOREVER && dl != Py_None && !PyFloat_Check(dl)) {
-            PyObject *t = PyObject_GetAttr(dl, S_timeout);
-            if (t && t != Py_None)
-                timeout = PyFloat_AsDouble(t);
-            Py_XDECREF(t);
-            if (PyErr_Occurred()) {
-                PyErr_Clear();
-                timeout = -1.0;
-            }
+        /* a kipc Deadline words its own timeout (Deadline.error: WouldBlock for timeout=0), one
+         * wording for every transport; a bare float deadline names none (the caller re-raises) */
+        PyObject *exc = NULL;
+        if (dl && dl != FOREVER && dl != Py_None && Py_TYPE(dl) == Py_TYPE(FOREVER)) {
+            PyObject *what = PyUnicode_FromFormat("%s on %S", op, o->url);
+            exc = what ? PyObject_CallMethodOneArg(dl, S_error, what) : NULL;
+            Py_XDECREF(what);
         }
-        if (timeout == 0.0)
-            PyErr_Format(E_WouldBlock, "%s on %S would block (timeout=0)", op, o->url);
-        else if (timeout > 0) {
-            char secs[32];
-            snprintf(secs, sizeof secs, "%g", timeout);
-            PyErr_Format(E_Timeout, "%s on %S timed out after %s s", op, o->url, secs);
-        } else
+        if (exc && PyExceptionInstance_Check(exc))
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        else if (!PyErr_Occurred())
             PyErr_Format(E_Timeout, "%s on %S timed out", op, o->url);
+        Py_XDECREF(exc);
     } else if (rc == TC_LOCAL)
         PyErr_Format(E_Closed, "%s on %S: closed by this process", op, o->url);
     else if (rc == TC_CLOSED)
@@ -896,7 +890,7 @@ PyMODINIT_FUNC PyInit__topic(void)
     tc_rt.reacquire = rt_reacquire;
     tc_rt.interrupted = rt_interrupted;
     S_end = PyUnicode_InternFromString("end");
-    S_timeout = PyUnicode_InternFromString("timeout");
+    S_error = PyUnicode_InternFromString("error");
     S_view = PyUnicode_InternFromString("view");
     E_Timeout = Py_NewRef(PyExc_TimeoutError);
     E_WouldBlock = Py_NewRef(PyExc_BlockingIOError);
