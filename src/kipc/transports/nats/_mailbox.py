@@ -35,15 +35,16 @@ thread on every message (most of Topic's gap to raw pub/sub).
 
 Lost wake-ups are avoided the classic way: a waiter registers before it looks,
 a putter appends before it looks for waiters (sequentially consistent under
-the GIL, and the registration is under the condition's lock).
+the GIL; registering is a list append, atomic under the GIL). No lock is held
+across a wait, so a Ctrl-C landing anywhere in it leaves nothing held.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import collections.abc
 import contextlib
-import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
@@ -65,8 +66,12 @@ class Mailbox:
         self.dropped = 0
         self._loop = loop  # puts on this loop's thread wake waiters once per iteration
         self._wake_due = False
-        self._cond = threading.Condition(threading.Lock())
-        self._sync_waiters = 0
+        # Waiters register a lock of their own (held: wake() releases it) in plain lists: list
+        # appends and removals are atomic under the GIL, so no shared lock is ever held where a
+        # Ctrl-C can land. (A threading.Condition here deadlocked: a KeyboardInterrupt inside
+        # Condition.wait's Python code could leave its lock held, and close()'s wake() then
+        # waited for it forever.)
+        self._sync_waiters: list[Any] = []
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def __len__(self) -> int:
@@ -75,7 +80,7 @@ class Mailbox:
     @property
     def waiting(self) -> int:
         """How many callers wait right now (demand: a reason to pull more)."""
-        return self._sync_waiters + len(self._async_waiters)
+        return len(self._sync_waiters) + len(self._async_waiters)
 
     def put(self, item: Any) -> bool:
         """Append (any thread); False (and counted in ``dropped``) when ``limit`` is reached."""
@@ -132,38 +137,44 @@ class Mailbox:
 
     def wake(self) -> None:
         """Wake every waiter (new items, a state change, or close)."""
-        with self._cond:
-            self._cond.notify_all()
-            waiters, self._async_waiters = self._async_waiters, []
-        for loop, fut in waiters:
+        for lock in list(self._sync_waiters):
+            with contextlib.suppress(RuntimeError):  # released already (by another wake)
+                lock.release()
+        for entry in list(self._async_waiters):
+            with contextlib.suppress(ValueError):
+                self._async_waiters.remove(entry)
+            loop, fut = entry
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
                 loop.call_soon_threadsafe(_wake, fut)
 
     def wait(self, timeout: float | None) -> None:
         """Block until items are there, ``wake()`` is called, or ``timeout`` passes (consumes nothing)."""
-        with self._cond:
-            self._sync_waiters += 1
-            try:
-                if not self.items:
-                    self._cond.wait(timeout)
-            finally:
-                self._sync_waiters -= 1
+        lock = _thread.allocate_lock()
+        lock.acquire()
+        self._sync_waiters.append(lock)  # registered before looking: a put after the look wakes it
+        try:
+            if not self.items:
+                lock.acquire(True, -1 if timeout is None else timeout)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._sync_waiters.remove(lock)
 
     async def await_(self, timeout: float | None) -> None:
         """``wait`` for an event loop (any loop, any thread); cancellation consumes nothing."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         entry = (loop, fut)
-        with self._cond:
-            if self.items:
-                return
-            self._async_waiters.append(entry)
+        self._async_waiters.append(entry)  # registered before looking, as wait() does
+        if self.items:
+            with contextlib.suppress(ValueError):
+                self._async_waiters.remove(entry)
+            return
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             pass
         finally:
-            with self._cond, contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError):
                 self._async_waiters.remove(entry)
 
 
